@@ -1,0 +1,1 @@
+//! ota-emu (skeleton)

@@ -1,0 +1,1 @@
+//! ota-service (skeleton)
