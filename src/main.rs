@@ -1,1 +1,75 @@
-fn main() {}
+//! `ota`: the command-line front end of ota-service. Thin: it parses arguments, wires the
+//! crates together and prints; format logic lives in `ota-core`.
+
+mod cmd_device;
+mod cmd_image;
+mod cmd_ptable;
+mod cmd_tone;
+mod demo;
+mod glue;
+mod logger;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ota",
+    version,
+    about = "OTA updates for ESP32-class devices: ESP-ADF's OTA service on an emulated ESP32 flash",
+    long_about = "OTA updates for ESP32-class devices.\n\n\
+        Runs ESP-ADF's OTA service (tone data partition + app update, otadata switch, restart) \
+        against an emulated ESP32 flash image, byte-exact with ESP-IDF's formats, so the same \
+        commands work on flash dumps read from real boards (`esptool read-flash`).\n\n\
+        Start with `ota demo`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay the ESP-ADF OTA example on an emulated ESP32, all on loopback.
+    Demo(demo::DemoArgs),
+    /// Create, inspect, boot and update an emulated device (a flash image file).
+    #[command(subcommand)]
+    Device(cmd_device::DeviceCmd),
+    /// Make and inspect ESP-IDF app images.
+    #[command(subcommand)]
+    Image(cmd_image::ImageCmd),
+    /// Pack, inspect and unpack ESP-ADF tone bins (mk_audio_tone.py's format).
+    #[command(subcommand)]
+    Tone(cmd_tone::ToneCmd),
+    /// Convert a partition table CSV to binary or back, like gen_esp32part.py.
+    PartitionTable(cmd_ptable::PtableArgs),
+}
+
+/// `--flash F`: the emulated device's flash image.
+#[derive(Args, Clone)]
+pub struct FlashArg {
+    /// Flash image file (made by `ota device create`, or a dump from `esptool read-flash`).
+    #[arg(long, value_name = "FILE")]
+    pub flash: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Device(c) => cmd_device::run(c),
+        Command::Image(c) => cmd_image::run(c),
+        Command::Tone(c) => cmd_tone::run(c),
+        Command::PartitionTable(a) => cmd_ptable::run(a),
+    };
+    logger::progress_done();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {:#}", e);
+            ExitCode::from(1)
+        }
+    }
+}

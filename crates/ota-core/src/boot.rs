@@ -1,3 +1,273 @@
-//! Emulation of ESP-IDF's 2nd-stage bootloader app selection (idf-formats.md §2.6).
-//!
-//! CONTRACT (skeleton): to be written.
+//! Emulation of ESP-IDF's 2nd-stage bootloader app selection (idf-formats.md §2.6): which app
+//! it picks from otadata, the rollback state writes it makes, and the fallback to other slots
+//! when an image fails verification. Sans-IO apart from the flash; what it does is reported as
+//! [`BootEvent`]s so a front end can print ESP-IDF-style lines.
+
+use core::fmt;
+
+use embedded_storage::nor_flash::NorFlash;
+
+use crate::chip::Chip;
+use crate::image::{self, ImageSummary};
+use crate::otadata::{OtaData, OtaSelectEntry, OtaState, OTADATA_SIZE};
+use crate::partition::{Partition, PartitionTable};
+use crate::Error;
+
+/// Bootloader build options that change selection (Kconfig, idf-formats.md §2.6, §2.7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootConfig {
+    /// `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`.
+    pub rollback: bool,
+    /// `CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK` (needs `rollback`).
+    pub anti_rollback: bool,
+    /// The eFuse secure-version counter (popcount of the field), for anti-rollback.
+    pub efuse_secure_version: u32,
+}
+
+/// A bootloader partition index: `FACTORY_INDEX` (-1), an OTA slot, or `TEST_APP_INDEX` (-2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootIndex {
+    Factory,
+    Ota(u8),
+    Test,
+}
+
+/// What the bootloader did, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootEvent {
+    /// A PENDING_VERIFY entry was turned into ABORTED before selection (rollback).
+    Aborted { sector: usize, seq: u32 },
+    /// Both otadata entries are invalid and there is no factory app.
+    NoFactoryTryingOta0,
+    /// otadata is invalid; falling back to factory.
+    OtaDataInvalidFallback,
+    /// The selected entry went from NEW to PENDING_VERIFY (rollback).
+    PendingVerify { sector: usize, seq: u32 },
+    /// An image was tried and failed verification.
+    LoadFailed { partition: Partition, error: Error },
+    /// `set_actual_ota_seq`: otadata[0] was written for the initial boot.
+    SetActualOtaSeq { seq: u32 },
+    /// The image that boots.
+    Loaded { partition: Partition },
+    /// Only the test app could boot.
+    FallingBackToTestApp,
+}
+
+/// Why nothing boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootError {
+    /// The otadata partition is smaller than two sectors: the bootloader resets.
+    OtaDataTooSmall { size: u32 },
+    /// No partition holds a bootable app ("No bootable app partitions in the partition table").
+    NoBootableApp,
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootError::OtaDataTooSmall { size } => write!(
+                f,
+                "otadata partition is 0x{:x} bytes, the bootloader needs 0x{:x}: it resets",
+                size, OTADATA_SIZE
+            ),
+            BootError::NoBootableApp => f.write_str("No bootable app partitions in the partition table"),
+        }
+    }
+}
+
+/// What booted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootOutcome {
+    pub index: BootIndex,
+    pub partition: Partition,
+    pub summary: ImageSummary,
+    /// State of the otadata entry for the booted slot after boot (`esp_ota_get_state_partition`),
+    /// or None when no entry applies (factory, test, or no matching entry).
+    pub ota_state: Option<OtaState>,
+}
+
+/// The partition behind a bootloader index, if the table has one.
+fn partition_for(table: &PartitionTable, index: BootIndex) -> Option<Partition> {
+    match index {
+        BootIndex::Factory => table.factory().copied(),
+        BootIndex::Test => table.test_app().copied(),
+        // `index_to_partition`: only slots below the bootloader's app_count exist.
+        BootIndex::Ota(n) if n < table.bootloader_app_count() => table.ota(n).copied(),
+        BootIndex::Ota(_) => None,
+    }
+}
+
+/// Result of `get_selected_boot_partition`.
+struct Selection {
+    start: i32,
+    initial_contents: bool,
+}
+
+const FACTORY: i32 = -1;
+
+fn index_of(i: i32) -> BootIndex {
+    if i < 0 {
+        BootIndex::Factory
+    } else {
+        BootIndex::Ota(i as u8)
+    }
+}
+
+fn blank_or_bad(e: &OtaSelectEntry) -> bool {
+    e.seq == u32::MAX || !e.crc_ok()
+}
+
+fn rewrite<F: NorFlash>(flash: &mut F, part: &Partition, od: &mut OtaData, i: usize, state: OtaState) -> Result<(), Error> {
+    od.entries[i].state = state.to_u32();
+    OtaData::write_entry(flash, part, i, &od.entries[i])
+}
+
+fn secure_version_ok<F: NorFlash>(flash: &mut F, table: &PartitionTable, chip: Chip, cfg: &BootConfig, index: BootIndex) -> bool {
+    if !cfg.anti_rollback {
+        return true;
+    }
+    let Some(p) = partition_for(table, index) else { return false };
+    match image::verify_flash(flash, p.region(), Some(chip)) {
+        Ok(s) => s.app_desc.map(|d| d.secure_version >= cfg.efuse_secure_version).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn select<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    cfg: &BootConfig,
+    events: &mut dyn FnMut(BootEvent),
+) -> Result<Selection, Error> {
+    let Some(otadata) = table.otadata().copied() else {
+        return Ok(Selection { start: FACTORY, initial_contents: false });
+    };
+    if otadata.size < OTADATA_SIZE {
+        return Err(Error::Boot(BootError::OtaDataTooSmall { size: otadata.size }));
+    }
+    let mut od = OtaData::read(flash, &otadata)?;
+    let app_count = table.bootloader_app_count();
+    if cfg.rollback {
+        for i in 0..2 {
+            if od.entries[i].state == OtaState::PendingVerify.to_u32() {
+                rewrite(flash, &otadata, &mut od, i, OtaState::Aborted)?;
+                events(BootEvent::Aborted { sector: i, seq: od.entries[i].seq });
+            }
+        }
+    }
+    let active = if !cfg.anti_rollback {
+        if (od.entries[0].is_invalid() && od.entries[1].is_invalid()) || app_count == 0 {
+            if table.factory().is_some() {
+                return Ok(Selection { start: FACTORY, initial_contents: false });
+            }
+            events(BootEvent::NoFactoryTryingOta0);
+            let initial = blank_or_bad(&od.entries[0]) && blank_or_bad(&od.entries[1]);
+            return Ok(Selection { start: 0, initial_contents: initial });
+        }
+        od.active()
+    } else {
+        if blank_or_bad(&od.entries[0]) && blank_or_bad(&od.entries[1]) {
+            return Ok(Selection { start: FACTORY, initial_contents: true });
+        }
+        let mut ok = [false; 2];
+        for (i, slot_ok) in ok.iter_mut().enumerate() {
+            let e = od.entries[i];
+            *slot_ok = e.is_valid()
+                && app_count > 0
+                && secure_version_ok(flash, table, chip, cfg, BootIndex::Ota(e.slot(app_count)));
+        }
+        crate::otadata::select_otadata(&od.entries, ok, true)
+    };
+    if let Some(a) = active {
+        let e = od.entries[a];
+        let idx = e.slot(app_count);
+        if cfg.rollback && e.state == OtaState::New.to_u32() {
+            rewrite(flash, &otadata, &mut od, a, OtaState::PendingVerify)?;
+            events(BootEvent::PendingVerify { sector: a, seq: e.seq });
+        }
+        return Ok(Selection { start: idx as i32, initial_contents: false });
+    }
+    events(BootEvent::OtaDataInvalidFallback);
+    Ok(Selection { start: FACTORY, initial_contents: false })
+}
+
+/// Try one index: it must exist, pass anti-rollback and verify.
+fn try_load<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    cfg: &BootConfig,
+    index: BootIndex,
+    events: &mut dyn FnMut(BootEvent),
+) -> Option<(Partition, ImageSummary)> {
+    let p = partition_for(table, index)?;
+    if p.size == 0 {
+        return None;
+    }
+    match image::verify_flash(flash, p.region(), Some(chip)) {
+        Ok(summary) => {
+            if cfg.anti_rollback {
+                let sv = summary.app_desc.map(|d| d.secure_version).unwrap_or(0);
+                if sv < cfg.efuse_secure_version {
+                    return None;
+                }
+            }
+            Some((p, summary))
+        }
+        Err(error) => {
+            events(BootEvent::LoadFailed { partition: p, error });
+            None
+        }
+    }
+}
+
+/// Run the bootloader's selection on `flash` (idf-formats.md §2.6): returns what boots, after
+/// making the otadata writes the real bootloader would make.
+pub fn boot<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    cfg: &BootConfig,
+    events: &mut dyn FnMut(BootEvent),
+) -> Result<BootOutcome, Error> {
+    let sel = select(flash, table, chip, cfg, events)?;
+    let app_count = table.bootloader_app_count() as i32;
+    let mut order = heapless_order(sel.start, app_count);
+    for idx in order.by_ref() {
+        let index = index_of(idx);
+        if let Some((partition, summary)) = try_load(flash, table, chip, cfg, index, events) {
+            if idx >= 0 && sel.initial_contents {
+                if let Some(otadata) = table.otadata().copied() {
+                    let entry = OtaSelectEntry::new(idx as u32 + 1, OtaState::Valid);
+                    OtaData::write_entry(flash, &otadata, 0, &entry)?;
+                    events(BootEvent::SetActualOtaSeq { seq: idx as u32 + 1 });
+                }
+            }
+            events(BootEvent::Loaded { partition });
+            let ota_state = ota_state_of(flash, table, &partition);
+            return Ok(BootOutcome { index, partition, summary, ota_state });
+        }
+    }
+    if let Some((partition, summary)) = try_load(flash, table, chip, cfg, BootIndex::Test, events) {
+        events(BootEvent::FallingBackToTestApp);
+        events(BootEvent::Loaded { partition });
+        return Ok(BootOutcome { index: BootIndex::Test, partition, summary, ota_state: None });
+    }
+    Err(Error::Boot(BootError::NoBootableApp))
+}
+
+/// Order of `load_boot_image`: from `start` down to factory, then forwards from `start + 1`.
+fn heapless_order(start: i32, app_count: i32) -> impl Iterator<Item = i32> {
+    let down = (FACTORY..=start).rev();
+    let up = (start + 1).max(0)..app_count;
+    down.chain(up)
+}
+
+/// `esp_ota_get_state_partition` for an app partition (entry 0 first, CRC must match).
+pub fn ota_state_of<F: NorFlash>(flash: &mut F, table: &PartitionTable, part: &Partition) -> Option<OtaState> {
+    let slot = part.ota_slot()?;
+    let otadata = table.otadata()?;
+    let od = OtaData::read(flash, otadata).ok()?;
+    od.state_of_slot(slot, table.ota_count())
+}

@@ -5,6 +5,7 @@
 
 use core::fmt;
 
+use crate::boot::BootError;
 use crate::flash::FlashError;
 use crate::image::ImageError;
 use crate::otadata::OtaDataError;
@@ -20,6 +21,7 @@ pub enum Error {
     Image(ImageError),
     Tone(ToneError),
     Update(UpdateError),
+    Boot(BootError),
 }
 
 impl fmt::Display for Error {
@@ -31,6 +33,7 @@ impl fmt::Display for Error {
             Error::Image(e) => e.fmt(f),
             Error::Tone(e) => e.fmt(f),
             Error::Update(e) => e.fmt(f),
+            Error::Boot(e) => e.fmt(f),
         }
     }
 }
@@ -45,4 +48,4 @@ macro_rules! from_impl {
     )*};
 }
 from_impl!(FlashError => Flash, PartitionError => Partition, OtaDataError => OtaData,
-    ImageError => Image, ToneError => Tone, UpdateError => Update);
+    ImageError => Image, ToneError => Tone, UpdateError => Update, BootError => Boot);

@@ -1,17 +1,411 @@
-//! Streaming update engines for app slots and data partitions (idf-formats.md §2.4, §2.8;
-//! adf-ota-service.md §6, §7).
+//! Streaming update engines for app slots and data partitions.
 //!
-//! CONTRACT (skeleton): to be written.
+//! Sans-IO: the caller feeds byte chunks; the engine decides and drives the `NorFlash`.
+//! Nothing is erased before the incoming image has shown it belongs here (magic, chip, size,
+//! version), erases happen sector by sector just ahead of the writes (idf-formats.md §2.8,
+//! `OTA_WITH_SEQUENTIAL_WRITES`), and otadata is switched only after the written image verified
+//! (idf-formats.md §2.4). A failed or abandoned update never touches otadata or the running slot.
 
 use core::fmt;
 
+use embedded_storage::nor_flash::NorFlash;
+
+use crate::chip::Chip;
+use crate::flash::{Region, SECTOR_SIZE};
+use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAGE_PREFIX_LEN};
+use crate::otadata::OtaData;
+use crate::partition::{Label, Partition, PartitionTable};
+use crate::version::{self, VersionPolicy, VersionVerdict};
+use crate::Error;
+
+/// Why an update was refused or failed (the engines' own errors; flash and format errors are
+/// wrapped by [`crate::Error`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpdateError {
-    Invalid,
+    /// No OTA app slot other than the running one (`esp_ota_get_next_update_partition`).
+    NoUpdateSlot,
+    /// The table has no otadata partition, so no OTA slot can be selected.
+    NoOtaData,
+    /// The data partition named by the item does not exist.
+    PartitionNotFound { label: Label },
+    /// The incoming image is larger than its target partition (checked before any erase).
+    TooLarge { label: Label, size: u64, capacity: u32 },
+    /// The image is for another chip.
+    WrongChip { expected: u16, found: u16 },
+    /// The version policy refused the incoming image.
+    Version { verdict: VersionVerdict, current: [u8; 32], incoming: [u8; 32] },
+    /// The incoming image carries no app descriptor (needed for a version check).
+    NoAppDesc,
+    /// `write`/`finish` called in the wrong state (a bug in the caller).
+    WrongState { expected: &'static str },
+    /// The stream ended before the image was complete.
+    Incomplete { written: u32 },
+    /// The bytes read back from flash differ from the bytes verified on the stream.
+    ReadbackMismatch { offset: u32 },
+}
+
+fn show32(b: &[u8; 32]) -> &str {
+    image::cstr(b)
 }
 
 impl fmt::Display for UpdateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self)
+        match self {
+            UpdateError::NoUpdateSlot => f.write_str("no OTA app slot to update (the table needs ota_0 and ota_1)"),
+            UpdateError::NoOtaData => f.write_str("the partition table has no otadata (data/ota) partition"),
+            UpdateError::PartitionNotFound { label } => {
+                write!(f, "partition [{}] not found", label.as_str())
+            }
+            UpdateError::TooLarge { label, size, capacity } => write!(
+                f,
+                "image of {} bytes does not fit in partition {} ({} bytes)",
+                size,
+                label.as_str(),
+                capacity
+            ),
+            UpdateError::WrongChip { expected, found } => {
+                let name = |id: u16| Chip::from_id(id).map(|c| c.display_name()).unwrap_or("unknown chip");
+                write!(
+                    f,
+                    "image is for chip id {} ({}), the device is chip id {} ({})",
+                    found,
+                    name(*found),
+                    expected,
+                    name(*expected)
+                )
+            }
+            UpdateError::Version { verdict, current, incoming } => match verdict {
+                VersionVerdict::InvalidIncoming => {
+                    write!(f, "incoming version '{}' does not parse under the version policy", show32(incoming))
+                }
+                _ => write!(
+                    f,
+                    "incoming version '{}' is not newer than the running version '{}'",
+                    show32(incoming),
+                    show32(current)
+                ),
+            },
+            UpdateError::NoAppDesc => f.write_str("the incoming image has no app descriptor (esp_app_desc_t) at offset 0x20"),
+            UpdateError::WrongState { expected } => write!(f, "update engine used out of order: expected {}", expected),
+            UpdateError::Incomplete { written } => {
+                write!(f, "the image stream ended after {} bytes, before the image was complete", written)
+            }
+            UpdateError::ReadbackMismatch { offset } => {
+                write!(f, "flash read-back differs from the written data at partition offset 0x{:x}", offset)
+            }
+        }
+    }
+}
+
+/// `esp_ota_get_next_update_partition(running)` (idf-formats.md §2.5): the OTA slot after the
+/// running one, wrapping to the first; the first OTA slot if the running one is not an OTA slot.
+pub fn next_update_slot(table: &PartitionTable, running: Option<&Partition>) -> Option<Partition> {
+    let slots = || (0..16u8).filter_map(|n| table.ota(n).copied());
+    let first = slots().next()?;
+    let running_slot = running.and_then(|p| p.ota_slot());
+    match running_slot {
+        Some(r) => {
+            let next = slots().find(|p| p.ota_slot().is_some_and(|s| s > r));
+            let candidate = next.unwrap_or(first);
+            if Some(candidate.offset) == running.map(|p| p.offset) {
+                None
+            } else {
+                Some(candidate)
+            }
+        }
+        None => Some(first),
+    }
+}
+
+/// Sequential writer into a region: erases each 4 KiB sector just before the first write into
+/// it (never the whole region), and refuses to leave the region.
+#[derive(Clone, Copy, Debug)]
+pub struct SequentialWriter {
+    region: Region,
+    label: Label,
+    written: u32,
+    erased_to: u32,
+}
+
+impl SequentialWriter {
+    pub fn new(part: &Partition) -> Self {
+        SequentialWriter { region: part.region(), label: part.label, written: 0, erased_to: 0 }
+    }
+
+    pub fn written(&self) -> u32 {
+        self.written
+    }
+
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    /// Append `data`, erasing the sectors it reaches first.
+    pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = self.written as u64 + data.len() as u64;
+        if end > self.region.size as u64 {
+            return Err(UpdateError::TooLarge { label: self.label, size: end, capacity: self.region.size }.into());
+        }
+        let end = end as u32;
+        while self.erased_to < end {
+            self.region.erase(flash, self.erased_to, SECTOR_SIZE)?;
+            self.erased_to += SECTOR_SIZE;
+        }
+        self.region.write(flash, self.written, data)?;
+        self.written = end;
+        Ok(())
+    }
+
+    /// Erase what is left of the region after the written bytes, skipping sectors that are
+    /// already blank, so the region ends as it would after a whole-partition erase + write.
+    pub fn clear_rest<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+        let mut buf = [0u8; 256];
+        let mut sector = self.erased_to;
+        while sector < self.region.size {
+            let mut blank = true;
+            let mut off = 0;
+            while off < SECTOR_SIZE && blank {
+                self.region.read(flash, sector + off, &mut buf)?;
+                blank = buf.iter().all(|&b| b == 0xFF);
+                off += buf.len() as u32;
+            }
+            if !blank {
+                self.region.erase(flash, sector, SECTOR_SIZE)?;
+            }
+            sector += SECTOR_SIZE;
+        }
+        self.erased_to = self.region.size;
+        Ok(())
+    }
+}
+
+/// Settings of an app update.
+#[derive(Clone, Copy, Debug)]
+pub struct AppUpdateConfig {
+    /// The device's chip: an image for another chip is refused.
+    pub chip: Chip,
+    /// Commit the new slot as NEW (rollback enabled) instead of UNDEFINED.
+    pub rollback: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AppState {
+    Prefix,
+    Checked,
+    Writing,
+}
+
+/// What `finish` did.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub slot: Partition,
+    pub summary: ImageSummary,
+    /// otadata sector (0 or 1) that was rewritten.
+    pub otadata_sector: usize,
+}
+
+/// The app update engine (`esp_https_ota` + `esp_ota_*`, done right).
+///
+/// 1. [`AppUpdate::begin`] picks the next slot; with a known size, refuses one that cannot fit.
+/// 2. [`AppUpdate::feed_prefix`] takes the first 289 bytes and checks magic, chip and descriptor:
+///    nothing is written yet. [`AppUpdate::check_version`] applies a version policy.
+/// 3. [`AppUpdate::write`] streams the image in, erase-ahead, verifying as it goes.
+/// 4. [`AppUpdate::finish`] verifies the stream and the flash read-back, then switches otadata.
+pub struct AppUpdate {
+    cfg: AppUpdateConfig,
+    slot: Partition,
+    otadata: Partition,
+    ota_count: u8,
+    prefix: [u8; IMAGE_PREFIX_LEN],
+    prefix_len: usize,
+    header: Option<ImageHeader>,
+    desc: Option<AppDesc>,
+    state: AppState,
+    writer: SequentialWriter,
+    verifier: ImageVerifier,
+}
+
+impl AppUpdate {
+    pub fn begin(
+        table: &PartitionTable,
+        running: Option<&Partition>,
+        cfg: AppUpdateConfig,
+        expected_size: Option<u64>,
+    ) -> Result<AppUpdate, Error> {
+        let otadata = *table.otadata().ok_or(UpdateError::NoOtaData)?;
+        let slot = next_update_slot(table, running).ok_or(UpdateError::NoUpdateSlot)?;
+        if let Some(size) = expected_size {
+            if size > slot.size as u64 {
+                return Err(UpdateError::TooLarge { label: slot.label, size, capacity: slot.size }.into());
+            }
+        }
+        let mut verifier = ImageVerifier::new();
+        verifier.set_expected_chip(Some(cfg.chip));
+        verifier.set_size_limit(Some(slot.size));
+        Ok(AppUpdate {
+            cfg,
+            slot,
+            otadata,
+            ota_count: table.ota_count(),
+            prefix: [0; IMAGE_PREFIX_LEN],
+            prefix_len: 0,
+            header: None,
+            desc: None,
+            state: AppState::Prefix,
+            writer: SequentialWriter::new(&slot),
+            verifier,
+        })
+    }
+
+    /// The slot being written.
+    pub fn slot(&self) -> &Partition {
+        &self.slot
+    }
+
+    /// Bytes still needed before the image can be checked.
+    pub fn prefix_needed(&self) -> usize {
+        IMAGE_PREFIX_LEN - self.prefix_len
+    }
+
+    /// Take up to [`Self::prefix_needed`] bytes; returns how many were taken. When the prefix is
+    /// complete the header, chip and descriptor are checked (nothing has touched flash yet).
+    pub fn feed_prefix(&mut self, data: &[u8]) -> Result<usize, Error> {
+        if self.state != AppState::Prefix {
+            return Err(UpdateError::WrongState { expected: "prefix" }.into());
+        }
+        let n = data.len().min(self.prefix_needed());
+        self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+        self.prefix_len += n;
+        if self.prefix_len == IMAGE_PREFIX_LEN {
+            let (header, desc) = image::parse_prefix(&self.prefix)?;
+            if header.chip_id != self.cfg.chip.id() {
+                return Err(UpdateError::WrongChip { expected: self.cfg.chip.id(), found: header.chip_id }.into());
+            }
+            self.header = Some(header);
+            self.desc = desc;
+            self.state = AppState::Checked;
+        }
+        Ok(n)
+    }
+
+    /// Feed the whole prefix from a short stream that ended early: an image shorter than 289
+    /// bytes cannot be an app (like `esp_https_ota_get_img_desc`).
+    pub fn prefix_complete(&self) -> bool {
+        self.state != AppState::Prefix
+    }
+
+    pub fn incoming_desc(&self) -> Option<&AppDesc> {
+        self.desc.as_ref()
+    }
+
+    pub fn incoming_header(&self) -> Option<&ImageHeader> {
+        self.header.as_ref()
+    }
+
+    /// Apply a version policy against the running app's descriptor.
+    pub fn check_version(&self, policy: VersionPolicy, running: Option<&AppDesc>) -> Result<(), Error> {
+        if policy == VersionPolicy::None {
+            return Ok(());
+        }
+        let incoming = self.desc.as_ref().ok_or(UpdateError::NoAppDesc)?;
+        let verdict = version::check(policy, running.map(|d| d.version_str()), incoming.version_str());
+        match verdict {
+            VersionVerdict::Accept => Ok(()),
+            v => Err(UpdateError::Version {
+                verdict: v,
+                current: running.map(|d| d.version).unwrap_or([0; 32]),
+                incoming: incoming.version,
+            }
+            .into()),
+        }
+    }
+
+    /// Bytes of the image written to flash so far.
+    pub fn written(&self) -> u32 {
+        self.writer.written()
+    }
+
+    /// Stream more image bytes into the slot (the first call also writes the buffered prefix).
+    pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
+        match self.state {
+            AppState::Prefix => return Err(UpdateError::WrongState { expected: "a checked prefix" }.into()),
+            AppState::Checked => {
+                let prefix = self.prefix;
+                self.verifier.feed(&prefix)?;
+                self.writer.write(flash, &prefix)?;
+                self.state = AppState::Writing;
+            }
+            AppState::Writing => {}
+        }
+        self.verifier.feed(data)?;
+        self.writer.write(flash, data)
+    }
+
+    /// Whether the stream so far holds a complete image.
+    pub fn image_complete(&self) -> bool {
+        self.verifier.is_complete()
+    }
+
+    /// Verify (stream result, then the image as read back from flash, like `esp_ota_end`) and
+    /// switch otadata to the new slot (`esp_ota_set_boot_partition`).
+    pub fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<Committed, Error> {
+        if self.state == AppState::Checked {
+            // A prefix-only image: write it so the verifier sees it (it will report truncation).
+            self.write(flash, &[])?;
+        }
+        if self.state != AppState::Writing {
+            return Err(UpdateError::Incomplete { written: 0 }.into());
+        }
+        let summary = self.verifier.finish()?;
+        let readback = image::verify_flash(flash, self.slot.region(), Some(self.cfg.chip))?;
+        if readback.hash_calc != summary.hash_calc || readback.checksum_calc != summary.checksum_calc {
+            return Err(UpdateError::ReadbackMismatch { offset: 0 }.into());
+        }
+        let slot_no = self.slot.ota_slot().ok_or(UpdateError::NoUpdateSlot)?;
+        let mut od = OtaData::read(flash, &self.otadata)?;
+        let sector = od.set_boot(flash, &self.otadata, slot_no, self.ota_count, self.cfg.rollback)?;
+        Ok(Committed { slot: self.slot, summary, otadata_sector: sector })
+    }
+}
+
+/// The data-partition engine: a partition found by label, a size check before any erase,
+/// erase-ahead sequential writes, and a clean tail.
+pub struct DataUpdate {
+    part: Partition,
+    writer: SequentialWriter,
+}
+
+impl DataUpdate {
+    pub fn begin(table: &PartitionTable, label: &str, expected_size: Option<u64>) -> Result<DataUpdate, Error> {
+        let part = *table
+            .find_data(label)
+            .ok_or(UpdateError::PartitionNotFound { label: Label::new(label) })?;
+        if let Some(size) = expected_size {
+            if size > part.size as u64 {
+                return Err(UpdateError::TooLarge { label: part.label, size, capacity: part.size }.into());
+            }
+        }
+        Ok(DataUpdate { part, writer: SequentialWriter::new(&part) })
+    }
+
+    pub fn partition(&self) -> &Partition {
+        &self.part
+    }
+
+    pub fn written(&self) -> u32 {
+        self.writer.written()
+    }
+
+    pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
+        self.writer.write(flash, data)
+    }
+
+    /// Finish: erase the stale rest of the partition (only sectors that are not blank).
+    pub fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<u32, Error> {
+        self.writer.clear_rest(flash)?;
+        Ok(self.writer.written())
     }
 }

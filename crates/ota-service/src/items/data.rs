@@ -1,0 +1,220 @@
+//! The data item: rewrite a data partition found by label, raw or as an ESP-ADF tone bin with
+//! the example's policy (adf-ota-service.md §6, §7), with the size checked before any erase.
+
+use embedded_storage::nor_flash::NorFlash;
+use ota_core::tone::{self, ToneDecision, ToneDesc, ToneHeader, TONE_DESC_SIZE, TONE_HEADER_SIZE};
+use ota_core::update::DataUpdate;
+
+use super::{core_error, read_full, source_error, Progress};
+use crate::reason::Reason;
+use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
+use crate::source::{self, Source};
+
+const TAG_DEFAULT: &str = "OTA_DEFAULT";
+const TAG_EXAMPLE: &str = "HTTPS_OTA_EXAMPLE";
+const TAG_TONE: &str = "TONE_PARTITION";
+/// ADF's data read size (adf-ota-service.md §6: `read_buf[2048]`).
+const CHUNK: usize = 2048;
+
+/// How the data item decides and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DataFormat {
+    /// Always rewrite the partition with the incoming bytes.
+    #[default]
+    Raw,
+    /// ESP-ADF tone bin: the example's `audio_tone_need_upgrade` policy.
+    Tone,
+}
+
+pub struct DataItem {
+    pub uri: String,
+    pub label: String,
+    pub format: DataFormat,
+    pub ca_pem: Option<Vec<u8>>,
+    pub reboot: bool,
+    pub break_after_fail: bool,
+    run: Option<Run>,
+}
+
+struct Run {
+    source: Box<dyn Source>,
+    engine: DataUpdate,
+    /// Bytes already read from the source by need_upgrade, to be written first.
+    pending: Vec<u8>,
+}
+
+impl DataItem {
+    pub fn new(uri: impl Into<String>, label: impl Into<String>, format: DataFormat) -> Self {
+        DataItem {
+            uri: uri.into(),
+            label: label.into(),
+            format,
+            ca_pem: None,
+            reboot: false,
+            break_after_fail: false,
+            run: None,
+        }
+    }
+
+    fn tone_need_upgrade<F: NorFlash>(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+    ) -> Result<Need, ItemError> {
+        let run = self.run.as_mut().ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        let part = *run.engine.partition();
+        let current = match tone::tone_partition_init(dev.flash, &part) {
+            Ok(info) => {
+                env.info(
+                    TAG_TONE,
+                    format!("tone partition format {}, total {}", info.header.format, info.header.total_num),
+                );
+                Some(info)
+            }
+            Err(e) => {
+                env.error(TAG_TONE, format!("{}", e));
+                None
+            }
+        };
+        let mut hdr = [0u8; TONE_HEADER_SIZE];
+        let got = read_full(run.source.as_mut(), &mut hdr).map_err(source_error)?;
+        if got < hdr.len() {
+            return Err(ItemError::new(
+                Reason::StreamRdFail,
+                format!("{}: only {} bytes, a tone bin header needs {}", self.uri, got, hdr.len()),
+            ));
+        }
+        run.pending.extend_from_slice(&hdr);
+        // Unlike ADF, the incoming tag is checked even when the current partition is invalid:
+        // a file that is not a tone bin never replaces one.
+        let incoming = ToneHeader::parse(&hdr).map_err(|e| {
+            env.error(TAG_EXAMPLE, "not audio tone bin");
+            ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e))
+        })?;
+        let Some(current) = current else {
+            // Not a valid tone partition now: rewrite it whole from the stream.
+            return Ok(Need::Yes);
+        };
+        env.info(TAG_EXAMPLE, format!("format {} : {}", current.header.format, incoming.format));
+        let mut desc = None;
+        if tone::incoming_needs_desc(&incoming) {
+            let mut d = [0u8; TONE_DESC_SIZE];
+            let got = read_full(run.source.as_mut(), &mut d).map_err(source_error)?;
+            if got < d.len() {
+                return Err(ItemError::new(
+                    Reason::StreamRdFail,
+                    format!("{}: the tone descriptor is cut short ({} of {} bytes)", self.uri, got, d.len()),
+                ));
+            }
+            run.pending.extend_from_slice(&d);
+            let parsed = ToneDesc::parse(&d);
+            env.info(
+                TAG_EXAMPLE,
+                format!("imcoming magic_word {:x}, project_name {}", parsed.magic_word, parsed.project_name_str()),
+            );
+            if let Some(cur) = current.desc.as_ref() {
+                env.info(
+                    TAG_EXAMPLE,
+                    format!("current version {}, incoming version {}", cur.version_str(), parsed.version_str()),
+                );
+            }
+            desc = Some(parsed);
+        }
+        match tone::decide_upgrade(Some(&current), &incoming, desc.as_ref(), true) {
+            ToneDecision::WriteAll | ToneDecision::Write { .. } => {
+                env.info(TAG_DEFAULT, format!("write_offset 0, size {}", TONE_HEADER_SIZE));
+                if desc.is_some() {
+                    env.info(TAG_DEFAULT, format!("write_offset {}, size {}", TONE_HEADER_SIZE, TONE_DESC_SIZE));
+                }
+                Ok(Need::Yes)
+            }
+            ToneDecision::Reject(r) => {
+                let reason = Reason::from_code(r.adf_reason());
+                let message = format!("{}: {}", self.uri, r);
+                if reason == Reason::NoHigherVersion {
+                    env.warn(TAG_EXAMPLE, "The incoming version is same as or lower than the running version");
+                    Ok(Need::No(reason, message))
+                } else {
+                    env.error(TAG_EXAMPLE, format!("{}", r));
+                    Err(ItemError::new(reason, message))
+                }
+            }
+        }
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for DataItem {
+    fn describe(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn prepare(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, _id: usize) -> Result<(), ItemError> {
+        if dev.table.find_data(&self.label).is_none() {
+            env.error(TAG_DEFAULT, format!("partition [{}] not found", self.label));
+        }
+        let engine = DataUpdate::begin(dev.table, &self.label, None).map_err(|e| core_error(e, &self.uri))?;
+        env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
+        let mut opts = env.source.clone();
+        if self.ca_pem.is_some() {
+            opts.ca_pem = self.ca_pem.clone();
+        }
+        let src = source::open(&self.uri, env.sd, &opts).map_err(|e| {
+            env.error(TAG_DEFAULT, "reader stream init failed");
+            source_error(e)
+        })?;
+        if self.uri.starts_with("file://") {
+            if let Some(len) = src.content_length() {
+                env.info("FATFS_STREAM", format!("File size: {} byte, file position: 0", len));
+            }
+        }
+        // Our fix (adf-ota-service.md §11.5): refuse an image larger than the partition before
+        // anything is erased.
+        let engine = match src.content_length() {
+            Some(len) => DataUpdate::begin(dev.table, &self.label, Some(len)).map_err(|e| core_error(e, &self.uri))?,
+            None => engine,
+        };
+        self.run = Some(Run { source: src, engine, pending: Vec::new() });
+        Ok(())
+    }
+
+    fn need_upgrade(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, _id: usize) -> Result<Need, ItemError> {
+        match self.format {
+            DataFormat::Raw => Ok(Need::Yes),
+            DataFormat::Tone => self.tone_need_upgrade(dev, env),
+        }
+    }
+
+    fn execute(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<(), ItemError> {
+        let Run { mut source, mut engine, pending } =
+            self.run.take().ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        let label = engine.partition().label;
+        let mut progress = Progress::new(id, TAG_DEFAULT, "data", source.content_length());
+        let write = |engine: &mut DataUpdate, flash: &mut F, bytes: &[u8]| {
+            engine.write(flash, bytes).map_err(|e| {
+                ItemError::new(Reason::PartitionWtFail, format!("writing partition {}: {}", label.as_str(), e))
+            })
+        };
+        write(&mut engine, dev.flash, &pending)?;
+        progress.add(env, pending.len());
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = source.read(&mut buf).map_err(source_error)?;
+            if n == 0 {
+                break;
+            }
+            write(&mut engine, dev.flash, &buf[..n])?;
+            progress.add(env, n);
+        }
+        engine.finish(dev.flash).map_err(|e| core_error(e, &self.uri))?;
+        env.info(TAG_DEFAULT, format!("partition {} upgrade successes", label.as_str()));
+        Ok(())
+    }
+
+    fn reboot(&self) -> bool {
+        self.reboot
+    }
+
+    fn break_after_fail(&self) -> bool {
+        self.break_after_fail
+    }
+}

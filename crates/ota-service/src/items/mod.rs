@@ -1,0 +1,97 @@
+//! Ready-made upgrade items: app (next OTA slot), raw data partition, ADF tone partition.
+
+mod app;
+mod data;
+
+pub use app::AppItem;
+pub use data::{DataFormat, DataItem};
+
+use std::time::Instant;
+
+use ota_core::Error as CoreError;
+
+use crate::reason::Reason;
+use crate::service::{Env, Event, ItemError};
+use crate::source::{Source, SourceError};
+
+/// Read until `buf` is full or the source ends; returns the bytes read.
+pub(crate) fn read_full(src: &mut dyn Source, buf: &mut [u8]) -> Result<usize, SourceError> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = src.read(&mut buf[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+pub(crate) fn source_error(e: SourceError) -> ItemError {
+    ItemError::new(Reason::from_code(e.adf_reason()), e.to_string())
+}
+
+/// Map an `ota-core` error to ADF's reason: flash failures are write failures, format
+/// failures are validation failures.
+pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
+    use ota_core::update::UpdateError;
+    let reason = match &e {
+        CoreError::Flash(f) => match f.op {
+            ota_core::flash::FlashOp::Read => Reason::PartitionRdFail,
+            _ => Reason::PartitionWtFail,
+        },
+        CoreError::Update(UpdateError::PartitionNotFound { .. }) => Reason::PartitionNotFound,
+        CoreError::Update(UpdateError::TooLarge { .. }) => Reason::PartitionWtFail,
+        CoreError::Update(UpdateError::Version { verdict, .. }) => match verdict {
+            ota_core::version::VersionVerdict::InvalidIncoming => Reason::ErrorVersion,
+            _ => Reason::NoHigherVersion,
+        },
+        CoreError::Update(UpdateError::WrongChip { .. }) => Reason::Other(ESP_ERR_INVALID_VERSION),
+        CoreError::Image(_) | CoreError::Update(_) => Reason::OtaValidateFailed,
+        CoreError::Partition(_) | CoreError::OtaData(_) => Reason::PartitionRdFail,
+        CoreError::Tone(_) => Reason::Unknown,
+    };
+    ItemError::new(reason, format!("{}: {}", context, e))
+}
+
+/// `ESP_ERR_INVALID_VERSION` (0x10A): what IDF reports for an image of another chip.
+pub const ESP_ERR_INVALID_VERSION: i32 = 0x10A;
+
+/// ADF's once-a-second progress line (`%s process_size: %d KB, cur_size: %d bytes,
+/// total_speed: %d KB/s`, adf-ota-service.md §4.3) plus a Progress event per chunk.
+pub(crate) struct Progress {
+    id: usize,
+    tag: &'static str,
+    kind: &'static str,
+    total: Option<u64>,
+    bytes: u64,
+    start: Instant,
+    last_log: Instant,
+}
+
+impl Progress {
+    pub(crate) fn new(id: usize, tag: &'static str, kind: &'static str, total: Option<u64>) -> Self {
+        let now = Instant::now();
+        Progress { id, tag, kind, total, bytes: 0, start: now, last_log: now }
+    }
+
+    pub(crate) fn add(&mut self, env: &mut Env<'_>, n: usize) {
+        self.bytes += n as u64;
+        env.emit(Event::Progress { id: self.id, bytes: self.bytes, total: self.total });
+        let now = Instant::now();
+        if now.duration_since(self.last_log).as_micros() > 1_000_000 {
+            self.last_log = now;
+            let ms = now.duration_since(self.start).as_millis().max(1) as u64;
+            env.info(
+                self.tag,
+                format!(
+                    "{} process_size: {} KB, cur_size: {} bytes, total_speed: {} KB/s",
+                    self.kind,
+                    self.bytes / 1024,
+                    n,
+                    self.bytes * 1000 / (1024 * ms)
+                ),
+            );
+        }
+    }
+}

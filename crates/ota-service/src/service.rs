@@ -1,0 +1,241 @@
+//! The OTA service: an upgrade list of items, each with ADF's four hooks, run in order
+//! (adf-ota-service.md §3), with ADF's bugs fixed (§11): a not-newer image is *skipped* (no
+//! reboot), the real failure reason is kept, and the restart happens after the list only when
+//! an item that really succeeded asks for it.
+
+use embedded_storage::nor_flash::NorFlash;
+use ota_core::partition::{Partition, PartitionTable};
+use ota_core::Chip;
+
+use crate::reason::Reason;
+use crate::source::{SdCardFs, SourceOptions};
+
+/// Log level, as in ESP-IDF's `I (ms) TAG: msg` lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    pub fn letter(self) -> char {
+        match self {
+            Level::Error => 'E',
+            Level::Warn => 'W',
+            Level::Info => 'I',
+            Level::Debug => 'D',
+        }
+    }
+}
+
+/// How one item ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Nothing needed doing (for example the incoming image is not newer): not a failure, no reboot.
+    Skipped { reason: Reason, message: String },
+    Failed { reason: Reason, message: String },
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success)
+    }
+    /// ADF's numeric result for this outcome (a skip reports its reason, like ADF's need_upgrade).
+    pub fn reason(&self) -> Reason {
+        match self {
+            Outcome::Success => Reason::Success,
+            Outcome::Skipped { reason, .. } | Outcome::Failed { reason, .. } => *reason,
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// What the service reports while it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A log line (ESP-IDF style): the binary prints it, a chip would send it to the UART.
+    Log { level: Level, tag: &'static str, message: String },
+    /// Bytes of item `id` processed so far.
+    Progress { id: usize, bytes: u64, total: Option<u64> },
+    /// Item `id` finished (ADF's `OTA_SERV_EVENT_TYPE_RESULT`).
+    Result { id: usize, outcome: Outcome },
+    /// The list finished and no restart is due (ADF's `OTA_SERV_EVENT_TYPE_FINISH`).
+    Finish,
+    /// The list finished and a successful item asked for a restart.
+    Restart,
+}
+
+/// An item's failure or refusal: the ADF reason and what went wrong, with context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl ItemError {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        ItemError { reason, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ItemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}]", self.message, self.reason)
+    }
+}
+
+/// `need_upgrade`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    Yes,
+    /// Skip this item (reason, explanation).
+    No(Reason, String),
+}
+
+/// The device an upgrade list runs against: its flash, partition table, chip and running app.
+pub struct Device<'a, F: NorFlash> {
+    pub flash: &'a mut F,
+    pub table: &'a PartitionTable,
+    pub chip: Chip,
+    /// The app partition that is running (what the bootloader booted).
+    pub running: Option<Partition>,
+    /// Commit new apps as NEW (bootloader rollback enabled).
+    pub rollback: bool,
+}
+
+/// Everything else an item needs: SD card, source options, the event sink.
+pub struct Env<'a> {
+    pub sd: Option<&'a dyn SdCardFs>,
+    pub source: SourceOptions,
+    pub events: &'a mut dyn FnMut(Event),
+}
+
+impl Env<'_> {
+    pub fn log(&mut self, level: Level, tag: &'static str, message: impl Into<String>) {
+        (self.events)(Event::Log { level, tag, message: message.into() })
+    }
+    pub fn info(&mut self, tag: &'static str, message: impl Into<String>) {
+        self.log(Level::Info, tag, message)
+    }
+    pub fn warn(&mut self, tag: &'static str, message: impl Into<String>) {
+        self.log(Level::Warn, tag, message)
+    }
+    pub fn error(&mut self, tag: &'static str, message: impl Into<String>) {
+        self.log(Level::Error, tag, message)
+    }
+    pub fn emit(&mut self, event: Event) {
+        (self.events)(event)
+    }
+}
+
+/// One entry of the upgrade list: ADF's `ota_upgrade_ops_t` as a trait (adf-ota-service.md §2.4).
+pub trait UpgradeItem<F: NorFlash> {
+    /// A short description (the URI) for logs.
+    fn describe(&self) -> String;
+    /// Open the source, find the target. Nothing is written.
+    fn prepare(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<(), ItemError>;
+    /// Decide from the first bytes whether to go on. Nothing is erased before this says yes.
+    fn need_upgrade(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<Need, ItemError>;
+    /// Copy the data.
+    fn execute(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<(), ItemError>;
+    /// Clean up and give the verdict; called on every path after the hooks ran. The default keeps
+    /// the result it is given (fixing ADF's app finish, which ignored it: §11 bug 1).
+    fn finished_check(
+        &mut self,
+        _dev: &mut Device<'_, F>,
+        _env: &mut Env<'_>,
+        _id: usize,
+        result: Outcome,
+    ) -> Outcome {
+        result
+    }
+    /// Restart after the list when this item succeeded (ADF `reboot_flag`).
+    fn reboot(&self) -> bool;
+    /// Stop the list when this item fails (ADF `break_after_fail`).
+    fn break_after_fail(&self) -> bool;
+}
+
+const TAG: &str = "OTA_SERVICE";
+
+/// What a run of the list produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// `(id, outcome)` of every item that ran, in order.
+    pub results: Vec<(usize, Outcome)>,
+    /// A successful item asked for a restart.
+    pub restart: bool,
+}
+
+/// `ota_service_process` for one item (adf-ota-service.md §3.1).
+pub fn process_item<F: NorFlash>(
+    item: &mut dyn UpgradeItem<F>,
+    dev: &mut Device<'_, F>,
+    env: &mut Env<'_>,
+    id: usize,
+) -> Outcome {
+    let result = match item.prepare(dev, env, id) {
+        Err(e) => {
+            env.error(TAG, "OTA prepared fail");
+            Outcome::Failed { reason: e.reason, message: e.message }
+        }
+        Ok(()) => match item.need_upgrade(dev, env, id) {
+            Err(e) => {
+                env.error(TAG, "No need to upgrade");
+                Outcome::Failed { reason: e.reason, message: e.message }
+            }
+            Ok(Need::No(reason, message)) => {
+                env.warn(TAG, format!("No need to upgrade: {}", message));
+                Outcome::Skipped { reason, message }
+            }
+            Ok(Need::Yes) => match item.execute(dev, env, id) {
+                Err(e) => {
+                    env.error(TAG, "Fail to execute upgrade");
+                    Outcome::Failed { reason: e.reason, message: e.message }
+                }
+                Ok(()) => Outcome::Success,
+            },
+        },
+    };
+    item.finished_check(dev, env, id, result)
+}
+
+/// Run the list in order (the service task's START state, adf-ota-service.md §3): a Result event
+/// per item, a break after a failed `break_after_fail` item, then Restart (a successful item
+/// with `reboot`) or Finish.
+pub fn run_list<F: NorFlash>(
+    items: &mut [Box<dyn UpgradeItem<F> + '_>],
+    dev: &mut Device<'_, F>,
+    env: &mut Env<'_>,
+) -> RunReport {
+    let mut report = RunReport::default();
+    for (id, item) in items.iter_mut().enumerate() {
+        let outcome = process_item(item.as_mut(), dev, env, id);
+        let failed = matches!(outcome, Outcome::Failed { .. });
+        if outcome.is_success() && item.reboot() {
+            report.restart = true;
+        }
+        report.results.push((id, outcome.clone()));
+        env.emit(Event::Result { id, outcome });
+        if failed && item.break_after_fail() {
+            env.error(TAG, format!("upgrade_list[{}] OTA failed, break the update list", id));
+            break;
+        }
+    }
+    env.warn(TAG, "OTA_END!");
+    if report.restart {
+        env.warn(TAG, "restart!");
+        env.emit(Event::Restart);
+    } else {
+        env.emit(Event::Finish);
+    }
+    report
+}

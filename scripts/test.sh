@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
+# the riscv32imc target for the no_std build of ota-core, then lint and tests.
+# Usage: scripts/test.sh            (from anywhere inside the repository)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python oracles (.venv: esptool, esp-idf-defs)"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs
+export OTA_PYTHON="$PWD/.venv/bin/python"
+
+step "rustup target riscv32imc-unknown-none-elf"
+rustup target add riscv32imc-unknown-none-elf >/dev/null
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+step "ota-core builds no_std for riscv32imc-unknown-none-elf"
+cargo build -p ota-core --target riscv32imc-unknown-none-elf
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (workspace)"
+cargo test --workspace

@@ -1,0 +1,549 @@
+//! `ota device ...`: create, inspect, boot and update an emulated device.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use embedded_storage::nor_flash::NorFlash;
+use ota_core::boot::{self, BootConfig, BootEvent, BootOutcome};
+use ota_core::image::{self, AppDesc, ImageSummary};
+use ota_core::otadata::{OtaData, OtaState};
+use ota_core::partition::{self, CsvOptions, Partition, PartitionTable, TABLE_OFFSET};
+use ota_core::Chip;
+use ota_emu::device::{layout, Device};
+use ota_emu::flash::EmuFlash;
+use ota_emu::sdcard::SdCard;
+use ota_service::config::Config;
+use serde_json::{json, Value};
+
+use crate::glue::{self, SdAdapter};
+use crate::logger;
+use crate::FlashArg;
+
+#[derive(Subcommand)]
+pub enum DeviceCmd {
+    /// Create a device: a flash image with a bootloader, a partition table, erased otadata and
+    /// optionally an app in the first app partition (factory, else ota_0).
+    Create(CreateArgs),
+    /// Show the chip, partition table, otadata entries and the app in each slot.
+    Info {
+        #[command(flatten)]
+        flash: FlashArg,
+        /// Print JSON (keys documented in README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the 2nd-stage bootloader's selection and show which app boots.
+    Boot {
+        #[command(flatten)]
+        flash: FlashArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Power the device on: boot, run the upgrade list of CONFIG, restart and boot again if asked.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    flash: FlashArg,
+    /// Chip (esptool's name: esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...).
+    #[arg(long, default_value = "esp32")]
+    chip: String,
+    /// Flash size: 1MB .. 128MB.
+    #[arg(long, default_value = "4MB")]
+    flash_size: String,
+    /// Partition table CSV (gen_esp32part.py format). Default: the ESP-ADF OTA example's table.
+    #[arg(long, value_name = "CSV")]
+    partitions: Option<PathBuf>,
+    /// App image to put in the first app partition (factory, else ota_0).
+    #[arg(long, value_name = "IMAGE")]
+    app: Option<PathBuf>,
+    /// Data partition contents to write at creation: LABEL=FILE (repeatable).
+    #[arg(long, value_name = "LABEL=FILE")]
+    data: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    flash: FlashArg,
+    /// Upgrade list (TOML; see README).
+    #[arg(long, value_name = "TOML")]
+    config: PathBuf,
+    /// SD card: a folder or a FAT image. Default: `sdcard/` beside the flash file.
+    #[arg(long, value_name = "DIR|IMG")]
+    sdcard: Option<PathBuf>,
+    /// HTTP(S) timeout in milliseconds (connect and read).
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+/// The ESP-ADF OTA example's partition table with 1 MB app slots, as in its README log
+/// (adf-ota-service.md §9.2): ota_1 at 0x110000, flash_tone at 0x210000.
+pub const EXAMPLE_CSV: &str = "\
+# ESP-ADF examples/ota partition table (1 MB app slots, as in the example's README log)
+# Name,   Type, SubType, Offset,   Size, Flags
+nvs,      data, nvs,     ,        0x4000,
+otadata,  data, ota,     ,        0x2000,
+phy_init, data, phy,     ,        0x1000,
+ota_0,    app,  ota_0,   ,        1M,
+ota_1,    app,  ota_1,   ,        1M,
+flash_tone, data, 0xff,  ,        1M,
+";
+
+pub fn run(cmd: DeviceCmd) -> Result<ExitCode> {
+    match cmd {
+        DeviceCmd::Create(a) => create(a).map(|_| ExitCode::SUCCESS),
+        DeviceCmd::Info { flash, json } => info(&flash.flash, json).map(|_| ExitCode::SUCCESS),
+        DeviceCmd::Boot { flash, json } => boot_cmd(&flash.flash, json),
+        DeviceCmd::Run(a) => run_cmd(a),
+    }
+}
+
+pub struct CreateSpec<'a> {
+    pub chip: Chip,
+    pub flash_size: u32,
+    pub csv: &'a str,
+    pub app: Option<&'a [u8]>,
+    pub data: Vec<(String, Vec<u8>)>,
+}
+
+/// Lay out a new device in `path`.
+pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
+    let size_code = glue::flash_size_code(spec.flash_size)?;
+    let opts = CsvOptions { flash_size: Some(spec.flash_size), ..CsvOptions::default() };
+    let table = PartitionTable::from_csv(spec.csv, &opts).map_err(|e| anyhow!("partition table: {}", e))?;
+    let mut table_bin = [0xFFu8; partition::TABLE_MAX_LEN];
+    table.to_binary(true, &mut table_bin).map_err(|e| anyhow!("partition table: {}", e))?;
+    let mut boot_img = Vec::new();
+    image::build_bootloader(spec.chip, size_code, &mut |b: &[u8]| boot_img.extend_from_slice(b))
+        .map_err(|e| anyhow!("building the bootloader image: {}", e))?;
+    // Check everything before touching the file.
+    let app_target = match spec.app {
+        Some(app) => {
+            let target = table
+                .factory()
+                .or_else(|| table.ota(0))
+                .copied()
+                .ok_or_else(|| anyhow!("the partition table has no factory or ota_0 partition for --app"))?;
+            check_image(app, spec.chip, &target)?;
+            Some((target, app))
+        }
+        None => None,
+    };
+    let mut data = Vec::new();
+    for (label, bytes) in &spec.data {
+        let p = *table.find_data(label).ok_or_else(|| anyhow!("no data partition labelled '{}'", label))?;
+        if bytes.len() as u64 > p.size as u64 {
+            bail!("{} bytes do not fit in partition {} ({} bytes)", bytes.len(), label, p.size);
+        }
+        data.push((p, bytes));
+    }
+    if path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    let mut flash = EmuFlash::create(path, spec.flash_size)?;
+    layout::write_raw(&mut flash, spec.chip.bootloader_offset(), &boot_img)?;
+    layout::write_raw(&mut flash, TABLE_OFFSET, &table_bin)?;
+    if let Some((target, app)) = app_target {
+        layout::write_raw(&mut flash, target.offset, app)?;
+    }
+    for (p, bytes) in data {
+        layout::write_raw(&mut flash, p.offset, bytes)?;
+    }
+    Ok(())
+}
+
+/// An app image must verify, be for this chip and fit its partition.
+fn check_image(bytes: &[u8], chip: Chip, target: &Partition) -> Result<ImageSummary> {
+    let mut v = image::ImageVerifier::new();
+    v.feed(bytes).map_err(|e| anyhow!("app image: {}", e))?;
+    let s = v.finish().map_err(|e| anyhow!("app image: {}", e))?;
+    if s.header.chip_id != chip.id() {
+        bail!(
+            "app image is for chip id {} , the device is {} (chip id {})",
+            s.header.chip_id,
+            chip.name(),
+            chip.id()
+        );
+    }
+    if bytes.len() as u64 > target.size as u64 {
+        bail!("app image of {} bytes does not fit in {} ({} bytes)", bytes.len(), target.label.as_str(), target.size);
+    }
+    Ok(s)
+}
+
+fn create(a: CreateArgs) -> Result<()> {
+    let chip = Chip::from_name(&a.chip)
+        .ok_or_else(|| anyhow!("unknown chip '{}' (esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...)", a.chip))?;
+    let flash_size = glue::parse_size(&a.flash_size)?;
+    let csv = match &a.partitions {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => EXAMPLE_CSV.to_string(),
+    };
+    let app = match &a.app {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let mut data = Vec::new();
+    for d in &a.data {
+        let (label, file) = d.split_once('=').ok_or_else(|| anyhow!("--data takes LABEL=FILE, not '{}'", d))?;
+        data.push((label.to_string(), std::fs::read(file).with_context(|| format!("reading {}", file))?));
+    }
+    create_device(&a.flash.flash, &CreateSpec { chip, flash_size, csv: &csv, app: app.as_deref(), data })?;
+    println!(
+        "created {} ({} flash, {} MB) with {} partitions",
+        a.flash.flash.display(),
+        chip.name(),
+        flash_size >> 20,
+        PartitionTable::from_csv(&csv, &CsvOptions::default()).map(|t| t.len()).unwrap_or(0)
+    );
+    Ok(())
+}
+
+fn type_name(p: &Partition) -> String {
+    partition::type_name(p.ptype).map(str::to_string).unwrap_or_else(|| format!("0x{:02x}", p.ptype))
+}
+
+fn subtype_name(p: &Partition) -> String {
+    partition::subtype_name(p.ptype, p.subtype)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("0x{:02x}", p.subtype))
+}
+
+fn app_json(d: &AppDesc) -> Value {
+    json!({
+        "project_name": d.project_name_str(),
+        "version": d.version_str(),
+        "secure_version": d.secure_version,
+        "time": d.time_str(),
+        "date": d.date_str(),
+        "idf_ver": d.idf_ver_str(),
+        "elf_sha256": hex(&d.app_elf_sha256),
+    })
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{:02x}", x)).collect()
+}
+
+fn info(path: &Path, as_json: bool) -> Result<()> {
+    let mut dev = glue::open_device(path)?;
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let flash_size = dev.flash_size();
+    let otadata = match table.otadata() {
+        Some(p) => Some(OtaData::read(dev.flash_mut(), p).map_err(|e| anyhow!("otadata: {}", e))?),
+        None => None,
+    };
+    let mut apps = Vec::new();
+    for p in table.iter().filter(|p| p.is_app()) {
+        let r = image::verify_flash(dev.flash_mut(), p.region(), Some(chip));
+        apps.push((*p, r));
+    }
+    if as_json {
+        let parts: Vec<Value> = table
+            .iter()
+            .map(|p| {
+                json!({"label": p.label.as_str(), "type": type_name(p), "subtype": subtype_name(p),
+                       "offset": p.offset, "size": p.size, "flags": p.flags})
+            })
+            .collect();
+        let od = otadata.map(|od| {
+            let entries: Vec<Value> = od
+                .entries
+                .iter()
+                .map(|e| json!({"seq": e.seq, "state": OtaState::from_u32(e.state).name(), "crc_valid": e.crc_ok()}))
+                .collect();
+            json!({"entries": entries, "active": od.active()})
+        });
+        let apps: Vec<Value> = apps
+            .iter()
+            .map(|(p, r)| match r {
+                Ok(s) => json!({"label": p.label.as_str(), "offset": p.offset,
+                                "app": s.app_desc.as_ref().map(app_json)}),
+                Err(e) => json!({"label": p.label.as_str(), "offset": p.offset, "error": e.to_string()}),
+            })
+            .collect();
+        let v = json!({"chip": chip.name(), "flash_size": flash_size, "partitions": parts,
+                       "otadata": od, "apps": apps});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("Chip: {} ({}), flash size {} MB ({} bytes)", chip.display_name(), chip.name(), flash_size >> 20, flash_size);
+    println!("Partition table at 0x{:x}:", TABLE_OFFSET);
+    println!("  {:<16} {:<6} {:<10} {:>10} {:>10} flags", "label", "type", "subtype", "offset", "size");
+    for p in table.iter() {
+        println!(
+            "  {:<16} {:<6} {:<10} {:>#10x} {:>#10x} {}",
+            p.label.as_str(),
+            type_name(p),
+            subtype_name(p),
+            p.offset,
+            p.size,
+            p.flags
+        );
+    }
+    match otadata {
+        Some(od) => {
+            println!("otadata:");
+            for (i, e) in od.entries.iter().enumerate() {
+                if e.seq == u32::MAX {
+                    println!("  [{}] erased", i);
+                } else {
+                    println!(
+                        "  [{}] seq {} state {} crc {}",
+                        i,
+                        e.seq,
+                        OtaState::from_u32(e.state).name(),
+                        if e.crc_ok() { "ok" } else { "BAD" }
+                    );
+                }
+            }
+            match od.active() {
+                Some(a) => println!("  active entry: {} (boot slot ota_{})", a, od.boot_slot(table.ota_count().max(1)).unwrap_or(0)),
+                None => println!("  active entry: none (boots factory, or ota_0 without factory)"),
+            }
+        }
+        None => println!("otadata: none (boots factory)"),
+    }
+    println!("Apps:");
+    for (p, r) in apps {
+        match r {
+            Ok(s) => match s.app_desc {
+                Some(d) => println!(
+                    "  {:<16} {} {} (secure_version {}, {} bytes)",
+                    p.label.as_str(),
+                    d.project_name_str(),
+                    d.version_str(),
+                    d.secure_version,
+                    s.image_len
+                ),
+                None => println!("  {:<16} valid image without app descriptor", p.label.as_str()),
+            },
+            Err(e) => println!("  {:<16} not bootable: {}", p.label.as_str(), e),
+        }
+    }
+    Ok(())
+}
+
+/// ESP-IDF's bootloader "Usage" column (bootloader_utility.c).
+fn usage(p: &Partition) -> &'static str {
+    match (p.ptype, p.subtype) {
+        (0, 0x00) => "factory app",
+        (0, 0x20) => "test app",
+        (0, s) if (0x10..0x20).contains(&s) => "OTA app",
+        (0, _) => "Unknown app",
+        (1, 0x00) => "OTA data",
+        (1, 0x01) => "RF data",
+        (1, 0x02) => "WiFi data",
+        (1, 0x04) => "NVS keys",
+        (1, 0x05) => "efuse",
+        (1, _) => "Unknown data",
+        _ => "unknown",
+    }
+}
+
+/// Print the bootloader's partition table listing.
+pub fn print_table(table: &PartitionTable) {
+    logger::info("boot", "Partition Table:");
+    logger::info("boot", "## Label            Usage          Type ST Offset   Length");
+    for (i, p) in table.iter().enumerate() {
+        logger::info(
+            "boot",
+            &format!(
+                "{:2} {:<16} {:<16} {:02x} {:02x} {:08x} {:08x}",
+                i,
+                p.label.as_str(),
+                usage(p),
+                p.ptype,
+                p.subtype,
+                p.offset,
+                p.size
+            ),
+        );
+    }
+    logger::info("boot", "End of partition table");
+}
+
+fn print_boot_event(ev: &BootEvent) {
+    match ev {
+        BootEvent::Aborted { sector, seq } => {
+            logger::warn("boot", &format!("otadata[{}] seq {}: PENDING_VERIFY -> ABORTED (app was not confirmed)", sector, seq))
+        }
+        BootEvent::NoFactoryTryingOta0 => logger::info("boot", "No factory image, trying OTA 0"),
+        BootEvent::OtaDataInvalidFallback => logger::warn("boot", "ota data partition invalid, falling back to factory"),
+        BootEvent::PendingVerify { sector, seq } => {
+            logger::info("boot", &format!("otadata[{}] seq {}: NEW -> PENDING_VERIFY", sector, seq))
+        }
+        BootEvent::LoadFailed { partition, error } => logger::error(
+            "boot",
+            &format!("Failed to verify app image @ 0x{:x} ({}): {}", partition.offset, partition.label.as_str(), error),
+        ),
+        BootEvent::SetActualOtaSeq { seq } => logger::info("boot", &format!("Set actual ota_seq={} in otadata[0]", seq)),
+        BootEvent::Loaded { .. } => {}
+        BootEvent::FallingBackToTestApp => logger::warn("boot", "Falling back to test app as only bootable partition"),
+    }
+}
+
+/// Boot the device like the 2nd-stage bootloader, printing ESP-IDF-style lines.
+pub fn boot_device<F: NorFlash>(flash: &mut F, table: &PartitionTable, chip: Chip, quiet: bool) -> Result<BootOutcome> {
+    if !quiet {
+        logger::info("boot", &format!("ota-service 2nd stage bootloader emulation, chip {}", chip.display_name()));
+        print_table(table);
+    }
+    let cfg = BootConfig::default();
+    let mut on_event = |ev: BootEvent| {
+        if !quiet {
+            print_boot_event(&ev)
+        }
+    };
+    let out = boot::boot(flash, table, chip, &cfg, &mut on_event).map_err(|e| anyhow!("boot: {}", e))?;
+    if !quiet {
+        print_loaded(&out);
+    }
+    Ok(out)
+}
+
+fn print_loaded(out: &BootOutcome) {
+    let s = &out.summary;
+    for seg in &s.segments[..s.segment_count] {
+        logger::info(
+            "esp_image",
+            &format!(
+                "segment: paddr={:08x} vaddr={:08x} size={:05x} ({:6})",
+                out.partition.offset + seg.file_offset + 8,
+                seg.load_addr,
+                seg.data_len,
+                seg.data_len
+            ),
+        );
+    }
+    logger::info("boot", &format!("Loaded app from partition at offset 0x{:x}", out.partition.offset));
+    if let Some(d) = &s.app_desc {
+        logger::info("app_init", &format!("Project name:     {}", d.project_name_str()));
+        logger::info("app_init", &format!("App version:      {}", d.version_str()));
+        logger::info("app_init", &format!("Compile time:     {} {}", d.date_str(), d.time_str()));
+        logger::info("app_init", &format!("ELF file SHA256:  {}...", &hex(&d.app_elf_sha256)[..16]));
+        logger::info("app_init", &format!("ESP-IDF:          {}", d.idf_ver_str()));
+    }
+}
+
+fn boot_cmd(path: &Path, as_json: bool) -> Result<ExitCode> {
+    let mut dev = glue::open_device(path)?;
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let r = boot_device(dev.flash_mut(), &table, chip, as_json);
+    if as_json {
+        let v = match &r {
+            Ok(out) => {
+                let d = out.summary.app_desc.as_ref();
+                json!({"slot": out.partition.label.as_str(), "offset": out.partition.offset,
+                       "project_name": d.map(|d| d.project_name_str()),
+                       "version": d.map(|d| d.version_str()),
+                       "ota_state": out.ota_state.map(|s| s.name())})
+            }
+            Err(e) => json!({"slot": null, "error": e.to_string()}),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    match r {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if as_json => {
+            eprintln!("error: {:#}", e);
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn run_cmd(a: RunArgs) -> Result<ExitCode> {
+    let config = Config::load(&a.config).map_err(|e| anyhow!("{}", e))?;
+    let sd_path = match &a.sdcard {
+        Some(p) => Some(p.clone()),
+        None => {
+            let p = a.flash.flash.parent().unwrap_or(Path::new(".")).join("sdcard");
+            p.exists().then_some(p)
+        }
+    };
+    let sd = match &sd_path {
+        Some(p) => Some(SdAdapter(SdCard::open(p).with_context(|| format!("SD card {}", p.display()))?)),
+        None => None,
+    };
+    let mut dev = glue::open_device(&a.flash.flash)?;
+    let opts = ota_service::source::SourceOptions {
+        timeout: std::time::Duration::from_millis(a.timeout_ms),
+        ..Default::default()
+    };
+    let report = run_device(&mut dev, &config, sd.as_ref(), opts)?;
+    let failed = report.results.iter().filter(|(_, o)| matches!(o, ota_service::Outcome::Failed { .. })).count();
+    if failed > 0 {
+        eprintln!("error: {} of {} upgrade items failed (see the log above)", failed, report.results.len());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Boot, run the upgrade list, and if asked restart and boot again. Shared by `device run` and
+/// the demo.
+pub fn run_device(
+    dev: &mut Device<EmuFlash>,
+    config: &Config,
+    sd: Option<&SdAdapter>,
+    opts: ota_service::source::SourceOptions,
+) -> Result<ota_service::RunReport> {
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let booted = boot_device(dev.flash_mut(), &table, chip, false)?;
+    let mut items = ota_service::items::from_config(config).map_err(|e| anyhow!("{}", e))?;
+    logger::info("HTTPS_OTA_EXAMPLE", "[2.2] Start OTA service");
+    let mut device = ota_service::Device {
+        flash: dev.flash_mut(),
+        table: &table,
+        chip,
+        running: Some(booted.partition),
+        rollback: false,
+    };
+    let mut on_event = |ev: ota_service::Event| print_event(&ev);
+    let mut env = ota_service::Env {
+        sd: sd.map(|s| s as &dyn ota_service::source::SdCardFs),
+        source: opts,
+        events: &mut on_event,
+    };
+    let report = ota_service::run_list(&mut items, &mut device, &mut env);
+    logger::progress_done();
+    if report.restart {
+        logger::info("system", "Restarting...");
+        boot_device(dev.flash_mut(), &table, chip, false)?;
+    } else {
+        logger::info("HTTPS_OTA_EXAMPLE", "[2.3] Finish OTA service");
+    }
+    Ok(report)
+}
+
+fn print_event(ev: &ota_service::Event) {
+    use ota_service::{Event, Outcome};
+    match ev {
+        Event::Log { level, tag, message } => logger::log(level.letter(), tag, message),
+        Event::Progress { id, bytes, total } => logger::progress(&format!("item {}", id), *bytes, *total),
+        Event::Result { id, outcome } => {
+            logger::progress_done();
+            match outcome {
+                Outcome::Success => logger::info("HTTPS_OTA_EXAMPLE", &format!("List id: {}, OTA success", id)),
+                Outcome::Skipped { reason, message } => logger::warn(
+                    "HTTPS_OTA_EXAMPLE",
+                    &format!("List id: {}, OTA skipped, result: {} ({}): {}", id, reason.code(), reason.name(), message),
+                ),
+                Outcome::Failed { reason, message } => logger::error(
+                    "HTTPS_OTA_EXAMPLE",
+                    &format!("List id: {}, OTA failed, result: {} ({}): {}", id, reason.code(), reason.name(), message),
+                ),
+            }
+        }
+        Event::Finish => {}
+        Event::Restart => {}
+    }
+}

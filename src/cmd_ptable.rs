@@ -1,0 +1,61 @@
+//! `ota partition-table IN [-o OUT]`: CSV to binary and binary to CSV, like gen_esp32part.py.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use ota_core::partition::{CsvOptions, PartitionTable, ReadRule, TABLE_MAX_LEN};
+
+#[derive(Args)]
+pub struct PtableArgs {
+    /// Input: a CSV, or a binary table (detected by its first bytes `AA 50`, as gen_esp32part.py does).
+    input: PathBuf,
+    /// Output file (default: standard output; binary output needs a file).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Leave out the MD5 entry (gen_esp32part.py --disable-md5sum).
+    #[arg(long)]
+    disable_md5sum: bool,
+    /// Flash size to check the table against (e.g. 4MB).
+    #[arg(long)]
+    flash_size: Option<String>,
+    /// Partition table offset (default 0x8000).
+    #[arg(long, default_value = "0x8000")]
+    offset: String,
+}
+
+pub fn run(a: PtableArgs) -> Result<ExitCode> {
+    let input = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    if input.starts_with(&[0xAA, 0x50]) {
+        let table = PartitionTable::parse(&input, ReadRule::GenTool)
+            .map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
+        let mut csv = String::new();
+        table.write_csv(&mut csv).map_err(|_| anyhow!("formatting CSV"))?;
+        match &a.output {
+            Some(p) => std::fs::write(p, csv).with_context(|| format!("writing {}", p.display()))?,
+            None => print!("{}", csv),
+        }
+    } else {
+        let text = String::from_utf8(input).map_err(|_| anyhow!("{}: not UTF-8 text and not a binary table", a.input.display()))?;
+        let opts = CsvOptions {
+            table_offset: crate::glue::parse_size(&a.offset)?,
+            flash_size: a.flash_size.as_deref().map(crate::glue::parse_size).transpose()?,
+            ..CsvOptions::default()
+        };
+        let table = PartitionTable::from_csv(&text, &opts).map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
+        let mut bin = [0xFFu8; TABLE_MAX_LEN];
+        table.to_binary(!a.disable_md5sum, &mut bin).map_err(|e| anyhow!("{}", e))?;
+        match &a.output {
+            Some(p) => std::fs::write(p, bin).with_context(|| format!("writing {}", p.display()))?,
+            None => {
+                if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    return Err(anyhow!("refusing to write a binary table to a terminal: give -o OUT"));
+                }
+                std::io::stdout().write_all(&bin)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

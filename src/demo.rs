@@ -1,0 +1,187 @@
+//! `ota demo`: the ESP-ADF OTA example (examples/ota), replayed on an emulated ESP32 on
+//! loopback: flash_tone rewritten from the SD card, the app downloaded over HTTP into ota_1,
+//! verified, otadata switched, restart, and the bootloader boots the new app.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use ota_core::image::{self, ImageSpec};
+use ota_core::tone::{self, ToneEntry};
+use ota_core::Chip;
+use ota_emu::sdcard::SdCard;
+
+use crate::cmd_device::{self, CreateSpec, EXAMPLE_CSV};
+use crate::glue::{self, FileServer, SdAdapter};
+use crate::logger;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Folder for the demo's files (flash image, SD card folder, served files). Recreated.
+    #[arg(long, default_value = "demo-out")]
+    dir: PathBuf,
+    /// Tone bin to put on the SD card as flash_tone.bin (default: one packed from sounds the demo synthesises).
+    #[arg(long, value_name = "FILE")]
+    tone: Option<PathBuf>,
+}
+
+const TAG: &str = "HTTPS_OTA_EXAMPLE";
+/// The running app of the example's README log.
+const RUNNING_VERSION: &str = "v2.2-252-g62edbd26-dirty";
+/// The app the example downloads.
+const NEW_PROJECT: &str = "play_mp3_control";
+const NEW_VERSION: &str = "v2.2-237-g6532b89f";
+
+/// A mono 16-bit PCM WAV of a few sine tones: the demo's voice prompts.
+fn synth_wav(freqs: &[f32], ms_each: u32) -> Vec<u8> {
+    const RATE: u32 = 16_000;
+    let n_each = RATE * ms_each / 1000;
+    let mut pcm = Vec::with_capacity((n_each as usize) * freqs.len() * 2);
+    for &f in freqs {
+        for i in 0..n_each {
+            let t = i as f32 / RATE as f32;
+            let env = (i.min(n_each - i) as f32 / 400.0).min(1.0);
+            let s = (t * f * std::f32::consts::TAU).sin() * env * 0.4;
+            pcm.extend_from_slice(&((s * i16::MAX as f32) as i16).to_le_bytes());
+        }
+    }
+    let mut w = Vec::with_capacity(44 + pcm.len());
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + pcm.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    w.extend_from_slice(&1u16.to_le_bytes()); // mono
+    w.extend_from_slice(&RATE.to_le_bytes());
+    w.extend_from_slice(&(RATE * 2).to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(pcm.len() as u32).to_le_bytes());
+    w.extend_from_slice(&pcm);
+    w
+}
+
+/// Voice prompts like the example's board: (name, notes).
+const PROMPTS: [&str; 21] = [
+    "Bt_Reconnect",
+    "Wechat",
+    "Welcome_To_Wifi",
+    "New_Version_Available",
+    "Bt_Success",
+    "Freetalk",
+    "Upgrade_Done",
+    "shutdown",
+    "Time_Out",
+    "Wifi_Reconnect",
+    "Under_Smartconfig",
+    "Out_Of_Power",
+    "server_connect",
+    "Alarm",
+    "Wifi_Success",
+    "Wifi_Time_Out",
+    "Please_Retry_Wifi",
+    "Bt_Disconnect",
+    "Upgrade_Fail",
+    "Server_Disconnect",
+    "Smart_Config",
+];
+
+/// Pack `count` synthesised prompts into a format-0 tone bin.
+fn synth_tone_bin(count: usize, seed: f32) -> Result<Vec<u8>> {
+    let wavs: Vec<(String, Vec<u8>)> = PROMPTS[..count]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let base = 330.0 + seed + 20.0 * i as f32;
+            (format!("{}_{}.wav", i, name), synth_wav(&[base, base * 1.25, base * 1.5], 110))
+        })
+        .collect();
+    let entries: Vec<ToneEntry<'_>> = wavs.iter().map(|(n, d)| ToneEntry { name: n, data: d }).collect();
+    let mut out = Vec::new();
+    tone::pack(&entries, 0, "", "", "", &mut |b: &[u8]| out.extend_from_slice(b)).map_err(|e| anyhow!("{}", e))?;
+    Ok(out)
+}
+
+fn app_image(project: &str, version: &str, size: u32, seed: u32) -> Result<Vec<u8>> {
+    let mut spec = ImageSpec::new(Chip::Esp32, project, version);
+    spec.total_size = Some(size);
+    spec.segments = 4;
+    spec.fill_seed = seed;
+    spec.idf_ver = "v4.4.4";
+    spec.date = "Nov 28 2026";
+    spec.time = "06:41:00";
+    let mut out = Vec::new();
+    image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b)).map_err(|e| anyhow!("{}", e))?;
+    Ok(out)
+}
+
+pub fn run(a: DemoArgs) -> Result<ExitCode> {
+    let dir = a.dir;
+    let sd_dir = dir.join("sdcard");
+    let www = dir.join("www");
+    let flash_path = dir.join("flash.bin");
+    for p in [&sd_dir, &www] {
+        if p.exists() {
+            std::fs::remove_dir_all(p).with_context(|| format!("clearing {}", p.display()))?;
+        }
+        std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    }
+
+    // The board as the example finds it: ota_example running from ota_0, an older tone bin
+    // in flash_tone, otadata erased (first boot of a freshly flashed board).
+    let running = app_image("ota_example", RUNNING_VERSION, 180 * 1024, 1)?;
+    let old_tone = synth_tone_bin(5, 0.0)?;
+    cmd_device::create_device(
+        &flash_path,
+        &CreateSpec {
+            chip: Chip::Esp32,
+            flash_size: 4 << 20,
+            csv: EXAMPLE_CSV,
+            app: Some(&running),
+            data: vec![("flash_tone".to_string(), old_tone)],
+        },
+    )?;
+
+    // The SD card and the HTTP server's folder.
+    let new_tone = match &a.tone {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        None => synth_tone_bin(21, 60.0)?,
+    };
+    std::fs::write(sd_dir.join("flash_tone.bin"), &new_tone)?;
+    let new_app = app_image(NEW_PROJECT, NEW_VERSION, 620 * 1024, 2)?;
+    std::fs::write(www.join("play_mp3_control.bin"), &new_app)?;
+    let server = FileServer::start(www.clone())?;
+    let host = format!("127.0.0.1:{}", server.addr.port());
+
+    logger::info(TAG, "[1.0] Initialize peripherals management");
+    logger::info(TAG, &format!("[1.1] Network: loopback, firmware served from http://{}/", host));
+    logger::info(TAG, &format!("[1.2] Mount SDCard: {}", sd_dir.display()));
+    logger::info(TAG, "[2.0] Create OTA service");
+    logger::info(TAG, "[2.1] Set upgrade list");
+    let config = ota_service::config::example(&host);
+    let sd = SdAdapter(SdCard::open(&sd_dir)?);
+    let mut dev = glue::open_device(&flash_path)?;
+    let report = cmd_device::run_device(&mut dev, &config, Some(&sd), Default::default())?;
+    drop(server);
+
+    // What booted after the restart decides the exit code.
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let booted = cmd_device::boot_device(dev.flash_mut(), &table, chip, true)?;
+    let version = booted.summary.app_desc.map(|d| d.version_str().to_string()).unwrap_or_default();
+    if !report.restart || booted.partition.label.as_str() != "ota_1" || version != NEW_VERSION {
+        bail!(
+            "demo failed: expected a restart into ota_1 running {}, got {} running '{}' (results: {:?})",
+            NEW_VERSION,
+            booted.partition.label.as_str(),
+            version,
+            report.results
+        );
+    }
+    println!();
+    println!("demo: the device now boots {} {} from ota_1.", NEW_PROJECT, NEW_VERSION);
+    println!("demo: files are in {} (flash.bin, sdcard/, www/); try `ota device info --flash {}`.", dir.display(), flash_path.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,113 @@
+//! Glue between the crates: the emulator's SD card as the service's `file://` source, opening
+//! a device from a flash file, sizes, and a small loopback HTTP file server for the demo.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context, Result};
+use ota_emu::device::Device;
+use ota_emu::flash::EmuFlash;
+use ota_emu::sdcard::SdCard;
+use ota_service::source::{SdCardFs, SourceError};
+
+/// The emulator's SD card seen by the service.
+pub struct SdAdapter(pub SdCard);
+
+impl SdCardFs for SdAdapter {
+    fn open(&self, uri: &str) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
+        self.0.open(uri).map_err(|e| match e {
+            ota_emu::EmuError::SdFileNotFound { uri, path } => SourceError::SdFileNotFound { uri, path },
+            other => SourceError::Io { uri: uri.to_string(), detail: other.to_string() },
+        })
+    }
+}
+
+/// Open the device held by a flash image file.
+pub fn open_device(path: &Path) -> Result<Device<EmuFlash>> {
+    let flash = EmuFlash::open(path).with_context(|| format!("opening flash image {}", path.display()))?;
+    Device::open(flash).with_context(|| format!("reading device from {}", path.display()))
+}
+
+/// Parse a size: `4MB`, `4M`, `512K`, `0x400000`, `4194304`.
+pub fn parse_size(s: &str) -> Result<u32> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower.strip_suffix("mb").or_else(|| lower.strip_suffix('m')) {
+        (n, 1024 * 1024)
+    } else if let Some(n) = lower.strip_suffix("kb").or_else(|| lower.strip_suffix('k')) {
+        (n, 1024)
+    } else {
+        (lower.as_str(), 1)
+    };
+    let v = if let Some(h) = num.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).ok()
+    } else {
+        num.parse::<u64>().ok()
+    };
+    match v.map(|v| v * mult) {
+        Some(v) if v <= u32::MAX as u64 => Ok(v as u32),
+        _ => bail!("'{}' is not a size (examples: 4MB, 512K, 0x400000)", s),
+    }
+}
+
+/// Header code of a flash size (idf-formats.md §3.2: byte 3 high nibble, 1MB..128MB).
+pub fn flash_size_code(size: u32) -> Result<u8> {
+    for code in 0..8u8 {
+        if size == (1u32 << 20) << code {
+            return Ok(code);
+        }
+    }
+    bail!("flash size must be 1MB, 2MB, 4MB, 8MB, 16MB, 32MB, 64MB or 128MB, not {} bytes", size)
+}
+
+/// A loopback HTTP server that serves the files of one folder (GET and HEAD), on an ephemeral port.
+pub struct FileServer {
+    pub addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FileServer {
+    pub fn start(dir: PathBuf) -> Result<FileServer> {
+        let server = tiny_http::Server::http("127.0.0.1:0")
+            .map_err(|e| anyhow::anyhow!("starting the HTTP server on 127.0.0.1: {}", e))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .context("the HTTP server has no IP address")?;
+        let server = Arc::new(server);
+        let srv = server.clone();
+        let thread = std::thread::spawn(move || {
+            for req in srv.incoming_requests() {
+                let name = req.url().trim_start_matches('/').to_string();
+                let ok_name = !name.is_empty() && !name.contains("..") && !name.contains('/') && !name.contains('\\');
+                let path = dir.join(&name);
+                let resp = if ok_name && path.is_file() {
+                    match std::fs::File::open(&path) {
+                        Ok(f) => {
+                            let _ = req.respond(tiny_http::Response::from_file(f));
+                            continue;
+                        }
+                        Err(_) => tiny_http::Response::from_string("error").with_status_code(500),
+                    }
+                } else {
+                    tiny_http::Response::from_string("File not found").with_status_code(404)
+                };
+                let _ = req.respond(resp);
+            }
+        });
+        Ok(FileServer { addr, server, thread: Some(thread) })
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

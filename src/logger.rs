@@ -1,0 +1,95 @@
+//! ESP-IDF style log lines (`I (1234) TAG: message`), coloured on a terminal, and progress bars
+//! for long transfers (only on a terminal, on stderr).
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+struct Logger {
+    start: Instant,
+    color: bool,
+    bars: bool,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+fn logger() -> &'static Logger {
+    static LOGGER: OnceLock<Logger> = OnceLock::new();
+    LOGGER.get_or_init(|| Logger {
+        start: Instant::now(),
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        bars: std::io::stderr().is_terminal() && std::io::stdout().is_terminal(),
+        bar: Mutex::new(None),
+    })
+}
+
+/// Print one ESP-IDF style line: `level` is 'E', 'W', 'I' or 'D'.
+pub fn log(level: char, tag: &str, msg: &str) {
+    let l = logger();
+    let ms = l.start.elapsed().as_millis();
+    let line = if l.color {
+        let code = match level {
+            'E' => "0;31",
+            'W' => "0;33",
+            'I' => "0;32",
+            _ => "0",
+        };
+        format!("\x1b[{}m{} ({}) {}: {}\x1b[0m", code, level, ms, tag, msg)
+    } else {
+        format!("{} ({}) {}: {}", level, ms, tag, msg)
+    };
+    let bar = l.bar.lock().unwrap_or_else(|p| p.into_inner());
+    match bar.as_ref() {
+        Some(b) => b.suspend(|| println!("{}", line)),
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", line);
+        }
+    }
+}
+
+pub fn info(tag: &str, msg: &str) {
+    log('I', tag, msg)
+}
+
+pub fn warn(tag: &str, msg: &str) {
+    log('W', tag, msg)
+}
+
+pub fn error(tag: &str, msg: &str) {
+    log('E', tag, msg)
+}
+
+/// Update (or start) the progress bar of a transfer.
+pub fn progress(label: &str, bytes: u64, total: Option<u64>) {
+    let l = logger();
+    if !l.bars {
+        return;
+    }
+    let mut bar = l.bar.lock().unwrap_or_else(|p| p.into_inner());
+    let b = bar.get_or_insert_with(|| {
+        let b = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        b.set_style(
+            ProgressStyle::with_template("{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        b
+    });
+    b.set_message(label.to_string());
+    b.set_position(bytes);
+}
+
+/// Remove the progress bar, if any.
+pub fn progress_done() {
+    let l = logger();
+    let mut bar = l.bar.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+}
