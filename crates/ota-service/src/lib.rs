@@ -1,1 +1,4 @@
 //! ota-service (skeleton)
+
+pub mod config;
+pub mod source;
