@@ -115,7 +115,7 @@ pub enum SourceError {
     },
     #[error("{uri}: file not found on the SD card: {}", path.display())]
     SdFileNotFound { uri: String, path: PathBuf },
-    #[error("{uri}: path {path} is not on the SD card (must be under {SDCARD_MOUNT}/, no `..`)")]
+    #[error("{uri}: path {path} does not name a file on the SD card (expected {SDCARD_MOUNT}/<file>, no `..`)")]
     OutsideSdCard { uri: String, path: String },
     #[error("{uri}: no SD card is mounted")]
     NoSdCard { uri: String },
@@ -444,8 +444,14 @@ fn open_file(
     })
 }
 
-/// A `rustls` client config that trusts only the certificates in `pem` (ADF `cert_pem`).
-fn pinned_tls_config(pem: &[u8], uri: &str) -> Result<rustls::ClientConfig, SourceError> {
+/// The trust anchors for `https://`: only the certificates in `pem` when pinned (ADF
+/// `cert_pem`), otherwise the Mozilla roots of `webpki-roots`.
+fn root_store(pem: Option<&[u8]>, uri: &str) -> Result<rustls::RootCertStore, SourceError> {
+    let Some(pem) = pem else {
+        return Ok(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+    };
     let bad = |detail: String| SourceError::BadCert {
         uri: uri.to_string(),
         detail,
@@ -462,6 +468,12 @@ fn pinned_tls_config(pem: &[u8], uri: &str) -> Result<rustls::ClientConfig, Sour
     if count == 0 {
         return Err(bad("no CERTIFICATE block in the PEM".to_string()));
     }
+    Ok(roots)
+}
+
+/// The `rustls` client config for `https://` (ring provider, TLS 1.2 and 1.3).
+fn tls_config(pem: Option<&[u8]>, uri: &str) -> Result<rustls::ClientConfig, SourceError> {
+    let roots = root_store(pem, uri)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -486,8 +498,9 @@ fn open_http(uri: &str, start: u64, opts: &SourceOptions) -> Result<RangeOpen, S
         .timeout_write(opts.timeout)
         .redirects(ureq_redirects)
         .user_agent(&opts.user_agent);
-    if let (Some(Scheme::Https), Some(pem)) = (Scheme::of(uri), &opts.ca_pem) {
-        builder = builder.tls_config(Arc::new(pinned_tls_config(pem, uri)?));
+    if Scheme::of(uri) == Some(Scheme::Https) {
+        let config = tls_config(opts.ca_pem.as_deref(), uri)?;
+        builder = builder.tls_config(Arc::new(config));
     }
     let agent = builder.build();
     let mut request = agent.get(uri);
@@ -604,7 +617,7 @@ fn map_ureq(err: ureq::Error, uri: &str, opts: &SourceOptions) -> SourceError {
                     detail: tls.to_string(),
                 };
             }
-            let copy = io::Error::new(io_err.kind(), detail.clone());
+            let copy = io::Error::new(io_err.kind(), io_err.to_string());
             return classify_io(copy, uri, Phase::Open, opts.timeout);
         }
         cause = e.source();
@@ -722,9 +735,16 @@ mod tests {
 
     #[test]
     fn pinned_pem_without_certificate_is_bad_cert() {
-        let err = pinned_tls_config(b"hello, no pem here", "https://h/").unwrap_err();
+        let err = tls_config(Some(b"hello, no pem here"), "https://h/").unwrap_err();
         assert!(matches!(err, SourceError::BadCert { .. }), "{err}");
         assert!(err.to_string().contains("no CERTIFICATE"));
+    }
+
+    #[test]
+    fn default_roots_are_webpki_roots() {
+        let roots = root_store(None, "https://h/").unwrap();
+        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+        assert!(!roots.is_empty());
     }
 
     #[test]
