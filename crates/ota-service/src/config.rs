@@ -1,0 +1,402 @@
+//! The TOML configuration of `ota device run`: which items to upgrade, from where, and how.
+//!
+//! It accepts the ESP-ADF example's Kconfig names as shortcuts (adf-ota-service.md §9.1) and/or
+//! an explicit `[[upgrade]]` list. Every error names the file, line and column it is about.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ota_core::version::VersionPolicy;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::source::Scheme;
+
+/// Default `DATA_PARTITION_LABEL` of the example's Kconfig (adf-ota-service.md §9.1).
+pub const EXAMPLE_DATA_PARTITION_LABEL: &str = "flash_tone";
+/// Default `DATA_UPGRADE_URI` of the example's Kconfig (adf-ota-service.md §9.1).
+pub const EXAMPLE_DATA_UPGRADE_URI: &str = "file://sdcard/flash_tone.bin";
+/// The firmware file name the example's README serves (adf-ota-service.md §9.1).
+pub const EXAMPLE_FIRMWARE_FILE: &str = "play_mp3_control.bin";
+
+/// What an upgrade item writes: the next OTA app slot, or a data partition by label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    App,
+    Data,
+}
+
+/// How a data item's bytes are checked before they are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Any bytes (ADF's default data procedure, adf-ota-service.md §6).
+    #[default]
+    Raw,
+    /// An ADF tone bin (adf-ota-service.md §7, §8).
+    Tone,
+}
+
+/// One item of the upgrade list (ADF `ota_upgrade_ops_t`, adf-ota-service.md §2.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpgradeSpec {
+    pub kind: ItemKind,
+    pub uri: String,
+    /// The data partition's label (data items only).
+    pub label: Option<String>,
+    /// Data items only; `Raw` for app items.
+    pub format: DataFormat,
+    pub version_check: VersionPolicy,
+    /// Restart after this item succeeds (ADF `reboot_flag`).
+    pub reboot: bool,
+    /// Stop the list when this item fails (ADF `break_after_fail`).
+    pub break_after_fail: bool,
+    /// A pinned CA in PEM (ADF `cert_pem`), resolved against the config file's folder.
+    pub cert: Option<PathBuf>,
+}
+
+/// The parsed configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Shortcut items first (data, then app, as in the example), then the `[[upgrade]]` tables.
+    pub upgrade: Vec<UpgradeSpec>,
+}
+
+/// A configuration error, with the place in the file when there is one.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file name shown in messages.
+    pub file: String,
+    /// 1-based line and column (in characters), when the error has a place.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+    /// The underlying I/O error when the file could not be read.
+    pub io: Option<std::io::Error>,
+}
+
+impl ConfigError {
+    /// The 1-based line of the error, if it has a place.
+    pub fn line(&self) -> Option<usize> {
+        self.position.map(|(l, _)| l)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.io
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The allowed `version_check` values (serde enum for [`VersionPolicy`], which lives in no_std core).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawVersionCheck {
+    None,
+    Newer,
+    Semver,
+}
+
+impl From<RawVersionCheck> for VersionPolicy {
+    fn from(v: RawVersionCheck) -> Self {
+        match v {
+            RawVersionCheck::None => VersionPolicy::None,
+            RawVersionCheck::Newer => VersionPolicy::Newer,
+            RawVersionCheck::Semver => VersionPolicy::Semver,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    firmware_upgrade_uri: Option<Spanned<String>>,
+    data_upgrade_uri: Option<Spanned<String>>,
+    data_partition_label: Option<Spanned<String>>,
+    force_check_firmware_version: Option<bool>,
+    #[serde(default)]
+    upgrade: Vec<Spanned<RawUpgrade>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpgrade {
+    #[serde(rename = "type")]
+    kind: ItemKind,
+    uri: Spanned<String>,
+    label: Option<Spanned<String>>,
+    format: Option<Spanned<DataFormat>>,
+    version_check: Option<Spanned<RawVersionCheck>>,
+    reboot: Option<bool>,
+    break_after_fail: Option<bool>,
+    cert: Option<Spanned<String>>,
+}
+
+/// Turns byte spans into `line:col` for one file.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = self.text.get(..offset).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            position: span.map(|s| self.position(s.start)),
+            message: message.into(),
+            io: None,
+        }
+    }
+}
+
+impl Config {
+    /// Parses `text`; relative `cert` paths are resolved against `base_dir`. Errors name the
+    /// file as `<config>`; use [`Config::from_str_named`] or [`Config::load`] for a real name.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Config::from_str_named(text, "<config>", base_dir)
+    }
+
+    /// Parses `text`, naming it `file` in error messages.
+    pub fn from_str_named(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let loc = Locator { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| loc.at(e.span(), e.message()))?;
+        let mut upgrade = Vec::new();
+
+        // The example's list (adf-ota-service.md §9.3): data item first, then the app item.
+        if let Some(uri) = &raw.data_upgrade_uri {
+            check_uri(&loc, uri)?;
+            let label = match &raw.data_partition_label {
+                Some(l) => nonempty(&loc, l, "data_partition_label")?,
+                None => EXAMPLE_DATA_PARTITION_LABEL.to_string(),
+            };
+            upgrade.push(UpgradeSpec {
+                kind: ItemKind::Data,
+                uri: uri.get_ref().clone(),
+                label: Some(label),
+                format: DataFormat::Tone,
+                version_check: VersionPolicy::None,
+                reboot: false,
+                break_after_fail: false,
+                cert: None,
+            });
+        } else if let Some(l) = &raw.data_partition_label {
+            return Err(loc.at(
+                Some(l.span()),
+                "data_partition_label is set but data_upgrade_uri is not",
+            ));
+        }
+        if let Some(uri) = &raw.firmware_upgrade_uri {
+            check_uri(&loc, uri)?;
+            upgrade.push(UpgradeSpec {
+                kind: ItemKind::App,
+                uri: uri.get_ref().clone(),
+                label: None,
+                format: DataFormat::Raw,
+                version_check: if raw.force_check_firmware_version.unwrap_or(false) {
+                    VersionPolicy::Newer
+                } else {
+                    VersionPolicy::None
+                },
+                reboot: true,
+                break_after_fail: false,
+                cert: None,
+            });
+        }
+
+        for item in &raw.upgrade {
+            upgrade.push(explicit_item(&loc, item, base_dir)?);
+        }
+
+        if upgrade.is_empty() {
+            return Err(loc.at(
+                None,
+                "no upgrade items: set firmware_upgrade_uri/data_upgrade_uri or add [[upgrade]] tables",
+            ));
+        }
+        Ok(Config { upgrade })
+    }
+
+    /// Reads and parses the file at `path`; `cert` paths are relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            position: None,
+            message: format!("cannot read the config file: {e}"),
+            io: Some(e),
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::from_str_named(&text, &name, base)
+    }
+}
+
+fn check_uri(loc: &Locator<'_>, uri: &Spanned<String>) -> Result<(), ConfigError> {
+    if Scheme::of(uri.get_ref()).is_none() {
+        return Err(loc.at(
+            Some(uri.span()),
+            format!(
+                "unsupported uri `{}`: it must start with file://, http:// or https://",
+                uri.get_ref()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn nonempty(loc: &Locator<'_>, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    if v.get_ref().trim().is_empty() {
+        return Err(loc.at(Some(v.span()), format!("{key} must not be empty")));
+    }
+    Ok(v.get_ref().clone())
+}
+
+fn explicit_item(
+    loc: &Locator<'_>,
+    item: &Spanned<RawUpgrade>,
+    base_dir: &Path,
+) -> Result<UpgradeSpec, ConfigError> {
+    let raw = item.get_ref();
+    check_uri(loc, &raw.uri)?;
+    let (label, format) = match raw.kind {
+        ItemKind::App => {
+            if let Some(l) = &raw.label {
+                return Err(loc.at(
+                    Some(l.span()),
+                    "`label` is for data items; an app item always goes to the next OTA slot",
+                ));
+            }
+            if let Some(f) = &raw.format {
+                return Err(loc.at(
+                    Some(f.span()),
+                    "`format` is for data items; an app item is always an app image",
+                ));
+            }
+            (None, DataFormat::Raw)
+        }
+        ItemKind::Data => {
+            let label = match &raw.label {
+                Some(l) => nonempty(loc, l, "label")?,
+                None => {
+                    return Err(loc.at(
+                        Some(item.span()),
+                        "data item without `label`: name the data partition to write",
+                    ))
+                }
+            };
+            let format = raw
+                .format
+                .as_ref()
+                .map_or(DataFormat::Raw, |f| *f.get_ref());
+            if let (DataFormat::Raw, Some(v)) = (format, &raw.version_check) {
+                if !matches!(v.get_ref(), RawVersionCheck::None) {
+                    return Err(loc.at(
+                        Some(v.span()),
+                        "version_check needs a version: only app items and format = \"tone\" data items carry one",
+                    ));
+                }
+            }
+            (Some(label), format)
+        }
+    };
+    let cert = match &raw.cert {
+        None => None,
+        Some(c) => {
+            let path = base_dir.join(c.get_ref());
+            if !path.is_file() {
+                return Err(loc.at(
+                    Some(c.span()),
+                    format!("cert file not found: {}", path.display()),
+                ));
+            }
+            Some(path)
+        }
+    };
+    Ok(UpgradeSpec {
+        kind: raw.kind,
+        uri: raw.uri.get_ref().clone(),
+        label,
+        format,
+        version_check: raw
+            .version_check
+            .as_ref()
+            .map_or(VersionPolicy::None, |v| (*v.get_ref()).into()),
+        reboot: raw.reboot.unwrap_or(raw.kind == ItemKind::App),
+        break_after_fail: raw.break_after_fail.unwrap_or(false),
+        cert,
+    })
+}
+
+/// The ESP-ADF example's list (adf-ota-service.md §9.1, §9.3) with the firmware served from
+/// `http://<host_port>/play_mp3_control.bin`: the tone bin from the SD card into `flash_tone`,
+/// then the app (no version check, reboot).
+pub fn example(host_port: &str) -> Config {
+    Config {
+        upgrade: vec![
+            UpgradeSpec {
+                kind: ItemKind::Data,
+                uri: EXAMPLE_DATA_UPGRADE_URI.to_string(),
+                label: Some(EXAMPLE_DATA_PARTITION_LABEL.to_string()),
+                format: DataFormat::Tone,
+                version_check: VersionPolicy::None,
+                reboot: false,
+                break_after_fail: false,
+                cert: None,
+            },
+            UpgradeSpec {
+                kind: ItemKind::App,
+                uri: format!("http://{host_port}/{EXAMPLE_FIRMWARE_FILE}"),
+                label: None,
+                format: DataFormat::Raw,
+                version_check: VersionPolicy::None,
+                reboot: true,
+                break_after_fail: false,
+                cert: None,
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locator_counts_lines_and_chars() {
+        let loc = Locator {
+            file: "f",
+            text: "a = 1\nbé = 2\n",
+        };
+        assert_eq!(loc.position(0), (1, 1));
+        assert_eq!(loc.position(6), (2, 1));
+        // byte 10 is the `=` after "bé " (é is two bytes): column 4 in characters
+        assert_eq!(loc.position(10), (2, 4));
+        // inside the é: the character's own column
+        assert_eq!(loc.position(8), (2, 2));
+        assert_eq!(loc.position(1000), (3, 1));
+    }
+}

@@ -1,0 +1,768 @@
+//! Byte sources for upgrade items: `file://` (the SD card), `http://` and `https://`.
+//!
+//! A [`Source`] hands out the bytes of one upgrade image in chunks and knows how many to expect;
+//! a body that ends before its promised length is an error, never a silent end of data.
+//! The scheme is matched as a prefix (ADF matched a substring anywhere: adf-ota-service.md §11.4).
+
+use std::fmt;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// ADF's numeric failure reasons that a source error can turn into
+/// (`ota_service_err_reason_t`, adf-ota-service.md §2.3; base `0x90000`, §2.1).
+pub mod reason {
+    /// `OTA_SERV_ERR_REASON_URL_PARSE_FAIL`: the URI has no supported scheme (§2.3).
+    pub const URL_PARSE_FAIL: i32 = 0x9_0002;
+    /// `OTA_SERV_ERR_REASON_FILE_NOT_FOUND`: the SD card file is missing (§2.3).
+    pub const FILE_NOT_FOUND: i32 = 0x9_0007;
+    /// `OTA_SERV_ERR_REASON_STREAM_INIT_FAIL`: the source could not be opened (§2.3, §6.1 step 5).
+    pub const STREAM_INIT_FAIL: i32 = 0x9_000B;
+    /// `OTA_SERV_ERR_REASON_STREAM_RD_FAIL`: a read failed or the data ended early (§2.3, §6.3).
+    pub const STREAM_RD_FAIL: i32 = 0x9_000C;
+}
+
+/// `file://` prefix: the SD card back-end (adf-ota-service.md §4.1, §6.1 step 4).
+pub const FILE_PREFIX: &str = "file://";
+/// `http://` prefix (adf-ota-service.md §4.1, §6.1 step 4).
+pub const HTTP_PREFIX: &str = "http://";
+/// `https://` prefix (adf-ota-service.md §4.1, §6.1 step 4).
+pub const HTTPS_PREFIX: &str = "https://";
+/// Where ADF's sdcard peripheral mounts the FAT volume (adf-ota-service.md §6.1, last bullet).
+pub const SDCARD_MOUNT: &str = "/sdcard";
+/// ADF's HTTP client timeout for OTA, `timeout_ms = 5000` (adf-ota-service.md §4.1).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
+/// How many redirects we follow by default (ureq's and esp_http_client's default; idf-formats.md §4).
+pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
+/// HTTP 206 Partial Content: the server honoured a `Range` request (idf-formats.md §4, resumption).
+const HTTP_PARTIAL_CONTENT: u16 = 206;
+
+/// The scheme of a URI, matched as a prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    File,
+    Http,
+    Https,
+}
+
+impl Scheme {
+    /// The scheme `uri` starts with, or `None` (ADF: URL_PARSE_FAIL). Case-sensitive, like ADF.
+    pub fn of(uri: &str) -> Option<Scheme> {
+        if uri.starts_with(FILE_PREFIX) {
+            Some(Scheme::File)
+        } else if uri.starts_with(HTTP_PREFIX) {
+            Some(Scheme::Http)
+        } else if uri.starts_with(HTTPS_PREFIX) {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which step failed: opening the source (ADF STREAM_INIT_FAIL) or reading it (STREAM_RD_FAIL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Open,
+    Read,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Open => "opening",
+            Phase::Read => "reading",
+        })
+    }
+}
+
+/// Why a source could not be opened or read. Every variant names the URI.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{uri}: connection refused ({detail})")]
+    ConnectionRefused { uri: String, detail: String },
+    #[error("{uri}: timed out after {} ms while {phase}", timeout.as_millis())]
+    Timeout {
+        uri: String,
+        phase: Phase,
+        timeout: Duration,
+    },
+    #[error("{uri}: host name lookup failed ({detail})")]
+    Dns { uri: String, detail: String },
+    #[error("{uri}: TLS failed: {detail}")]
+    Tls { uri: String, detail: String },
+    #[error("{uri}: server answered HTTP {status} {reason}")]
+    HttpStatus {
+        uri: String,
+        status: u16,
+        reason: String,
+    },
+    #[error("{uri}: more than {max} redirects")]
+    TooManyRedirects { uri: String, max: u32 },
+    #[error("{uri}: body ended after {got} of {expected} bytes (Content-Length/file size)")]
+    ShortBody {
+        uri: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("{uri}: I/O error while {phase}: {source}")]
+    Io {
+        uri: String,
+        phase: Phase,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{uri}: file not found on the SD card: {}", path.display())]
+    SdFileNotFound { uri: String, path: PathBuf },
+    #[error("{uri}: path {path} does not name a file on the SD card (expected {SDCARD_MOUNT}/<file>, no `..`)")]
+    OutsideSdCard { uri: String, path: String },
+    #[error("{uri}: no SD card is mounted")]
+    NoSdCard { uri: String },
+    #[error("{uri}: unsupported URI: it must start with file://, http:// or https://")]
+    UnsupportedScheme { uri: String },
+    #[error("{uri}: malformed URI: {detail}")]
+    InvalidUri { uri: String, detail: String },
+    #[error("{uri}: pinned CA certificate unusable: {detail}")]
+    BadCert { uri: String, detail: String },
+    #[error("{uri}: range request for bytes {requested}- answered with Content-Range `{got}`")]
+    RangeMismatch {
+        uri: String,
+        requested: u64,
+        got: String,
+    },
+    #[error("{uri}: cannot start at byte {start}: the file has only {length} bytes")]
+    RangeNotSatisfiable {
+        uri: String,
+        start: u64,
+        length: u64,
+    },
+}
+
+impl SourceError {
+    /// The URI this error is about.
+    pub fn uri(&self) -> &str {
+        match self {
+            SourceError::ConnectionRefused { uri, .. }
+            | SourceError::Timeout { uri, .. }
+            | SourceError::Dns { uri, .. }
+            | SourceError::Tls { uri, .. }
+            | SourceError::HttpStatus { uri, .. }
+            | SourceError::TooManyRedirects { uri, .. }
+            | SourceError::ShortBody { uri, .. }
+            | SourceError::Io { uri, .. }
+            | SourceError::SdFileNotFound { uri, .. }
+            | SourceError::OutsideSdCard { uri, .. }
+            | SourceError::NoSdCard { uri }
+            | SourceError::UnsupportedScheme { uri }
+            | SourceError::InvalidUri { uri, .. }
+            | SourceError::BadCert { uri, .. }
+            | SourceError::RangeMismatch { uri, .. }
+            | SourceError::RangeNotSatisfiable { uri, .. } => uri,
+        }
+    }
+
+    /// ADF's numeric reason for this failure (adf-ota-service.md §2.3): URL_PARSE_FAIL for a bad
+    /// URI, FILE_NOT_FOUND for a missing SD file, STREAM_RD_FAIL for failures while reading,
+    /// STREAM_INIT_FAIL for everything that fails while opening.
+    pub fn adf_reason(&self) -> i32 {
+        match self {
+            SourceError::UnsupportedScheme { .. } | SourceError::InvalidUri { .. } => {
+                reason::URL_PARSE_FAIL
+            }
+            SourceError::SdFileNotFound { .. } | SourceError::OutsideSdCard { .. } => {
+                reason::FILE_NOT_FOUND
+            }
+            SourceError::ShortBody { .. }
+            | SourceError::Timeout {
+                phase: Phase::Read, ..
+            }
+            | SourceError::Io {
+                phase: Phase::Read, ..
+            } => reason::STREAM_RD_FAIL,
+            _ => reason::STREAM_INIT_FAIL,
+        }
+    }
+}
+
+/// The bytes of one upgrade image.
+pub trait Source: Send {
+    /// How many bytes the source promised (Content-Length, file size), if known.
+    fn content_length(&self) -> Option<u64>;
+    /// Reads up to `buf.len()` bytes; `Ok(0)` means the end (and is only returned when all the
+    /// promised bytes arrived — a short body is [`SourceError::ShortBody`]).
+    /// An empty `buf` also returns `Ok(0)`.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError>;
+    /// The URI this source was opened from.
+    fn uri(&self) -> &str;
+}
+
+/// The SD card as seen by `file://` URIs. The binary implements it on the emulator's SD card;
+/// [`HostDir`] maps it to a host folder.
+pub trait SdCardFs: Send + Sync {
+    /// Opens the file a `file://` URI names; returns a reader and the file size.
+    fn open(&self, uri: &str) -> Result<(Box<dyn Read + Send>, u64), SourceError>;
+}
+
+/// The path ADF's fatfs_stream opens for `uri` (adf-ota-service.md §6.1, "How a `file://` URI
+/// becomes a path"): a URI starting with `/` is used as is; otherwise keep everything from the
+/// second `/` of `://`, skipping one more `/` if it follows (`file:///sdcard/x` → `/sdcard/x`).
+pub fn adf_sd_path(uri: &str) -> Result<String, SourceError> {
+    if uri.starts_with('/') {
+        return Ok(uri.to_string());
+    }
+    let sep = uri.find("://").ok_or_else(|| SourceError::InvalidUri {
+        uri: uri.to_string(),
+        detail: "no `://` in a file URI".to_string(),
+    })?;
+    // `sep + 2` is the second `/` of `://` (adf-ota-service.md §6.1).
+    let mut path = uri.get(sep + 2..).unwrap_or("");
+    if path.starts_with("//") {
+        path = path.get(1..).unwrap_or("");
+    }
+    Ok(path.to_string())
+}
+
+/// The path of `uri` relative to the SD card's mount point (`file://sdcard/a/b.bin` → `a/b.bin`).
+/// Rejects paths outside `/sdcard` and any `..`, so an implementation can join it to its root.
+pub fn sd_relative_path(uri: &str) -> Result<PathBuf, SourceError> {
+    let path = adf_sd_path(uri)?;
+    let outside = || SourceError::OutsideSdCard {
+        uri: uri.to_string(),
+        path: path.clone(),
+    };
+    let rest = path.strip_prefix(SDCARD_MOUNT).ok_or_else(outside)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return Err(outside());
+    }
+    let mut rel = PathBuf::new();
+    for comp in Path::new(rest).components() {
+        match comp {
+            Component::Normal(c) => rel.push(c),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => return Err(outside()),
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        return Err(outside());
+    }
+    Ok(rel)
+}
+
+/// An SD card backed by a host folder: `file://sdcard/x.bin` is `<folder>/x.bin`.
+#[derive(Clone, Debug)]
+pub struct HostDir(pub PathBuf);
+
+impl SdCardFs for HostDir {
+    fn open(&self, uri: &str) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
+        let path = self.0.join(sd_relative_path(uri)?);
+        let io_err = |source: io::Error| SourceError::Io {
+            uri: uri.to_string(),
+            phase: Phase::Open,
+            source,
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SourceError::SdFileNotFound {
+                    uri: uri.to_string(),
+                    path,
+                })
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            )));
+        }
+        Ok((Box::new(file), meta.len()))
+    }
+}
+
+/// How HTTP(S) sources connect.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Connect timeout, and the longest wait for any single read (ADF `timeout_ms = 5000`).
+    pub timeout: Duration,
+    /// Redirects followed before giving up (`0`: a 3xx answer is an error).
+    pub max_redirects: u32,
+    /// A pinned CA in PEM (ADF `cert_pem`): when set, ONLY these certificates are trusted.
+    /// When `None`, the Mozilla roots of `webpki-roots` are.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            timeout: DEFAULT_TIMEOUT,
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+            ca_pem: None,
+            user_agent: concat!("ota-service/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// A source over any reader with a known or unknown length; checks the length at the end.
+struct StreamSource {
+    uri: String,
+    reader: Box<dyn Read + Send>,
+    content_length: Option<u64>,
+    got: u64,
+    timeout: Duration,
+}
+
+impl StreamSource {
+    fn short(&self) -> Option<SourceError> {
+        match self.content_length {
+            Some(expected) if self.got < expected => Some(SourceError::ShortBody {
+                uri: self.uri.clone(),
+                expected,
+                got: self.got,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Source for StreamSource {
+    fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.reader.read(buf) {
+                Ok(0) => return self.short().map_or(Ok(0), Err),
+                Ok(n) => {
+                    self.got = self.got.saturating_add(n as u64);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // ureq reports a body cut short of Content-Length this way.
+                    return Err(self.short().unwrap_or_else(|| SourceError::Io {
+                        uri: self.uri.clone(),
+                        phase: Phase::Read,
+                        source: e,
+                    }));
+                }
+                Err(e) => return Err(classify_io(e, &self.uri, Phase::Read, self.timeout)),
+            }
+        }
+    }
+
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+}
+
+/// Opens `uri`: `file://` on the SD card `sd`, `http://` / `https://` with `opts`.
+/// Anything else is [`SourceError::UnsupportedScheme`] (ADF URL_PARSE_FAIL).
+pub fn open(
+    uri: &str,
+    sd: Option<&dyn SdCardFs>,
+    opts: &SourceOptions,
+) -> Result<Box<dyn Source>, SourceError> {
+    open_range(uri, 0, sd, opts).map(|r| r.source)
+}
+
+/// A source opened at an offset by [`open_range`].
+pub struct RangeOpen {
+    /// The bytes from `start` on (when `honoured`) or from 0.
+    pub source: Box<dyn Source>,
+    /// `true` when the source starts at the requested offset (HTTP 206, or a file), `false`
+    /// when the server ignored the `Range` header and sent the whole body (HTTP 200).
+    pub honoured: bool,
+}
+
+/// Like [`open`], but asks for the bytes from `start` on (`Range: bytes=start-`, as esp_https_ota
+/// does for resumption, idf-formats.md §4). Files are skipped forward. The source's
+/// `content_length` is then the remaining length.
+pub fn open_range(
+    uri: &str,
+    start: u64,
+    sd: Option<&dyn SdCardFs>,
+    opts: &SourceOptions,
+) -> Result<RangeOpen, SourceError> {
+    match Scheme::of(uri) {
+        Some(Scheme::File) => open_file(uri, start, sd, opts),
+        Some(Scheme::Http) | Some(Scheme::Https) => open_http(uri, start, opts),
+        None => Err(SourceError::UnsupportedScheme {
+            uri: uri.to_string(),
+        }),
+    }
+}
+
+fn open_file(
+    uri: &str,
+    start: u64,
+    sd: Option<&dyn SdCardFs>,
+    opts: &SourceOptions,
+) -> Result<RangeOpen, SourceError> {
+    let sd = sd.ok_or_else(|| SourceError::NoSdCard {
+        uri: uri.to_string(),
+    })?;
+    let (mut reader, length) = sd.open(uri)?;
+    if start > length {
+        return Err(SourceError::RangeNotSatisfiable {
+            uri: uri.to_string(),
+            start,
+            length,
+        });
+    }
+    let skipped =
+        io::copy(&mut (&mut reader).take(start), &mut io::sink()).map_err(|e| SourceError::Io {
+            uri: uri.to_string(),
+            phase: Phase::Open,
+            source: e,
+        })?;
+    if skipped < start {
+        return Err(SourceError::ShortBody {
+            uri: uri.to_string(),
+            expected: length,
+            got: skipped,
+        });
+    }
+    let remaining = length - start;
+    Ok(RangeOpen {
+        source: Box::new(StreamSource {
+            uri: uri.to_string(),
+            reader: Box::new(reader.take(remaining)),
+            content_length: Some(remaining),
+            got: 0,
+            timeout: opts.timeout,
+        }),
+        honoured: true,
+    })
+}
+
+/// The trust anchors for `https://`: only the certificates in `pem` when pinned (ADF
+/// `cert_pem`), otherwise the Mozilla roots of `webpki-roots`.
+fn root_store(pem: Option<&[u8]>, uri: &str) -> Result<rustls::RootCertStore, SourceError> {
+    let Some(pem) = pem else {
+        return Ok(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+    };
+    let bad = |detail: String| SourceError::BadCert {
+        uri: uri.to_string(),
+        detail,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let mut count = 0usize;
+    for item in rustls_pemfile::certs(&mut &pem[..]) {
+        let der = item.map_err(|e| bad(format!("PEM does not parse: {e}")))?;
+        count += 1;
+        roots
+            .add(der)
+            .map_err(|e| bad(format!("certificate #{count} rejected: {e}")))?;
+    }
+    if count == 0 {
+        return Err(bad("no CERTIFICATE block in the PEM".to_string()));
+    }
+    Ok(roots)
+}
+
+/// The `rustls` client config for `https://` (ring provider, TLS 1.2 and 1.3).
+fn tls_config(pem: Option<&[u8]>, uri: &str) -> Result<rustls::ClientConfig, SourceError> {
+    let roots = root_store(pem, uri)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SourceError::Tls {
+            uri: uri.to_string(),
+            detail: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn open_http(uri: &str, start: u64, opts: &SourceOptions) -> Result<RangeOpen, SourceError> {
+    // ureq gives up when `history + 1 >= redirects`, i.e. it follows `redirects - 1`; ask for
+    // one more so that exactly `max_redirects` are followed. 0 keeps ureq's "return the 3xx".
+    let ureq_redirects = match opts.max_redirects {
+        0 => 0,
+        n => n.saturating_add(1),
+    };
+    let mut builder = ureq::AgentBuilder::new()
+        .timeout_connect(opts.timeout)
+        .timeout_read(opts.timeout)
+        .timeout_write(opts.timeout)
+        .redirects(ureq_redirects)
+        .user_agent(&opts.user_agent);
+    if Scheme::of(uri) == Some(Scheme::Https) {
+        let config = tls_config(opts.ca_pem.as_deref(), uri)?;
+        builder = builder.tls_config(Arc::new(config));
+    }
+    let agent = builder.build();
+    let mut request = agent.get(uri);
+    if start > 0 {
+        request = request.set("Range", &format!("bytes={start}-"));
+    }
+    let response = request.call().map_err(|e| map_ureq(e, uri, opts))?;
+    let status = response.status();
+    if (300..400).contains(&status) {
+        return Err(if response.header("Location").is_some() {
+            SourceError::TooManyRedirects {
+                uri: uri.to_string(),
+                max: opts.max_redirects,
+            }
+        } else {
+            SourceError::HttpStatus {
+                uri: uri.to_string(),
+                status,
+                reason: response.status_text().to_string(),
+            }
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(SourceError::HttpStatus {
+            uri: uri.to_string(),
+            status,
+            reason: response.status_text().to_string(),
+        });
+    }
+    let honoured = start > 0 && status == HTTP_PARTIAL_CONTENT;
+    if honoured {
+        let range = response.header("Content-Range").unwrap_or("");
+        if content_range_start(range) != Some(start) {
+            return Err(SourceError::RangeMismatch {
+                uri: uri.to_string(),
+                requested: start,
+                got: range.to_string(),
+            });
+        }
+    }
+    let content_length = response
+        .header("Content-Length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Ok(RangeOpen {
+        source: Box::new(StreamSource {
+            uri: uri.to_string(),
+            reader: Box::new(response.into_reader()),
+            content_length,
+            got: 0,
+            timeout: opts.timeout,
+        }),
+        honoured: honoured || start == 0,
+    })
+}
+
+/// The first byte of a `Content-Range: bytes a-b/total` header.
+fn content_range_start(value: &str) -> Option<u64> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (first, _) = rest.split_once('-')?;
+    first.trim().parse().ok()
+}
+
+/// Turns a ureq error into a [`SourceError`] naming `uri`.
+fn map_ureq(err: ureq::Error, uri: &str, opts: &SourceOptions) -> SourceError {
+    let transport = match err {
+        ureq::Error::Status(status, response) => {
+            return SourceError::HttpStatus {
+                uri: uri.to_string(),
+                status,
+                reason: response.status_text().to_string(),
+            }
+        }
+        ureq::Error::Transport(t) => t,
+    };
+    let detail = transport.to_string();
+    match transport.kind() {
+        ureq::ErrorKind::Dns => {
+            return SourceError::Dns {
+                uri: uri.to_string(),
+                detail,
+            }
+        }
+        ureq::ErrorKind::TooManyRedirects => {
+            return SourceError::TooManyRedirects {
+                uri: uri.to_string(),
+                max: opts.max_redirects,
+            }
+        }
+        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => {
+            return SourceError::InvalidUri {
+                uri: uri.to_string(),
+                detail,
+            }
+        }
+        _ => {}
+    }
+    // Walk the cause chain: a rustls error means TLS; an io::Error tells refused / timed out.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> =
+        std::error::Error::source(&transport);
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return SourceError::Tls {
+                uri: uri.to_string(),
+                detail: tls.to_string(),
+            };
+        }
+        if let Some(io_err) = e.downcast_ref::<io::Error>() {
+            if let Some(tls) = io_err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return SourceError::Tls {
+                    uri: uri.to_string(),
+                    detail: tls.to_string(),
+                };
+            }
+            let copy = io::Error::new(io_err.kind(), io_err.to_string());
+            return classify_io(copy, uri, Phase::Open, opts.timeout);
+        }
+        cause = e.source();
+    }
+    SourceError::Io {
+        uri: uri.to_string(),
+        phase: Phase::Open,
+        source: io::Error::other(detail),
+    }
+}
+
+/// Maps an I/O error by its kind: refused, timed out, or a plain I/O failure.
+fn classify_io(e: io::Error, uri: &str, phase: Phase, timeout: Duration) -> SourceError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => SourceError::ConnectionRefused {
+            uri: uri.to_string(),
+            detail: e.to_string(),
+        },
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => SourceError::Timeout {
+            uri: uri.to_string(),
+            phase,
+            timeout,
+        },
+        _ => {
+            if let Some(tls) = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return SourceError::Tls {
+                    uri: uri.to_string(),
+                    detail: tls.to_string(),
+                };
+            }
+            SourceError::Io {
+                uri: uri.to_string(),
+                phase,
+                source: e,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_is_matched_as_prefix_only() {
+        assert_eq!(Scheme::of("file://sdcard/x"), Some(Scheme::File));
+        assert_eq!(Scheme::of("http://h/x"), Some(Scheme::Http));
+        assert_eq!(Scheme::of("https://h/x"), Some(Scheme::Https));
+        assert_eq!(Scheme::of("xhttp://h/x"), None);
+        assert_eq!(Scheme::of("foo http://h/x"), None);
+        assert_eq!(Scheme::of("HTTP://h/x"), None);
+        assert_eq!(Scheme::of(""), None);
+    }
+
+    #[test]
+    fn adf_sd_path_follows_fatfs_stream_rules() {
+        assert_eq!(adf_sd_path("file://sdcard/x.bin").unwrap(), "/sdcard/x.bin");
+        assert_eq!(
+            adf_sd_path("file:///sdcard/x.bin").unwrap(),
+            "/sdcard/x.bin"
+        );
+        assert_eq!(adf_sd_path("/sdcard/x.bin").unwrap(), "/sdcard/x.bin");
+        assert!(adf_sd_path("sdcard/x.bin").is_err());
+    }
+
+    #[test]
+    fn sd_relative_path_strips_mount_and_rejects_escapes() {
+        assert_eq!(
+            sd_relative_path("file://sdcard/a/b.bin").unwrap(),
+            PathBuf::from("a/b.bin")
+        );
+        assert_eq!(
+            sd_relative_path("file:///sdcard/x.bin").unwrap(),
+            PathBuf::from("x.bin")
+        );
+        for bad in [
+            "file://sdcard/../etc/passwd",
+            "file://sdcardx/y.bin",
+            "file://other/y.bin",
+            "file://sdcard/",
+        ] {
+            let err = sd_relative_path(bad).unwrap_err();
+            assert!(
+                matches!(err, SourceError::OutsideSdCard { .. }),
+                "{bad}: {err}"
+            );
+            assert_eq!(err.adf_reason(), reason::FILE_NOT_FOUND);
+        }
+    }
+
+    #[test]
+    fn content_range_start_parses_first_byte() {
+        assert_eq!(content_range_start("bytes 100-999/1000"), Some(100));
+        assert_eq!(content_range_start(" bytes  7-8/*"), Some(7));
+        assert_eq!(content_range_start("bytes */1000"), None);
+        assert_eq!(content_range_start(""), None);
+    }
+
+    #[test]
+    fn adf_reason_depends_on_phase() {
+        let t = |phase| SourceError::Timeout {
+            uri: "http://x".into(),
+            phase,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        assert_eq!(t(Phase::Open).adf_reason(), reason::STREAM_INIT_FAIL);
+        assert_eq!(t(Phase::Read).adf_reason(), reason::STREAM_RD_FAIL);
+        let u = SourceError::UnsupportedScheme { uri: "x".into() };
+        assert_eq!(u.adf_reason(), reason::URL_PARSE_FAIL);
+        assert_eq!(u.adf_reason(), 0x90002);
+    }
+
+    #[test]
+    fn pinned_pem_without_certificate_is_bad_cert() {
+        let err = tls_config(Some(b"hello, no pem here"), "https://h/").unwrap_err();
+        assert!(matches!(err, SourceError::BadCert { .. }), "{err}");
+        assert!(err.to_string().contains("no CERTIFICATE"));
+    }
+
+    #[test]
+    fn default_roots_are_webpki_roots() {
+        let roots = root_store(None, "https://h/").unwrap();
+        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+        assert!(!roots.is_empty());
+    }
+
+    #[test]
+    fn stream_source_reports_short_body_not_eof() {
+        let mut s = StreamSource {
+            uri: "file://sdcard/x".into(),
+            reader: Box::new(io::Cursor::new(vec![1u8; 10])),
+            content_length: Some(20),
+            got: 0,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read(&mut buf).unwrap(), 10);
+        match s.read(&mut buf) {
+            Err(SourceError::ShortBody { expected, got, .. }) => {
+                assert_eq!((expected, got), (20, 10))
+            }
+            other => panic!("expected ShortBody, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The `ota device run` TOML config: shortcut keys, explicit lists, defaults, and errors that
+//! point at the right line.
+
+use std::path::{Path, PathBuf};
+
+use ota_core::version::VersionPolicy;
+use ota_service::config::{example, Config, ConfigError, DataFormat, ItemKind, UpgradeSpec};
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str_named(text, "ota.toml", Path::new("/nonexistent-base"))
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn shortcut_keys_build_the_example_list_data_then_app() {
+    let c = parse(
+        r#"
+firmware_upgrade_uri = "http://127.0.0.1:8080/play_mp3_control.bin"
+data_upgrade_uri = "file://sdcard/flash_tone.bin"
+data_partition_label = "flash_tone"
+force_check_firmware_version = false
+"#,
+    )
+    .unwrap();
+    assert_eq!(c, example("127.0.0.1:8080"));
+    assert_eq!(c.upgrade.len(), 2);
+    let data = &c.upgrade[0];
+    assert_eq!(data.kind, ItemKind::Data);
+    assert_eq!(data.uri, "file://sdcard/flash_tone.bin");
+    assert_eq!(data.label.as_deref(), Some("flash_tone"));
+    assert_eq!(data.format, DataFormat::Tone);
+    assert!(!data.reboot && !data.break_after_fail);
+    let app = &c.upgrade[1];
+    assert_eq!(app.kind, ItemKind::App);
+    assert_eq!(app.version_check, VersionPolicy::None);
+    assert!(app.reboot);
+}
+
+#[test]
+fn shortcut_force_check_selects_newer_policy() {
+    let c =
+        parse("firmware_upgrade_uri = \"http://h/a.bin\"\nforce_check_firmware_version = true\n")
+            .unwrap();
+    assert_eq!(c.upgrade.len(), 1);
+    assert_eq!(c.upgrade[0].kind, ItemKind::App);
+    assert_eq!(c.upgrade[0].version_check, VersionPolicy::Newer);
+}
+
+#[test]
+fn shortcut_data_only_defaults_label_to_flash_tone() {
+    let c = parse("data_upgrade_uri = \"file:///sdcard/t.bin\"\n").unwrap();
+    assert_eq!(c.upgrade.len(), 1);
+    assert_eq!(c.upgrade[0].label.as_deref(), Some("flash_tone"));
+    assert_eq!(c.upgrade[0].format, DataFormat::Tone);
+}
+
+#[test]
+fn explicit_list_keeps_order_and_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+    let text = r#"
+[[upgrade]]
+type = "data"
+uri = "file://sdcard/flash_tone.bin"
+label = "flash_tone"
+format = "tone"
+version_check = "semver"
+reboot = false
+break_after_fail = true
+
+[[upgrade]]
+type = "app"
+uri = "https://127.0.0.1:8443/app.bin"
+version_check = "newer"
+reboot = false
+cert = "ca.pem"
+"#;
+    let c = Config::from_str(text, dir.path()).unwrap();
+    assert_eq!(
+        c.upgrade,
+        vec![
+            UpgradeSpec {
+                kind: ItemKind::Data,
+                uri: "file://sdcard/flash_tone.bin".into(),
+                label: Some("flash_tone".into()),
+                format: DataFormat::Tone,
+                version_check: VersionPolicy::Semver,
+                reboot: false,
+                break_after_fail: true,
+                cert: None,
+            },
+            UpgradeSpec {
+                kind: ItemKind::App,
+                uri: "https://127.0.0.1:8443/app.bin".into(),
+                label: None,
+                format: DataFormat::Raw,
+                version_check: VersionPolicy::Newer,
+                reboot: false,
+                break_after_fail: false,
+                cert: Some(dir.path().join("ca.pem")),
+            },
+        ]
+    );
+}
+
+#[test]
+fn explicit_defaults_reboot_app_only_raw_format_no_version_check() {
+    let c = parse(
+        r#"
+[[upgrade]]
+type = "data"
+uri = "http://h/d.bin"
+label = "storage"
+
+[[upgrade]]
+type = "app"
+uri = "http://h/a.bin"
+"#,
+    )
+    .unwrap();
+    let (d, a) = (&c.upgrade[0], &c.upgrade[1]);
+    assert_eq!(d.format, DataFormat::Raw);
+    assert_eq!(d.version_check, VersionPolicy::None);
+    assert!(!d.reboot && !d.break_after_fail && d.cert.is_none());
+    assert_eq!(a.format, DataFormat::Raw);
+    assert_eq!(a.version_check, VersionPolicy::None);
+    assert!(a.reboot && !a.break_after_fail);
+}
+
+#[test]
+fn shortcut_items_come_before_explicit_items() {
+    let c = parse(
+        r#"
+firmware_upgrade_uri = "http://h/fw.bin"
+
+[[upgrade]]
+type = "data"
+uri = "file://sdcard/extra.bin"
+label = "extra"
+"#,
+    )
+    .unwrap();
+    let uris: Vec<&str> = c.upgrade.iter().map(|u| u.uri.as_str()).collect();
+    assert_eq!(uris, ["http://h/fw.bin", "file://sdcard/extra.bin"]);
+}
+
+#[test]
+fn load_resolves_cert_relative_to_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/ca.pem"), "x").unwrap();
+    let path = dir.path().join("ota.toml");
+    std::fs::write(
+        &path,
+        "[[upgrade]]\ntype = \"app\"\nuri = \"https://h/a.bin\"\ncert = \"certs/ca.pem\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.upgrade[0].cert, Some(dir.path().join("certs/ca.pem")));
+}
+
+#[test]
+fn load_missing_file_names_the_file() {
+    let e = Config::load(Path::new("/nonexistent/ota.toml")).unwrap_err();
+    assert!(e.io.is_some());
+    assert!(e.to_string().starts_with("/nonexistent/ota.toml: "), "{e}");
+}
+
+#[test]
+fn unknown_key_names_line_and_column_and_allowed_keys() {
+    let e = err(r#"firmware_upgrade_uri = "http://h/a.bin"
+
+[[upgrade]]
+type = "data"
+uri = "file://sdcard/t.bin"
+# a comment
+lable = "flash_tone"
+"#);
+    assert_eq!(e.position, Some((7, 1)), "{e}");
+    let s = e.to_string();
+    assert!(
+        s.starts_with("ota.toml:7:1: unknown field `lable`, expected one of"),
+        "{s}"
+    );
+    assert!(s.contains("`label`"), "{s}");
+}
+
+#[test]
+fn unknown_top_level_key_is_rejected() {
+    let e = err("firmware_upgrade_url = \"http://h/a.bin\"\n");
+    assert_eq!(e.line(), Some(1));
+    assert!(e.message.contains("firmware_upgrade_url"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_line() {
+    let e =
+        err("firmware_upgrade_uri = \"http://h/a.bin\"\nforce_check_firmware_version = \"yes\"\n");
+    assert_eq!(e.line(), Some(2), "{e}");
+    assert!(e.message.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn bad_enum_value_lists_allowed_values() {
+    let e =
+        err("[[upgrade]]\ntype = \"app\"\nuri = \"http://h/a.bin\"\nversion_check = \"newest\"\n");
+    assert_eq!(e.line(), Some(4), "{e}");
+    for v in ["none", "newer", "semver"] {
+        assert!(e.message.contains(v), "{e}");
+    }
+    let e = err("[[upgrade]]\ntype = \"bootloader\"\nuri = \"http://h/a.bin\"\n");
+    assert_eq!(e.line(), Some(2), "{e}");
+    assert!(
+        e.message.contains("`app`") && e.message.contains("`data`"),
+        "{e}"
+    );
+    let e = err(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"http://h/a.bin\"\nlabel = \"x\"\nformat = \"wav\"\n",
+    );
+    assert_eq!(e.line(), Some(5), "{e}");
+    assert!(
+        e.message.contains("`raw`") && e.message.contains("`tone`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn data_item_without_label_is_rejected_at_its_table() {
+    let e = err("firmware_upgrade_uri = \"http://h/a.bin\"\n\n[[upgrade]]\ntype = \"data\"\nuri = \"http://h/d.bin\"\n");
+    assert_eq!(e.position, Some((3, 1)), "{e}");
+    assert!(e.message.contains("label"), "{e}");
+}
+
+#[test]
+fn app_item_with_label_or_format_is_rejected() {
+    let e = err("[[upgrade]]\ntype = \"app\"\nuri = \"http://h/a.bin\"\nlabel = \"ota_0\"\n");
+    assert_eq!(e.position, Some((4, 9)), "{e}");
+    assert!(e.message.contains("`label` is for data items"), "{e}");
+    let e = err("[[upgrade]]\ntype = \"app\"\nuri = \"http://h/a.bin\"\nformat = \"raw\"\n");
+    assert_eq!(e.line(), Some(4), "{e}");
+    assert!(e.message.contains("`format` is for data items"), "{e}");
+}
+
+#[test]
+fn raw_data_item_with_version_check_is_rejected() {
+    let e = err("[[upgrade]]\ntype = \"data\"\nuri = \"http://h/a.bin\"\nlabel = \"x\"\nversion_check = \"newer\"\n");
+    assert_eq!(e.line(), Some(5), "{e}");
+}
+
+#[test]
+fn empty_config_has_no_items() {
+    for text in ["", "# nothing\n", "force_check_firmware_version = true\n"] {
+        let e = err(text);
+        assert_eq!(e.position, None);
+        assert_eq!(
+            e.to_string(),
+            "ota.toml: no upgrade items: set firmware_upgrade_uri/data_upgrade_uri or add [[upgrade]] tables"
+        );
+    }
+}
+
+#[test]
+fn missing_cert_file_names_its_line() {
+    let e = err("[[upgrade]]\ntype = \"app\"\nuri = \"https://h/a.bin\"\ncert = \"nope.pem\"\n");
+    assert_eq!(e.position, Some((4, 8)), "{e}");
+    assert!(e.message.contains("cert file not found"), "{e}");
+    assert!(e.message.contains("nonexistent-base"), "{e}");
+}
+
+#[test]
+fn unsupported_uri_scheme_is_rejected_with_its_line() {
+    let e = err("firmware_upgrade_uri = \"ftp://h/a.bin\"\n");
+    assert_eq!(e.position, Some((1, 24)), "{e}");
+    let e = err("[[upgrade]]\ntype = \"app\"\nuri = \"foo http://h/a.bin\"\n");
+    assert_eq!(e.line(), Some(3), "{e}");
+}
+
+#[test]
+fn missing_required_key_is_reported() {
+    let e = err("[[upgrade]]\ntype = \"app\"\n");
+    assert_eq!(e.line(), Some(1), "{e}");
+    assert!(e.message.contains("missing field `uri`"), "{e}");
+}
+
+#[test]
+fn syntax_error_names_the_line() {
+    let e = err("firmware_upgrade_uri = \"http://h/a.bin\"\ndata_upgrade_uri = \n");
+    assert_eq!(e.line(), Some(2), "{e}");
+}
+
+#[test]
+fn example_uses_given_host_port() {
+    let c = example("10.0.0.2:9000");
+    assert_eq!(
+        c.upgrade[1].uri,
+        "http://10.0.0.2:9000/play_mp3_control.bin"
+    );
+    assert_eq!(c.upgrade[0].uri, "file://sdcard/flash_tone.bin");
+    let _: Vec<PathBuf> = c.upgrade.iter().filter_map(|u| u.cert.clone()).collect();
+}
