@@ -20,7 +20,11 @@ impl SdCardFs for SdAdapter {
     fn open(&self, uri: &str) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
         self.0.open(uri).map_err(|e| match e {
             ota_emu::EmuError::SdFileNotFound { uri, path } => SourceError::SdFileNotFound { uri, path },
-            other => SourceError::Io { uri: uri.to_string(), detail: other.to_string() },
+            other => SourceError::Io {
+                uri: uri.to_string(),
+                phase: ota_service::source::Phase::Open,
+                source: std::io::Error::other(other.to_string()),
+            },
         })
     }
 }

@@ -132,7 +132,7 @@ pub fn write<F: NorFlash>(flash: &mut F, offset: u32, data: &[u8]) -> Result<(),
 }
 
 pub fn erase<F: NorFlash>(flash: &mut F, offset: u32, len: u32) -> Result<(), FlashError> {
-    if offset % SECTOR_SIZE != 0 || len % SECTOR_SIZE != 0 {
+    if !offset.is_multiple_of(SECTOR_SIZE) || !len.is_multiple_of(SECTOR_SIZE) {
         return Err(FlashError { op: FlashOp::Erase, offset, len, kind: FlashErrorKind::NotAligned });
     }
     flash

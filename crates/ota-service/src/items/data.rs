@@ -16,15 +16,7 @@ const TAG_TONE: &str = "TONE_PARTITION";
 /// ADF's data read size (adf-ota-service.md §6: `read_buf[2048]`).
 const CHUNK: usize = 2048;
 
-/// How the data item decides and writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DataFormat {
-    /// Always rewrite the partition with the incoming bytes.
-    #[default]
-    Raw,
-    /// ESP-ADF tone bin: the example's `audio_tone_need_upgrade` policy.
-    Tone,
-}
+pub use crate::config::DataFormat;
 
 pub struct DataItem {
     pub uri: String,

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use ota_core::Error as CoreError;
 
+use crate::config::{Config, ItemKind};
 use crate::reason::Reason;
 use crate::service::{Env, Event, ItemError};
 use crate::source::{Source, SourceError};
@@ -94,4 +95,36 @@ impl Progress {
             );
         }
     }
+}
+
+/// Build the upgrade list a config describes. Reads pinned CA files.
+pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
+    config: &Config,
+) -> Result<Vec<Box<dyn crate::service::UpgradeItem<F>>>, String> {
+    let mut items: Vec<Box<dyn crate::service::UpgradeItem<F>>> = Vec::new();
+    for spec in &config.upgrade {
+        let ca_pem = match &spec.cert {
+            Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading CA certificate {}: {}", p.display(), e))?),
+            None => None,
+        };
+        match spec.kind {
+            ItemKind::App => {
+                let mut item = AppItem::new(spec.uri.clone());
+                item.policy = spec.version_check;
+                item.ca_pem = ca_pem;
+                item.reboot = spec.reboot;
+                item.break_after_fail = spec.break_after_fail;
+                items.push(Box::new(item));
+            }
+            ItemKind::Data => {
+                let label = spec.label.clone().ok_or_else(|| format!("data item {} has no label", spec.uri))?;
+                let mut item = DataItem::new(spec.uri.clone(), label, spec.format);
+                item.ca_pem = ca_pem;
+                item.reboot = spec.reboot;
+                item.break_after_fail = spec.break_after_fail;
+                items.push(Box::new(item));
+            }
+        }
+    }
+    Ok(items)
 }
