@@ -175,13 +175,13 @@ fn select<F: NorFlash>(
             let e = od.entries[i];
             *slot_ok = e.is_valid()
                 && app_count > 0
-                && secure_version_ok(flash, table, chip, cfg, BootIndex::Ota(e.slot(app_count)));
+                && secure_version_ok(flash, table, chip, cfg, BootIndex::Ota(e.slot(app_count).unwrap_or(0)));
         }
         crate::otadata::select_otadata(&od.entries, ok, true)
     };
     if let Some(a) = active {
         let e = od.entries[a];
-        let idx = e.slot(app_count);
+        let idx = e.slot(app_count).unwrap_or(0);
         if cfg.rollback && e.state == OtaState::New.to_u32() {
             rewrite(flash, &otadata, &mut od, a, OtaState::PendingVerify)?;
             events(BootEvent::PendingVerify { sector: a, seq: e.seq });

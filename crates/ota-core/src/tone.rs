@@ -537,50 +537,8 @@ impl ToneDesc {
         // Any non-ASCII byte fails the C parser too (every byte is '.', 'v'/'V' or a digit).
         core::str::from_utf8(s)
             .ok()
-            .and_then(adf_version_number_local)
+            .and_then(crate::version::adf_version_number)
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Version parser (private copy)
-// ---------------------------------------------------------------------------------------------
-
-/// ADF `ota_get_version_number` (adf-ota-service.md §5): `vA.B.C`, each ≤ 255, ≤ 32 chars,
-/// `strtok` on '.' (empty tokens skipped). `None` is C's −1.
-// TODO(integration): use crate::version::adf_version_number
-fn adf_version_number_local(s: &str) -> Option<u32> {
-    /// `strlen(version) > 32` → −1 (§5 step 1).
-    const MAX_LEN: usize = 32;
-    /// Components above this are rejected (§5 step 4).
-    const MAX_COMPONENT: u32 = 255;
-    let b = c_bytes(s.as_bytes());
-    if b.len() > MAX_LEN {
-        return None;
-    }
-    let mut toks = b.split(|&c| c == b'.').filter(|t| !t.is_empty());
-    let (&first, rest) = toks.next()?.split_first()?;
-    if first != b'v' && first != b'V' {
-        return None;
-    }
-    let mut shift_index: i32 = 2;
-    let mut ver: u32 = 0;
-    let mut comp = Some(rest);
-    while let Some(p) = comp {
-        if shift_index < 0 || !p.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        // atoi, saturating (newlib's strtol saturates; anything > 255 fails either way).
-        let n = p.iter().fold(0u32, |acc, &d| {
-            acc.saturating_mul(10).saturating_add((d - b'0') as u32)
-        });
-        if n > MAX_COMPONENT {
-            return None;
-        }
-        ver |= n << (shift_index as u32 * 8);
-        shift_index -= 1;
-        comp = toks.next();
-    }
-    (shift_index == -1).then_some(ver)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1589,7 +1547,7 @@ mod tests {
             ("v0000000000000000000000000001.2.3", None),          // 33 chars
         ];
         for &(s, want) in cases {
-            assert_eq!(adf_version_number_local(s), want, "{:?}", s);
+            assert_eq!(crate::version::adf_version_number(s), want, "{:?}", s);
         }
     }
 
