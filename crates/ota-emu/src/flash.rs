@@ -203,6 +203,12 @@ impl EmuFlash {
         Ok(EmuFlash::with_parts(image, None))
     }
 
+    /// A copy of the contents as a new in-memory flash (no file, fresh counters, no fault
+    /// plan): e.g. one laid-out device image copied for each device of a fleet simulation.
+    pub fn clone_in_memory(&self) -> EmuFlash {
+        EmuFlash::with_parts(self.mem.clone(), None)
+    }
+
     fn with_parts(mem: Vec<u8>, backing: Option<Backing>) -> Self {
         let stats = FlashStats {
             erase_counts: vec![0; sectors_for(mem.len())],

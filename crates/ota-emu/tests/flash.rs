@@ -459,3 +459,19 @@ fn ota_core_region_helpers_drive_the_emulator() {
     let e = r.write(&mut f, 0x10, &[0xFF]).unwrap_err();
     assert_eq!(e.kind, ota_core::flash::FlashErrorKind::Other);
 }
+
+#[test]
+fn clone_in_memory_copies_contents_but_not_file_or_counters() {
+    let (_d, path, mut f) = file_flash(0x2000);
+    f.write(0, &[0x12]).unwrap();
+    let mut g = f.clone_in_memory();
+    assert_eq!(g.contents(), f.contents());
+    assert_eq!((g.path(), g.stats().write_ops), (None, 0));
+    g.write(1, &[0x34]).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap()[1],
+        0xFF,
+        "the copy does not write to the file"
+    );
+    assert_eq!(f.contents()[1], 0xFF);
+}
