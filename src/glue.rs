@@ -18,8 +18,11 @@ pub struct SdAdapter(pub SdCard);
 
 impl SdCardFs for SdAdapter {
     fn open(&self, uri: &str) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
-        self.0.open(uri).map_err(|e| match e {
-            ota_emu::EmuError::SdFileNotFound { uri, path } => SourceError::SdFileNotFound { uri, path },
+        self.0.open_uri(uri).map_err(|e| match e {
+            ota_emu::EmuError::SdFileNotFound { uri, path, card } => SourceError::SdFileNotFound {
+                uri,
+                path: card.join(path.trim_start_matches('/')),
+            },
             other => SourceError::Io {
                 uri: uri.to_string(),
                 phase: ota_service::source::Phase::Open,
