@@ -271,3 +271,87 @@ pub fn ota_state_of<F: NorFlash>(flash: &mut F, table: &PartitionTable, part: &P
     let od = OtaData::read(flash, otadata).ok()?;
     od.state_of_slot(slot, table.ota_count())
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::testutil::{app_image, example_table, RamFlash};
+
+    fn boot_events(f: &mut RamFlash, t: &PartitionTable, cfg: &BootConfig) -> (Result<BootOutcome, Error>, Vec<BootEvent>) {
+        let mut evs = Vec::new();
+        let r = boot(f, t, Chip::Esp32, cfg, &mut |e| evs.push(e));
+        (r, evs)
+    }
+
+    fn device() -> (RamFlash, PartitionTable) {
+        let mut f = RamFlash::new(4 << 20);
+        f.put(0x10000, &app_image(Chip::Esp32, "a", "v1", 30_000));
+        (f, example_table())
+    }
+
+    #[test]
+    fn first_boot_without_factory_tries_ota0_and_sets_actual_seq() {
+        let (mut f, t) = device();
+        let (r, evs) = boot_events(&mut f, &t, &BootConfig::default());
+        let out = r.unwrap();
+        assert_eq!(out.index, BootIndex::Ota(0));
+        assert!(evs.contains(&BootEvent::NoFactoryTryingOta0));
+        assert!(evs.contains(&BootEvent::SetActualOtaSeq { seq: 1 }));
+        // otadata[0] = seq 1, VALID, CRC 0x4743989A (idf-formats.md §2.2).
+        let e = &f.data[0xD000..0xD020];
+        assert_eq!(&e[0..4], &[1, 0, 0, 0]);
+        assert_eq!(&e[24..28], &[2, 0, 0, 0]);
+        assert_eq!(&e[28..32], &[0x9a, 0x98, 0x43, 0x47]);
+        assert_eq!(out.ota_state, Some(OtaState::Valid));
+        // A second boot writes nothing.
+        let before = f.total_erases();
+        let (r, _) = boot_events(&mut f, &t, &BootConfig::default());
+        assert_eq!(r.unwrap().index, BootIndex::Ota(0));
+        assert_eq!(f.total_erases(), before);
+    }
+
+    #[test]
+    fn a_slot_that_fails_verification_falls_back_without_otadata_writes() {
+        let (mut f, t) = device();
+        boot_events(&mut f, &t, &BootConfig::default()).0.unwrap();
+        let part = *t.otadata().unwrap();
+        let mut od = OtaData::read(&mut f, &part).unwrap();
+        od.set_boot(&mut f, &part, 1, 2, false).unwrap(); // ota_1 holds nothing
+        let before = f.data.clone();
+        let (r, evs) = boot_events(&mut f, &t, &BootConfig::default());
+        let out = r.unwrap();
+        assert_eq!(out.partition.label.as_str(), "ota_0");
+        assert!(evs.iter().any(|e| matches!(e, BootEvent::LoadFailed { partition, .. } if partition.label.as_str() == "ota_1")));
+        assert!(f.data == before, "fallback must not write otadata");
+    }
+
+    #[test]
+    fn rollback_gives_an_unconfirmed_app_one_boot() {
+        let (mut f, t) = device();
+        let cfg = BootConfig { rollback: true, ..BootConfig::default() };
+        boot_events(&mut f, &t, &cfg).0.unwrap();
+        f.put(0x110000, &app_image(Chip::Esp32, "b", "v2", 30_000));
+        let part = *t.otadata().unwrap();
+        let mut od = OtaData::read(&mut f, &part).unwrap();
+        od.set_boot(&mut f, &part, 1, 2, true).unwrap();
+        let (r, evs) = boot_events(&mut f, &t, &cfg);
+        let out = r.unwrap();
+        assert_eq!(out.partition.label.as_str(), "ota_1");
+        assert_eq!(out.ota_state, Some(OtaState::PendingVerify));
+        assert!(evs.iter().any(|e| matches!(e, BootEvent::PendingVerify { .. })));
+        let (r, evs) = boot_events(&mut f, &t, &cfg);
+        assert_eq!(r.unwrap().partition.label.as_str(), "ota_0");
+        assert!(evs.iter().any(|e| matches!(e, BootEvent::Aborted { .. })));
+    }
+
+    #[test]
+    fn nothing_bootable_is_an_error() {
+        let mut f = RamFlash::new(4 << 20);
+        let t = example_table();
+        let (r, _) = boot_events(&mut f, &t, &BootConfig::default());
+        assert_eq!(r.unwrap_err(), Error::Boot(BootError::NoBootableApp));
+    }
+}

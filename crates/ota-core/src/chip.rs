@@ -114,7 +114,7 @@ impl Chip {
     pub const fn bootloader_offset(self) -> u32 {
         match self {
             Chip::Esp32 | Chip::Esp32s2 => 0x1000,
-            Chip::Esp32c5 | Chip::Esp32p4 => 0x2000,
+            Chip::Esp32c5 | Chip::Esp32p4 | Chip::Esp32h4 => 0x2000,
             _ => 0x0,
         }
     }

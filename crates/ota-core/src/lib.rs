@@ -20,5 +20,8 @@ pub mod tone;
 pub mod update;
 pub mod version;
 
+#[cfg(test)]
+mod testutil;
+
 pub use chip::Chip;
 pub use error::Error;

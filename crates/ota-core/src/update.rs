@@ -409,3 +409,151 @@ impl DataUpdate {
         Ok(self.writer.written())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::boot::{self, BootConfig};
+    use crate::testutil::{app_image, example_table, RamFlash};
+
+    const OTADATA: u32 = 0xD000;
+    const OTA_1: u32 = 0x110000;
+
+    fn cfg() -> AppUpdateConfig {
+        AppUpdateConfig { chip: Chip::Esp32, rollback: false }
+    }
+
+    /// A device running `v1.0.0` from ota_0 (booted once, so otadata holds seq 1).
+    fn device() -> (RamFlash, PartitionTable) {
+        let mut f = RamFlash::new(4 << 20);
+        let t = example_table();
+        f.put(0x10000, &app_image(Chip::Esp32, "app", "v1.0.0", 60_000));
+        let out = boot::boot(&mut f, &t, Chip::Esp32, &BootConfig::default(), &mut |_| {}).unwrap();
+        assert_eq!(out.partition.label.as_str(), "ota_0");
+        f.erases.iter_mut().for_each(|e| *e = 0);
+        (f, t)
+    }
+
+    fn update(f: &mut RamFlash, t: &PartitionTable, img: &[u8], chunk: usize) -> Result<Committed, Error> {
+        let running = *t.ota(0).unwrap();
+        let mut u = AppUpdate::begin(t, Some(&running), cfg(), Some(img.len() as u64))?;
+        let n = u.feed_prefix(img)?;
+        u.write(f, &img[n..n + 0])?;
+        for c in img[n..].chunks(chunk) {
+            u.write(f, c)?;
+        }
+        u.finish(f)
+    }
+
+    #[test]
+    fn next_update_slot_follows_esp_idf() {
+        let t = example_table();
+        assert_eq!(next_update_slot(&t, t.ota(0)).unwrap().label.as_str(), "ota_1");
+        assert_eq!(next_update_slot(&t, t.ota(1)).unwrap().label.as_str(), "ota_0");
+        assert_eq!(next_update_slot(&t, None).unwrap().label.as_str(), "ota_0");
+    }
+
+    #[test]
+    fn app_update_writes_next_slot_and_switches_otadata_last() {
+        let (mut f, t) = device();
+        let img = app_image(Chip::Esp32, "new", "v2.0.0", 300_000);
+        let done = update(&mut f, &t, &img, 1000).unwrap();
+        assert_eq!(done.slot.offset, OTA_1);
+        assert_eq!(&f.data[OTA_1 as usize..OTA_1 as usize + img.len()], &img[..]);
+        // Erase-ahead: exactly the sectors the image covers, once each; never the whole slot.
+        let sectors = (img.len() as u32).div_ceil(4096);
+        assert_eq!(f.erases_in(OTA_1, 0x100000), sectors);
+        assert!(f.erases[(OTA_1 / 4096) as usize..][..sectors as usize].iter().all(|&e| e == 1));
+        // One otadata sector rewritten, then the bootloader picks ota_1.
+        assert_eq!(f.erases_in(OTADATA, 0x2000), 1);
+        let out = boot::boot(&mut f, &t, Chip::Esp32, &BootConfig::default(), &mut |_| {}).unwrap();
+        assert_eq!(out.partition.offset, OTA_1);
+        assert_eq!(out.summary.app_desc.unwrap().version_str(), "v2.0.0");
+    }
+
+    #[test]
+    fn app_update_checks_the_prefix_before_touching_flash() {
+        let (mut f, t) = device();
+        let before = f.data.clone();
+        let c3 = app_image(Chip::Esp32c3, "x", "v2", 10_000);
+        let running = *t.ota(0).unwrap();
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), None).unwrap();
+        let e = u.feed_prefix(&c3).unwrap_err();
+        assert!(matches!(e, Error::Update(UpdateError::WrongChip { expected: 0, found: 5 })), "{:?}", e);
+        let mut bad = app_image(Chip::Esp32, "x", "v2", 10_000);
+        bad[0] = 0;
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), None).unwrap();
+        assert!(u.feed_prefix(&bad).is_err());
+        assert_eq!(f.total_erases(), 0);
+        assert!(f.data == before);
+        // Too large for the slot: refused at begin.
+        let e = AppUpdate::begin(&t, Some(&running), cfg(), Some(0x100001)).err().unwrap();
+        assert!(matches!(e, Error::Update(UpdateError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn app_update_with_corrupt_image_leaves_otadata_and_running_slot() {
+        let (mut f, t) = device();
+        let before = f.data.clone();
+        let mut img = app_image(Chip::Esp32, "new", "v2.0.0", 100_000);
+        let mid = img.len() / 2;
+        img[mid] ^= 1;
+        assert!(update(&mut f, &t, &img, 4096).is_err());
+        assert!(f.data[0xD000..0x110000] == before[0xD000..0x110000], "otadata or ota_0 changed");
+        let truncated = &app_image(Chip::Esp32, "new", "v2.0.0", 100_000)[..50_000];
+        assert!(update(&mut f, &t, truncated, 777).is_err());
+        assert!(f.data[0xD000..0x110000] == before[0xD000..0x110000]);
+        let out = boot::boot(&mut f, &t, Chip::Esp32, &BootConfig::default(), &mut |_| {}).unwrap();
+        assert_eq!(out.partition.label.as_str(), "ota_0");
+    }
+
+    #[test]
+    fn version_policy_refuses_older_images() {
+        let (mut f, t) = device();
+        let running = *t.ota(0).unwrap();
+        let mut desc = [0u8; 256];
+        f.read_desc(0x10020, &mut desc);
+        let cur = AppDesc::parse(&desc).unwrap();
+        let old = app_image(Chip::Esp32, "x", "v0.9.0", 5_000);
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), None).unwrap();
+        u.feed_prefix(&old).unwrap();
+        assert!(u.check_version(VersionPolicy::None, Some(&cur)).is_ok());
+        assert!(u.check_version(VersionPolicy::Newer, Some(&cur)).is_err());
+        assert!(u.check_version(VersionPolicy::Semver, Some(&cur)).is_err());
+        let new = app_image(Chip::Esp32, "x", "v1.0.1", 5_000);
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), None).unwrap();
+        u.feed_prefix(&new).unwrap();
+        assert!(u.check_version(VersionPolicy::Newer, Some(&cur)).is_ok());
+    }
+
+    #[test]
+    fn data_update_refuses_oversize_and_clears_the_stale_tail() {
+        let (mut f, t) = device();
+        assert!(DataUpdate::begin(&t, "flash_tone", Some(0x100001)).is_err());
+        assert!(matches!(
+            DataUpdate::begin(&t, "nope", None).err().unwrap(),
+            Error::Update(UpdateError::PartitionNotFound { .. })
+        ));
+        f.put(0x2F0000, &[0u8; 16]); // stale bytes far into the partition
+        let mut d = DataUpdate::begin(&t, "flash_tone", Some(10_000)).unwrap();
+        d.write(&mut f, &[0x11; 6000]).unwrap();
+        d.write(&mut f, &[0x22; 4000]).unwrap();
+        assert!(d.write(&mut f, &[0; 0x100000]).is_err());
+        d.finish(&mut f).unwrap();
+        assert!(f.data[0x210000..0x210000 + 6000].iter().all(|&b| b == 0x11));
+        assert!(f.data[0x210000 + 10_000..0x310000].iter().all(|&b| b == 0xFF));
+        // Blank sectors are not erased again: 3 written + the one with stale bytes.
+        assert_eq!(f.erases_in(0x210000, 0x100000), 4);
+    }
+
+    trait ReadDesc {
+        fn read_desc(&mut self, off: u32, buf: &mut [u8]);
+    }
+    impl ReadDesc for RamFlash {
+        fn read_desc(&mut self, off: u32, buf: &mut [u8]) {
+            buf.copy_from_slice(&self.data[off as usize..off as usize + buf.len()]);
+        }
+    }
+}

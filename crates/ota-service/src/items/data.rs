@@ -99,7 +99,7 @@ impl DataItem {
                 ));
             }
             run.pending.extend_from_slice(&d);
-            let parsed = ToneDesc::parse(&d);
+            let parsed = ToneDesc::parse(&d).map_err(|e| ItemError::new(Reason::StreamRdFail, format!("{}: {}", self.uri, e)))?;
             env.info(
                 TAG_EXAMPLE,
                 format!("imcoming magic_word {:x}, project_name {}", parsed.magic_word, parsed.project_name_str()),
