@@ -81,9 +81,12 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
 /// Read a whole image; a bad checksum or hash is reported, not an error.
 pub fn read_image(bytes: &[u8]) -> Result<ImageSummary> {
     let mut v = image::ImageVerifier::new();
-    v.set_check_integrity(false);
     v.feed(bytes).map_err(|e| anyhow!("{}", e))?;
-    v.finish().map_err(|e| anyhow!("{}", e))
+    // A complete image with a bad checksum or hash is still reported (as invalid).
+    match (v.is_complete(), v.summary()) {
+        (true, Some(s)) => Ok(s),
+        _ => v.finish().map_err(|e| anyhow!("{}", e)),
+    }
 }
 
 pub fn summary_json(s: &ImageSummary) -> Value {
