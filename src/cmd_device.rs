@@ -114,13 +114,21 @@ pub struct CreateSpec<'a> {
 /// Lay out a new device in `path`.
 pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
     let size_code = glue::flash_size_code(spec.flash_size)?;
-    let opts = CsvOptions { flash_size: Some(spec.flash_size), ..CsvOptions::default() };
-    let table = PartitionTable::from_csv(spec.csv, &opts).map_err(|e| anyhow!("partition table: {}", e))?;
+    let opts = CsvOptions {
+        flash_size: Some(spec.flash_size),
+        ..CsvOptions::default()
+    };
+    let table =
+        PartitionTable::from_csv(spec.csv, &opts).map_err(|e| anyhow!("partition table: {}", e))?;
     let mut table_bin = [0xFFu8; partition::TABLE_MAX_LEN];
-    table.to_binary(true, &mut table_bin).map_err(|e| anyhow!("partition table: {}", e))?;
+    table
+        .to_binary(true, &mut table_bin)
+        .map_err(|e| anyhow!("partition table: {}", e))?;
     let mut boot_img = Vec::new();
-    image::build_bootloader(spec.chip, size_code, &mut |b: &[u8]| boot_img.extend_from_slice(b))
-        .map_err(|e| anyhow!("building the bootloader image: {}", e))?;
+    image::build_bootloader(spec.chip, size_code, &mut |b: &[u8]| {
+        boot_img.extend_from_slice(b)
+    })
+    .map_err(|e| anyhow!("building the bootloader image: {}", e))?;
     // Check everything before touching the file.
     let app_target = match spec.app {
         Some(app) => {
@@ -128,7 +136,9 @@ pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
                 .factory()
                 .or_else(|| table.ota(0))
                 .copied()
-                .ok_or_else(|| anyhow!("the partition table has no factory or ota_0 partition for --app"))?;
+                .ok_or_else(|| {
+                    anyhow!("the partition table has no factory or ota_0 partition for --app")
+                })?;
             check_image(app, spec.chip, &target)?;
             Some((target, app))
         }
@@ -136,9 +146,16 @@ pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
     };
     let mut data = Vec::new();
     for (label, bytes) in &spec.data {
-        let p = *table.find_data(label).ok_or_else(|| anyhow!("no data partition labelled '{}'", label))?;
+        let p = *table
+            .find_data(label)
+            .ok_or_else(|| anyhow!("no data partition labelled '{}'", label))?;
         if bytes.len() as u64 > p.size as u64 {
-            bail!("{} bytes do not fit in partition {} ({} bytes)", bytes.len(), label, p.size);
+            bail!(
+                "{} bytes do not fit in partition {} ({} bytes)",
+                bytes.len(),
+                label,
+                p.size
+            );
         }
         data.push((p, bytes));
     }
@@ -171,17 +188,28 @@ fn check_image(bytes: &[u8], chip: Chip, target: &Partition) -> Result<ImageSumm
         );
     }
     if bytes.len() as u64 > target.size as u64 {
-        bail!("app image of {} bytes does not fit in {} ({} bytes)", bytes.len(), target.label.as_str(), target.size);
+        bail!(
+            "app image of {} bytes does not fit in {} ({} bytes)",
+            bytes.len(),
+            target.label.as_str(),
+            target.size
+        );
     }
     Ok(s)
 }
 
 fn create(a: CreateArgs) -> Result<()> {
-    let chip = Chip::from_name(&a.chip)
-        .ok_or_else(|| anyhow!("unknown chip '{}' (esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...)", a.chip))?;
+    let chip = Chip::from_name(&a.chip).ok_or_else(|| {
+        anyhow!(
+            "unknown chip '{}' (esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...)",
+            a.chip
+        )
+    })?;
     let flash_size = glue::parse_size(&a.flash_size)?;
     let csv = match &a.partitions {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         None => EXAMPLE_CSV.to_string(),
     };
     let app = match &a.app {
@@ -190,22 +218,40 @@ fn create(a: CreateArgs) -> Result<()> {
     };
     let mut data = Vec::new();
     for d in &a.data {
-        let (label, file) = d.split_once('=').ok_or_else(|| anyhow!("--data takes LABEL=FILE, not '{}'", d))?;
-        data.push((label.to_string(), std::fs::read(file).with_context(|| format!("reading {}", file))?));
+        let (label, file) = d
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--data takes LABEL=FILE, not '{}'", d))?;
+        data.push((
+            label.to_string(),
+            std::fs::read(file).with_context(|| format!("reading {}", file))?,
+        ));
     }
-    create_device(&a.flash.flash, &CreateSpec { chip, flash_size, csv: &csv, app: app.as_deref(), data })?;
+    create_device(
+        &a.flash.flash,
+        &CreateSpec {
+            chip,
+            flash_size,
+            csv: &csv,
+            app: app.as_deref(),
+            data,
+        },
+    )?;
     println!(
         "created {} ({} flash, {} MB) with {} partitions",
         a.flash.flash.display(),
         chip.name(),
         flash_size >> 20,
-        PartitionTable::from_csv(&csv, &CsvOptions::default()).map(|t| t.len()).unwrap_or(0)
+        PartitionTable::from_csv(&csv, &CsvOptions::default())
+            .map(|t| t.len())
+            .unwrap_or(0)
     );
     Ok(())
 }
 
 fn type_name(p: &Partition) -> String {
-    partition::type_name(p.ptype).map(str::to_string).unwrap_or_else(|| format!("0x{:02x}", p.ptype))
+    partition::type_name(p.ptype)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("0x{:02x}", p.ptype))
 }
 
 fn subtype_name(p: &Partition) -> String {
@@ -265,7 +311,9 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
             .map(|(p, r)| match r {
                 Ok(s) => json!({"label": p.label.as_str(), "offset": p.offset,
                                 "app": s.app_desc.as_ref().map(app_json)}),
-                Err(e) => json!({"label": p.label.as_str(), "offset": p.offset, "error": e.to_string()}),
+                Err(e) => {
+                    json!({"label": p.label.as_str(), "offset": p.offset, "error": e.to_string()})
+                }
             })
             .collect();
         let v = json!({"chip": chip.name(), "flash_size": flash_size, "partitions": parts,
@@ -273,9 +321,18 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("Chip: {} ({}), flash size {} MB ({} bytes)", chip.display_name(), chip.name(), flash_size >> 20, flash_size);
+    println!(
+        "Chip: {} ({}), flash size {} MB ({} bytes)",
+        chip.display_name(),
+        chip.name(),
+        flash_size >> 20,
+        flash_size
+    );
     println!("Partition table at 0x{:x}:", TABLE_OFFSET);
-    println!("  {:<16} {:<6} {:<10} {:>10} {:>10} flags", "label", "type", "subtype", "offset", "size");
+    println!(
+        "  {:<16} {:<6} {:<10} {:>10} {:>10} flags",
+        "label", "type", "subtype", "offset", "size"
+    );
     for p in table.iter() {
         println!(
             "  {:<16} {:<6} {:<10} {:>#10x} {:>#10x} {}",
@@ -304,7 +361,11 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
                 }
             }
             match od.active() {
-                Some(a) => println!("  active entry: {} (boot slot ota_{})", a, od.boot_slot(table.ota_count().max(1)).unwrap_or(0)),
+                Some(a) => println!(
+                    "  active entry: {} (boot slot ota_{})",
+                    a,
+                    od.boot_slot(table.ota_count().max(1)).unwrap_or(0)
+                ),
                 None => println!("  active entry: none (boots factory, or ota_0 without factory)"),
             }
         }
@@ -322,7 +383,10 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
                     d.secure_version,
                     s.image_len
                 ),
-                None => println!("  {:<16} valid image without app descriptor", p.label.as_str()),
+                None => println!(
+                    "  {:<16} valid image without app descriptor",
+                    p.label.as_str()
+                ),
             },
             Err(e) => println!("  {:<16} not bootable: {}", p.label.as_str(), e),
         }
@@ -350,7 +414,10 @@ fn usage(p: &Partition) -> &'static str {
 /// Print the bootloader's partition table listing.
 pub fn print_table(table: &PartitionTable) {
     logger::info("boot", "Partition Table:");
-    logger::info("boot", "## Label            Usage          Type ST Offset   Length");
+    logger::info(
+        "boot",
+        "## Label            Usage          Type ST Offset   Length",
+    );
     for (i, p) in table.iter().enumerate() {
         logger::info(
             "boot",
@@ -371,28 +438,57 @@ pub fn print_table(table: &PartitionTable) {
 
 fn print_boot_event(ev: &BootEvent) {
     match ev {
-        BootEvent::Aborted { sector, seq } => {
-            logger::warn("boot", &format!("otadata[{}] seq {}: PENDING_VERIFY -> ABORTED (app was not confirmed)", sector, seq))
-        }
+        BootEvent::Aborted { sector, seq } => logger::warn(
+            "boot",
+            &format!(
+                "otadata[{}] seq {}: PENDING_VERIFY -> ABORTED (app was not confirmed)",
+                sector, seq
+            ),
+        ),
         BootEvent::NoFactoryTryingOta0 => logger::info("boot", "No factory image, trying OTA 0"),
-        BootEvent::OtaDataInvalidFallback => logger::warn("boot", "ota data partition invalid, falling back to factory"),
-        BootEvent::PendingVerify { sector, seq } => {
-            logger::info("boot", &format!("otadata[{}] seq {}: NEW -> PENDING_VERIFY", sector, seq))
-        }
+        BootEvent::OtaDataInvalidFallback => logger::warn(
+            "boot",
+            "ota data partition invalid, falling back to factory",
+        ),
+        BootEvent::PendingVerify { sector, seq } => logger::info(
+            "boot",
+            &format!("otadata[{}] seq {}: NEW -> PENDING_VERIFY", sector, seq),
+        ),
         BootEvent::LoadFailed { partition, error } => logger::error(
             "boot",
-            &format!("Failed to verify app image @ 0x{:x} ({}): {}", partition.offset, partition.label.as_str(), error),
+            &format!(
+                "Failed to verify app image @ 0x{:x} ({}): {}",
+                partition.offset,
+                partition.label.as_str(),
+                error
+            ),
         ),
-        BootEvent::SetActualOtaSeq { seq } => logger::info("boot", &format!("Set actual ota_seq={} in otadata[0]", seq)),
+        BootEvent::SetActualOtaSeq { seq } => {
+            logger::info("boot", &format!("Set actual ota_seq={} in otadata[0]", seq))
+        }
         BootEvent::Loaded { .. } => {}
-        BootEvent::FallingBackToTestApp => logger::warn("boot", "Falling back to test app as only bootable partition"),
+        BootEvent::FallingBackToTestApp => logger::warn(
+            "boot",
+            "Falling back to test app as only bootable partition",
+        ),
     }
 }
 
 /// Boot the device like the 2nd-stage bootloader, printing ESP-IDF-style lines.
-pub fn boot_device<F: NorFlash>(flash: &mut F, table: &PartitionTable, chip: Chip, quiet: bool) -> Result<BootOutcome> {
+pub fn boot_device<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    quiet: bool,
+) -> Result<BootOutcome> {
     if !quiet {
-        logger::info("boot", &format!("ota-service 2nd stage bootloader emulation, chip {}", chip.display_name()));
+        logger::info(
+            "boot",
+            &format!(
+                "ota-service 2nd stage bootloader emulation, chip {}",
+                chip.display_name()
+            ),
+        );
         print_table(table);
     }
     let cfg = BootConfig::default();
@@ -401,7 +497,8 @@ pub fn boot_device<F: NorFlash>(flash: &mut F, table: &PartitionTable, chip: Chi
             print_boot_event(&ev)
         }
     };
-    let out = boot::boot(flash, table, chip, &cfg, &mut on_event).map_err(|e| anyhow!("boot: {}", e))?;
+    let out =
+        boot::boot(flash, table, chip, &cfg, &mut on_event).map_err(|e| anyhow!("boot: {}", e))?;
     if !quiet {
         print_loaded(&out);
     }
@@ -422,13 +519,34 @@ fn print_loaded(out: &BootOutcome) {
             ),
         );
     }
-    logger::info("boot", &format!("Loaded app from partition at offset 0x{:x}", out.partition.offset));
+    logger::info(
+        "boot",
+        &format!(
+            "Loaded app from partition at offset 0x{:x}",
+            out.partition.offset
+        ),
+    );
     if let Some(d) = &s.app_desc {
-        logger::info("app_init", &format!("Project name:     {}", d.project_name_str()));
-        logger::info("app_init", &format!("App version:      {}", d.version_str()));
-        logger::info("app_init", &format!("Compile time:     {} {}", d.date_str(), d.time_str()));
-        logger::info("app_init", &format!("ELF file SHA256:  {}...", &hex(&d.app_elf_sha256)[..16]));
-        logger::info("app_init", &format!("ESP-IDF:          {}", d.idf_ver_str()));
+        logger::info(
+            "app_init",
+            &format!("Project name:     {}", d.project_name_str()),
+        );
+        logger::info(
+            "app_init",
+            &format!("App version:      {}", d.version_str()),
+        );
+        logger::info(
+            "app_init",
+            &format!("Compile time:     {} {}", d.date_str(), d.time_str()),
+        );
+        logger::info(
+            "app_init",
+            &format!("ELF file SHA256:  {}...", &hex(&d.app_elf_sha256)[..16]),
+        );
+        logger::info(
+            "app_init",
+            &format!("ESP-IDF:          {}", d.idf_ver_str()),
+        );
     }
 }
 
@@ -465,12 +583,19 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
     let sd_path = match &a.sdcard {
         Some(p) => Some(p.clone()),
         None => {
-            let p = a.flash.flash.parent().unwrap_or(Path::new(".")).join("sdcard");
+            let p = a
+                .flash
+                .flash
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("sdcard");
             p.exists().then_some(p)
         }
     };
     let sd = match &sd_path {
-        Some(p) => Some(SdAdapter(SdCard::open(p).with_context(|| format!("SD card {}", p.display()))?)),
+        Some(p) => Some(SdAdapter(
+            SdCard::open(p).with_context(|| format!("SD card {}", p.display()))?,
+        )),
         None => None,
     };
     let mut dev = glue::open_device(&a.flash.flash)?;
@@ -479,9 +604,17 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let report = run_device(&mut dev, &config, sd.as_ref(), opts)?;
-    let failed = report.results.iter().filter(|(_, o)| matches!(o, ota_service::Outcome::Failed { .. })).count();
+    let failed = report
+        .results
+        .iter()
+        .filter(|(_, o)| matches!(o, ota_service::Outcome::Failed { .. }))
+        .count();
     if failed > 0 {
-        eprintln!("error: {} of {} upgrade items failed (see the log above)", failed, report.results.len());
+        eprintln!(
+            "error: {} of {} upgrade items failed (see the log above)",
+            failed,
+            report.results.len()
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -527,19 +660,40 @@ pub fn run_device(
 fn print_event(ev: &ota_service::Event) {
     use ota_service::{Event, Outcome};
     match ev {
-        Event::Log { level, tag, message } => logger::log(level.letter(), tag, message),
-        Event::Progress { id, bytes, total } => logger::progress(&format!("item {}", id), *bytes, *total),
+        Event::Log {
+            level,
+            tag,
+            message,
+        } => logger::log(level.letter(), tag, message),
+        Event::Progress { id, bytes, total } => {
+            logger::progress(&format!("item {}", id), *bytes, *total)
+        }
         Event::Result { id, outcome } => {
             logger::progress_done();
             match outcome {
-                Outcome::Success => logger::info("HTTPS_OTA_EXAMPLE", &format!("List id: {}, OTA success", id)),
+                Outcome::Success => logger::info(
+                    "HTTPS_OTA_EXAMPLE",
+                    &format!("List id: {}, OTA success", id),
+                ),
                 Outcome::Skipped { reason, message } => logger::warn(
                     "HTTPS_OTA_EXAMPLE",
-                    &format!("List id: {}, OTA skipped, result: {} ({}): {}", id, reason.code(), reason.name(), message),
+                    &format!(
+                        "List id: {}, OTA skipped, result: {} ({}): {}",
+                        id,
+                        reason.code(),
+                        reason.name(),
+                        message
+                    ),
                 ),
                 Outcome::Failed { reason, message } => logger::error(
                     "HTTPS_OTA_EXAMPLE",
-                    &format!("List id: {}, OTA failed, result: {} ({}): {}", id, reason.code(), reason.name(), message),
+                    &format!(
+                        "List id: {}, OTA failed, result: {} ({}): {}",
+                        id,
+                        reason.code(),
+                        reason.name(),
+                        message
+                    ),
                 ),
             }
         }

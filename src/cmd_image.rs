@@ -50,7 +50,16 @@ pub enum ImageCmd {
 
 pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
     match cmd {
-        ImageCmd::Make { chip, project, version, secure_version, size, segments, no_hash, output } => {
+        ImageCmd::Make {
+            chip,
+            project,
+            version,
+            secure_version,
+            size,
+            segments,
+            no_hash,
+            output,
+        } => {
             let chip = Chip::from_name(&chip).ok_or_else(|| anyhow!("unknown chip '{}'", chip))?;
             let mut spec = ImageSpec::new(chip, &project, &version);
             spec.secure_version = secure_version;
@@ -60,13 +69,26 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
                 spec.total_size = Some(crate::glue::parse_size(&s)?);
             }
             let mut out = Vec::new();
-            image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b)).map_err(|e| anyhow!("{}", e))?;
-            std::fs::write(&output, &out).with_context(|| format!("writing {}", output.display()))?;
-            println!("wrote {} ({} bytes, {} {} for {})", output.display(), out.len(), project, version, chip.name());
+            image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b))
+                .map_err(|e| anyhow!("{}", e))?;
+            std::fs::write(&output, &out)
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!(
+                "wrote {} ({} bytes, {} {} for {})",
+                output.display(),
+                out.len(),
+                project,
+                version,
+                chip.name()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        ImageCmd::Info { image: path, json: as_json } => {
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        ImageCmd::Info {
+            image: path,
+            json: as_json,
+        } => {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let s = read_image(&bytes).with_context(|| format!("{}", path.display()))?;
             if as_json {
                 println!("{}", serde_json::to_string_pretty(&summary_json(&s))?);
@@ -128,11 +150,20 @@ fn print_info(s: &ImageSummary, size: usize) {
     println!("{}", "=".repeat(name.len() + 13));
     println!("Entry point: {:#8x}", s.header.entry_addr);
     println!("Segments: {}", s.segment_count);
-    println!("Flash size: {}", s.header.flash_size_name().unwrap_or("unknown"));
+    println!(
+        "Flash size: {}",
+        s.header.flash_size_name().unwrap_or("unknown")
+    );
     if let Some(c) = s.chip {
-        println!("Flash freq: {}", s.header.flash_freq_name(c).unwrap_or("unknown"));
+        println!(
+            "Flash freq: {}",
+            s.header.flash_freq_name(c).unwrap_or("unknown")
+        );
     }
-    println!("Flash mode: {}", s.header.flash_mode_name().unwrap_or("unknown"));
+    println!(
+        "Flash mode: {}",
+        s.header.flash_mode_name().unwrap_or("unknown")
+    );
     println!("Chip ID: {} ({})", s.header.chip_id, name);
     println!();
     println!("Segments Information");
@@ -140,7 +171,10 @@ fn print_info(s: &ImageSummary, size: usize) {
     println!("Segment   Length   Load addr   File offs");
     println!("-------  -------  ----------  ----------");
     for (i, g) in s.segments[..s.segment_count].iter().enumerate() {
-        println!("{:7}  {:#07x}  {:#010x}  {:#010x}", i, g.data_len, g.load_addr, g.file_offset);
+        println!(
+            "{:7}  {:#07x}  {:#010x}  {:#010x}",
+            i, g.data_len, g.load_addr, g.file_offset
+        );
     }
     println!();
     println!("{} Image Footer", name);
@@ -148,13 +182,20 @@ fn print_info(s: &ImageSummary, size: usize) {
     if s.checksum_valid() {
         println!("Checksum: {:#04x} (valid)", s.checksum_read);
     } else {
-        println!("Checksum: {:#04x} (invalid - calculated {:#04x})", s.checksum_read, s.checksum_calc);
+        println!(
+            "Checksum: {:#04x} (invalid - calculated {:#04x})",
+            s.checksum_read, s.checksum_calc
+        );
     }
     if let Some(h) = s.hash_calc {
         println!(
             "Validation hash: {} ({})",
             hex(&h),
-            if s.hash_valid() == Some(true) { "valid" } else { "invalid" }
+            if s.hash_valid() == Some(true) {
+                "valid"
+            } else {
+                "invalid"
+            }
         );
     }
     if let Some(d) = &s.app_desc {

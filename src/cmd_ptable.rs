@@ -27,31 +27,52 @@ pub struct PtableArgs {
 }
 
 pub fn run(a: PtableArgs) -> Result<ExitCode> {
-    let input = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let input =
+        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     if input.starts_with(&[0xAA, 0x50]) {
         let table = PartitionTable::parse(&input, ReadRule::GenTool)
             .map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
         let mut csv = String::new();
-        table.write_csv(&mut csv).map_err(|_| anyhow!("formatting CSV"))?;
+        table
+            .write_csv(&mut csv)
+            .map_err(|_| anyhow!("formatting CSV"))?;
         match &a.output {
-            Some(p) => std::fs::write(p, csv).with_context(|| format!("writing {}", p.display()))?,
+            Some(p) => {
+                std::fs::write(p, csv).with_context(|| format!("writing {}", p.display()))?
+            }
             None => print!("{}", csv),
         }
     } else {
-        let text = String::from_utf8(input).map_err(|_| anyhow!("{}: not UTF-8 text and not a binary table", a.input.display()))?;
+        let text = String::from_utf8(input).map_err(|_| {
+            anyhow!(
+                "{}: not UTF-8 text and not a binary table",
+                a.input.display()
+            )
+        })?;
         let opts = CsvOptions {
             table_offset: crate::glue::parse_size(&a.offset)?,
-            flash_size: a.flash_size.as_deref().map(crate::glue::parse_size).transpose()?,
+            flash_size: a
+                .flash_size
+                .as_deref()
+                .map(crate::glue::parse_size)
+                .transpose()?,
             ..CsvOptions::default()
         };
-        let table = PartitionTable::from_csv(&text, &opts).map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
+        let table = PartitionTable::from_csv(&text, &opts)
+            .map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
         let mut bin = [0xFFu8; TABLE_MAX_LEN];
-        table.to_binary(!a.disable_md5sum, &mut bin).map_err(|e| anyhow!("{}", e))?;
+        table
+            .to_binary(!a.disable_md5sum, &mut bin)
+            .map_err(|e| anyhow!("{}", e))?;
         match &a.output {
-            Some(p) => std::fs::write(p, bin).with_context(|| format!("writing {}", p.display()))?,
+            Some(p) => {
+                std::fs::write(p, bin).with_context(|| format!("writing {}", p.display()))?
+            }
             None => {
                 if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                    return Err(anyhow!("refusing to write a binary table to a terminal: give -o OUT"));
+                    return Err(anyhow!(
+                        "refusing to write a binary table to a terminal: give -o OUT"
+                    ));
                 }
                 std::io::stdout().write_all(&bin)?;
             }

@@ -62,7 +62,14 @@ fn now_utc() -> (String, String) {
     )
 }
 
-fn pack(dir: &Path, output: &Path, format: u32, version: &str, time: &str, date: &str) -> Result<u32> {
+fn pack(
+    dir: &Path,
+    output: &Path,
+    format: u32,
+    version: &str,
+    time: &str,
+    date: &str,
+) -> Result<u32> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("reading folder {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -78,24 +85,49 @@ fn pack(dir: &Path, output: &Path, format: u32, version: &str, time: &str, date:
         .iter()
         .map(|n| std::fs::read(dir.join(n)).with_context(|| format!("reading {}", n)))
         .collect::<Result<_>>()?;
-    let entries: Vec<ToneEntry<'_>> =
-        names.iter().zip(&datas).map(|(n, d)| ToneEntry { name: n, data: d }).collect();
+    let entries: Vec<ToneEntry<'_>> = names
+        .iter()
+        .zip(&datas)
+        .map(|(n, d)| ToneEntry { name: n, data: d })
+        .collect();
     let mut out = Vec::new();
-    let n = tone::pack(&entries, format, version, time, date, &mut |b: &[u8]| out.extend_from_slice(b))
-        .map_err(|e| anyhow!("{}", e))?;
+    let n = tone::pack(&entries, format, version, time, date, &mut |b: &[u8]| {
+        out.extend_from_slice(b)
+    })
+    .map_err(|e| anyhow!("{}", e))?;
     std::fs::write(output, &out).with_context(|| format!("writing {}", output.display()))?;
     Ok(n)
 }
 
 pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
     match cmd {
-        ToneCmd::Pack { dir, output, format, version, time, date } => {
+        ToneCmd::Pack {
+            dir,
+            output,
+            format,
+            version,
+            time,
+            date,
+        } => {
             let (t, d) = now_utc();
-            let n = pack(&dir, &output, format, &version, time.as_deref().unwrap_or(&t), date.as_deref().unwrap_or(&d))?;
-            println!("wrote {} ({} bytes, format {})", output.display(), n, format);
+            let n = pack(
+                &dir,
+                &output,
+                format,
+                &version,
+                time.as_deref().unwrap_or(&t),
+                date.as_deref().unwrap_or(&d),
+            )?;
+            println!(
+                "wrote {} ({} bytes, format {})",
+                output.display(),
+                n,
+                format
+            );
         }
         ToneCmd::Info { bin, json: as_json } => {
-            let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+            let bytes =
+                std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
             let t = ToneBin::parse(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
             let h = t.header();
             let files: Vec<_> = t
@@ -117,7 +149,13 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{}: tone bin format {}, {} files, {} bytes", bin.display(), h.format, h.total_num, bytes.len());
+                println!(
+                    "{}: tone bin format {}, {} files, {} bytes",
+                    bin.display(),
+                    h.format,
+                    h.total_num,
+                    bytes.len()
+                );
                 if let Some(d) = &desc {
                     println!(
                         "descriptor: project {}, version {}, built {} {}",
@@ -128,7 +166,11 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
                     );
                 }
                 if let Some((s, c)) = t.crc() {
-                    println!("crc: 0x{:08x} ({})", s, if s == c { "valid" } else { "INVALID" });
+                    println!(
+                        "crc: 0x{:08x} ({})",
+                        s,
+                        if s == c { "valid" } else { "INVALID" }
+                    );
                 }
                 for (f, _) in t.files() {
                     println!(
@@ -142,13 +184,19 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
             }
         }
         ToneCmd::Unpack { bin, dir } => {
-            let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+            let bytes =
+                std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
             let t = ToneBin::parse(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut n = 0;
             for (f, data) in t.files() {
-                let name = format!("{:03}.{}", f.song_index, if f.file_type == 1 { "wav" } else { "mp3" });
-                std::fs::write(dir.join(&name), data).with_context(|| format!("writing {}", name))?;
+                let name = format!(
+                    "{:03}.{}",
+                    f.song_index,
+                    if f.file_type == 1 { "wav" } else { "mp3" }
+                );
+                std::fs::write(dir.join(&name), data)
+                    .with_context(|| format!("writing {}", name))?;
                 n += 1;
             }
             println!("unpacked {} files into {}", n, dir.display());

@@ -95,12 +95,21 @@ fn synth_tone_bin(count: usize, seed: f32) -> Result<Vec<u8>> {
         .enumerate()
         .map(|(i, name)| {
             let base = 330.0 + seed + 20.0 * i as f32;
-            (format!("{}_{}.wav", i, name), synth_wav(&[base, base * 1.25, base * 1.5], 110))
+            (
+                format!("{}_{}.wav", i, name),
+                synth_wav(&[base, base * 1.25, base * 1.5], 110),
+            )
         })
         .collect();
-    let entries: Vec<ToneEntry<'_>> = wavs.iter().map(|(n, d)| ToneEntry { name: n, data: d }).collect();
+    let entries: Vec<ToneEntry<'_>> = wavs
+        .iter()
+        .map(|(n, d)| ToneEntry { name: n, data: d })
+        .collect();
     let mut out = Vec::new();
-    tone::pack(&entries, 0, "", "", "", &mut |b: &[u8]| out.extend_from_slice(b)).map_err(|e| anyhow!("{}", e))?;
+    tone::pack(&entries, 0, "", "", "", &mut |b: &[u8]| {
+        out.extend_from_slice(b)
+    })
+    .map_err(|e| anyhow!("{}", e))?;
     Ok(out)
 }
 
@@ -113,7 +122,8 @@ fn app_image(project: &str, version: &str, size: u32, seed: u32) -> Result<Vec<u
     spec.date = "Nov 28 2026";
     spec.time = "06:41:00";
     let mut out = Vec::new();
-    image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b)).map_err(|e| anyhow!("{}", e))?;
+    image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b))
+        .map_err(|e| anyhow!("{}", e))?;
     Ok(out)
 }
 
@@ -156,7 +166,13 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let host = format!("127.0.0.1:{}", server.addr.port());
 
     logger::info(TAG, "[1.0] Initialize peripherals management");
-    logger::info(TAG, &format!("[1.1] Network: loopback, firmware served from http://{}/", host));
+    logger::info(
+        TAG,
+        &format!(
+            "[1.1] Network: loopback, firmware served from http://{}/",
+            host
+        ),
+    );
     logger::info(TAG, &format!("[1.2] Mount SDCard: {}", sd_dir.display()));
     logger::info(TAG, "[2.0] Create OTA service");
     logger::info(TAG, "[2.1] Set upgrade list");
@@ -170,7 +186,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let chip = dev.chip();
     let table = dev.table().clone();
     let booted = cmd_device::boot_device(dev.flash_mut(), &table, chip, true)?;
-    let version = booted.summary.app_desc.map(|d| d.version_str().to_string()).unwrap_or_default();
+    let version = booted
+        .summary
+        .app_desc
+        .map(|d| d.version_str().to_string())
+        .unwrap_or_default();
     if !report.restart || booted.partition.label.as_str() != "ota_1" || version != NEW_VERSION {
         bail!(
             "demo failed: expected a restart into ota_1 running {}, got {} running '{}' (results: {:?})",
@@ -181,7 +201,14 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         );
     }
     println!();
-    println!("demo: the device now boots {} {} from ota_1.", NEW_PROJECT, NEW_VERSION);
-    println!("demo: files are in {} (flash.bin, sdcard/, www/); try `ota device info --flash {}`.", dir.display(), flash_path.display());
+    println!(
+        "demo: the device now boots {} {} from ota_1.",
+        NEW_PROJECT, NEW_VERSION
+    );
+    println!(
+        "demo: files are in {} (flash.bin, sdcard/, www/); try `ota device info --flash {}`.",
+        dir.display(),
+        flash_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

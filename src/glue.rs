@@ -34,7 +34,8 @@ impl SdCardFs for SdAdapter {
 
 /// Open the device held by a flash image file.
 pub fn open_device(path: &Path) -> Result<Device<EmuFlash>> {
-    let flash = EmuFlash::open(path).with_context(|| format!("opening flash image {}", path.display()))?;
+    let flash =
+        EmuFlash::open(path).with_context(|| format!("opening flash image {}", path.display()))?;
     Device::open(flash).with_context(|| format!("reading device from {}", path.display()))
 }
 
@@ -42,7 +43,8 @@ pub fn open_device(path: &Path) -> Result<Device<EmuFlash>> {
 pub fn parse_size(s: &str) -> Result<u32> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = lower.strip_suffix("mb").or_else(|| lower.strip_suffix('m')) {
+    let (num, mult) = if let Some(n) = lower.strip_suffix("mb").or_else(|| lower.strip_suffix('m'))
+    {
         (n, 1024 * 1024)
     } else if let Some(n) = lower.strip_suffix("kb").or_else(|| lower.strip_suffix('k')) {
         (n, 1024)
@@ -67,7 +69,10 @@ pub fn flash_size_code(size: u32) -> Result<u8> {
             return Ok(code);
         }
     }
-    bail!("flash size must be 1MB, 2MB, 4MB, 8MB, 16MB, 32MB, 64MB or 128MB, not {} bytes", size)
+    bail!(
+        "flash size must be 1MB, 2MB, 4MB, 8MB, 16MB, 32MB, 64MB or 128MB, not {} bytes",
+        size
+    )
 }
 
 /// A loopback HTTP server that serves the files of one folder (GET and HEAD), on an ephemeral port.
@@ -90,7 +95,10 @@ impl FileServer {
         let thread = std::thread::spawn(move || {
             for req in srv.incoming_requests() {
                 let name = req.url().trim_start_matches('/').to_string();
-                let ok_name = !name.is_empty() && !name.contains("..") && !name.contains('/') && !name.contains('\\');
+                let ok_name = !name.is_empty()
+                    && !name.contains("..")
+                    && !name.contains('/')
+                    && !name.contains('\\');
                 let path = dir.join(&name);
                 let resp = if ok_name && path.is_file() {
                     match std::fs::File::open(&path) {
@@ -106,7 +114,11 @@ impl FileServer {
                 let _ = req.respond(resp);
             }
         });
-        Ok(FileServer { addr, server, thread: Some(thread) })
+        Ok(FileServer {
+            addr,
+            server,
+            thread: Some(thread),
+        })
     }
 }
 

@@ -74,9 +74,11 @@ pub fn progress(label: &str, bytes: u64, total: Option<u64>) {
             None => ProgressBar::new_spinner(),
         };
         b.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         b

@@ -22,17 +22,60 @@ struct Fixture {
 impl Fixture {
     /// An ESP32 with `ota_example v1.0.0` in ota_0 and a small format-0 tone bin in flash_tone.
     fn new() -> Fixture {
-        let f = Fixture { dir: tempfile::tempdir().unwrap() };
-        ok(&["image", "make", "--chip", "esp32", "--project", "ota_example", "--version", "v1.0.0", "--size", "100K", "-o", f.p("run.bin")]);
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        ok(&[
+            "image",
+            "make",
+            "--chip",
+            "esp32",
+            "--project",
+            "ota_example",
+            "--version",
+            "v1.0.0",
+            "--size",
+            "100K",
+            "-o",
+            f.p("run.bin"),
+        ]);
         let sounds = f.path("sounds");
         std::fs::create_dir_all(&sounds).unwrap();
         for i in 0..3 {
-            std::fs::write(sounds.join(format!("{}_beep.mp3", i)), vec![i as u8 + 1; 1000 + i * 77]).unwrap();
+            std::fs::write(
+                sounds.join(format!("{}_beep.mp3", i)),
+                vec![i as u8 + 1; 1000 + i * 77],
+            )
+            .unwrap();
         }
-        ok(&["tone", "pack", f.p("sounds"), "-o", f.p("old_tone.bin"), "--format", "0"]);
+        ok(&[
+            "tone",
+            "pack",
+            f.p("sounds"),
+            "-o",
+            f.p("old_tone.bin"),
+            "--format",
+            "0",
+        ]);
         let data = format!("flash_tone={}", f.p("old_tone.bin"));
-        ok(&["device", "create", "--flash", f.p("flash.bin"), "--app", f.p("run.bin"), "--data", &data]);
+        ok(&[
+            "device",
+            "create",
+            "--flash",
+            f.p("flash.bin"),
+            "--app",
+            f.p("run.bin"),
+            "--data",
+            &data,
+        ]);
         std::fs::create_dir_all(f.path("sdcard")).unwrap();
+        // First power-on: the bootloader records ota_0 in otadata (set_actual_ota_seq).
+        let log = ok(&["device", "boot", "--flash", f.p("flash.bin")]);
+        assert!(
+            log.contains("Set actual ota_seq=1 in otadata[0]"),
+            "{}",
+            log
+        );
         f
     }
 
@@ -56,12 +99,22 @@ impl Fixture {
     }
 
     fn run(&self, config: &str) -> std::process::Output {
-        ota(&["device", "run", "--flash", self.p("flash.bin"), "--config", self.config(config), "--timeout-ms", "2000"])
+        ota(&[
+            "device",
+            "run",
+            "--flash",
+            self.p("flash.bin"),
+            "--config",
+            self.config(config),
+            "--timeout-ms",
+            "2000",
+        ])
     }
 
     fn boot_json(&self) -> serde_json::Value {
         let out = ok(&["device", "boot", "--flash", self.p("flash.bin"), "--json"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("boot --json is not JSON ({}): {}", e, out))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("boot --json is not JSON ({}): {}", e, out))
     }
 
     /// Run a config that must fail, then check the device is exactly as it was where it matters.
@@ -71,10 +124,23 @@ impl Fixture {
         let out = self.run(config);
         let log = text(&out);
         assert!(!out.status.success(), "device run should fail:\n{}", log);
-        assert!(log.contains(expect_in_log), "log should mention {:?}:\n{}", expect_in_log, log);
+        assert!(
+            log.contains(expect_in_log),
+            "log should mention {:?}:\n{}",
+            expect_in_log,
+            log
+        );
         let after = self.flash();
-        assert!(before[OTADATA] == after[OTADATA], "otadata changed:\n{}", log);
-        assert!(before[OTA_0] == after[OTA_0], "the running slot changed:\n{}", log);
+        assert!(
+            before[OTADATA] == after[OTADATA],
+            "otadata changed:\n{}",
+            log
+        );
+        assert!(
+            before[OTA_0] == after[OTA_0],
+            "the running slot changed:\n{}",
+            log
+        );
         let boot = self.boot_json();
         assert_eq!(boot["slot"], "ota_0", "{}", log);
         assert_eq!(boot["version"], "v1.0.0", "{}", log);
@@ -94,11 +160,26 @@ fn app_config(uri: &str) -> String {
 }
 
 fn tone_config(uri: &str, label: &str) -> String {
-    format!("[[upgrade]]\ntype = \"data\"\nuri = \"{}\"\nlabel = \"{}\"\nformat = \"tone\"\n", uri, label)
+    format!(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"{}\"\nlabel = \"{}\"\nformat = \"tone\"\n",
+        uri, label
+    )
 }
 
 fn new_app(f: &Fixture) -> Vec<u8> {
-    f.image("new.bin", &["--chip", "esp32", "--project", "play_mp3_control", "--version", "v2.0.0", "--size", "300K"])
+    f.image(
+        "new.bin",
+        &[
+            "--chip",
+            "esp32",
+            "--project",
+            "play_mp3_control",
+            "--version",
+            "v2.0.0",
+            "--size",
+            "300K",
+        ],
+    )
 }
 
 #[test]
@@ -133,13 +214,25 @@ fn device_run_installs_the_real_flash_tone_bin_then_finds_it_current() {
     let f = Fixture::new();
     let tone = std::fs::read(v.join("tone/flash_tone.bin")).unwrap();
     assert_eq!(tone.len(), 434_756);
-    std::fs::copy(v.join("tone/flash_tone.bin"), f.path("sdcard/flash_tone.bin")).unwrap();
+    std::fs::copy(
+        v.join("tone/flash_tone.bin"),
+        f.path("sdcard/flash_tone.bin"),
+    )
+    .unwrap();
     let cfg = "data_upgrade_uri = \"file://sdcard/flash_tone.bin\"\n";
     let out = f.run(cfg);
     assert!(out.status.success(), "{}", text(&out));
     let flash = f.flash();
-    assert!(flash[FLASH_TONE.start..FLASH_TONE.start + tone.len()] == tone[..], "flash_tone differs from the file");
-    assert!(flash[FLASH_TONE.start + tone.len()..FLASH_TONE.end].iter().all(|&b| b == 0xFF), "stale bytes after the tone bin");
+    assert!(
+        flash[FLASH_TONE.start..FLASH_TONE.start + tone.len()] == tone[..],
+        "flash_tone differs from the file"
+    );
+    assert!(
+        flash[FLASH_TONE.start + tone.len()..FLASH_TONE.end]
+            .iter()
+            .all(|&b| b == 0xFF),
+        "stale bytes after the tone bin"
+    );
     let again = f.run(cfg);
     let log = text(&again);
     assert!(again.status.success(), "{}", log);
@@ -153,7 +246,15 @@ impl PyServer {
     fn start(python: &Path, dir: &Path) -> PyServer {
         let port = closed_port();
         let child = Command::new(python)
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", s(dir)])
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+                s(dir),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -179,11 +280,37 @@ impl Drop for PyServer {
 fn esp32s2_device_updates_to_real_blink_image_from_python_http_server() {
     let Some(v) = vectors() else { return };
     let Some(py) = python() else { return };
-    let f = Fixture { dir: tempfile::tempdir().unwrap() };
-    f.image("s2.bin", &["--chip", "esp32s2", "--project", "hello", "--version", "v0.1", "--size", "64K"]);
-    ok(&["device", "create", "--flash", f.p("flash.bin"), "--chip", "esp32s2", "--app", f.p("s2.bin")]);
+    let f = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    f.image(
+        "s2.bin",
+        &[
+            "--chip",
+            "esp32s2",
+            "--project",
+            "hello",
+            "--version",
+            "v0.1",
+            "--size",
+            "64K",
+        ],
+    );
+    ok(&[
+        "device",
+        "create",
+        "--flash",
+        f.p("flash.bin"),
+        "--chip",
+        "esp32s2",
+        "--app",
+        f.p("s2.bin"),
+    ]);
     let server = PyServer::start(&py, &v.join("esptool"));
-    let cfg = app_config(&format!("http://127.0.0.1:{}/esp_idf_blink_esp32s2.bin", server.1));
+    let cfg = app_config(&format!(
+        "http://127.0.0.1:{}/esp_idf_blink_esp32s2.bin",
+        server.1
+    ));
     let out = f.run(&cfg);
     assert!(out.status.success(), "{}", text(&out));
     let boot = f.boot_json();
@@ -197,7 +324,10 @@ fn app_update_then_not_newer_is_skipped_without_reboot() {
     let f = Fixture::new();
     let img = new_app(&f);
     let server = Server::start(Reply::Body(img));
-    let cfg = format!("{}force_check_firmware_version = true\n", app_config(&server.url("new.bin")));
+    let cfg = format!(
+        "{}force_check_firmware_version = true\n",
+        app_config(&server.url("new.bin"))
+    );
     let log = text(&f.run(&cfg));
     assert!(log.contains("List id: 0, OTA success"), "{}", log);
     assert_eq!(f.boot_json()["slot"], "ota_1");
@@ -214,7 +344,10 @@ fn app_update_then_not_newer_is_skipped_without_reboot() {
 fn bad_input_missing_sd_card_file() {
     let f = Fixture::new();
     let before = f.flash();
-    let log = f.assert_fails_unchanged(&tone_config("file://sdcard/missing.bin", "flash_tone"), "missing.bin");
+    let log = f.assert_fails_unchanged(
+        &tone_config("file://sdcard/missing.bin", "flash_tone"),
+        "missing.bin",
+    );
     assert!(before[FLASH_TONE] == f.flash()[FLASH_TONE], "{}", log);
 }
 
@@ -239,7 +372,10 @@ fn bad_input_http_404_and_500() {
 fn bad_input_body_shorter_than_content_length() {
     let f = Fixture::new();
     let img = new_app(&f);
-    let server = Server::start(Reply::Short { body: img[..50_000].to_vec(), promised: img.len() });
+    let server = Server::start(Reply::Short {
+        body: img[..50_000].to_vec(),
+        promised: img.len(),
+    });
     f.assert_fails_unchanged(&app_config(&server.url("new.bin")), "50000");
 }
 
@@ -254,7 +390,10 @@ fn bad_input_truncated_image() {
 #[test]
 fn bad_input_image_for_another_chip() {
     let f = Fixture::new();
-    let img = f.image("c3.bin", &["--chip", "esp32c3", "--project", "x", "--version", "v2.0.0"]);
+    let img = f.image(
+        "c3.bin",
+        &["--chip", "esp32c3", "--project", "x", "--version", "v2.0.0"],
+    );
     let server = Server::start(Reply::Body(img));
     f.assert_fails_unchanged(&app_config(&server.url("c3.bin")), "ESP32-C3");
 }
@@ -262,11 +401,26 @@ fn bad_input_image_for_another_chip() {
 #[test]
 fn bad_input_image_larger_than_slot_is_refused_before_erasing() {
     let f = Fixture::new();
-    let img = f.image("big.bin", &["--chip", "esp32", "--project", "x", "--version", "v2.0.0", "--size", "1200K"]);
+    let img = f.image(
+        "big.bin",
+        &[
+            "--chip",
+            "esp32",
+            "--project",
+            "x",
+            "--version",
+            "v2.0.0",
+            "--size",
+            "1200K",
+        ],
+    );
     let server = Server::start(Reply::Body(img));
     let before = f.flash();
     f.assert_fails_unchanged(&app_config(&server.url("big.bin")), "does not fit");
-    assert!(before == f.flash(), "nothing may be erased for an image that cannot fit");
+    assert!(
+        before == f.flash(),
+        "nothing may be erased for an image that cannot fit"
+    );
 }
 
 #[test]
@@ -277,7 +431,10 @@ fn bad_input_bad_magic() {
     let server = Server::start(Reply::Body(img));
     let before = f.flash();
     f.assert_fails_unchanged(&app_config(&server.url("new.bin")), "magic");
-    assert!(before == f.flash(), "nothing may be erased for an image with a bad magic");
+    assert!(
+        before == f.flash(),
+        "nothing may be erased for an image with a bad magic"
+    );
 }
 
 #[test]
@@ -297,8 +454,14 @@ fn bad_input_tone_bin_with_wrong_tag() {
     bin[0] = 0x54;
     std::fs::write(f.path("sdcard/flash_tone.bin"), &bin).unwrap();
     let before = f.flash();
-    f.assert_fails_unchanged(&tone_config("file://sdcard/flash_tone.bin", "flash_tone"), "not audio tone bin");
-    assert!(before == f.flash(), "a wrong tag must leave flash_tone as it was");
+    f.assert_fails_unchanged(
+        &tone_config("file://sdcard/flash_tone.bin", "flash_tone"),
+        "not audio tone bin",
+    );
+    assert!(
+        before == f.flash(),
+        "a wrong tag must leave flash_tone as it was"
+    );
 }
 
 #[test]
@@ -306,7 +469,10 @@ fn bad_input_unknown_partition_label() {
     let f = Fixture::new();
     std::fs::copy(f.path("old_tone.bin"), f.path("sdcard/flash_tone.bin")).unwrap();
     let before = f.flash();
-    f.assert_fails_unchanged(&tone_config("file://sdcard/flash_tone.bin", "no_such_part"), "no_such_part");
+    f.assert_fails_unchanged(
+        &tone_config("file://sdcard/flash_tone.bin", "no_such_part"),
+        "no_such_part",
+    );
     assert!(before == f.flash());
 }
 

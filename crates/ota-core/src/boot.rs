@@ -70,7 +70,9 @@ impl fmt::Display for BootError {
                 "otadata partition is 0x{:x} bytes, the bootloader needs 0x{:x}: it resets",
                 size, OTADATA_SIZE
             ),
-            BootError::NoBootableApp => f.write_str("No bootable app partitions in the partition table"),
+            BootError::NoBootableApp => {
+                f.write_str("No bootable app partitions in the partition table")
+            }
         }
     }
 }
@@ -117,18 +119,35 @@ fn blank_or_bad(e: &OtaSelectEntry) -> bool {
     e.seq == u32::MAX || !e.crc_ok()
 }
 
-fn rewrite<F: NorFlash>(flash: &mut F, part: &Partition, od: &mut OtaData, i: usize, state: OtaState) -> Result<(), Error> {
+fn rewrite<F: NorFlash>(
+    flash: &mut F,
+    part: &Partition,
+    od: &mut OtaData,
+    i: usize,
+    state: OtaState,
+) -> Result<(), Error> {
     od.entries[i].state = state.to_u32();
     OtaData::write_entry(flash, part, i, &od.entries[i])
 }
 
-fn secure_version_ok<F: NorFlash>(flash: &mut F, table: &PartitionTable, chip: Chip, cfg: &BootConfig, index: BootIndex) -> bool {
+fn secure_version_ok<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    cfg: &BootConfig,
+    index: BootIndex,
+) -> bool {
     if !cfg.anti_rollback {
         return true;
     }
-    let Some(p) = partition_for(table, index) else { return false };
+    let Some(p) = partition_for(table, index) else {
+        return false;
+    };
     match image::verify_flash(flash, p.region(), Some(chip)) {
-        Ok(s) => s.app_desc.map(|d| d.secure_version >= cfg.efuse_secure_version).unwrap_or(false),
+        Ok(s) => s
+            .app_desc
+            .map(|d| d.secure_version >= cfg.efuse_secure_version)
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -141,10 +160,15 @@ fn select<F: NorFlash>(
     events: &mut dyn FnMut(BootEvent),
 ) -> Result<Selection, Error> {
     let Some(otadata) = table.otadata().copied() else {
-        return Ok(Selection { start: FACTORY, initial_contents: false });
+        return Ok(Selection {
+            start: FACTORY,
+            initial_contents: false,
+        });
     };
     if otadata.size < OTADATA_SIZE {
-        return Err(Error::Boot(BootError::OtaDataTooSmall { size: otadata.size }));
+        return Err(Error::Boot(BootError::OtaDataTooSmall {
+            size: otadata.size,
+        }));
     }
     let mut od = OtaData::read(flash, &otadata)?;
     let app_count = table.bootloader_app_count();
@@ -152,30 +176,48 @@ fn select<F: NorFlash>(
         for i in 0..2 {
             if od.entries[i].state == OtaState::PendingVerify.to_u32() {
                 rewrite(flash, &otadata, &mut od, i, OtaState::Aborted)?;
-                events(BootEvent::Aborted { sector: i, seq: od.entries[i].seq });
+                events(BootEvent::Aborted {
+                    sector: i,
+                    seq: od.entries[i].seq,
+                });
             }
         }
     }
     let active = if !cfg.anti_rollback {
         if (od.entries[0].is_invalid() && od.entries[1].is_invalid()) || app_count == 0 {
             if table.factory().is_some() {
-                return Ok(Selection { start: FACTORY, initial_contents: false });
+                return Ok(Selection {
+                    start: FACTORY,
+                    initial_contents: false,
+                });
             }
             events(BootEvent::NoFactoryTryingOta0);
             let initial = blank_or_bad(&od.entries[0]) && blank_or_bad(&od.entries[1]);
-            return Ok(Selection { start: 0, initial_contents: initial });
+            return Ok(Selection {
+                start: 0,
+                initial_contents: initial,
+            });
         }
         od.active()
     } else {
         if blank_or_bad(&od.entries[0]) && blank_or_bad(&od.entries[1]) {
-            return Ok(Selection { start: FACTORY, initial_contents: true });
+            return Ok(Selection {
+                start: FACTORY,
+                initial_contents: true,
+            });
         }
         let mut ok = [false; 2];
         for (i, slot_ok) in ok.iter_mut().enumerate() {
             let e = od.entries[i];
             *slot_ok = e.is_valid()
                 && app_count > 0
-                && secure_version_ok(flash, table, chip, cfg, BootIndex::Ota(e.slot(app_count).unwrap_or(0)));
+                && secure_version_ok(
+                    flash,
+                    table,
+                    chip,
+                    cfg,
+                    BootIndex::Ota(e.slot(app_count).unwrap_or(0)),
+                );
         }
         crate::otadata::select_otadata(&od.entries, ok, true)
     };
@@ -184,12 +226,21 @@ fn select<F: NorFlash>(
         let idx = e.slot(app_count).unwrap_or(0);
         if cfg.rollback && e.state == OtaState::New.to_u32() {
             rewrite(flash, &otadata, &mut od, a, OtaState::PendingVerify)?;
-            events(BootEvent::PendingVerify { sector: a, seq: e.seq });
+            events(BootEvent::PendingVerify {
+                sector: a,
+                seq: e.seq,
+            });
         }
-        return Ok(Selection { start: idx as i32, initial_contents: false });
+        return Ok(Selection {
+            start: idx as i32,
+            initial_contents: false,
+        });
     }
     events(BootEvent::OtaDataInvalidFallback);
-    Ok(Selection { start: FACTORY, initial_contents: false })
+    Ok(Selection {
+        start: FACTORY,
+        initial_contents: false,
+    })
 }
 
 /// Try one index: it must exist, pass anti-rollback and verify.
@@ -216,7 +267,10 @@ fn try_load<F: NorFlash>(
             Some((p, summary))
         }
         Err(error) => {
-            events(BootEvent::LoadFailed { partition: p, error });
+            events(BootEvent::LoadFailed {
+                partition: p,
+                error,
+            });
             None
         }
     }
@@ -241,18 +295,30 @@ pub fn boot<F: NorFlash>(
                 if let Some(otadata) = table.otadata().copied() {
                     let entry = OtaSelectEntry::new(idx as u32 + 1, OtaState::Valid);
                     OtaData::write_entry(flash, &otadata, 0, &entry)?;
-                    events(BootEvent::SetActualOtaSeq { seq: idx as u32 + 1 });
+                    events(BootEvent::SetActualOtaSeq {
+                        seq: idx as u32 + 1,
+                    });
                 }
             }
             events(BootEvent::Loaded { partition });
             let ota_state = ota_state_of(flash, table, &partition);
-            return Ok(BootOutcome { index, partition, summary, ota_state });
+            return Ok(BootOutcome {
+                index,
+                partition,
+                summary,
+                ota_state,
+            });
         }
     }
     if let Some((partition, summary)) = try_load(flash, table, chip, cfg, BootIndex::Test, events) {
         events(BootEvent::FallingBackToTestApp);
         events(BootEvent::Loaded { partition });
-        return Ok(BootOutcome { index: BootIndex::Test, partition, summary, ota_state: None });
+        return Ok(BootOutcome {
+            index: BootIndex::Test,
+            partition,
+            summary,
+            ota_state: None,
+        });
     }
     Err(Error::Boot(BootError::NoBootableApp))
 }
@@ -265,7 +331,11 @@ fn heapless_order(start: i32, app_count: i32) -> impl Iterator<Item = i32> {
 }
 
 /// `esp_ota_get_state_partition` for an app partition (entry 0 first, CRC must match).
-pub fn ota_state_of<F: NorFlash>(flash: &mut F, table: &PartitionTable, part: &Partition) -> Option<OtaState> {
+pub fn ota_state_of<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    part: &Partition,
+) -> Option<OtaState> {
     let slot = part.ota_slot()?;
     let otadata = table.otadata()?;
     let od = OtaData::read(flash, otadata).ok()?;
@@ -280,7 +350,11 @@ mod tests {
     use super::*;
     use crate::testutil::{app_image, example_table, RamFlash};
 
-    fn boot_events(f: &mut RamFlash, t: &PartitionTable, cfg: &BootConfig) -> (Result<BootOutcome, Error>, Vec<BootEvent>) {
+    fn boot_events(
+        f: &mut RamFlash,
+        t: &PartitionTable,
+        cfg: &BootConfig,
+    ) -> (Result<BootOutcome, Error>, Vec<BootEvent>) {
         let mut evs = Vec::new();
         let r = boot(f, t, Chip::Esp32, cfg, &mut |e| evs.push(e));
         (r, evs)
@@ -331,7 +405,10 @@ mod tests {
     #[test]
     fn rollback_gives_an_unconfirmed_app_one_boot() {
         let (mut f, t) = device();
-        let cfg = BootConfig { rollback: true, ..BootConfig::default() };
+        let cfg = BootConfig {
+            rollback: true,
+            ..BootConfig::default()
+        };
         boot_events(&mut f, &t, &cfg).0.unwrap();
         f.put(0x110000, &app_image(Chip::Esp32, "b", "v2", 30_000));
         let part = *t.otadata().unwrap();
@@ -341,7 +418,9 @@ mod tests {
         let out = r.unwrap();
         assert_eq!(out.partition.label.as_str(), "ota_1");
         assert_eq!(out.ota_state, Some(OtaState::PendingVerify));
-        assert!(evs.iter().any(|e| matches!(e, BootEvent::PendingVerify { .. })));
+        assert!(evs
+            .iter()
+            .any(|e| matches!(e, BootEvent::PendingVerify { .. })));
         let (r, evs) = boot_events(&mut f, &t, &cfg);
         assert_eq!(r.unwrap().partition.label.as_str(), "ota_0");
         assert!(evs.iter().any(|e| matches!(e, BootEvent::Aborted { .. })));

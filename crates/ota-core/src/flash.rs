@@ -52,7 +52,11 @@ pub enum FlashErrorKind {
 
 impl fmt::Display for FlashError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "flash {} of {} bytes at 0x{:x} failed: ", self.op, self.len, self.offset)?;
+        write!(
+            f,
+            "flash {} of {} bytes at 0x{:x} failed: ",
+            self.op, self.len, self.offset
+        )?;
         match self.kind {
             FlashErrorKind::NotAligned => f.write_str("not aligned"),
             FlashErrorKind::OutOfBounds => f.write_str("beyond the end of the flash"),
@@ -73,7 +77,12 @@ fn map_err<E: NorFlashError>(e: E, op: FlashOp, offset: u32, len: u32) -> FlashE
         NorFlashErrorKind::OutOfBounds => FlashErrorKind::OutOfBounds,
         _ => FlashErrorKind::Other,
     };
-    FlashError { op, offset, len, kind }
+    FlashError {
+        op,
+        offset,
+        len,
+        kind,
+    }
 }
 
 /// A contiguous area of flash, usually a partition: `[offset, offset + size)`.
@@ -96,18 +105,31 @@ impl Region {
                 op,
                 offset: self.offset.wrapping_add(rel),
                 len,
-                kind: FlashErrorKind::OutsideRegion { start: self.offset, size: self.size },
+                kind: FlashErrorKind::OutsideRegion {
+                    start: self.offset,
+                    size: self.size,
+                },
             });
         }
         Ok(self.offset + rel)
     }
 
-    pub fn read<F: ReadNorFlash>(&self, flash: &mut F, rel: u32, buf: &mut [u8]) -> Result<(), FlashError> {
+    pub fn read<F: ReadNorFlash>(
+        &self,
+        flash: &mut F,
+        rel: u32,
+        buf: &mut [u8],
+    ) -> Result<(), FlashError> {
         let abs = self.absolute(FlashOp::Read, rel, buf.len() as u32)?;
         read(flash, abs, buf)
     }
 
-    pub fn write<F: NorFlash>(&self, flash: &mut F, rel: u32, data: &[u8]) -> Result<(), FlashError> {
+    pub fn write<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        rel: u32,
+        data: &[u8],
+    ) -> Result<(), FlashError> {
         let abs = self.absolute(FlashOp::Write, rel, data.len() as u32)?;
         write(flash, abs, data)
     }
@@ -133,7 +155,12 @@ pub fn write<F: NorFlash>(flash: &mut F, offset: u32, data: &[u8]) -> Result<(),
 
 pub fn erase<F: NorFlash>(flash: &mut F, offset: u32, len: u32) -> Result<(), FlashError> {
     if !offset.is_multiple_of(SECTOR_SIZE) || !len.is_multiple_of(SECTOR_SIZE) {
-        return Err(FlashError { op: FlashOp::Erase, offset, len, kind: FlashErrorKind::NotAligned });
+        return Err(FlashError {
+            op: FlashOp::Erase,
+            offset,
+            len,
+            kind: FlashErrorKind::NotAligned,
+        });
     }
     flash
         .erase(offset, offset + len)

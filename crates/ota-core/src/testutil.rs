@@ -7,7 +7,9 @@ extern crate std;
 use std::vec;
 use std::vec::Vec;
 
-use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+use embedded_storage::nor_flash::{
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+};
 
 use crate::partition::{Label, Partition, PartitionTable};
 
@@ -29,13 +31,19 @@ pub struct RamFlash {
 
 impl RamFlash {
     pub fn new(size: usize) -> Self {
-        RamFlash { data: vec![0xFF; size], erases: vec![0; size / 4096], bytes_written: 0 }
+        RamFlash {
+            data: vec![0xFF; size],
+            erases: vec![0; size / 4096],
+            bytes_written: 0,
+        }
     }
     pub fn total_erases(&self) -> u32 {
         self.erases.iter().sum()
     }
     pub fn erases_in(&self, offset: u32, size: u32) -> u32 {
-        self.erases[(offset / 4096) as usize..((offset + size) / 4096) as usize].iter().sum()
+        self.erases[(offset / 4096) as usize..((offset + size) / 4096) as usize]
+            .iter()
+            .sum()
     }
     pub fn put(&mut self, offset: u32, bytes: &[u8]) {
         self.data[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
@@ -65,7 +73,7 @@ impl NorFlash for RamFlash {
     const WRITE_SIZE: usize = 1;
     const ERASE_SIZE: usize = 4096;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), RamError> {
-        if from % 4096 != 0 || to % 4096 != 0 || from > to {
+        if !from.is_multiple_of(4096) || !to.is_multiple_of(4096) || from > to {
             return Err(RamError(NorFlashErrorKind::NotAligned));
         }
         if to as usize > self.data.len() {
@@ -94,7 +102,14 @@ impl NorFlash for RamFlash {
 }
 
 fn part(label: &str, ptype: u8, subtype: u8, offset: u32, size: u32) -> Partition {
-    Partition { ptype, subtype, offset, size, label: Label::new(label), flags: 0 }
+    Partition {
+        ptype,
+        subtype,
+        offset,
+        size,
+        label: Label::new(label),
+        flags: 0,
+    }
 }
 
 /// ESP-ADF examples/ota with 1 MB slots (adf-ota-service.md §9.2, README log layout).

@@ -159,7 +159,6 @@ fn table_beyond_end_of_a_short_dump_is_an_error() {
 }
 
 #[test]
-#[ignore = "needs partition parser (integration)"]
 fn esp32_device_opens_with_table() {
     let (_d, path, mut f) = temp_flash(4 * MB);
     layout::write_raw(&mut f, 0x1000, &header(0x20, 0x0000)).unwrap();
@@ -180,7 +179,6 @@ fn esp32_device_opens_with_table() {
 }
 
 #[test]
-#[ignore = "needs partition parser (integration)"]
 fn esp32c3_device_opens_with_table() {
     let mut f = EmuFlash::in_memory(4 * MB);
     layout::write_raw(&mut f, 0, &header(0x20, 0x0005)).unwrap();
@@ -194,7 +192,6 @@ fn esp32c3_device_opens_with_table() {
 }
 
 #[test]
-#[ignore = "needs partition parser (integration)"]
 fn dump_larger_than_header_keeps_header_size_and_reports_file_size() {
     let mut f = EmuFlash::in_memory(8 * MB);
     layout::write_raw(&mut f, 0, &header(0x20, 0x0009)).unwrap(); // says 4MB
@@ -207,7 +204,6 @@ fn dump_larger_than_header_keeps_header_size_and_reports_file_size() {
 }
 
 #[test]
-#[ignore = "needs partition parser (integration)"]
 fn table_larger_than_header_flash_size_is_rejected_by_bootloader_rule() {
     // Header says 1MB; ota_1 ends at 2.0625MB: the bootloader rejects the table (§1.4a).
     let mut f = EmuFlash::in_memory(4 * MB);
@@ -221,7 +217,6 @@ fn table_larger_than_header_flash_size_is_rejected_by_bootloader_rule() {
 }
 
 #[test]
-#[ignore = "needs partition parser (integration)"]
 fn real_esp32_bootloader_and_singleapp_table_open() {
     let Some(v) = vectors() else { return };
     let boot = std::fs::read(v.join("bootloader_esp32.bin")).unwrap();

@@ -10,4 +10,6 @@ pub mod service;
 pub mod source;
 
 pub use reason::Reason;
-pub use service::{run_list, Device, Env, Event, ItemError, Level, Need, Outcome, RunReport, UpgradeItem};
+pub use service::{
+    run_list, Device, Env, Event, ItemError, Level, Need, Outcome, RunReport, UpgradeItem,
+};

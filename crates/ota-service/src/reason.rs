@@ -74,7 +74,9 @@ impl Reason {
             Reason::GetNewAppDescFail,
             Reason::OtaValidateFailed,
         ];
-        ALL.into_iter().find(|r| r.code() == code).unwrap_or(Reason::Other(code))
+        ALL.into_iter()
+            .find(|r| r.code() == code)
+            .unwrap_or(Reason::Other(code))
     }
 
     /// ADF's C name, without the `OTA_SERV_ERR_REASON_` prefix.

@@ -35,8 +35,14 @@ impl Level {
 pub enum Outcome {
     Success,
     /// Nothing needed doing (for example the incoming image is not newer): not a failure, no reboot.
-    Skipped { reason: Reason, message: String },
-    Failed { reason: Reason, message: String },
+    Skipped {
+        reason: Reason,
+        message: String,
+    },
+    Failed {
+        reason: Reason,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -63,9 +69,17 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A log line (ESP-IDF style): the binary prints it, a chip would send it to the UART.
-    Log { level: Level, tag: &'static str, message: String },
+    Log {
+        level: Level,
+        tag: &'static str,
+        message: String,
+    },
     /// Bytes of item `id` processed so far.
-    Progress { id: usize, bytes: u64, total: Option<u64> },
+    Progress {
+        id: usize,
+        bytes: u64,
+        total: Option<u64>,
+    },
     /// Item `id` finished (ADF's `OTA_SERV_EVENT_TYPE_RESULT`).
     Result { id: usize, outcome: Outcome },
     /// The list finished and no restart is due (ADF's `OTA_SERV_EVENT_TYPE_FINISH`).
@@ -83,7 +97,10 @@ pub struct ItemError {
 
 impl ItemError {
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        ItemError { reason, message: message.into() }
+        ItemError {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -121,7 +138,11 @@ pub struct Env<'a> {
 
 impl Env<'_> {
     pub fn log(&mut self, level: Level, tag: &'static str, message: impl Into<String>) {
-        (self.events)(Event::Log { level, tag, message: message.into() })
+        (self.events)(Event::Log {
+            level,
+            tag,
+            message: message.into(),
+        })
     }
     pub fn info(&mut self, tag: &'static str, message: impl Into<String>) {
         self.log(Level::Info, tag, message)
@@ -142,11 +163,26 @@ pub trait UpgradeItem<F: NorFlash> {
     /// A short description (the URI) for logs.
     fn describe(&self) -> String;
     /// Open the source, find the target. Nothing is written.
-    fn prepare(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<(), ItemError>;
+    fn prepare(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<(), ItemError>;
     /// Decide from the first bytes whether to go on. Nothing is erased before this says yes.
-    fn need_upgrade(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<Need, ItemError>;
+    fn need_upgrade(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<Need, ItemError>;
     /// Copy the data.
-    fn execute(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<(), ItemError>;
+    fn execute(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<(), ItemError>;
     /// Clean up and give the verdict; called on every path after the hooks ran. The default keeps
     /// the result it is given (fixing ADF's app finish, which ignored it: §11 bug 1).
     fn finished_check(
@@ -185,12 +221,18 @@ pub fn process_item<F: NorFlash>(
     let result = match item.prepare(dev, env, id) {
         Err(e) => {
             env.error(TAG, "OTA prepared fail");
-            Outcome::Failed { reason: e.reason, message: e.message }
+            Outcome::Failed {
+                reason: e.reason,
+                message: e.message,
+            }
         }
         Ok(()) => match item.need_upgrade(dev, env, id) {
             Err(e) => {
                 env.error(TAG, "No need to upgrade");
-                Outcome::Failed { reason: e.reason, message: e.message }
+                Outcome::Failed {
+                    reason: e.reason,
+                    message: e.message,
+                }
             }
             Ok(Need::No(reason, message)) => {
                 env.warn(TAG, format!("No need to upgrade: {}", message));
@@ -199,7 +241,10 @@ pub fn process_item<F: NorFlash>(
             Ok(Need::Yes) => match item.execute(dev, env, id) {
                 Err(e) => {
                     env.error(TAG, "Fail to execute upgrade");
-                    Outcome::Failed { reason: e.reason, message: e.message }
+                    Outcome::Failed {
+                        reason: e.reason,
+                        message: e.message,
+                    }
                 }
                 Ok(()) => Outcome::Success,
             },
@@ -226,7 +271,10 @@ pub fn run_list<F: NorFlash>(
         report.results.push((id, outcome.clone()));
         env.emit(Event::Result { id, outcome });
         if failed && item.break_after_fail() {
-            env.error(TAG, format!("upgrade_list[{}] OTA failed, break the update list", id));
+            env.error(
+                TAG,
+                format!("upgrade_list[{}] OTA failed, break the update list", id),
+            );
             break;
         }
     }

@@ -50,7 +50,9 @@ impl AppItem {
 pub fn running_desc<F: NorFlash>(dev: &mut Device<'_, F>) -> Option<AppDesc> {
     let part = dev.running?;
     let mut buf = [0u8; APP_DESC_SIZE];
-    part.region().read(dev.flash, APP_DESC_OFFSET, &mut buf).ok()?;
+    part.region()
+        .read(dev.flash, APP_DESC_OFFSET, &mut buf)
+        .ok()?;
     AppDesc::parse(&buf).ok()
 }
 
@@ -59,7 +61,12 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         self.uri.clone()
     }
 
-    fn prepare(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, _id: usize) -> Result<(), ItemError> {
+    fn prepare(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        _id: usize,
+    ) -> Result<(), ItemError> {
         let mut opts = env.source.clone();
         if self.ca_pem.is_some() {
             opts.ca_pem = self.ca_pem.clone();
@@ -69,20 +76,37 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             source_error(e)
         })?;
         env.info(TAG_OTA, "Starting OTA...");
-        let cfg = AppUpdateConfig { chip: dev.chip, rollback: dev.rollback };
+        let cfg = AppUpdateConfig {
+            chip: dev.chip,
+            rollback: dev.rollback,
+        };
         let engine = AppUpdate::begin(dev.table, dev.running.as_ref(), cfg, src.content_length())
             .map_err(|e| core_error(e, &self.uri))?;
         let slot = *engine.slot();
         env.info(
             TAG_OTA,
-            format!("Writing to partition subtype {} at offset 0x{:x}", slot.subtype, slot.offset),
+            format!(
+                "Writing to partition subtype {} at offset 0x{:x}",
+                slot.subtype, slot.offset
+            ),
         );
-        self.run = Some(Run { source: src, engine });
+        self.run = Some(Run {
+            source: src,
+            engine,
+        });
         Ok(())
     }
 
-    fn need_upgrade(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, _id: usize) -> Result<Need, ItemError> {
-        let run = self.run.as_mut().ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+    fn need_upgrade(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        _id: usize,
+    ) -> Result<Need, ItemError> {
+        let run = self
+            .run
+            .as_mut()
+            .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let mut prefix = [0u8; ota_core::image::IMAGE_PREFIX_LEN];
         let got = read_full(run.source.as_mut(), &mut prefix).map_err(source_error)?;
         if got < prefix.len() {
@@ -135,13 +159,25 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         }
     }
 
-    fn execute(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<(), ItemError> {
-        let Run { mut source, mut engine } =
-            self.run.take().ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+    fn execute(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<(), ItemError> {
+        let Run {
+            mut source,
+            mut engine,
+        } = self
+            .run
+            .take()
+            .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let total = source.content_length();
         let mut progress = Progress::new(id, TAG_DEFAULT, "app", total);
         // The prefix is written by the first write call.
-        engine.write(dev.flash, &[]).map_err(|e| core_error(e, &self.uri))?;
+        engine
+            .write(dev.flash, &[])
+            .map_err(|e| core_error(e, &self.uri))?;
         progress.add(env, ota_core::image::IMAGE_PREFIX_LEN);
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -149,7 +185,9 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             if n == 0 {
                 break;
             }
-            engine.write(dev.flash, &buf[..n]).map_err(|e| core_error(e, &self.uri))?;
+            engine
+                .write(dev.flash, &buf[..n])
+                .map_err(|e| core_error(e, &self.uri))?;
             progress.add(env, n);
         }
         let slot = *engine.slot();
@@ -163,7 +201,11 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                         done.summary.segment_count,
                         done.summary.image_len,
                         done.summary.checksum_calc,
-                        if done.summary.hash_calc.is_some() { ", SHA-256 valid" } else { "" }
+                        if done.summary.hash_calc.is_some() {
+                            ", SHA-256 valid"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 env.info(

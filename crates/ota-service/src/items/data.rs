@@ -53,13 +53,19 @@ impl DataItem {
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
     ) -> Result<Need, ItemError> {
-        let run = self.run.as_mut().ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        let run = self
+            .run
+            .as_mut()
+            .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let part = *run.engine.partition();
         let current = match tone::tone_partition_init(dev.flash, &part) {
             Ok(info) => {
                 env.info(
                     TAG_TONE,
-                    format!("tone partition format {}, total {}", info.header.format, info.header.total_num),
+                    format!(
+                        "tone partition format {}, total {}",
+                        info.header.format, info.header.total_num
+                    ),
                 );
                 Some(info)
             }
@@ -73,7 +79,12 @@ impl DataItem {
         if got < hdr.len() {
             return Err(ItemError::new(
                 Reason::StreamRdFail,
-                format!("{}: only {} bytes, a tone bin header needs {}", self.uri, got, hdr.len()),
+                format!(
+                    "{}: only {} bytes, a tone bin header needs {}",
+                    self.uri,
+                    got,
+                    hdr.len()
+                ),
             ));
         }
         run.pending.extend_from_slice(&hdr);
@@ -87,7 +98,10 @@ impl DataItem {
             // Not a valid tone partition now: rewrite it whole from the stream.
             return Ok(Need::Yes);
         };
-        env.info(TAG_EXAMPLE, format!("format {} : {}", current.header.format, incoming.format));
+        env.info(
+            TAG_EXAMPLE,
+            format!("format {} : {}", current.header.format, incoming.format),
+        );
         let mut desc = None;
         if tone::incoming_needs_desc(&incoming) {
             let mut d = [0u8; TONE_DESC_SIZE];
@@ -95,28 +109,49 @@ impl DataItem {
             if got < d.len() {
                 return Err(ItemError::new(
                     Reason::StreamRdFail,
-                    format!("{}: the tone descriptor is cut short ({} of {} bytes)", self.uri, got, d.len()),
+                    format!(
+                        "{}: the tone descriptor is cut short ({} of {} bytes)",
+                        self.uri,
+                        got,
+                        d.len()
+                    ),
                 ));
             }
             run.pending.extend_from_slice(&d);
-            let parsed = ToneDesc::parse(&d).map_err(|e| ItemError::new(Reason::StreamRdFail, format!("{}: {}", self.uri, e)))?;
+            let parsed = ToneDesc::parse(&d).map_err(|e| {
+                ItemError::new(Reason::StreamRdFail, format!("{}: {}", self.uri, e))
+            })?;
             env.info(
                 TAG_EXAMPLE,
-                format!("imcoming magic_word {:x}, project_name {}", parsed.magic_word, parsed.project_name_str()),
+                format!(
+                    "imcoming magic_word {:x}, project_name {}",
+                    parsed.magic_word,
+                    parsed.project_name_str()
+                ),
             );
             if let Some(cur) = current.desc.as_ref() {
                 env.info(
                     TAG_EXAMPLE,
-                    format!("current version {}, incoming version {}", cur.version_str(), parsed.version_str()),
+                    format!(
+                        "current version {}, incoming version {}",
+                        cur.version_str(),
+                        parsed.version_str()
+                    ),
                 );
             }
             desc = Some(parsed);
         }
         match tone::decide_upgrade(Some(&current), &incoming, desc.as_ref(), true) {
             ToneDecision::WriteAll | ToneDecision::Write { .. } => {
-                env.info(TAG_DEFAULT, format!("write_offset 0, size {}", TONE_HEADER_SIZE));
+                env.info(
+                    TAG_DEFAULT,
+                    format!("write_offset 0, size {}", TONE_HEADER_SIZE),
+                );
                 if desc.is_some() {
-                    env.info(TAG_DEFAULT, format!("write_offset {}, size {}", TONE_HEADER_SIZE, TONE_DESC_SIZE));
+                    env.info(
+                        TAG_DEFAULT,
+                        format!("write_offset {}, size {}", TONE_HEADER_SIZE, TONE_DESC_SIZE),
+                    );
                 }
                 Ok(Need::Yes)
             }
@@ -124,7 +159,10 @@ impl DataItem {
                 let reason = Reason::from_code(r.adf_reason());
                 let message = format!("{}: {}", self.uri, r);
                 if reason == Reason::NoHigherVersion {
-                    env.warn(TAG_EXAMPLE, "The incoming version is same as or lower than the running version");
+                    env.warn(
+                        TAG_EXAMPLE,
+                        "The incoming version is same as or lower than the running version",
+                    );
                     Ok(Need::No(reason, message))
                 } else {
                     env.error(TAG_EXAMPLE, format!("{}", r));
@@ -140,11 +178,17 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         self.uri.clone()
     }
 
-    fn prepare(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, _id: usize) -> Result<(), ItemError> {
+    fn prepare(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        _id: usize,
+    ) -> Result<(), ItemError> {
         if dev.table.find_data(&self.label).is_none() {
             env.error(TAG_DEFAULT, format!("partition [{}] not found", self.label));
         }
-        let engine = DataUpdate::begin(dev.table, &self.label, None).map_err(|e| core_error(e, &self.uri))?;
+        let engine = DataUpdate::begin(dev.table, &self.label, None)
+            .map_err(|e| core_error(e, &self.uri))?;
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
         let mut opts = env.source.clone();
         if self.ca_pem.is_some() {
@@ -156,34 +200,61 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         })?;
         if self.uri.starts_with("file://") {
             if let Some(len) = src.content_length() {
-                env.info("FATFS_STREAM", format!("File size: {} byte, file position: 0", len));
+                env.info(
+                    "FATFS_STREAM",
+                    format!("File size: {} byte, file position: 0", len),
+                );
             }
         }
         // Our fix (adf-ota-service.md §11.5): refuse an image larger than the partition before
         // anything is erased.
         let engine = match src.content_length() {
-            Some(len) => DataUpdate::begin(dev.table, &self.label, Some(len)).map_err(|e| core_error(e, &self.uri))?,
+            Some(len) => DataUpdate::begin(dev.table, &self.label, Some(len))
+                .map_err(|e| core_error(e, &self.uri))?,
             None => engine,
         };
-        self.run = Some(Run { source: src, engine, pending: Vec::new() });
+        self.run = Some(Run {
+            source: src,
+            engine,
+            pending: Vec::new(),
+        });
         Ok(())
     }
 
-    fn need_upgrade(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, _id: usize) -> Result<Need, ItemError> {
+    fn need_upgrade(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        _id: usize,
+    ) -> Result<Need, ItemError> {
         match self.format {
             DataFormat::Raw => Ok(Need::Yes),
             DataFormat::Tone => self.tone_need_upgrade(dev, env),
         }
     }
 
-    fn execute(&mut self, dev: &mut Device<'_, F>, env: &mut Env<'_>, id: usize) -> Result<(), ItemError> {
-        let Run { mut source, mut engine, pending } =
-            self.run.take().ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+    fn execute(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<(), ItemError> {
+        let Run {
+            mut source,
+            mut engine,
+            pending,
+        } = self
+            .run
+            .take()
+            .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let label = engine.partition().label;
         let mut progress = Progress::new(id, TAG_DEFAULT, "data", source.content_length());
         let write = |engine: &mut DataUpdate, flash: &mut F, bytes: &[u8]| {
             engine.write(flash, bytes).map_err(|e| {
-                ItemError::new(Reason::PartitionWtFail, format!("writing partition {}: {}", label.as_str(), e))
+                ItemError::new(
+                    Reason::PartitionWtFail,
+                    format!("writing partition {}: {}", label.as_str(), e),
+                )
             })
         };
         write(&mut engine, dev.flash, &pending)?;
@@ -197,8 +268,13 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             write(&mut engine, dev.flash, &buf[..n])?;
             progress.add(env, n);
         }
-        engine.finish(dev.flash).map_err(|e| core_error(e, &self.uri))?;
-        env.info(TAG_DEFAULT, format!("partition {} upgrade successes", label.as_str()));
+        engine
+            .finish(dev.flash)
+            .map_err(|e| core_error(e, &self.uri))?;
+        env.info(
+            TAG_DEFAULT,
+            format!("partition {} upgrade successes", label.as_str()),
+        );
         Ok(())
     }
 

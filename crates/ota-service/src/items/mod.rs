@@ -72,14 +72,31 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub(crate) fn new(id: usize, tag: &'static str, kind: &'static str, total: Option<u64>) -> Self {
+    pub(crate) fn new(
+        id: usize,
+        tag: &'static str,
+        kind: &'static str,
+        total: Option<u64>,
+    ) -> Self {
         let now = Instant::now();
-        Progress { id, tag, kind, total, bytes: 0, start: now, last_log: now }
+        Progress {
+            id,
+            tag,
+            kind,
+            total,
+            bytes: 0,
+            start: now,
+            last_log: now,
+        }
     }
 
     pub(crate) fn add(&mut self, env: &mut Env<'_>, n: usize) {
         self.bytes += n as u64;
-        env.emit(Event::Progress { id: self.id, bytes: self.bytes, total: self.total });
+        env.emit(Event::Progress {
+            id: self.id,
+            bytes: self.bytes,
+            total: self.total,
+        });
         let now = Instant::now();
         if now.duration_since(self.last_log).as_micros() > 1_000_000 {
             self.last_log = now;
@@ -105,7 +122,10 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
     let mut items: Vec<Box<dyn crate::service::UpgradeItem<F>>> = Vec::new();
     for spec in &config.upgrade {
         let ca_pem = match &spec.cert {
-            Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading CA certificate {}: {}", p.display(), e))?),
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| format!("reading CA certificate {}: {}", p.display(), e))?,
+            ),
             None => None,
         };
         match spec.kind {
@@ -118,7 +138,10 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 items.push(Box::new(item));
             }
             ItemKind::Data => {
-                let label = spec.label.clone().ok_or_else(|| format!("data item {} has no label", spec.uri))?;
+                let label = spec
+                    .label
+                    .clone()
+                    .ok_or_else(|| format!("data item {} has no label", spec.uri))?;
                 let mut item = DataItem::new(spec.uri.clone(), label, spec.format);
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;

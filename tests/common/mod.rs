@@ -18,13 +18,23 @@ pub fn ota(args: &[&str]) -> Output {
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[track_caller]
 pub fn ok(args: &[&str]) -> String {
     let o = ota(args);
-    assert!(o.status.success(), "ota {:?} failed ({:?}):\n{}", args, o.status, text(&o));
+    assert!(
+        o.status.success(),
+        "ota {:?} failed ({:?}):\n{}",
+        args,
+        o.status,
+        text(&o)
+    );
     text(&o)
 }
 
@@ -34,7 +44,10 @@ pub fn vectors() -> Option<PathBuf> {
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!("SKIP: ../shared/vectors not found (expected at {})", p.display());
+        eprintln!(
+            "SKIP: ../shared/vectors not found (expected at {})",
+            p.display()
+        );
         None
     }
 }
@@ -47,7 +60,10 @@ pub fn python() -> Option<PathBuf> {
     ];
     for c in candidates.into_iter().flatten() {
         if c.exists() {
-            let ok = Command::new(&c).args(["-c", "import esptool"]).output().map(|o| o.status.success());
+            let ok = Command::new(&c)
+                .args(["-c", "import esptool"])
+                .output()
+                .map(|o| o.status.success());
             if ok.unwrap_or(false) {
                 return Some(c);
             }
@@ -88,11 +104,14 @@ impl Server {
         let st = stop.clone();
         let thread = std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while !st.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            while !st.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
                 match listener.accept() {
                     Ok((mut c, _)) => {
                         c.set_nonblocking(false).unwrap();
-                        c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                            .unwrap();
                         let mut buf = [0u8; 4096];
                         let mut req = Vec::new();
                         while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -117,7 +136,11 @@ impl Server {
                 }
             }
         });
-        Server { port, stop, thread: Some(thread) }
+        Server {
+            port,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self, name: &str) -> String {
