@@ -507,11 +507,12 @@ pub fn boot_device<F: NorFlash>(
 
 fn print_loaded(out: &BootOutcome) {
     let s = &out.summary;
-    for seg in &s.segments[..s.segment_count] {
+    for (i, seg) in s.segments[..s.segment_count].iter().enumerate() {
         logger::info(
             "esp_image",
             &format!(
-                "segment: paddr={:08x} vaddr={:08x} size={:05x} ({:6})",
+                "segment {}: paddr={:08x} vaddr={:08x} size={:05x} ({:6})",
+                i,
                 out.partition.offset + seg.file_offset + 8,
                 seg.load_addr,
                 seg.data_len,
