@@ -15,6 +15,7 @@ use crate::flash::{Region, SECTOR_SIZE};
 use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAGE_PREFIX_LEN};
 use crate::otadata::OtaData;
 use crate::partition::{Label, Partition, PartitionTable};
+use crate::resume::{ResumeError, ResumeHeader, ResumeLog, ResumeRecord};
 use crate::version::{self, VersionPolicy, VersionVerdict};
 use crate::Error;
 
@@ -50,6 +51,8 @@ pub enum UpdateError {
     Incomplete { written: u32 },
     /// The bytes read back from flash differ from the bytes verified on the stream.
     ReadbackMismatch { offset: u32 },
+    /// A resume record that cannot be used or kept (see [`crate::resume`]).
+    Resume(ResumeError),
 }
 
 fn show32(b: &[u8; 32]) -> &str {
@@ -133,6 +136,7 @@ impl fmt::Display for UpdateError {
                     offset
                 )
             }
+            UpdateError::Resume(e) => e.fmt(f),
         }
     }
 }
@@ -183,6 +187,17 @@ impl SequentialWriter {
 
     pub fn region(&self) -> Region {
         self.region
+    }
+
+    /// A writer over `region` that goes on at `written`, a multiple of [`SECTOR_SIZE`] (resuming
+    /// an interrupted update): the sectors from there on are erased as the writes reach them.
+    pub fn at(region: Region, label: Label, written: u32) -> Self {
+        SequentialWriter {
+            region,
+            label,
+            written,
+            erased_to: written,
+        }
     }
 
     /// Append `data`, erasing the sectors it reaches first.
@@ -255,6 +270,22 @@ pub struct Committed {
     pub summary: ImageSummary,
     /// otadata sector (0 or 1) that was rewritten.
     pub otadata_sector: usize,
+    /// Bytes that were already in the slot when the update was resumed (0: not resumed).
+    pub resumed_from: u32,
+    /// Whether the resume record was erased after the commit (false when there was none, or
+    /// when erasing it failed: a stale record is ignored by the next update and replaced).
+    pub resume_cleared: bool,
+}
+
+/// The resume log an [`AppUpdate`] keeps (or only clears).
+#[derive(Clone, Copy, Debug)]
+struct Journal {
+    log: ResumeLog,
+    /// `Some`: keep checkpoints for this header; `None`: only forget an old record when the
+    /// first byte is written.
+    header: Option<ResumeHeader>,
+    /// The live record once the log has been started (or was found, when resuming).
+    record: Option<ResumeRecord>,
 }
 
 /// The app update engine (`esp_https_ota` + `esp_ota_*`, done right).
@@ -276,6 +307,8 @@ pub struct AppUpdate {
     state: AppState,
     writer: SequentialWriter,
     verifier: ImageVerifier,
+    journal: Option<Journal>,
+    resumed_from: u32,
 }
 
 impl AppUpdate {
@@ -312,7 +345,177 @@ impl AppUpdate {
             state: AppState::Prefix,
             writer: SequentialWriter::new(&slot),
             verifier,
+            journal: None,
+            resumed_from: 0,
         })
+    }
+
+    /// Keep a resume log for this fresh download: before the first byte reaches the slot the
+    /// log sector is erased and `header` written; after each write the data is read back and a
+    /// checkpoint appended for every `header.step` bytes. With the log in the slot's last
+    /// sector, the image may use only [`ResumeLog::image_limit`] bytes. `image_len`: the
+    /// announced file length (needed when the log is in the slot).
+    pub fn enable_resume(
+        &mut self,
+        log: ResumeLog,
+        header: ResumeHeader,
+        image_len: Option<u64>,
+    ) -> Result<(), Error> {
+        if self.state == AppState::Writing {
+            return Err(UpdateError::WrongState {
+                expected: "no byte written yet",
+            }
+            .into());
+        }
+        log.check_room(image_len).map_err(UpdateError::Resume)?;
+        if header.slot_offset != self.slot.offset || header.slot_size != self.slot.size {
+            return Err(UpdateError::Resume(ResumeError::OtherSlot {
+                record: header.slot_offset,
+                target: self.slot.offset,
+            })
+            .into());
+        }
+        self.limit_to(log.image_limit());
+        self.journal = Some(Journal {
+            log,
+            header: Some(header),
+            record: None,
+        });
+        Ok(())
+    }
+
+    /// Forget any resume record in `log` when this download writes its first byte (a fresh
+    /// download that keeps no log of its own: the old record no longer describes the slot).
+    pub fn discard_resume_record(&mut self, log: ResumeLog) {
+        if self.state != AppState::Writing {
+            self.journal = Some(Journal {
+                log,
+                header: None,
+                record: None,
+            });
+        }
+    }
+
+    /// Continue an interrupted update from its resume record: the first `record.progress`
+    /// bytes already in the slot go through a fresh verifier (header, chip, app descriptor,
+    /// segment structure, running checksum and SHA-256), then writing goes on after them. The
+    /// final verification and the otadata switch in [`AppUpdate::finish`] are unchanged. An
+    /// error here means the record cannot be used: start over with [`AppUpdate::begin`].
+    pub fn resume<F: NorFlash>(
+        flash: &mut F,
+        table: &PartitionTable,
+        running: Option<&Partition>,
+        cfg: AppUpdateConfig,
+        log: ResumeLog,
+        record: ResumeRecord,
+    ) -> Result<AppUpdate, Error> {
+        let mut u = AppUpdate::begin(table, running, cfg, None)?;
+        let h = record.header;
+        if h.slot_offset != u.slot.offset || h.slot_size != u.slot.size {
+            return Err(UpdateError::Resume(ResumeError::OtherSlot {
+                record: h.slot_offset,
+                target: u.slot.offset,
+            })
+            .into());
+        }
+        let limit = log.image_limit();
+        let n = record.progress;
+        if n < IMAGE_PREFIX_LEN as u32 || !n.is_multiple_of(SECTOR_SIZE) || n > limit {
+            return Err(
+                UpdateError::Resume(ResumeError::BadProgress { progress: n, limit }).into(),
+            );
+        }
+        u.limit_to(limit);
+        let region = u.slot.region();
+        let mut prefix = [0u8; IMAGE_PREFIX_LEN];
+        region.read(flash, 0, &mut prefix)?;
+        u.feed_prefix(&prefix)?;
+        let mut buf = [0u8; image::VERIFY_CHUNK];
+        let mut off = 0u32;
+        while off < n {
+            let k = (n - off).min(image::VERIFY_CHUNK as u32);
+            let chunk = &mut buf[..k as usize];
+            region.read(flash, off, chunk)?;
+            u.verifier.feed(chunk)?;
+            off += k;
+        }
+        u.writer = SequentialWriter::at(Region::new(u.slot.offset, limit), u.slot.label, n);
+        u.state = AppState::Writing;
+        u.resumed_from = n;
+        u.journal = Some(Journal {
+            log,
+            header: Some(h),
+            record: Some(record),
+        });
+        Ok(u)
+    }
+
+    /// Bytes that were already in the slot when this update was resumed (0: a fresh start).
+    pub fn resumed_from(&self) -> u32 {
+        self.resumed_from
+    }
+
+    /// Bytes covered by the last checkpoint of the resume log (None without a log).
+    pub fn checkpoint(&self) -> Option<u32> {
+        self.journal.and_then(|j| j.record).map(|r| r.progress)
+    }
+
+    /// The resume log this update keeps or clears, if any.
+    pub fn resume_log(&self) -> Option<ResumeLog> {
+        self.journal.map(|j| j.log)
+    }
+
+    /// Limit the image to the first `limit` bytes of the slot (the rest holds the resume log).
+    fn limit_to(&mut self, limit: u32) {
+        let limit = limit.min(self.slot.size);
+        self.writer = SequentialWriter::at(
+            Region::new(self.slot.offset, limit),
+            self.slot.label,
+            self.writer.written(),
+        );
+        self.verifier.set_size_limit(Some(limit));
+    }
+
+    /// Forget the resume record (best effort: a failing erase leaves a record that the next
+    /// update re-verifies or replaces).
+    fn drop_journal<F: NorFlash>(&mut self, flash: &mut F) -> bool {
+        match self.journal.take() {
+            Some(j) => j.log.clear(flash).is_ok(),
+            None => false,
+        }
+    }
+
+    /// After `data` was written at `from`: read it back, then checkpoint whole steps.
+    fn persist<F: NorFlash>(&mut self, flash: &mut F, from: u32, data: &[u8]) -> Result<(), Error> {
+        let Some(Journal {
+            log,
+            record: Some(mut rec),
+            ..
+        }) = self.journal
+        else {
+            return Ok(());
+        };
+        let region = self.writer.region();
+        let mut buf = [0u8; image::VERIFY_CHUNK];
+        for (i, piece) in data.chunks(image::VERIFY_CHUNK).enumerate() {
+            let at = from + (i * image::VERIFY_CHUNK) as u32;
+            let got = &mut buf[..piece.len()];
+            region.read(flash, at, got)?;
+            if got != piece {
+                let first = got.iter().zip(piece).position(|(a, b)| a != b).unwrap_or(0);
+                return Err(UpdateError::ReadbackMismatch {
+                    offset: at + first as u32,
+                }
+                .into());
+            }
+        }
+        let step = rec.header.step;
+        let cp = self.writer.written() / step * step;
+        let r = log.checkpoint(flash, &mut rec, cp);
+        if let Some(j) = &mut self.journal {
+            j.record = Some(rec);
+        }
+        r.map(|_| ())
     }
 
     /// The slot being written.
@@ -406,14 +609,33 @@ impl AppUpdate {
             }
             AppState::Checked => {
                 let prefix = self.prefix;
-                self.verifier.feed(&prefix)?;
+                if let Err(e) = self.verifier.feed(&prefix) {
+                    return Err(e.into());
+                }
+                if let Some(j) = &mut self.journal {
+                    // Before the first byte reaches the slot: the old record no longer holds.
+                    match j.header {
+                        Some(h) => j.record = Some(j.log.start(flash, &h)?),
+                        None => {
+                            j.log.clear(flash)?;
+                            self.journal = None;
+                        }
+                    }
+                }
                 self.writer.write(flash, &prefix)?;
                 self.state = AppState::Writing;
+                self.persist(flash, 0, &prefix)?;
             }
             AppState::Writing => {}
         }
-        self.verifier.feed(data)?;
-        self.writer.write(flash, data)
+        if let Err(e) = self.verifier.feed(data) {
+            // The stream is not a valid image: resuming it later would fail the same way.
+            self.drop_journal(flash);
+            return Err(e.into());
+        }
+        let from = self.writer.written();
+        self.writer.write(flash, data)?;
+        self.persist(flash, from, data)
     }
 
     /// Whether the stream so far holds a complete image.
@@ -431,13 +653,14 @@ impl AppUpdate {
         if self.state != AppState::Writing {
             return Err(UpdateError::Incomplete { written: 0 }.into());
         }
-        let summary = self.verifier.finish()?;
-        let readback = image::verify_flash(flash, self.slot.region(), Some(self.cfg.chip))?;
-        if readback.hash_calc != summary.hash_calc
-            || readback.checksum_calc != summary.checksum_calc
-        {
-            return Err(UpdateError::ReadbackMismatch { offset: 0 }.into());
-        }
+        let summary = match self.verify_written(flash) {
+            Ok(s) => s,
+            Err(e) => {
+                // A bad image must not be resumed again: the next attempt starts over.
+                self.drop_journal(flash);
+                return Err(e);
+            }
+        };
         let slot_no = self.slot.ota_slot().ok_or(UpdateError::NoUpdateSlot)?;
         let mut od = OtaData::read(flash, &self.otadata)?;
         let sector = od.set_boot(
@@ -447,11 +670,28 @@ impl AppUpdate {
             self.ota_count,
             self.cfg.rollback,
         )?;
+        // Cleared after the switch: the log is outside the image (slot tail) or in its own
+        // partition, so a cut here leaves a stale record that no update will take as its own.
+        let resume_cleared = self.drop_journal(flash);
         Ok(Committed {
             slot: self.slot,
             summary,
             otadata_sector: sector,
+            resumed_from: self.resumed_from,
+            resume_cleared,
         })
+    }
+
+    /// The stream's verdict, then the image as read back from flash (`esp_ota_end`).
+    fn verify_written<F: NorFlash>(&self, flash: &mut F) -> Result<ImageSummary, Error> {
+        let summary = self.verifier.finish()?;
+        let readback = image::verify_flash(flash, self.slot.region(), Some(self.cfg.chip))?;
+        if readback.hash_calc != summary.hash_calc
+            || readback.checksum_calc != summary.checksum_calc
+        {
+            return Err(UpdateError::ReadbackMismatch { offset: 0 }.into());
+        }
+        Ok(summary)
     }
 }
 
@@ -657,6 +897,141 @@ mod tests {
         let mut u = AppUpdate::begin(&t, Some(&running), cfg(), None).unwrap();
         u.feed_prefix(&new).unwrap();
         assert!(u.check_version(VersionPolicy::Newer, Some(&cur)).is_ok());
+    }
+
+    fn journaled(
+        f: &mut RamFlash,
+        t: &PartitionTable,
+        img: &[u8],
+        uri: &str,
+    ) -> (AppUpdate, ResumeLog) {
+        let running = *t.ota(0).unwrap();
+        let mut u = AppUpdate::begin(t, Some(&running), cfg(), Some(img.len() as u64)).unwrap();
+        let log = ResumeLog::locate(t, u.slot()).unwrap();
+        let etag = crate::resume::Validator::new(crate::resume::ValidatorKind::ETag, "\"e1\"");
+        let h = ResumeHeader::new(u.slot(), uri, etag.unwrap(), img.len() as u32);
+        u.enable_resume(log, h, Some(img.len() as u64)).unwrap();
+        u.feed_prefix(img).unwrap();
+        u.write(f, &[]).unwrap();
+        (u, log)
+    }
+
+    #[test]
+    fn interrupted_update_resumes_from_its_last_checkpoint() {
+        let (mut f, t) = device();
+        let img = app_image(Chip::Esp32, "new", "v2.0.0", 200_000);
+        let (mut u, log) = journaled(&mut f, &t, &img, "http://h/new.bin");
+        // Sector-aligned 4 KiB writes, as the service does, up to 50_000 bytes + a partial one.
+        let mut pos = IMAGE_PREFIX_LEN;
+        let stop = 50_000;
+        while pos < stop {
+            let end = ((pos / 4096 + 1) * 4096).min(stop);
+            u.write(&mut f, &img[pos..end]).unwrap();
+            pos = end;
+        }
+        assert_eq!(u.checkpoint(), Some(49_152));
+        // The power goes off: the engine is gone, only the flash remains.
+        let otadata_before = f.data[0xD000..0xF000].to_vec();
+        let rec = log.read(&mut f).unwrap().unwrap();
+        assert_eq!(rec.progress, 49_152);
+        assert!(rec.header.is_for("http://h/new.bin", t.ota(1).unwrap()));
+        let running = *t.ota(0).unwrap();
+        let mut u = AppUpdate::resume(&mut f, &t, Some(&running), cfg(), log, rec).unwrap();
+        assert_eq!(u.resumed_from(), 49_152);
+        assert_eq!(u.written(), 49_152);
+        assert_eq!(u.incoming_desc().unwrap().version_str(), "v2.0.0");
+        for c in img[49_152..].chunks(4096) {
+            u.write(&mut f, c).unwrap();
+        }
+        assert_eq!(
+            f.data[0xD000..0xF000],
+            otadata_before[..],
+            "otadata untouched before finish"
+        );
+        let done = u.finish(&mut f).unwrap();
+        assert_eq!(done.resumed_from, 49_152);
+        assert!(done.resume_cleared);
+        assert_eq!(log.read(&mut f).unwrap(), None, "record cleared on commit");
+        let out = boot::boot(&mut f, &t, Chip::Esp32, &BootConfig::default(), &mut |_| {}).unwrap();
+        assert_eq!(out.partition.offset, OTA_1);
+        assert_eq!(out.summary.app_desc.unwrap().version_str(), "v2.0.0");
+    }
+
+    #[test]
+    fn resumed_update_with_corrupted_slot_bytes_never_commits() {
+        let (mut f, t) = device();
+        let img = app_image(Chip::Esp32, "new", "v2.0.0", 100_000);
+        let (mut u, log) = journaled(&mut f, &t, &img, "http://h/new.bin");
+        for c in img[IMAGE_PREFIX_LEN..40_960].chunks(4096) {
+            u.write(&mut f, c).unwrap();
+        }
+        // Abandoned here (a restart).
+        let running = *t.ota(0).unwrap();
+        let before = f.data[0xD000..0x110000].to_vec();
+        // A flipped bit in segment data below the checkpoint: the re-hash cannot see it until
+        // the end, where the SHA-256 fails; the record is then dropped.
+        f.data[OTA_1 as usize + 20_000] ^= 0x04;
+        let rec = log.read(&mut f).unwrap().unwrap();
+        let mut u = AppUpdate::resume(&mut f, &t, Some(&running), cfg(), log, rec).unwrap();
+        for c in img[rec.progress as usize..].chunks(4096) {
+            u.write(&mut f, c).unwrap();
+        }
+        let e = u.finish(&mut f).unwrap_err();
+        assert!(matches!(e, Error::Image(_)), "{e:?}");
+        assert_eq!(
+            log.read(&mut f).unwrap(),
+            None,
+            "bad resume is not resumed again"
+        );
+        assert!(
+            f.data[0xD000..0x110000] == before[..],
+            "otadata or ota_0 changed"
+        );
+        // A broken header in the slot: resume refuses at once.
+        let (mut u, log) = journaled(&mut f, &t, &img, "http://h/new.bin");
+        for c in img[IMAGE_PREFIX_LEN..16_384].chunks(4096) {
+            u.write(&mut f, c).unwrap();
+        }
+        // Abandoned here (a restart).
+        f.data[OTA_1 as usize] = 0;
+        let rec = log.read(&mut f).unwrap().unwrap();
+        assert!(AppUpdate::resume(&mut f, &t, Some(&running), cfg(), log, rec).is_err());
+    }
+
+    #[test]
+    fn resume_log_in_the_slot_tail_limits_the_image() {
+        let (_, t) = device();
+        let running = *t.ota(0).unwrap();
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), Some(0x100000)).unwrap();
+        let log = ResumeLog::locate(&t, u.slot()).unwrap();
+        let etag = crate::resume::Validator::new(crate::resume::ValidatorKind::ETag, "\"x\"");
+        let h = ResumeHeader::new(u.slot(), "http://h/a", etag.unwrap(), 0x100000);
+        let e = u.enable_resume(log, h, Some(0x100000)).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Update(UpdateError::Resume(ResumeError::NoRoom { .. }))
+        ));
+        assert!(u.enable_resume(log, h, None).is_err());
+        assert!(u.enable_resume(log, h, Some(0xFF000)).is_ok());
+    }
+
+    #[test]
+    fn resume_record_for_the_other_slot_is_refused() {
+        let (mut f, t) = device();
+        let img = app_image(Chip::Esp32, "new", "v2.0.0", 30_000);
+        let (mut u, log) = journaled(&mut f, &t, &img, "http://h/new.bin");
+        u.write(&mut f, &img[IMAGE_PREFIX_LEN..8192]).unwrap();
+        // Abandoned here (a restart).
+        let rec = log.read(&mut f).unwrap().unwrap();
+        // Running ota_1 now: the target is ota_0, the record is for ota_1.
+        let running = *t.ota(1).unwrap();
+        let e = AppUpdate::resume(&mut f, &t, Some(&running), cfg(), log, rec)
+            .err()
+            .unwrap();
+        assert!(matches!(
+            e,
+            Error::Update(UpdateError::Resume(ResumeError::OtherSlot { .. }))
+        ));
     }
 
     #[test]
