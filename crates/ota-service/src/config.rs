@@ -11,7 +11,12 @@ use ota_core::version::VersionPolicy;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::source::Scheme;
+use crate::source::{RetryPolicy, Scheme};
+
+/// Largest `retries` accepted: downloads stay bounded.
+pub const MAX_RETRIES: u32 = 100;
+/// Largest `retry_backoff_ms` accepted (the wait doubles from there, up to `source::MAX_BACKOFF`).
+pub const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
 
 /// Default `DATA_PARTITION_LABEL` of the example's Kconfig (adf-ota-service.md §9.1).
 pub const EXAMPLE_DATA_PARTITION_LABEL: &str = "flash_tone";
@@ -55,6 +60,10 @@ pub struct UpgradeSpec {
     pub break_after_fail: bool,
     /// A pinned CA in PEM (ADF `cert_pem`), resolved against the config file's folder.
     pub cert: Option<PathBuf>,
+    /// App items: how often a failed download is tried again (`retries`, `retry_backoff_ms`).
+    pub retry: RetryPolicy,
+    /// App items: keep a resume record in flash for HTTP(S) downloads (`resume`).
+    pub resume: bool,
 }
 
 /// The parsed configuration.
@@ -126,6 +135,9 @@ struct RawConfig {
     data_upgrade_uri: Option<Spanned<String>>,
     data_partition_label: Option<Spanned<String>>,
     force_check_firmware_version: Option<bool>,
+    retries: Option<Spanned<u32>>,
+    retry_backoff_ms: Option<Spanned<u64>>,
+    resume: Option<Spanned<bool>>,
     #[serde(default)]
     upgrade: Vec<Spanned<RawUpgrade>>,
 }
@@ -142,6 +154,9 @@ struct RawUpgrade {
     reboot: Option<bool>,
     break_after_fail: Option<bool>,
     cert: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+    retry_backoff_ms: Option<Spanned<u64>>,
+    resume: Option<Spanned<bool>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -186,6 +201,15 @@ impl Config {
         let loc = Locator { file, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| loc.at(e.span(), e.message()))?;
         let mut upgrade = Vec::new();
+        let defaults = Retrying {
+            retry: retry_policy(
+                &loc,
+                RetryPolicy::default(),
+                raw.retries.as_ref(),
+                raw.retry_backoff_ms.as_ref(),
+            )?,
+            resume: raw.resume.as_ref().is_none_or(|r| *r.get_ref()),
+        };
 
         // The example's list (adf-ota-service.md §9.3): data item first, then the app item.
         if let Some(uri) = &raw.data_upgrade_uri {
@@ -203,6 +227,8 @@ impl Config {
                 reboot: false,
                 break_after_fail: false,
                 cert: None,
+                retry: defaults.retry,
+                resume: defaults.resume,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -225,11 +251,13 @@ impl Config {
                 reboot: true,
                 break_after_fail: false,
                 cert: None,
+                retry: defaults.retry,
+                resume: defaults.resume,
             });
         }
 
         for item in &raw.upgrade {
-            upgrade.push(explicit_item(&loc, item, base_dir)?);
+            upgrade.push(explicit_item(&loc, item, base_dir, &defaults)?);
         }
 
         if upgrade.is_empty() {
@@ -275,13 +303,73 @@ fn nonempty(loc: &Locator<'_>, v: &Spanned<String>, key: &str) -> Result<String,
     Ok(v.get_ref().clone())
 }
 
+/// The top-level `retries` / `retry_backoff_ms` / `resume`: defaults for every app item.
+struct Retrying {
+    retry: RetryPolicy,
+    resume: bool,
+}
+
+fn retry_policy(
+    loc: &Locator<'_>,
+    base: RetryPolicy,
+    retries: Option<&Spanned<u32>>,
+    backoff_ms: Option<&Spanned<u64>>,
+) -> Result<RetryPolicy, ConfigError> {
+    let mut p = base;
+    if let Some(r) = retries {
+        if *r.get_ref() > MAX_RETRIES {
+            return Err(loc.at(
+                Some(r.span()),
+                format!("retries must be at most {MAX_RETRIES}"),
+            ));
+        }
+        p.retries = *r.get_ref();
+    }
+    if let Some(b) = backoff_ms {
+        if *b.get_ref() > MAX_RETRY_BACKOFF_MS {
+            return Err(loc.at(
+                Some(b.span()),
+                format!("retry_backoff_ms must be at most {MAX_RETRY_BACKOFF_MS}"),
+            ));
+        }
+        p.backoff = std::time::Duration::from_millis(*b.get_ref());
+    }
+    Ok(p)
+}
+
 fn explicit_item(
     loc: &Locator<'_>,
     item: &Spanned<RawUpgrade>,
     base_dir: &Path,
+    defaults: &Retrying,
 ) -> Result<UpgradeSpec, ConfigError> {
     let raw = item.get_ref();
     check_uri(loc, &raw.uri)?;
+    if raw.kind == ItemKind::Data {
+        let app_only = [
+            raw.retries.as_ref().map(|v| ("retries", v.span())),
+            raw.retry_backoff_ms
+                .as_ref()
+                .map(|v| ("retry_backoff_ms", v.span())),
+            raw.resume.as_ref().map(|v| ("resume", v.span())),
+        ];
+        if let Some((key, span)) = app_only.into_iter().flatten().next() {
+            return Err(loc.at(
+                Some(span),
+                format!("`{key}` is for app items (resumable downloads)"),
+            ));
+        }
+    }
+    let retry = retry_policy(
+        loc,
+        defaults.retry,
+        raw.retries.as_ref(),
+        raw.retry_backoff_ms.as_ref(),
+    )?;
+    let resume = raw
+        .resume
+        .as_ref()
+        .map_or(defaults.resume, |r| *r.get_ref());
     let (label, format) = match raw.kind {
         ItemKind::App => {
             if let Some(l) = &raw.label {
@@ -348,6 +436,8 @@ fn explicit_item(
         reboot: raw.reboot.unwrap_or(raw.kind == ItemKind::App),
         break_after_fail: raw.break_after_fail.unwrap_or(false),
         cert,
+        retry,
+        resume,
     })
 }
 
@@ -366,6 +456,8 @@ pub fn example(host_port: &str) -> Config {
                 reboot: false,
                 break_after_fail: false,
                 cert: None,
+                retry: RetryPolicy::default(),
+                resume: true,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -376,6 +468,8 @@ pub fn example(host_port: &str) -> Config {
                 reboot: true,
                 break_after_fail: false,
                 cert: None,
+                retry: RetryPolicy::default(),
+                resume: true,
             },
         ],
     }

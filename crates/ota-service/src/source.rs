@@ -10,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use ota_core::resume::ValidatorKind;
+
 /// ADF's numeric failure reasons that a source error can turn into
 /// (`ota_service_err_reason_t`, adf-ota-service.md §2.3; base `0x90000`, §2.1).
 pub mod reason {
@@ -379,8 +381,30 @@ pub struct RangeOpen {
     /// The bytes from `start` on (when `honoured`) or from 0.
     pub source: Box<dyn Source>,
     /// `true` when the source starts at the requested offset (HTTP 206, or a file), `false`
-    /// when the server ignored the `Range` header and sent the whole body (HTTP 200).
+    /// when the server ignored the `Range` header and sent the whole body (HTTP 200), or the
+    /// `If-Range` validator no longer matched (the file changed).
     pub honoured: bool,
+    /// The `ETag` header of the response, if any.
+    pub etag: Option<String>,
+    /// The `Last-Modified` header of the response, if any.
+    pub last_modified: Option<String>,
+    /// The length of the whole file: the total of `Content-Range` on a 206, `Content-Length`
+    /// on a 200, the size of a file. `None` when the server did not say.
+    pub total_length: Option<u64>,
+}
+
+impl RangeOpen {
+    /// The validator to send back in `If-Range`: a strong `ETag` (a weak `W/` one may not be
+    /// used there, RFC 9110 §13.1.5), else `Last-Modified`.
+    pub fn validator(&self) -> Option<(ValidatorKind, &str)> {
+        match (&self.etag, &self.last_modified) {
+            (Some(e), _) if !e.starts_with("W/") && !e.is_empty() => {
+                Some((ValidatorKind::ETag, e.as_str()))
+            }
+            (_, Some(lm)) if !lm.is_empty() => Some((ValidatorKind::LastModified, lm.as_str())),
+            _ => None,
+        }
+    }
 }
 
 /// Like [`open`], but asks for the bytes from `start` on (`Range: bytes=start-`, as esp_https_ota
@@ -392,12 +416,80 @@ pub fn open_range(
     sd: Option<&dyn SdCardFs>,
     opts: &SourceOptions,
 ) -> Result<RangeOpen, SourceError> {
+    open_range_if(uri, start, None, sd, opts)
+}
+
+/// [`open_range`] with `If-Range: <if_range>` (an ETag or a Last-Modified date seen before):
+/// a server whose file no longer matches answers 200 with the whole new file, which comes back
+/// with `honoured == false`. Files ignore `if_range` (the SD card has no validators).
+pub fn open_range_if(
+    uri: &str,
+    start: u64,
+    if_range: Option<&str>,
+    sd: Option<&dyn SdCardFs>,
+    opts: &SourceOptions,
+) -> Result<RangeOpen, SourceError> {
     match Scheme::of(uri) {
         Some(Scheme::File) => open_file(uri, start, sd, opts),
-        Some(Scheme::Http) | Some(Scheme::Https) => open_http(uri, start, opts),
+        Some(Scheme::Http) | Some(Scheme::Https) => open_http(uri, start, if_range, opts),
         None => Err(SourceError::UnsupportedScheme {
             uri: uri.to_string(),
         }),
+    }
+}
+
+/// How often a download is tried again after a network failure, and how long to wait: the
+/// config keys `retries` and `retry_backoff_ms` (README, "Resumable downloads").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts after the first one failed (0: fail at the first error).
+    pub retries: u32,
+    /// Wait before the first retry; it doubles for each further one, up to [`MAX_BACKOFF`].
+    pub backoff: Duration,
+}
+
+/// Default `retries`.
+pub const DEFAULT_RETRIES: u32 = 3;
+/// Default `retry_backoff_ms`.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts, however many retries are allowed.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: DEFAULT_RETRIES,
+            backoff: DEFAULT_RETRY_BACKOFF,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `n` (1-based): `backoff * 2^(n-1)`, at most [`MAX_BACKOFF`].
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.backoff
+            .checked_mul(factor)
+            .unwrap_or(MAX_BACKOFF)
+            .min(MAX_BACKOFF)
+    }
+}
+
+impl SourceError {
+    /// Whether trying again may help: the connection failed, timed out or broke off, or the
+    /// server answered 408, 429 or 5xx. A bad URI, a missing file, TLS and other 4xx answers
+    /// are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::ConnectionRefused { .. }
+            | SourceError::Timeout { .. }
+            | SourceError::ShortBody { .. }
+            | SourceError::Io { .. } => true,
+            SourceError::HttpStatus { status, .. } => {
+                matches!(status, 408 | 429) || (500..600).contains(status)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -441,6 +533,9 @@ fn open_file(
             timeout: opts.timeout,
         }),
         honoured: true,
+        etag: None,
+        last_modified: None,
+        total_length: Some(length),
     })
 }
 
@@ -485,7 +580,12 @@ fn tls_config(pem: Option<&[u8]>, uri: &str) -> Result<rustls::ClientConfig, Sou
         .with_no_client_auth())
 }
 
-fn open_http(uri: &str, start: u64, opts: &SourceOptions) -> Result<RangeOpen, SourceError> {
+fn open_http(
+    uri: &str,
+    start: u64,
+    if_range: Option<&str>,
+    opts: &SourceOptions,
+) -> Result<RangeOpen, SourceError> {
     // ureq gives up when `history + 1 >= redirects`, i.e. it follows `redirects - 1`; ask for
     // one more so that exactly `max_redirects` are followed. 0 keeps ureq's "return the 3xx".
     let ureq_redirects = match opts.max_redirects {
@@ -506,6 +606,9 @@ fn open_http(uri: &str, start: u64, opts: &SourceOptions) -> Result<RangeOpen, S
     let mut request = agent.get(uri);
     if start > 0 {
         request = request.set("Range", &format!("bytes={start}-"));
+        if let Some(v) = if_range {
+            request = request.set("If-Range", v);
+        }
     }
     let response = request.call().map_err(|e| map_ureq(e, uri, opts))?;
     let status = response.status();
@@ -544,6 +647,23 @@ fn open_http(uri: &str, start: u64, opts: &SourceOptions) -> Result<RangeOpen, S
     let content_length = response
         .header("Content-Length")
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let total_length = if honoured {
+        response
+            .header("Content-Range")
+            .and_then(content_range_total)
+    } else if status == 200 {
+        content_length
+    } else {
+        None
+    };
+    let header = |name: &str| {
+        response
+            .header(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let etag = header("ETag");
+    let last_modified = header("Last-Modified");
     Ok(RangeOpen {
         source: Box::new(StreamSource {
             uri: uri.to_string(),
@@ -553,6 +673,9 @@ fn open_http(uri: &str, start: u64, opts: &SourceOptions) -> Result<RangeOpen, S
             timeout: opts.timeout,
         }),
         honoured: honoured || start == 0,
+        etag,
+        last_modified,
+        total_length,
     })
 }
 
@@ -561,6 +684,12 @@ fn content_range_start(value: &str) -> Option<u64> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
     let (first, _) = rest.split_once('-')?;
     first.trim().parse().ok()
+}
+
+/// The total of a `Content-Range: bytes a-b/total` header (`None` for `*`).
+fn content_range_total(value: &str) -> Option<u64> {
+    let (_, total) = value.trim().rsplit_once('/')?;
+    total.trim().parse().ok()
 }
 
 /// Turns a ureq error into a [`SourceError`] naming `uri`.
@@ -717,6 +846,45 @@ mod tests {
         assert_eq!(content_range_start(" bytes  7-8/*"), Some(7));
         assert_eq!(content_range_start("bytes */1000"), None);
         assert_eq!(content_range_start(""), None);
+    }
+
+    #[test]
+    fn content_range_total_parses_the_length() {
+        assert_eq!(content_range_total("bytes 100-999/1000"), Some(1000));
+        assert_eq!(content_range_total("bytes 100-999/*"), None);
+        assert_eq!(content_range_total("bytes 100-999"), None);
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            retries: 40,
+            backoff: Duration::from_millis(100),
+        };
+        assert_eq!(p.delay(1), Duration::from_millis(100));
+        assert_eq!(p.delay(2), Duration::from_millis(200));
+        assert_eq!(p.delay(4), Duration::from_millis(800));
+        assert_eq!(p.delay(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn only_network_failures_are_transient() {
+        let status = |s| SourceError::HttpStatus {
+            uri: "u".into(),
+            status: s,
+            reason: String::new(),
+        };
+        assert!(status(503).is_transient());
+        assert!(status(429).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!status(416).is_transient());
+        assert!(!SourceError::UnsupportedScheme { uri: "u".into() }.is_transient());
+        assert!(SourceError::ShortBody {
+            uri: "u".into(),
+            expected: 2,
+            got: 1
+        }
+        .is_transient());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ota_core::version::VersionPolicy;
 use ota_service::config::{example, Config, ConfigError, DataFormat, ItemKind, UpgradeSpec};
+use ota_service::source::RetryPolicy;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_str_named(text, "ota.toml", Path::new("/nonexistent-base"))
@@ -94,6 +95,8 @@ cert = "ca.pem"
                 reboot: false,
                 break_after_fail: true,
                 cert: None,
+                retry: RetryPolicy::default(),
+                resume: true,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -104,6 +107,8 @@ cert = "ca.pem"
                 reboot: false,
                 break_after_fail: false,
                 cert: Some(dir.path().join("ca.pem")),
+                retry: RetryPolicy::default(),
+                resume: true,
             },
         ]
     );
@@ -303,4 +308,47 @@ fn example_uses_given_host_port() {
     );
     assert_eq!(c.upgrade[0].uri, "file://sdcard/flash_tone.bin");
     let _: Vec<PathBuf> = c.upgrade.iter().filter_map(|u| u.cert.clone()).collect();
+}
+
+#[test]
+fn retries_and_resume_keys_set_app_items_with_top_level_defaults() {
+    let c = parse(
+        r#"
+firmware_upgrade_uri = "http://h/a.bin"
+retries = 5
+retry_backoff_ms = 40
+
+[[upgrade]]
+type = "app"
+uri = "http://h/b.bin"
+retries = 0
+resume = false
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.upgrade[0].retry.retries, 5);
+    assert_eq!(
+        c.upgrade[0].retry.backoff,
+        std::time::Duration::from_millis(40)
+    );
+    assert!(c.upgrade[0].resume);
+    assert_eq!(c.upgrade[1].retry.retries, 0);
+    assert_eq!(
+        c.upgrade[1].retry.backoff,
+        std::time::Duration::from_millis(40)
+    );
+    assert!(!c.upgrade[1].resume);
+}
+
+#[test]
+fn retries_are_bounded_and_only_for_app_items() {
+    let e = err("firmware_upgrade_uri = \"http://h/a.bin\"\nretries = 1000\n");
+    assert_eq!(e.line(), Some(2), "{e}");
+    assert!(e.message.contains("retries must be at most 100"), "{e}");
+    let e = err("firmware_upgrade_uri = \"http://h/a.bin\"\nretry_backoff_ms = 600000\n");
+    assert!(e.message.contains("at most 60000"), "{e}");
+    let e =
+        err("[[upgrade]]\ntype = \"data\"\nlabel = \"x\"\nuri = \"http://h/a.bin\"\nretries = 2\n");
+    assert_eq!(e.line(), Some(5), "{e}");
+    assert!(e.message.contains("`retries` is for app items"), "{e}");
 }

@@ -3,7 +3,7 @@
 mod app;
 mod data;
 
-pub use app::AppItem;
+pub use app::{AppItem, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
 
 use std::time::Instant;
@@ -135,6 +135,8 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
+                item.retry = spec.retry;
+                item.resume = spec.resume;
                 items.push(Box::new(item));
             }
             ItemKind::Data => {
