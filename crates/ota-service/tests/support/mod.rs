@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use embedded_storage::nor_flash::NorFlash;
+
 use ota_core::boot::{self, BootConfig, BootOutcome};
 use ota_core::image::{build_image, ImageSpec};
 use ota_core::partition::{CsvOptions, PartitionTable, TABLE_MAX_LEN, TABLE_OFFSET};
@@ -122,7 +124,24 @@ pub fn run_items(
     items: Vec<Box<dyn UpgradeItem<EmuFlash>>>,
     timeout: Duration,
 ) -> (RunReport, RunLog) {
-    let (booted, _) = boot(dev);
+    run_on(&mut dev.flash, &dev.table, items, timeout)
+}
+
+/// [`run_items`] over any flash (a recording wrapper, for instance).
+pub fn run_on<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    items: Vec<Box<dyn UpgradeItem<F>>>,
+    timeout: Duration,
+) -> (RunReport, RunLog) {
+    let booted = boot::boot(
+        flash,
+        table,
+        Chip::Esp32,
+        &BootConfig::default(),
+        &mut |_| {},
+    )
+    .expect("the device boots before the run");
     let mut items = items;
     let mut log = RunLog::default();
     let report = {
@@ -132,8 +151,8 @@ pub fn run_items(
             _ => {}
         };
         let mut device = Device {
-            flash: &mut dev.flash,
-            table: &dev.table,
+            flash,
+            table,
             chip: Chip::Esp32,
             running: Some(booted.partition),
             rollback: false,
