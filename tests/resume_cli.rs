@@ -1,0 +1,138 @@
+//! Resumable downloads end to end through the CLI: `ota device run` against the flaky loopback
+//! server is killed in the middle of the download (as a power loss would stop it); the rerun
+//! resumes with a Range request from the checkpoint kept in flash.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ota_core::resume::ResumeLog;
+use ota_emu::{Device, EmuFlash};
+use ota_testsrv::{Faults, FlakyServer, Stall};
+
+/// Write chunk of the app item (4 KiB): the checkpoint granularity.
+const CHUNK: u64 = 4096;
+
+/// The resume record's progress in the flash file (0 when there is none).
+fn checkpoint(flash: &Path) -> u64 {
+    let Ok(f) = EmuFlash::open(flash) else {
+        return 0;
+    };
+    let mut dev = Device::open(f).expect("device");
+    let table = dev.table().clone();
+    let slot = *table.ota(1).expect("ota_1");
+    let log = ResumeLog::locate(&table, &slot).expect("log place");
+    match log.read(dev.flash_mut()) {
+        Ok(Some(r)) => r.progress as u64,
+        _ => 0,
+    }
+}
+
+#[test]
+fn device_run_killed_mid_download_resumes_on_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let ps = |n: &str| p(n).to_str().unwrap().to_string();
+    for (v, out, size) in [("v1.0.0", "old.bin", "100K"), ("v2.0.0", "new.bin", "400K")] {
+        ok(&[
+            "image",
+            "make",
+            "--chip",
+            "esp32",
+            "--project",
+            "app",
+            "--version",
+            v,
+            "--size",
+            size,
+            "-o",
+            &ps(out),
+        ]);
+    }
+    ok(&[
+        "device",
+        "create",
+        "--flash",
+        &ps("flash.bin"),
+        "--app",
+        &ps("old.bin"),
+    ]);
+    let new = std::fs::read(p("new.bin")).unwrap();
+    // The server stalls at 200 KB (for longer than the test lasts, bounded by its lifetime).
+    let stall_at = 200_000u64;
+    let s = FlakyServer::start(
+        new.clone(),
+        Faults {
+            stall: Some(Stall {
+                at: stall_at,
+                duration: Duration::from_secs(60),
+            }),
+            lifetime: Duration::from_secs(120),
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    std::fs::write(
+        p("ota.toml"),
+        format!("firmware_upgrade_uri = \"{}\"\n", s.url("new.bin")),
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+        .args([
+            "device",
+            "run",
+            "--flash",
+            &ps("flash.bin"),
+            "--config",
+            &ps("ota.toml"),
+        ])
+        .args(["--timeout-ms", "30000"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until everything before the stall is written and checkpointed, then kill.
+    let want = stall_at / CHUNK * CHUNK;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint(&p("flash.bin")) < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let cp = checkpoint(&p("flash.bin"));
+    assert_eq!(cp, want, "checkpoint before the kill");
+    let boot = ok(&["device", "boot", "--flash", &ps("flash.bin")]);
+    assert!(boot.contains("App version:      v1.0.0"), "{boot}");
+
+    let log = ok(&[
+        "device",
+        "run",
+        "--flash",
+        &ps("flash.bin"),
+        "--config",
+        &ps("ota.toml"),
+    ]);
+    assert!(
+        log.contains(&format!("Resuming download at byte {cp}")),
+        "{log}"
+    );
+    let reqs = s.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].range_start, Some(cp));
+    assert_eq!(reqs[1].status, 206);
+    assert_eq!(
+        reqs[1].if_range.as_deref(),
+        Some(format!("\"v1-{}\"", new.len()).as_str())
+    );
+    let again = stall_at - cp;
+    println!("killed at byte {stall_at}: resumed from {cp}, {again} bytes downloaded again");
+    assert!(again <= CHUNK);
+    assert!(log.contains("App version:      v2.0.0"), "{log}");
+    let boot = ok(&["device", "boot", "--flash", &ps("flash.bin")]);
+    assert!(boot.contains("App version:      v2.0.0"), "{boot}");
+}
