@@ -199,7 +199,8 @@ impl Config {
     /// Parses `text`, naming it `file` in error messages.
     pub fn from_str_named(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let loc = Locator { file, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| loc.at(e.span(), e.message()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| loc.at(e.span(), toml_message(&e, text)))?;
         let mut upgrade = Vec::new();
         let defaults = Retrying {
             retry: retry_policy(
@@ -280,6 +281,25 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Config::from_str_named(&text, &name, base)
+    }
+}
+
+/// The TOML parser's message; toml 0.8 leaves it empty for some errors (a control character
+/// in a comment, found by the `config` fuzz target), so name the character at the error's place.
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    if !e.message().trim().is_empty() {
+        return e.message().to_string();
+    }
+    let ch = e
+        .span()
+        .and_then(|s| text.get(s.start..))
+        .and_then(|rest| rest.chars().next());
+    match ch {
+        Some(c) => format!(
+            "invalid TOML: character {:?} (U+{:04X}) is not allowed here",
+            c, c as u32
+        ),
+        None => "invalid TOML".to_string(),
     }
 }
 

@@ -352,3 +352,11 @@ fn retries_are_bounded_and_only_for_app_items() {
     assert_eq!(e.line(), Some(5), "{e}");
     assert!(e.message.contains("`retries` is for app items"), "{e}");
 }
+
+#[test]
+fn control_character_in_a_comment_is_named() {
+    // Found by the `config` fuzz target: toml gives an empty message for this.
+    let e = err("#\u{1}\0\0\u{1}rrtrt");
+    assert_eq!(e.position, Some((1, 2)), "{e}");
+    assert!(e.message.contains("U+0001"), "{e}");
+}
