@@ -92,14 +92,16 @@ pub fn parse_addr(s: &str) -> Result<u32> {
     };
     match v {
         Ok(v) if v <= u64::from(u32::MAX) => Ok(v as u32),
-        _ => bail!(
-            "'{}' is not a flash address (examples: 0x10000, 65536)",
-            s
-        ),
+        _ => bail!("'{}' is not a flash address (examples: 0x10000, 65536)", s),
     }
 }
 
-fn merge(output: &PathBuf, fill: Option<&str>, pairs: &[String], as_json: bool) -> Result<ExitCode> {
+fn merge(
+    output: &PathBuf,
+    fill: Option<&str>,
+    pairs: &[String],
+    as_json: bool,
+) -> Result<ExitCode> {
     if pairs.len() % 2 != 0 {
         bail!(
             "give pairs of ADDRESS FILE; '{}' has no address or no file",
@@ -159,7 +161,9 @@ fn merge(output: &PathBuf, fill: Option<&str>, pairs: &[String], as_json: bool) 
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"output": output.display().to_string(), "size": size, "files": files}))?
+            serde_json::to_string_pretty(
+                &json!({"output": output.display().to_string(), "size": size, "files": files})
+            )?
         );
     } else {
         for (a, p, _, l) in &inputs {

@@ -90,19 +90,24 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             spec.flash_mode = image::flash_mode_from_name(&flash_mode).ok_or_else(|| {
                 anyhow!("unknown flash mode '{}' (qio, qout, dio, dout)", flash_mode)
             })?;
-            spec.flash_size_code = image::flash_size_code_from_name(&flash_size).ok_or_else(|| {
-                anyhow!("unknown flash size '{}' (1MB, 2MB, 4MB, ... 128MB)", flash_size)
-            })?;
-            if let Some(f) = flash_freq {
-                spec.flash_freq_code = image::flash_freq_code_from_name(chip, &f).ok_or_else(|| {
-                    let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
+            spec.flash_size_code =
+                image::flash_size_code_from_name(&flash_size).ok_or_else(|| {
                     anyhow!(
-                        "flash frequency '{}' is not one {} knows ({})",
-                        f,
-                        chip.display_name(),
-                        names.join(", ")
+                        "unknown flash size '{}' (1MB, 2MB, 4MB, ... 128MB)",
+                        flash_size
                     )
                 })?;
+            if let Some(f) = flash_freq {
+                spec.flash_freq_code =
+                    image::flash_freq_code_from_name(chip, &f).ok_or_else(|| {
+                        let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
+                        anyhow!(
+                            "flash frequency '{}' is not one {} knows ({})",
+                            f,
+                            chip.display_name(),
+                            names.join(", ")
+                        )
+                    })?;
             }
             spec.min_chip_rev_full = min_rev_full;
             spec.max_chip_rev_full = max_rev_full;
@@ -158,7 +163,12 @@ pub fn summary_json(s: &ImageSummary) -> Value {
         .iter()
         .map(|g| {
             let types: Vec<&str> = chip
-                .map(|c| c.memory_types(g.load_addr).iter().map(|t| t.name()).collect())
+                .map(|c| {
+                    c.memory_types(g.load_addr)
+                        .iter()
+                        .map(|t| t.name())
+                        .collect()
+                })
                 .unwrap_or_default();
             json!({"load_addr": g.load_addr, "length": g.data_len, "file_offset": g.file_offset,
                    "memory_types": types})
@@ -234,11 +244,17 @@ fn print_info(s: &ImageSummary, size: usize) {
     println!("Segments: {}", s.segment_count);
     match h.flash_size_name() {
         Some(n) => println!("Flash size: {}", n),
-        None => eprintln!("Warning: Invalid flash size ({:#02x})", h.spi_speed_size & 0xF0),
+        None => eprintln!(
+            "Warning: Invalid flash size ({:#02x})",
+            h.spi_speed_size & 0xF0
+        ),
     }
     match s.chip.and_then(|c| h.flash_freq_name(c)) {
         Some(n) => println!("Flash freq: {}", n),
-        None => eprintln!("Warning: Invalid flash frequency ({:#02x})", h.flash_freq_code()),
+        None => eprintln!(
+            "Warning: Invalid flash frequency ({:#02x})",
+            h.flash_freq_code()
+        ),
     }
     match h.flash_mode_name() {
         Some(n) => println!("Flash mode: {}", n),

@@ -60,10 +60,12 @@ pub enum OtadataCmd {
 /// The table and the otadata partition of a flash image.
 fn open(ff: &mut FlashFile, table: &TableOffsetArg) -> Result<(PartitionTable, Partition)> {
     let t = read_table(ff, table.get()?)?;
-    let part = *t
-        .table
-        .otadata()
-        .ok_or_else(|| anyhow!("the partition table at 0x{:x} has no otadata (data/ota) partition", t.offset))?;
+    let part = *t.table.otadata().ok_or_else(|| {
+        anyhow!(
+            "the partition table at 0x{:x} has no otadata (data/ota) partition",
+            t.offset
+        )
+    })?;
     OtaData::check_partition(&part).map_err(|e| anyhow!("{}", e))?;
     ff.check_range(part.offset, u64::from(part.size), "the otadata partition")?;
     Ok((t.table, part))
@@ -101,7 +103,13 @@ fn slot_label(table: &PartitionTable, slot: Option<u8>) -> Option<String> {
         .map(|p| p.label.as_str().to_string())
 }
 
-fn entry_json(i: usize, e: &OtaSelectEntry, part: &Partition, table: &PartitionTable, count: u8) -> Value {
+fn entry_json(
+    i: usize,
+    e: &OtaSelectEntry,
+    part: &Partition,
+    table: &PartitionTable,
+    count: u8,
+) -> Value {
     let erased = e.to_bytes().iter().all(|&b| b == 0xFF);
     json!({
         "sector": i,
@@ -136,9 +144,15 @@ fn read(flash: crate::FlashArg, table: TableOffsetArg, as_json: bool) -> Result<
     let bootloader = ff.bootloader();
     let boots = bootloader.map(|b| {
         let mut copy = ff.flash_mut().clone_in_memory();
-        boot::boot(&mut copy, &table, b.chip, &BootConfig::default(), &mut |_| {})
-            .map(|o| o.partition.label.as_str().to_string())
-            .map_err(|e| e.to_string())
+        boot::boot(
+            &mut copy,
+            &table,
+            b.chip,
+            &BootConfig::default(),
+            &mut |_| {},
+        )
+        .map(|o| o.partition.label.as_str().to_string())
+        .map_err(|e| e.to_string())
     });
     if as_json {
         let entries: Vec<Value> = od
@@ -222,7 +236,10 @@ fn parse_slot(table: &PartitionTable, s: &str) -> Result<Option<u8>> {
             None if p.is_app() && p.subtype == ota_core::partition::SUBTYPE_APP_FACTORY => Ok(None),
             None => bail!("partition '{}' is not an OTA app slot", s),
         },
-        None => bail!("'{}' is neither a slot number, ota_N, factory, nor a partition label", s),
+        None => bail!(
+            "'{}' is neither a slot number, ota_N, factory, nor a partition label",
+            s
+        ),
     }
 }
 
@@ -254,7 +271,11 @@ fn switch(
     if !no_verify {
         // esp_ota_set_boot_partition verifies the image first (ESP_ERR_OTA_VALIDATE_FAILED).
         let chip = ff.bootloader().map(|b| b.chip);
-        ff.check_range(target_part.offset, u64::from(target_part.size), "the target partition")?;
+        ff.check_range(
+            target_part.offset,
+            u64::from(target_part.size),
+            "the target partition",
+        )?;
         image::verify_flash(ff.flash_mut(), target_part.region(), chip).map_err(|e| {
             anyhow!(
                 "the image in '{}' at 0x{:x} does not verify: {} (otadata unchanged; \
@@ -281,10 +302,14 @@ fn switch(
     ff.save()?;
     if as_json {
         let v = match result {
-            Some((idx, e)) => json!({"boot_partition": target_part.label.as_str(), "offset": target_part.offset,
-                                     "sector": idx, "seq": e.seq, "state": e.state().name()}),
-            None => json!({"boot_partition": target_part.label.as_str(), "offset": target_part.offset,
-                           "sector": null, "seq": null, "state": null}),
+            Some((idx, e)) => {
+                json!({"boot_partition": target_part.label.as_str(), "offset": target_part.offset,
+                                     "sector": idx, "seq": e.seq, "state": e.state().name()})
+            }
+            None => {
+                json!({"boot_partition": target_part.label.as_str(), "offset": target_part.offset,
+                           "sector": null, "seq": null, "state": null})
+            }
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

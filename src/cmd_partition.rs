@@ -110,7 +110,8 @@ pub fn run(cmd: PartitionCmd) -> Result<ExitCode> {
             file,
             table,
         } => {
-            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let mut ff = FlashFile::open(&flash.flash)?;
             let t = read_table(&mut ff, table.get()?)?;
             let p = writable(&t, &label, &ff)?;

@@ -22,8 +22,8 @@ pub struct FlashFile {
 impl FlashFile {
     /// Load `path`. An empty file, or one larger than 4 GiB, is refused.
     pub fn open(path: &Path) -> Result<FlashFile> {
-        let mut image =
-            std::fs::read(path).with_context(|| format!("reading flash image {}", path.display()))?;
+        let mut image = std::fs::read(path)
+            .with_context(|| format!("reading flash image {}", path.display()))?;
         let file_len = image.len() as u64;
         if file_len == 0 {
             bail!("flash image {} is empty", path.display());
@@ -35,7 +35,10 @@ impl FlashFile {
                 file_len
             );
         }
-        image.resize(image.len().div_ceil(SECTOR_SIZE as usize) * SECTOR_SIZE as usize, ERASED);
+        image.resize(
+            image.len().div_ceil(SECTOR_SIZE as usize) * SECTOR_SIZE as usize,
+            ERASED,
+        );
         let flash = EmuFlash::from_image(image)
             .map_err(|e| anyhow!("flash image {}: {}", path.display(), e))?;
         Ok(FlashFile {
@@ -106,7 +109,11 @@ impl FlashFile {
             .rposition(|&n| n > 0)
             .map_or(0, |s| (s as u64 + 1) * u64::from(SECTOR_SIZE));
         let len = self.file_len.max(touched) as usize;
-        let data = self.flash.contents().get(..len).unwrap_or(self.flash.contents());
+        let data = self
+            .flash
+            .contents()
+            .get(..len)
+            .unwrap_or(self.flash.contents());
         let dir = self
             .path
             .parent()

@@ -15,9 +15,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 const FLASH_MODES: [&str; 4] = ["qio", "qout", "dio", "dout"];
-const FLASH_SIZES: [&str; 8] = [
-    "1MB", "2MB", "4MB", "8MB", "16MB", "32MB", "64MB", "128MB",
-];
+const FLASH_SIZES: [&str; 8] = ["1MB", "2MB", "4MB", "8MB", "16MB", "32MB", "64MB", "128MB"];
 
 /// Printable text without the characters a shell-free argv or rich markup would change.
 fn text(rng: &mut impl Rng, max: usize) -> String {
@@ -43,7 +41,8 @@ fn ota_report(file: &Path) -> Option<String> {
 
 fn assert_same_report(file: &Path, esptool: &Value, case: &str) {
     assert_eq!(
-        esptool["ok"], true,
+        esptool["ok"],
+        true,
         "{}: esptool image-info refuses {}: {}",
         case,
         file.display(),
@@ -140,9 +139,11 @@ fn image_make_for_every_chip_and_flash_setting_matches_esptool_image_info() {
             args.push(sz);
         }
         ok(&args);
-        specs.push(json!({"chip": chip.name(), "mode": mode.to_uppercase(), "size": size,
+        specs.push(
+            json!({"chip": chip.name(), "mode": mode.to_uppercase(), "size": size,
                           "project": project, "version": version, "secure_version": secure_version,
-                          "hash": !no_hash}));
+                          "hash": !no_hash}),
+        );
         files.push(out);
     }
     let answer = interop::ask(
@@ -157,11 +158,21 @@ fn image_make_for_every_chip_and_flash_setting_matches_esptool_image_info() {
         assert_same_report(file, rep, &case);
         // esptool judges it valid: checksum and (when appended) hash valid.
         let theirs = rep["stdout"].as_str().unwrap();
-        assert!(theirs.contains("Checksum: ") && theirs.contains("(valid)"), "{}", case);
-        assert!(!theirs.contains("invalid"), "{}: esptool says invalid:\n{}", case, theirs);
+        assert!(
+            theirs.contains("Checksum: ") && theirs.contains("(valid)"),
+            "{}",
+            case
+        );
+        assert!(
+            !theirs.contains("invalid"),
+            "{}: esptool says invalid:\n{}",
+            case,
+            theirs
+        );
         // And --json says what was asked for.
         if i % 10 == 0 {
-            let j: Value = serde_json::from_str(&ok(&["image", "info", s(file), "--json"])).unwrap();
+            let j: Value =
+                serde_json::from_str(&ok(&["image", "info", s(file), "--json"])).unwrap();
             let sp = &specs[i];
             assert_eq!(j["chip"], sp["chip"], "{}", case);
             assert_eq!(j["flash_mode"], sp["mode"], "{}", case);
@@ -220,7 +231,12 @@ fn esptool_elf2image_outputs_are_read_by_image_info_exactly_as_esptool_reads_the
         }
         if rng.gen_bool(0.3) {
             args.push("--flash-mmu-page-size".into());
-            args.push(["8KB", "16KB", "32KB", "64KB"].choose(&mut rng).unwrap().to_string());
+            args.push(
+                ["8KB", "16KB", "32KB", "64KB"]
+                    .choose(&mut rng)
+                    .unwrap()
+                    .to_string(),
+            );
         }
         let out = dir.path().join(format!("elf{:03}.bin", i));
         cases.push(json!({"args": args, "out": s(&out)}));
@@ -237,7 +253,8 @@ fn esptool_elf2image_outputs_are_read_by_image_info_exactly_as_esptool_reads_the
         let case = format!("case {} (elf2image {})", i, cases[i]["args"]);
         assert_same_report(file, rep, &case);
         if i % 20 == 0 {
-            let j: Value = serde_json::from_str(&ok(&["image", "info", s(file), "--json"])).unwrap();
+            let j: Value =
+                serde_json::from_str(&ok(&["image", "info", s(file), "--json"])).unwrap();
             assert_eq!(j["chip"], "esp32c6", "{}", case);
             assert_eq!(j["checksum_valid"], true, "{}", case);
             assert_eq!(j["hash_valid"], true, "{}", case);

@@ -196,8 +196,13 @@ mod tests {
 
     #[test]
     fn reported_overlap_is_the_lowest_one() {
-        let e = check_pieces(&[p(0x20000, 0x3000), p(0x21000, 4), p(0x0, 0x1800), p(0x1000, 4)])
-            .unwrap_err();
+        let e = check_pieces(&[
+            p(0x20000, 0x3000),
+            p(0x21000, 4),
+            p(0x0, 0x1800),
+            p(0x1000, 4),
+        ])
+        .unwrap_err();
         assert!(matches!(
             e,
             LayoutError::Overlap {

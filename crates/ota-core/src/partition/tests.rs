@@ -1470,7 +1470,10 @@ fn verify_refuses_overlapping_binary_entries_like_gen_esp32part() {
     ]);
     let e = t.verify(&CsvOptions::default()).unwrap_err();
     assert_eq!(e.line, 3, "entry index + 1");
-    assert_eq!(e.to_string(), "Partition at 0x100000 overlaps 0x10000-0x10ffff");
+    assert_eq!(
+        e.to_string(),
+        "Partition at 0x100000 overlaps 0x10000-0x10ffff"
+    );
 }
 
 #[test]
