@@ -271,12 +271,9 @@ fn switch(
     if !no_verify {
         // esp_ota_set_boot_partition verifies the image first (ESP_ERR_OTA_VALIDATE_FAILED).
         let chip = ff.bootloader().map(|b| b.chip);
-        ff.check_range(
-            target_part.offset,
-            u64::from(target_part.size),
-            "the target partition",
-        )?;
-        image::verify_flash(ff.flash_mut(), target_part.region(), chip).map_err(|e| {
+        let what = format!("partition '{}'", target_part.label.as_str());
+        let region = ff.clip(&target_part, &what)?;
+        image::verify_flash(ff.flash_mut(), region, chip).map_err(|e| {
             anyhow!(
                 "the image in '{}' at 0x{:x} does not verify: {} (otadata unchanged; \
                  --no-verify to switch anyway)",

@@ -76,6 +76,23 @@ impl FlashFile {
         Ok(())
     }
 
+    /// The part of `p` that the (sector-padded) image holds: past the file's end the flash
+    /// reads as erased. Fails when the partition starts beyond the image.
+    pub fn clip(&self, p: &Partition, what: &str) -> Result<ota_core::flash::Region> {
+        let cap = u64::from(self.flash.size());
+        if u64::from(p.offset) >= self.file_len {
+            bail!(
+                "{} starts at 0x{:x}, beyond the end of flash image {} (0x{:x} bytes)",
+                what,
+                p.offset,
+                self.name(),
+                self.file_len
+            );
+        }
+        let size = (u64::from(p.size)).min(cap - u64::from(p.offset)) as u32;
+        Ok(ota_core::flash::Region::new(p.offset, size))
+    }
+
     /// Read bytes that lie inside the image file.
     pub fn read(&mut self, offset: u32, len: u32, what: &str) -> Result<Vec<u8>> {
         self.check_range(offset, u64::from(len), what)?;
