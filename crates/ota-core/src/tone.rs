@@ -1257,7 +1257,7 @@ mod tests {
 
     const VEC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/tone");
 
-    /// The vectors of /work/shared/vectors/README.md and adf-ota-service.md §8.5.
+    /// The vectors of ../shared/vectors/README.md and adf-ota-service.md §8.5.
     struct Vector {
         name: &'static str,
         size: usize,
