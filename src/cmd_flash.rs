@@ -102,7 +102,7 @@ fn merge(
     pairs: &[String],
     as_json: bool,
 ) -> Result<ExitCode> {
-    if pairs.len() % 2 != 0 {
+    if !pairs.len().is_multiple_of(2) {
         bail!(
             "give pairs of ADDRESS FILE; '{}' has no address or no file",
             pairs.last().map(String::as_str).unwrap_or("")

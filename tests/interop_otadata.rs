@@ -71,10 +71,8 @@ fn run_sequence(rng: &mut impl Rng, steps: &mut Vec<Step>) {
         let mut od = OtaData::read(&mut flash, &part).unwrap();
         let wrote = match op {
             Op::SetBoot(s) => Some(od.set_boot(&mut flash, &part, s, count, true).unwrap()),
-            Op::MarkValid => match od.mark_valid(&mut flash, &part, count) {
-                Ok(w) => w,
-                Err(_) => None, // no active entry: ESP_FAIL, nothing written
-            },
+            // No active entry: ESP_FAIL, nothing written.
+            Op::MarkValid => od.mark_valid(&mut flash, &part, count).unwrap_or_default(),
             Op::MarkInvalid => {
                 // The other slot's image verifies; these tables have no factory app.
                 let other_ok = matches!(

@@ -64,11 +64,11 @@ impl Case {
 /// A number as gen_esp32part accepts it: hex, decimal, or with a K/M suffix when it divides.
 fn num(rng: &mut StdRng, v: u64) -> String {
     let mut forms = vec![format!("0x{:x}", v), format!("{}", v), format!("0X{:X}", v)];
-    if v % (1 << 20) == 0 && v > 0 {
+    if v.is_multiple_of(1 << 20) && v > 0 {
         forms.push(format!("{}M", v >> 20));
         forms.push(format!("{}m", v >> 20));
     }
-    if v % 1024 == 0 && v > 0 {
+    if v.is_multiple_of(1024) && v > 0 {
         forms.push(format!("{}K", v >> 10));
         forms.push(format!("{}k", v >> 10));
         forms.push(format!("0x{:x}K", v >> 10));
