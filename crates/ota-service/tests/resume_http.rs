@@ -437,3 +437,67 @@ fn exhausted_retries_fail_with_the_network_error_and_keep_the_record() {
     let rec = the_log(&dev).read(&mut dev.flash).unwrap().unwrap();
     assert_eq!(rec.progress, 120_000 / 4096 * 4096);
 }
+
+#[test]
+fn drop_inside_the_image_header_is_resumed_too() {
+    let img = image("v2.0.0", SIZE);
+    let s = server(
+        &img,
+        Faults {
+            drop_at: vec![100],
+            ..Faults::default()
+        },
+    );
+    let mut dev = device(EXAMPLE_CSV);
+    let (report, log) = run_app(&mut dev, app_item(&s.url("app.bin"), 1));
+    assert_success(&report, &log);
+    assert_eq!(s.resumed_from(), vec![100]);
+    assert_eq!(check_refetch("drop in the header", &s), vec![0]);
+    assert_eq!(boot(&mut dev).1, "v2.0.0");
+}
+
+#[test]
+fn server_errors_are_retried_with_a_doubling_backoff() {
+    let img = image("v2.0.0", SIZE);
+    let s = server(
+        &img,
+        Faults {
+            status_first: Some((503, 2)),
+            ..Faults::default()
+        },
+    );
+    let mut dev = device(EXAMPLE_CSV);
+    let mut item = app_item(&s.url("app.bin"), 3);
+    item.retry.backoff = Duration::from_millis(20);
+    let (report, log) = run_app(&mut dev, item);
+    assert_success(&report, &log);
+    assert!(
+        log.has("HTTP 503 Service Unavailable; retry 1 of 3 in 20 ms"),
+        "{}",
+        log.lines.join("\n")
+    );
+    assert!(log.has("retry 2 of 3 in 40 ms"), "{}", log.lines.join("\n"));
+    assert_eq!(s.requests().len(), 3);
+    assert_eq!(boot(&mut dev).1, "v2.0.0");
+}
+
+#[test]
+fn not_found_is_final_and_not_retried() {
+    let img = image("v2.0.0", SIZE);
+    let s = server(
+        &img,
+        Faults {
+            status_first: Some((404, 10)),
+            ..Faults::default()
+        },
+    );
+    let mut dev = device(EXAMPLE_CSV);
+    let before = dev.flash.contents().to_vec();
+    let (report, _) = run_app(&mut dev, app_item(&s.url("app.bin"), 3));
+    match &report.results[0].1 {
+        Outcome::Failed { message, .. } => assert!(message.contains("HTTP 404"), "{message}"),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(s.requests().len(), 1, "a 404 is not retried");
+    assert!(dev.flash.contents() == &before[..], "device changed");
+}

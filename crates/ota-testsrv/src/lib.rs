@@ -50,6 +50,8 @@ pub struct Faults {
     pub content_length_delta: i64,
     /// How many 200 answers lie (counted from the first); `usize::MAX`: all of them.
     pub lie_times: usize,
+    /// Answer the first `.1` requests with status `.0` and an empty body (e.g. 503, 404).
+    pub status_first: Option<(u16, usize)>,
     /// Send a strong `ETag`.
     pub etag: bool,
     /// Send `Last-Modified`.
@@ -70,6 +72,7 @@ impl Default for Faults {
             change: None,
             content_length_delta: 0,
             lie_times: usize::MAX,
+            status_first: None,
             etag: true,
             last_modified: true,
             max_requests: 64,
@@ -290,7 +293,12 @@ fn serve(
             h += &format!("Last-Modified: {lm}\r\n");
         }
         h += "Accept-Ranges: bytes\r\nConnection: close\r\n";
+        let forced = st.faults.status_first.filter(|&(_, n)| index < n);
         let (status, start, body_len) = match head.range {
+            _ if forced.is_some() => {
+                h += "Content-Length: 0\r\n";
+                (forced.map_or(500, |f| f.0), 0, 0)
+            }
             Some(n) if !st.faults.ignore_range && if_range_ok => {
                 if n >= len {
                     h += &format!("Content-Range: bytes */{len}\r\nContent-Length: 0\r\n");
@@ -333,7 +341,10 @@ fn serve(
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
-        _ => "Range Not Satisfiable",
+        416 => "Range Not Satisfiable",
+        404 => "Not Found",
+        503 => "Service Unavailable",
+        _ => "Error",
     };
     conn.write_all(format!("HTTP/1.1 {status} {reason}\r\n{header}\r\n").as_bytes())?;
     let mut sent = 0usize;

@@ -468,13 +468,15 @@ impl Fetch {
             self.take_from_zero(r);
             return Ok(Next::Restart);
         }
-        env.warn(
-            TAG_OTA,
-            format!(
-                "The server answered 200 to bytes={}- (Range not supported, or the file changed): starting over from byte 0",
-                self.pos
-            ),
-        );
+        if self.pos > 0 {
+            env.warn(
+                TAG_OTA,
+                format!(
+                    "The server answered 200 to bytes={}- (Range not supported, or the file changed): starting over from byte 0",
+                    self.pos
+                ),
+            );
+        }
         self.take_from_zero(r);
         Ok(Next::Restart)
     }
