@@ -79,23 +79,25 @@ fn stall_longer_than_the_read_timeout_is_retried_from_where_it_stalled() {
         Faults {
             stall: Some(Stall {
                 at: 70_000,
-                duration: Duration::from_millis(1500),
+                duration: Duration::from_millis(2500),
             }),
             ..Faults::default()
         },
     );
     let mut dev = device(EXAMPLE_CSV);
     let item = app_item(&s.url("app.bin"), 3);
-    let (report, log) = run_items(&mut dev, vec![Box::new(item)], Duration::from_millis(300));
+    let (report, log) = run_items(&mut dev, vec![Box::new(item)], Duration::from_millis(600));
     assert_success(&report, &log);
     assert!(log.has("timed out"), "{}", log.lines.join("\n"));
     let from = s.resumed_from();
-    assert_eq!(from.len(), 1, "{:?}", s.requests());
     // The client read everything the server sent before the stall (a kernel buffer may hold
-    // the last piece back from the server's count, never the other way).
+    // the last piece back from the server's count, never the other way). A loaded machine may
+    // add other timeouts: one resume must start at the stall.
     assert!(
-        from[0] <= 70_000 && 70_000 - from[0] <= CHUNK as u64,
-        "{from:?}"
+        from.iter()
+            .any(|&f| f <= 70_000 && 70_000 - f <= CHUNK as u64),
+        "{:?}",
+        s.requests()
     );
     assert_eq!(boot(&mut dev).1, "v2.0.0");
 }
