@@ -16,6 +16,7 @@ pub mod flash;
 pub mod image;
 pub mod otadata;
 pub mod partition;
+pub mod staging;
 pub mod tone;
 pub mod update;
 pub mod version;

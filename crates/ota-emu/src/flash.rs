@@ -37,6 +37,28 @@ pub struct FaultPlan {
     /// A flash address whose erase fails: every erase whose range covers it fails with
     /// [`EmuError::InjectedFault`] and changes nothing. Lasts while the plan is set.
     pub fail_erase_at: Option<u32>,
+    /// How a power cut leaves the rest of the sector a torn erase was working on. `None`: those
+    /// bytes keep their old content. `Some(seed)`: they hold pseudo-random bytes drawn from
+    /// `seed` and their address (the same seed always gives the same garbage), as a real
+    /// interrupted erase may leave them (peers.md §7; embedded-storage's power-loss contract
+    /// calls such a sector undefined). Only the sector in progress is affected: later sectors of
+    /// a multi-sector erase keep their old content.
+    pub torn_erase_random: Option<u64>,
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, fixed, portable mixing function, so a seed
+/// names the same torn-erase garbage on every platform and release.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The garbage byte a torn erase with `seed` leaves at flash address `addr`.
+pub fn torn_erase_byte(seed: u64, addr: u32) -> u8 {
+    let word = splitmix64(seed ^ splitmix64(u64::from(addr / 8)));
+    word.to_le_bytes()[(addr % 8) as usize]
 }
 
 /// Operation counters since creation or the last [`EmuFlash::reset_stats`].
@@ -92,6 +114,18 @@ pub struct EmuFlash {
     fault: Option<FaultState>,
     /// `Some(after_bytes)` once the fault plan has cut the power.
     cut: Option<u64>,
+    on_cut: Option<CutHook>,
+}
+
+/// What to do the moment the fault plan cuts the power (see [`EmuFlash::set_power_cut_hook`]).
+pub type PowerCutHook = Box<dyn FnMut(u64) + Send>;
+
+struct CutHook(PowerCutHook);
+
+impl std::fmt::Debug for CutHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PowerCutHook")
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EmuError + 'a {
@@ -220,6 +254,7 @@ impl EmuFlash {
             stats,
             fault: None,
             cut: None,
+            on_cut: None,
         }
     }
 
@@ -279,6 +314,15 @@ impl EmuFlash {
     pub fn set_fault_plan(&mut self, plan: FaultPlan) {
         self.fault = Some(FaultState { plan, done: 0 });
         self.cut = None;
+    }
+
+    /// Call `hook(after_bytes)` the moment the fault plan cuts the power: after the torn
+    /// operation reached the backing file, before the failing call returns. A front end that
+    /// emulates a power loss ends the process there (`ota device run --power-cut-after-bytes`),
+    /// so no code runs on a device whose power is gone. Kept across [`EmuFlash::power_cycle`];
+    /// not copied by [`EmuFlash::clone_in_memory`].
+    pub fn set_power_cut_hook(&mut self, hook: PowerCutHook) {
+        self.on_cut = Some(CutHook(hook));
     }
 
     /// Disarm the fault plan (a power cut that already happened stays until
@@ -379,6 +423,33 @@ impl EmuFlash {
             .map_err(io_err("write flash file", &b.path))
     }
 
+    /// A torn erase stopped at `at` (absolute): with [`FaultPlan::torn_erase_random`], the rest
+    /// of that sector (if the erase had started on it) gets the seed's garbage.
+    fn tear_erased_sector(&mut self, at: usize) -> Result<(), EmuError> {
+        let Some(seed) = self.fault.and_then(|f| f.plan.torn_erase_random) else {
+            return Ok(());
+        };
+        let sector = SECTOR_SIZE as usize;
+        if at.is_multiple_of(sector) {
+            // The cut fell between two sectors: none is half erased.
+            return Ok(());
+        }
+        let end = (at / sector + 1) * sector;
+        let garbage: Vec<u8> = (at..end).map(|a| torn_erase_byte(seed, a as u32)).collect();
+        self.write_through(at, &garbage)?;
+        self.mem[at..end].copy_from_slice(&garbage);
+        Ok(())
+    }
+
+    /// Record the cut, tell the hook, and return the error every later operation gets too.
+    fn cut_power(&mut self, after_bytes: u64) -> EmuError {
+        self.cut = Some(after_bytes);
+        if let Some(hook) = self.on_cut.as_mut() {
+            (hook.0)(after_bytes);
+        }
+        EmuError::PowerCut { after_bytes }
+    }
+
     fn do_read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), EmuError> {
         self.check_power()?;
         let r = self.check_bounds(FlashOp::Read, offset, buf.len())?;
@@ -422,8 +493,7 @@ impl EmuFlash {
         self.stats.bytes_written += k as u64;
         self.count_done(k);
         if let Some(after_bytes) = cut {
-            self.cut = Some(after_bytes);
-            return Err(EmuError::PowerCut { after_bytes });
+            return Err(self.cut_power(after_bytes));
         }
         Ok(())
     }
@@ -460,6 +530,9 @@ impl EmuFlash {
         let start = from as usize;
         self.write_through(start, &vec![ERASED; k])?;
         self.mem[start..start + k].fill(ERASED);
+        if cut.is_some() {
+            self.tear_erased_sector(start + k)?;
+        }
         // Every sector that got at least one byte erased counts, including a torn one.
         let sectors_touched = k.div_ceil(SECTOR_SIZE as usize);
         let first = start / SECTOR_SIZE as usize;
@@ -476,8 +549,7 @@ impl EmuFlash {
         self.stats.bytes_erased += k as u64;
         self.count_done(k);
         if let Some(after_bytes) = cut {
-            self.cut = Some(after_bytes);
-            return Err(EmuError::PowerCut { after_bytes });
+            return Err(self.cut_power(after_bytes));
         }
         Ok(())
     }
