@@ -315,6 +315,27 @@ impl StagedWrite {
         target: &Partition,
         expected_size: Option<u64>,
     ) -> Result<StagedWrite, Error> {
+        Self::check(staging, target, expected_size)?;
+        record_region(staging).erase(flash, 0, SECTOR_SIZE)?;
+        Ok(StagedWrite {
+            staging: *staging,
+            target: *target,
+            writer: SequentialWriter::for_region(
+                Region::new(staging.offset, image_capacity(staging).min(target.size)),
+                staging.label,
+            ),
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// The checks of [`StagedWrite::begin`], without touching flash: the partitions do not
+    /// overlap, the staging partition has a record sector, and the image (if its size is
+    /// known) fits both.
+    pub fn check(
+        staging: &Partition,
+        target: &Partition,
+        expected_size: Option<u64>,
+    ) -> Result<(), Error> {
         check_pair(staging, target)?;
         let capacity = image_capacity(staging).min(target.size);
         if let Some(size) = expected_size {
@@ -343,16 +364,7 @@ impl StagedWrite {
             }
             .into());
         }
-        record_region(staging).erase(flash, 0, SECTOR_SIZE)?;
-        Ok(StagedWrite {
-            staging: *staging,
-            target: *target,
-            writer: SequentialWriter::for_region(
-                Region::new(staging.offset, capacity),
-                staging.label,
-            ),
-            hasher: Sha256::new(),
-        })
+        Ok(())
     }
 
     pub fn written(&self) -> u32 {

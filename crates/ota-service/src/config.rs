@@ -55,6 +55,10 @@ pub struct UpgradeSpec {
     pub break_after_fail: bool,
     /// A pinned CA in PEM (ADF `cert_pem`), resolved against the config file's folder.
     pub cert: Option<PathBuf>,
+    /// Data items only: a spare partition (by label) where the image is written and verified
+    /// before it is copied into `label` under a power-safe progress record
+    /// (`ota_core::staging`). None: written in place.
+    pub staging: Option<String>,
 }
 
 /// The parsed configuration.
@@ -142,6 +146,7 @@ struct RawUpgrade {
     reboot: Option<bool>,
     break_after_fail: Option<bool>,
     cert: Option<Spanned<String>>,
+    staging: Option<Spanned<String>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -203,6 +208,7 @@ impl Config {
                 reboot: false,
                 break_after_fail: false,
                 cert: None,
+                staging: None,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -225,6 +231,7 @@ impl Config {
                 reboot: true,
                 break_after_fail: false,
                 cert: None,
+                staging: None,
             });
         }
 
@@ -284,6 +291,12 @@ fn explicit_item(
     check_uri(loc, &raw.uri)?;
     let (label, format) = match raw.kind {
         ItemKind::App => {
+            if let Some(st) = &raw.staging {
+                return Err(loc.at(
+                    Some(st.span()),
+                    "`staging` is for data items; an app item is written to the other OTA slot",
+                ));
+            }
             if let Some(l) = &raw.label {
                 return Err(loc.at(
                     Some(l.span()),
@@ -320,6 +333,17 @@ fn explicit_item(
                     ));
                 }
             }
+            if let Some(st) = &raw.staging {
+                let st_label = nonempty(loc, st, "staging")?;
+                if st_label == label {
+                    return Err(loc.at(
+                        Some(st.span()),
+                        format!(
+                            "staging partition `{st_label}` must differ from the target `{label}`"
+                        ),
+                    ));
+                }
+            }
             (Some(label), format)
         }
     };
@@ -348,6 +372,7 @@ fn explicit_item(
         reboot: raw.reboot.unwrap_or(raw.kind == ItemKind::App),
         break_after_fail: raw.break_after_fail.unwrap_or(false),
         cert,
+        staging: raw.staging.as_ref().map(|s| s.get_ref().clone()),
     })
 }
 
@@ -366,6 +391,7 @@ pub fn example(host_port: &str) -> Config {
                 reboot: false,
                 break_after_fail: false,
                 cert: None,
+                staging: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -376,6 +402,7 @@ pub fn example(host_port: &str) -> Config {
                 reboot: true,
                 break_after_fail: false,
                 cert: None,
+                staging: None,
             },
         ],
     }

@@ -71,6 +71,17 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         if self.ca_pem.is_some() {
             opts.ca_pem = self.ca_pem.clone();
         }
+        if dev.rollback {
+            // ESP-IDF v5.5+ esp_ota_begin: no update while the running app is unconfirmed.
+            ota_core::update::check_running_confirmed(dev.flash, dev.table, dev.running.as_ref())
+                .map_err(|e| {
+                env.error(
+                    "esp_ota_ops",
+                    "Running app has not confirmed state (ESP_OTA_IMG_PENDING_VERIFY)",
+                );
+                core_error(e, &self.uri)
+            })?;
+        }
         let src = source::open(&self.uri, env.sd, &opts).map_err(|e| {
             env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
             source_error(e)
@@ -80,8 +91,10 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             chip: dev.chip,
             rollback: dev.rollback,
         };
-        let engine = AppUpdate::begin(dev.table, dev.running.as_ref(), cfg, src.content_length())
-            .map_err(|e| core_error(e, &self.uri))?;
+        let mut engine =
+            AppUpdate::begin(dev.table, dev.running.as_ref(), cfg, src.content_length())
+                .map_err(|e| core_error(e, &self.uri))?;
+        engine.set_anti_rollback(dev.anti_rollback);
         let slot = *engine.slot();
         env.info(
             TAG_OTA,
@@ -129,6 +142,14 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             }
             err
         })?;
+        // Anti-rollback (idf-formats.md §2.7): refuse a too-old secure_version before writing.
+        run.engine.check_secure_version().map_err(|e| {
+            env.error(
+                TAG_DEFAULT,
+                "New firmware security version is less than eFuse programmed",
+            );
+            core_error(e, &self.uri)
+        })?;
         let running = running_desc(dev);
         let incoming = run.engine.incoming_desc().copied();
         if let (Some(r), Some(i)) = (running.as_ref(), incoming.as_ref()) {
@@ -172,6 +193,22 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             .run
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        if dev.rollback {
+            // ESP-IDF v5.5+ esp_ota_begin: the inactive otadata entry points at the slot about to
+            // be overwritten; it is erased first (esp_ota_invalidate_inactive_ota_data_slot).
+            let erased =
+                ota_core::update::begin_with_rollback(dev.flash, dev.table, dev.running.as_ref())
+                    .map_err(|e| core_error(e, &self.uri))?;
+            if let Some((sector, slot)) = erased {
+                env.info(
+                    "esp_ota_ops",
+                    format!(
+                        "otadata[{}] (ota_{}) invalidated before the update",
+                        sector, slot
+                    ),
+                );
+            }
+        }
         let total = source.content_length();
         let mut progress = Progress::new(id, TAG_DEFAULT, "app", total);
         // The prefix is written by the first write call.
