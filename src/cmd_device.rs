@@ -8,8 +8,9 @@ use clap::{Args, Subcommand};
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::boot::{self, BootConfig, BootEvent, BootOutcome};
 use ota_core::image::{self, AppDesc, ImageSummary};
-use ota_core::otadata::{OtaData, OtaState, RollbackCandidate};
+use ota_core::otadata::{OtaData, OtaState};
 use ota_core::partition::{self, CsvOptions, Partition, PartitionTable, TABLE_OFFSET};
+use ota_core::update;
 use ota_core::Chip;
 use ota_emu::device::{layout, Device};
 use ota_emu::flash::{EmuFlash, FaultPlan};
@@ -883,78 +884,48 @@ pub fn run_device(
     Ok(report)
 }
 
-/// The otadata partition, or an error naming what is missing.
-fn otadata_of(table: &PartitionTable) -> Result<Partition> {
-    table.otadata().copied().ok_or_else(|| {
-        anyhow!("the partition table has no otadata partition: there is no OTA state to change")
-    })
-}
-
 /// `esp_ota_mark_app_valid_cancel_rollback` (idf-formats.md §2.5) by the running app.
 fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let mut session = Session::open(path)?;
     faults.arm(session.dev.flash_mut());
     let table = session.dev.table().clone();
-    let part = otadata_of(&table)?;
-    let count = table.ota_count();
-    let flash = session.dev.flash_mut();
-    let mut od = OtaData::read(flash, &part).map_err(|e| anyhow!("otadata: {}", e))?;
-    let plan = od.plan_mark_valid(count).map_err(|e| {
-        anyhow!(
-            "esp_ota_mark_app_valid_cancel_rollback failed (ESP_FAIL): {}",
-            e
-        )
-    })?;
+    let chip = session.dev.chip();
+    let anti = session.settings.anti_rollback();
+    let done = update::mark_app_valid_cancel_rollback(session.dev.flash_mut(), &table, chip, anti)
+        .map_err(|e| {
+            anyhow!(
+                "esp_ota_mark_app_valid_cancel_rollback failed on {}: {}",
+                path.display(),
+                e
+            )
+        })?;
     const TAG: &str = "esp_ota_ops";
-    let active = od.active().unwrap_or(0);
-    let seq = od.entries[active].seq;
-    match plan {
+    match done.was {
         None => logger::info(
             TAG,
             &format!(
                 "otadata[{}] seq {} is already VALID: nothing written",
-                active, seq
+                done.entry, done.seq
             ),
         ),
-        Some((idx, e)) => {
-            let from = od.entries[idx].state();
-            od.commit(flash, &part, idx, e)
-                .map_err(|e| anyhow!("writing otadata: {}", e))?;
+        Some(was) => logger::info(
+            TAG,
+            &format!(
+                "otadata[{}] seq {}: {} -> VALID (esp_ota_mark_app_valid_cancel_rollback)",
+                done.entry,
+                done.seq,
+                was.name().to_uppercase()
+            ),
+        ),
+    }
+    if let Some(to) = done.efuse_secure_version {
+        let from = session.settings.efuse.secure_version;
+        if to > from {
+            session.store_efuse(to)?;
             logger::info(
-                TAG,
-                &format!(
-                    "otadata[{}] seq {}: {} -> VALID (esp_ota_mark_app_valid_cancel_rollback)",
-                    idx,
-                    seq,
-                    from.name()
-                ),
+                "efuse",
+                &format!("Anti-rollback: eFuse secure_version {} -> {}", from, to),
             );
-            if session.settings.bootloader.anti_rollback {
-                // esp_ota_set_anti_rollback: the running app's secure_version goes to eFuse.
-                let slot = od.entries[idx].slot(count).unwrap_or(0);
-                let chip = session.dev.chip();
-                let app = table
-                    .ota(slot)
-                    .and_then(|p| boot::partition_app_desc(session.dev.flash_mut(), p));
-                if let Some(d) = app {
-                    let from = session.settings.efuse.secure_version;
-                    match boot::efuse_update_secure_version(chip, from, d.secure_version) {
-                        Some(to) if to > from => {
-                            session.store_efuse(to)?;
-                            logger::info(
-                                "efuse",
-                                &format!("Anti-rollback: eFuse secure_version {} -> {}", from, to),
-                            );
-                        }
-                        Some(_) => {}
-                        None => bail!(
-                            "secure_version {} of the running app does not fit the {}-bit eFuse field",
-                            d.secure_version,
-                            boot::secure_version_field_bits(chip)
-                        ),
-                    }
-                }
-            }
         }
     }
     if !session.settings.bootloader.rollback {
@@ -972,42 +943,22 @@ fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let mut session = Session::open(path)?;
     faults.arm(session.dev.flash_mut());
     let table = session.dev.table().clone();
-    let part = otadata_of(&table)?;
-    let count = table.ota_count();
     let chip = session.dev.chip();
     let anti = session.settings.anti_rollback();
     let flash = session.dev.flash_mut();
-    let mut od = OtaData::read(flash, &part).map_err(|e| anyhow!("otadata: {}", e))?;
-    // esp_ota_check_rollback_is_possible: the app we would fall back to must verify.
-    let verifies = |flash: &mut EmuFlash, p: Option<&Partition>| -> bool {
-        let Some(p) = p else { return false };
-        match image::verify_flash(flash, p.region(), Some(chip)) {
-            Ok(s) => match anti {
-                Some(efuse) => s.loader_app_desc.is_some_and(|d| d.secure_version >= efuse),
-                None => true,
-            },
-            Err(_) => false,
-        }
-    };
-    let other_ok = match od.rollback_candidate(count) {
-        Some(RollbackCandidate::Slot { slot, .. }) => verifies(flash, table.ota(slot)),
-        // Not a candidate with anti-rollback (factory apps are not supposed to exist then).
-        Some(RollbackCandidate::Factory) => anti.is_none() && verifies(flash, table.factory()),
-        None => false,
-    };
-    let idx = od
-        .mark_invalid(flash, &part, count, other_ok)
-        .map_err(|e| {
-            anyhow!(
-            "esp_ota_mark_app_invalid_rollback_and_reboot failed (ESP_ERR_OTA_ROLLBACK_FAILED): {}",
+    let idx = update::mark_app_invalid_rollback(flash, &table, chip, anti).map_err(|e| {
+        anyhow!(
+            "esp_ota_mark_app_invalid_rollback_and_reboot failed on {} \
+             (ESP_ERR_OTA_ROLLBACK_FAILED, nothing written): {}",
+            path.display(),
             e
         )
-        })?;
+    })?;
     logger::info(
         "esp_ota_ops",
         &format!(
-            "otadata[{}] seq {}: -> INVALID (esp_ota_mark_app_invalid_rollback_and_reboot)",
-            idx, od.entries[idx].seq
+            "otadata[{}]: -> INVALID (esp_ota_mark_app_invalid_rollback_and_reboot)",
+            idx
         ),
     );
     logger::info("system", "Restarting...");

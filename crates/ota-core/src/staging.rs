@@ -18,8 +18,8 @@
 //! | 0x40 | n+2 | one progress byte per copy step: 0xFF = not done, anything else = done |
 //!
 //! Steps, for an image of n sectors (n ≥ 1): step 0 erases target sector 0; steps 1..n-1 copy
-//! sector j; step n erases the target's stale sectors beyond the image; step n+1 copies sector 0,
-//! its first [`crate::update::DATA_HEADER_LAST_LEN`] bytes last. A progress byte is programmed
+//! sector j; step n erases the target's stale sectors beyond the image; step n+1 copies sector 0
+//! backwards, the header's 2-byte tag last (as [`crate::update::DataUpdate`] writes it). A progress byte is programmed
 //! (0xFF → 0x00, one byte, no erase) only after its step completed and read back equal, so even
 //! a torn progress write means "done"; a step that is redone is idempotent. The header is
 //! written once, after the staged image verified, in one write covered by its CRC: torn, it is
@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::flash::{Region, SECTOR_SIZE};
 use crate::partition::{Label, Partition};
-use crate::update::{SequentialWriter, UpdateError, DATA_HEADER_LAST_LEN};
+use crate::update::{SequentialWriter, UpdateError, DATA_HEADER_LAST_LEN, DATA_TAG_LAST_LEN};
 use crate::Error;
 
 /// `"OTSG"` as a little-endian u32: marks a staging progress record.
@@ -551,10 +551,16 @@ impl StagedCopy {
         } else {
             // Sector 0 was erased by step 0 (and, if this step is redone, holds a prefix of the
             // same bytes, which NOR lets us program again).
+            // Backwards, tag last, exactly as `DataUpdate` writes it.
             let len0 = self.sector_len(0);
-            let head = (DATA_HEADER_LAST_LEN as u32).min(len0);
-            self.copy_range(flash, head, len0 - head)?;
-            self.copy_range(flash, 0, head)?;
+            let mut end = len0;
+            for start in [DATA_HEADER_LAST_LEN as u32, DATA_TAG_LAST_LEN as u32, 0] {
+                let start = start.min(len0);
+                if end > start {
+                    self.copy_range(flash, start, end - start)?;
+                }
+                end = end.min(start);
+            }
         }
         record_region(&self.staging).write(flash, PROGRESS_OFFSET + s, &[DONE])?;
         self.next_step = s + 1;

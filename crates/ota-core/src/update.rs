@@ -62,6 +62,9 @@ pub enum UpdateError {
     RollbackInvalidState { running: Label },
     /// A staged data update failed (see [`crate::staging`]).
     Staging(crate::staging::StagingError),
+    /// Anti-rollback: an app's `secure_version` does not fit the chip's eFuse field, so it
+    /// cannot be burnt (`esp_efuse_update_secure_version` fails, idf-formats.md §2.7).
+    SecureVersionOutOfRange { version: u32, field_bits: u32 },
 }
 
 fn show32(b: &[u8; 32]) -> &str {
@@ -157,6 +160,14 @@ impl fmt::Display for UpdateError {
                 running.as_str()
             ),
             UpdateError::Staging(e) => e.fmt(f),
+            UpdateError::SecureVersionOutOfRange {
+                version,
+                field_bits,
+            } => write!(
+                f,
+                "secure_version {} does not fit the {}-bit eFuse SECURE_VERSION field",
+                version, field_bits
+            ),
             UpdateError::ReadbackMismatch { offset } => {
                 write!(
                     f,
@@ -536,19 +547,47 @@ impl AppUpdate {
     }
 }
 
-/// Bytes at the start of a data partition that [`DataUpdate`] programs in its very last write:
-/// an ESP-ADF tone bin's 8-byte header (tag, count, format; adf-ota-service.md §8.2). Until
-/// that write completes the header is erased or partial, which no tone reader accepts.
+/// Bytes at the start of a data partition that [`DataUpdate`] programs after the rest of the
+/// partition: an ESP-ADF tone bin's 8-byte header (u16 tag, u16 count, u32 format;
+/// adf-ota-service.md §8.2).
 pub const DATA_HEADER_LAST_LEN: usize = 8;
+/// Of those, the bytes programmed in the very last write: the tone header's u16 tag 0x2053
+/// (adf-ota-service.md §8.2). Until it is complete the tag reads 0xFFFF or 0xFF53, which even
+/// ADF's lenient `tone_partition_init` rejects; a torn count or format behind a missing tag
+/// never shows.
+pub const DATA_TAG_LAST_LEN: usize = 2;
+
+/// Program the first-sector bytes `first` of `region` from the end towards the start, in three
+/// writes: `[8, len)`, `[2, 8)`, `[0, 2)` (see [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]).
+pub(crate) fn write_first_sector_last<F: NorFlash>(
+    flash: &mut F,
+    region: &Region,
+    first: &[u8],
+) -> Result<(), Error> {
+    let cuts = [
+        DATA_HEADER_LAST_LEN.min(first.len()),
+        DATA_TAG_LAST_LEN.min(first.len()),
+        0,
+    ];
+    let mut end = first.len();
+    for start in cuts {
+        if end > start {
+            region.write(flash, start as u32, &first[start..end])?;
+        }
+        end = end.min(start);
+    }
+    Ok(())
+}
 
 /// The data-partition engine: a partition found by label, a size check before any erase,
 /// erase-ahead sequential writes, and a clean tail.
 ///
 /// Power-loss rule: the first sector is erased by the first write, buffered (at most 4 KiB, a
-/// fixed array: no allocation) and programmed only after everything else, its first
-/// [`DATA_HEADER_LAST_LEN`] bytes last of all. So a rewrite that is cut at any byte leaves a
-/// partition whose header is erased or torn, and the next run sees it as invalid and rewrites
-/// it, instead of taking a half-new partition for a valid one.
+/// fixed array: no allocation) and programmed only after everything else, from its end towards
+/// its start with the 2-byte tag of the header last of all ([`DATA_TAG_LAST_LEN`]). So a
+/// rewrite that is cut at any byte leaves a partition whose header tag is erased or torn, and
+/// the next run sees it as invalid and rewrites it, instead of taking a half-new partition for
+/// a valid one.
 pub struct DataUpdate {
     part: Partition,
     /// Sectors 1.. of the partition, erase-ahead.
@@ -647,14 +686,7 @@ impl DataUpdate {
     pub fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<u32, Error> {
         self.start(flash)?;
         self.rest.clear_rest(flash)?;
-        let head = DATA_HEADER_LAST_LEN.min(self.first_len);
-        let region = self.part.region();
-        if self.first_len > head {
-            region.write(flash, head as u32, &self.first[head..self.first_len])?;
-        }
-        if head > 0 {
-            region.write(flash, 0, &self.first[..head])?;
-        }
+        write_first_sector_last(flash, &self.part.region(), &self.first[..self.first_len])?;
         Ok(self.written())
     }
 }
@@ -696,6 +728,103 @@ pub fn begin_with_rollback<F: NorFlash>(
     let mut od = OtaData::read(flash, &otadata)?;
     let running_slot = running.and_then(|p| p.ota_slot());
     od.invalidate_inactive(flash, &otadata, table.ota_count(), running_slot)
+}
+
+/// What [`mark_app_valid_cancel_rollback`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkedValid {
+    /// The active otadata entry and its seq.
+    pub entry: usize,
+    pub seq: u32,
+    /// The state it had, when it was rewritten as VALID (None: already VALID, nothing written).
+    pub was: Option<crate::otadata::OtaState>,
+    /// Anti-rollback: the eFuse counter after the call (raised to the app's secure_version).
+    pub efuse_secure_version: Option<u32>,
+}
+
+/// `esp_ota_mark_app_valid_cancel_rollback` (idf-formats.md §2.5): the ACTIVE otadata entry
+/// becomes VALID (same seq, same sector: erase + write), unless it already is. With
+/// anti-rollback (`anti_rollback = Some(eFuse counter)`), after a successful write the eFuse
+/// takes the `secure_version` of the app in that entry's slot (`esp_ota_set_anti_rollback`);
+/// a version beyond the chip's field is an error, as `esp_efuse_update_secure_version` fails.
+pub fn mark_app_valid_cancel_rollback<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    anti_rollback: Option<u32>,
+) -> Result<MarkedValid, Error> {
+    let part = *table.otadata().ok_or(UpdateError::NoOtaData)?;
+    let count = table.ota_count();
+    let mut od = OtaData::read(flash, &part)?;
+    let plan = od.plan_mark_valid(count)?;
+    let entry = od.active().unwrap_or(0);
+    let seq = od.entries[entry].seq;
+    let Some((idx, e)) = plan else {
+        return Ok(MarkedValid {
+            entry,
+            seq,
+            was: None,
+            efuse_secure_version: anti_rollback,
+        });
+    };
+    let was = od.entries[idx].state();
+    od.commit(flash, &part, idx, e)?;
+    let mut efuse = anti_rollback;
+    if let Some(cur) = anti_rollback {
+        let slot = e.slot(count).unwrap_or(0);
+        if let Some(d) = table
+            .ota(slot)
+            .and_then(|p| crate::boot::partition_app_desc(flash, p))
+        {
+            let to = crate::boot::efuse_update_secure_version(chip, cur, d.secure_version).ok_or(
+                UpdateError::SecureVersionOutOfRange {
+                    version: d.secure_version,
+                    field_bits: crate::boot::secure_version_field_bits(chip),
+                },
+            )?;
+            efuse = Some(to);
+        }
+    }
+    Ok(MarkedValid {
+        entry: idx,
+        seq,
+        was: Some(was),
+        efuse_secure_version: efuse,
+    })
+}
+
+/// `esp_ota_mark_app_invalid_rollback` (the part before `…_and_reboot` restarts,
+/// idf-formats.md §2.5): `esp_ota_check_rollback_is_possible` verifies the app it would fall
+/// back to (the other entry's slot, else a factory app; with anti-rollback its
+/// `secure_version` must reach the eFuse counter and a factory app does not count), then the
+/// active entry becomes INVALID. Returns the sector written. Nothing is written on error.
+pub fn mark_app_invalid_rollback<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    anti_rollback: Option<u32>,
+) -> Result<usize, Error> {
+    let part = *table.otadata().ok_or(UpdateError::NoOtaData)?;
+    let count = table.ota_count();
+    let mut od = OtaData::read(flash, &part)?;
+    let mut verifies = |p: Option<&Partition>| -> bool {
+        let Some(p) = p else { return false };
+        match image::verify_flash(flash, p.region(), Some(chip)) {
+            Ok(s) => match anti_rollback {
+                Some(efuse) => s.loader_app_desc.is_some_and(|d| d.secure_version >= efuse),
+                None => true,
+            },
+            Err(_) => false,
+        }
+    };
+    let other_ok = match od.rollback_candidate(count) {
+        Some(crate::otadata::RollbackCandidate::Slot { slot, .. }) => verifies(table.ota(slot)),
+        Some(crate::otadata::RollbackCandidate::Factory) => {
+            anti_rollback.is_none() && verifies(table.factory())
+        }
+        None => false,
+    };
+    od.mark_invalid(flash, &part, count, other_ok)
 }
 
 #[cfg(test)]

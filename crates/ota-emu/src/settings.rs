@@ -117,16 +117,24 @@ impl DeviceSettings {
 
     /// The file's text (commented, so a person can edit it).
     pub fn to_toml(&self) -> String {
-        format!(
-            "# ota-service device settings: what the chip holds outside its flash (see README, \"Rollback\").\n\
-             [bootloader]\n\
-             rollback = {}          # CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE\n\
-             anti_rollback = {}     # CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK (needs rollback)\n\
-             \n\
-             [efuse]\n\
-             secure_version = {}    # SECURE_VERSION eFuse: number of bits burnt, only ever goes up\n",
-            self.bootloader.rollback, self.bootloader.anti_rollback, self.efuse.secure_version
-        )
+        let line = |kv: String, comment: &str| format!("{kv:<24}# {comment}\n");
+        let mut t = String::from(
+            "# ota-service device settings: what the chip holds outside its flash (see README, \"Rollback\").\n[bootloader]\n",
+        );
+        t += &line(
+            format!("rollback = {}", self.bootloader.rollback),
+            "CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE",
+        );
+        t += &line(
+            format!("anti_rollback = {}", self.bootloader.anti_rollback),
+            "CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK (needs rollback)",
+        );
+        t += "\n[efuse]\n";
+        t += &line(
+            format!("secure_version = {}", self.efuse.secure_version),
+            "SECURE_VERSION eFuse: number of bits burnt, only ever goes up",
+        );
+        t
     }
 
     /// Write the settings file of `flash` (to a temporary file, then renamed over the old one,

@@ -36,7 +36,8 @@ pub struct DataItem {
 
 /// Where the data goes: the target itself, or the staging partition first.
 enum Sink {
-    Direct(DataUpdate),
+    /// Boxed: the engine buffers the first sector (4 KiB).
+    Direct(Box<DataUpdate>),
     Staged(StagedWrite),
 }
 
@@ -357,7 +358,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let target = *engine.partition();
         let mut sink = match self.staging_partition(dev)? {
-            None => Sink::Direct(engine),
+            None => Sink::Direct(Box::new(engine)),
             Some(staging) => Sink::Staged(
                 StagedWrite::begin(dev.flash, &staging, &target, source.content_length())
                     .map_err(|e| core_error(e, &self.uri))?,
