@@ -123,6 +123,22 @@ impl FaultArgs {
     }
 }
 
+impl FaultArgs {
+    /// After a command that was given a cut it never reached: say on stderr how far it got, so
+    /// a replay can pick N in `0..=bytes` (every such N cuts the power during this command).
+    pub fn report(&self, flash: &EmuFlash) {
+        if let Some(n) = self.power_cut_after_bytes {
+            if !flash.power_cut_happened() {
+                eprintln!(
+                    "no power cut: this command programmed or erased {} bytes (fewer than {})",
+                    flash.bytes_since_plan(),
+                    n
+                );
+            }
+        }
+    }
+}
+
 /// A device opened from its flash file, with the settings stored beside it (bootloader rollback
 /// options, eFuse secure version: `ota_emu::settings`).
 pub struct Session {
@@ -778,6 +794,7 @@ fn boot_cmd(path: &Path, as_json: bool, faults: &FaultArgs) -> Result<ExitCode> 
     let mut session = Session::open(path)?;
     faults.arm(session.dev.flash_mut());
     let r = session.boot(as_json);
+    faults.report(session.dev.flash());
     if as_json {
         let v = match &r {
             Ok(out) => {
@@ -828,13 +845,22 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         timeout: std::time::Duration::from_millis(a.timeout_ms),
         ..Default::default()
     };
-    let report = run_device(&mut session, &config, sd.as_ref(), opts)?;
+    let report = run_device(&mut session, &config, sd.as_ref(), opts);
+    a.faults.report(session.dev.flash());
+    let report = report?;
     let failed = report
         .results
         .iter()
         .filter(|(_, o)| matches!(o, ota_service::Outcome::Failed { .. }))
         .count();
     if failed > 0 {
+        // With injected faults, name the failing operation (items only see an error kind).
+        if let (Some(_), Some(e)) = (
+            session.dev.flash().fault_plan(),
+            session.dev.flash().last_error(),
+        ) {
+            eprintln!("error: the emulated flash reported: {}", e);
+        }
         eprintln!(
             "error: {} of {} upgrade items failed (see the log above)",
             failed,
@@ -928,6 +954,7 @@ fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
             );
         }
     }
+    faults.report(session.dev.flash());
     if !session.settings.bootloader.rollback {
         logger::warn(
             TAG,
@@ -962,7 +989,9 @@ fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
         ),
     );
     logger::info("system", "Restarting...");
-    session.boot(false)?;
+    let booted = session.boot(false);
+    faults.report(session.dev.flash());
+    booted?;
     Ok(ExitCode::SUCCESS)
 }
 

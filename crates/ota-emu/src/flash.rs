@@ -115,6 +115,8 @@ pub struct EmuFlash {
     /// `Some(after_bytes)` once the fault plan has cut the power.
     cut: Option<u64>,
     on_cut: Option<CutHook>,
+    /// The message of the last failed operation (callers above `NorFlash` only see its kind).
+    last_error: Option<String>,
 }
 
 /// What to do the moment the fault plan cuts the power (see [`EmuFlash::set_power_cut_hook`]).
@@ -255,6 +257,7 @@ impl EmuFlash {
             fault: None,
             cut: None,
             on_cut: None,
+            last_error: None,
         }
     }
 
@@ -338,6 +341,19 @@ impl EmuFlash {
     /// Bytes programmed or erased since the fault plan was set (0 without a plan).
     pub fn bytes_since_plan(&self) -> u64 {
         self.fault.map_or(0, |f| f.done)
+    }
+
+    /// What the last failed read, write or erase said, with its addresses: code above the
+    /// `NorFlash` traits only sees an error kind, so a front end can show this detail.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    fn note<T>(&mut self, r: Result<T, EmuError>) -> Result<T, EmuError> {
+        if let Err(e) = &r {
+            self.last_error = Some(e.to_string());
+        }
+        r
     }
 
     /// Whether the fault plan has cut the power.
@@ -564,7 +580,8 @@ impl ReadNorFlash for EmuFlash {
     const READ_SIZE: usize = 1;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), EmuError> {
-        self.do_read(offset, bytes)
+        let r = self.do_read(offset, bytes);
+        self.note(r)
     }
 
     fn capacity(&self) -> usize {
@@ -579,11 +596,13 @@ impl NorFlash for EmuFlash {
     const ERASE_SIZE: usize = SECTOR_SIZE as usize;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), EmuError> {
-        self.do_erase(from, to)
+        let r = self.do_erase(from, to);
+        self.note(r)
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), EmuError> {
-        self.do_write(offset, bytes)
+        let r = self.do_write(offset, bytes);
+        self.note(r)
     }
 }
 

@@ -306,3 +306,27 @@ fn example_uses_given_host_port() {
     assert_eq!(c.upgrade[0].uri, "file://sdcard/flash_tone.bin");
     let _: Vec<PathBuf> = c.upgrade.iter().filter_map(|u| u.cert.clone()).collect();
 }
+
+#[test]
+fn staging_names_a_spare_partition_for_data_items_only() {
+    let c = parse(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/t.bin\"\nlabel = \"flash_tone\"\n\
+         staging = \"tone_stage\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.upgrade[0].staging.as_deref(), Some("tone_stage"));
+    let e =
+        err("[[upgrade]]\ntype = \"app\"\nuri = \"file://sdcard/a.bin\"\nstaging = \"spare\"\n");
+    assert_eq!(e.line(), Some(4), "{e}");
+    assert!(e.to_string().contains("`staging` is for data items"), "{e}");
+    let e = err(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/t.bin\"\nlabel = \"flash_tone\"\n\
+         staging = \"flash_tone\"\n",
+    );
+    assert_eq!(e.line(), Some(5), "{e}");
+    assert!(e.to_string().contains("must differ from the target"), "{e}");
+    let e = err(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/t.bin\"\nlabel = \"x\"\nstaging = \" \"\n",
+    );
+    assert!(e.to_string().contains("staging must not be empty"), "{e}");
+}
