@@ -139,50 +139,75 @@ impl FaultArgs {
     }
 }
 
-/// A device opened from its flash file, with the settings stored beside it (bootloader rollback
-/// options, eFuse secure version: `ota_emu::settings`).
-pub struct Session {
-    pub path: PathBuf,
-    pub dev: Device<EmuFlash>,
+/// A device's settings (bootloader rollback options, eFuse secure version: `ota_emu::settings`)
+/// and the file they are stored in, if any.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
     pub settings: DeviceSettings,
+    /// The flash file whose settings file receives eFuse burns (None: kept in memory only).
+    pub flash_path: Option<PathBuf>,
     /// Whether the settings came from a file (else ESP-IDF's defaults).
-    pub settings_found: bool,
+    pub found: bool,
+}
+
+impl Stored {
+    /// The settings of the device in `flash`, checked against its chip.
+    pub fn load(flash: &Path, chip: Chip) -> Result<Stored> {
+        let loaded = DeviceSettings::load_for(flash)?;
+        let settings = loaded.unwrap_or_default();
+        settings
+            .check_for_chip(chip)
+            .map_err(|e| anyhow!("{}: {}", DeviceSettings::path_for(flash).display(), e))?;
+        Ok(Stored {
+            settings,
+            flash_path: Some(flash.to_path_buf()),
+            found: loaded.is_some(),
+        })
+    }
+
+    /// Record a new eFuse counter (eFuses only ever go up).
+    pub fn store_efuse(&mut self, value: u32) -> Result<()> {
+        if value > self.settings.efuse.secure_version {
+            self.settings.efuse.secure_version = value;
+            if let Some(p) = &self.flash_path {
+                self.settings.save_for(p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A device opened from its flash file, with the settings stored beside it.
+pub struct Session {
+    pub dev: Device<EmuFlash>,
+    pub stored: Stored,
 }
 
 impl Session {
     pub fn open(path: &Path) -> Result<Session> {
         let dev = glue::open_device(path)?;
-        let loaded = DeviceSettings::load_for(path)?;
-        let settings = loaded.unwrap_or_default();
-        settings
-            .check_for_chip(dev.chip())
-            .map_err(|e| anyhow!("{}: {}", DeviceSettings::path_for(path).display(), e))?;
-        Ok(Session {
-            path: path.to_path_buf(),
-            dev,
-            settings,
-            settings_found: loaded.is_some(),
-        })
+        let stored = Stored::load(path, dev.chip())?;
+        Ok(Session { dev, stored })
     }
 
     /// Power-on: the bootloader, with this device's options; an eFuse it burns is stored.
     pub fn boot(&mut self, quiet: bool) -> Result<BootOutcome> {
-        let chip = self.dev.chip();
-        let table = self.dev.table().clone();
-        let cfg = self.settings.boot_config();
-        let out = boot_device(self.dev.flash_mut(), &table, chip, &cfg, quiet)?;
-        self.store_efuse(out.efuse_secure_version)?;
-        Ok(out)
+        boot_stored(&mut self.dev, &mut self.stored, quiet)
     }
+}
 
-    /// Record a new eFuse counter (eFuses only ever go up).
-    fn store_efuse(&mut self, value: u32) -> Result<()> {
-        if value > self.settings.efuse.secure_version {
-            self.settings.efuse.secure_version = value;
-            self.settings.save_for(&self.path)?;
-        }
-        Ok(())
-    }
+/// Boot with the stored options and keep what the bootloader burnt.
+fn boot_stored(
+    dev: &mut Device<EmuFlash>,
+    stored: &mut Stored,
+    quiet: bool,
+) -> Result<BootOutcome> {
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let cfg = stored.settings.boot_config();
+    let out = boot_device_with(dev.flash_mut(), &table, chip, &cfg, quiet)?;
+    stored.store_efuse(out.efuse_secure_version)?;
+    Ok(out)
 }
 
 #[derive(Args)]
@@ -268,12 +293,20 @@ pub struct CreateSpec<'a> {
     pub csv: &'a str,
     pub app: Option<&'a [u8]>,
     pub data: Vec<(String, Vec<u8>)>,
-    /// Stored beside the flash file (always written, so a new device never inherits an old one's).
-    pub settings: DeviceSettings,
 }
 
-/// Lay out a new device in `path`.
+/// Lay out a new device in `path`, with ESP-IDF's default bootloader options.
 pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
+    create_device_with(path, spec, &DeviceSettings::default())
+}
+
+/// Lay out a new device in `path`; `settings` are stored beside it (always written, so a new
+/// device never inherits an old one's).
+pub fn create_device_with(
+    path: &Path,
+    spec: &CreateSpec<'_>,
+    settings: &DeviceSettings,
+) -> Result<()> {
     let size_code = glue::flash_size_code(spec.flash_size)?;
     let opts = CsvOptions {
         flash_size: Some(spec.flash_size),
@@ -305,8 +338,8 @@ pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
         }
         None => None,
     };
-    spec.settings.check().map_err(|e| anyhow!("{}", e))?;
-    spec.settings
+    settings.check().map_err(|e| anyhow!("{}", e))?;
+    settings
         .check_for_chip(spec.chip)
         .map_err(|e| anyhow!("{}", e))?;
     let mut data = Vec::new();
@@ -336,7 +369,7 @@ pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
     for (p, bytes) in data {
         layout::write_raw(&mut flash, p.offset, bytes)?;
     }
-    spec.settings.save_for(path)?;
+    settings.save_for(path)?;
     Ok(())
 }
 
@@ -392,7 +425,7 @@ fn create(a: CreateArgs) -> Result<()> {
             std::fs::read(file).with_context(|| format!("reading {}", file))?,
         ));
     }
-    create_device(
+    create_device_with(
         &a.flash.flash,
         &CreateSpec {
             chip,
@@ -400,14 +433,14 @@ fn create(a: CreateArgs) -> Result<()> {
             csv: &csv,
             app: app.as_deref(),
             data,
-            settings: DeviceSettings {
-                bootloader: BootloaderSettings {
-                    rollback: a.rollback,
-                    anti_rollback: a.anti_rollback,
-                },
-                efuse: EfuseSettings {
-                    secure_version: a.efuse_secure_version,
-                },
+        },
+        &DeviceSettings {
+            bootloader: BootloaderSettings {
+                rollback: a.rollback,
+                anti_rollback: a.anti_rollback,
+            },
+            efuse: EfuseSettings {
+                secure_version: a.efuse_secure_version,
             },
         },
     )?;
@@ -453,10 +486,8 @@ pub fn hex(b: &[u8]) -> String {
 
 fn info(path: &Path, as_json: bool) -> Result<()> {
     let session = Session::open(path)?;
-    let settings = session.settings;
-    let settings_file = session
-        .settings_found
-        .then(|| DeviceSettings::path_for(path));
+    let settings = session.stored.settings;
+    let settings_file = session.stored.found.then(|| DeviceSettings::path_for(path));
     let mut dev = session.dev;
     let chip = dev.chip();
     let table = dev.table().clone();
@@ -718,6 +749,16 @@ pub fn boot_device<F: NorFlash>(
     flash: &mut F,
     table: &PartitionTable,
     chip: Chip,
+    quiet: bool,
+) -> Result<BootOutcome> {
+    boot_device_with(flash, table, chip, &BootConfig::default(), quiet)
+}
+
+/// [`boot_device`] for a bootloader built with the options of `cfg` (rollback, anti-rollback).
+pub fn boot_device_with<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
     cfg: &BootConfig,
     quiet: bool,
 ) -> Result<BootOutcome> {
@@ -845,7 +886,13 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         timeout: std::time::Duration::from_millis(a.timeout_ms),
         ..Default::default()
     };
-    let report = run_device(&mut session, &config, sd.as_ref(), opts);
+    let report = run_device_with(
+        &mut session.dev,
+        &mut session.stored,
+        &config,
+        sd.as_ref(),
+        opts,
+    );
     a.faults.report(session.dev.flash());
     let report = report?;
     let failed = report
@@ -871,22 +918,34 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Boot, run the upgrade list, and if asked restart and boot again. Shared by `device run` and
-/// the demo.
+/// Boot, run the upgrade list, and if asked restart and boot again, with ESP-IDF's default
+/// bootloader (no rollback). Shared by `device run` and the demo.
 pub fn run_device(
-    session: &mut Session,
+    dev: &mut Device<EmuFlash>,
     config: &Config,
     sd: Option<&SdAdapter>,
     opts: ota_service::source::SourceOptions,
 ) -> Result<ota_service::RunReport> {
-    let chip = session.dev.chip();
-    let table = session.dev.table().clone();
-    let booted = session.boot(false)?;
+    run_device_with(dev, &mut Stored::default(), config, sd, opts)
+}
+
+/// [`run_device`] with the device's stored settings: every boot uses its bootloader options,
+/// the items commit as NEW with rollback and check the eFuse with anti-rollback.
+pub fn run_device_with(
+    dev: &mut Device<EmuFlash>,
+    stored: &mut Stored,
+    config: &Config,
+    sd: Option<&SdAdapter>,
+    opts: ota_service::source::SourceOptions,
+) -> Result<ota_service::RunReport> {
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let booted = boot_stored(dev, stored, false)?;
     let mut items = ota_service::items::from_config(config).map_err(|e| anyhow!("{}", e))?;
     logger::info("HTTPS_OTA_EXAMPLE", "[2.2] Start OTA service");
-    let settings = session.settings;
+    let settings = stored.settings;
     let mut device = ota_service::Device {
-        flash: session.dev.flash_mut(),
+        flash: dev.flash_mut(),
         table: &table,
         chip,
         running: Some(booted.partition),
@@ -903,7 +962,7 @@ pub fn run_device(
     logger::progress_done();
     if report.restart {
         logger::info("system", "Restarting...");
-        session.boot(false)?;
+        boot_stored(dev, stored, false)?;
     } else {
         logger::info("HTTPS_OTA_EXAMPLE", "[2.3] Finish OTA service");
     }
@@ -916,7 +975,7 @@ fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     faults.arm(session.dev.flash_mut());
     let table = session.dev.table().clone();
     let chip = session.dev.chip();
-    let anti = session.settings.anti_rollback();
+    let anti = session.stored.settings.anti_rollback();
     let done = update::mark_app_valid_cancel_rollback(session.dev.flash_mut(), &table, chip, anti)
         .map_err(|e| {
             anyhow!(
@@ -945,9 +1004,9 @@ fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
         ),
     }
     if let Some(to) = done.efuse_secure_version {
-        let from = session.settings.efuse.secure_version;
+        let from = session.stored.settings.efuse.secure_version;
         if to > from {
-            session.store_efuse(to)?;
+            session.stored.store_efuse(to)?;
             logger::info(
                 "efuse",
                 &format!("Anti-rollback: eFuse secure_version {} -> {}", from, to),
@@ -955,7 +1014,7 @@ fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
         }
     }
     faults.report(session.dev.flash());
-    if !session.settings.bootloader.rollback {
+    if !session.stored.settings.bootloader.rollback {
         logger::warn(
             TAG,
             "this device's bootloader has no rollback (CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE): \
@@ -971,7 +1030,7 @@ fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     faults.arm(session.dev.flash_mut());
     let table = session.dev.table().clone();
     let chip = session.dev.chip();
-    let anti = session.settings.anti_rollback();
+    let anti = session.stored.settings.anti_rollback();
     let flash = session.dev.flash_mut();
     let idx = update::mark_app_invalid_rollback(flash, &table, chip, anti).map_err(|e| {
         anyhow!(

@@ -13,7 +13,7 @@ use ota_core::Chip;
 use ota_emu::sdcard::SdCard;
 
 use crate::cmd_device::{self, CreateSpec, EXAMPLE_CSV};
-use crate::glue::{FileServer, SdAdapter};
+use crate::glue::{self, FileServer, SdAdapter};
 use crate::logger;
 
 #[derive(Args)]
@@ -160,7 +160,6 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             csv: EXAMPLE_CSV,
             app: Some(&running),
             data: vec![("flash_tone".to_string(), old_tone)],
-            settings: Default::default(),
         },
     )?;
 
@@ -188,12 +187,14 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     logger::info(TAG, "[2.1] Set upgrade list");
     let config = ota_service::config::example(&host);
     let sd = SdAdapter(SdCard::open(&sd_dir)?);
-    let mut session = cmd_device::Session::open(&flash_path)?;
-    let report = cmd_device::run_device(&mut session, &config, Some(&sd), Default::default())?;
+    let mut dev = glue::open_device(&flash_path)?;
+    let report = cmd_device::run_device(&mut dev, &config, Some(&sd), Default::default())?;
     drop(server);
 
     // What booted after the restart decides the exit code.
-    let booted = session.boot(true)?;
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let booted = cmd_device::boot_device(dev.flash_mut(), &table, chip, true)?;
     let version = booted
         .summary
         .app_desc
