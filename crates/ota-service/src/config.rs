@@ -55,6 +55,9 @@ pub struct UpgradeSpec {
     pub break_after_fail: bool,
     /// A pinned CA in PEM (ADF `cert_pem`), resolved against the config file's folder.
     pub cert: Option<PathBuf>,
+    /// App items only: `uri` names a catalogue (`ota serve`'s `/manifest.json`) and the item
+    /// installs the newest image of this project for the device's chip.
+    pub project: Option<String>,
 }
 
 /// The parsed configuration.
@@ -142,6 +145,7 @@ struct RawUpgrade {
     reboot: Option<bool>,
     break_after_fail: Option<bool>,
     cert: Option<Spanned<String>>,
+    project: Option<Spanned<String>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -203,6 +207,7 @@ impl Config {
                 reboot: false,
                 break_after_fail: false,
                 cert: None,
+                project: None,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -225,6 +230,7 @@ impl Config {
                 reboot: true,
                 break_after_fail: false,
                 cert: None,
+                project: None,
             });
         }
 
@@ -323,6 +329,22 @@ fn explicit_item(
             (Some(label), format)
         }
     };
+    let project = match (&raw.project, raw.kind) {
+        (Some(p), ItemKind::App) => Some(nonempty(loc, p, "project")?),
+        (Some(p), ItemKind::Data) => {
+            return Err(loc.at(
+                Some(p.span()),
+                "`project` is for app items that read a catalogue (manifest.json)",
+            ))
+        }
+        (None, ItemKind::App) if raw.uri.get_ref().ends_with("manifest.json") => {
+            return Err(loc.at(
+                Some(raw.uri.span()),
+                "this uri names a catalogue: add `project = \"NAME\"` to pick an image from it",
+            ))
+        }
+        (None, _) => None,
+    };
     let cert = match &raw.cert {
         None => None,
         Some(c) => {
@@ -348,6 +370,7 @@ fn explicit_item(
         reboot: raw.reboot.unwrap_or(raw.kind == ItemKind::App),
         break_after_fail: raw.break_after_fail.unwrap_or(false),
         cert,
+        project,
     })
 }
 
@@ -366,6 +389,7 @@ pub fn example(host_port: &str) -> Config {
                 reboot: false,
                 break_after_fail: false,
                 cert: None,
+                project: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -376,6 +400,7 @@ pub fn example(host_port: &str) -> Config {
                 reboot: true,
                 break_after_fail: false,
                 cert: None,
+                project: None,
             },
         ],
     }

@@ -94,6 +94,7 @@ cert = "ca.pem"
                 reboot: false,
                 break_after_fail: true,
                 cert: None,
+                project: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -104,6 +105,7 @@ cert = "ca.pem"
                 reboot: false,
                 break_after_fail: false,
                 cert: Some(dir.path().join("ca.pem")),
+                project: None,
             },
         ]
     );
