@@ -4,6 +4,8 @@
 mod cmd_device;
 mod cmd_image;
 mod cmd_ptable;
+mod cmd_publish;
+mod cmd_serve;
 mod cmd_tone;
 mod demo;
 mod glue;
@@ -45,6 +47,10 @@ enum Command {
     Tone(cmd_tone::ToneCmd),
     /// Convert a partition table CSV to binary or back, like gen_esp32part.py.
     PartitionTable(cmd_ptable::PtableArgs),
+    /// Serve firmware from a folder or an S3 bucket (ranges, ETags, catalogue, TLS).
+    Serve(cmd_serve::ServeArgs),
+    /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
+    Publish(cmd_publish::PublishArgs),
 }
 
 /// `--flash F`: the emulated device's flash image.
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd_image::run(c),
         Command::Tone(c) => cmd_tone::run(c),
         Command::PartitionTable(a) => cmd_ptable::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
+        Command::Publish(a) => cmd_publish::run(a),
     };
     logger::progress_done();
     match result {
