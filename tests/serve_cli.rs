@@ -205,3 +205,218 @@ fn serve_refuses_a_missing_folder_and_a_busy_port() {
         text(&o)
     );
 }
+
+/// GET over plain HTTP on loopback (no client crate needed): (status, body).
+fn http_get(base: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&all[9..12]).parse().unwrap();
+    (status, all[end + 4..].to_vec())
+}
+
+fn catalogue_config(path: &Path, uri: &str, policy: &str, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[[upgrade]]\ntype = \"app\"\nuri = \"{uri}\"\nproject = \"app\"\nversion_check = \"{policy}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
+/// The catalogue folder of the manifest tests: the newest valid `app` for esp32 is v2.0.0.
+fn catalogue_folder(www: &Path) {
+    std::fs::create_dir_all(www.join("old")).unwrap();
+    make_image(&www.join("old/app-1.5.bin"), "app", "v1.5.0", "80K");
+    make_image(&www.join("app-2.0.bin"), "app", "v2.0.0", "90K");
+    // Newer but corrupt: listed with its error, never offered.
+    make_image(&www.join("app-3.0.bin"), "app", "v3.0.0", "90K");
+    let mut b = std::fs::read(www.join("app-3.0.bin")).unwrap();
+    b[50_000] ^= 0xFF;
+    std::fs::write(www.join("app-3.0.bin"), b).unwrap();
+    // Newer, but another project / another chip.
+    make_image(&www.join("other.bin"), "other", "v9.0.0", "50K");
+    ok(&[
+        "image",
+        "make",
+        "--chip",
+        "esp32c3",
+        "--project",
+        "app",
+        "--version",
+        "v9.0.0",
+        "-o",
+        s(&www.join("c3.bin")),
+    ]);
+}
+
+#[test]
+fn device_updates_through_the_catalogue_to_the_newest_valid_image() {
+    let t = tempfile::tempdir().unwrap();
+    let flash = device(t.path());
+    let www = t.path().join("www");
+    catalogue_folder(&www);
+    let srv = Served::start(&[s(&www)], &t.path().join("serve.log"));
+    assert!(
+        srv.lines.iter().any(|l| l.contains("(5 entries;")),
+        "{:?}",
+        srv.lines
+    );
+
+    let (status, body) = http_get(&srv.base, "/manifest.json");
+    assert_eq!(status, 200);
+    let cat: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let entries = cat["entries"].as_array().unwrap();
+    let bad = entries
+        .iter()
+        .find(|e| e["path"] == "/app-3.0.bin")
+        .unwrap();
+    assert_eq!(bad["kind"], "app");
+    assert!(bad["error"].as_str().unwrap().contains("failed"), "{bad}");
+    let good = entries
+        .iter()
+        .find(|e| e["path"] == "/old/app-1.5.bin")
+        .unwrap();
+    assert_eq!(good["chip"], "esp32");
+    assert_eq!(good["version"], "v1.5.0");
+    assert_eq!(good["error"], serde_json::Value::Null);
+
+    let cfg = t.path().join("ota.toml");
+    catalogue_config(&cfg, &format!("{}/manifest.json", srv.base), "semver", "");
+    let o = run_device(&flash, &cfg);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("the newest is v2.0.0"), "{log}");
+    assert_eq!(boot_json(&flash)["version"], "v2.0.0");
+
+    // Run again: the newest is what runs, so the item is skipped and nothing is written.
+    let before = std::fs::read(&flash).unwrap();
+    let o = run_device(&flash, &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("OTA skipped"), "{}", text(&o));
+    assert!(std::fs::read(&flash).unwrap() == before);
+}
+
+#[test]
+fn catalogue_item_refuses_a_download_that_does_not_match_and_commits_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let flash = device(t.path());
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    make_image(&www.join("app.bin"), "app", "v2.0.0", "90K");
+    // A catalogue that is never rescanned, then the file is replaced by another valid image of
+    // the same size: the catalogue's SHA-256 no longer matches what is downloaded.
+    let srv = Served::start(
+        &[s(&www), "--rescan-ms", "3600000"],
+        &t.path().join("serve.log"),
+    );
+    make_image(&t.path().join("swap.bin"), "app", "v2.0.1", "90K");
+    std::fs::rename(t.path().join("swap.bin"), www.join("app.bin")).unwrap();
+    let cfg = t.path().join("ota.toml");
+    catalogue_config(&cfg, &format!("{}/manifest.json", srv.base), "semver", "");
+    let before = std::fs::read(&flash).unwrap();
+    let o = run_device(&flash, &cfg);
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{log}");
+    assert!(log.contains("does not match the catalogue"), "{log}");
+    assert!(log.contains("SHA-256 of the download is"), "{log}");
+    let after = std::fs::read(&flash).unwrap();
+    assert!(
+        after[0xD000..0xF000] == before[0xD000..0xF000],
+        "otadata changed"
+    );
+    assert!(
+        after[0x10000..0x110000] == before[0x10000..0x110000],
+        "running slot changed"
+    );
+    assert_eq!(boot_json(&flash)["version"], "v1.0.0");
+
+    // Nothing for this chip/project: a clear failure, nothing written.
+    let cfg2 = t.path().join("ota2.toml");
+    std::fs::write(
+        &cfg2,
+        format!(
+            "[[upgrade]]\ntype = \"app\"\nuri = \"{}/manifest.json\"\nproject = \"nope\"\n",
+            srv.base
+        ),
+    )
+    .unwrap();
+    let o = run_device(&flash, &cfg2);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("no valid app image for chip esp32, project nope"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn device_updates_over_https_with_a_self_signed_certificate_pinned() {
+    let t = tempfile::tempdir().unwrap();
+    let flash = device(t.path());
+    let www = t.path().join("www");
+    catalogue_folder(&www);
+    let tls = t.path().join("tls");
+    let srv = Served::start(
+        &[s(&www), "--tls-self-signed", "--tls-dir", s(&tls)],
+        &t.path().join("serve.log"),
+    );
+    assert!(srv.base.starts_with("https://127.0.0.1:"), "{}", srv.base);
+    let ca_line = srv.lines.iter().find(|l| l.starts_with("TLS CA")).unwrap();
+    assert!(ca_line.ends_with(s(&tls.join("ca.pem"))), "{ca_line}");
+
+    // Without the pin the device refuses the certificate and nothing changes.
+    let cfg = t.path().join("nopin.toml");
+    catalogue_config(&cfg, &format!("{}/manifest.json", srv.base), "semver", "");
+    let o = run_device(&flash, &cfg);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("TLS failed"), "{}", text(&o));
+    assert_eq!(boot_json(&flash)["version"], "v1.0.0");
+
+    // Pinned (cert relative to the config file): the catalogue and the image over https.
+    let cfg = t.path().join("ota.toml");
+    catalogue_config(
+        &cfg,
+        &format!("{}/manifest.json", srv.base),
+        "semver",
+        "cert = \"tls/ca.pem\"\n",
+    );
+    let o = run_device(&flash, &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(boot_json(&flash)["version"], "v2.0.0");
+    drop(srv);
+
+    // The generated pair works as --tls-cert/--tls-key too (a direct image URI this time).
+    let srv = Served::start(
+        &[
+            s(&www),
+            "--tls-cert",
+            s(&tls.join("cert.pem")),
+            "--tls-key",
+            s(&tls.join("key.pem")),
+        ],
+        &t.path().join("serve2.log"),
+    );
+    let cfg = t.path().join("direct.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[upgrade]]\ntype = \"app\"\nuri = \"{}/old/app-1.5.bin\"\ncert = \"tls/ca.pem\"\n",
+            srv.base
+        ),
+    )
+    .unwrap();
+    let o = run_device(&flash, &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(boot_json(&flash)["version"], "v1.5.0");
+}
