@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Folder: rescan interval of the catalogue. S3: how long metadata and the catalogue are reused.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     rescan_ms: u64,
+    /// Memory for file contents, in MiB: versions of files up to 16 MiB are kept (least
+    /// recently used dropped first); 0 streams every response from the file.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    cache_mib: u64,
     /// No access log.
     #[arg(long, short)]
     quiet: bool,
@@ -122,6 +126,14 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         tls,
         rescan: Duration::from_millis(a.rescan_ms.max(10)),
         access_log: !a.quiet,
+        cache: ota_server::local::CacheLimits {
+            max_file: if a.cache_mib == 0 {
+                0
+            } else {
+                ota_server::local::DEFAULT_CACHE.max_file
+            },
+            budget: a.cache_mib << 20,
+        },
     };
     let rt = ota_server::runtime(a.workers)?;
     let server = rt.block_on(Server::bind(opts))?;

@@ -184,7 +184,7 @@ async fn lookup(state: &State, path: &str) -> Result<Rep, Response<RespBody>> {
                 }
                 OpenError::Io(_) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")),
             })?;
-            let sha = dir.sha256(&f).await.map_err(|e| {
+            let facts = dir.facts(&f).await.map_err(|e| {
                 let mut r = text(StatusCode::SERVICE_UNAVAILABLE, e);
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -192,11 +192,14 @@ async fn lookup(state: &State, path: &str) -> Result<Rep, Response<RespBody>> {
             })?;
             Ok(Rep {
                 len: f.version.size,
-                etag: format!("\"{}\"", hex(&sha)),
+                etag: format!("\"{}\"", hex(&facts.sha256)),
                 modified: f.modified,
                 content_type: OCTET_STREAM,
                 cache_control: None,
-                source: Source::File(f),
+                source: match &facts.content {
+                    Some(b) => Source::Bytes(b.clone()),
+                    None => Source::File(f),
+                },
             })
         }
         Backend::S3(s3) => {

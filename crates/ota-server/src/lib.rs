@@ -96,6 +96,8 @@ pub struct ServeOptions {
     pub rescan: Duration,
     /// Write one access-log line per request to stderr.
     pub access_log: bool,
+    /// Folder store: which file versions are kept in memory.
+    pub cache: local::CacheLimits,
 }
 
 impl ServeOptions {
@@ -108,6 +110,7 @@ impl ServeOptions {
             tls: Tls::None,
             rescan: DEFAULT_RESCAN,
             access_log: true,
+            cache: local::DEFAULT_CACHE,
         }
     }
 }
@@ -163,7 +166,7 @@ impl Server {
         let stats = Arc::new(Stats::default());
         let (backend, catalogue, scanner, source, entries) = match &opts.store {
             Store::Dir(path) => {
-                let dir = LocalDir::new(path).map_err(|source| ServeError::Dir {
+                let dir = LocalDir::new(path, opts.cache).map_err(|source| ServeError::Dir {
                     path: path.clone(),
                     source,
                 })?;

@@ -107,12 +107,12 @@ pub enum OpenError {
 /// The served folder.
 pub struct LocalDir {
     root: PathBuf,
-    hashes: HashCache,
+    cache: VersionCache,
 }
 
 impl LocalDir {
     /// `root` must exist and be a folder; it is canonicalised once here.
-    pub fn new(root: &Path) -> io::Result<LocalDir> {
+    pub fn new(root: &Path, limits: CacheLimits) -> io::Result<LocalDir> {
         let root = root.canonicalize()?;
         if !root.is_dir() {
             return Err(io::Error::new(
@@ -122,7 +122,7 @@ impl LocalDir {
         }
         Ok(LocalDir {
             root,
-            hashes: HashCache::default(),
+            cache: VersionCache::new(limits),
         })
     }
 
@@ -167,50 +167,165 @@ impl LocalDir {
         })
     }
 
-    /// The SHA-256 of this version of the file, computed at most once per version.
-    pub async fn sha256(&self, f: &OpenFile) -> Result<[u8; 32], String> {
-        self.hashes.get(f).await
+    /// The SHA-256 (and maybe the bytes) of this version of the file, read at most once per
+    /// version.
+    pub async fn facts(&self, f: &OpenFile) -> Result<Arc<Facts>, String> {
+        self.cache.get(f).await
+    }
+
+    pub fn cache(&self) -> &VersionCache {
+        &self.cache
     }
 }
 
-type HashCell = OnceCell<Result<[u8; 32], String>>;
-
-/// SHA-256 per (path, version): the strong ETag of a file, computed once per version even when
-/// many requests for a new version arrive at once.
-#[derive(Default)]
-pub struct HashCache {
-    map: Mutex<HashMap<PathBuf, (FileVersion, Arc<HashCell>)>>,
+/// What is known about one version of a file: its SHA-256 and, for files small enough, its
+/// bytes (shared by every response for that version, so serving it costs no file read).
+pub struct Facts {
+    pub sha256: [u8; 32],
+    pub content: Option<Bytes>,
 }
 
-impl HashCache {
-    pub async fn get(&self, f: &OpenFile) -> Result<[u8; 32], String> {
-        let cell = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(&f.path) {
-                Some((v, cell)) if *v == f.version => cell.clone(),
-                _ => {
-                    let cell = Arc::new(HashCell::new());
-                    map.insert(f.path.clone(), (f.version, cell.clone()));
-                    cell
+/// Per-file cache limits: files up to `max_file` bytes are kept in memory while the total stays
+/// under `budget` (least recently used versions are dropped first).
+#[derive(Clone, Copy, Debug)]
+pub struct CacheLimits {
+    pub max_file: u64,
+    pub budget: u64,
+}
+
+/// Default limits: app images are at most 16 MiB (the largest app partition on ESP32 flash).
+pub const DEFAULT_CACHE: CacheLimits = CacheLimits {
+    max_file: 16 << 20,
+    budget: 256 << 20,
+};
+
+type FactsCell = OnceCell<Result<Arc<Facts>, String>>;
+
+struct Slot {
+    version: FileVersion,
+    cell: Arc<FactsCell>,
+    last_used: u64,
+    cached: u64,
+}
+
+/// [`Facts`] per (path, version): the strong ETag of a file and possibly its bytes, computed
+/// once per version even when many requests for a new version arrive at once.
+pub struct VersionCache {
+    limits: CacheLimits,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<PathBuf, Slot>,
+    tick: u64,
+    total: u64,
+}
+
+impl VersionCache {
+    pub fn new(limits: CacheLimits) -> VersionCache {
+        VersionCache {
+            limits,
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn get(&self, f: &OpenFile) -> Result<Arc<Facts>, String> {
+        let (cell, keep) = {
+            let mut g = self.lock();
+            g.tick += 1;
+            let tick = g.tick;
+            let fresh = match g.map.get_mut(&f.path) {
+                Some(slot) if slot.version == f.version => {
+                    slot.last_used = tick;
+                    None
+                }
+                _ => Some(Arc::new(FactsCell::new())),
+            };
+            match fresh {
+                None => (g.map[&f.path].cell.clone(), false),
+                Some(cell) => {
+                    let keep = f.version.size <= self.limits.max_file;
+                    if let Some(old) = g.map.insert(
+                        f.path.clone(),
+                        Slot {
+                            version: f.version,
+                            cell: cell.clone(),
+                            last_used: tick,
+                            cached: 0,
+                        },
+                    ) {
+                        g.total -= old.cached;
+                    }
+                    (cell, keep)
                 }
             }
         };
         let file = f.file.clone();
         let version = f.version;
         let path = f.path.clone();
-        cell.get_or_init(|| async move {
-            tokio::task::spawn_blocking(move || hash_open_file(&file, version, &path))
-                .await
-                .unwrap_or_else(|e| Err(format!("hashing task failed: {e}")))
-        })
-        .await
-        .clone()
+        let facts = cell
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || read_facts(&file, version, &path, keep))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("hashing task failed: {e}")))
+                    .map(Arc::new)
+            })
+            .await
+            .clone()?;
+        if keep && facts.content.is_some() {
+            self.account(&f.path, f.version, version.size);
+        }
+        Ok(facts)
+    }
+
+    /// Count a newly cached version once, then drop least recently used contents over budget.
+    fn account(&self, path: &Path, version: FileVersion, size: u64) {
+        let mut g = self.lock();
+        let counted = match g.map.get_mut(path) {
+            Some(slot) if slot.version == version && slot.cached == 0 => {
+                slot.cached = size;
+                true
+            }
+            _ => false,
+        };
+        if !counted {
+            return;
+        }
+        g.total += size;
+        while g.total > self.limits.budget {
+            let victim = g
+                .map
+                .iter()
+                .filter(|(_, s)| s.cached > 0)
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(p, _)| p.clone());
+            match victim.and_then(|p| g.map.remove(&p)) {
+                Some(s) => g.total -= s.cached,
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes of file contents held.
+    pub fn cached_bytes(&self) -> u64 {
+        self.lock().total
     }
 }
 
-/// SHA-256 of an open file; fails if the file changes while it is read.
-fn hash_open_file(file: &File, version: FileVersion, path: &Path) -> Result<[u8; 32], String> {
+/// Read an open file once: SHA-256, and the bytes when `keep`. Fails if the file changes
+/// while it is read.
+fn read_facts(file: &File, version: FileVersion, path: &Path, keep: bool) -> Result<Facts, String> {
     let mut sha = Sha256::new();
+    let mut content = if keep {
+        Vec::with_capacity(version.size as usize)
+    } else {
+        Vec::new()
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     loop {
@@ -221,16 +336,25 @@ fn hash_open_file(file: &File, version: FileVersion, path: &Path) -> Result<[u8;
             break;
         }
         sha.update(&buf[..n]);
+        if keep {
+            content.extend_from_slice(&buf[..n]);
+        }
         off += n as u64;
+        if off > version.size {
+            break;
+        }
     }
     let now = file
         .metadata()
         .map(|m| FileVersion::of(&m))
         .map_err(|e| format!("stat {}: {e}", path.display()))?;
     if now != version || off != version.size {
-        return Err(format!("{} changed while it was hashed", path.display()));
+        return Err(format!("{} changed while it was read", path.display()));
     }
-    Ok(sha.finalize().into())
+    Ok(Facts {
+        sha256: sha.finalize().into(),
+        content: keep.then(|| Bytes::from(content)),
+    })
 }
 
 /// Lower-case hex.
