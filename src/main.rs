@@ -2,6 +2,7 @@
 //! crates together and prints; format logic lives in `ota-core`.
 
 mod cmd_device;
+mod cmd_fleet;
 mod cmd_image;
 mod cmd_ptable;
 mod cmd_publish;
@@ -51,6 +52,8 @@ enum Command {
     Serve(cmd_serve::ServeArgs),
     /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
     Publish(cmd_publish::PublishArgs),
+    /// Simulate a fleet: N in-memory devices update from one server's catalogue.
+    FleetSim(cmd_fleet::FleetArgs),
 }
 
 /// `--flash F`: the emulated device's flash image.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::PartitionTable(a) => cmd_ptable::run(a),
         Command::Serve(a) => cmd_serve::run(a),
         Command::Publish(a) => cmd_publish::run(a),
+        Command::FleetSim(a) => cmd_fleet::run(a),
     };
     logger::progress_done();
     match result {

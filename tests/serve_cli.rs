@@ -420,3 +420,50 @@ fn device_updates_over_https_with_a_self_signed_certificate_pinned() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(boot_json(&flash)["version"], "v1.5.0");
 }
+
+#[test]
+fn fleet_sim_updates_every_device_from_ota_serve() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    make_image(&www.join("fleet.bin"), "fleet", "v1.0.0", "64K");
+    let srv = Served::start(&[s(&www), "--quiet"], &t.path().join("serve.log"));
+    let o = ota(&[
+        "fleet-sim",
+        "--devices",
+        "50",
+        "--pool",
+        "8",
+        "--server",
+        &srv.base,
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "50 of 50 devices updated and booted the new app (0 failed); now running: v1.0.0"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("firmware bytes served (as counted by the devices): 3276800 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("server peak memory: ") && out.contains("(VmHWM of pid"),
+        "{out}"
+    );
+
+    // A catalogue with nothing newer: every device fails, and the exit status says so.
+    let o = ota(&[
+        "fleet-sim",
+        "--devices",
+        "3",
+        "--server",
+        &srv.base,
+        "--from-version",
+        "v1.0.0",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("0 of 3 devices updated"), "{}", text(&o));
+}
