@@ -47,8 +47,8 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
         e.sha256
     );
     println!(
-        "catalogue {}manifest.json rewritten: {} entries",
-        store.describe(),
+        "catalogue {} rewritten: {} entries",
+        store.catalogue_url(),
         report.entries
     );
     Ok(ExitCode::SUCCESS)

@@ -401,6 +401,15 @@ impl S3Store {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `s3://bucket/prefix/manifest.json`, for messages.
+    pub fn catalogue_url(&self) -> String {
+        format!(
+            "s3://{}/{}",
+            self.inner.opts.location.bucket,
+            self.catalogue_key()
+        )
+    }
+
     fn catalogue_key(&self) -> String {
         format!("{}{}", self.inner.opts.location.prefix, CATALOGUE_KEY)
     }
