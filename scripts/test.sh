@@ -29,4 +29,6 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (workspace)"
-cargo test --workspace
+# --show-output: the counts the interop, sweep and mutation tests print (and any "SKIP: ..."
+# line of a test whose inputs are missing) appear in the output even when the tests pass.
+cargo test --workspace -- --show-output
