@@ -2,8 +2,8 @@
 //! crates together and prints; format logic lives in `ota-core`.
 
 mod cmd_device;
-mod cmd_fleet;
 mod cmd_flash;
+mod cmd_fleet;
 mod cmd_image;
 mod cmd_otadata;
 mod cmd_partition;

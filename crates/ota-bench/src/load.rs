@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// Longest wait for a connect or a read before a request counts as an error.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const CLIENT_STACK: usize = 256 * 1024;
+/// Receive buffer per client: large reads keep the generator's own syscall cost low.
+const CLIENT_BUF: usize = 256 * 1024;
 
 pub struct Case {
     pub name: String,
@@ -174,7 +176,7 @@ impl Conn {
 pub fn fetch(addr: SocketAddr, path: &str) -> io::Result<Vec<u8>> {
     let mut c = Conn {
         stream: None,
-        buf: vec![0u8; 64 * 1024],
+        buf: vec![0u8; CLIENT_BUF],
     };
     let head = format!("GET /{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     let mut out = Vec::new();
@@ -202,7 +204,7 @@ pub fn run(addr: SocketAddr, case: &Case, dur: Duration) -> Outcome {
                 let mut mine = Outcome::default();
                 let mut c = Conn {
                     stream: None,
-                    buf: vec![0u8; 64 * 1024],
+                    buf: vec![0u8; CLIENT_BUF],
                 };
                 let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
                 while Instant::now() < deadline {
