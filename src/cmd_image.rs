@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
-use ota_core::image::{self, ImageSpec, ImageSummary};
+use ota_core::image::{self, ImageHeader, ImageSpec, ImageSummary};
 use ota_core::Chip;
 use serde_json::{json, Value};
 
@@ -36,6 +36,23 @@ pub enum ImageCmd {
         /// Leave out the appended SHA-256.
         #[arg(long)]
         no_hash: bool,
+        /// SPI flash mode in the header: qio, qout, dio, dout (esptool --flash-mode).
+        #[arg(long, default_value = "dio")]
+        flash_mode: String,
+        /// Flash size in the header: 1MB .. 128MB (esptool --flash-size).
+        #[arg(long, default_value = "4MB")]
+        flash_size: String,
+        /// Flash frequency in the header, as esptool names it for the chip (e.g. 40m, 80m;
+        /// esptool --flash-freq). Default: the chip's code 0 (40m on most chips).
+        #[arg(long)]
+        flash_freq: Option<String>,
+        /// Minimum chip revision in the header, major*100+minor (esptool --min-rev-full).
+        #[arg(long, default_value_t = 0)]
+        min_rev_full: u16,
+        /// Maximum chip revision in the header, major*100+minor (esptool --max-rev-full;
+        /// 65535 = not set).
+        #[arg(long, default_value_t = 65535)]
+        max_rev_full: u16,
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
@@ -58,6 +75,11 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             size,
             segments,
             no_hash,
+            flash_mode,
+            flash_size,
+            flash_freq,
+            min_rev_full,
+            max_rev_full,
             output,
         } => {
             let chip = Chip::from_name(&chip).ok_or_else(|| anyhow!("unknown chip '{}'", chip))?;
@@ -65,6 +87,30 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             spec.secure_version = secure_version;
             spec.segments = segments;
             spec.hash_appended = !no_hash;
+            spec.flash_mode = image::flash_mode_from_name(&flash_mode).ok_or_else(|| {
+                anyhow!("unknown flash mode '{}' (qio, qout, dio, dout)", flash_mode)
+            })?;
+            spec.flash_size_code =
+                image::flash_size_code_from_name(&flash_size).ok_or_else(|| {
+                    anyhow!(
+                        "unknown flash size '{}' (1MB, 2MB, 4MB, ... 128MB)",
+                        flash_size
+                    )
+                })?;
+            if let Some(f) = flash_freq {
+                spec.flash_freq_code =
+                    image::flash_freq_code_from_name(chip, &f).ok_or_else(|| {
+                        let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
+                        anyhow!(
+                            "flash frequency '{}' is not one {} knows ({})",
+                            f,
+                            chip.display_name(),
+                            names.join(", ")
+                        )
+                    })?;
+            }
+            spec.min_chip_rev_full = min_rev_full;
+            spec.max_chip_rev_full = max_rev_full;
             if let Some(s) = size {
                 spec.total_size = Some(crate::glue::parse_size(&s)?);
             }
@@ -115,8 +161,20 @@ pub fn summary_json(s: &ImageSummary) -> Value {
     let chip = s.chip;
     let segs: Vec<Value> = s.segments[..s.segment_count]
         .iter()
-        .map(|g| json!({"load_addr": g.load_addr, "length": g.data_len, "file_offset": g.file_offset}))
+        .map(|g| {
+            let types: Vec<&str> = chip
+                .map(|c| {
+                    c.memory_types(g.load_addr)
+                        .iter()
+                        .map(|t| t.name())
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({"load_addr": g.load_addr, "length": g.data_len, "file_offset": g.file_offset,
+                   "memory_types": types})
+        })
         .collect();
+    let h = &s.header;
     json!({
         "chip": chip.map(|c| c.name()),
         "chip_id": s.header.chip_id,
@@ -124,6 +182,11 @@ pub fn summary_json(s: &ImageSummary) -> Value {
         "flash_mode": s.header.flash_mode_name(),
         "flash_size": s.header.flash_size_name(),
         "flash_freq": chip.and_then(|c| s.header.flash_freq_name(c)),
+        "wp_pin": h.wp_pin,
+        "spi_pin_drv": pin_drv(h),
+        "min_chip_rev": h.min_chip_rev,
+        "min_chip_rev_full": h.min_chip_rev_full,
+        "max_chip_rev_full": h.max_chip_rev_full,
         "segments": segs,
         "checksum": s.checksum_read,
         "checksum_valid": s.checksum_valid(),
@@ -137,48 +200,116 @@ pub fn summary_json(s: &ImageSummary) -> Value {
             "date": d.date_str(),
             "idf_ver": d.idf_ver_str(),
             "elf_sha256": hex(&d.app_elf_sha256),
+            "min_efuse_blk_rev_full": d.min_efuse_blk_rev_full,
+            "max_efuse_blk_rev_full": d.max_efuse_blk_rev_full,
+            "mmu_page_size": d.mmu_page_size,
+        })),
+        "bootloader": s.bootloader_desc.as_ref().filter(|_| s.app_desc.is_none()).map(|b| json!({
+            "version": b.version,
+            "idf_ver": b.idf_ver_str(),
+            "date_time": b.date_time_str(),
         })),
     })
 }
 
+/// The six SPI pin drive strengths of header bytes 9..11 (esptool's names).
+fn pin_drv(h: &ImageHeader) -> Value {
+    let [b9, b10, b11] = h.spi_pin_drv;
+    json!({"clk_drv": b9 & 0xF, "q_drv": b9 >> 4, "d_drv": b10 & 0xF,
+           "cs0_drv": b10 >> 4, "hd_drv": b11 & 0xF, "wp_drv": b11 >> 4})
+}
+
+/// `major.minor` of a `major*100+minor` revision (esptool's format).
+fn rev(v: u16) -> String {
+    format!("{}.{}", v / 100, v % 100)
+}
+
+/// The report of `esptool image-info` (esptool 5.x, idf-formats.md §3.10), line for line,
+/// without its first `esptool vX` line. Unknown flash size/frequency/mode values are warned
+/// about on stderr, as esptool does.
 fn print_info(s: &ImageSummary, size: usize) {
+    let h = &s.header;
     let name = s.chip.map(|c| c.display_name()).unwrap_or("unknown chip");
     println!("Image size: {} bytes", size);
     println!("Detected image type: {}", name);
     println!();
-    println!("{} Image Header", name);
-    println!("{}", "=".repeat(name.len() + 13));
-    println!("Entry point: {:#8x}", s.header.entry_addr);
+    let title = format!("{} Image Header", name);
+    println!("{}\n{}", title, "=".repeat(title.len()));
+    println!("Image version: 1");
+    if h.entry_addr != 0 {
+        println!("Entry point: {:#8x}", h.entry_addr);
+    } else {
+        println!("Entry point not set");
+    }
     println!("Segments: {}", s.segment_count);
+    match h.flash_size_name() {
+        Some(n) => println!("Flash size: {}", n),
+        None => eprintln!(
+            "Warning: Invalid flash size ({:#02x})",
+            h.spi_speed_size & 0xF0
+        ),
+    }
+    match s.chip.and_then(|c| h.flash_freq_name(c)) {
+        Some(n) => println!("Flash freq: {}", n),
+        None => eprintln!(
+            "Warning: Invalid flash frequency ({:#02x})",
+            h.flash_freq_code()
+        ),
+    }
+    match h.flash_mode_name() {
+        Some(n) => println!("Flash mode: {}", n),
+        None => eprintln!("Warning: Invalid flash mode ({})", h.spi_mode),
+    }
+    println!();
+    let title = format!("{} Extended Image Header", name);
+    println!("{}\n{}", title, "=".repeat(title.len()));
+    if h.wp_pin == image::WP_PIN_DISABLED {
+        println!("WP pin: {:#02x} (disabled)", h.wp_pin);
+    } else {
+        println!("WP pin: {:#02x}", h.wp_pin);
+    }
+    let [b9, b10, b11] = h.spi_pin_drv;
     println!(
-        "Flash size: {}",
-        s.header.flash_size_name().unwrap_or("unknown")
+        "Flash pins drive settings: clk_drv: {:#02x}, q_drv: {:#02x}, d_drv: {:#02x}, \
+         cs0_drv: {:#02x}, hd_drv: {:#02x}, wp_drv: {:#02x}",
+        b9 & 0xF,
+        b9 >> 4,
+        b10 & 0xF,
+        b10 >> 4,
+        b11 & 0xF,
+        b11 >> 4
     );
-    if let Some(c) = s.chip {
-        println!(
-            "Flash freq: {}",
-            s.header.flash_freq_name(c).unwrap_or("unknown")
-        );
+    match s.chip {
+        Some(c) => println!("Chip ID: {} ({})", h.chip_id, c.display_name()),
+        None => println!("Chip ID: {} (Unknown ID)", h.chip_id),
     }
     println!(
-        "Flash mode: {}",
-        s.header.flash_mode_name().unwrap_or("unknown")
+        "Minimal chip revision: v{}, (legacy min_rev = {})",
+        rev(h.min_chip_rev_full),
+        h.min_chip_rev
     );
-    println!("Chip ID: {} ({})", s.header.chip_id, name);
+    println!("Maximal chip revision: v{}", rev(h.max_chip_rev_full));
     println!();
     println!("Segments Information");
     println!("====================");
-    println!("Segment   Length   Load addr   File offs");
-    println!("-------  -------  ----------  ----------");
+    println!(
+        "{:>7}  {:>7}  {:>10}  {:>10}  {:10}",
+        "Segment", "Length", "Load addr", "File offs", "Memory types"
+    );
+    println!("-------  -------  ----------  ----------  ------------");
     for (i, g) in s.segments[..s.segment_count].iter().enumerate() {
+        let types = s
+            .chip
+            .map(|c| c.memory_types(g.load_addr).to_string())
+            .unwrap_or_default();
         println!(
-            "{:7}  {:#07x}  {:#010x}  {:#010x}",
-            i, g.data_len, g.load_addr, g.file_offset
+            "{:7}  {:#07x}  {:#010x}  {:#010x}  {}",
+            i, g.data_len, g.load_addr, g.file_offset, types
         );
     }
     println!();
-    println!("{} Image Footer", name);
-    println!("{}", "=".repeat(name.len() + 13));
+    let title = format!("{} Image Footer", name);
+    println!("{}\n{}", title, "=".repeat(title.len()));
     if s.checksum_valid() {
         println!("Checksum: {:#04x} (valid)", s.checksum_read);
     } else {
@@ -187,10 +318,10 @@ fn print_info(s: &ImageSummary, size: usize) {
             s.checksum_read, s.checksum_calc
         );
     }
-    if let Some(h) = s.hash_calc {
+    if let Some(hc) = s.hash_calc {
         println!(
             "Validation hash: {} ({})",
-            hex(&h),
+            hex(&hc),
             if s.hash_valid() == Some(true) {
                 "valid"
             } else {
@@ -207,6 +338,27 @@ fn print_info(s: &ImageSummary, size: usize) {
         println!("Compile time: {} {}", d.date_str(), d.time_str());
         println!("ELF file SHA256: {}", hex(&d.app_elf_sha256));
         println!("ESP-IDF: {}", d.idf_ver_str());
+        println!(
+            "Minimal eFuse block revision: {}",
+            rev(d.min_efuse_blk_rev_full)
+        );
+        println!(
+            "Maximal eFuse block revision: {}",
+            rev(d.max_efuse_blk_rev_full)
+        );
+        if d.mmu_page_size != 0 {
+            println!(
+                "MMU page size: {} KB",
+                (1u64 << d.mmu_page_size.min(63)) / 1024
+            );
+        }
         println!("Secure version: {}", d.secure_version);
+    } else if let Some(b) = &s.bootloader_desc {
+        println!();
+        println!("Bootloader Information");
+        println!("======================");
+        println!("Bootloader version: {}", b.version);
+        println!("ESP-IDF: {}", b.idf_ver_str());
+        println!("Compile time: {}", b.date_time_str());
     }
 }

@@ -24,14 +24,42 @@ pub struct PtableArgs {
     /// Partition table offset (default 0x8000).
     #[arg(long, default_value = "0x8000")]
     offset: String,
+    /// Where the primary bootloader is (needed by `bootloader` rows; gen_esp32part.py's option).
+    #[arg(long, value_name = "ADDR")]
+    primary_bootloader_offset: Option<String>,
+    /// Where the recovery bootloader is (needed by a `bootloader, recovery` row).
+    #[arg(long, value_name = "ADDR")]
+    recovery_bootloader_offset: Option<String>,
+    /// Skip gen_esp32part.py's verify() checks (alignment, overlap, unique names, ...).
+    #[arg(long)]
+    no_verify: bool,
 }
 
 pub fn run(a: PtableArgs) -> Result<ExitCode> {
     let input =
         std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let addr = |s: &Option<String>| s.as_deref().map(crate::cmd_flash::parse_addr).transpose();
+    let opts = CsvOptions {
+        table_offset: crate::glue::parse_size(&a.offset)?,
+        flash_size: a
+            .flash_size
+            .as_deref()
+            .map(crate::glue::parse_size)
+            .transpose()?,
+        primary_bootloader_offset: addr(&a.primary_bootloader_offset)?,
+        recovery_bootloader_offset: addr(&a.recovery_bootloader_offset)?,
+        verify: !a.no_verify,
+        ..CsvOptions::default()
+    };
     if input.starts_with(&[0xAA, 0x50]) {
         let table = PartitionTable::parse(&input, ReadRule::GenTool)
             .map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
+        // gen_esp32part.py verifies binary input too (unless --no-verify).
+        if opts.verify {
+            table
+                .verify(&opts)
+                .map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
+        }
         let mut csv = String::new();
         table
             .write_csv(&mut csv)
@@ -49,15 +77,6 @@ pub fn run(a: PtableArgs) -> Result<ExitCode> {
                 a.input.display()
             )
         })?;
-        let opts = CsvOptions {
-            table_offset: crate::glue::parse_size(&a.offset)?,
-            flash_size: a
-                .flash_size
-                .as_deref()
-                .map(crate::glue::parse_size)
-                .transpose()?,
-            ..CsvOptions::default()
-        };
         let table = PartitionTable::from_csv(&text, &opts)
             .map_err(|e| anyhow!("{}: {}", a.input.display(), e))?;
         let mut bin = [0xFFu8; TABLE_MAX_LEN];

@@ -2,10 +2,17 @@
 //! crates together and prints; format logic lives in `ota-core`.
 
 mod cmd_device;
+mod cmd_flash;
+mod cmd_fleet;
 mod cmd_image;
+mod cmd_otadata;
+mod cmd_partition;
 mod cmd_ptable;
+mod cmd_publish;
+mod cmd_serve;
 mod cmd_tone;
 mod demo;
+mod flashfile;
 mod glue;
 mod logger;
 
@@ -45,6 +52,21 @@ enum Command {
     Tone(cmd_tone::ToneCmd),
     /// Convert a partition table CSV to binary or back, like gen_esp32part.py.
     PartitionTable(cmd_ptable::PtableArgs),
+    /// Read, switch or erase otadata in a flash image (like ESP-IDF's otatool.py).
+    #[command(subcommand)]
+    Otadata(cmd_otadata::OtadataCmd),
+    /// List, read, write or erase partitions of a flash image (like ESP-IDF's parttool.py).
+    #[command(subcommand)]
+    Partition(cmd_partition::PartitionCmd),
+    /// Merge files into a flash image (like esptool merge-bin) or read a region out of one.
+    #[command(subcommand)]
+    Flash(cmd_flash::FlashCmd),
+    /// Serve firmware from a folder or an S3 bucket (ranges, ETags, catalogue, TLS).
+    Serve(cmd_serve::ServeArgs),
+    /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
+    Publish(cmd_publish::PublishArgs),
+    /// Simulate a fleet: N in-memory devices update from one server's catalogue.
+    FleetSim(cmd_fleet::FleetArgs),
 }
 
 /// `--flash F`: the emulated device's flash image.
@@ -63,6 +85,12 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd_image::run(c),
         Command::Tone(c) => cmd_tone::run(c),
         Command::PartitionTable(a) => cmd_ptable::run(a),
+        Command::Otadata(c) => cmd_otadata::run(c),
+        Command::Partition(c) => cmd_partition::run(c),
+        Command::Flash(c) => cmd_flash::run(c),
+        Command::Serve(a) => cmd_serve::run(a),
+        Command::Publish(a) => cmd_publish::run(a),
+        Command::FleetSim(a) => cmd_fleet::run(a),
     };
     logger::progress_done();
     match result {

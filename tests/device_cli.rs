@@ -483,3 +483,43 @@ fn bad_input_malformed_config_names_the_line() {
     let log = f.assert_fails_unchanged(cfg, "ota.toml:4");
     assert!(log.contains("reboot") || log.contains("invalid"), "{}", log);
 }
+
+#[test]
+fn device_run_reads_the_sd_card_from_a_fat_image() {
+    let f = Fixture::new();
+    // A format-1 tone bin (the partition holds a format-0 one) so the rewrite is visible.
+    ok(&[
+        "tone",
+        "pack",
+        f.p("sounds"),
+        "-o",
+        f.p("new_tone.bin"),
+        "--format",
+        "1",
+        "--version",
+        "v1.0.0",
+        "--time",
+        "10:00:00",
+        "--date",
+        "2026-11-28",
+    ]);
+    let new_tone = std::fs::read(f.path("new_tone.bin")).unwrap();
+    ota_emu::SdCard::create_fat_image(f.path("sd.img"), 4 << 20, &[("flash_tone.bin", &new_tone)])
+        .unwrap();
+    let cfg = f.config(&tone_config("file://sdcard/flash_tone.bin", "flash_tone"));
+    let out = ota(&[
+        "device",
+        "run",
+        "--flash",
+        f.p("flash.bin"),
+        "--config",
+        cfg,
+        "--sdcard",
+        f.p("sd.img"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let flash = f.flash();
+    assert!(flash[FLASH_TONE.start..FLASH_TONE.start + new_tone.len()] == new_tone[..]);
+    let info = ok(&["device", "info", "--flash", f.p("flash.bin")]);
+    assert!(info.contains("ota_example v1.0.0"), "{}", info);
+}

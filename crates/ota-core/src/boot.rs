@@ -1,6 +1,6 @@
 //! Emulation of ESP-IDF's 2nd-stage bootloader app selection (idf-formats.md §2.6): which app
-//! it picks from otadata, the rollback state writes it makes, and the fallback to other slots
-//! when an image fails verification. Sans-IO apart from the flash; what it does is reported as
+//! it picks from otadata, the rollback state writes it makes, the anti-rollback eFuse checks and
+//! burns (§2.7), and the fallback to other slots when an image fails verification. Sans-IO apart from the flash; what it does is reported as
 //! [`BootEvent`]s so a front end can print ESP-IDF-style lines.
 
 use core::fmt;

@@ -469,6 +469,18 @@ pub fn cstr_field<const N: usize>(s: &str, field: &'static str) -> Result<[u8; N
 impl AppDesc {
     /// Parse 256 bytes (more are ignored); the magic word is checked.
     pub fn parse(bytes: &[u8]) -> Result<Self, ImageError> {
+        let d = Self::from_layout(bytes)?;
+        if d.magic_word != APP_DESC_MAGIC {
+            return Err(ImageError::BadAppDescMagic {
+                found: d.magic_word,
+            });
+        }
+        Ok(d)
+    }
+
+    /// The 256-byte `esp_app_desc_t` layout without checking the magic word (ADF's tone
+    /// descriptor uses the same layout with magic 0xF55F9876, adf-ota-service.md §8.2).
+    pub fn from_layout(bytes: &[u8]) -> Result<Self, ImageError> {
         let b = bytes.get(..APP_DESC_SIZE).ok_or(ImageError::TooShort {
             what: "esp_app_desc_t",
             needed: APP_DESC_SIZE,
@@ -491,11 +503,6 @@ impl AppDesc {
             reserv3: arr_at(b, 182),
             reserv2: arr_at(b, 184),
         };
-        if d.magic_word != APP_DESC_MAGIC {
-            return Err(ImageError::BadAppDescMagic {
-                found: d.magic_word,
-            });
-        }
         Ok(d)
     }
 
@@ -2688,35 +2695,7 @@ mod tests {
 
     // ---- verify_flash over a tiny in-memory NOR flash ----
 
-    struct MemFlash(Vec<u8>);
-
-    #[derive(Debug)]
-    struct MemErr;
-
-    impl embedded_storage::nor_flash::NorFlashError for MemErr {
-        fn kind(&self) -> embedded_storage::nor_flash::NorFlashErrorKind {
-            embedded_storage::nor_flash::NorFlashErrorKind::OutOfBounds
-        }
-    }
-
-    impl embedded_storage::nor_flash::ErrorType for MemFlash {
-        type Error = MemErr;
-    }
-
-    impl embedded_storage::nor_flash::ReadNorFlash for MemFlash {
-        const READ_SIZE: usize = 1;
-        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), MemErr> {
-            let s = self
-                .0
-                .get(offset as usize..offset as usize + bytes.len())
-                .ok_or(MemErr)?;
-            bytes.copy_from_slice(s);
-            Ok(())
-        }
-        fn capacity(&self) -> usize {
-            self.0.len()
-        }
-    }
+    use crate::testutil::RamFlash;
 
     #[test]
     fn verify_flash_checks_magic_chip_fit_and_content() {
@@ -2725,8 +2704,8 @@ mod tests {
         spec.total_size = Some(40_000);
         spec.segments = 6;
         let img = build(&spec);
-        let mut flash = MemFlash(std::vec![0xff; 0x40000]);
-        flash.0[0x10000..0x10000 + img.len()].copy_from_slice(&img);
+        let mut flash = RamFlash::<1>::new(0x40000);
+        flash.data[0x10000..0x10000 + img.len()].copy_from_slice(&img);
         let slot = Region::new(0x10000, 0x10000);
         let s = verify_flash(&mut flash, slot, Some(Chip::Esp32c3)).unwrap();
         assert_eq!(s.app_desc.unwrap().version_str(), "2.0");
@@ -2754,8 +2733,8 @@ mod tests {
             "{e}"
         );
         // Not at a 64 KiB boundary: flash-mapped segments no longer line up.
-        let mut flash2 = MemFlash(std::vec![0xff; 0x40000]);
-        flash2.0[0x18000..0x18000 + img.len()].copy_from_slice(&img);
+        let mut flash2 = RamFlash::<1>::new(0x40000);
+        flash2.data[0x18000..0x18000 + img.len()].copy_from_slice(&img);
         let e = verify_flash(&mut flash2, Region::new(0x18000, 0x10000), None).unwrap_err();
         assert!(
             matches!(e, crate::Error::Image(ImageError::SegmentAlignment { .. })),
@@ -2765,7 +2744,7 @@ mod tests {
         let e = verify_flash(&mut flash, Region::new(0x40000, 0x10000), None).unwrap_err();
         assert!(matches!(e, crate::Error::Flash(_)), "{e}");
         // Corrupted byte in flash.
-        flash.0[0x10000 + 5000] ^= 0x10;
+        flash.data[0x10000 + 5000] ^= 0x10;
         let e = verify_flash(&mut flash, slot, None).unwrap_err();
         assert!(
             matches!(e, crate::Error::Image(ImageError::ChecksumMismatch { .. })),
@@ -2773,7 +2752,7 @@ mod tests {
         );
         let mut v = ImageVerifier::new();
         v.set_app_rules(true);
-        flash.0[0x10000 + 5000] ^= 0x10;
+        flash.data[0x10000 + 5000] ^= 0x10;
         assert!(verify_flash_with(&mut flash, slot, v).is_ok());
     }
 }

@@ -14,6 +14,7 @@ pub mod chip;
 pub mod error;
 pub mod flash;
 pub mod image;
+pub mod layout;
 pub mod otadata;
 pub mod partition;
 pub mod staging;

@@ -825,77 +825,12 @@ impl OtaData {
 mod tests {
     use super::*;
     use crate::partition::{SUBTYPE_DATA_OTA, TYPE_DATA};
-    use embedded_storage::nor_flash::{ErrorType, NorFlashErrorKind};
-
-    /// RAM NOR flash: erase = 4 KiB sectors to 0xFF, program = AND (can only clear bits).
-    struct RamFlash<const N: usize> {
-        mem: [u8; N],
-        erases: usize,
-        writes: usize,
-    }
-
-    impl<const N: usize> RamFlash<N> {
-        fn new() -> Self {
-            RamFlash {
-                mem: [0xFF; N],
-                erases: 0,
-                writes: 0,
-            }
-        }
-    }
-
-    impl<const N: usize> ErrorType for RamFlash<N> {
-        type Error = NorFlashErrorKind;
-    }
-
-    impl<const N: usize> ReadNorFlash for RamFlash<N> {
-        const READ_SIZE: usize = 1;
-        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-            let o = offset as usize;
-            let src = self
-                .mem
-                .get(o..o + bytes.len())
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            bytes.copy_from_slice(src);
-            Ok(())
-        }
-        fn capacity(&self) -> usize {
-            N
-        }
-    }
-
-    impl<const N: usize> NorFlash for RamFlash<N> {
-        const WRITE_SIZE: usize = 1;
-        const ERASE_SIZE: usize = 0x1000;
-        fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-            if from & 0xFFF != 0 || to & 0xFFF != 0 || from > to {
-                return Err(NorFlashErrorKind::NotAligned);
-            }
-            let dst = self
-                .mem
-                .get_mut(from as usize..to as usize)
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            dst.fill(0xFF);
-            self.erases += 1;
-            Ok(())
-        }
-        fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-            let o = offset as usize;
-            let dst = self
-                .mem
-                .get_mut(o..o + bytes.len())
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            for (d, s) in dst.iter_mut().zip(bytes) {
-                *d &= *s;
-            }
-            self.writes += 1;
-            Ok(())
-        }
-    }
+    use crate::testutil::RamFlash;
 
     /// otadata at 0x1000 in a 0x4000 flash, so partition-relative offsets are exercised.
     const PART_OFF: usize = 0x1000;
-    type Flash = RamFlash<0x4000>;
+    type Flash = RamFlash;
+    const FLASH_SIZE: usize = 0x4000;
 
     fn part() -> Partition {
         Partition {
@@ -910,7 +845,7 @@ mod tests {
 
     fn sector(f: &Flash, i: usize) -> [u8; 32] {
         let mut b = [0u8; 32];
-        b.copy_from_slice(&f.mem[PART_OFF + i * 0x1000..PART_OFF + i * 0x1000 + 32]);
+        b.copy_from_slice(&f.data[PART_OFF + i * 0x1000..PART_OFF + i * 0x1000 + 32]);
         b
     }
 
@@ -919,12 +854,12 @@ mod tests {
         for i in 0..2 {
             let s = PART_OFF + i * 0x1000;
             assert!(
-                f.mem[s + 32..s + 0x1000].iter().all(|&b| b == 0xFF),
+                f.data[s + 32..s + 0x1000].iter().all(|&b| b == 0xFF),
                 "sector {i} tail"
             );
         }
-        assert!(f.mem[..PART_OFF].iter().all(|&b| b == 0xFF));
-        assert!(f.mem[PART_OFF + 0x2000..].iter().all(|&b| b == 0xFF));
+        assert!(f.data[..PART_OFF].iter().all(|&b| b == 0xFF));
+        assert!(f.data[PART_OFF + 0x2000..].iter().all(|&b| b == 0xFF));
     }
 
     fn unhex(s: &str) -> [u8; 32] {
@@ -1136,10 +1071,10 @@ mod tests {
 
     #[test]
     fn read_reads_both_sectors_relative_to_partition() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let a = ent("05000000", "02000000", "cd0f21c8");
-        f.mem[PART_OFF..PART_OFF + 32].copy_from_slice(&a);
-        f.mem[PART_OFF + 0x1000..PART_OFF + 0x1020]
+        f.data[PART_OFF..PART_OFF + 32].copy_from_slice(&a);
+        f.data[PART_OFF + 0x1000..PART_OFF + 0x1020]
             .copy_from_slice(&ent("02000000", "ffffffff", "7437f655"));
         let d = OtaData::read(&mut f, &part()).unwrap();
         assert_eq!(d.entries[0].seq, 5);
@@ -1155,7 +1090,7 @@ mod tests {
 
     #[test]
     fn read_rejects_small_partition_naming_it() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let p = Partition {
             size: 0x1000,
             label: Label::new("otad"),
@@ -1180,7 +1115,7 @@ mod tests {
 
     #[test]
     fn read_reports_flash_errors() {
-        let mut f = RamFlash::<0x2000>::new(); // partition at 0x1000..0x3000 exceeds it
+        let mut f = RamFlash::<1>::new(0x2000); // partition at 0x1000..0x3000 exceeds it
         let err = OtaData::read(&mut f, &part()).unwrap_err();
         assert!(matches!(err, crate::Error::Flash(_)), "{err:?}");
     }
@@ -1198,14 +1133,14 @@ mod tests {
     ) {
         let mut d = OtaData::read(f, &part()).unwrap();
         let plan = d.plan_set_boot_with(slot, 2, rollback, rules).unwrap();
-        let erases = f.erases;
+        let erases = f.erase_ops;
         assert_eq!(
             d.set_boot_with(f, &part(), slot, 2, rollback, rules)
                 .unwrap(),
             sec
         );
         assert_eq!(plan.0, sec);
-        assert_eq!(f.erases, erases + 1, "one sector erase per set_boot");
+        assert_eq!(f.erase_ops, erases + 1, "one sector erase per set_boot");
         assert_eq!(
             sector(f, 0),
             s0,
@@ -1227,7 +1162,7 @@ mod tests {
         let e2 = ent("02000000", st, "7437f655");
         let e3 = ent("03000000", st, "11504aed");
         let e4 = ent("04000000", st, "a8689d70");
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         step(&mut f, 0, rollback, rules, 0, e1, ERASED32);
         step(&mut f, 1, rollback, rules, 1, e1, e2);
         assert_eq!(
@@ -1297,14 +1232,14 @@ mod tests {
             d.plan_set_boot(0, 0, false),
             Err(OtaDataError::SlotOutOfRange { slot: 0, count: 0 })
         );
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let mut d = OtaData::erased();
         let err = d.set_boot(&mut f, &part(), 5, 2, false).unwrap_err();
         assert_eq!(
             err,
             crate::Error::OtaData(OtaDataError::SlotOutOfRange { slot: 5, count: 2 })
         );
-        assert_eq!(f.erases + f.writes, 0, "nothing written on error");
+        assert_eq!(f.erase_ops + f.write_ops, 0, "nothing written on error");
     }
 
     #[test]
@@ -1357,10 +1292,10 @@ mod tests {
 
     #[test]
     fn set_boot_preserves_seq_label_of_target_sector() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let mut raw = ent("01000000", "ffffffff", "9a984347");
         raw[4..24].copy_from_slice(b"label-bytes-survive!");
-        f.mem[PART_OFF + 0x1000..PART_OFF + 0x1020].copy_from_slice(&raw);
+        f.data[PART_OFF + 0x1000..PART_OFF + 0x1020].copy_from_slice(&raw);
         // Sector 1 holds seq 1 (ota_0), sector 0 erased: switching to ota_1 writes sector 0.
         let mut d = OtaData::read(&mut f, &part()).unwrap();
         assert_eq!(d.set_boot(&mut f, &part(), 1, 2, false).unwrap(), 0);
@@ -1375,7 +1310,7 @@ mod tests {
 
     #[test]
     fn write_entry_and_erase_all() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         OtaData::write_entry(&mut f, &part(), 1, &u(2)).unwrap();
         assert_eq!(sector(&f, 1), ent("02000000", "ffffffff", "7437f655"));
         assert_eq!(
@@ -1383,26 +1318,26 @@ mod tests {
             crate::Error::OtaData(OtaDataError::BadEntryIndex { index: 2 })
         );
         OtaData::erase_all(&mut f, &part()).unwrap();
-        assert!(f.mem.iter().all(|&b| b == 0xFF));
+        assert!(f.data.iter().all(|&b| b == 0xFF));
         assert_eq!(OtaData::read(&mut f, &part()).unwrap(), OtaData::erased());
     }
 
     #[test]
     fn mark_valid_rewrites_active_sector_once() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let mut d = OtaData::erased();
         d.set_boot(&mut f, &part(), 0, 2, true).unwrap();
         d.set_boot(&mut f, &part(), 1, 2, true).unwrap();
         assert_eq!(d.mark_valid(&mut f, &part(), 2).unwrap(), Some(1));
         assert_eq!(sector(&f, 1), ent("02000000", "02000000", "7437f655"));
         assert_eq!(sector(&f, 0), ent("01000000", "00000000", "9a984347"));
-        let erases = f.erases;
+        let erases = f.erase_ops;
         assert_eq!(
             d.mark_valid(&mut f, &part(), 2).unwrap(),
             None,
             "already valid: no write"
         );
-        assert_eq!(f.erases, erases);
+        assert_eq!(f.erase_ops, erases);
     }
 
     #[test]
@@ -1421,7 +1356,7 @@ mod tests {
 
     #[test]
     fn mark_invalid_needs_rollback_target() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let mut d = OtaData::erased();
         d.set_boot(&mut f, &part(), 0, 2, true).unwrap();
         d.mark_valid(&mut f, &part(), 2).unwrap();
@@ -1505,7 +1440,7 @@ mod tests {
 
     #[test]
     fn invalidate_inactive_erases_other_sector() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let mut d = OtaData::erased();
         d.set_boot(&mut f, &part(), 0, 2, true).unwrap();
         d.set_boot(&mut f, &part(), 1, 2, true).unwrap();
@@ -1526,7 +1461,7 @@ mod tests {
 
     #[test]
     fn bootloader_aborts_pending_verify_keeping_bytes() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let mut pv = OtaSelectEntry::new(2, OtaState::PendingVerify);
         pv.seq_label[0] = 0x42;
         pv.crc = 0xDEAD_BEEF; // the bootloader does not recompute the CRC
@@ -1550,7 +1485,7 @@ mod tests {
 
     #[test]
     fn bootloader_marks_new_entry_pending() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         let mut d = OtaData::erased();
         d.set_boot(&mut f, &part(), 1, 2, true).unwrap();
         assert!(!d
@@ -1571,9 +1506,9 @@ mod tests {
 
     #[test]
     fn set_actual_ota_seq_writes_valid_entry_to_sector0() {
-        let mut f = Flash::new();
+        let mut f = Flash::new(FLASH_SIZE);
         // Sector 0 had a torn entry; sector 1 stays untouched.
-        f.mem[PART_OFF..PART_OFF + 4].copy_from_slice(&[1, 2, 3, 4]);
+        f.data[PART_OFF..PART_OFF + 4].copy_from_slice(&[1, 2, 3, 4]);
         let mut d = OtaData::read(&mut f, &part()).unwrap();
         assert!(d.has_initial_contents());
         d.set_actual_ota_seq(&mut f, &part(), 0).unwrap();

@@ -661,6 +661,13 @@ impl PartitionTable {
         csv::parse(text, opts)
     }
 
+    /// gen_esp32part.py's `verify()` (§1.7: alignment, flags, unique names, no overlap, one
+    /// otadata of 0x2000 bytes...) on this table, e.g. one read from binary: gen_esp32part.py
+    /// runs it on binary input too. `opts.table_offset` gives the "below the table" limit.
+    pub fn verify(&self, opts: &CsvOptions) -> Result<(), CsvError> {
+        csv::verify_table(self, opts)
+    }
+
     /// The CSV text gen_esp32part.py's `to_csv()` prints for this table (§1.6).
     pub fn write_csv<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
         csv::write(self, w)

@@ -22,19 +22,25 @@ impl NorFlashError for RamError {
     }
 }
 
-/// NOR flash in RAM: erase sets 0xFF per 4 KiB sector, writes may only clear bits.
-pub struct RamFlash {
+/// NOR flash in RAM: erase sets 0xFF per 4 KiB sector, writes may only clear bits (a 0 bit
+/// programmed back to 1 is an error). Reads must be `RS`-aligned (esp-storage needs 4).
+pub struct RamFlash<const RS: usize = 1> {
     pub data: Vec<u8>,
+    /// Erases per 4 KiB sector.
     pub erases: Vec<u32>,
     pub bytes_written: u64,
+    pub erase_ops: usize,
+    pub write_ops: usize,
 }
 
-impl RamFlash {
+impl<const RS: usize> RamFlash<RS> {
     pub fn new(size: usize) -> Self {
         RamFlash {
             data: vec![0xFF; size],
-            erases: vec![0; size / 4096],
+            erases: vec![0; size.div_ceil(4096)],
             bytes_written: 0,
+            erase_ops: 0,
+            write_ops: 0,
         }
     }
     pub fn total_erases(&self) -> u32 {
@@ -50,13 +56,16 @@ impl RamFlash {
     }
 }
 
-impl ErrorType for RamFlash {
+impl<const RS: usize> ErrorType for RamFlash<RS> {
     type Error = RamError;
 }
 
-impl ReadNorFlash for RamFlash {
-    const READ_SIZE: usize = 1;
+impl<const RS: usize> ReadNorFlash for RamFlash<RS> {
+    const READ_SIZE: usize = RS;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), RamError> {
+        if !(offset as usize).is_multiple_of(RS) || !bytes.len().is_multiple_of(RS) {
+            return Err(RamError(NorFlashErrorKind::NotAligned));
+        }
         let end = offset as usize + bytes.len();
         if end > self.data.len() {
             return Err(RamError(NorFlashErrorKind::OutOfBounds));
@@ -69,7 +78,7 @@ impl ReadNorFlash for RamFlash {
     }
 }
 
-impl NorFlash for RamFlash {
+impl<const RS: usize> NorFlash for RamFlash<RS> {
     const WRITE_SIZE: usize = 1;
     const ERASE_SIZE: usize = 4096;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), RamError> {
@@ -82,6 +91,7 @@ impl NorFlash for RamFlash {
         for s in from / 4096..to / 4096 {
             self.erases[s as usize] += 1;
         }
+        self.erase_ops += 1;
         self.data[from as usize..to as usize].fill(0xFF);
         Ok(())
     }
@@ -97,6 +107,7 @@ impl NorFlash for RamFlash {
             *d &= b;
         }
         self.bytes_written += bytes.len() as u64;
+        self.write_ops += 1;
         Ok(())
     }
 }

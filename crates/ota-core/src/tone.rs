@@ -8,6 +8,7 @@ use crc::{Crc, CRC_32_ISO_HDLC};
 use embedded_storage::nor_flash::ReadNorFlash;
 
 use crate::flash::{self, FlashError, FlashOp, Region};
+use crate::image::AppDesc;
 use crate::partition::Partition;
 
 // ---------------------------------------------------------------------------------------------
@@ -436,93 +437,57 @@ impl ToneFileInfo {
     }
 }
 
-/// The format-1 descriptor: `esp_app_desc_t` layout (256 bytes, §8.2), magic 0xF55F9876.
-/// Every byte is kept, so `parse` then `to_bytes` is byte-exact.
+/// The format-1 descriptor: ESP-IDF's `esp_app_desc_t` layout (256 bytes) with magic
+/// 0xF55F9876 (§8.2), so it is an [`AppDesc`] read without the app magic check. Every byte is
+/// kept, so `parse` then `to_bytes` is byte-exact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ToneDesc {
-    pub magic_word: u32,
-    pub secure_version: u32,
-    /// `reserv1[2]` (8 bytes).
-    pub reserv1: [u8; 8],
-    /// `char[32]`, NUL padded; not NUL terminated when 32 bytes long.
-    pub version: [u8; 32],
-    pub project_name: [u8; 32],
-    pub time: [u8; 16],
-    pub date: [u8; 16],
-    pub idf_ver: [u8; 32],
-    pub app_elf_sha256: [u8; 32],
-    /// `reserv2` (80 bytes).
-    pub reserv2: [u8; 80],
+pub struct ToneDesc(pub AppDesc);
+
+impl core::ops::Deref for ToneDesc {
+    type Target = AppDesc;
+    fn deref(&self) -> &AppDesc {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for ToneDesc {
+    fn deref_mut(&mut self) -> &mut AppDesc {
+        &mut self.0
+    }
 }
 
 impl ToneDesc {
     /// The descriptor `mk_audio_tone.py` writes: magic, "ESP_TONE_BIN", the given strings
     /// (NUL padded, truncated to the field), everything else zero.
     pub fn new(version: &str, time: &str, date: &str) -> ToneDesc {
-        ToneDesc {
-            magic_word: TONE_DESC_MAGIC,
-            secure_version: 0,
-            reserv1: [0; 8],
-            version: fixed(version.as_bytes()),
-            project_name: fixed(FLASH_TONE_PROJECT_NAME.as_bytes()),
-            time: fixed(time.as_bytes()),
-            date: fixed(date.as_bytes()),
-            idf_ver: [0; 32],
-            app_elf_sha256: [0; 32],
-            reserv2: [0; 80],
-        }
+        let mut d = AppDesc::from_layout(&[0u8; TONE_DESC_SIZE]).unwrap_or_default();
+        d.magic_word = TONE_DESC_MAGIC;
+        d.version = fixed(version.as_bytes());
+        d.project_name = fixed(FLASH_TONE_PROJECT_NAME.as_bytes());
+        d.time = fixed(time.as_bytes());
+        d.date = fixed(date.as_bytes());
+        ToneDesc(d)
     }
 
     /// Layout only: reads 256 bytes; the magic is NOT checked here.
     pub fn parse(bytes: &[u8]) -> Result<ToneDesc, ToneError> {
         let b = need(bytes, 0, TONE_DESC_SIZE, "descriptor")?;
-        Ok(ToneDesc {
-            magic_word: le32(b, 0),
-            secure_version: le32(b, 4),
-            reserv1: arr(b, 8),
-            version: arr(b, 16),
-            project_name: arr(b, 48),
-            time: arr(b, 80),
-            date: arr(b, 96),
-            idf_ver: arr(b, 112),
-            app_elf_sha256: arr(b, 144),
-            reserv2: arr(b, 176),
-        })
+        AppDesc::from_layout(b)
+            .map(ToneDesc)
+            .map_err(|_| ToneError::Truncated {
+                what: "descriptor",
+                offset: 0,
+                need: TONE_DESC_SIZE as u32,
+                have: bytes.len() as u32,
+            })
     }
 
     pub fn to_bytes(&self) -> [u8; TONE_DESC_SIZE] {
-        let mut o = [0u8; TONE_DESC_SIZE];
-        put(&mut o, 0, &self.magic_word.to_le_bytes());
-        put(&mut o, 4, &self.secure_version.to_le_bytes());
-        put(&mut o, 8, &self.reserv1);
-        put(&mut o, 16, &self.version);
-        put(&mut o, 48, &self.project_name);
-        put(&mut o, 80, &self.time);
-        put(&mut o, 96, &self.date);
-        put(&mut o, 112, &self.idf_ver);
-        put(&mut o, 144, &self.app_elf_sha256);
-        put(&mut o, 176, &self.reserv2);
-        o
+        self.0.to_bytes()
     }
 
     pub fn magic_ok(&self) -> bool {
         self.magic_word == TONE_DESC_MAGIC
-    }
-    /// Version text up to the first NUL (lossy).
-    pub fn version_str(&self) -> &str {
-        c_str(&self.version)
-    }
-    pub fn project_name_str(&self) -> &str {
-        c_str(&self.project_name)
-    }
-    pub fn time_str(&self) -> &str {
-        c_str(&self.time)
-    }
-    pub fn date_str(&self) -> &str {
-        c_str(&self.date)
-    }
-    pub fn idf_ver_str(&self) -> &str {
-        c_str(&self.idf_ver)
     }
 
     /// `ota_get_version_number(desc.version)` exactly as C sees it: `version` is a `char[32]`;
@@ -809,8 +774,9 @@ fn multiple_of(x: usize, a: usize) -> bool {
 }
 
 /// Read `buf.len()` bytes at partition-relative `rel`, honouring the driver's `READ_SIZE`
-/// (esp-storage needs 4-byte alignment; ADF reads the tail at an address ≡ 2 mod 4).
-fn read_rel<F: ReadNorFlash>(
+/// (esp-storage needs 4-byte alignment; ADF reads the tail at an address ≡ 2 mod 4). Also used
+/// by [`crate::staging`] for its byte-granular progress record.
+pub(crate) fn read_rel<F: ReadNorFlash>(
     flash: &mut F,
     region: &Region,
     rel: u32,
@@ -1283,7 +1249,7 @@ mod tests {
 
     use super::*;
     use crate::partition::{Label, TYPE_DATA};
-    use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind};
+    use embedded_storage::nor_flash::NorFlash;
     use std::string::{String, ToString};
     use std::vec::Vec;
     use std::{format, vec};
@@ -1292,7 +1258,7 @@ mod tests {
 
     const VEC_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vectors/tone");
 
-    /// The vectors of /work/shared/vectors/README.md and adf-ota-service.md §8.5.
+    /// The vectors of ../shared/vectors/README.md and adf-ota-service.md §8.5.
     struct Vector {
         name: &'static str,
         size: usize,
@@ -1363,64 +1329,14 @@ mod tests {
         Some(std::fs::read(format!("{}/{}", VEC_DIR, name)).expect("vector file missing"))
     }
 
-    /// In-test NOR flash: reads need `RS`-byte alignment (4 = esp-storage), writes clear bits.
-    struct RamFlash<const RS: usize> {
-        mem: Vec<u8>,
-    }
-
-    impl<const RS: usize> ErrorType for RamFlash<RS> {
-        type Error = NorFlashErrorKind;
-    }
-
-    impl<const RS: usize> ReadNorFlash for RamFlash<RS> {
-        const READ_SIZE: usize = RS;
-        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-            if !multiple_of(offset as usize, RS) || !multiple_of(bytes.len(), RS) {
-                return Err(NorFlashErrorKind::NotAligned);
-            }
-            let s = self
-                .mem
-                .get(offset as usize..offset as usize + bytes.len())
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            bytes.copy_from_slice(s);
-            Ok(())
-        }
-        fn capacity(&self) -> usize {
-            self.mem.len()
-        }
-    }
-
-    impl<const RS: usize> NorFlash for RamFlash<RS> {
-        const WRITE_SIZE: usize = 1;
-        const ERASE_SIZE: usize = 4096;
-        fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-            let s = self
-                .mem
-                .get_mut(from as usize..to as usize)
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            s.fill(0xFF);
-            Ok(())
-        }
-        fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-            let s = self
-                .mem
-                .get_mut(offset as usize..offset as usize + bytes.len())
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            for (d, b) in s.iter_mut().zip(bytes) {
-                *d &= *b;
-            }
-            Ok(())
-        }
-    }
+    use crate::testutil::RamFlash;
 
     const PART_OFFSET: u32 = 0x10000;
 
     /// A flash with a data partition at 0x10000 of `part_size` bytes, erased, then `bin` written
     /// at its start (through the NorFlash trait).
     fn flash_with<const RS: usize>(bin: &[u8], part_size: u32) -> (RamFlash<RS>, Partition) {
-        let mut f = RamFlash::<RS> {
-            mem: vec![0u8; (PART_OFFSET + part_size) as usize],
-        };
+        let mut f = RamFlash::<RS>::new((PART_OFFSET + part_size) as usize);
         f.erase(PART_OFFSET, PART_OFFSET + part_size).unwrap();
         let n = bin.len().min(part_size as usize);
         f.write(PART_OFFSET, &bin[..n]).unwrap();
@@ -1516,39 +1432,6 @@ mod tests {
     #[test]
     fn crc_is_zlib_crc32() {
         assert_eq!(CRC32.checksum(b"123456789"), 0xCBF4_3926);
-    }
-
-    #[test]
-    fn version_parser_matches_adf_table() {
-        let cases: &[(&str, Option<u32>)] = &[
-            ("v1.2.3", Some(0x010203)),
-            ("V1.2.3", Some(0x010203)),
-            ("v0.0.0", Some(0)),
-            ("v255.255.255", Some(0xFFFFFF)),
-            ("v256.0.0", None),
-            ("v1.2", None),
-            ("v1.2.3.4", None),
-            ("1.2.3", None),
-            ("v1.2.3-rc1", None),
-            ("v01.002.003", Some(0x010203)),
-            ("v1..2.3", Some(0x010203)),
-            ("v1.2.3.", Some(0x010203)),
-            (".v1.2.3", Some(0x010203)),
-            ("v.1.2", Some(0x000102)),
-            ("v", None),
-            ("", None),
-            (" v1.2.3", None),
-            ("v2.2-252-g62edbd26-dirty", None),
-            ("v1.0", None),
-            ("0.5.0", None),
-            ("v99999999999999999999.0.0", None),
-            ("v1.2.3\0garbage", Some(0x010203)),
-            ("v000000000000000000000000001.2.3", Some(0x010203)), // 32 chars
-            ("v0000000000000000000000000001.2.3", None),          // 33 chars
-        ];
-        for &(s, want) in cases {
-            assert_eq!(crate::version::adf_version_number(s), want, "{:?}", s);
-        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! version), erases happen sector by sector just ahead of the writes (idf-formats.md §2.8,
 //! `OTA_WITH_SEQUENTIAL_WRITES`), and otadata is switched only after the written image verified
 //! (idf-formats.md §2.4). A failed or abandoned update never touches otadata or the running slot.
+//! Also the app-side rollback API (`esp_ota_mark_app_valid_cancel_rollback`,
+//! `esp_ota_mark_app_invalid_rollback`) and `esp_ota_begin`'s rollback rules (§2.5).
 
 use core::fmt;
 

@@ -59,6 +59,9 @@ pub struct UpgradeSpec {
     /// before it is copied into `label` under a power-safe progress record
     /// (`ota_core::staging`). None: written in place.
     pub staging: Option<String>,
+    /// App items only: `uri` names a catalogue (`ota serve`'s `/manifest.json`) and the item
+    /// installs the newest image of this project for the device's chip.
+    pub project: Option<String>,
 }
 
 /// The parsed configuration.
@@ -147,6 +150,7 @@ struct RawUpgrade {
     break_after_fail: Option<bool>,
     cert: Option<Spanned<String>>,
     staging: Option<Spanned<String>>,
+    project: Option<Spanned<String>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -209,6 +213,7 @@ impl Config {
                 break_after_fail: false,
                 cert: None,
                 staging: None,
+                project: None,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -232,6 +237,7 @@ impl Config {
                 break_after_fail: false,
                 cert: None,
                 staging: None,
+                project: None,
             });
         }
 
@@ -347,6 +353,22 @@ fn explicit_item(
             (Some(label), format)
         }
     };
+    let project = match (&raw.project, raw.kind) {
+        (Some(p), ItemKind::App) => Some(nonempty(loc, p, "project")?),
+        (Some(p), ItemKind::Data) => {
+            return Err(loc.at(
+                Some(p.span()),
+                "`project` is for app items that read a catalogue (manifest.json)",
+            ))
+        }
+        (None, ItemKind::App) if raw.uri.get_ref().ends_with("manifest.json") => {
+            return Err(loc.at(
+                Some(raw.uri.span()),
+                "this uri names a catalogue: add `project = \"NAME\"` to pick an image from it",
+            ))
+        }
+        (None, _) => None,
+    };
     let cert = match &raw.cert {
         None => None,
         Some(c) => {
@@ -373,6 +395,7 @@ fn explicit_item(
         break_after_fail: raw.break_after_fail.unwrap_or(false),
         cert,
         staging: raw.staging.as_ref().map(|s| s.get_ref().clone()),
+        project,
     })
 }
 
@@ -392,6 +415,7 @@ pub fn example(host_port: &str) -> Config {
                 break_after_fail: false,
                 cert: None,
                 staging: None,
+                project: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -403,6 +427,7 @@ pub fn example(host_port: &str) -> Config {
                 break_after_fail: false,
                 cert: None,
                 staging: None,
+                project: None,
             },
         ],
     }

@@ -95,6 +95,7 @@ cert = "ca.pem"
                 break_after_fail: true,
                 cert: None,
                 staging: None,
+                project: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -106,6 +107,7 @@ cert = "ca.pem"
                 break_after_fail: false,
                 cert: Some(dir.path().join("ca.pem")),
                 staging: None,
+                project: None,
             },
         ]
     );

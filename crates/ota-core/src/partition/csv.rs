@@ -990,6 +990,25 @@ fn verify(rows: &[Row<'_>], opts: &CsvOptions) -> Result<(), CsvError> {
     Ok(())
 }
 
+/// `PartitionTable.verify()` (§1.7) on a table that was not read from CSV (a binary table, as
+/// gen_esp32part.py verifies binary input too). Errors carry `line` = entry index + 1.
+pub(super) fn verify_table(t: &PartitionTable, opts: &CsvOptions) -> Result<(), CsvError> {
+    let mut rows = [Row::EMPTY; MAX_PARTITIONS];
+    let n = t.len().min(MAX_PARTITIONS);
+    for ((slot, p), i) in rows.iter_mut().zip(t.iter()).zip(1..) {
+        *slot = Row {
+            name: p.label.as_str(),
+            ptype: i64::from(p.ptype),
+            subtype: i64::from(p.subtype),
+            offset: Some(i64::from(p.offset)),
+            size: i64::from(p.size),
+            flags: p.flags,
+            line: i,
+        };
+    }
+    verify(rows.get(..n).unwrap_or(&[]), opts)
+}
+
 /// `verify_size_fits` (§1.7 rule 10): the end of the partition with the highest offset.
 fn check_fits(rows: &[Row<'_>], flash_size: u32) -> Result<(), CsvError> {
     let mut last: Option<&Row<'_>> = None;

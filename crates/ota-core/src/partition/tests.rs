@@ -4,7 +4,7 @@
 extern crate std;
 
 use std::format;
-use std::string::String;
+use std::string::{String, ToString};
 use std::vec::Vec;
 
 use md5::{Digest, Md5};
@@ -1453,4 +1453,42 @@ fn type_and_subtype_names() {
     assert_eq!(subtype_name(2, 2), Some("recovery"));
     assert_eq!(subtype_name(3, 1), Some("ota"));
     assert_eq!(subtype_name(0x40, 0), None);
+}
+
+#[test]
+fn verify_accepts_a_table_read_back_from_binary() {
+    let t = PartitionTable::parse(&two_ota_bin(), ReadRule::GenTool).unwrap();
+    assert_eq!(t.verify(&CsvOptions::default()), Ok(()));
+}
+
+#[test]
+fn verify_refuses_overlapping_binary_entries_like_gen_esp32part() {
+    let t = table(&[
+        part("nvs", TYPE_DATA, SUBTYPE_DATA_NVS, 0x9000, 0x6000),
+        part("factory", TYPE_APP, SUBTYPE_APP_FACTORY, 0x10000, 0x100000),
+        part("ota_0", TYPE_APP, SUBTYPE_APP_OTA_0, 0x100000, 0x100000),
+    ]);
+    let e = t.verify(&CsvOptions::default()).unwrap_err();
+    assert_eq!(e.line, 3, "entry index + 1");
+    assert_eq!(
+        e.to_string(),
+        "Partition at 0x100000 overlaps 0x10000-0x10ffff"
+    );
+}
+
+#[test]
+fn verify_refuses_duplicate_labels_and_bad_otadata_size() {
+    let dup = table(&[
+        part("a", TYPE_DATA, SUBTYPE_DATA_PHY, 0x9000, 0x1000),
+        part("a", TYPE_DATA, SUBTYPE_DATA_PHY, 0xA000, 0x1000),
+    ]);
+    assert_eq!(
+        dup.verify(&CsvOptions::default()).unwrap_err().to_string(),
+        "Partition names must be unique"
+    );
+    let od = table(&[part("otadata", TYPE_DATA, SUBTYPE_DATA_OTA, 0x9000, 0x1000)]);
+    assert_eq!(
+        od.verify(&CsvOptions::default()).unwrap_err().to_string(),
+        "otadata partition must have size = 0x2000"
+    );
 }

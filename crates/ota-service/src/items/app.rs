@@ -25,8 +25,14 @@ pub struct AppItem {
     pub ca_pem: Option<Vec<u8>>,
     pub reboot: bool,
     pub break_after_fail: bool,
+    /// Wraps the source once it is opened (the catalogue item checks size and SHA-256 this
+    /// way: its wrapper fails the read that would end the stream, so `finish` never runs).
+    pub wrap_source: Option<SourceWrapper>,
     run: Option<Run>,
 }
+
+/// See [`AppItem::wrap_source`].
+pub type SourceWrapper = Box<dyn Fn(Box<dyn Source>) -> Box<dyn Source>>;
 
 struct Run {
     source: Box<dyn Source>,
@@ -41,6 +47,7 @@ impl AppItem {
             ca_pem: None,
             reboot: true,
             break_after_fail: false,
+            wrap_source: None,
             run: None,
         }
     }
@@ -86,6 +93,10 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
             source_error(e)
         })?;
+        let src = match &self.wrap_source {
+            Some(wrap) => wrap(src),
+            None => src,
+        };
         env.info(TAG_OTA, "Starting OTA...");
         let cfg = AppUpdateConfig {
             chip: dev.chip,

@@ -2,9 +2,11 @@
 
 mod app;
 mod data;
+pub mod manifest;
 
-pub use app::AppItem;
+pub use app::{AppItem, SourceWrapper};
 pub use data::{DataFormat, DataItem};
+pub use manifest::ManifestItem;
 
 use std::time::Instant;
 
@@ -142,6 +144,15 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
             None => None,
         };
         match spec.kind {
+            ItemKind::App if spec.project.is_some() => {
+                let project = spec.project.clone().unwrap_or_default();
+                let mut item = ManifestItem::new(spec.uri.clone(), project);
+                item.policy = spec.version_check;
+                item.ca_pem = ca_pem;
+                item.reboot = spec.reboot;
+                item.break_after_fail = spec.break_after_fail;
+                items.push(Box::new(item));
+            }
             ItemKind::App => {
                 let mut item = AppItem::new(spec.uri.clone());
                 item.policy = spec.version_check;

@@ -1,0 +1,267 @@
+//! Interop, app images: `ota image make` output judged by the real `esptool image-info`, and
+//! `esptool elf2image` output read by `ota image info`. Both sides' reports are compared as
+//! text, line for line: every field esptool prints (header, extended header, segments and
+//! their memory types, checksum, hash, app descriptor) must be equal.
+
+mod common;
+mod interop;
+
+use std::path::Path;
+
+use common::*;
+use ota_core::Chip;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::{json, Value};
+
+const FLASH_MODES: [&str; 4] = ["qio", "qout", "dio", "dout"];
+const FLASH_SIZES: [&str; 8] = ["1MB", "2MB", "4MB", "8MB", "16MB", "32MB", "64MB", "128MB"];
+
+/// Printable text without the characters a shell-free argv or rich markup would change.
+fn text(rng: &mut impl Rng, max: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+ :/";
+    let n = rng.gen_range(1..=max);
+    let mut s: String = (0..n)
+        .map(|_| *CHARS.choose(rng).unwrap() as char)
+        .collect();
+    // Not an option to clap, not blank.
+    if s.starts_with('-') || s.trim().is_empty() {
+        s.replace_range(0..1, "v");
+    }
+    s
+}
+
+/// What `ota image info` prints, or None when it refuses the file.
+fn ota_report(file: &Path) -> Option<String> {
+    let o = ota(&["image", "info", s(file)]);
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn assert_same_report(file: &Path, esptool: &Value, case: &str) {
+    assert_eq!(
+        esptool["ok"],
+        true,
+        "{}: esptool image-info refuses {}: {}",
+        case,
+        file.display(),
+        esptool["error"]
+    );
+    let theirs = esptool["stdout"].as_str().unwrap();
+    let ours = ota_report(file)
+        .unwrap_or_else(|| panic!("{}: ota image info refuses {}", case, file.display()));
+    if ours != theirs {
+        let first = ours
+            .lines()
+            .zip(theirs.lines())
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("ours:    {a:?}\nesptool: {b:?}"))
+            .unwrap_or_else(|| "(one report is longer)".into());
+        panic!(
+            "{}: image-info reports differ for {}\n{}\n--- ours ---\n{}--- esptool ---\n{}",
+            case,
+            file.display(),
+            first,
+            ours,
+            theirs
+        );
+    }
+}
+
+#[test]
+fn image_make_for_every_chip_and_flash_setting_matches_esptool_image_info() {
+    let Some(py) = python() else { return };
+    let seed = interop::seed("image make");
+    let mut rng = interop::rng(seed);
+    let n = interop::cases(300);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut specs = Vec::new();
+    for i in 0..n {
+        // Every chip in turn, the rest random.
+        let chip = Chip::ALL[i % Chip::ALL.len()];
+        let mode = *FLASH_MODES.choose(&mut rng).unwrap();
+        let size = *FLASH_SIZES.choose(&mut rng).unwrap();
+        let freq = chip.flash_freqs().choose(&mut rng).unwrap().0;
+        let segments = rng.gen_range(1..=16u8);
+        let secure_version: u32 = match rng.gen_range(0..4) {
+            0 => 0,
+            1 => rng.gen_range(1..100),
+            _ => rng.gen(),
+        };
+        let no_hash = rng.gen_bool(0.3);
+        let image_size = rng
+            .gen_bool(0.6)
+            .then(|| rng.gen_range(2_000..80_000u32).to_string());
+        let min_rev = rng.gen_range(0..=399u16).to_string();
+        let max_rev = if rng.gen_bool(0.5) {
+            "65535".to_string()
+        } else {
+            rng.gen_range(0..=999u16).to_string()
+        };
+        let project = text(&mut rng, 31);
+        let version = text(&mut rng, 31);
+        let out = dir.path().join(format!("case{:03}.bin", i));
+        let sv = secure_version.to_string();
+        let segs = segments.to_string();
+        let mut args = vec![
+            "image",
+            "make",
+            "--chip",
+            chip.name(),
+            "--project",
+            &project,
+            "--version",
+            &version,
+            "--secure-version",
+            &sv,
+            "--segments",
+            &segs,
+            "--flash-mode",
+            mode,
+            "--flash-size",
+            size,
+            "--flash-freq",
+            freq,
+            "--min-rev-full",
+            &min_rev,
+            "--max-rev-full",
+            &max_rev,
+            "-o",
+            s(&out),
+        ];
+        if no_hash {
+            args.push("--no-hash");
+        }
+        if let Some(sz) = &image_size {
+            args.push("--size");
+            args.push(sz);
+        }
+        ok(&args);
+        specs.push(
+            json!({"chip": chip.name(), "mode": mode.to_uppercase(), "size": size,
+                          "project": project, "version": version, "secure_version": secure_version,
+                          "hash": !no_hash}),
+        );
+        files.push(out);
+    }
+    let answer = interop::ask(
+        &py,
+        "esptool_oracle.py",
+        &json!({"op": "image_info", "files": files.iter().map(|f| s(f)).collect::<Vec<_>>()}),
+    );
+    let reports = answer["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), n);
+    for (i, (file, rep)) in files.iter().zip(reports).enumerate() {
+        let case = format!("case {} ({})", i, specs[i]);
+        assert_same_report(file, rep, &case);
+        // esptool judges it valid: checksum and (when appended) hash valid.
+        let theirs = rep["stdout"].as_str().unwrap();
+        assert!(
+            theirs.contains("Checksum: ") && theirs.contains("(valid)"),
+            "{}",
+            case
+        );
+        assert!(
+            !theirs.contains("invalid"),
+            "{}: esptool says invalid:\n{}",
+            case,
+            theirs
+        );
+        // And --json says what was asked for.
+        if i % 10 == 0 {
+            let j: Value =
+                serde_json::from_str(&ok(&["image", "info", s(file), "--json"])).unwrap();
+            let sp = &specs[i];
+            assert_eq!(j["chip"], sp["chip"], "{}", case);
+            assert_eq!(j["flash_mode"], sp["mode"], "{}", case);
+            assert_eq!(j["flash_size"], sp["size"], "{}", case);
+            assert_eq!(j["hash_appended"], sp["hash"], "{}", case);
+            assert_eq!(j["app"]["project_name"], sp["project"], "{}", case);
+            assert_eq!(j["app"]["version"], sp["version"], "{}", case);
+            assert_eq!(j["app"]["secure_version"], sp["secure_version"], "{}", case);
+        }
+    }
+    eprintln!(
+        "interop image make: {} cases ({} chips), seed {:#x}, esptool image-info reports all equal",
+        n,
+        Chip::ALL.len(),
+        seed
+    );
+}
+
+#[test]
+fn esptool_elf2image_outputs_are_read_by_image_info_exactly_as_esptool_reads_them() {
+    let Some(v) = vectors() else { return };
+    let Some(py) = python() else { return };
+    let elf = v.join("esptool/esp32c6-appdesc.elf");
+    let seed = interop::seed("elf2image");
+    let mut rng = interop::rng(seed);
+    let n = interop::cases(200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for i in 0..n {
+        let mut args: Vec<String> = vec![
+            "--flash-mode".into(),
+            FLASH_MODES.choose(&mut rng).unwrap().to_string(),
+            "--flash-size".into(),
+            FLASH_SIZES.choose(&mut rng).unwrap().to_string(),
+            "--flash-freq".into(),
+            ["80m", "40m", "20m"].choose(&mut rng).unwrap().to_string(),
+        ];
+        if rng.gen_bool(0.5) {
+            args.push("--min-rev".into());
+            args.push(rng.gen_range(0..=255u32).to_string());
+        }
+        if rng.gen_bool(0.5) {
+            args.push("--min-rev-full".into());
+            args.push(rng.gen_range(0..=65535u32).to_string());
+        }
+        if rng.gen_bool(0.5) {
+            args.push("--max-rev-full".into());
+            args.push(rng.gen_range(0..=65535u32).to_string());
+        }
+        if rng.gen_bool(0.3) {
+            args.push("--secure-pad-v2".into());
+        }
+        if rng.gen_bool(0.3) {
+            args.push("--version".into());
+            args.push(["1", "2", "3"].choose(&mut rng).unwrap().to_string());
+        }
+        if rng.gen_bool(0.3) {
+            args.push("--flash-mmu-page-size".into());
+            args.push(
+                ["8KB", "16KB", "32KB", "64KB"]
+                    .choose(&mut rng)
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let out = dir.path().join(format!("elf{:03}.bin", i));
+        cases.push(json!({"args": args, "out": s(&out)}));
+    }
+    let answer = interop::ask(
+        &py,
+        "esptool_oracle.py",
+        &json!({"op": "elf2image", "chip": "esp32c6", "elf": s(&elf), "cases": cases}),
+    );
+    let reports = answer["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), n);
+    for (i, rep) in reports.iter().enumerate() {
+        let file = Path::new(cases[i]["out"].as_str().unwrap());
+        let case = format!("case {} (elf2image {})", i, cases[i]["args"]);
+        assert_same_report(file, rep, &case);
+        if i % 20 == 0 {
+            let j: Value =
+                serde_json::from_str(&ok(&["image", "info", s(file), "--json"])).unwrap();
+            assert_eq!(j["chip"], "esp32c6", "{}", case);
+            assert_eq!(j["checksum_valid"], true, "{}", case);
+            assert_eq!(j["hash_valid"], true, "{}", case);
+        }
+    }
+    eprintln!(
+        "interop elf2image: {} cases, seed {:#x}, ota image info reports all equal to esptool's",
+        n, seed
+    );
+}
