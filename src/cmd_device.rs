@@ -688,9 +688,13 @@ fn print_boot_event(ev: &BootEvent) {
             ),
         ),
         BootEvent::NoFactoryTryingOta0 => logger::info("boot", "No factory image, trying OTA 0"),
-        BootEvent::OtaDataInvalidFallback => logger::warn(
+        BootEvent::OtaDataInvalidFallback => logger::error(
             "boot",
             "ota data partition invalid, falling back to factory",
+        ),
+        BootEvent::OtaDataInvalidTryAll => logger::error(
+            "boot",
+            "ota data partition invalid and no factory, will try all partitions",
         ),
         BootEvent::PendingVerify { sector, seq } => logger::info(
             "boot",

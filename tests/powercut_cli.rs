@@ -373,3 +373,54 @@ fn a_staged_copy_cut_by_a_power_loss_is_resumed_by_the_next_run() {
 
 /// flash_tone of the 2 MB staging layout: after ota_1 (0x10000 + 2 × 512K).
 const FLASH_TONE_2MB: usize = 0x110000;
+
+#[test]
+fn a_power_cut_during_the_first_boot_leaves_a_device_that_boots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_app(d, "app.bin", "ota_example", "v1.0.0", 0, "20K");
+    let fresh = d.join("fresh.bin");
+    ok(&[
+        "device",
+        "create",
+        "--flash",
+        s(&fresh),
+        "--app",
+        s(&d.join("app.bin")),
+    ]);
+    let flash = d.join("flash.bin");
+    // The first boot writes otadata[0] (set_actual_ota_seq): erase 4096 bytes, write 32.
+    for (n, redone) in [(10, true), (4100, false)] {
+        std::fs::copy(&fresh, &flash).unwrap();
+        let ns = n.to_string();
+        let o = ota(&[
+            "device",
+            "boot",
+            "--flash",
+            s(&flash),
+            "--power-cut-after-bytes",
+            &ns,
+        ]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).lines().last(),
+            Some(format!("power cut after {n} bytes").as_str())
+        );
+        assert!(!text(&o).contains("Loaded app"), "{}", text(&o));
+        let log = ok(&["device", "boot", "--flash", s(&flash)]);
+        assert!(log.contains("App version:      v1.0.0"), "cut {n}: {log}");
+        // Torn in the erase: otadata reads as initial again and the entry is written anew. Torn
+        // in the entry (seq written, CRC not): ESP-IDF's bootloader finds no valid entry, "will
+        // try all partitions", boots ota_0 and leaves otadata as it is.
+        assert_eq!(
+            log.contains("Set actual ota_seq=1 in otadata[0]"),
+            redone,
+            "cut {n}: {log}"
+        );
+        assert_eq!(
+            log.contains("ota data partition invalid and no factory, will try all partitions"),
+            !redone,
+            "cut {n}: {log}"
+        );
+    }
+}

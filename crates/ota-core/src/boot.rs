@@ -74,6 +74,8 @@ pub enum BootEvent {
     NoFactoryTryingOta0,
     /// otadata is invalid; falling back to factory.
     OtaDataInvalidFallback,
+    /// otadata is invalid and there is no factory app: every partition is tried.
+    OtaDataInvalidTryAll,
     /// The selected entry went from NEW to PENDING_VERIFY (rollback).
     PendingVerify { sector: usize, seq: u32 },
     /// An image was tried and failed verification.
@@ -305,7 +307,11 @@ fn select<F: NorFlash>(
             initial_contents: false,
         });
     }
-    events(BootEvent::OtaDataInvalidFallback);
+    events(if table.factory().is_some() {
+        BootEvent::OtaDataInvalidFallback
+    } else {
+        BootEvent::OtaDataInvalidTryAll
+    });
     Ok(Selection {
         start: FACTORY,
         initial_contents: false,
