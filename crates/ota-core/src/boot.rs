@@ -1,6 +1,6 @@
 //! Emulation of ESP-IDF's 2nd-stage bootloader app selection (idf-formats.md §2.6): which app
-//! it picks from otadata, the rollback state writes it makes, and the fallback to other slots
-//! when an image fails verification. Sans-IO apart from the flash; what it does is reported as
+//! it picks from otadata, the rollback state writes it makes, the anti-rollback eFuse checks and
+//! burns (§2.7), and the fallback to other slots when an image fails verification. Sans-IO apart from the flash; what it does is reported as
 //! [`BootEvent`]s so a front end can print ESP-IDF-style lines.
 
 use core::fmt;
@@ -8,7 +8,7 @@ use core::fmt;
 use embedded_storage::nor_flash::NorFlash;
 
 use crate::chip::Chip;
-use crate::image::{self, ImageSummary};
+use crate::image::{self, AppDesc, ImageSummary, APP_DESC_OFFSET, APP_DESC_SIZE};
 use crate::otadata::{OtaData, OtaSelectEntry, OtaState, OTADATA_SIZE};
 use crate::partition::{Partition, PartitionTable};
 use crate::Error;
@@ -22,6 +22,39 @@ pub struct BootConfig {
     pub anti_rollback: bool,
     /// The eFuse secure-version counter (popcount of the field), for anti-rollback.
     pub efuse_secure_version: u32,
+}
+
+/// Width in bits of the eFuse `SECURE_VERSION` field the bootloader uses
+/// (`CONFIG_BOOTLOADER_APP_SEC_VER_SIZE_EFUSE_FIELD`, idf-formats.md §2.7): ESP32 32, ESP32-C2 4,
+/// ESP32-C5 9, the others 16. The counter is the number of burnt bits, so it can reach this value
+/// and no more.
+pub fn secure_version_field_bits(chip: Chip) -> u32 {
+    match chip {
+        Chip::Esp32 => 32,
+        Chip::Esp32c2 => 4,
+        Chip::Esp32c5 => 9,
+        _ => 16,
+    }
+}
+
+/// `esp_efuse_update_secure_version(version)` (idf-formats.md §2.7) on a counter value `efuse`:
+/// the new counter (bits are only ever added), or `None` when `version` does not fit the
+/// chip's field (ESP-IDF logs an error and burns nothing).
+pub fn efuse_update_secure_version(chip: Chip, efuse: u32, version: u32) -> Option<u32> {
+    if version > secure_version_field_bits(chip) {
+        return None;
+    }
+    Some(efuse.max(version))
+}
+
+/// `bootloader_common_get_partition_description`: the app descriptor at offset 0x20 of an app
+/// partition, if its magic word is there (no image verification).
+pub fn partition_app_desc<F: NorFlash>(flash: &mut F, part: &Partition) -> Option<AppDesc> {
+    let mut buf = [0u8; APP_DESC_SIZE];
+    part.region()
+        .read(flash, APP_DESC_OFFSET as u32, &mut buf)
+        .ok()?;
+    AppDesc::parse(&buf).ok()
 }
 
 /// A bootloader partition index: `FACTORY_INDEX` (-1), an OTA slot, or `TEST_APP_INDEX` (-2).
@@ -41,6 +74,8 @@ pub enum BootEvent {
     NoFactoryTryingOta0,
     /// otadata is invalid; falling back to factory.
     OtaDataInvalidFallback,
+    /// otadata is invalid and there is no factory app: every partition is tried.
+    OtaDataInvalidTryAll,
     /// The selected entry went from NEW to PENDING_VERIFY (rollback).
     PendingVerify { sector: usize, seq: u32 },
     /// An image was tried and failed verification.
@@ -51,6 +86,16 @@ pub enum BootEvent {
     Loaded { partition: Partition },
     /// Only the test app could boot.
     FallingBackToTestApp,
+    /// Anti-rollback: the eFuse secure-version counter was raised (`update_anti_rollback`).
+    SecureVersionBurnt { from: u32, to: u32 },
+    /// Anti-rollback: an app's `secure_version` does not fit the eFuse field; nothing burnt.
+    SecureVersionOutOfRange { version: u32, field_bits: u32 },
+    /// Anti-rollback: this partition's app is older than the eFuse counter and is skipped.
+    SecureVersionTooLow {
+        partition: Partition,
+        version: u32,
+        efuse: u32,
+    },
 }
 
 /// Why nothing boots.
@@ -86,6 +131,9 @@ pub struct BootOutcome {
     /// State of the otadata entry for the booted slot after boot (`esp_ota_get_state_partition`),
     /// or None when no entry applies (factory, test, or no matching entry).
     pub ota_state: Option<OtaState>,
+    /// The eFuse secure-version counter after this boot (anti-rollback may have raised it; the
+    /// caller stores it). Equal to [`BootConfig::efuse_secure_version`] without anti-rollback.
+    pub efuse_secure_version: u32,
 }
 
 /// The partition behind a bootloader index, if the table has one.
@@ -130,25 +178,45 @@ fn rewrite<F: NorFlash>(
     OtaData::write_entry(flash, part, i, &od.entries[i])
 }
 
+/// `check_anti_rollback` (idf-formats.md §2.7): without anti-rollback always true; with it, the
+/// partition's app descriptor must be readable and its `secure_version` ≥ the eFuse counter.
 fn secure_version_ok<F: NorFlash>(
     flash: &mut F,
     table: &PartitionTable,
-    chip: Chip,
     cfg: &BootConfig,
     index: BootIndex,
 ) -> bool {
     if !cfg.anti_rollback {
         return true;
     }
-    let Some(p) = partition_for(table, index) else {
-        return false;
+    partition_for(table, index)
+        .and_then(|p| partition_app_desc(flash, &p))
+        .is_some_and(|d| d.secure_version >= cfg.efuse_secure_version)
+}
+
+/// `update_anti_rollback(partition)` (idf-formats.md §2.6, §2.7): raise the eFuse counter to the
+/// `secure_version` of the app in `part` (read from its descriptor, not verified, as ESP-IDF).
+fn update_anti_rollback<F: NorFlash>(
+    flash: &mut F,
+    chip: Chip,
+    cfg: &mut BootConfig,
+    part: Option<Partition>,
+    events: &mut dyn FnMut(BootEvent),
+) {
+    let Some(desc) = part.and_then(|p| partition_app_desc(flash, &p)) else {
+        return;
     };
-    match image::verify_flash(flash, p.region(), Some(chip)) {
-        Ok(s) => s
-            .app_desc
-            .map(|d| d.secure_version >= cfg.efuse_secure_version)
-            .unwrap_or(false),
-        Err(_) => false,
+    let from = cfg.efuse_secure_version;
+    match efuse_update_secure_version(chip, from, desc.secure_version) {
+        Some(to) if to > from => {
+            cfg.efuse_secure_version = to;
+            events(BootEvent::SecureVersionBurnt { from, to });
+        }
+        Some(_) => {}
+        None => events(BootEvent::SecureVersionOutOfRange {
+            version: desc.secure_version,
+            field_bits: secure_version_field_bits(chip),
+        }),
     }
 }
 
@@ -156,7 +224,7 @@ fn select<F: NorFlash>(
     flash: &mut F,
     table: &PartitionTable,
     chip: Chip,
-    cfg: &BootConfig,
+    cfg: &mut BootConfig,
     events: &mut dyn FnMut(BootEvent),
 ) -> Result<Selection, Error> {
     let Some(otadata) = table.otadata().copied() else {
@@ -214,7 +282,6 @@ fn select<F: NorFlash>(
                 && secure_version_ok(
                     flash,
                     table,
-                    chip,
                     cfg,
                     BootIndex::Ota(e.slot(app_count).unwrap_or(0)),
                 );
@@ -231,19 +298,28 @@ fn select<F: NorFlash>(
                 seq: e.seq,
             });
         }
+        if cfg.anti_rollback && od.entries[a].state == OtaState::Valid.to_u32() {
+            let part = partition_for(table, BootIndex::Ota(idx));
+            update_anti_rollback(flash, chip, cfg, part, events);
+        }
         return Ok(Selection {
             start: idx as i32,
             initial_contents: false,
         });
     }
-    events(BootEvent::OtaDataInvalidFallback);
+    events(if table.factory().is_some() {
+        BootEvent::OtaDataInvalidFallback
+    } else {
+        BootEvent::OtaDataInvalidTryAll
+    });
     Ok(Selection {
         start: FACTORY,
         initial_contents: false,
     })
 }
 
-/// Try one index: it must exist, pass anti-rollback and verify.
+/// Try one index: it must exist, pass anti-rollback (`check_anti_rollback`, before the image is
+/// loaded) and verify.
 fn try_load<F: NorFlash>(
     flash: &mut F,
     table: &PartitionTable,
@@ -256,11 +332,24 @@ fn try_load<F: NorFlash>(
     if p.size == 0 {
         return None;
     }
+    if cfg.anti_rollback {
+        if let Some(d) = partition_app_desc(flash, &p) {
+            if d.secure_version < cfg.efuse_secure_version {
+                events(BootEvent::SecureVersionTooLow {
+                    partition: p,
+                    version: d.secure_version,
+                    efuse: cfg.efuse_secure_version,
+                });
+                return None;
+            }
+        }
+    }
     match image::verify_flash(flash, p.region(), Some(chip)) {
         Ok(summary) => {
             if cfg.anti_rollback {
-                let sv = summary.app_desc.map(|d| d.secure_version).unwrap_or(0);
-                if sv < cfg.efuse_secure_version {
+                // No descriptor where the bootloader reads it: `check_anti_rollback` fails.
+                let sv = summary.loader_app_desc.map(|d| d.secure_version);
+                if sv.is_none_or(|v| v < cfg.efuse_secure_version) {
                     return None;
                 }
             }
@@ -277,7 +366,8 @@ fn try_load<F: NorFlash>(
 }
 
 /// Run the bootloader's selection on `flash` (idf-formats.md §2.6): returns what boots, after
-/// making the otadata writes the real bootloader would make.
+/// making the otadata writes the real bootloader would make. With anti-rollback the eFuse
+/// counter it burns is reported in [`BootOutcome::efuse_secure_version`] (and as events).
 pub fn boot<F: NorFlash>(
     flash: &mut F,
     table: &PartitionTable,
@@ -285,12 +375,13 @@ pub fn boot<F: NorFlash>(
     cfg: &BootConfig,
     events: &mut dyn FnMut(BootEvent),
 ) -> Result<BootOutcome, Error> {
-    let sel = select(flash, table, chip, cfg, events)?;
+    let mut cfg = *cfg;
+    let sel = select(flash, table, chip, &mut cfg, events)?;
     let app_count = table.bootloader_app_count() as i32;
     let mut order = heapless_order(sel.start, app_count);
     for idx in order.by_ref() {
         let index = index_of(idx);
-        if let Some((partition, summary)) = try_load(flash, table, chip, cfg, index, events) {
+        if let Some((partition, summary)) = try_load(flash, table, chip, &cfg, index, events) {
             if idx >= 0 && sel.initial_contents {
                 if let Some(otadata) = table.otadata().copied() {
                     let entry = OtaSelectEntry::new(idx as u32 + 1, OtaState::Valid);
@@ -298,6 +389,9 @@ pub fn boot<F: NorFlash>(
                     events(BootEvent::SetActualOtaSeq {
                         seq: idx as u32 + 1,
                     });
+                    if cfg.anti_rollback {
+                        update_anti_rollback(flash, chip, &mut cfg, Some(partition), events);
+                    }
                 }
             }
             events(BootEvent::Loaded { partition });
@@ -307,10 +401,12 @@ pub fn boot<F: NorFlash>(
                 partition,
                 summary,
                 ota_state,
+                efuse_secure_version: cfg.efuse_secure_version,
             });
         }
     }
-    if let Some((partition, summary)) = try_load(flash, table, chip, cfg, BootIndex::Test, events) {
+    if let Some((partition, summary)) = try_load(flash, table, chip, &cfg, BootIndex::Test, events)
+    {
         events(BootEvent::FallingBackToTestApp);
         events(BootEvent::Loaded { partition });
         return Ok(BootOutcome {
@@ -318,6 +414,7 @@ pub fn boot<F: NorFlash>(
             partition,
             summary,
             ota_state: None,
+            efuse_secure_version: cfg.efuse_secure_version,
         });
     }
     Err(Error::Boot(BootError::NoBootableApp))
@@ -432,5 +529,50 @@ mod tests {
         let t = example_table();
         let (r, _) = boot_events(&mut f, &t, &BootConfig::default());
         assert_eq!(r.unwrap_err(), Error::Boot(BootError::NoBootableApp));
+    }
+
+    fn secure_app(version: &str, secure_version: u32) -> Vec<u8> {
+        let mut spec = crate::image::ImageSpec::new(Chip::Esp32, "a", version);
+        spec.total_size = Some(20_000);
+        spec.secure_version = secure_version;
+        let mut out = Vec::new();
+        crate::image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b)).unwrap();
+        out
+    }
+
+    #[test]
+    fn anti_rollback_burns_the_valid_app_version_and_skips_older_apps() {
+        let mut f = RamFlash::new(4 << 20);
+        let t = example_table();
+        f.put(0x10000, &secure_app("v1", 2));
+        let mut cfg = BootConfig {
+            rollback: true,
+            anti_rollback: true,
+            efuse_secure_version: 0,
+        };
+        // Initial otadata: set_actual_ota_seq, then the eFuse takes the app's version.
+        let (r, evs) = boot_events(&mut f, &t, &cfg);
+        let out = r.unwrap();
+        assert_eq!(out.partition.label.as_str(), "ota_0");
+        assert_eq!(out.efuse_secure_version, 2);
+        assert!(evs.contains(&BootEvent::SecureVersionBurnt { from: 0, to: 2 }));
+        cfg.efuse_secure_version = out.efuse_secure_version;
+        // An older app committed to ota_1 is never selected; ota_0 boots, nothing is burnt.
+        f.put(0x110000, &secure_app("v0", 1));
+        let part = *t.otadata().unwrap();
+        let mut od = OtaData::read(&mut f, &part).unwrap();
+        od.set_boot(&mut f, &part, 1, 2, true).unwrap();
+        let (r, evs) = boot_events(&mut f, &t, &cfg);
+        let out = r.unwrap();
+        assert_eq!(out.partition.label.as_str(), "ota_0");
+        assert_eq!(out.efuse_secure_version, 2);
+        assert!(!evs
+            .iter()
+            .any(|e| matches!(e, BootEvent::PendingVerify { .. })));
+        // A version beyond the ESP32's 32-bit field is never burnt.
+        assert_eq!(efuse_update_secure_version(Chip::Esp32, 2, 33), None);
+        assert_eq!(efuse_update_secure_version(Chip::Esp32c2, 2, 4), Some(4));
+        assert_eq!(efuse_update_secure_version(Chip::Esp32c2, 2, 5), None);
+        assert_eq!(efuse_update_secure_version(Chip::Esp32, 5, 3), Some(5));
     }
 }

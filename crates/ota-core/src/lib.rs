@@ -18,6 +18,7 @@ pub mod layout;
 pub mod otadata;
 pub mod partition;
 pub mod resume;
+pub mod staging;
 pub mod tone;
 pub mod update;
 pub mod version;

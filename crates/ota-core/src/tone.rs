@@ -774,8 +774,9 @@ fn multiple_of(x: usize, a: usize) -> bool {
 }
 
 /// Read `buf.len()` bytes at partition-relative `rel`, honouring the driver's `READ_SIZE`
-/// (esp-storage needs 4-byte alignment; ADF reads the tail at an address ≡ 2 mod 4).
-fn read_rel<F: ReadNorFlash>(
+/// (esp-storage needs 4-byte alignment; ADF reads the tail at an address ≡ 2 mod 4). Also used
+/// by [`crate::staging`] for its byte-granular progress record.
+pub(crate) fn read_rel<F: ReadNorFlash>(
     flash: &mut F,
     region: &Region,
     rel: u32,

@@ -5,6 +5,8 @@
 //! version), erases happen sector by sector just ahead of the writes (idf-formats.md §2.8,
 //! `OTA_WITH_SEQUENTIAL_WRITES`), and otadata is switched only after the written image verified
 //! (idf-formats.md §2.4). A failed or abandoned update never touches otadata or the running slot.
+//! Also the app-side rollback API (`esp_ota_mark_app_valid_cancel_rollback`,
+//! `esp_ota_mark_app_invalid_rollback`) and `esp_ota_begin`'s rollback rules (§2.5).
 
 use core::fmt;
 
@@ -53,6 +55,21 @@ pub enum UpdateError {
     ReadbackMismatch { offset: u32 },
     /// A resume record that cannot be used or kept (see [`crate::resume`]).
     Resume(ResumeError),
+    /// Anti-rollback: the image's `secure_version` is below the eFuse counter
+    /// (`ESP_ERR_OTA_SMALL_SEC_VER`, idf-formats.md §2.4, §2.7).
+    SecureVersionTooLow {
+        label: Label,
+        version: u32,
+        efuse: u32,
+    },
+    /// Rollback: the running app has not confirmed itself yet, it is still PENDING_VERIFY
+    /// (`ESP_ERR_OTA_ROLLBACK_INVALID_STATE`, ESP-IDF v5.5+ `esp_ota_begin`, idf-formats.md §2.5).
+    RollbackInvalidState { running: Label },
+    /// A staged data update failed (see [`crate::staging`]).
+    Staging(crate::staging::StagingError),
+    /// Anti-rollback: an app's `secure_version` does not fit the chip's eFuse field, so it
+    /// cannot be burnt (`esp_efuse_update_secure_version` fails, idf-formats.md §2.7).
+    SecureVersionOutOfRange { version: u32, field_bits: u32 },
 }
 
 fn show32(b: &[u8; 32]) -> &str {
@@ -129,6 +146,33 @@ impl fmt::Display for UpdateError {
                     written
                 )
             }
+            UpdateError::SecureVersionTooLow {
+                label,
+                version,
+                efuse,
+            } => write!(
+                f,
+                "the image for {} has secure_version {}, below the eFuse secure version {} \
+                 (anti-rollback)",
+                label.as_str(),
+                version,
+                efuse
+            ),
+            UpdateError::RollbackInvalidState { running } => write!(
+                f,
+                "the running app ({}) is still PENDING_VERIFY: confirm it (esp_ota_mark_app_valid_cancel_rollback) \
+                 or roll it back before starting another update",
+                running.as_str()
+            ),
+            UpdateError::Staging(e) => e.fmt(f),
+            UpdateError::SecureVersionOutOfRange {
+                version,
+                field_bits,
+            } => write!(
+                f,
+                "secure_version {} does not fit the {}-bit eFuse SECURE_VERSION field",
+                version, field_bits
+            ),
             UpdateError::ReadbackMismatch { offset } => {
                 write!(
                     f,
@@ -173,9 +217,14 @@ pub struct SequentialWriter {
 
 impl SequentialWriter {
     pub fn new(part: &Partition) -> Self {
+        Self::for_region(part.region(), part.label)
+    }
+
+    /// A writer over any region; `label` names it in errors.
+    pub fn for_region(region: Region, label: Label) -> Self {
         SequentialWriter {
-            region: part.region(),
-            label: part.label,
+            region,
+            label,
             written: 0,
             erased_to: 0,
         }
@@ -309,6 +358,8 @@ pub struct AppUpdate {
     verifier: ImageVerifier,
     journal: Option<Journal>,
     resumed_from: u32,
+    /// Anti-rollback: the eFuse secure-version counter (see [`AppUpdate::set_anti_rollback`]).
+    efuse_secure_version: Option<u32>,
 }
 
 impl AppUpdate {
@@ -345,6 +396,7 @@ impl AppUpdate {
             state: AppState::Prefix,
             writer: SequentialWriter::new(&slot),
             verifier,
+            efuse_secure_version: None,
             journal: None,
             resumed_from: 0,
         })
@@ -518,6 +570,31 @@ impl AppUpdate {
         r.map(|_| ())
     }
 
+    /// Enable the anti-rollback checks (`CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK`, idf-formats.md
+    /// §2.7) against the eFuse counter `efuse` (None: disabled, the default).
+    pub fn set_anti_rollback(&mut self, efuse: Option<u32>) {
+        self.efuse_secure_version = efuse;
+    }
+
+    /// Anti-rollback check of the incoming descriptor, once the prefix is in (what ESP-IDF's
+    /// `advanced_https_ota` example does after `esp_https_ota_get_img_desc`): refuses an image
+    /// whose `secure_version` is below the eFuse counter before anything is written.
+    pub fn check_secure_version(&self) -> Result<(), Error> {
+        let Some(efuse) = self.efuse_secure_version else {
+            return Ok(());
+        };
+        let version = self.desc.map(|d| d.secure_version).unwrap_or(0);
+        if version < efuse {
+            return Err(UpdateError::SecureVersionTooLow {
+                label: self.slot.label,
+                version,
+                efuse,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// The slot being written.
     pub fn slot(&self) -> &Partition {
         &self.slot
@@ -661,6 +738,24 @@ impl AppUpdate {
                 return Err(e);
             }
         };
+        if let Some(efuse) = self.efuse_secure_version {
+            // esp_ota_set_boot_partition with anti-rollback (idf-formats.md §2.4): a too-old
+            // image is erased and refused; otadata is not touched.
+            let version = summary
+                .loader_app_desc
+                .map(|d| d.secure_version)
+                .unwrap_or(0);
+            if version < efuse {
+                self.drop_journal(flash);
+                self.slot.region().erase(flash, 0, self.slot.size)?;
+                return Err(UpdateError::SecureVersionTooLow {
+                    label: self.slot.label,
+                    version,
+                    efuse,
+                }
+                .into());
+            }
+        }
         let slot_no = self.slot.ota_slot().ok_or(UpdateError::NoUpdateSlot)?;
         let mut od = OtaData::read(flash, &self.otadata)?;
         let sector = od.set_boot(
@@ -695,11 +790,55 @@ impl AppUpdate {
     }
 }
 
+/// Bytes at the start of a data partition that [`DataUpdate`] programs after the rest of the
+/// partition: an ESP-ADF tone bin's 8-byte header (u16 tag, u16 count, u32 format;
+/// adf-ota-service.md §8.2).
+pub const DATA_HEADER_LAST_LEN: usize = 8;
+/// Of those, the bytes programmed in the very last write: the tone header's u16 tag 0x2053
+/// (adf-ota-service.md §8.2). Until it is complete the tag reads 0xFFFF or 0xFF53, which even
+/// ADF's lenient `tone_partition_init` rejects; a torn count or format behind a missing tag
+/// never shows.
+pub const DATA_TAG_LAST_LEN: usize = 2;
+
+/// Program the first-sector bytes `first` of `region` from the end towards the start, in three
+/// writes: `[8, len)`, `[2, 8)`, `[0, 2)` (see [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]).
+pub(crate) fn write_first_sector_last<F: NorFlash>(
+    flash: &mut F,
+    region: &Region,
+    first: &[u8],
+) -> Result<(), Error> {
+    let cuts = [
+        DATA_HEADER_LAST_LEN.min(first.len()),
+        DATA_TAG_LAST_LEN.min(first.len()),
+        0,
+    ];
+    let mut end = first.len();
+    for start in cuts {
+        if end > start {
+            region.write(flash, start as u32, &first[start..end])?;
+        }
+        end = end.min(start);
+    }
+    Ok(())
+}
+
 /// The data-partition engine: a partition found by label, a size check before any erase,
 /// erase-ahead sequential writes, and a clean tail.
+///
+/// Power-loss rule: the first sector is erased by the first write, buffered (at most 4 KiB, a
+/// fixed array: no allocation) and programmed only after everything else, from its end towards
+/// its start with the 2-byte tag of the header last of all ([`DATA_TAG_LAST_LEN`]). So a
+/// rewrite that is cut at any byte leaves a partition whose header tag is erased or torn, and
+/// the next run sees it as invalid and rewrites it, instead of taking a half-new partition for
+/// a valid one.
 pub struct DataUpdate {
     part: Partition,
-    writer: SequentialWriter,
+    /// Sectors 1.. of the partition, erase-ahead.
+    rest: SequentialWriter,
+    first: [u8; SECTOR_SIZE as usize],
+    first_len: usize,
+    /// Sector 0 has been erased.
+    started: bool,
 }
 
 impl DataUpdate {
@@ -713,6 +852,15 @@ impl DataUpdate {
             .ok_or(UpdateError::PartitionNotFound {
                 label: Label::new(label),
             })?;
+        Self::for_partition(&part, expected_size)
+    }
+
+    /// The engine for a partition already found (e.g. a staging partition).
+    pub fn for_partition(
+        part: &Partition,
+        expected_size: Option<u64>,
+    ) -> Result<DataUpdate, Error> {
+        let part = *part;
         if let Some(size) = expected_size {
             if size > part.size as u64 {
                 return Err(UpdateError::TooLarge {
@@ -723,9 +871,16 @@ impl DataUpdate {
                 .into());
             }
         }
+        let rest_region = Region::new(
+            part.offset.saturating_add(SECTOR_SIZE),
+            part.size.saturating_sub(SECTOR_SIZE),
+        );
         Ok(DataUpdate {
             part,
-            writer: SequentialWriter::new(&part),
+            rest: SequentialWriter::for_region(rest_region, part.label),
+            first: [0xFF; SECTOR_SIZE as usize],
+            first_len: 0,
+            started: false,
         })
     }
 
@@ -733,19 +888,186 @@ impl DataUpdate {
         &self.part
     }
 
+    /// Bytes taken so far (the first sector's are buffered until [`DataUpdate::finish`]).
     pub fn written(&self) -> u32 {
-        self.writer.written()
+        self.first_len as u32 + self.rest.written()
+    }
+
+    fn start<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+        if !self.started {
+            self.part
+                .region()
+                .erase(flash, 0, SECTOR_SIZE.min(self.part.size))?;
+            self.started = true;
+        }
+        Ok(())
     }
 
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
-        self.writer.write(flash, data)
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = self.written() as u64 + data.len() as u64;
+        if end > self.part.size as u64 {
+            return Err(UpdateError::TooLarge {
+                label: self.part.label,
+                size: end,
+                capacity: self.part.size,
+            }
+            .into());
+        }
+        self.start(flash)?;
+        let room = self.first.len() - self.first_len;
+        let n = room.min(data.len());
+        self.first[self.first_len..self.first_len + n].copy_from_slice(&data[..n]);
+        self.first_len += n;
+        self.rest.write(flash, &data[n..])
     }
 
-    /// Finish: erase the stale rest of the partition (only sectors that are not blank).
+    /// Finish: erase the stale rest of the partition (only sectors that are not blank), then
+    /// program the buffered first sector, its header last.
     pub fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<u32, Error> {
-        self.writer.clear_rest(flash)?;
-        Ok(self.writer.written())
+        self.start(flash)?;
+        self.rest.clear_rest(flash)?;
+        write_first_sector_last(flash, &self.part.region(), &self.first[..self.first_len])?;
+        Ok(self.written())
     }
+}
+
+/// `esp_ota_begin`'s refusal with `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE` (ESP-IDF v5.5+,
+/// idf-formats.md §2.5): no new update while the running app is PENDING_VERIFY, i.e. has not
+/// confirmed itself. Read-only. `running`: the booted app partition (None: nothing to check).
+pub fn check_running_confirmed<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    running: Option<&Partition>,
+) -> Result<(), Error> {
+    let Some(running) = running else {
+        return Ok(());
+    };
+    match crate::boot::ota_state_of(flash, table, running) {
+        Some(crate::otadata::OtaState::PendingVerify) => Err(UpdateError::RollbackInvalidState {
+            running: running.label,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// What `esp_ota_begin` does with rollback enabled before the first write (ESP-IDF v5.5+,
+/// idf-formats.md §2.5): [`check_running_confirmed`], then
+/// `esp_ota_invalidate_inactive_ota_data_slot` — erase the otadata sector of the inactive entry
+/// (it points at the slot about to be overwritten) unless that entry is blank or names the
+/// running slot. Returns `(sector, slot)` erased, if any.
+pub fn begin_with_rollback<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    running: Option<&Partition>,
+) -> Result<Option<(usize, u8)>, Error> {
+    check_running_confirmed(flash, table, running)?;
+    let Some(otadata) = table.otadata().copied() else {
+        return Ok(None);
+    };
+    let mut od = OtaData::read(flash, &otadata)?;
+    let running_slot = running.and_then(|p| p.ota_slot());
+    od.invalidate_inactive(flash, &otadata, table.ota_count(), running_slot)
+}
+
+/// What [`mark_app_valid_cancel_rollback`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkedValid {
+    /// The active otadata entry and its seq.
+    pub entry: usize,
+    pub seq: u32,
+    /// The state it had, when it was rewritten as VALID (None: already VALID, nothing written).
+    pub was: Option<crate::otadata::OtaState>,
+    /// Anti-rollback: the eFuse counter after the call (raised to the app's secure_version).
+    pub efuse_secure_version: Option<u32>,
+}
+
+/// `esp_ota_mark_app_valid_cancel_rollback` (idf-formats.md §2.5): the ACTIVE otadata entry
+/// becomes VALID (same seq, same sector: erase + write), unless it already is. With
+/// anti-rollback (`anti_rollback = Some(eFuse counter)`), after a successful write the eFuse
+/// takes the `secure_version` of the app in that entry's slot (`esp_ota_set_anti_rollback`);
+/// a version beyond the chip's field is an error, as `esp_efuse_update_secure_version` fails.
+pub fn mark_app_valid_cancel_rollback<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    anti_rollback: Option<u32>,
+) -> Result<MarkedValid, Error> {
+    let part = *table.otadata().ok_or(UpdateError::NoOtaData)?;
+    let count = table.ota_count();
+    let mut od = OtaData::read(flash, &part)?;
+    let plan = od.plan_mark_valid(count)?;
+    let entry = od.active().unwrap_or(0);
+    let seq = od.entries[entry].seq;
+    let Some((idx, e)) = plan else {
+        return Ok(MarkedValid {
+            entry,
+            seq,
+            was: None,
+            efuse_secure_version: anti_rollback,
+        });
+    };
+    let was = od.entries[idx].state();
+    od.commit(flash, &part, idx, e)?;
+    let mut efuse = anti_rollback;
+    if let Some(cur) = anti_rollback {
+        let slot = e.slot(count).unwrap_or(0);
+        if let Some(d) = table
+            .ota(slot)
+            .and_then(|p| crate::boot::partition_app_desc(flash, p))
+        {
+            let to = crate::boot::efuse_update_secure_version(chip, cur, d.secure_version).ok_or(
+                UpdateError::SecureVersionOutOfRange {
+                    version: d.secure_version,
+                    field_bits: crate::boot::secure_version_field_bits(chip),
+                },
+            )?;
+            efuse = Some(to);
+        }
+    }
+    Ok(MarkedValid {
+        entry: idx,
+        seq,
+        was: Some(was),
+        efuse_secure_version: efuse,
+    })
+}
+
+/// `esp_ota_mark_app_invalid_rollback` (the part before `…_and_reboot` restarts,
+/// idf-formats.md §2.5): `esp_ota_check_rollback_is_possible` verifies the app it would fall
+/// back to (the other entry's slot, else a factory app; with anti-rollback its
+/// `secure_version` must reach the eFuse counter and a factory app does not count), then the
+/// active entry becomes INVALID. Returns the sector written. Nothing is written on error.
+pub fn mark_app_invalid_rollback<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    chip: Chip,
+    anti_rollback: Option<u32>,
+) -> Result<usize, Error> {
+    let part = *table.otadata().ok_or(UpdateError::NoOtaData)?;
+    let count = table.ota_count();
+    let mut od = OtaData::read(flash, &part)?;
+    let mut verifies = |p: Option<&Partition>| -> bool {
+        let Some(p) = p else { return false };
+        match image::verify_flash(flash, p.region(), Some(chip)) {
+            Ok(s) => match anti_rollback {
+                Some(efuse) => s.loader_app_desc.is_some_and(|d| d.secure_version >= efuse),
+                None => true,
+            },
+            Err(_) => false,
+        }
+    };
+    let other_ok = match od.rollback_candidate(count) {
+        Some(crate::otadata::RollbackCandidate::Slot { slot, .. }) => verifies(table.ota(slot)),
+        Some(crate::otadata::RollbackCandidate::Factory) => {
+            anti_rollback.is_none() && verifies(table.factory())
+        }
+        None => false,
+    };
+    od.mark_invalid(flash, &part, count, other_ok)
 }
 
 #[cfg(test)]
@@ -1054,5 +1376,124 @@ mod tests {
             .all(|&b| b == 0xFF));
         // Blank sectors are not erased again: 3 written + the one with stale bytes.
         assert_eq!(f.erases_in(0x210000, 0x100000), 4);
+    }
+
+    fn secure_image(version: &str, secure_version: u32, size: u32) -> std::vec::Vec<u8> {
+        let mut spec = crate::image::ImageSpec::new(Chip::Esp32, "app", version);
+        spec.total_size = Some(size);
+        spec.secure_version = secure_version;
+        let mut out = std::vec::Vec::new();
+        crate::image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b)).unwrap();
+        out
+    }
+
+    #[test]
+    fn data_update_keeps_the_first_sector_erased_until_finish_and_writes_it_last() {
+        let (mut f, t) = device();
+        f.put(0x210000, &[0x00; 64]); // an old header that must not survive the first write
+        let img: std::vec::Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut d = DataUpdate::begin(&t, "flash_tone", Some(img.len() as u64)).unwrap();
+        for c in img.chunks(700) {
+            d.write(&mut f, c).unwrap();
+            // Whatever has been streamed, sector 0 stays blank until finish.
+            assert!(f.data[0x210000..0x211000].iter().all(|&b| b == 0xFF));
+        }
+        assert_eq!(d.written(), img.len() as u32);
+        let before = f.bytes_written;
+        d.finish(&mut f).unwrap();
+        assert_eq!(
+            f.bytes_written - before,
+            4096,
+            "finish programs exactly sector 0"
+        );
+        assert_eq!(&f.data[0x210000..0x210000 + img.len()], &img[..]);
+    }
+
+    #[test]
+    fn anti_rollback_refuses_an_old_secure_version_early_and_erases_it_at_commit() {
+        let (mut f, t) = device();
+        let running = *t.ota(0).unwrap();
+        let old = secure_image("v2.0.0", 1, 40_000);
+        // Early: from the prefix, before anything is written.
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), None).unwrap();
+        u.set_anti_rollback(Some(2));
+        u.feed_prefix(&old).unwrap();
+        assert!(matches!(
+            u.check_secure_version(),
+            Err(Error::Update(UpdateError::SecureVersionTooLow {
+                version: 1,
+                efuse: 2,
+                ..
+            }))
+        ));
+        // At commit (esp_ota_set_boot_partition): the image is erased, otadata untouched.
+        let od_before = f.data[0xD000..0xF000].to_vec();
+        for c in old[IMAGE_PREFIX_LEN..].chunks(4096) {
+            u.write(&mut f, c).unwrap();
+        }
+        let e = u.finish(&mut f).unwrap_err();
+        assert!(
+            matches!(e, Error::Update(UpdateError::SecureVersionTooLow { .. })),
+            "{e:?}"
+        );
+        assert!(f.data[OTA_1 as usize..OTA_1 as usize + 0x100000]
+            .iter()
+            .all(|&b| b == 0xFF));
+        assert_eq!(&f.data[0xD000..0xF000], &od_before[..]);
+        // An image at the eFuse version passes.
+        let ok = secure_image("v2.0.1", 2, 40_000);
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), None).unwrap();
+        u.set_anti_rollback(Some(2));
+        u.feed_prefix(&ok).unwrap();
+        u.check_secure_version().unwrap();
+        for c in ok[IMAGE_PREFIX_LEN..].chunks(4096) {
+            u.write(&mut f, c).unwrap();
+        }
+        assert_eq!(u.finish(&mut f).unwrap().slot.offset, OTA_1);
+    }
+
+    #[test]
+    fn begin_with_rollback_refuses_a_pending_app_and_invalidates_the_inactive_entry() {
+        let (mut f, t) = device(); // ota_0 running, otadata[0] = seq 1 VALID
+        let rb = AppUpdateConfig {
+            chip: Chip::Esp32,
+            rollback: true,
+        };
+        let img = app_image(Chip::Esp32, "new", "v2.0.0", 30_000);
+        let running = *t.ota(0).unwrap();
+        // Nothing inactive yet: nothing erased.
+        assert_eq!(
+            begin_with_rollback(&mut f, &t, Some(&running)).unwrap(),
+            None
+        );
+        let mut u = AppUpdate::begin(&t, Some(&running), rb, None).unwrap();
+        let n = u.feed_prefix(&img).unwrap();
+        u.write(&mut f, &img[n..]).unwrap();
+        u.finish(&mut f).unwrap();
+        let rcfg = BootConfig {
+            rollback: true,
+            ..BootConfig::default()
+        };
+        let out = boot::boot(&mut f, &t, Chip::Esp32, &rcfg, &mut |_| {}).unwrap();
+        assert_eq!(out.partition.offset, OTA_1);
+        let ota1 = *t.ota(1).unwrap();
+        // ota_1 runs unconfirmed: esp_ota_begin refuses, and writes nothing.
+        let before = f.data.clone();
+        assert!(matches!(
+            begin_with_rollback(&mut f, &t, Some(&ota1)),
+            Err(Error::Update(UpdateError::RollbackInvalidState { .. }))
+        ));
+        assert!(f.data == before);
+        // Confirmed: the inactive entry (ota_0's, sector 0) is erased before the next update.
+        let part = *t.otadata().unwrap();
+        OtaData::read(&mut f, &part)
+            .unwrap()
+            .mark_valid(&mut f, &part, 2)
+            .unwrap();
+        assert_eq!(
+            begin_with_rollback(&mut f, &t, Some(&ota1)).unwrap(),
+            Some((0, 0))
+        );
+        assert!(f.data[0xD000..0xE000].iter().all(|&b| b == 0xFF));
     }
 }

@@ -141,6 +141,10 @@ pub enum EmuError {
         source: std::io::Error,
     },
 
+    /// The device settings file beside a flash image is invalid.
+    #[error("device settings {}: {detail}", path.display())]
+    Settings { path: PathBuf, detail: String },
+
     /// Building a FAT image failed.
     #[error("cannot build FAT image {}: {detail}", path.display())]
     FatBuild { path: PathBuf, detail: String },

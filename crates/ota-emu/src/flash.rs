@@ -37,6 +37,28 @@ pub struct FaultPlan {
     /// A flash address whose erase fails: every erase whose range covers it fails with
     /// [`EmuError::InjectedFault`] and changes nothing. Lasts while the plan is set.
     pub fail_erase_at: Option<u32>,
+    /// How a power cut leaves the rest of the sector a torn erase was working on. `None`: those
+    /// bytes keep their old content. `Some(seed)`: they hold pseudo-random bytes drawn from
+    /// `seed` and their address (the same seed always gives the same garbage), as a real
+    /// interrupted erase may leave them (peers.md §7; embedded-storage's power-loss contract
+    /// calls such a sector undefined). Only the sector in progress is affected: later sectors of
+    /// a multi-sector erase keep their old content.
+    pub torn_erase_random: Option<u64>,
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, fixed, portable mixing function, so a seed
+/// names the same torn-erase garbage on every platform and release.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The garbage byte a torn erase with `seed` leaves at flash address `addr`.
+pub fn torn_erase_byte(seed: u64, addr: u32) -> u8 {
+    let word = splitmix64(seed ^ splitmix64(u64::from(addr / 8)));
+    word.to_le_bytes()[(addr % 8) as usize]
 }
 
 /// Operation counters since creation or the last [`EmuFlash::reset_stats`].
@@ -92,6 +114,20 @@ pub struct EmuFlash {
     fault: Option<FaultState>,
     /// `Some(after_bytes)` once the fault plan has cut the power.
     cut: Option<u64>,
+    on_cut: Option<CutHook>,
+    /// The message of the last failed operation (callers above `NorFlash` only see its kind).
+    last_error: Option<String>,
+}
+
+/// What to do the moment the fault plan cuts the power (see [`EmuFlash::set_power_cut_hook`]).
+pub type PowerCutHook = Box<dyn FnMut(u64) + Send>;
+
+struct CutHook(PowerCutHook);
+
+impl std::fmt::Debug for CutHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PowerCutHook")
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EmuError + 'a {
@@ -220,6 +256,8 @@ impl EmuFlash {
             stats,
             fault: None,
             cut: None,
+            on_cut: None,
+            last_error: None,
         }
     }
 
@@ -281,6 +319,15 @@ impl EmuFlash {
         self.cut = None;
     }
 
+    /// Call `hook(after_bytes)` the moment the fault plan cuts the power: after the torn
+    /// operation reached the backing file, before the failing call returns. A front end that
+    /// emulates a power loss ends the process there (`ota device run --power-cut-after-bytes`),
+    /// so no code runs on a device whose power is gone. Kept across [`EmuFlash::power_cycle`];
+    /// not copied by [`EmuFlash::clone_in_memory`].
+    pub fn set_power_cut_hook(&mut self, hook: PowerCutHook) {
+        self.on_cut = Some(CutHook(hook));
+    }
+
     /// Disarm the fault plan (a power cut that already happened stays until
     /// [`EmuFlash::power_cycle`]).
     pub fn clear_fault_plan(&mut self) {
@@ -294,6 +341,19 @@ impl EmuFlash {
     /// Bytes programmed or erased since the fault plan was set (0 without a plan).
     pub fn bytes_since_plan(&self) -> u64 {
         self.fault.map_or(0, |f| f.done)
+    }
+
+    /// What the last failed read, write or erase said, with its addresses: code above the
+    /// `NorFlash` traits only sees an error kind, so a front end can show this detail.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    fn note<T>(&mut self, r: Result<T, EmuError>) -> Result<T, EmuError> {
+        if let Err(e) = &r {
+            self.last_error = Some(e.to_string());
+        }
+        r
     }
 
     /// Whether the fault plan has cut the power.
@@ -379,6 +439,33 @@ impl EmuFlash {
             .map_err(io_err("write flash file", &b.path))
     }
 
+    /// A torn erase stopped at `at` (absolute): with [`FaultPlan::torn_erase_random`], the rest
+    /// of that sector (if the erase had started on it) gets the seed's garbage.
+    fn tear_erased_sector(&mut self, at: usize) -> Result<(), EmuError> {
+        let Some(seed) = self.fault.and_then(|f| f.plan.torn_erase_random) else {
+            return Ok(());
+        };
+        let sector = SECTOR_SIZE as usize;
+        if at.is_multiple_of(sector) {
+            // The cut fell between two sectors: none is half erased.
+            return Ok(());
+        }
+        let end = (at / sector + 1) * sector;
+        let garbage: Vec<u8> = (at..end).map(|a| torn_erase_byte(seed, a as u32)).collect();
+        self.write_through(at, &garbage)?;
+        self.mem[at..end].copy_from_slice(&garbage);
+        Ok(())
+    }
+
+    /// Record the cut, tell the hook, and return the error every later operation gets too.
+    fn cut_power(&mut self, after_bytes: u64) -> EmuError {
+        self.cut = Some(after_bytes);
+        if let Some(hook) = self.on_cut.as_mut() {
+            (hook.0)(after_bytes);
+        }
+        EmuError::PowerCut { after_bytes }
+    }
+
     fn do_read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), EmuError> {
         self.check_power()?;
         let r = self.check_bounds(FlashOp::Read, offset, buf.len())?;
@@ -422,8 +509,7 @@ impl EmuFlash {
         self.stats.bytes_written += k as u64;
         self.count_done(k);
         if let Some(after_bytes) = cut {
-            self.cut = Some(after_bytes);
-            return Err(EmuError::PowerCut { after_bytes });
+            return Err(self.cut_power(after_bytes));
         }
         Ok(())
     }
@@ -460,6 +546,9 @@ impl EmuFlash {
         let start = from as usize;
         self.write_through(start, &vec![ERASED; k])?;
         self.mem[start..start + k].fill(ERASED);
+        if cut.is_some() {
+            self.tear_erased_sector(start + k)?;
+        }
         // Every sector that got at least one byte erased counts, including a torn one.
         let sectors_touched = k.div_ceil(SECTOR_SIZE as usize);
         let first = start / SECTOR_SIZE as usize;
@@ -476,8 +565,7 @@ impl EmuFlash {
         self.stats.bytes_erased += k as u64;
         self.count_done(k);
         if let Some(after_bytes) = cut {
-            self.cut = Some(after_bytes);
-            return Err(EmuError::PowerCut { after_bytes });
+            return Err(self.cut_power(after_bytes));
         }
         Ok(())
     }
@@ -492,7 +580,8 @@ impl ReadNorFlash for EmuFlash {
     const READ_SIZE: usize = 1;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), EmuError> {
-        self.do_read(offset, bytes)
+        let r = self.do_read(offset, bytes);
+        self.note(r)
     }
 
     fn capacity(&self) -> usize {
@@ -507,11 +596,13 @@ impl NorFlash for EmuFlash {
     const ERASE_SIZE: usize = SECTOR_SIZE as usize;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), EmuError> {
-        self.do_erase(from, to)
+        let r = self.do_erase(from, to);
+        self.note(r)
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), EmuError> {
-        self.do_write(offset, bytes)
+        let r = self.do_write(offset, bytes);
+        self.note(r)
     }
 }
 

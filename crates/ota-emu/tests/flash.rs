@@ -475,3 +475,69 @@ fn clone_in_memory_copies_contents_but_not_file_or_counters() {
     );
     assert_eq!(f.contents()[1], 0xFF);
 }
+
+#[test]
+fn torn_erase_with_a_seed_leaves_seeded_garbage_in_the_rest_of_the_sector_only() {
+    let (_d, path, mut f) = file_flash(0x4000);
+    f.write(0, &[0u8; 0x4000]).unwrap();
+    f.set_fault_plan(FaultPlan {
+        power_cut_after_bytes: Some(0x1000 + 100),
+        torn_erase_random: Some(42),
+        ..Default::default()
+    });
+    assert!(f.erase(0x1000, 0x4000).is_err());
+    let c = f.contents().to_vec();
+    assert!(c[0x1000..0x2064].iter().all(|&b| b == 0xFF));
+    let garbage = &c[0x2064..0x3000];
+    for (i, &b) in garbage.iter().enumerate() {
+        assert_eq!(b, ota_emu::flash::torn_erase_byte(42, 0x2064 + i as u32));
+    }
+    // Garbage, not a constant fill: many distinct values.
+    let mut seen = [false; 256];
+    garbage.iter().for_each(|&b| seen[b as usize] = true);
+    assert!(seen.iter().filter(|&&x| x).count() > 200);
+    assert!(
+        c[0x3000..].iter().all(|&b| b == 0),
+        "later sectors keep their old content"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), c, "file = torn flash");
+    // The same seed gives the same garbage; another seed other garbage.
+    assert_ne!(
+        ota_emu::flash::torn_erase_byte(42, 0x2064),
+        ota_emu::flash::torn_erase_byte(43, 0x2064)
+    );
+}
+
+#[test]
+fn torn_erase_exactly_at_a_sector_boundary_leaves_no_garbage() {
+    let mut f = EmuFlash::in_memory(0x3000);
+    f.write(0, &[0u8; 0x3000]).unwrap();
+    f.set_fault_plan(FaultPlan {
+        power_cut_after_bytes: Some(0x1000),
+        torn_erase_random: Some(7),
+        ..Default::default()
+    });
+    assert!(f.erase(0x1000, 0x3000).is_err());
+    assert!(f.contents()[0x1000..0x2000].iter().all(|&b| b == 0xFF));
+    assert!(f.contents()[0x2000..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn the_power_cut_hook_runs_once_after_the_torn_state_reached_the_file() {
+    use std::sync::{Arc, Mutex};
+    let (_d, path, mut f) = file_flash(0x2000);
+    let seen: Arc<Mutex<Vec<(u64, u8)>>> = Arc::default();
+    let s = seen.clone();
+    let p = path.clone();
+    f.set_power_cut_hook(Box::new(move |n| {
+        let on_disk = std::fs::read(&p).unwrap()[0x102];
+        s.lock().unwrap().push((n, on_disk));
+    }));
+    f.set_fault_plan(FaultPlan {
+        power_cut_after_bytes: Some(3),
+        ..Default::default()
+    });
+    assert!(f.write(0x100, &[0x5A; 10]).is_err());
+    assert!(f.write(0x200, &[0; 1]).is_err());
+    assert_eq!(*seen.lock().unwrap(), vec![(3, 0x5A)]);
+}

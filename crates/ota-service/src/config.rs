@@ -64,6 +64,13 @@ pub struct UpgradeSpec {
     pub retry: RetryPolicy,
     /// App items: keep a resume record in flash for HTTP(S) downloads (`resume`).
     pub resume: bool,
+    /// Data items only: a spare partition (by label) where the image is written and verified
+    /// before it is copied into `label` under a power-safe progress record
+    /// (`ota_core::staging`). None: written in place.
+    pub staging: Option<String>,
+    /// App items only: `uri` names a catalogue (`ota serve`'s `/manifest.json`) and the item
+    /// installs the newest image of this project for the device's chip.
+    pub project: Option<String>,
 }
 
 /// The parsed configuration.
@@ -157,6 +164,8 @@ struct RawUpgrade {
     retries: Option<Spanned<u32>>,
     retry_backoff_ms: Option<Spanned<u64>>,
     resume: Option<Spanned<bool>>,
+    staging: Option<Spanned<String>>,
+    project: Option<Spanned<String>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -230,6 +239,8 @@ impl Config {
                 cert: None,
                 retry: defaults.retry,
                 resume: defaults.resume,
+                staging: None,
+                project: None,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -254,6 +265,8 @@ impl Config {
                 cert: None,
                 retry: defaults.retry,
                 resume: defaults.resume,
+                staging: None,
+                project: None,
             });
         }
 
@@ -380,6 +393,23 @@ fn explicit_item(
             ));
         }
     }
+    if raw.project.is_some() {
+        let keys = [
+            raw.retries.as_ref().map(|v| ("retries", v.span())),
+            raw.retry_backoff_ms
+                .as_ref()
+                .map(|v| ("retry_backoff_ms", v.span())),
+            raw.resume.as_ref().map(|v| ("resume", v.span())),
+        ];
+        if let Some((key, span)) = keys.into_iter().flatten().next() {
+            return Err(loc.at(
+                Some(span),
+                format!(
+                    "`{key}` does not apply to a catalogue item (`project`): its download is checked whole against the catalogue's SHA-256, so it is not resumed"
+                ),
+            ));
+        }
+    }
     let retry = retry_policy(
         loc,
         defaults.retry,
@@ -392,6 +422,12 @@ fn explicit_item(
         .map_or(defaults.resume, |r| *r.get_ref());
     let (label, format) = match raw.kind {
         ItemKind::App => {
+            if let Some(st) = &raw.staging {
+                return Err(loc.at(
+                    Some(st.span()),
+                    "`staging` is for data items; an app item is written to the other OTA slot",
+                ));
+            }
             if let Some(l) = &raw.label {
                 return Err(loc.at(
                     Some(l.span()),
@@ -428,8 +464,35 @@ fn explicit_item(
                     ));
                 }
             }
+            if let Some(st) = &raw.staging {
+                let st_label = nonempty(loc, st, "staging")?;
+                if st_label == label {
+                    return Err(loc.at(
+                        Some(st.span()),
+                        format!(
+                            "staging partition `{st_label}` must differ from the target `{label}`"
+                        ),
+                    ));
+                }
+            }
             (Some(label), format)
         }
+    };
+    let project = match (&raw.project, raw.kind) {
+        (Some(p), ItemKind::App) => Some(nonempty(loc, p, "project")?),
+        (Some(p), ItemKind::Data) => {
+            return Err(loc.at(
+                Some(p.span()),
+                "`project` is for app items that read a catalogue (manifest.json)",
+            ))
+        }
+        (None, ItemKind::App) if raw.uri.get_ref().ends_with("manifest.json") => {
+            return Err(loc.at(
+                Some(raw.uri.span()),
+                "this uri names a catalogue: add `project = \"NAME\"` to pick an image from it",
+            ))
+        }
+        (None, _) => None,
     };
     let cert = match &raw.cert {
         None => None,
@@ -458,6 +521,8 @@ fn explicit_item(
         cert,
         retry,
         resume,
+        staging: raw.staging.as_ref().map(|s| s.get_ref().clone()),
+        project,
     })
 }
 
@@ -478,6 +543,8 @@ pub fn example(host_port: &str) -> Config {
                 cert: None,
                 retry: RetryPolicy::default(),
                 resume: true,
+                staging: None,
+                project: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -490,6 +557,8 @@ pub fn example(host_port: &str) -> Config {
                 cert: None,
                 retry: RetryPolicy::default(),
                 resume: true,
+                staging: None,
+                project: None,
             },
         ],
     }

@@ -127,6 +127,9 @@ pub struct Device<'a, F: NorFlash> {
     pub running: Option<Partition>,
     /// Commit new apps as NEW (bootloader rollback enabled).
     pub rollback: bool,
+    /// Anti-rollback enabled, with this eFuse secure-version counter: app images with a lower
+    /// `secure_version` are refused (idf-formats.md §2.7). None: disabled.
+    pub anti_rollback: Option<u32>,
 }
 
 /// Everything else an item needs: SD card, source options, the event sink.

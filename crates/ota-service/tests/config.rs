@@ -97,6 +97,8 @@ cert = "ca.pem"
                 cert: None,
                 retry: RetryPolicy::default(),
                 resume: true,
+                staging: None,
+                project: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -109,6 +111,8 @@ cert = "ca.pem"
                 cert: Some(dir.path().join("ca.pem")),
                 retry: RetryPolicy::default(),
                 resume: true,
+                staging: None,
+                project: None,
             },
         ]
     );
@@ -351,6 +355,11 @@ fn retries_are_bounded_and_only_for_app_items() {
         err("[[upgrade]]\ntype = \"data\"\nlabel = \"x\"\nuri = \"http://h/a.bin\"\nretries = 2\n");
     assert_eq!(e.line(), Some(5), "{e}");
     assert!(e.message.contains("`retries` is for app items"), "{e}");
+    let e = err(
+        "[[upgrade]]\ntype = \"app\"\nuri = \"http://h/manifest.json\"\nproject = \"p\"\nresume = true\n",
+    );
+    assert_eq!(e.line(), Some(5), "{e}");
+    assert!(e.message.contains("catalogue item"), "{e}");
 }
 
 #[test]
@@ -359,4 +368,28 @@ fn control_character_in_a_comment_is_named() {
     let e = err("#\u{1}\0\0\u{1}rrtrt");
     assert_eq!(e.position, Some((1, 2)), "{e}");
     assert!(e.message.contains("U+0001"), "{e}");
+}
+
+#[test]
+fn staging_names_a_spare_partition_for_data_items_only() {
+    let c = parse(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/t.bin\"\nlabel = \"flash_tone\"\n\
+         staging = \"tone_stage\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.upgrade[0].staging.as_deref(), Some("tone_stage"));
+    let e =
+        err("[[upgrade]]\ntype = \"app\"\nuri = \"file://sdcard/a.bin\"\nstaging = \"spare\"\n");
+    assert_eq!(e.line(), Some(4), "{e}");
+    assert!(e.to_string().contains("`staging` is for data items"), "{e}");
+    let e = err(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/t.bin\"\nlabel = \"flash_tone\"\n\
+         staging = \"flash_tone\"\n",
+    );
+    assert_eq!(e.line(), Some(5), "{e}");
+    assert!(e.to_string().contains("must differ from the target"), "{e}");
+    let e = err(
+        "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/t.bin\"\nlabel = \"x\"\nstaging = \" \"\n",
+    );
+    assert!(e.to_string().contains("staging must not be empty"), "{e}");
 }

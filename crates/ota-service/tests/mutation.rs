@@ -129,6 +129,7 @@ fn run_one(
         chip: Chip::Esp32,
         running: Some(running),
         rollback: false,
+        anti_rollback: None,
     };
     let mut events = |_| {};
     let mut env = Env {

@@ -41,8 +41,16 @@ pub struct AppItem {
     /// Keep a resume record in flash so that an interrupted HTTP(S) download continues where
     /// it stopped on the next run (default: on).
     pub resume: bool,
+    /// Wraps the source once it is opened (the catalogue item checks size and SHA-256 this
+    /// way: its wrapper fails the read that would end the stream, so `finish` never runs).
+    /// A wrapped download sees the whole stream from byte 0, so it is neither retried from the
+    /// middle nor resumed.
+    pub wrap_source: Option<SourceWrapper>,
     run: Option<Run>,
 }
+
+/// See [`AppItem::wrap_source`].
+pub type SourceWrapper = Box<dyn Fn(Box<dyn Source>) -> Box<dyn Source>>;
 
 struct Run {
     fetch: Fetch,
@@ -60,8 +68,25 @@ impl AppItem {
             break_after_fail: false,
             retry: RetryPolicy::default(),
             resume: true,
+            wrap_source: None,
             run: None,
         }
+    }
+
+    /// The retry policy in force: none for a wrapped source (see [`AppItem::wrap_source`]).
+    fn retry_policy(&self) -> RetryPolicy {
+        match self.wrap_source {
+            Some(_) => RetryPolicy {
+                retries: 0,
+                ..self.retry
+            },
+            None => self.retry,
+        }
+    }
+
+    /// Whether this download keeps and uses a resume record.
+    fn resumable(&self) -> bool {
+        self.resume && self.wrap_source.is_none()
     }
 
     fn options(&self, env: &Env<'_>) -> SourceOptions {
@@ -142,6 +167,7 @@ impl AppItem {
         engine
             .feed_prefix(&prefix)
             .map_err(|e| core_error(e, &self.uri))?;
+        check_secure_version(&engine, env, &self.uri)?;
         let running = running_desc(dev);
         engine
             .check_version(self.policy, running.as_ref())
@@ -162,6 +188,7 @@ impl AppItem {
         };
         let mut engine = AppUpdate::begin(dev.table, dev.running.as_ref(), cfg, fetch.total)
             .map_err(|e| core_error(e, &self.uri))?;
+        engine.set_anti_rollback(dev.anti_rollback);
         self.setup_journal(&mut engine, fetch, log, env);
         Ok(engine)
     }
@@ -192,7 +219,15 @@ impl AppItem {
                 v.as_str()
             ),
         );
-        let opened = open_with_retries(&self.uri, n, Some(v.as_str()), opts, self.retry, used, env);
+        let opened = open_with_retries(
+            &self.uri,
+            n,
+            Some(v.as_str()),
+            opts,
+            self.retry_policy(),
+            used,
+            env,
+        );
         let r = match opened {
             Ok(r) => r,
             Err(SourceError::HttpStatus { status, .. }) if status == HTTP_RANGE_NOT_SATISFIABLE => {
@@ -227,7 +262,8 @@ impl AppItem {
             rollback: dev.rollback,
         };
         match AppUpdate::resume(dev.flash, dev.table, dev.running.as_ref(), cfg, log, rec) {
-            Ok(engine) => {
+            Ok(mut engine) => {
+                engine.set_anti_rollback(dev.anti_rollback);
                 env.info(
                     TAG_OTA,
                     format!(
@@ -254,6 +290,17 @@ impl AppItem {
             }
         }
     }
+}
+
+/// Anti-rollback (idf-formats.md §2.7) on the incoming descriptor, before anything is written.
+fn check_secure_version(engine: &AppUpdate, env: &mut Env<'_>, uri: &str) -> Result<(), ItemError> {
+    engine.check_secure_version().map_err(|e| {
+        env.error(
+            TAG_DEFAULT,
+            "New firmware security version is less than eFuse programmed",
+        );
+        core_error(e, uri)
+    })
 }
 
 fn place_name(p: LogPlace) -> &'static str {
@@ -357,12 +404,16 @@ impl Fetch {
         used: u32,
     ) -> Fetch {
         let seen = validator_of(&r);
+        let source = match &item.wrap_source {
+            Some(wrap) => wrap(r.source),
+            None => r.source,
+        };
         let mut fetch = Fetch {
             uri: item.uri.clone(),
             opts,
-            retry: item.retry,
+            retry: item.retry_policy(),
             used,
-            source: r.source,
+            source,
             pos: 0,
             validator: seen,
             total: r.total_length,
@@ -386,7 +437,7 @@ impl Fetch {
         used: &mut u32,
         env: &mut Env<'_>,
     ) -> Result<Fetch, SourceError> {
-        let r = open_with_retries(&item.uri, 0, None, &opts, item.retry, used, env)?;
+        let r = open_with_retries(&item.uri, 0, None, &opts, item.retry_policy(), used, env)?;
         Ok(Fetch::new(item, opts, r, 0, None, *used))
     }
 
@@ -533,9 +584,20 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         env: &mut Env<'_>,
         _id: usize,
     ) -> Result<(), ItemError> {
+        if dev.rollback {
+            // ESP-IDF v5.5+ esp_ota_begin: no update while the running app is unconfirmed.
+            ota_core::update::check_running_confirmed(dev.flash, dev.table, dev.running.as_ref())
+                .map_err(|e| {
+                env.error(
+                    "esp_ota_ops",
+                    "Running app has not confirmed state (ESP_OTA_IMG_PENDING_VERIFY)",
+                );
+                core_error(e, &self.uri)
+            })?;
+        }
         let opts = self.options(env);
         let slot: Option<Partition> = next_update_slot(dev.table, dev.running.as_ref());
-        let log = match (self.resume, slot) {
+        let log = match (self.resumable(), slot) {
             (true, Some(s)) => ResumeLog::locate(dev.table, &s),
             _ => None,
         };
@@ -608,6 +670,11 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                 err
             })?;
         }
+        // Anti-rollback (idf-formats.md §2.7): refuse a too-old secure_version before writing.
+        if let Err(e) = check_secure_version(&run.engine, env, &self.uri) {
+            self.run = Some(run);
+            return Err(e);
+        }
         let running = running_desc(dev);
         let incoming = run.engine.incoming_desc().copied();
         if let (Some(r), Some(i)) = (running.as_ref(), incoming.as_ref()) {
@@ -654,6 +721,22 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             .run
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        if dev.rollback {
+            // ESP-IDF v5.5+ esp_ota_begin: the inactive otadata entry points at the slot about to
+            // be overwritten; it is erased first (esp_ota_invalidate_inactive_ota_data_slot).
+            let erased =
+                ota_core::update::begin_with_rollback(dev.flash, dev.table, dev.running.as_ref())
+                    .map_err(|e| core_error(e, &self.uri))?;
+            if let Some((sector, slot)) = erased {
+                env.info(
+                    "esp_ota_ops",
+                    format!(
+                        "otadata[{}] (ota_{}) invalidated before the update",
+                        sector, slot
+                    ),
+                );
+            }
+        }
         let mut buf = vec![0u8; CHUNK];
         'download: loop {
             let mut progress = Progress::new(id, TAG_DEFAULT, "app", fetch.total);

@@ -1,9 +1,13 @@
 //! The data item: rewrite a data partition found by label, raw or as an ESP-ADF tone bin with
 //! the example's policy (adf-ota-service.md §6, §7), with the size checked before any erase.
+//! In place (header written last, so a torn rewrite reads as invalid and is redone), or staged
+//! through a spare partition with a resumable copy (`ota_core::staging`).
 
 use embedded_storage::nor_flash::NorFlash;
+use ota_core::partition::Partition;
+use ota_core::staging::{StagedCopy, StagedWrite, StagingError};
 use ota_core::tone::{self, ToneDecision, ToneDesc, ToneHeader, TONE_DESC_SIZE, TONE_HEADER_SIZE};
-use ota_core::update::DataUpdate;
+use ota_core::update::{DataUpdate, UpdateError};
 
 use super::{core_error, read_full, source_error, Progress};
 use crate::reason::Reason;
@@ -25,7 +29,16 @@ pub struct DataItem {
     pub ca_pem: Option<Vec<u8>>,
     pub reboot: bool,
     pub break_after_fail: bool,
+    /// A spare data partition (by label) to stage the image in; None: write in place.
+    pub staging: Option<String>,
     run: Option<Run>,
+}
+
+/// Where the data goes: the target itself, or the staging partition first.
+enum Sink {
+    /// Boxed: the engine buffers the first sector (4 KiB).
+    Direct(Box<DataUpdate>),
+    Staged(StagedWrite),
 }
 
 struct Run {
@@ -44,7 +57,77 @@ impl DataItem {
             ca_pem: None,
             reboot: false,
             break_after_fail: false,
+            staging: None,
             run: None,
+        }
+    }
+
+    /// The staging partition named by the config: a data partition, not otadata.
+    fn staging_partition<F: NorFlash>(
+        &self,
+        dev: &Device<'_, F>,
+    ) -> Result<Option<Partition>, ItemError> {
+        let Some(label) = &self.staging else {
+            return Ok(None);
+        };
+        let p = dev.table.find_data(label).copied().ok_or_else(|| {
+            ItemError::new(
+                Reason::PartitionNotFound,
+                format!("{}: staging partition [{}] not found", self.uri, label),
+            )
+        })?;
+        if p.subtype == ota_core::partition::SUBTYPE_DATA_OTA {
+            return Err(ItemError::new(
+                Reason::PartitionWtFail,
+                format!(
+                    "{}: staging partition [{}] is the otadata partition",
+                    self.uri, label
+                ),
+            ));
+        }
+        Ok(Some(p))
+    }
+
+    /// Finish a staged copy that a power cut interrupted (the record in the staging
+    /// partition says where it stopped). A staged image that no longer matches its hash is
+    /// discarded: the target then reads as invalid and this run rewrites it.
+    fn resume_staged_copy<F: NorFlash>(
+        &self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        staging: &Partition,
+        target: &Partition,
+    ) -> Result<(), ItemError> {
+        match StagedCopy::resume(dev.flash, staging, target) {
+            Ok(None) => Ok(()),
+            Ok(Some(copy)) => {
+                env.warn(
+                    TAG_DEFAULT,
+                    format!(
+                        "resuming the staged copy {} -> {} at step {} of {} (interrupted earlier)",
+                        staging.label.as_str(),
+                        target.label.as_str(),
+                        copy.next_step(),
+                        copy.record().steps()
+                    ),
+                );
+                copy.run(dev.flash).map_err(|e| core_error(e, &self.uri))?;
+                env.info(
+                    TAG_DEFAULT,
+                    format!("partition {} copy completed", target.label.as_str()),
+                );
+                Ok(())
+            }
+            Err(ota_core::Error::Update(UpdateError::Staging(
+                e @ StagingError::StagedImageCorrupt { .. },
+            ))) => {
+                env.error(
+                    TAG_DEFAULT,
+                    format!("{}; discarding the unfinished copy", e),
+                );
+                StagedCopy::discard(dev.flash, staging).map_err(|e| core_error(e, &self.uri))
+            }
+            Err(e) => Err(core_error(e, &self.uri)),
         }
     }
 
@@ -67,7 +150,22 @@ impl DataItem {
                         info.header.format, info.header.total_num
                     ),
                 );
-                Some(info)
+                // ADF's init does not look at the table or the CRC: a torn rewrite can pass
+                // it. Our full check (table, tail, CRC-32 for format 1) decides too.
+                match tone::tone_partition_check(dev.flash, &part) {
+                    Ok(_) => Some(info),
+                    Err(e) => {
+                        env.error(
+                            TAG_TONE,
+                            format!(
+                                "tone partition {} fails the integrity check ({}): rewriting it",
+                                part.label.as_str(),
+                                e
+                            ),
+                        );
+                        None
+                    }
+                }
             }
             Err(e) => {
                 env.error(TAG_TONE, format!("{}", e));
@@ -189,6 +287,11 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         }
         let engine = DataUpdate::begin(dev.table, &self.label, None)
             .map_err(|e| core_error(e, &self.uri))?;
+        let target = *engine.partition();
+        if let Some(staging) = self.staging_partition(dev)? {
+            StagedWrite::check(&staging, &target, None).map_err(|e| core_error(e, &self.uri))?;
+            self.resume_staged_copy(dev, env, &staging, &target)?;
+        }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
         let mut opts = env.source.clone();
         if self.ca_pem.is_some() {
@@ -209,8 +312,14 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         // Our fix (adf-ota-service.md §11.5): refuse an image larger than the partition before
         // anything is erased.
         let engine = match src.content_length() {
-            Some(len) => DataUpdate::begin(dev.table, &self.label, Some(len))
-                .map_err(|e| core_error(e, &self.uri))?,
+            Some(len) => {
+                if let Some(staging) = self.staging_partition(dev)? {
+                    StagedWrite::check(&staging, &target, Some(len))
+                        .map_err(|e| core_error(e, &self.uri))?;
+                }
+                DataUpdate::begin(dev.table, &self.label, Some(len))
+                    .map_err(|e| core_error(e, &self.uri))?
+            }
             None => engine,
         };
         self.run = Some(Run {
@@ -241,23 +350,38 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
     ) -> Result<(), ItemError> {
         let Run {
             mut source,
-            mut engine,
+            engine,
             pending,
         } = self
             .run
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
-        let label = engine.partition().label;
+        let target = *engine.partition();
+        let mut sink = match self.staging_partition(dev)? {
+            None => Sink::Direct(Box::new(engine)),
+            Some(staging) => Sink::Staged(
+                StagedWrite::begin(dev.flash, &staging, &target, source.content_length())
+                    .map_err(|e| core_error(e, &self.uri))?,
+            ),
+        };
+        let label = match &sink {
+            Sink::Direct(_) => target.label,
+            Sink::Staged(w) => w.staging().label,
+        };
         let mut progress = Progress::new(id, TAG_DEFAULT, "data", source.content_length());
-        let write = |engine: &mut DataUpdate, flash: &mut F, bytes: &[u8]| {
-            engine.write(flash, bytes).map_err(|e| {
+        let write = |sink: &mut Sink, flash: &mut F, bytes: &[u8]| {
+            match sink {
+                Sink::Direct(d) => d.write(flash, bytes),
+                Sink::Staged(w) => w.write(flash, bytes),
+            }
+            .map_err(|e| {
                 ItemError::new(
                     Reason::PartitionWtFail,
                     format!("writing partition {}: {}", label.as_str(), e),
                 )
             })
         };
-        write(&mut engine, dev.flash, &pending)?;
+        write(&mut sink, dev.flash, &pending)?;
         progress.add(env, pending.len());
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -265,15 +389,50 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             if n == 0 {
                 break;
             }
-            write(&mut engine, dev.flash, &buf[..n])?;
+            write(&mut sink, dev.flash, &buf[..n])?;
             progress.add(env, n);
         }
-        engine
-            .finish(dev.flash)
-            .map_err(|e| core_error(e, &self.uri))?;
+        match sink {
+            Sink::Direct(engine) => {
+                engine
+                    .finish(dev.flash)
+                    .map_err(|e| core_error(e, &self.uri))?;
+            }
+            Sink::Staged(w) => {
+                let staging = *w.staging();
+                if self.format == DataFormat::Tone {
+                    // The staged bin must be a whole, valid tone bin before the target is touched.
+                    let mut view = staging;
+                    view.size = w.written();
+                    tone::tone_partition_check(dev.flash, &view).map_err(|e| {
+                        ItemError::new(
+                            Reason::StreamRdFail,
+                            format!(
+                                "{}: the tone bin staged in {} is invalid: {}",
+                                self.uri,
+                                staging.label.as_str(),
+                                e
+                            ),
+                        )
+                    })?;
+                }
+                let copy = w.commit(dev.flash).map_err(|e| core_error(e, &self.uri))?;
+                env.info(
+                    TAG_DEFAULT,
+                    format!(
+                        "image of {} bytes staged and verified in {}; copying into {} ({} steps)",
+                        copy.record().image_len,
+                        staging.label.as_str(),
+                        target.label.as_str(),
+                        copy.record().steps()
+                    ),
+                );
+                copy.run(dev.flash).map_err(|e| core_error(e, &self.uri))?;
+            }
+        }
         env.info(
             TAG_DEFAULT,
-            format!("partition {} upgrade successes", label.as_str()),
+            format!("partition {} upgrade successes", target.label.as_str()),
         );
         Ok(())
     }

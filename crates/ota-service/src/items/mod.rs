@@ -2,9 +2,11 @@
 
 mod app;
 mod data;
+pub mod manifest;
 
-pub use app::{AppItem, CHUNK as APP_CHUNK};
+pub use app::{AppItem, SourceWrapper, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
+pub use manifest::ManifestItem;
 
 use std::time::Instant;
 
@@ -48,6 +50,13 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
             _ => Reason::NoHigherVersion,
         },
         CoreError::Update(UpdateError::WrongChip { .. }) => Reason::Other(ESP_ERR_INVALID_VERSION),
+        CoreError::Update(UpdateError::SecureVersionTooLow { .. }) => {
+            Reason::Other(ESP_ERR_OTA_SMALL_SEC_VER)
+        }
+        CoreError::Update(UpdateError::RollbackInvalidState { .. }) => {
+            Reason::Other(ESP_ERR_OTA_ROLLBACK_INVALID_STATE)
+        }
+        CoreError::Update(UpdateError::Staging(_)) => Reason::PartitionWtFail,
         CoreError::Image(_) | CoreError::Update(_) => Reason::OtaValidateFailed,
         CoreError::Partition(_) | CoreError::OtaData(_) => Reason::PartitionRdFail,
         CoreError::Tone(_) => Reason::Unknown,
@@ -58,6 +67,12 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
 
 /// `ESP_ERR_INVALID_VERSION` (0x10A): what IDF reports for an image of another chip.
 pub const ESP_ERR_INVALID_VERSION: i32 = 0x10A;
+/// `ESP_ERR_OTA_SMALL_SEC_VER` (idf-formats.md §2.8: base 0x1500 + 4): anti-rollback refused an
+/// image whose `secure_version` is below the eFuse counter.
+pub const ESP_ERR_OTA_SMALL_SEC_VER: i32 = 0x1504;
+/// `ESP_ERR_OTA_ROLLBACK_INVALID_STATE` (idf-formats.md §2.8: base 0x1500 + 6): the running app
+/// is still PENDING_VERIFY.
+pub const ESP_ERR_OTA_ROLLBACK_INVALID_STATE: i32 = 0x1506;
 
 /// ADF's once-a-second progress line (`%s process_size: %d KB, cur_size: %d bytes,
 /// total_speed: %d KB/s`, adf-ota-service.md §4.3) plus a Progress event per chunk.
@@ -129,6 +144,15 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
             None => None,
         };
         match spec.kind {
+            ItemKind::App if spec.project.is_some() => {
+                let project = spec.project.clone().unwrap_or_default();
+                let mut item = ManifestItem::new(spec.uri.clone(), project);
+                item.policy = spec.version_check;
+                item.ca_pem = ca_pem;
+                item.reboot = spec.reboot;
+                item.break_after_fail = spec.break_after_fail;
+                items.push(Box::new(item));
+            }
             ItemKind::App => {
                 let mut item = AppItem::new(spec.uri.clone());
                 item.policy = spec.version_check;
@@ -145,6 +169,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                     .clone()
                     .ok_or_else(|| format!("data item {} has no label", spec.uri))?;
                 let mut item = DataItem::new(spec.uri.clone(), label, spec.format);
+                item.staging = spec.staging.clone();
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;

@@ -156,6 +156,7 @@ pub fn run_on<F: NorFlash>(
             chip: Chip::Esp32,
             running: Some(booted.partition),
             rollback: false,
+            anti_rollback: None,
         };
         let mut env = Env {
             sd: None,

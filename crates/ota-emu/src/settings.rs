@@ -1,0 +1,232 @@
+//! What a device holds outside its flash: the 2nd-stage bootloader's rollback options (Kconfig,
+//! compiled into the bootloader on a real chip) and the eFuse secure-version counter (in the
+//! chip). Kept in a sidecar file `<flash>.device.toml` beside the flash image, so the flash file
+//! stays byte-exact with a real chip's flash; a dump without a sidecar gets ESP-IDF's defaults
+//! (no rollback, eFuse counter 0).
+
+use std::path::{Path, PathBuf};
+
+use ota_core::boot::{self, BootConfig};
+use ota_core::Chip;
+use serde::Deserialize;
+
+use crate::error::EmuError;
+
+/// Appended to the flash file's name to name its settings file.
+pub const SETTINGS_SUFFIX: &str = ".device.toml";
+
+/// The bootloader's build options that change app selection (idf-formats.md §2.6, §2.7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootloaderSettings {
+    /// `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`.
+    #[serde(default)]
+    pub rollback: bool,
+    /// `CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK` (needs `rollback`).
+    #[serde(default)]
+    pub anti_rollback: bool,
+}
+
+/// The emulated eFuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EfuseSettings {
+    /// The `SECURE_VERSION` field as a counter: the number of bits burnt (idf-formats.md §2.7).
+    /// It only ever goes up, and at most to the chip's field width
+    /// ([`ota_core::boot::secure_version_field_bits`]).
+    #[serde(default)]
+    pub secure_version: u32,
+}
+
+/// Everything stored beside a flash image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    #[serde(default)]
+    pub bootloader: BootloaderSettings,
+    #[serde(default)]
+    pub efuse: EfuseSettings,
+}
+
+fn settings_error(path: &Path, detail: impl Into<String>) -> EmuError {
+    EmuError::Settings {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+impl DeviceSettings {
+    /// `<flash file name>.device.toml`, beside the flash file.
+    pub fn path_for(flash: &Path) -> PathBuf {
+        let mut name = flash.file_name().unwrap_or_default().to_os_string();
+        name.push(SETTINGS_SUFFIX);
+        flash.with_file_name(name)
+    }
+
+    /// The settings of the device in `flash`: `None` when it has no settings file.
+    pub fn load_for(flash: &Path) -> Result<Option<DeviceSettings>, EmuError> {
+        let path = Self::path_for(flash);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(EmuError::Io {
+                    op: "read device settings",
+                    path,
+                    source,
+                })
+            }
+        };
+        let s: DeviceSettings = toml::from_str(&text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|sp| {
+                    let line = text.get(..sp.start).unwrap_or("").matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            settings_error(&path, format!("{place}{}", e.message()))
+        })?;
+        s.check().map_err(|d| settings_error(&path, d))?;
+        Ok(Some(s))
+    }
+
+    /// The rules Kconfig enforces.
+    pub fn check(&self) -> Result<(), String> {
+        if self.bootloader.anti_rollback && !self.bootloader.rollback {
+            return Err("anti_rollback = true needs rollback = true \
+                 (CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK depends on CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE)"
+                .to_string());
+        }
+        Ok(())
+    }
+
+    /// The eFuse counter must fit the chip's field (idf-formats.md §2.7).
+    pub fn check_for_chip(&self, chip: Chip) -> Result<(), String> {
+        let bits = boot::secure_version_field_bits(chip);
+        if self.efuse.secure_version > bits {
+            return Err(format!(
+                "efuse secure_version {} does not fit the {}-bit SECURE_VERSION field of {}",
+                self.efuse.secure_version,
+                bits,
+                chip.display_name()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file's text (commented, so a person can edit it).
+    pub fn to_toml(&self) -> String {
+        let line = |kv: String, comment: &str| format!("{kv:<24}# {comment}\n");
+        let mut t = String::from(
+            "# ota-service device settings: what the chip holds outside its flash (see README, \"Rollback\").\n[bootloader]\n",
+        );
+        t += &line(
+            format!("rollback = {}", self.bootloader.rollback),
+            "CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE",
+        );
+        t += &line(
+            format!("anti_rollback = {}", self.bootloader.anti_rollback),
+            "CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK (needs rollback)",
+        );
+        t += "\n[efuse]\n";
+        t += &line(
+            format!("secure_version = {}", self.efuse.secure_version),
+            "SECURE_VERSION eFuse: number of bits burnt, only ever goes up",
+        );
+        t
+    }
+
+    /// Write the settings file of `flash` (to a temporary file, then renamed over the old one,
+    /// so it is never seen half written).
+    pub fn save_for(&self, flash: &Path) -> Result<(), EmuError> {
+        self.check().map_err(|d| settings_error(flash, d))?;
+        let path = Self::path_for(flash);
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".tmp");
+        let tmp = path.with_file_name(tmp_name);
+        std::fs::write(&tmp, self.to_toml()).map_err(|source| EmuError::Io {
+            op: "write device settings",
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|source| EmuError::Io {
+            op: "replace device settings",
+            path,
+            source,
+        })
+    }
+
+    /// What the bootloader emulation needs.
+    pub fn boot_config(&self) -> BootConfig {
+        BootConfig {
+            rollback: self.bootloader.rollback,
+            anti_rollback: self.bootloader.anti_rollback,
+            efuse_secure_version: self.efuse.secure_version,
+        }
+    }
+
+    /// `Some(eFuse counter)` when anti-rollback is on (what the app-side checks compare with).
+    pub fn anti_rollback(&self) -> Option<u32> {
+        self.bootloader
+            .anti_rollback
+            .then_some(self.efuse.secure_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_through_the_sidecar_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let flash = dir.path().join("flash.bin");
+        assert_eq!(
+            DeviceSettings::path_for(&flash),
+            dir.path().join("flash.bin.device.toml")
+        );
+        assert_eq!(DeviceSettings::load_for(&flash).unwrap(), None);
+        let s = DeviceSettings {
+            bootloader: BootloaderSettings {
+                rollback: true,
+                anti_rollback: true,
+            },
+            efuse: EfuseSettings { secure_version: 3 },
+        };
+        s.save_for(&flash).unwrap();
+        assert_eq!(DeviceSettings::load_for(&flash).unwrap(), Some(s));
+        assert_eq!(
+            s.boot_config(),
+            BootConfig {
+                rollback: true,
+                anti_rollback: true,
+                efuse_secure_version: 3
+            }
+        );
+    }
+
+    #[test]
+    fn bad_settings_files_are_refused_with_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let flash = dir.path().join("f.bin");
+        let p = DeviceSettings::path_for(&flash);
+        std::fs::write(&p, "[bootloader]\nrollback = false\nanti_rollback = true\n").unwrap();
+        let e = DeviceSettings::load_for(&flash).unwrap_err().to_string();
+        assert!(
+            e.contains("f.bin.device.toml") && e.contains("needs rollback"),
+            "{e}"
+        );
+        std::fs::write(&p, "[efuse]\nsecure_version = \"x\"\n").unwrap();
+        let e = DeviceSettings::load_for(&flash).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        std::fs::write(&p, "[bootloader]\nrolback = true\n").unwrap();
+        assert!(DeviceSettings::load_for(&flash).is_err());
+        let s = DeviceSettings {
+            efuse: EfuseSettings { secure_version: 5 },
+            ..Default::default()
+        };
+        assert!(s.check_for_chip(Chip::Esp32c2).is_err());
+        assert!(s.check_for_chip(Chip::Esp32).is_ok());
+    }
+}

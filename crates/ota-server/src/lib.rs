@@ -1,0 +1,357 @@
+//! `ota-server`: the firmware server behind `ota serve`, replacing `python -m http.server`.
+//!
+//! Async (tokio + hyper 1). It serves one folder, or an S3-compatible bucket, over HTTP or
+//! HTTPS with ranges, strong ETags and conditional requests, and publishes a catalogue of every
+//! app image and tone bin at `/manifest.json` (see `ota_service::items::manifest`).
+
+pub mod catalogue;
+pub mod http;
+pub mod local;
+pub mod range;
+pub mod s3;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use crate::http::Stats;
+use crate::http::{Backend, State};
+use crate::local::LocalDir;
+pub use crate::s3::{S3Options, S3Store};
+
+/// Default bind address: loopback only.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+/// Default catalogue rescan interval.
+pub const DEFAULT_RESCAN: Duration = Duration::from_secs(2);
+/// A client must send its request head within this time (slowloris guard).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake must finish within this time.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (hyper's read buffer limit).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Threads for blocking file reads and hashing.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve {}: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    S3(#[from] s3::S3Error),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What to serve.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Dir(PathBuf),
+    S3(S3Options),
+}
+
+/// TLS settings.
+#[derive(Clone, Debug)]
+pub enum Tls {
+    None,
+    /// PEM certificate chain and key.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Generate a CA and a certificate for the bind address into this folder.
+    SelfSigned {
+        dir: PathBuf,
+    },
+}
+
+/// Everything `ota serve` takes.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub bind: SocketAddr,
+    pub store: Store,
+    pub tls: Tls,
+    /// Folder catalogue: how often the folder is rescanned. S3: how long HEADs and the
+    /// catalogue are reused.
+    pub rescan: Duration,
+    /// Write one access-log line per request to stderr.
+    pub access_log: bool,
+    /// Folder store: which file versions are kept in memory.
+    pub cache: local::CacheLimits,
+}
+
+impl ServeOptions {
+    pub fn dir(dir: impl Into<PathBuf>) -> ServeOptions {
+        ServeOptions {
+            bind: DEFAULT_BIND
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            store: Store::Dir(dir.into()),
+            tls: Tls::None,
+            rescan: DEFAULT_RESCAN,
+            access_log: true,
+            cache: local::DEFAULT_CACHE,
+        }
+    }
+}
+
+/// What a bound server tells its caller.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:8080` or `https://…` (no trailing slash).
+    pub base_url: String,
+    /// With `--tls-self-signed`: the CA certificate devices should pin.
+    pub ca_pem: Option<PathBuf>,
+    /// What is served, for messages.
+    pub source: String,
+    /// Catalogue entries found at start (folder stores).
+    pub entries: Option<usize>,
+    pub stats: Arc<Stats>,
+}
+
+/// A bound, ready server.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    state: Arc<State>,
+    scanner: Option<Arc<Mutex<catalogue::DirCatalogue>>>,
+    rescan: Duration,
+    info: ServerInfo,
+}
+
+impl Server {
+    /// Bind, set up TLS and scan the catalogue once (call inside a tokio runtime).
+    pub async fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
+        let listener = TcpListener::bind(opts.bind)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: opts.bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: opts.bind,
+            source,
+        })?;
+        let (acceptor, ca_pem) = match &opts.tls {
+            Tls::None => (None, None),
+            Tls::Files { cert, key } => {
+                (Some(TlsAcceptor::from(tls::from_files(cert, key)?)), None)
+            }
+            Tls::SelfSigned { dir } => {
+                let s = tls::self_signed(addr.ip(), dir)?;
+                (Some(TlsAcceptor::from(s.config)), Some(s.ca_pem))
+            }
+        };
+        let stats = Arc::new(Stats::default());
+        let (backend, catalogue, scanner, source, entries) = match &opts.store {
+            Store::Dir(path) => {
+                let dir = LocalDir::new(path, opts.cache).map_err(|source| ServeError::Dir {
+                    path: path.clone(),
+                    source,
+                })?;
+                let root = dir.root().to_path_buf();
+                let scanner = Arc::new(Mutex::new(catalogue::DirCatalogue::new(root.clone())));
+                let sc = scanner.clone();
+                tokio::task::spawn_blocking(move || {
+                    sc.lock().unwrap_or_else(|p| p.into_inner()).rescan();
+                })
+                .await
+                .map_err(|e| ServeError::Runtime(std::io::Error::other(e)))?;
+                let handle = scanner.lock().unwrap_or_else(|p| p.into_inner()).handle();
+                let n = handle
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .catalogue
+                    .entries
+                    .len();
+                (
+                    Backend::Dir(Arc::new(dir)),
+                    handle,
+                    Some(scanner),
+                    root.display().to_string(),
+                    Some(n),
+                )
+            }
+            Store::S3(o) => {
+                let mut o = o.clone();
+                o.cache_ttl = opts.rescan;
+                let store = S3Store::new(o)?;
+                let source = store.describe();
+                let empty = Arc::new(std::sync::RwLock::new(Arc::new(
+                    catalogue::CatalogueDoc::new(Vec::new()),
+                )));
+                (Backend::S3(Arc::new(store)), empty, None, source, None)
+            }
+        };
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let info = ServerInfo {
+            addr,
+            base_url: format!("{scheme}://{addr}"),
+            ca_pem,
+            source,
+            entries,
+            stats: stats.clone(),
+        };
+        Ok(Server {
+            listener,
+            acceptor,
+            state: Arc::new(State {
+                backend,
+                catalogue,
+                access_log: opts.access_log,
+                stats,
+            }),
+            scanner,
+            rescan: opts.rescan,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// Serve until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        if let Some(scanner) = self.scanner.clone() {
+            let every = self.rescan;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let sc = scanner.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        sc.lock().unwrap_or_else(|p| p.into_inner()).rescan();
+                    })
+                    .await;
+                }
+            });
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let state = self.state.clone();
+                        let acceptor = self.acceptor.clone();
+                        tokio::spawn(connection(stream, peer, acceptor, state));
+                    }
+                    // Out of descriptors or similar: back off instead of spinning.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                },
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    state: Arc<State>,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| {
+        let st = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(http::handle(st, req, peer).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    match acceptor {
+        None => {
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        }
+        Some(acc) => {
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
+            {
+                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+            }
+        }
+    }
+}
+
+/// The runtime `ota serve` uses: one worker per core, a bounded blocking pool.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+}
+
+/// A server on its own runtime thread (for tests, `fleet-sim` and the benchmark); it stops
+/// when dropped.
+pub struct Background {
+    pub info: ServerInfo,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn start(opts: ServeOptions) -> Result<Background, ServeError> {
+        let rt = runtime(None).map_err(ServeError::Runtime)?;
+        let server = rt.block_on(Server::bind(opts))?;
+        let info = server.info().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            rt.block_on(server.run(async {
+                let _ = rx.await;
+            }));
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        Ok(Background {
+            info,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Bytes of response bodies sent so far.
+    pub fn bytes_served(&self) -> u64 {
+        self.info.stats.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.info.stats.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

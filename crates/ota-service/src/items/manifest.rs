@@ -1,0 +1,740 @@
+//! The catalogue (`/manifest.json` of `ota serve`) and the app item that upgrades through it.
+//!
+//! [`Catalogue`] is the JSON contract between the server and devices. [`ManifestItem`] fetches
+//! it, picks the newest valid image for the device's chip and project under the item's version
+//! policy, and hands the download to [`AppItem`]; the bytes are checked against the catalogue's
+//! size and SHA-256 as they stream, and a mismatch fails the item before the engine's `finish`,
+//! so otadata is never switched to an image the catalogue does not vouch for.
+
+use std::cmp::Ordering;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use embedded_storage::nor_flash::NorFlash;
+use ota_core::version::{self, VersionPolicy};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{read_full, source_error, AppItem};
+use crate::reason::Reason;
+use crate::service::{Device, Env, ItemError, Need, Outcome, UpgradeItem};
+use crate::source::{self, Phase, Source, SourceError};
+
+/// The catalogue format this code writes and reads (`"format"` key).
+pub const CATALOGUE_FORMAT: u32 = 1;
+/// The catalogue's path on an `ota serve` server.
+pub const CATALOGUE_PATH: &str = "/manifest.json";
+/// The largest catalogue a device reads (a bigger one is refused, not truncated).
+pub const MAX_CATALOGUE_BYTES: usize = 8 << 20;
+const TAG: &str = "OTA_MANIFEST";
+
+/// What a catalogue entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// An ESP-IDF app image (magic 0xE9, idf-formats.md §3).
+    App,
+    /// An ESP-ADF tone bin (tag 0x2053, adf-ota-service.md §8).
+    Tone,
+    /// A `.bin` that is neither (always with an `error`).
+    Unknown,
+}
+
+/// One file of the catalogue: what `ota-core` reads from it. Keys are always present (null
+/// when they do not apply), so the JSON is stable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogueEntry {
+    /// Where to download it: a URL path on the catalogue's server (`/fw/app.bin`), or an
+    /// absolute `http(s)://` URL.
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// SHA-256 of the whole file, lower-case hex.
+    pub sha256: String,
+    /// esptool's chip name (`esp32`, `esp32c3`, ...) from the image header; apps only.
+    #[serde(default)]
+    pub chip: Option<String>,
+    /// `project_name` of the app descriptor, or of the tone bin's descriptor (format 1).
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The app descriptor's anti-rollback `secure_version`.
+    #[serde(default)]
+    pub secure_version: Option<u32>,
+    #[serde(default)]
+    pub idf_ver: Option<String>,
+    /// Tone bins: the bin format (0 or 1).
+    #[serde(default)]
+    pub format: Option<u32>,
+    /// Tone bins: the number of files.
+    #[serde(default)]
+    pub files: Option<u32>,
+    /// Why this file is not a valid image or tone bin. An entry with an error is never offered.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The whole catalogue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalogue {
+    pub format: u32,
+    pub entries: Vec<CatalogueEntry>,
+}
+
+impl Catalogue {
+    /// Parse a catalogue; the error says where the JSON is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<Catalogue, String> {
+        let c: Catalogue = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if c.format != CATALOGUE_FORMAT {
+            return Err(format!(
+                "catalogue format {} is not supported (expected {})",
+                c.format, CATALOGUE_FORMAT
+            ));
+        }
+        Ok(c)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Why no image could be picked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PickError {
+    /// No valid app entry for this chip and project.
+    NoImage {
+        chip: String,
+        project: String,
+        /// Valid apps for other chips or projects.
+        others: usize,
+        /// Entries for this chip and project that carry an error.
+        corrupt: usize,
+    },
+    /// Images exist, but none has a version the policy can order.
+    NoVersion { policy: VersionPolicy, count: usize },
+}
+
+impl std::fmt::Display for PickError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PickError::NoImage {
+                chip,
+                project,
+                others,
+                corrupt,
+            } => write!(
+                f,
+                "no valid app image for chip {chip}, project {project} \
+                 ({others} valid images for other chips/projects, {corrupt} corrupt for this one)"
+            ),
+            PickError::NoVersion { policy, count } => write!(
+                f,
+                "{count} images match, but none has a version that version_check = \"{policy}\" accepts"
+            ),
+        }
+    }
+}
+
+fn parses(policy: VersionPolicy, v: &str) -> bool {
+    match policy {
+        VersionPolicy::Newer => version::adf_version_number(v).is_some(),
+        VersionPolicy::Semver | VersionPolicy::None => version::semver_parses(v),
+    }
+}
+
+/// Order two versions under a policy (both parse under it).
+fn order(policy: VersionPolicy, a: &str, b: &str) -> Ordering {
+    match policy {
+        VersionPolicy::Newer => version::adf_version_number(a).cmp(&version::adf_version_number(b)),
+        VersionPolicy::Semver | VersionPolicy::None => {
+            version::compare_semver(a, b).unwrap_or(Ordering::Equal)
+        }
+    }
+}
+
+/// The newest valid app image for `chip` and `project`.
+///
+/// * `newer`: only `vX.Y.Z` versions (ADF's rule) count, ordered numerically;
+/// * `semver`: only versions [`version::compare_semver`] parses count, in its order;
+/// * `none`: ordered like `semver`, but versions it cannot parse are kept and rank lowest.
+///
+/// Ties go to the greatest path, so the choice is deterministic. Entries with an `error` are
+/// never picked.
+pub fn pick<'a>(
+    cat: &'a Catalogue,
+    chip: &str,
+    project: &str,
+    policy: VersionPolicy,
+) -> Result<&'a CatalogueEntry, PickError> {
+    let valid = |e: &&CatalogueEntry| e.kind == EntryKind::App && e.error.is_none();
+    let mine = |e: &&CatalogueEntry| {
+        e.chip.as_deref() == Some(chip) && e.project.as_deref() == Some(project)
+    };
+    let candidates: Vec<&CatalogueEntry> = cat.entries.iter().filter(valid).filter(mine).collect();
+    if candidates.is_empty() {
+        return Err(PickError::NoImage {
+            chip: chip.to_string(),
+            project: project.to_string(),
+            others: cat.entries.iter().filter(valid).count(),
+            corrupt: cat
+                .entries
+                .iter()
+                .filter(mine)
+                .filter(|e| e.error.is_some())
+                .count(),
+        });
+    }
+    let count = candidates.len();
+    let ver = |e: &CatalogueEntry| e.version.clone().unwrap_or_default();
+    let ranked = candidates
+        .into_iter()
+        .filter(|e| policy == VersionPolicy::None || parses(policy, &ver(e)))
+        .max_by(|a, b| {
+            let (va, vb) = (ver(a), ver(b));
+            let (pa, pb) = (parses(policy, &va), parses(policy, &vb));
+            pa.cmp(&pb)
+                .then_with(|| {
+                    if pa && pb {
+                        order(policy, &va, &vb)
+                    } else {
+                        Ordering::Equal
+                    }
+                })
+                .then_with(|| a.path.cmp(&b.path))
+        });
+    ranked.ok_or(PickError::NoVersion { policy, count })
+}
+
+/// The download URL of `entry_path` in the catalogue at `catalogue_uri`: absolute URLs as they
+/// are; `/x` on the catalogue's origin; anything else beside the catalogue.
+pub fn resolve(catalogue_uri: &str, entry_path: &str) -> String {
+    if source::Scheme::of(entry_path).is_some() {
+        return entry_path.to_string();
+    }
+    let after_scheme = catalogue_uri.find("://").map_or(0, |i| i + 3);
+    let rest = catalogue_uri.get(after_scheme..).unwrap_or("");
+    if entry_path.starts_with('/') {
+        let origin_end = rest
+            .find('/')
+            .map_or(catalogue_uri.len(), |i| after_scheme + i);
+        format!("{}{}", &catalogue_uri[..origin_end], entry_path)
+    } else {
+        let dir_end = rest
+            .rfind('/')
+            .map_or(catalogue_uri.len(), |i| after_scheme + i);
+        format!("{}/{}", &catalogue_uri[..dir_end], entry_path)
+    }
+}
+
+/// Parse a 64-digit hex SHA-256.
+pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let b = hex.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Wraps the download: counts and hashes the bytes, and fails the read that would end the
+/// stream (or the one that goes past the size) when they differ from the catalogue's.
+struct CheckedSource {
+    inner: Box<dyn Source>,
+    size: u64,
+    sha256: [u8; 32],
+    hasher: Sha256,
+    got: u64,
+    started: bool,
+    mismatch: Arc<Mutex<Option<String>>>,
+}
+
+impl CheckedSource {
+    fn fail(&self, detail: String) -> SourceError {
+        if let Ok(mut m) = self.mismatch.lock() {
+            *m = Some(detail.clone());
+        }
+        SourceError::Io {
+            uri: self.inner.uri().to_string(),
+            phase: Phase::Read,
+            source: io::Error::new(io::ErrorKind::InvalidData, detail),
+        }
+    }
+}
+
+impl Source for CheckedSource {
+    fn content_length(&self) -> Option<u64> {
+        self.inner.content_length()
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
+        if !self.started {
+            self.started = true;
+            if let Some(n) = self.inner.content_length() {
+                if n != self.size {
+                    return Err(self.fail(format!(
+                        "the server sends {n} bytes, the catalogue says {}",
+                        self.size
+                    )));
+                }
+            }
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            if self.got != self.size {
+                return Err(self.fail(format!(
+                    "the download has {} bytes, the catalogue says {}",
+                    self.got, self.size
+                )));
+            }
+            let digest: [u8; 32] = self.hasher.clone().finalize().into();
+            if digest != self.sha256 {
+                return Err(self.fail(format!(
+                    "SHA-256 of the download is {}, the catalogue says {}",
+                    hex(&digest),
+                    hex(&self.sha256)
+                )));
+            }
+            return Ok(0);
+        }
+        self.got += n as u64;
+        if self.got > self.size {
+            return Err(self.fail(format!(
+                "the download is longer than the {} bytes the catalogue says",
+                self.size
+            )));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+}
+
+/// An app item that reads a catalogue instead of naming an image (config: an app item with
+/// `project`).
+pub struct ManifestItem {
+    /// The catalogue's URI (`http://host:port/manifest.json`, `https://…`, `file://sdcard/…`).
+    pub uri: String,
+    /// The `project_name` to look for.
+    pub project: String,
+    pub policy: VersionPolicy,
+    pub ca_pem: Option<Vec<u8>>,
+    pub reboot: bool,
+    pub break_after_fail: bool,
+    inner: Option<AppItem>,
+    mismatch: Arc<Mutex<Option<String>>>,
+}
+
+impl ManifestItem {
+    pub fn new(uri: impl Into<String>, project: impl Into<String>) -> Self {
+        ManifestItem {
+            uri: uri.into(),
+            project: project.into(),
+            policy: VersionPolicy::None,
+            ca_pem: None,
+            reboot: true,
+            break_after_fail: false,
+            inner: None,
+            mismatch: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn fetch(&self, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
+        let mut opts = env.source.clone();
+        if self.ca_pem.is_some() {
+            opts.ca_pem = self.ca_pem.clone();
+        }
+        let mut src = source::open(&self.uri, env.sd, &opts).map_err(source_error)?;
+        if src
+            .content_length()
+            .is_some_and(|n| n > MAX_CATALOGUE_BYTES as u64)
+        {
+            return Err(ItemError::new(
+                Reason::StreamRdFail,
+                format!(
+                    "{}: catalogue larger than {} bytes",
+                    self.uri, MAX_CATALOGUE_BYTES
+                ),
+            ));
+        }
+        let mut buf = vec![0u8; MAX_CATALOGUE_BYTES + 1];
+        let n = read_full(src.as_mut(), &mut buf).map_err(source_error)?;
+        if n > MAX_CATALOGUE_BYTES {
+            return Err(ItemError::new(
+                Reason::StreamRdFail,
+                format!(
+                    "{}: catalogue larger than {} bytes",
+                    self.uri, MAX_CATALOGUE_BYTES
+                ),
+            ));
+        }
+        buf.truncate(n);
+        Catalogue::from_json(&buf).map_err(|e| {
+            ItemError::new(
+                Reason::StreamRdFail,
+                format!("{}: not a catalogue: {e}", self.uri),
+            )
+        })
+    }
+
+    /// The inner item's error, or the catalogue mismatch it was caused by.
+    fn explain(&self, e: ItemError) -> ItemError {
+        let detail = self.mismatch.lock().ok().and_then(|m| m.clone());
+        match (detail, &self.inner) {
+            (Some(d), Some(inner)) => ItemError::new(
+                Reason::OtaValidateFailed,
+                format!(
+                    "{}: does not match the catalogue {}: {d}; otadata was not switched",
+                    inner.uri, self.uri
+                ),
+            ),
+            _ => e,
+        }
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
+    fn describe(&self) -> String {
+        format!("{} (project {})", self.uri, self.project)
+    }
+
+    fn prepare(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<(), ItemError> {
+        let cat = self.fetch(env)?;
+        let chip = dev.chip.name();
+        let entry = pick(&cat, chip, &self.project, self.policy)
+            .map_err(|e| ItemError::new(Reason::FileNotFound, format!("{}: {e}", self.uri)))?;
+        let sha256 = parse_sha256(&entry.sha256).ok_or_else(|| {
+            ItemError::new(
+                Reason::StreamRdFail,
+                format!(
+                    "{}: entry {} has no valid sha256 (`{}`)",
+                    self.uri, entry.path, entry.sha256
+                ),
+            )
+        })?;
+        let url = resolve(&self.uri, &entry.path);
+        env.info(
+            TAG,
+            format!(
+                "catalogue {}: {} entries; for {} project {} the newest is {} ({} bytes, sha256 {}…) at {}",
+                self.uri,
+                cat.entries.len(),
+                chip,
+                self.project,
+                entry.version.as_deref().unwrap_or("?"),
+                entry.size,
+                entry.sha256.get(..16).unwrap_or(&entry.sha256),
+                url
+            ),
+        );
+        let mut inner = AppItem::new(url);
+        inner.policy = self.policy;
+        inner.ca_pem = self.ca_pem.clone();
+        inner.reboot = self.reboot;
+        inner.break_after_fail = self.break_after_fail;
+        let (size, mismatch) = (entry.size, self.mismatch.clone());
+        if let Ok(mut m) = mismatch.lock() {
+            *m = None;
+        }
+        inner.wrap_source = Some(Box::new(move |src| {
+            Box::new(CheckedSource {
+                inner: src,
+                size,
+                sha256,
+                hasher: Sha256::new(),
+                got: 0,
+                started: false,
+                mismatch: mismatch.clone(),
+            })
+        }));
+        self.inner = Some(inner);
+        let inner = self.inner.as_mut().ok_or_else(|| {
+            ItemError::new(Reason::NullPointer, "manifest item lost its app item")
+        })?;
+        let r = UpgradeItem::<F>::prepare(inner, dev, env, id);
+        r.map_err(|e| self.explain(e))
+    }
+
+    fn need_upgrade(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<Need, ItemError> {
+        let inner = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        let r = UpgradeItem::<F>::need_upgrade(inner, dev, env, id);
+        r.map_err(|e| self.explain(e))
+    }
+
+    fn execute(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<(), ItemError> {
+        let inner = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        let r = UpgradeItem::<F>::execute(inner, dev, env, id);
+        r.map_err(|e| self.explain(e))
+    }
+
+    fn finished_check(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+        result: Outcome,
+    ) -> Outcome {
+        match self.inner.as_mut() {
+            Some(inner) => UpgradeItem::<F>::finished_check(inner, dev, env, id, result),
+            None => result,
+        }
+    }
+
+    fn reboot(&self) -> bool {
+        self.reboot
+    }
+
+    fn break_after_fail(&self) -> bool {
+        self.break_after_fail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(path: &str, chip: &str, project: &str, version: &str) -> CatalogueEntry {
+        CatalogueEntry {
+            path: path.into(),
+            kind: EntryKind::App,
+            size: 1000,
+            sha256: "00".repeat(32),
+            chip: Some(chip.into()),
+            project: Some(project.into()),
+            version: Some(version.into()),
+            secure_version: Some(0),
+            idf_ver: None,
+            format: None,
+            files: None,
+            error: None,
+        }
+    }
+
+    fn cat(entries: Vec<CatalogueEntry>) -> Catalogue {
+        Catalogue {
+            format: CATALOGUE_FORMAT,
+            entries,
+        }
+    }
+
+    #[test]
+    fn pick_takes_newest_for_chip_and_project() {
+        let c = cat(vec![
+            app("/a", "esp32", "p", "v1.0.0"),
+            app("/b", "esp32", "p", "v1.2.0"),
+            app("/c", "esp32", "p", "v1.1.9"),
+            app("/d", "esp32c3", "p", "v9.0.0"),
+            app("/e", "esp32", "q", "v9.0.0"),
+        ]);
+        for policy in VersionPolicy::ALL {
+            assert_eq!(
+                pick(&c, "esp32", "p", policy).unwrap().path,
+                "/b",
+                "{policy}"
+            );
+        }
+        assert_eq!(
+            pick(&c, "esp32c3", "p", VersionPolicy::Newer).unwrap().path,
+            "/d"
+        );
+    }
+
+    #[test]
+    fn pick_never_offers_an_entry_with_an_error() {
+        let mut bad = app("/new", "esp32", "p", "v9.0.0");
+        bad.error = Some("checksum mismatch".into());
+        let c = cat(vec![bad.clone(), app("/old", "esp32", "p", "v1.0.0")]);
+        assert_eq!(
+            pick(&c, "esp32", "p", VersionPolicy::Semver).unwrap().path,
+            "/old"
+        );
+        let only_bad = cat(vec![bad]);
+        let e = pick(&only_bad, "esp32", "p", VersionPolicy::None).unwrap_err();
+        assert_eq!(
+            e,
+            PickError::NoImage {
+                chip: "esp32".into(),
+                project: "p".into(),
+                others: 0,
+                corrupt: 1
+            }
+        );
+    }
+
+    #[test]
+    fn pick_orders_git_describe_under_semver_and_skips_them_under_newer() {
+        let c = cat(vec![
+            app("/x", "esp32", "p", "v2.2-237-g6532b89f"),
+            app("/y", "esp32", "p", "v2.2-252-g62edbd26-dirty"),
+        ]);
+        assert_eq!(
+            pick(&c, "esp32", "p", VersionPolicy::Semver).unwrap().path,
+            "/y"
+        );
+        assert!(matches!(
+            pick(&c, "esp32", "p", VersionPolicy::Newer),
+            Err(PickError::NoVersion { count: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn pick_under_none_ranks_unparsable_versions_lowest() {
+        let c = cat(vec![
+            app("/z", "esp32", "p", "nightly"),
+            app("/a", "esp32", "p", "v0.1"),
+        ]);
+        assert_eq!(
+            pick(&c, "esp32", "p", VersionPolicy::None).unwrap().path,
+            "/a"
+        );
+        let c = cat(vec![app("/z", "esp32", "p", "nightly")]);
+        assert_eq!(
+            pick(&c, "esp32", "p", VersionPolicy::None).unwrap().path,
+            "/z"
+        );
+        assert!(pick(&c, "esp32", "p", VersionPolicy::Semver).is_err());
+    }
+
+    #[test]
+    fn resolve_uses_origin_for_absolute_paths() {
+        let m = "http://127.0.0.1:8080/manifest.json";
+        assert_eq!(resolve(m, "/fw/a.bin"), "http://127.0.0.1:8080/fw/a.bin");
+        assert_eq!(resolve(m, "b.bin"), "http://127.0.0.1:8080/b.bin");
+        assert_eq!(
+            resolve("https://h/x/manifest.json", "b.bin"),
+            "https://h/x/b.bin"
+        );
+        assert_eq!(
+            resolve("https://h/x/manifest.json", "/b.bin"),
+            "https://h/b.bin"
+        );
+        assert_eq!(resolve(m, "https://cdn/a.bin"), "https://cdn/a.bin");
+        assert_eq!(
+            resolve("file://sdcard/manifest.json", "/a.bin"),
+            "file://sdcard/a.bin"
+        );
+    }
+
+    #[test]
+    fn catalogue_json_round_trips_and_checks_format() {
+        let c = cat(vec![app("/a", "esp32", "p", "v1.0.0")]);
+        assert_eq!(Catalogue::from_json(&c.to_json()).unwrap(), c);
+        assert!(Catalogue::from_json(br#"{"format": 2, "entries": []}"#)
+            .unwrap_err()
+            .contains("format 2"));
+        assert!(Catalogue::from_json(b"{").is_err());
+    }
+
+    #[test]
+    fn sha256_hex_parses_64_digits_only() {
+        assert_eq!(parse_sha256(&"ab".repeat(32)), Some([0xab; 32]));
+        assert_eq!(parse_sha256("ab"), None);
+        assert_eq!(parse_sha256(&"zz".repeat(32)), None);
+    }
+
+    struct Mem(io::Cursor<Vec<u8>>, Option<u64>);
+    impl Source for Mem {
+        fn content_length(&self) -> Option<u64> {
+            self.1
+        }
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
+            Ok(io::Read::read(&mut self.0, buf).unwrap_or(0))
+        }
+        fn uri(&self) -> &str {
+            "mem://x"
+        }
+    }
+
+    fn checked(data: &[u8], len: Option<u64>, size: u64, sha: [u8; 32]) -> CheckedSource {
+        CheckedSource {
+            inner: Box::new(Mem(io::Cursor::new(data.to_vec()), len)),
+            size,
+            sha256: sha,
+            hasher: Sha256::new(),
+            got: 0,
+            started: false,
+            mismatch: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn drain(s: &mut CheckedSource) -> Result<u64, SourceError> {
+        let mut buf = [0u8; 7];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    }
+
+    #[test]
+    fn checked_source_passes_matching_bytes_and_fails_the_end_on_mismatch() {
+        let data = b"hello, firmware".to_vec();
+        let sha: [u8; 32] = Sha256::digest(&data).into();
+        let mut ok = checked(&data, Some(data.len() as u64), data.len() as u64, sha);
+        assert_eq!(drain(&mut ok).unwrap(), data.len() as u64);
+
+        let mut flipped = data.clone();
+        flipped[3] ^= 1;
+        let mut bad = checked(&flipped, None, data.len() as u64, sha);
+        let e = drain(&mut bad).unwrap_err().to_string();
+        assert!(e.contains("SHA-256 of the download"), "{e}");
+        assert!(bad.mismatch.lock().unwrap().is_some());
+
+        let mut short = checked(&data[..5], None, data.len() as u64, sha);
+        assert!(drain(&mut short)
+            .unwrap_err()
+            .to_string()
+            .contains("has 5 bytes"));
+
+        let mut long = checked(&data, None, 5, sha);
+        assert!(drain(&mut long)
+            .unwrap_err()
+            .to_string()
+            .contains("longer than"));
+
+        let mut wrong_len = checked(&data, Some(99), data.len() as u64, sha);
+        assert!(drain(&mut wrong_len)
+            .unwrap_err()
+            .to_string()
+            .contains("sends 99 bytes"));
+    }
+}

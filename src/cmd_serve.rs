@@ -1,0 +1,172 @@
+//! `ota serve`: the firmware server (crate `ota-server`) for a folder or an S3 bucket, over
+//! HTTP or HTTPS, with the catalogue at `/manifest.json`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use ota_server::{S3Options, ServeOptions, Server, Store, Tls};
+
+/// Where the S3 store is and how to sign requests (shared by `serve` and `publish`).
+#[derive(Args, Clone)]
+pub struct S3Args {
+    /// S3-compatible store: s3://BUCKET[/PREFIX]. Needs --s3-endpoint.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub store: Option<String>,
+    /// S3 endpoint URL (path-style), e.g. http://127.0.0.1:8333.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region used for signing.
+    #[arg(long, default_value = ota_server::s3::DEFAULT_REGION)]
+    pub s3_region: String,
+    /// Access key (default: $AWS_ACCESS_KEY_ID; none: anonymous).
+    #[arg(long, value_name = "KEY")]
+    pub s3_access_key: Option<String>,
+    /// Secret key (default: $AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_name = "SECRET")]
+    pub s3_secret_key: Option<String>,
+    /// Bound on each call to the store, in ms (an unreachable store is a 503 after this).
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub s3_timeout_ms: u64,
+}
+
+impl S3Args {
+    /// The S3 options when `--store` is given.
+    pub fn options(&self) -> Result<Option<S3Options>> {
+        let Some(store) = &self.store else {
+            if self.s3_endpoint.is_some() {
+                bail!("--s3-endpoint needs --store s3://BUCKET");
+            }
+            return Ok(None);
+        };
+        let endpoint = self
+            .s3_endpoint
+            .as_deref()
+            .ok_or_else(|| anyhow!("--store {store} needs --s3-endpoint URL"))?;
+        let mut o = S3Options::new(store, endpoint)?;
+        o.region = self.s3_region.clone();
+        o.access_key = self.s3_access_key.clone();
+        o.secret_key = self.s3_secret_key.clone();
+        o.timeout = Duration::from_millis(self.s3_timeout_ms.max(1));
+        Ok(Some(o))
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Folder to serve (every file under it; app images and tone bins are catalogued).
+    #[arg(
+        value_name = "DIR",
+        required_unless_present = "store",
+        conflicts_with = "store"
+    )]
+    dir: Option<PathBuf>,
+    /// Address to listen on. Loopback unless you say otherwise.
+    #[arg(long, default_value = ota_server::DEFAULT_BIND)]
+    bind: SocketAddr,
+    #[command(flatten)]
+    s3: S3Args,
+    /// TLS certificate chain (PEM, leaf first). Needs --tls-key.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM). Needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Generate a CA and a certificate for the bind address; prints the CA's PEM path to pin.
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// Where --tls-self-signed writes ca.pem, cert.pem and key.pem
+    /// (default: ota-serve-tls-PORT in the system temp folder).
+    #[arg(long, value_name = "DIR", requires = "tls_self_signed")]
+    tls_dir: Option<PathBuf>,
+    /// Folder: rescan interval of the catalogue. S3: how long metadata and the catalogue are reused.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    rescan_ms: u64,
+    /// Memory for file contents, in MiB: versions of files up to 16 MiB are kept (least
+    /// recently used dropped first); 0 streams every response from the file.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    cache_mib: u64,
+    /// No access log.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+pub fn run(a: ServeArgs) -> Result<ExitCode> {
+    let store = match (a.s3.options()?, &a.dir) {
+        (Some(o), _) => Store::S3(o),
+        (None, Some(d)) => Store::Dir(d.clone()),
+        (None, None) => bail!("give a folder to serve, or --store s3://BUCKET"),
+    };
+    let tls = match (&a.tls_cert, &a.tls_key, a.tls_self_signed) {
+        (Some(cert), Some(key), _) => Tls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (_, _, true) => Tls::SelfSigned {
+            dir: a.tls_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("ota-serve-tls-{}", a.bind.port()))
+            }),
+        },
+        _ => Tls::None,
+    };
+    let opts = ServeOptions {
+        bind: a.bind,
+        store,
+        tls,
+        rescan: Duration::from_millis(a.rescan_ms.max(10)),
+        access_log: !a.quiet,
+        cache: ota_server::local::CacheLimits {
+            max_file: if a.cache_mib == 0 {
+                0
+            } else {
+                ota_server::local::DEFAULT_CACHE.max_file
+            },
+            budget: a.cache_mib << 20,
+        },
+    };
+    let rt = ota_server::runtime(a.workers)?;
+    let server = rt.block_on(Server::bind(opts))?;
+    let info = server.info().clone();
+    let proto = if info.base_url.starts_with("https") {
+        "HTTPS"
+    } else {
+        "HTTP"
+    };
+    println!(
+        "Serving {proto} on {} port {} ({}/) from {}",
+        info.addr.ip(),
+        info.addr.port(),
+        info.base_url,
+        info.source
+    );
+    match info.entries {
+        Some(n) => println!(
+            "catalogue: {}/manifest.json ({n} entries; the folder is rescanned every {} ms)",
+            info.base_url, a.rescan_ms
+        ),
+        None => println!(
+            "catalogue: {}/manifest.json (from the store's manifest.json, reused for {} ms)",
+            info.base_url, a.rescan_ms
+        ),
+    }
+    if let Some(ca) = &info.ca_pem {
+        println!(
+            "TLS CA certificate (pin it on devices: cert = \"{}\"): {}",
+            ca.display(),
+            ca.display()
+        );
+    }
+    rt.block_on(server.run(std::future::pending::<()>()));
+    Ok(ExitCode::SUCCESS)
+}

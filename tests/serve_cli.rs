@@ -1,0 +1,469 @@
+//! `ota serve` end to end: the real binary on 127.0.0.1 (ephemeral port), and emulated devices
+//! updating through it over http, https (self-signed, pinned), and through the catalogue.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `ota serve`; killed (by its own pid) when dropped.
+pub struct Served {
+    child: Child,
+    pub base: String,
+    pub lines: Vec<String>,
+    log: PathBuf,
+}
+
+impl Served {
+    /// Start `ota serve ARGS --bind 127.0.0.1:0` and wait (at most 20 s) for its banner.
+    pub fn start(args: &[&str], log: &Path) -> Served {
+        let err = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+            .arg("serve")
+            .args(args)
+            .args(["--bind", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn ota serve");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lines = Vec::new();
+        let mut base = None;
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    if let Some(b) = l.split(" (").nth(1).and_then(|r| r.split("/)").next()) {
+                        if l.starts_with("Serving") {
+                            base = Some(b.to_string());
+                        }
+                    }
+                    let done = l.starts_with("catalogue:") && base.is_some();
+                    lines.push(l);
+                    if done && !args.contains(&"--tls-self-signed") {
+                        break;
+                    }
+                    if lines.iter().any(|l| l.starts_with("TLS CA")) {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        let mut e = String::new();
+                        let _ = std::fs::File::open(log).map(|mut f| f.read_to_string(&mut e));
+                        panic!("ota serve exited ({st}): {e}");
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let base = base.unwrap_or_else(|| panic!("no banner from ota serve: {lines:?}"));
+        Served {
+            child,
+            base,
+            lines,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A device: ESP32, example table, `app v1.0.0` in ota_0, booted once.
+fn device(dir: &Path) -> PathBuf {
+    let run = dir.join("run.bin");
+    ok(&[
+        "image",
+        "make",
+        "--project",
+        "app",
+        "--version",
+        "v1.0.0",
+        "--size",
+        "60K",
+        "-o",
+        s(&run),
+    ]);
+    let flash = dir.join("flash.bin");
+    ok(&["device", "create", "--flash", s(&flash), "--app", s(&run)]);
+    ok(&["device", "boot", "--flash", s(&flash)]);
+    flash
+}
+
+fn make_image(out: &Path, project: &str, version: &str, size: &str) {
+    ok(&[
+        "image",
+        "make",
+        "--project",
+        project,
+        "--version",
+        version,
+        "--size",
+        size,
+        "-o",
+        s(out),
+    ]);
+}
+
+fn boot_json(flash: &Path) -> serde_json::Value {
+    let o = ok(&["device", "boot", "--flash", s(flash), "--json"]);
+    let start = o.find('{').unwrap();
+    serde_json::from_str(&o[start..o.rfind('}').unwrap() + 1]).unwrap()
+}
+
+fn run_device(flash: &Path, config: &Path) -> std::process::Output {
+    ota(&["device", "run", "--flash", s(flash), "--config", s(config)])
+}
+
+#[test]
+fn serve_help_says_loopback_by_default() {
+    let h = ok(&["serve", "--help"]);
+    assert!(h.contains("[default: 127.0.0.1:8080]"), "{h}");
+}
+
+#[test]
+fn device_updates_over_http_from_ota_serve_and_requests_are_logged() {
+    let t = tempfile::tempdir().unwrap();
+    let flash = device(t.path());
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    make_image(&www.join("fw.bin"), "app", "v2.0.0", "200K");
+    let srv = Served::start(&[s(&www)], &t.path().join("serve.log"));
+    assert!(srv.base.starts_with("http://127.0.0.1:"), "{}", srv.base);
+    let cfg = t.path().join("ota.toml");
+    std::fs::write(
+        &cfg,
+        format!("firmware_upgrade_uri = \"{}/fw.bin\"\n", srv.base),
+    )
+    .unwrap();
+    let o = run_device(&flash, &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    let b = boot_json(&flash);
+    assert_eq!(b["version"], "v2.0.0");
+    assert_eq!(b["slot"], "ota_1");
+    let size = std::fs::metadata(www.join("fw.bin")).unwrap().len();
+    assert!(
+        wait_for_log(&srv, &format!("\"GET /fw.bin HTTP/1.1\" 200 - {size} ")),
+        "{}",
+        srv.log()
+    );
+    let line = srv
+        .log()
+        .lines()
+        .find(|l| l.contains("/fw.bin"))
+        .unwrap()
+        .to_string();
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.ends_with("ms"), "{line}");
+}
+
+fn wait_for_log(srv: &Served, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if srv.log().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn serve_refuses_a_missing_folder_and_a_busy_port() {
+    let t = tempfile::tempdir().unwrap();
+    let o = ota(&["serve", s(&t.path().join("nope")), "--bind", "127.0.0.1:0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nope"), "{}", text(&o));
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let o = ota(&["serve", s(t.path()), "--bind", &addr]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("cannot bind {addr}")),
+        "{}",
+        text(&o)
+    );
+}
+
+/// GET over plain HTTP on loopback (no client crate needed): (status, body).
+fn http_get(base: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&all[9..12]).parse().unwrap();
+    (status, all[end + 4..].to_vec())
+}
+
+fn catalogue_config(path: &Path, uri: &str, policy: &str, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[[upgrade]]\ntype = \"app\"\nuri = \"{uri}\"\nproject = \"app\"\nversion_check = \"{policy}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
+/// The catalogue folder of the manifest tests: the newest valid `app` for esp32 is v2.0.0.
+fn catalogue_folder(www: &Path) {
+    std::fs::create_dir_all(www.join("old")).unwrap();
+    make_image(&www.join("old/app-1.5.bin"), "app", "v1.5.0", "80K");
+    make_image(&www.join("app-2.0.bin"), "app", "v2.0.0", "90K");
+    // Newer but corrupt: listed with its error, never offered.
+    make_image(&www.join("app-3.0.bin"), "app", "v3.0.0", "90K");
+    let mut b = std::fs::read(www.join("app-3.0.bin")).unwrap();
+    b[50_000] ^= 0xFF;
+    std::fs::write(www.join("app-3.0.bin"), b).unwrap();
+    // Newer, but another project / another chip.
+    make_image(&www.join("other.bin"), "other", "v9.0.0", "50K");
+    ok(&[
+        "image",
+        "make",
+        "--chip",
+        "esp32c3",
+        "--project",
+        "app",
+        "--version",
+        "v9.0.0",
+        "-o",
+        s(&www.join("c3.bin")),
+    ]);
+}
+
+#[test]
+fn device_updates_through_the_catalogue_to_the_newest_valid_image() {
+    let t = tempfile::tempdir().unwrap();
+    let flash = device(t.path());
+    let www = t.path().join("www");
+    catalogue_folder(&www);
+    let srv = Served::start(&[s(&www)], &t.path().join("serve.log"));
+    assert!(
+        srv.lines.iter().any(|l| l.contains("(5 entries;")),
+        "{:?}",
+        srv.lines
+    );
+
+    let (status, body) = http_get(&srv.base, "/manifest.json");
+    assert_eq!(status, 200);
+    let cat: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let entries = cat["entries"].as_array().unwrap();
+    let bad = entries
+        .iter()
+        .find(|e| e["path"] == "/app-3.0.bin")
+        .unwrap();
+    assert_eq!(bad["kind"], "app");
+    assert!(bad["error"].as_str().unwrap().contains("failed"), "{bad}");
+    let good = entries
+        .iter()
+        .find(|e| e["path"] == "/old/app-1.5.bin")
+        .unwrap();
+    assert_eq!(good["chip"], "esp32");
+    assert_eq!(good["version"], "v1.5.0");
+    assert_eq!(good["error"], serde_json::Value::Null);
+
+    let cfg = t.path().join("ota.toml");
+    catalogue_config(&cfg, &format!("{}/manifest.json", srv.base), "semver", "");
+    let o = run_device(&flash, &cfg);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("the newest is v2.0.0"), "{log}");
+    assert_eq!(boot_json(&flash)["version"], "v2.0.0");
+
+    // Run again: the newest is what runs, so the item is skipped and nothing is written.
+    let before = std::fs::read(&flash).unwrap();
+    let o = run_device(&flash, &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("OTA skipped"), "{}", text(&o));
+    assert!(std::fs::read(&flash).unwrap() == before);
+}
+
+#[test]
+fn catalogue_item_refuses_a_download_that_does_not_match_and_commits_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let flash = device(t.path());
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    make_image(&www.join("app.bin"), "app", "v2.0.0", "90K");
+    // A catalogue that is never rescanned, then the file is replaced by another valid image of
+    // the same size: the catalogue's SHA-256 no longer matches what is downloaded.
+    let srv = Served::start(
+        &[s(&www), "--rescan-ms", "3600000"],
+        &t.path().join("serve.log"),
+    );
+    make_image(&t.path().join("swap.bin"), "app", "v2.0.1", "90K");
+    std::fs::rename(t.path().join("swap.bin"), www.join("app.bin")).unwrap();
+    let cfg = t.path().join("ota.toml");
+    catalogue_config(&cfg, &format!("{}/manifest.json", srv.base), "semver", "");
+    let before = std::fs::read(&flash).unwrap();
+    let o = run_device(&flash, &cfg);
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{log}");
+    assert!(log.contains("does not match the catalogue"), "{log}");
+    assert!(log.contains("SHA-256 of the download is"), "{log}");
+    let after = std::fs::read(&flash).unwrap();
+    assert!(
+        after[0xD000..0xF000] == before[0xD000..0xF000],
+        "otadata changed"
+    );
+    assert!(
+        after[0x10000..0x110000] == before[0x10000..0x110000],
+        "running slot changed"
+    );
+    assert_eq!(boot_json(&flash)["version"], "v1.0.0");
+
+    // Nothing for this chip/project: a clear failure, nothing written.
+    let cfg2 = t.path().join("ota2.toml");
+    std::fs::write(
+        &cfg2,
+        format!(
+            "[[upgrade]]\ntype = \"app\"\nuri = \"{}/manifest.json\"\nproject = \"nope\"\n",
+            srv.base
+        ),
+    )
+    .unwrap();
+    let o = run_device(&flash, &cfg2);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("no valid app image for chip esp32, project nope"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn device_updates_over_https_with_a_self_signed_certificate_pinned() {
+    let t = tempfile::tempdir().unwrap();
+    let flash = device(t.path());
+    let www = t.path().join("www");
+    catalogue_folder(&www);
+    let tls = t.path().join("tls");
+    let srv = Served::start(
+        &[s(&www), "--tls-self-signed", "--tls-dir", s(&tls)],
+        &t.path().join("serve.log"),
+    );
+    assert!(srv.base.starts_with("https://127.0.0.1:"), "{}", srv.base);
+    let ca_line = srv.lines.iter().find(|l| l.starts_with("TLS CA")).unwrap();
+    assert!(ca_line.ends_with(s(&tls.join("ca.pem"))), "{ca_line}");
+
+    // Without the pin the device refuses the certificate and nothing changes.
+    let cfg = t.path().join("nopin.toml");
+    catalogue_config(&cfg, &format!("{}/manifest.json", srv.base), "semver", "");
+    let o = run_device(&flash, &cfg);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("TLS failed"), "{}", text(&o));
+    assert_eq!(boot_json(&flash)["version"], "v1.0.0");
+
+    // Pinned (cert relative to the config file): the catalogue and the image over https.
+    let cfg = t.path().join("ota.toml");
+    catalogue_config(
+        &cfg,
+        &format!("{}/manifest.json", srv.base),
+        "semver",
+        "cert = \"tls/ca.pem\"\n",
+    );
+    let o = run_device(&flash, &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(boot_json(&flash)["version"], "v2.0.0");
+    drop(srv);
+
+    // The generated pair works as --tls-cert/--tls-key too (a direct image URI this time).
+    let srv = Served::start(
+        &[
+            s(&www),
+            "--tls-cert",
+            s(&tls.join("cert.pem")),
+            "--tls-key",
+            s(&tls.join("key.pem")),
+        ],
+        &t.path().join("serve2.log"),
+    );
+    let cfg = t.path().join("direct.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[upgrade]]\ntype = \"app\"\nuri = \"{}/old/app-1.5.bin\"\ncert = \"tls/ca.pem\"\n",
+            srv.base
+        ),
+    )
+    .unwrap();
+    let o = run_device(&flash, &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(boot_json(&flash)["version"], "v1.5.0");
+}
+
+#[test]
+fn fleet_sim_updates_every_device_from_ota_serve() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    make_image(&www.join("fleet.bin"), "fleet", "v1.0.0", "64K");
+    let srv = Served::start(&[s(&www), "--quiet"], &t.path().join("serve.log"));
+    let o = ota(&[
+        "fleet-sim",
+        "--devices",
+        "50",
+        "--pool",
+        "8",
+        "--server",
+        &srv.base,
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "50 of 50 devices updated and booted the new app (0 failed); now running: v1.0.0"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("firmware bytes served (as counted by the devices): 3276800 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("server peak memory: ") && out.contains("(VmHWM of pid"),
+        "{out}"
+    );
+
+    // A catalogue with nothing newer: every device fails, and the exit status says so.
+    let o = ota(&[
+        "fleet-sim",
+        "--devices",
+        "3",
+        "--server",
+        &srv.base,
+        "--from-version",
+        "v1.0.0",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("0 of 3 devices updated"), "{}", text(&o));
+}
