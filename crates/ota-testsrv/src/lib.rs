@@ -19,6 +19,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const PIECE: usize = 1024;
 /// How often sleeping loops look at the stop flag.
 const TICK: Duration = Duration::from_millis(5);
+/// How often the accept loop polls for a connection (it is also the added latency of each one).
+const ACCEPT_POLL: Duration = Duration::from_millis(1);
 
 /// A pause in the body at a file offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +155,7 @@ impl FlakyServer {
                             let _ = serve(conn, &st, &sp, &file, deadline);
                         });
                     }
-                    Err(_) => thread::sleep(TICK),
+                    Err(_) => thread::sleep(ACCEPT_POLL),
                 }
             }
         });
