@@ -136,3 +136,101 @@ fn device_run_killed_mid_download_resumes_on_rerun() {
     let boot = ok(&["device", "boot", "--flash", &ps("flash.bin")]);
     assert!(boot.contains("App version:      v2.0.0"), "{boot}");
 }
+
+#[test]
+fn power_cut_mid_download_from_ota_serve_then_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let ps = |n: &str| p(n).to_str().unwrap().to_string();
+    std::fs::create_dir_all(p("www")).unwrap();
+    ok(&[
+        "image",
+        "make",
+        "--chip",
+        "esp32",
+        "--project",
+        "app",
+        "--version",
+        "v1.0.0",
+        "--size",
+        "100K",
+        "-o",
+        &ps("old.bin"),
+    ]);
+    ok(&[
+        "image",
+        "make",
+        "--chip",
+        "esp32",
+        "--project",
+        "app",
+        "--version",
+        "v2.0.0",
+        "--size",
+        "400K",
+        "-o",
+        &ps("www/new.bin"),
+    ]);
+    ok(&[
+        "device",
+        "create",
+        "--flash",
+        &ps("flash.bin"),
+        "--app",
+        &ps("old.bin"),
+    ]);
+    ok(&["device", "boot", "--flash", &ps("flash.bin")]);
+    let new_len = std::fs::metadata(p("www/new.bin")).unwrap().len();
+    // The project's own server: strong ETags, Range and If-Range (README, `ota serve`).
+    let mut opts = ota_server::ServeOptions::dir(p("www"));
+    opts.bind = "127.0.0.1:0".parse().unwrap();
+    opts.access_log = false;
+    let server = ota_server::Background::start(opts).unwrap();
+    std::fs::write(
+        p("ota.toml"),
+        format!(
+            "firmware_upgrade_uri = \"{}/new.bin\"\n",
+            server.info.base_url
+        ),
+    )
+    .unwrap();
+    // Cut after 500,000 bytes programmed/erased: about half of the image (erase + write).
+    let cut = ota(&[
+        "device",
+        "run",
+        "--flash",
+        &ps("flash.bin"),
+        "--config",
+        &ps("ota.toml"),
+        "--power-cut-after-bytes",
+        "500000",
+    ]);
+    assert_eq!(cut.status.code(), Some(3), "{}", text(&cut));
+    assert!(
+        text(&cut).contains("power cut after 500000 bytes"),
+        "{}",
+        text(&cut)
+    );
+    let cp = checkpoint(&p("flash.bin"));
+    assert!(cp > 0, "no checkpoint before the cut");
+    let boot = ok(&["device", "boot", "--flash", &ps("flash.bin")]);
+    assert!(boot.contains("App version:      v1.0.0"), "{boot}");
+    let served_before = server.bytes_served();
+    let log = ok(&[
+        "device",
+        "run",
+        "--flash",
+        &ps("flash.bin"),
+        "--config",
+        &ps("ota.toml"),
+    ]);
+    assert!(
+        log.contains(&format!("Resuming download at byte {cp}")),
+        "{log}"
+    );
+    assert!(log.contains("App version:      v2.0.0"), "{log}");
+    // The rerun fetched only the bytes after the checkpoint.
+    let served = server.bytes_served() - served_before;
+    println!("power cut at 500000 flash bytes: resumed from {cp}, the rerun fetched {served} of {new_len} bytes");
+    assert_eq!(served, new_len - cp);
+}
