@@ -103,7 +103,23 @@ impl FileServer {
                 let resp = if ok_name && path.is_file() {
                     match std::fs::File::open(&path) {
                         Ok(f) => {
-                            let _ = req.respond(tiny_http::Response::from_file(f));
+                            // Like the `python -m http.server` of the ADF example: Content-Length
+                            // and the file's Last-Modified (a validator for resumable
+                            // downloads), no ranges.
+                            let modified = f.metadata().and_then(|m| m.modified()).ok();
+                            // Content-Length, not chunked (tiny_http's default above 32 KiB).
+                            let mut resp = tiny_http::Response::from_file(f)
+                                .with_chunked_threshold(usize::MAX);
+                            if let Some(h) = modified.and_then(|t| {
+                                tiny_http::Header::from_bytes(
+                                    "Last-Modified",
+                                    httpdate::fmt_http_date(t),
+                                )
+                                .ok()
+                            }) {
+                                resp.add_header(h);
+                            }
+                            let _ = req.respond(resp);
                             continue;
                         }
                         Err(_) => tiny_http::Response::from_string("error").with_status_code(500),

@@ -215,7 +215,17 @@ fn power_cut_mid_download_from_ota_serve_then_rerun_resumes() {
     assert!(cp > 0, "no checkpoint before the cut");
     let boot = ok(&["device", "boot", "--flash", &ps("flash.bin")]);
     assert!(boot.contains("App version:      v1.0.0"), "{boot}");
-    let served_before = server.bytes_served();
+    // The server may still be pushing the cut run's body into a closed socket: wait until its
+    // byte count stands still.
+    let mut served_before = server.bytes_served();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = server.bytes_served();
+        if now == served_before {
+            break;
+        }
+        served_before = now;
+    }
     let log = ok(&[
         "device",
         "run",

@@ -62,6 +62,7 @@ fn dropped_connections_resume_in_the_same_run_at_the_byte_they_stopped() {
         .iter()
         .all(|r| r.if_range.as_deref() == Some(format!("\"v1-{}\"", img.len()).as_str())));
     assert_eq!(check_refetch("drops", &s), vec![0, 0, 0]);
+    assert!(s.settle(Duration::from_secs(5)));
     assert_eq!(s.body_bytes_sent(), img.len() as u64, "no byte sent twice");
     assert_eq!(boot(&mut dev).1, "v2.0.0");
     assert_eq!(

@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -113,6 +113,8 @@ pub struct FlakyServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    /// Connections being answered.
+    active: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -142,17 +144,21 @@ impl FlakyServer {
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
         let file = Arc::new(file);
-        let (st, sp) = (state.clone(), stop.clone());
+        let (st, sp, act) = (state.clone(), stop.clone(), active.clone());
         let thread = thread::spawn(move || {
             let mut accepted = 0usize;
             while !sp.load(Ordering::SeqCst) && Instant::now() < deadline && accepted < max {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         accepted += 1;
-                        let (st, sp, file) = (st.clone(), sp.clone(), file.clone());
+                        let (st, sp, file, act) =
+                            (st.clone(), sp.clone(), file.clone(), act.clone());
+                        act.fetch_add(1, Ordering::SeqCst);
                         thread::spawn(move || {
                             let _ = serve(conn, &st, &sp, &file, deadline);
+                            act.fetch_sub(1, Ordering::SeqCst);
                         });
                     }
                     Err(_) => thread::sleep(ACCEPT_POLL),
@@ -163,6 +169,7 @@ impl FlakyServer {
             addr,
             state,
             stop,
+            active,
             thread: Some(thread),
         })
     }
@@ -179,6 +186,19 @@ impl FlakyServer {
     /// The requests so far.
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.state).requests.clone()
+    }
+
+    /// Wait (at most `timeout`) until no answer is being sent: a client may have read the end
+    /// of a body before the server thread counted it. False on timeout.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while self.active.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            thread::sleep(TICK);
+        }
+        true
     }
 
     /// Body bytes sent over all answers.
