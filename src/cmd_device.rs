@@ -7,7 +7,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::boot::{self, BootConfig, BootEvent, BootOutcome};
-use ota_core::image::{self, AppDesc, ImageSummary};
+use ota_core::image::{self, ImageSummary};
+
+use crate::cmd_image::app_json;
+use ota_core::image::Hex;
 use ota_core::otadata::{OtaData, OtaState};
 use ota_core::partition::{self, CsvOptions, Partition, PartitionTable, TABLE_OFFSET};
 use ota_core::update;
@@ -468,22 +471,6 @@ fn subtype_name(p: &Partition) -> String {
         .unwrap_or_else(|| format!("0x{:02x}", p.subtype))
 }
 
-fn app_json(d: &AppDesc) -> Value {
-    json!({
-        "project_name": d.project_name_str(),
-        "version": d.version_str(),
-        "secure_version": d.secure_version,
-        "time": d.time_str(),
-        "date": d.date_str(),
-        "idf_ver": d.idf_ver_str(),
-        "elf_sha256": hex(&d.app_elf_sha256),
-    })
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{:02x}", x)).collect()
-}
-
 fn info(path: &Path, as_json: bool) -> Result<()> {
     let session = Session::open(path)?;
     let settings = session.stored.settings;
@@ -826,7 +813,10 @@ fn print_loaded(out: &BootOutcome) {
         );
         logger::info(
             "app_init",
-            &format!("ELF file SHA256:  {}...", &hex(&d.app_elf_sha256)[..16]),
+            &format!(
+                "ELF file SHA256:  {}...",
+                &Hex(&d.app_elf_sha256).to_string()[..16]
+            ),
         );
         logger::info(
             "app_init",

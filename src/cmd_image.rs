@@ -1,5 +1,6 @@
 //! `ota image make|info`: build a valid ESP-IDF app image; read one like `esptool image-info`.
 
+use ota_core::image::Hex;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,8 +9,6 @@ use clap::Subcommand;
 use ota_core::image::{self, ImageHeader, ImageSpec, ImageSummary};
 use ota_core::Chip;
 use serde_json::{json, Value};
-
-use crate::cmd_device::hex;
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
@@ -192,18 +191,7 @@ pub fn summary_json(s: &ImageSummary) -> Value {
         "checksum_valid": s.checksum_valid(),
         "hash_appended": s.header.hash_appended == 1,
         "hash_valid": s.hash_valid(),
-        "app": s.app_desc.as_ref().map(|d| json!({
-            "project_name": d.project_name_str(),
-            "version": d.version_str(),
-            "secure_version": d.secure_version,
-            "time": d.time_str(),
-            "date": d.date_str(),
-            "idf_ver": d.idf_ver_str(),
-            "elf_sha256": hex(&d.app_elf_sha256),
-            "min_efuse_blk_rev_full": d.min_efuse_blk_rev_full,
-            "max_efuse_blk_rev_full": d.max_efuse_blk_rev_full,
-            "mmu_page_size": d.mmu_page_size,
-        })),
+        "app": s.app_desc.as_ref().map(app_json),
         "bootloader": s.bootloader_desc.as_ref().filter(|_| s.app_desc.is_none()).map(|b| json!({
             "version": b.version,
             "idf_ver": b.idf_ver_str(),
@@ -321,7 +309,7 @@ fn print_info(s: &ImageSummary, size: usize) {
     if let Some(hc) = s.hash_calc {
         println!(
             "Validation hash: {} ({})",
-            hex(&hc),
+            Hex(&hc),
             if s.hash_valid() == Some(true) {
                 "valid"
             } else {
@@ -336,7 +324,7 @@ fn print_info(s: &ImageSummary, size: usize) {
         println!("Project name: {}", d.project_name_str());
         println!("App version: {}", d.version_str());
         println!("Compile time: {} {}", d.date_str(), d.time_str());
-        println!("ELF file SHA256: {}", hex(&d.app_elf_sha256));
+        println!("ELF file SHA256: {}", Hex(&d.app_elf_sha256));
         println!("ESP-IDF: {}", d.idf_ver_str());
         println!(
             "Minimal eFuse block revision: {}",
@@ -361,4 +349,20 @@ fn print_info(s: &ImageSummary, size: usize) {
         println!("ESP-IDF: {}", b.idf_ver_str());
         println!("Compile time: {}", b.date_time_str());
     }
+}
+
+/// The app descriptor as JSON (`image info --json` and `device info --json` share these keys).
+pub fn app_json(d: &ota_core::image::AppDesc) -> Value {
+    json!({
+        "project_name": d.project_name_str(),
+        "version": d.version_str(),
+        "secure_version": d.secure_version,
+        "time": d.time_str(),
+        "date": d.date_str(),
+        "idf_ver": d.idf_ver_str(),
+        "elf_sha256": Hex(&d.app_elf_sha256).to_string(),
+        "min_efuse_blk_rev_full": d.min_efuse_blk_rev_full,
+        "max_efuse_blk_rev_full": d.max_efuse_blk_rev_full,
+        "mmu_page_size": d.mmu_page_size,
+    })
 }

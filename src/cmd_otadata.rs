@@ -12,10 +12,10 @@ use ota_core::otadata::{OtaData, OtaSelectEntry, OtaState, SEQ_ERASED};
 use ota_core::partition::{Partition, PartitionTable};
 use serde_json::{json, Value};
 
-use crate::cmd_device::hex;
 use crate::cmd_partition::TableOffsetArg;
 use crate::flashfile::{read_table, FlashFile};
 use crate::FlashArg;
+use ota_core::image::Hex;
 
 #[derive(Subcommand)]
 pub enum OtadataCmd {
@@ -122,7 +122,7 @@ fn entry_json(
         "crc_valid": e.crc_ok(),
         "valid": e.is_valid(),
         "slot": if e.seq == SEQ_ERASED { None } else { slot_label(table, e.slot(count)) },
-        "seq_label": hex(&e.seq_label),
+        "seq_label": Hex(&e.seq_label).to_string(),
     })
 }
 

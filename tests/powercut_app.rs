@@ -28,15 +28,7 @@ fn app_update_with_rollback_survives_a_power_cut_at_every_sampled_byte() {
         "--rollback",
     ]);
     // History: v2 was installed into ota_1 and confirmed, so both otadata entries are in use.
-    let sd = d.join("sdcard");
-    std::fs::create_dir_all(&sd).unwrap();
-    std::fs::write(sd.join("app.bin"), &v2).unwrap();
-    let cfg = d.join("ota.toml");
-    std::fs::write(
-        &cfg,
-        "[[upgrade]]\ntype = \"app\"\nuri = \"file://sdcard/app.bin\"\nversion_check = \"semver\"\n",
-    )
-    .unwrap();
+    let (sd, cfg) = sd_card_and_config(d, "app.bin", &v2, "[[upgrade]]\ntype = \"app\"\nuri = \"file://sdcard/app.bin\"\nversion_check = \"semver\"\n");
     ok(&["device", "run", "--flash", f, "--config", s(&cfg)]);
     ok(&["device", "confirm", "--flash", f]);
     // Now v3 is offered.

@@ -10,7 +10,7 @@ mod powercut;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use powercut::{make_app, make_tone, Http};
+use powercut::{make_app, make_tone, sd_card_and_config, Http};
 
 const FLASH_TONE: usize = 0x210000;
 
@@ -307,15 +307,8 @@ fn a_staged_copy_cut_by_a_power_loss_is_resumed_by_the_next_run() {
         &data,
     ]);
     ok(&["device", "boot", "--flash", s(&flash)]);
-    std::fs::create_dir_all(d.join("sdcard")).unwrap();
-    std::fs::write(d.join("sdcard/flash_tone.bin"), &tone).unwrap();
-    let cfg = d.join("ota.toml");
-    std::fs::write(
-        &cfg,
-        "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/flash_tone.bin\"\nlabel = \"flash_tone\"\n\
-         format = \"tone\"\nstaging = \"tone_stage\"\n",
-    )
-    .unwrap();
+    let (_, cfg) = sd_card_and_config(d, "flash_tone.bin", &tone, "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/flash_tone.bin\"\nlabel = \"flash_tone\"\n\
+         format = \"tone\"\nstaging = \"tone_stage\"\n");
     let base = std::fs::read(&flash).unwrap();
     // A staging partition that does not exist: refused, nothing written.
     let bad = d.join("bad.toml");

@@ -29,15 +29,7 @@ fn rollback_confirmation_survives_a_power_cut_at_every_sampled_byte() {
         "--rollback",
         "--anti-rollback",
     ]);
-    let sd = d.join("sdcard");
-    std::fs::create_dir_all(&sd).unwrap();
-    std::fs::write(sd.join("app.bin"), &v2).unwrap();
-    let cfg = d.join("ota.toml");
-    std::fs::write(
-        &cfg,
-        "[[upgrade]]\ntype = \"app\"\nuri = \"file://sdcard/app.bin\"\nversion_check = \"semver\"\n",
-    )
-    .unwrap();
+    let (sd, cfg) = sd_card_and_config(d, "app.bin", &v2, "[[upgrade]]\ntype = \"app\"\nuri = \"file://sdcard/app.bin\"\nversion_check = \"semver\"\n");
     // v2 installed and booted once: PENDING_VERIFY, eFuse still at v1's 1.
     let log = ok(&["device", "run", "--flash", f, "--config", s(&cfg)]);
     assert!(log.contains("NEW -> PENDING_VERIFY"), "{log}");

@@ -46,16 +46,13 @@ fn staged_tone_update_resumes_its_copy_after_a_power_cut_at_every_sampled_byte()
         &data,
     ]);
     ok(&["device", "boot", "--flash", s(&flash)]);
-    let sd = d.join("sdcard");
-    std::fs::create_dir_all(&sd).unwrap();
-    std::fs::write(sd.join("flash_tone.bin"), &new_tone).unwrap();
-    let cfg = d.join("ota.toml");
-    std::fs::write(
-        &cfg,
+    let (sd, cfg) = sd_card_and_config(
+        d,
+        "flash_tone.bin",
+        &new_tone,
         "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/flash_tone.bin\"\n\
          label = \"flash_tone\"\nformat = \"tone\"\nstaging = \"tone_stage\"\n",
-    )
-    .unwrap();
+    );
     let (base, table, chip, boot) = load_device(&flash);
     let scenario = Scenario {
         name: "staged tone update (stage, verify, record, resumable copy)".into(),

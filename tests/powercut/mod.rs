@@ -755,3 +755,19 @@ pub fn load_device(flash: &std::path::Path) -> (Vec<u8>, PartitionTable, Chip, B
         settings.boot_config(),
     )
 }
+
+/// An SD card folder `d/sdcard` holding `name` = `bytes`, and `d/ota.toml` = `config`.
+/// Returns (the SD card folder, the config path).
+pub fn sd_card_and_config(
+    d: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+    config: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let sd = d.join("sdcard");
+    std::fs::create_dir_all(&sd).unwrap();
+    std::fs::write(sd.join(name), bytes).unwrap();
+    let cfg = d.join("ota.toml");
+    std::fs::write(&cfg, config).unwrap();
+    (sd, cfg)
+}

@@ -229,6 +229,16 @@ pub fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
+/// Displays bytes as lowercase hex (digests, labels), without allocating.
+#[derive(Clone, Copy, Debug)]
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, self.0)
+    }
+}
+
 fn u16_at(b: &[u8], off: usize) -> u16 {
     match b.get(off..off + 2) {
         Some(s) => u16::from_le_bytes([s[0], s[1]]),

@@ -16,7 +16,8 @@ use ota_core::tone::{ToneBin, ToneHeader, TONE_HEADER_SIZE};
 use ota_service::items::manifest::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use sha2::{Digest, Sha256};
 
-use crate::local::{hex, FileVersion, CHUNK};
+use crate::local::{FileVersion, CHUNK};
+use ota_core::image::Hex;
 
 /// Tone bins are parsed whole (`ToneBin` works on a slice); bigger files are refused.
 /// ESP-ADF's tone partitions are a few MB (adf-ota-service.md §8).
@@ -58,7 +59,7 @@ pub fn analyse(path: &str, mut reader: impl Read) -> io::Result<CatalogueEntry> 
         path: path.to_string(),
         kind: EntryKind::Unknown,
         size,
-        sha256: hex(&sha.finalize()),
+        sha256: Hex(&sha.finalize()).to_string(),
         chip: None,
         project: None,
         version: None,
@@ -105,7 +106,7 @@ fn decide(mode: &mut Mode, first: &[u8], at_end: bool) {
             if first.is_empty() {
                 "nothing (empty file)".to_string()
             } else {
-                hex(&first[..first.len().min(8)])
+                Hex(&first[..first.len().min(8)]).to_string()
             }
         ));
     }
@@ -222,7 +223,7 @@ impl CatalogueDoc {
 
     pub fn from_catalogue(catalogue: Catalogue) -> CatalogueDoc {
         let json = Bytes::from(catalogue.to_json());
-        let etag = format!("\"{}\"", hex(&Sha256::digest(&json)));
+        let etag = format!("\"{}\"", Hex(&Sha256::digest(&json)));
         CatalogueDoc {
             catalogue,
             json,
@@ -415,7 +416,7 @@ mod tests {
         assert_eq!(e.version.as_deref(), Some("v1.2.3"));
         assert_eq!(e.secure_version, Some(3));
         assert_eq!(e.size, img.len() as u64);
-        assert_eq!(e.sha256, hex(&Sha256::digest(&img)));
+        assert_eq!(e.sha256, Hex(&Sha256::digest(&img)).to_string());
         assert_eq!(e.error, None);
     }
 

@@ -19,9 +19,10 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::catalogue::CatalogueDoc;
-use crate::local::{hex, FileBody, LocalDir, OpenError, OpenFile};
+use crate::local::{FileBody, LocalDir, OpenError, OpenFile};
 use crate::range::{self, RangeRequest};
 use crate::s3::{S3Error, S3Object, S3Store};
+use ota_core::image::Hex;
 use ota_service::items::manifest::CATALOGUE_PATH;
 
 pub type RespBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -192,7 +193,7 @@ async fn lookup(state: &State, path: &str) -> Result<Rep, Response<RespBody>> {
             })?;
             Ok(Rep {
                 len: f.version.size,
-                etag: format!("\"{}\"", hex(&facts.sha256)),
+                etag: format!("\"{}\"", Hex(&facts.sha256)),
                 modified: f.modified,
                 content_type: OCTET_STREAM,
                 cache_control: None,

@@ -357,17 +357,6 @@ fn read_facts(file: &File, version: FileVersion, path: &Path, keep: bool) -> Res
     })
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
 /// A response body streaming `start..end` of an open file in [`CHUNK`]s, each read on the
 /// blocking pool. Before the last chunk it checks that the file is still the version the
 /// headers (ETag, length) describe; if it changed or shrank, the body fails, so the client sees
@@ -474,6 +463,7 @@ impl Body for FileBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ota_core::image::Hex;
 
     #[test]
     fn relative_path_accepts_plain_paths() {
@@ -519,6 +509,6 @@ mod tests {
 
     #[test]
     fn hex_is_lowercase() {
-        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(Hex(&[0x00, 0xab, 0x7f]).to_string(), "00ab7f");
     }
 }

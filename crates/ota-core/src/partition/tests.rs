@@ -61,7 +61,7 @@ flash_tone, data, 0xff,  ,        1M,
 const CHIP_4MB: u32 = 0x40_0000;
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{:02x}", b)).collect()
+    crate::image::Hex(bytes).to_string()
 }
 
 fn csv(text: &str) -> PartitionTable {

@@ -98,7 +98,7 @@ pub fn image(chip: ota_core::Chip, project: &str, version: &str, size: u32) -> V
 
 pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
-    ota_server::local::hex(&sha2::Sha256::digest(b))
+    ota_core::image::Hex(&sha2::Sha256::digest(b)).to_string()
 }
 
 /// Poll `f` every 20 ms for at most `secs` seconds.

@@ -90,11 +90,7 @@ impl AppItem {
     }
 
     fn options(&self, env: &Env<'_>) -> SourceOptions {
-        let mut opts = env.source.clone();
-        if self.ca_pem.is_some() {
-            opts.ca_pem = self.ca_pem.clone();
-        }
-        opts
+        super::item_source_options(env, &self.ca_pem)
     }
 
     fn is_http(&self) -> bool {

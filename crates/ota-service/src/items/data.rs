@@ -293,10 +293,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             self.resume_staged_copy(dev, env, &staging, &target)?;
         }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
-        let mut opts = env.source.clone();
-        if self.ca_pem.is_some() {
-            opts.ca_pem = self.ca_pem.clone();
-        }
+        let opts = super::item_source_options(env, &self.ca_pem);
         let src = source::open(&self.uri, env.sd, &opts).map_err(|e| {
             env.error(TAG_DEFAULT, "reader stream init failed");
             source_error(e)

@@ -6,6 +6,7 @@
 //! size and SHA-256 as they stream, and a mismatch fails the item before the engine's `finish`,
 //! so otadata is never switched to an image the catalogue does not vouch for.
 
+use ota_core::image::Hex;
 use std::cmp::Ordering;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -243,10 +244,6 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Wraps the download: counts and hashes the bytes, and fails the read that would end the
 /// stream (or the one that goes past the size) when they differ from the catalogue's.
 struct CheckedSource {
@@ -304,8 +301,8 @@ impl Source for CheckedSource {
             if digest != self.sha256 {
                 return Err(self.fail(format!(
                     "SHA-256 of the download is {}, the catalogue says {}",
-                    hex(&digest),
-                    hex(&self.sha256)
+                    Hex(&digest),
+                    Hex(&self.sha256)
                 )));
             }
             return Ok(0);
@@ -356,10 +353,7 @@ impl ManifestItem {
     }
 
     fn fetch(&self, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
-        let mut opts = env.source.clone();
-        if self.ca_pem.is_some() {
-            opts.ca_pem = self.ca_pem.clone();
-        }
+        let opts = super::item_source_options(env, &self.ca_pem);
         let mut src = source::open(&self.uri, env.sd, &opts).map_err(source_error)?;
         if src
             .content_length()

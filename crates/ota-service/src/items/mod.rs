@@ -17,6 +17,18 @@ use crate::reason::Reason;
 use crate::service::{Env, Event, ItemError};
 use crate::source::{Source, SourceError};
 
+/// The run's source options with an item's pinned CA (ADF's per-item `cert_pem`), if it has one.
+pub(crate) fn item_source_options(
+    env: &Env<'_>,
+    ca_pem: &Option<Vec<u8>>,
+) -> crate::source::SourceOptions {
+    let mut opts = env.source.clone();
+    if ca_pem.is_some() {
+        opts.ca_pem = ca_pem.clone();
+    }
+    opts
+}
+
 /// Read until `buf` is full or the source ends; returns the bytes read.
 pub(crate) fn read_full(src: &mut dyn Source, buf: &mut [u8]) -> Result<usize, SourceError> {
     let mut got = 0;
