@@ -43,6 +43,7 @@ pub enum DeviceCmd {
     Boot {
         #[command(flatten)]
         flash: FlashArg,
+        /// Print JSON (keys documented in README).
         #[arg(long)]
         json: bool,
         #[command(flatten)]

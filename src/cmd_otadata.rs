@@ -45,6 +45,7 @@ pub enum OtadataCmd {
         /// Do not verify the slot's image first (esp_ota_set_boot_partition verifies it).
         #[arg(long)]
         no_verify: bool,
+        /// Print JSON (keys documented in README).
         #[arg(long)]
         json: bool,
     },

@@ -101,3 +101,72 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every argument of every command, with the command path that holds it.
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for a in cmd.get_arguments() {
+            out.push((path.to_string(), a.clone()));
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, &format!("{} {}", path, s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut args = Vec::new();
+        walk(&Cli::command(), "ota", &mut args);
+        let missing: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| !a.is_hide_set())
+            .filter(|(_, a)| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|(p, a)| format!("{} {}", p, a.get_id()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "arguments without help text: {:#?}",
+            missing
+        );
+    }
+
+    /// One spelling per option: a table offset is `--partition-table-offset`, a flash image
+    /// `--flash`, in every command (old spellings stay as hidden aliases).
+    #[test]
+    fn options_have_one_spelling_across_commands() {
+        let mut args = Vec::new();
+        walk(&Cli::command(), "ota", &mut args);
+        const OTHER_SPELLINGS: [&str; 6] = [
+            "offset",
+            "table-offset",
+            "partition-offset",
+            "flash-file",
+            "flash-image",
+            "image-file",
+        ];
+        let bad: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| !a.is_hide_set())
+            .filter_map(|(p, a)| {
+                let mut names: Vec<&str> = a.get_long().into_iter().collect();
+                names.extend(a.get_visible_aliases().unwrap_or_default());
+                names
+                    .into_iter()
+                    .find(|n| OTHER_SPELLINGS.contains(n))
+                    .map(|n| format!("{} --{}", p, n))
+            })
+            .collect();
+        assert!(bad.is_empty(), "options with another spelling: {:#?}", bad);
+        // The flash image option is called the same everywhere it exists.
+        for (p, a) in &args {
+            if a.get_id().as_str() == "flash" {
+                assert_eq!(a.get_long(), Some("flash"), "{}", p);
+            }
+        }
+    }
+}
