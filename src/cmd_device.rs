@@ -416,7 +416,11 @@ fn create(a: CreateArgs) -> Result<()> {
         None => EXAMPLE_CSV.to_string(),
     };
     let app = match &a.app {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            glue::refuse_elf(&bytes, p, "an app image")?;
+            Some(bytes)
+        }
         None => None,
     };
     let mut data = Vec::new();
@@ -424,10 +428,9 @@ fn create(a: CreateArgs) -> Result<()> {
         let (label, file) = d
             .split_once('=')
             .ok_or_else(|| anyhow!("--data takes LABEL=FILE, not '{}'", d))?;
-        data.push((
-            label.to_string(),
-            std::fs::read(file).with_context(|| format!("reading {}", file))?,
-        ));
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file))?;
+        glue::refuse_elf(&bytes, Path::new(file), "data for a partition")?;
+        data.push((label.to_string(), bytes));
     }
     create_device_with(
         &a.flash.flash,
@@ -515,7 +518,7 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
                 }
             })
             .collect();
-        let v = json!({"chip": chip.name(), "flash_size": flash_size, "partitions": parts,
+        let v = json!({"chip": chip.name(), "flash_size": glue::flash_size_name(flash_size), "partitions": parts,
         "otadata": od, "apps": apps,
         "settings": {
             "rollback": settings.bootloader.rollback,
@@ -848,7 +851,7 @@ fn boot_cmd(path: &Path, as_json: bool, faults: &FaultArgs) -> Result<ExitCode> 
     match r {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) if as_json => {
-            eprintln!("error: {:#}", e);
+            eprintln!("error: {}", crate::error_text(&e));
             Ok(ExitCode::from(EXIT_UNBOOTABLE))
         }
         Err(e) => Err(e),
@@ -1030,7 +1033,7 @@ fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let idx = update::mark_app_invalid_rollback(flash, &table, chip, anti).map_err(|e| {
         anyhow!(
             "esp_ota_mark_app_invalid_rollback_and_reboot failed on {} \
-             (ESP_ERR_OTA_ROLLBACK_FAILED, nothing written): {}",
+             (0x1505 ESP_ERR_OTA_ROLLBACK_FAILED, nothing written): {}",
             path.display(),
             e
         )
@@ -1070,21 +1073,15 @@ fn print_event(ev: &ota_service::Event) {
                 Outcome::Skipped { reason, message } => logger::warn(
                     "HTTPS_OTA_EXAMPLE",
                     &format!(
-                        "List id: {}, OTA skipped, result: {} ({}): {}",
-                        id,
-                        reason.code(),
-                        reason.name(),
-                        message
+                        "List id: {}, OTA skipped, result: {}: {}",
+                        id, reason, message
                     ),
                 ),
                 Outcome::Failed { reason, message } => logger::error(
                     "HTTPS_OTA_EXAMPLE",
                     &format!(
-                        "List id: {}, OTA failed, result: {} ({}): {}",
-                        id,
-                        reason.code(),
-                        reason.name(),
-                        message
+                        "List id: {}, OTA failed, result: {}: {}",
+                        id, reason, message
                     ),
                 ),
             }

@@ -137,6 +137,7 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
         } => {
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            crate::glue::refuse_elf(&bytes, &path, "an app or bootloader image")?;
             let s = read_image(&bytes).with_context(|| format!("{}", path.display()))?;
             if as_json {
                 println!("{}", serde_json::to_string_pretty(&summary_json(&s))?);

@@ -96,10 +96,30 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {:#}", e);
-            ExitCode::from(1)
+            eprintln!("error: {}", error_text(&e));
+            ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Exit status of a command that failed (an error, a failed upgrade item). The whole table is
+/// in README's "Exit status" section.
+pub const EXIT_ERROR: u8 = 1;
+
+/// An error and its causes on one line, `outer: cause: root`, without repeating a cause whose
+/// text an outer message already holds (many error types print their source in their own
+/// message *and* return it from `source()`, and anyhow's `{:#}` would print it twice).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if c.is_empty() || out.contains(&c) {
+            continue;
+        }
+        out.push_str(": ");
+        out.push_str(&c);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -55,8 +55,10 @@ pub struct CatalogueEntry {
     /// esptool's chip name (`esp32`, `esp32c3`, ...) from the image header; apps only.
     #[serde(default)]
     pub chip: Option<String>,
-    /// `project_name` of the app descriptor, or of the tone bin's descriptor (format 1).
-    #[serde(default)]
+    /// `project_name` of the app descriptor, or of the tone bin's descriptor (format 1). The key
+    /// is `project_name`, as in every other JSON output; catalogues written with `project`
+    /// (the older key) are still read.
+    #[serde(default, rename = "project_name", alias = "project")]
     pub project: Option<String>,
     #[serde(default)]
     pub version: Option<String>,
