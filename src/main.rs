@@ -97,7 +97,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
-            ExitCode::from(EXIT_ERROR)
+            ExitCode::from(cmd_device::exit_status_for(&e))
         }
     }
 }

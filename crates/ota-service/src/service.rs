@@ -74,6 +74,8 @@ pub enum Event {
         tag: &'static str,
         message: String,
     },
+    /// Item `id` starts; `item` describes it (its URI).
+    Start { id: usize, item: String },
     /// Bytes of item `id` processed so far.
     Progress {
         id: usize,
@@ -266,6 +268,10 @@ pub fn run_list<F: NorFlash>(
 ) -> RunReport {
     let mut report = RunReport::default();
     for (id, item) in items.iter_mut().enumerate() {
+        env.emit(Event::Start {
+            id,
+            item: item.describe(),
+        });
         let outcome = process_item(item.as_mut(), dev, env, id);
         let failed = matches!(outcome, Outcome::Failed { .. });
         if outcome.is_success() && item.reboot() {
