@@ -543,6 +543,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn catalogue_entries_say_project_name_as_every_json_output_does() {
+        let e = app("/a.bin", "esp32", "blink", "v1.0.0");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["project_name"], "blink");
+        assert!(v.get("project").is_none(), "{v}");
+        // Catalogues written with the older key are still read.
+        let mut old = v.clone();
+        let name = old.as_object_mut().unwrap().remove("project_name").unwrap();
+        old["project"] = name;
+        let back: CatalogueEntry = serde_json::from_value(old).unwrap();
+        assert_eq!(back, e);
+    }
+
     fn cat(entries: Vec<CatalogueEntry>) -> Catalogue {
         Catalogue {
             format: CATALOGUE_FORMAT,
