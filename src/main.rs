@@ -189,4 +189,41 @@ mod tests {
             }
         }
     }
+
+    /// Names of documents that live outside the repository: help texts cite upstream files.
+    pub const OUTSIDE_DOCS: [&str; 7] = [
+        "idf-formats",
+        "adf-ota-service",
+        "delta-and-scale",
+        "peers.md",
+        "chip-network-fleet",
+        "shared/reference",
+        "\u{a7}",
+    ];
+
+    fn help_texts(cmd: &clap::Command, out: &mut Vec<String>) {
+        for t in [cmd.get_about(), cmd.get_long_about()].into_iter().flatten() {
+            out.push(t.to_string());
+        }
+        for a in cmd.get_arguments() {
+            for t in [a.get_help(), a.get_long_help()].into_iter().flatten() {
+                out.push(t.to_string());
+            }
+        }
+        for s in cmd.get_subcommands() {
+            help_texts(s, out);
+        }
+    }
+
+    #[test]
+    fn help_texts_cite_no_document_outside_the_repository() {
+        let mut texts = Vec::new();
+        help_texts(&Cli::command(), &mut texts);
+        assert!(texts.len() > 100, "{}", texts.len());
+        for t in &texts {
+            for d in OUTSIDE_DOCS {
+                assert!(!t.contains(d), "help text cites {d:?}: {t}");
+            }
+        }
+    }
 }

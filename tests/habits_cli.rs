@@ -72,6 +72,38 @@ fn stderr(o: &std::process::Output) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The README stands alone
+
+#[test]
+fn readme_cites_upstream_files_not_documents_outside_the_repository() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .unwrap();
+    for d in [
+        "idf-formats",
+        "adf-ota-service",
+        "delta-and-scale",
+        "peers.md",
+        "chip-network-fleet",
+        "shared/reference",
+        "DESIGN.md",
+        "\u{a7}",
+        "/work/",
+    ] {
+        let hits: Vec<&str> = readme.lines().filter(|l| l.contains(d)).collect();
+        assert!(hits.is_empty(), "README cites {d:?}:\n{}", hits.join("\n"));
+    }
+    // It cites the upstream files instead.
+    for f in [
+        "components/app_update/esp_ota_ops.c",
+        "components/bootloader_support/src/bootloader_utility.c",
+        "components/partition_table/gen_esp32part.py",
+        "components/ota_service/",
+    ] {
+        assert!(readme.contains(f), "README does not cite {f}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // One spelling per option, one JSON form per field
 
 #[test]
