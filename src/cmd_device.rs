@@ -300,7 +300,7 @@ pub struct RunArgs {
 }
 
 /// The ESP-ADF OTA example's partition table with 1 MB app slots, as in its README log
-/// (adf-ota-service.md §9.2): ota_1 at 0x110000, flash_tone at 0x210000.
+/// (esp-adf `examples/ota/partitions.csv`): ota_1 at 0x110000, flash_tone at 0x210000.
 pub const EXAMPLE_CSV: &str = "\
 # ESP-ADF examples/ota partition table (1 MB app slots, as in the example's README log)
 # Name,   Type, SubType, Offset,   Size, Flags
@@ -1163,7 +1163,7 @@ struct ProgressEvents {
 /// Bytes between two progress events of one item.
 const PROGRESS_EVENT_STEP: u64 = 64 * 1024;
 
-/// `esp_ota_mark_app_valid_cancel_rollback` (idf-formats.md §2.5) by the running app.
+/// `esp_ota_mark_app_valid_cancel_rollback` (esp-idf `esp_ota_ops.c`) by the running app.
 fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let mut session = Session::open(path)?;
     faults.arm(session.dev.flash_mut());
@@ -1218,7 +1218,7 @@ fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `esp_ota_mark_app_invalid_rollback_and_reboot` (idf-formats.md §2.5), then the restart.
+/// `esp_ota_mark_app_invalid_rollback_and_reboot` (esp-idf `esp_ota_ops.c`), then the restart.
 fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let mut session = Session::open(path)?;
     faults.arm(session.dev.flash_mut());

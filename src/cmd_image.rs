@@ -216,7 +216,7 @@ fn rev(v: u16) -> String {
     format!("{}.{}", v / 100, v % 100)
 }
 
-/// The report of `esptool image-info` (esptool 5.x, idf-formats.md §3.10), line for line,
+/// The report of `esptool image-info` (esptool 5.x, `esptool/cmds.py` `image_info`), line for line,
 /// without its first `esptool vX` line. Unknown flash size/frequency/mode values are warned
 /// about on stderr, as esptool does.
 fn print_info(s: &ImageSummary, size: usize) {

@@ -147,7 +147,7 @@ fn read(flash: crate::FlashArg, table: TableOffsetArg, as_json: bool) -> Result<
     let (table, part) = open(&mut ff, &table)?;
     let od = OtaData::read(ff.flash_mut(), &part).map_err(|e| anyhow!("otadata: {}", e))?;
     let count = table.ota_count();
-    // esp_ota_get_boot_partition (§2.5): the active entry's slot, else the default app.
+    // esp_ota_get_boot_partition (`esp_ota_ops.c`): the active entry's slot, else the default app.
     let boot_partition = match od.boot_slot(count).filter(|_| !od.both_invalid()) {
         Some(s) => slot_label(&table, Some(s)),
         None => table
@@ -156,7 +156,7 @@ fn read(flash: crate::FlashArg, table: TableOffsetArg, as_json: bool) -> Result<
             .or_else(|| table.test_app())
             .map(|p| p.label.as_str().to_string()),
     };
-    // What the 2nd-stage bootloader boots (§2.6, default config), run on a copy of the flash.
+    // What the 2nd-stage bootloader boots (`bootloader_utility.c`, default config), run on a copy of the flash.
     let bootloader = ff.bootloader();
     let boots = bootloader.map(|b| {
         let mut copy = ff.flash_mut().clone_in_memory();

@@ -77,7 +77,7 @@ pub fn parse_size(s: &str) -> Result<u32> {
     }
 }
 
-/// Header code of a flash size (idf-formats.md §3.2: byte 3 high nibble, 1MB..128MB).
+/// Header code of a flash size (esp-idf `esp_app_format.h`: byte 3 high nibble, 1MB..128MB).
 pub fn flash_size_code(size: u32) -> Result<u8> {
     for code in 0..8u8 {
         if size == (1u32 << 20) << code {

@@ -202,7 +202,10 @@ mod tests {
     ];
 
     fn help_texts(cmd: &clap::Command, out: &mut Vec<String>) {
-        for t in [cmd.get_about(), cmd.get_long_about()].into_iter().flatten() {
+        for t in [cmd.get_about(), cmd.get_long_about()]
+            .into_iter()
+            .flatten()
+        {
             out.push(t.to_string());
         }
         for a in cmd.get_arguments() {

@@ -76,8 +76,8 @@ fn stderr(o: &std::process::Output) -> String {
 
 #[test]
 fn readme_cites_upstream_files_not_documents_outside_the_repository() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     for d in [
         "idf-formats",
         "adf-ota-service",

@@ -1,4 +1,4 @@
-//! App rollback and anti-rollback end to end through the CLI (idf-formats.md §2.5–2.7): a new
+//! App rollback and anti-rollback end to end through the CLI (esp-idf `esp_ota_ops.c`, `bootloader_utility.c`, `esp_efuse_fields.c`): a new
 //! app on a rollback device boots once as PENDING_VERIFY and is rolled back at the next boot
 //! unless `ota device confirm` marks it VALID; `ota device rollback` gives up on it at once;
 //! with anti-rollback the emulated eFuse counter only goes up and older apps never boot or
