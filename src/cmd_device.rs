@@ -956,9 +956,8 @@ fn run_cmd_inner(a: &RunArgs) -> Result<(u8, ota_service::RunReport, Option<Stri
         }
     };
     let sd = match &sd_path {
-        Some(p) => Some(SdAdapter(
-            SdCard::open(p).with_context(|| format!("SD card {}", p.display()))?,
-        )),
+        // The card's own errors name it ("SD card DIR not found ...").
+        Some(p) => Some(SdAdapter(SdCard::open(p)?)),
         None => None,
     };
     let mut session = Session::open(&a.flash.flash)?;

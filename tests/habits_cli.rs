@@ -197,6 +197,12 @@ fn no_error_line_repeats_a_segment() {
         vec!["device", "run", "--flash", &missing, "--config", &cfg],
         vec!["device", "run", "--flash", &flash, "--config", &missing],
         vec!["device", "run", "--flash", &flash, "--config", &cfg],
+        vec![
+            "device", "run", "--flash", &flash, "--config", &cfg, "--sdcard", &missing,
+        ],
+        vec![
+            "device", "run", "--flash", &flash, "--config", &cfg, "--sdcard", &cfg,
+        ],
         vec!["device", "confirm", "--flash", &missing],
         vec!["device", "create", "--flash", &missing, "--app", &missing],
         vec!["image", "info", &missing],
@@ -225,8 +231,10 @@ fn no_error_line_repeats_a_segment() {
                 .filter(|s| s.len() > 3)
                 .collect();
             for (i, seg) in segments.iter().enumerate() {
+                // The same text again, or a context that the next message starts with again
+                // ("SD card X: SD card X not found").
                 assert!(
-                    !segments[i + 1..].contains(seg),
+                    !segments[i + 1..].iter().any(|later| later.starts_with(seg)),
                     "ota {:?}: the error line says {:?} twice:\n{}",
                     args,
                     seg,
