@@ -380,6 +380,30 @@ fn device_run_json_prints_one_event_per_line() {
 }
 
 #[test]
+fn device_run_json_reports_a_power_cut_as_its_last_event() {
+    let d = Dir::new();
+    let flash = d.device(&[]);
+    d.image("sdcard/v2.bin", "v2.0.0");
+    let cfg = d.config("firmware_upgrade_uri = \"file://sdcard/v2.bin\"\n");
+    let o = ota(&[
+        "device",
+        "run",
+        "--flash",
+        &flash,
+        "--config",
+        &cfg,
+        "--json",
+        "--power-cut-after-bytes",
+        "9000",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let ev = events(&o);
+    let last = ev.last().unwrap();
+    assert_eq!(last["event"], "power_cut", "{last}");
+    assert_eq!(last["bytes"], 9000);
+}
+
+#[test]
 fn device_run_quiet_prints_only_errors() {
     let d = Dir::new();
     let flash = d.device(&[]);
