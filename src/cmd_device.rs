@@ -43,6 +43,7 @@ pub enum DeviceCmd {
     Boot {
         #[command(flatten)]
         flash: FlashArg,
+        /// Print JSON (keys documented in README).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -70,8 +71,33 @@ pub enum DeviceCmd {
 
 /// Exit status of a command stopped by an emulated power cut.
 pub const EXIT_POWER_CUT: u8 = 3;
-/// Exit status when nothing can boot.
-pub const EXIT_UNBOOTABLE: u8 = 2;
+/// Exit status when the bootloader finds nothing to boot (`device boot`, and any boot that
+/// `device run` / `device rollback` / the demo do), in text and JSON mode alike. Distinct from
+/// clap's 2 for a usage error. The whole table is in README's "Exit status" section.
+pub const EXIT_UNBOOTABLE: u8 = 4;
+
+/// The 2nd-stage bootloader found nothing to boot (`ota_core::boot::BootError`): the error
+/// that makes a command exit with [`EXIT_UNBOOTABLE`].
+#[derive(Debug)]
+pub struct Unbootable(pub String);
+
+impl std::fmt::Display for Unbootable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nothing boots: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unbootable {}
+
+/// The exit status for an error: [`EXIT_UNBOOTABLE`] when the bootloader found nothing to
+/// boot, else 1.
+pub fn exit_status_for(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.downcast_ref::<Unbootable>().is_some()) {
+        EXIT_UNBOOTABLE
+    } else {
+        crate::EXIT_ERROR
+    }
+}
 
 /// Fault injection into the emulated flash, counted from power-on (the start of the command).
 #[derive(Args, Clone, Default)]
@@ -118,7 +144,11 @@ impl FaultArgs {
                 logger::progress_done();
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "power cut after {} bytes", n);
+                if logger::output() == logger::Output::Json {
+                    let _ = writeln!(out, "{}", json!({"event": "power_cut", "bytes": n}));
+                } else {
+                    let _ = writeln!(out, "power cut after {} bytes", n);
+                }
                 let _ = out.flush();
                 std::process::exit(i32::from(EXIT_POWER_CUT));
             }));
@@ -258,12 +288,19 @@ pub struct RunArgs {
     /// HTTP(S) timeout in milliseconds (connect and read).
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Print one JSON event per line on stdout instead of the log: boot, item_start, progress,
+    /// item_finish, restart, log, and a last `result` (keys in README).
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
+    /// Print only errors (the `E` log lines and the `error:` line, on stderr).
+    #[arg(long, short)]
+    quiet: bool,
     #[command(flatten)]
     faults: FaultArgs,
 }
 
 /// The ESP-ADF OTA example's partition table with 1 MB app slots, as in its README log
-/// (adf-ota-service.md §9.2): ota_1 at 0x110000, flash_tone at 0x210000.
+/// (esp-adf `examples/ota/partitions.csv`): ota_1 at 0x110000, flash_tone at 0x210000.
 pub const EXAMPLE_CSV: &str = "\
 # ESP-ADF examples/ota partition table (1 MB app slots, as in the example's README log)
 # Name,   Type, SubType, Offset,   Size, Flags
@@ -415,7 +452,11 @@ fn create(a: CreateArgs) -> Result<()> {
         None => EXAMPLE_CSV.to_string(),
     };
     let app = match &a.app {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            glue::refuse_elf(&bytes, p, "an app image")?;
+            Some(bytes)
+        }
         None => None,
     };
     let mut data = Vec::new();
@@ -423,10 +464,9 @@ fn create(a: CreateArgs) -> Result<()> {
         let (label, file) = d
             .split_once('=')
             .ok_or_else(|| anyhow!("--data takes LABEL=FILE, not '{}'", d))?;
-        data.push((
-            label.to_string(),
-            std::fs::read(file).with_context(|| format!("reading {}", file))?,
-        ));
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file))?;
+        glue::refuse_elf(&bytes, Path::new(file), "data for a partition")?;
+        data.push((label.to_string(), bytes));
     }
     create_device_with(
         &a.flash.flash,
@@ -472,7 +512,11 @@ fn subtype_name(p: &Partition) -> String {
 }
 
 fn info(path: &Path, as_json: bool) -> Result<()> {
-    let session = Session::open(path)?;
+    let mut session = Session::open(path)?;
+    {
+        let table = session.dev.table().clone();
+        warn_rollback_state(session.dev.flash_mut(), &table, &session.stored);
+    }
     let settings = session.stored.settings;
     let settings_file = session.stored.found.then(|| DeviceSettings::path_for(path));
     let mut dev = session.dev;
@@ -514,7 +558,7 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
                 }
             })
             .collect();
-        let v = json!({"chip": chip.name(), "flash_size": flash_size, "partitions": parts,
+        let v = json!({"chip": chip.name(), "flash_size": glue::flash_size_name(flash_size), "partitions": parts,
         "otadata": od, "apps": apps,
         "settings": {
             "rollback": settings.bootloader.rollback,
@@ -768,8 +812,10 @@ pub fn boot_device_with<F: NorFlash>(
             print_boot_event(&ev)
         }
     };
-    let out =
-        boot::boot(flash, table, chip, cfg, &mut on_event).map_err(|e| anyhow!("boot: {}", e))?;
+    let out = boot::boot(flash, table, chip, cfg, &mut on_event).map_err(|e| match e {
+        ota_core::Error::Boot(b) => anyhow::Error::new(Unbootable(b.to_string())),
+        other => anyhow!("boot: {}", other),
+    })?;
     if !quiet {
         print_loaded(&out);
     }
@@ -827,34 +873,75 @@ fn print_loaded(out: &BootOutcome) {
 
 fn boot_cmd(path: &Path, as_json: bool, faults: &FaultArgs) -> Result<ExitCode> {
     let mut session = Session::open(path)?;
+    let table = session.dev.table().clone();
+    warn_rollback_state(session.dev.flash_mut(), &table, &session.stored);
     faults.arm(session.dev.flash_mut());
     let r = session.boot(as_json);
     faults.report(session.dev.flash());
     if as_json {
         let v = match &r {
-            Ok(out) => {
-                let d = out.summary.app_desc.as_ref();
-                json!({"slot": out.partition.label.as_str(), "offset": out.partition.offset,
-                       "project_name": d.map(|d| d.project_name_str()),
-                       "version": d.map(|d| d.version_str()),
-                       "ota_state": out.ota_state.map(|s| s.name()),
-                       "efuse_secure_version": out.efuse_secure_version})
-            }
-            Err(e) => json!({"slot": null, "error": e.to_string()}),
+            Ok(out) => boot_json(out),
+            Err(e) => json!({"slot": null, "error": crate::error_text(e)}),
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
-    match r {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(e) if as_json => {
-            eprintln!("error: {:#}", e);
-            Ok(ExitCode::from(EXIT_UNBOOTABLE))
-        }
-        Err(e) => Err(e),
+    // The same status in text and JSON mode: the error (nothing boots: EXIT_UNBOOTABLE) goes
+    // to main, which prints it and picks the status.
+    r.map(|_| ExitCode::SUCCESS)
+}
+
+/// What booted, as `device boot --json` prints it (and `device run --json`'s boot events).
+fn boot_json(out: &BootOutcome) -> Value {
+    let d = out.summary.app_desc.as_ref();
+    json!({"slot": out.partition.label.as_str(), "offset": out.partition.offset,
+           "project_name": d.map(|d| d.project_name_str()),
+           "version": d.map(|d| d.version_str()),
+           "ota_state": out.ota_state.map(|s| s.name()),
+           "efuse_secure_version": out.efuse_secure_version})
+}
+
+/// `device run --json`'s boot event.
+fn emit_boot(out: &BootOutcome) {
+    if logger::output() == logger::Output::Json {
+        let mut v = boot_json(out);
+        v["event"] = json!("boot");
+        logger::json_event(&v);
     }
 }
 
 fn run_cmd(a: RunArgs) -> Result<ExitCode> {
+    if a.json {
+        logger::set_output(logger::Output::Json);
+    } else if a.quiet {
+        logger::set_output(logger::Output::Quiet);
+    }
+    let r = run_cmd_inner(&a);
+    if a.json {
+        let v = match &r {
+            Ok((code, report, slot)) => {
+                let failed = report
+                    .results
+                    .iter()
+                    .filter(|(_, o)| matches!(o, ota_service::Outcome::Failed { .. }))
+                    .count();
+                json!({"event": "result", "status": if failed > 0 { "failed" } else { "ok" },
+                       "exit": code, "items": report.results.len(), "failed": failed,
+                       "restart": report.restart, "running": slot})
+            }
+            Err(e) => {
+                let code = exit_status_for(e);
+                json!({"event": "result",
+                       "status": if code == EXIT_UNBOOTABLE { "unbootable" } else { "error" },
+                       "exit": code, "error": crate::error_text(e)})
+            }
+        };
+        logger::json_event(&v);
+    }
+    r.map(|(code, _, _)| ExitCode::from(code))
+}
+
+/// `device run`: the exit status, the report and the slot running at the end.
+fn run_cmd_inner(a: &RunArgs) -> Result<(u8, ota_service::RunReport, Option<String>)> {
     let config = Config::load(&a.config).map_err(|e| anyhow!("{}", e))?;
     let sd_path = match &a.sdcard {
         Some(p) => Some(p.clone()),
@@ -869,9 +956,8 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         }
     };
     let sd = match &sd_path {
-        Some(p) => Some(SdAdapter(
-            SdCard::open(p).with_context(|| format!("SD card {}", p.display()))?,
-        )),
+        // The card's own errors name it ("SD card DIR not found ...").
+        Some(p) => Some(SdAdapter(SdCard::open(p)?)),
         None => None,
     };
     let mut session = Session::open(&a.flash.flash)?;
@@ -888,7 +974,8 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
         opts,
     );
     a.faults.report(session.dev.flash());
-    let report = report?;
+    let (report, running) = report?;
+    let running = Some(running.partition.label.as_str().to_string());
     let failed = report
         .results
         .iter()
@@ -903,38 +990,62 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
             eprintln!("error: the emulated flash reported: {}", e);
         }
         eprintln!(
-            "error: {} of {} upgrade items failed (see the log above)",
+            "error: {} of {} upgrade items failed ({})",
             failed,
-            report.results.len()
+            report.results.len(),
+            if a.json {
+                "see the item_finish events"
+            } else {
+                "see the log above"
+            }
         );
-        return Ok(ExitCode::from(1));
+        return Ok((crate::EXIT_ERROR, report, running));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok((0, report, running))
 }
 
 /// Boot, run the upgrade list, and if asked restart and boot again, with ESP-IDF's default
-/// bootloader (no rollback). Shared by `device run` and the demo.
+/// bootloader (no rollback). `app_main` runs once the bootloader has started the app, before
+/// the OTA service starts (the demo prints the example's own lines there). Returns the report
+/// and what runs at the end.
 pub fn run_device(
     dev: &mut Device<EmuFlash>,
     config: &Config,
     sd: Option<&SdAdapter>,
     opts: ota_service::source::SourceOptions,
-) -> Result<ota_service::RunReport> {
-    run_device_with(dev, &mut Stored::default(), config, sd, opts)
+    app_main: &mut dyn FnMut(),
+) -> Result<(ota_service::RunReport, BootOutcome)> {
+    run_device_hooked(dev, &mut Stored::default(), config, sd, opts, app_main)
 }
 
 /// [`run_device`] with the device's stored settings: every boot uses its bootloader options,
-/// the items commit as NEW with rollback and check the eFuse with anti-rollback.
+/// the items commit as NEW with rollback and check the eFuse with anti-rollback. Returns the
+/// report and what runs at the end (after the restart, if there was one).
 pub fn run_device_with(
     dev: &mut Device<EmuFlash>,
     stored: &mut Stored,
     config: &Config,
     sd: Option<&SdAdapter>,
     opts: ota_service::source::SourceOptions,
-) -> Result<ota_service::RunReport> {
+) -> Result<(ota_service::RunReport, BootOutcome)> {
+    run_device_hooked(dev, stored, config, sd, opts, &mut || {})
+}
+
+/// [`run_device_with`] with an `app_main` hook (see [`run_device`]).
+fn run_device_hooked(
+    dev: &mut Device<EmuFlash>,
+    stored: &mut Stored,
+    config: &Config,
+    sd: Option<&SdAdapter>,
+    opts: ota_service::source::SourceOptions,
+    app_main: &mut dyn FnMut(),
+) -> Result<(ota_service::RunReport, BootOutcome)> {
     let chip = dev.chip();
     let table = dev.table().clone();
+    warn_rollback_state(dev.flash_mut(), &table, stored);
     let booted = boot_stored(dev, stored, false)?;
+    emit_boot(&booted);
+    app_main();
     let mut items = ota_service::items::from_config(config).map_err(|e| anyhow!("{}", e))?;
     logger::info("HTTPS_OTA_EXAMPLE", "[2.2] Start OTA service");
     let settings = stored.settings;
@@ -946,7 +1057,8 @@ pub fn run_device_with(
         rollback: settings.bootloader.rollback,
         anti_rollback: settings.anti_rollback(),
     };
-    let mut on_event = |ev: ota_service::Event| print_event(&ev);
+    let mut progress = ProgressEvents::default();
+    let mut on_event = |ev: ota_service::Event| print_event(&ev, config, &mut progress);
     let mut env = ota_service::Env {
         sd: sd.map(|s| s as &dyn ota_service::source::SdCardFs),
         source: opts,
@@ -954,16 +1066,103 @@ pub fn run_device_with(
     };
     let report = ota_service::run_list(&mut items, &mut device, &mut env);
     logger::progress_done();
-    if report.restart {
+    let running = if report.restart {
         logger::info("system", "Restarting...");
-        boot_stored(dev, stored, false)?;
+        if logger::output() == logger::Output::Json {
+            logger::json_event(&json!({"event": "restart"}));
+        }
+        let out = boot_stored(dev, stored, false)?;
+        emit_boot(&out);
+        out
     } else {
         logger::info("HTTPS_OTA_EXAMPLE", "[2.3] Finish OTA service");
-    }
-    Ok(report)
+        booted
+    };
+    Ok((report, running))
 }
 
-/// `esp_ota_mark_app_valid_cancel_rollback` (idf-formats.md §2.5) by the running app.
+/// otadata entries whose state only a bootloader with rollback acts on (NEW, PENDING_VERIFY),
+/// as `(entry index, state)`: valid entries only (the bootloader ignores the others).
+pub fn rollback_states<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+) -> Vec<(usize, OtaState)> {
+    let Some(p) = table.otadata() else {
+        return Vec::new();
+    };
+    let Ok(od) = OtaData::read(flash, p) else {
+        return Vec::new();
+    };
+    od.entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.seq != ota_core::otadata::SEQ_ERASED && e.crc_ok())
+        .map(|(i, e)| (i, e.state()))
+        .filter(|(_, s)| matches!(s, OtaState::New | OtaState::PendingVerify))
+        .collect()
+}
+
+/// The warning for otadata states that the device's bootloader ignores (rollback off), if any:
+/// an app committed with rollback in mind would otherwise never be rolled back, silently.
+pub fn rollback_state_warning<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    stored: &Stored,
+) -> Option<String> {
+    if stored.settings.bootloader.rollback {
+        return None;
+    }
+    let states = rollback_states(flash, table);
+    if states.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = states
+        .iter()
+        .map(|(i, s)| format!("otadata[{}] is {}", i, s.name().to_uppercase()))
+        .collect();
+    let settings = stored
+        .flash_path
+        .as_deref()
+        .map(|p| DeviceSettings::path_for(p).display().to_string())
+        .unwrap_or_else(|| "the device settings".to_string());
+    let why = if stored.found {
+        format!("{} says rollback = false", settings)
+    } else {
+        format!(
+            "there is no {} (ESP-IDF's default: no CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE)",
+            settings
+        )
+    };
+    Some(format!(
+        "{}, but {}: this bootloader ignores the state and never rolls the app back. If the \
+         board's bootloader has rollback, set `rollback = true` under [bootloader] in {}",
+        list.join(" and "),
+        why,
+        settings
+    ))
+}
+
+/// Print [`rollback_state_warning`] on stderr (not with `--quiet`).
+pub fn warn_rollback_state<F: NorFlash>(flash: &mut F, table: &PartitionTable, stored: &Stored) {
+    if logger::output() == logger::Output::Quiet {
+        return;
+    }
+    if let Some(w) = rollback_state_warning(flash, table, stored) {
+        eprintln!("warning: {}", w);
+    }
+}
+
+/// `device run --json` progress events: one per item every [`PROGRESS_EVENT_STEP`] bytes,
+/// plus the last one.
+#[derive(Default)]
+struct ProgressEvents {
+    last: Option<(usize, u64)>,
+}
+
+/// Bytes between two progress events of one item.
+const PROGRESS_EVENT_STEP: u64 = 64 * 1024;
+
+/// `esp_ota_mark_app_valid_cancel_rollback` (esp-idf `esp_ota_ops.c`) by the running app.
 fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let mut session = Session::open(path)?;
     faults.arm(session.dev.flash_mut());
@@ -1018,7 +1217,7 @@ fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `esp_ota_mark_app_invalid_rollback_and_reboot` (idf-formats.md §2.5), then the restart.
+/// `esp_ota_mark_app_invalid_rollback_and_reboot` (esp-idf `esp_ota_ops.c`), then the restart.
 fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let mut session = Session::open(path)?;
     faults.arm(session.dev.flash_mut());
@@ -1029,7 +1228,7 @@ fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     let idx = update::mark_app_invalid_rollback(flash, &table, chip, anti).map_err(|e| {
         anyhow!(
             "esp_ota_mark_app_invalid_rollback_and_reboot failed on {} \
-             (ESP_ERR_OTA_ROLLBACK_FAILED, nothing written): {}",
+             (0x1505 ESP_ERR_OTA_ROLLBACK_FAILED, nothing written): {}",
             path.display(),
             e
         )
@@ -1048,9 +1247,58 @@ fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_event(ev: &ota_service::Event) {
+fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut ProgressEvents) {
     use ota_service::{Event, Outcome};
+    if logger::output() == logger::Output::Json {
+        let v = match ev {
+            Event::Log { .. } | Event::Finish | Event::Restart => None,
+            Event::Start { id, item } => {
+                let spec = config.upgrade.get(*id);
+                Some(json!({"event": "item_start", "id": id, "item": item,
+                    "type": spec.map(|s| match s.kind {
+                        ota_service::config::ItemKind::App => "app",
+                        ota_service::config::ItemKind::Data => "data",
+                    }),
+                    "uri": spec.map(|s| s.uri.as_str()),
+                    "label": spec.and_then(|s| s.label.as_deref())}))
+            }
+            Event::Progress { id, bytes, total } => {
+                let due = match progress.last {
+                    Some((i, b)) if i == *id => {
+                        bytes.saturating_sub(b) >= PROGRESS_EVENT_STEP || Some(*bytes) == *total
+                    }
+                    _ => true,
+                };
+                due.then(|| {
+                    progress.last = Some((*id, *bytes));
+                    json!({"event": "progress", "id": id, "bytes": bytes, "total": total})
+                })
+            }
+            Event::Result { id, outcome } => {
+                let (reason, message) = match outcome {
+                    Outcome::Success => (None, None),
+                    Outcome::Skipped { reason, message } | Outcome::Failed { reason, message } => {
+                        (Some(*reason), Some(message.as_str()))
+                    }
+                };
+                Some(
+                    json!({"event": "item_finish", "id": id, "outcome": outcome.name(),
+                    "reason": reason.map(|r| r.to_string()),
+                    "code": reason.map(|r| r.code()),
+                    "message": message}),
+                )
+            }
+        };
+        if let Some(v) = v {
+            logger::json_event(&v);
+        }
+        // Log events are printed by the logger itself, as `log` events.
+        if !matches!(ev, Event::Log { .. }) {
+            return;
+        }
+    }
     match ev {
+        Event::Start { .. } => {}
         Event::Log {
             level,
             tag,
@@ -1069,21 +1317,15 @@ fn print_event(ev: &ota_service::Event) {
                 Outcome::Skipped { reason, message } => logger::warn(
                     "HTTPS_OTA_EXAMPLE",
                     &format!(
-                        "List id: {}, OTA skipped, result: {} ({}): {}",
-                        id,
-                        reason.code(),
-                        reason.name(),
-                        message
+                        "List id: {}, OTA skipped, result: {}: {}",
+                        id, reason, message
                     ),
                 ),
                 Outcome::Failed { reason, message } => logger::error(
                     "HTTPS_OTA_EXAMPLE",
                     &format!(
-                        "List id: {}, OTA failed, result: {} ({}): {}",
-                        id,
-                        reason.code(),
-                        reason.name(),
-                        message
+                        "List id: {}, OTA failed, result: {}: {}",
+                        id, reason, message
                     ),
                 ),
             }

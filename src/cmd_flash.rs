@@ -39,6 +39,7 @@ pub enum FlashCmd {
         addr: String,
         /// Number of bytes (hex, decimal, or with K/M suffix).
         size: String,
+        /// Output file.
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },

@@ -201,7 +201,7 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
                     ok: false,
                     time: t0.elapsed(),
                     bytes: 0,
-                    message: format!("{e:#}"),
+                    message: crate::error_text(&e),
                 },
             };
             results.lock().unwrap_or_else(|p| p.into_inner()).push(res);

@@ -15,6 +15,7 @@ pub enum ImageCmd {
     /// Make a valid app image: header, a DROM segment starting with the app descriptor, more
     /// segments up to the requested size, checksum and appended SHA-256.
     Make {
+        /// Chip (esptool's name: esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...).
         #[arg(long, default_value = "esp32")]
         chip: String,
         /// Project name in the app descriptor.
@@ -52,11 +53,13 @@ pub enum ImageCmd {
         /// 65535 = not set).
         #[arg(long, default_value_t = 65535)]
         max_rev_full: u16,
+        /// Output image file.
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
     /// Show an image's header, segments, checksum, hash and app descriptor (like esptool image-info).
     Info {
+        /// App or bootloader image file (esptool elf2image output, not an ELF).
         image: PathBuf,
         /// Print JSON (keys documented in README).
         #[arg(long)]
@@ -134,6 +137,7 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
         } => {
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            crate::glue::refuse_elf(&bytes, &path, "an app or bootloader image")?;
             let s = read_image(&bytes).with_context(|| format!("{}", path.display()))?;
             if as_json {
                 println!("{}", serde_json::to_string_pretty(&summary_json(&s))?);
@@ -212,7 +216,7 @@ fn rev(v: u16) -> String {
     format!("{}.{}", v / 100, v % 100)
 }
 
-/// The report of `esptool image-info` (esptool 5.x, idf-formats.md §3.10), line for line,
+/// The report of `esptool image-info` (esptool 5.x, `esptool/cmds.py` `image_info`), line for line,
 /// without its first `esptool vX` line. Unknown flash size/frequency/mode values are warned
 /// about on stderr, as esptool does.
 fn print_info(s: &ImageSummary, size: usize) {

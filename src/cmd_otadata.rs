@@ -1,6 +1,8 @@
 //! `ota otadata read|switch|erase`: otatool.py's otadata operations on a flash image. Entries
 //! are judged with the bootloader's rules and `switch` writes with ESP-IDF v6's
-//! `esp_ota_set_boot_partition` (ota_core::otadata, idf-formats.md §2.3–2.6).
+//! `esp_ota_set_boot_partition` (ota_core::otadata; esp-idf `components/app_update/esp_ota_ops.c`,
+//! `components/bootloader_support/src/bootloader_utility.c`), with the state that function
+//! writes for the device's rollback setting (NEW with rollback, else UNDEFINED).
 
 use std::process::ExitCode;
 
@@ -16,6 +18,7 @@ use crate::cmd_partition::TableOffsetArg;
 use crate::flashfile::{read_table, FlashFile};
 use crate::FlashArg;
 use ota_core::image::Hex;
+use ota_emu::settings::DeviceSettings;
 
 #[derive(Subcommand)]
 pub enum OtadataCmd {
@@ -38,13 +41,18 @@ pub enum OtadataCmd {
         flash: FlashArg,
         #[command(flatten)]
         table: TableOffsetArg,
-        /// Write state NEW (a bootloader built with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE);
-        /// default UNDEFINED.
-        #[arg(long)]
+        /// Write state NEW, as esp_ota_set_boot_partition does when the app is built with
+        /// CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE. Default: the device's setting (`rollback` in
+        /// F.device.toml beside the flash image; without that file, off: UNDEFINED).
+        #[arg(long, conflicts_with = "no_rollback")]
         rollback: bool,
+        /// Write state UNDEFINED whatever the device's settings say.
+        #[arg(long)]
+        no_rollback: bool,
         /// Do not verify the slot's image first (esp_ota_set_boot_partition verifies it).
         #[arg(long)]
         no_verify: bool,
+        /// Print JSON (keys documented in README).
         #[arg(long)]
         json: bool,
     },
@@ -79,9 +87,17 @@ pub fn run(cmd: OtadataCmd) -> Result<ExitCode> {
             flash,
             table,
             rollback,
+            no_rollback,
             no_verify,
             json,
-        } => switch(&slot, flash, table, rollback, no_verify, json),
+        } => {
+            let rollback = match (rollback, no_rollback) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            switch(&slot, flash, table, rollback, no_verify, json)
+        }
         OtadataCmd::Erase { flash, table } => {
             let mut ff = FlashFile::open(&flash.flash)?;
             let (_, part) = open(&mut ff, &table)?;
@@ -131,7 +147,7 @@ fn read(flash: crate::FlashArg, table: TableOffsetArg, as_json: bool) -> Result<
     let (table, part) = open(&mut ff, &table)?;
     let od = OtaData::read(ff.flash_mut(), &part).map_err(|e| anyhow!("otadata: {}", e))?;
     let count = table.ota_count();
-    // esp_ota_get_boot_partition (§2.5): the active entry's slot, else the default app.
+    // esp_ota_get_boot_partition (`esp_ota_ops.c`): the active entry's slot, else the default app.
     let boot_partition = match od.boot_slot(count).filter(|_| !od.both_invalid()) {
         Some(s) => slot_label(&table, Some(s)),
         None => table
@@ -140,7 +156,7 @@ fn read(flash: crate::FlashArg, table: TableOffsetArg, as_json: bool) -> Result<
             .or_else(|| table.test_app())
             .map(|p| p.label.as_str().to_string()),
     };
-    // What the 2nd-stage bootloader boots (§2.6, default config), run on a copy of the flash.
+    // What the 2nd-stage bootloader boots (`bootloader_utility.c`, default config), run on a copy of the flash.
     let bootloader = ff.bootloader();
     let boots = bootloader.map(|b| {
         let mut copy = ff.flash_mut().clone_in_memory();
@@ -247,10 +263,33 @@ fn switch(
     slot: &str,
     flash: crate::FlashArg,
     table: TableOffsetArg,
-    rollback: bool,
+    rollback: Option<bool>,
     no_verify: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
+    // The state esp_ota_set_boot_partition writes follows the rollback option the firmware
+    // was built with: the device settings beside the flash image say it, unless overridden.
+    let settings_path = DeviceSettings::path_for(&flash.flash);
+    let (rollback, rollback_from) = match rollback {
+        Some(r) => (
+            r,
+            if r { "--rollback" } else { "--no-rollback" }.to_string(),
+        ),
+        None => match DeviceSettings::load_for(&flash.flash)? {
+            Some(s) => (
+                s.bootloader.rollback,
+                format!(
+                    "rollback = {} in {}",
+                    s.bootloader.rollback,
+                    settings_path.display()
+                ),
+            ),
+            None => (
+                false,
+                format!("no {}: rollback off", settings_path.display()),
+            ),
+        },
+    };
     let mut ff = FlashFile::open(&flash.flash)?;
     let (table, part) = open(&mut ff, &table)?;
     let target = parse_slot(&table, slot)?;
@@ -301,21 +340,23 @@ fn switch(
         let v = match result {
             Some((idx, e)) => {
                 json!({"boot_partition": target_part.label.as_str(), "offset": target_part.offset,
-                                     "sector": idx, "seq": e.seq, "state": e.state().name()})
+                       "sector": idx, "seq": e.seq, "state": e.state().name(),
+                       "rollback": rollback})
             }
             None => {
                 json!({"boot_partition": target_part.label.as_str(), "offset": target_part.offset,
-                           "sector": null, "seq": null, "state": null})
+                       "sector": null, "seq": null, "state": null, "rollback": rollback})
             }
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         match result {
             Some((idx, e)) => println!(
-                "otadata[{}] updated: seq {}, state {}: boot partition is now {} at 0x{:x}",
+                "otadata[{}] updated: seq {}, state {} ({}): boot partition is now {} at 0x{:x}",
                 idx,
                 e.seq,
                 OtaState::from_u32(e.state).name(),
+                rollback_from,
                 target_part.label.as_str(),
                 target_part.offset
             ),

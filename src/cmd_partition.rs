@@ -47,6 +47,7 @@ pub enum PartitionCmd {
         flash: FlashArg,
         /// Output file (or use -o).
         file: Option<PathBuf>,
+        /// Output file (instead of FILE).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         #[command(flatten)]

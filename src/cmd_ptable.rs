@@ -21,9 +21,10 @@ pub struct PtableArgs {
     /// Flash size to check the table against (e.g. 4MB).
     #[arg(long)]
     flash_size: Option<String>,
-    /// Partition table offset (default 0x8000).
-    #[arg(long, default_value = "0x8000")]
-    offset: String,
+    /// Partition table offset (gen_esp32part.py's --offset; the same option as the other
+    /// commands' --partition-table-offset).
+    #[arg(long, alias = "offset", default_value = "0x8000", value_name = "ADDR")]
+    partition_table_offset: String,
     /// Where the primary bootloader is (needed by `bootloader` rows; gen_esp32part.py's option).
     #[arg(long, value_name = "ADDR")]
     primary_bootloader_offset: Option<String>,
@@ -40,7 +41,7 @@ pub fn run(a: PtableArgs) -> Result<ExitCode> {
         std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let addr = |s: &Option<String>| s.as_deref().map(crate::cmd_flash::parse_addr).transpose();
     let opts = CsvOptions {
-        table_offset: crate::glue::parse_size(&a.offset)?,
+        table_offset: crate::glue::parse_size(&a.partition_table_offset)?,
         flash_size: a
             .flash_size
             .as_deref()

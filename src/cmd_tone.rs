@@ -12,7 +12,9 @@ use serde_json::json;
 pub enum ToneCmd {
     /// Pack every *.mp3 and *.wav of DIR (sorted by name) into a tone bin, like mk_audio_tone.py.
     Pack {
+        /// Folder holding the *.mp3 / *.wav files.
         dir: PathBuf,
+        /// Output tone bin.
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
         /// 0: header + table + files; 1: adds the descriptor, CRC and tail (mk_audio_tone.py's default).
@@ -30,12 +32,19 @@ pub enum ToneCmd {
     },
     /// Show a tone bin's header, descriptor, CRC and files.
     Info {
+        /// Tone bin file.
         bin: PathBuf,
+        /// Print JSON (keys documented in README).
         #[arg(long)]
         json: bool,
     },
     /// Extract the files of a tone bin into DIR as NNN.mp3 / NNN.wav (names are not stored in the bin).
-    Unpack { bin: PathBuf, dir: PathBuf },
+    Unpack {
+        /// Tone bin file.
+        bin: PathBuf,
+        /// Folder to write the files into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// UTC now as ("HH:MM:SS", "YYYY-MM-DD").

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use ota_core::image::{self, ImageSpec};
 use ota_core::tone::{self, ToneEntry};
@@ -174,50 +174,123 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let server = FileServer::start(www.clone())?;
     let host = format!("127.0.0.1:{}", server.addr.port());
 
-    logger::info(TAG, "[1.0] Initialize peripherals management");
-    logger::info(
-        TAG,
-        &format!(
-            "[1.1] Network: loopback, firmware served from http://{}/",
-            host
-        ),
-    );
-    logger::info(TAG, &format!("[1.2] Mount SDCard: {}", sd_dir.display()));
-    logger::info(TAG, "[2.0] Create OTA service");
-    logger::info(TAG, "[2.1] Set upgrade list");
-    let config = ota_service::config::example(&host);
+    // The upgrade list, as a config file left in the folder: the demo runs exactly what
+    // `ota device run --config DIR/ota.toml` replays.
+    let config_path = dir.join(CONFIG_FILE);
+    std::fs::write(&config_path, demo_config(&dir, &host))
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let config = ota_service::config::Config::load(&config_path).map_err(|e| anyhow!("{}", e))?;
     let sd = SdAdapter(SdCard::open(&sd_dir)?);
     let mut dev = glue::open_device(&flash_path)?;
-    let report = cmd_device::run_device(&mut dev, &config, Some(&sd), Default::default())?;
+    // The example's app_main, once the bootloader has started it (esp-adf examples/ota/main/
+    // ota_example.c): its own lines come after the bootloader's.
+    let mut app_main = || {
+        logger::info(TAG, "[1.0] Initialize peripherals management");
+        logger::info(
+            TAG,
+            &format!(
+                "[1.1] Network: loopback, firmware served from http://{}/",
+                host
+            ),
+        );
+        logger::info(TAG, &format!("[1.2] Mount SDCard: {}", sd_dir.display()));
+        logger::info(TAG, "[2.0] Create OTA service");
+        logger::info(TAG, "[2.1] Set upgrade list");
+    };
+    let (report, booted) = cmd_device::run_device(
+        &mut dev,
+        &config,
+        Some(&sd),
+        Default::default(),
+        &mut app_main,
+    )?;
     drop(server);
 
-    // What booted after the restart decides the exit code.
-    let chip = dev.chip();
-    let table = dev.table().clone();
-    let booted = cmd_device::boot_device(dev.flash_mut(), &table, chip, true)?;
+    println!();
+    println!(
+        "demo: files are in {} (flash.bin, {}, sdcard/, www/); try `ota device info --flash {}`.",
+        dir.display(),
+        CONFIG_FILE,
+        flash_path.display()
+    );
+    println!(
+        "demo: to replay the upgrade list, serve www/ again and run it: `ota serve {} --bind {} &` \
+         then `ota device run --flash {} --config {}`.",
+        www.display(),
+        host,
+        flash_path.display(),
+        config_path.display()
+    );
+    // No item may have failed, and the device must boot the new app after the restart.
+    let failed: Vec<String> = report
+        .results
+        .iter()
+        .filter_map(|(id, o)| match o {
+            ota_service::Outcome::Success | ota_service::Outcome::Skipped { .. } => None,
+            ota_service::Outcome::Failed { reason, message } => Some(format!(
+                "item {} ({}) {}: {}: {}",
+                id,
+                config
+                    .upgrade
+                    .get(*id)
+                    .map(|s| s.uri.as_str())
+                    .unwrap_or("?"),
+                o.name(),
+                reason,
+                message
+            )),
+        })
+        .collect();
     let version = booted
         .summary
         .app_desc
         .map(|d| d.version_str().to_string())
         .unwrap_or_default();
-    if !report.restart || booted.partition.label.as_str() != "ota_1" || version != NEW_VERSION {
-        bail!(
-            "demo failed: expected a restart into ota_1 running {}, got {} running '{}' (results: {:?})",
-            NEW_VERSION,
-            booted.partition.label.as_str(),
-            version,
-            report.results
-        );
+    let label = booted.partition.label.as_str();
+    if !failed.is_empty() {
+        return Err(anyhow!(
+            "demo failed: {} of {} upgrade items did not succeed ({}); the device boots {} '{}'",
+            failed.len(),
+            report.results.len(),
+            failed.join("; "),
+            label,
+            version
+        ));
     }
-    println!();
+    if !report.restart || label != "ota_1" || version != NEW_VERSION {
+        return Err(anyhow!(
+            "demo failed: expected a restart into ota_1 running {}, got {} running '{}'",
+            NEW_VERSION,
+            label,
+            version
+        ));
+    }
     println!(
         "demo: the device now boots {} {} from ota_1.",
         NEW_PROJECT, NEW_VERSION
     );
-    println!(
-        "demo: files are in {} (flash.bin, sdcard/, www/); try `ota device info --flash {}`.",
-        dir.display(),
-        flash_path.display()
-    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's config file, left in its folder.
+const CONFIG_FILE: &str = "ota.toml";
+
+/// The ESP-ADF example's upgrade list in its Kconfig names (esp-adf examples/ota/main/
+/// Kconfig.projbuild), pointing at the demo's server.
+fn demo_config(dir: &std::path::Path, host: &str) -> String {
+    format!(
+        "# The upgrade list `ota demo` ran: the ESP-ADF OTA example's settings (its Kconfig names).\n\
+         # The demo's own HTTP server is gone; to replay the list on {dir}/flash.bin:\n\
+         #   ota serve {dir}/www --bind {host} &\n\
+         #   ota device run --flash {dir}/flash.bin --config {dir}/{CONFIG_FILE}\n\
+         # (the SD card is {dir}/sdcard, beside the flash file).\n\
+         firmware_upgrade_uri = \"http://{host}/play_mp3_control.bin\"\n\
+         data_upgrade_uri = \"{data}\"\n\
+         data_partition_label = \"{label}\"\n\
+         force_check_firmware_version = false\n",
+        dir = dir.display(),
+        host = host,
+        data = ota_service::config::EXAMPLE_DATA_UPGRADE_URI,
+        label = ota_service::config::EXAMPLE_DATA_PARTITION_LABEL,
+    )
 }

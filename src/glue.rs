@@ -32,6 +32,21 @@ impl SdCardFs for SdAdapter {
     }
 }
 
+/// Refuse an ELF file where an image is expected (`what`: "an app image", "a tone bin", ...),
+/// before anything else reads it: the usual slip is `build/APP.elf` for `build/APP.bin`.
+pub fn refuse_elf(bytes: &[u8], path: &Path, what: &str) -> Result<()> {
+    if ota_core::image::is_elf(bytes) {
+        bail!(
+            "{} is an ELF file, not {}: convert it with `esptool --chip CHIP elf2image {}` \
+             (or use the .bin that `idf.py build` writes next to the .elf)",
+            path.display(),
+            what,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Open the device held by a flash image file.
 pub fn open_device(path: &Path) -> Result<Device<EmuFlash>> {
     let flash =
@@ -62,7 +77,7 @@ pub fn parse_size(s: &str) -> Result<u32> {
     }
 }
 
-/// Header code of a flash size (idf-formats.md §3.2: byte 3 high nibble, 1MB..128MB).
+/// Header code of a flash size (esp-idf `esp_app_format.h`: byte 3 high nibble, 1MB..128MB).
 pub fn flash_size_code(size: u32) -> Result<u8> {
     for code in 0..8u8 {
         if size == (1u32 << 20) << code {
@@ -73,6 +88,18 @@ pub fn flash_size_code(size: u32) -> Result<u8> {
         "flash size must be 1MB, 2MB, 4MB, 8MB, 16MB, 32MB, 64MB or 128MB, not {} bytes",
         size
     )
+}
+
+/// A flash size as every JSON output and esptool write it: `4MB` (`512KB`, or bytes, for sizes
+/// that are not whole MiB).
+pub fn flash_size_name(size: u32) -> String {
+    if size != 0 && size.is_multiple_of(1 << 20) {
+        format!("{}MB", size >> 20)
+    } else if size != 0 && size.is_multiple_of(1024) {
+        format!("{}KB", size >> 10)
+    } else {
+        format!("{}B", size)
+    }
 }
 
 /// A loopback HTTP server that serves the files of one folder (GET and HEAD), on an ephemeral port.

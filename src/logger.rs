@@ -2,6 +2,7 @@
 //! for long transfers (only on a terminal, on stderr).
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -24,10 +25,54 @@ fn logger() -> &'static Logger {
     })
 }
 
+/// Where log lines go (`device run --quiet` / `--json`): ESP-IDF text on stdout (the default),
+/// only the error lines (on stderr), or one JSON event per line on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text = 0,
+    Quiet = 1,
+    Json = 2,
+}
+
+static OUTPUT: AtomicU8 = AtomicU8::new(Output::Text as u8);
+
+pub fn set_output(o: Output) {
+    OUTPUT.store(o as u8, Ordering::Relaxed);
+}
+
+pub fn output() -> Output {
+    match OUTPUT.load(Ordering::Relaxed) {
+        1 => Output::Quiet,
+        2 => Output::Json,
+        _ => Output::Text,
+    }
+}
+
+/// One JSON event as one line on stdout.
+pub fn json_event(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", v);
+    let _ = out.flush();
+}
+
 /// Print one ESP-IDF style line: `level` is 'E', 'W', 'I' or 'D'.
 pub fn log(level: char, tag: &str, msg: &str) {
     let l = logger();
     let ms = l.start.elapsed().as_millis();
+    match output() {
+        Output::Text => {}
+        Output::Quiet => {
+            if level == 'E' {
+                eprintln!("{} ({}) {}: {}", level, ms, tag, msg);
+            }
+            return;
+        }
+        Output::Json => {
+            json_event(&serde_json::json!({"event": "log", "ms": ms as u64,
+                "level": level.to_string(), "tag": tag, "message": msg}));
+            return;
+        }
+    }
     let line = if l.color {
         let code = match level {
             'E' => "0;31",
@@ -64,7 +109,7 @@ pub fn error(tag: &str, msg: &str) {
 /// Update (or start) the progress bar of a transfer.
 pub fn progress(label: &str, bytes: u64, total: Option<u64>) {
     let l = logger();
-    if !l.bars {
+    if !l.bars || output() != Output::Text {
         return;
     }
     let mut bar = l.bar.lock().unwrap_or_else(|p| p.into_inner());

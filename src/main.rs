@@ -96,8 +96,137 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {:#}", e);
-            ExitCode::from(1)
+            eprintln!("error: {}", error_text(&e));
+            ExitCode::from(cmd_device::exit_status_for(&e))
+        }
+    }
+}
+
+/// Exit status of a command that failed (an error, a failed upgrade item). The whole table is
+/// in README's "Exit status" section.
+pub const EXIT_ERROR: u8 = 1;
+
+/// An error and its causes on one line, `outer: cause: root`, without repeating a cause whose
+/// text an outer message already holds (many error types print their source in their own
+/// message *and* return it from `source()`, and anyhow's `{:#}` would print it twice).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if c.is_empty() || out.contains(&c) {
+            continue;
+        }
+        out.push_str(": ");
+        out.push_str(&c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every argument of every command, with the command path that holds it.
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for a in cmd.get_arguments() {
+            out.push((path.to_string(), a.clone()));
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, &format!("{} {}", path, s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut args = Vec::new();
+        walk(&Cli::command(), "ota", &mut args);
+        let missing: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| !a.is_hide_set())
+            .filter(|(_, a)| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|(p, a)| format!("{} {}", p, a.get_id()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "arguments without help text: {:#?}",
+            missing
+        );
+    }
+
+    /// One spelling per option: a table offset is `--partition-table-offset`, a flash image
+    /// `--flash`, in every command (old spellings stay as hidden aliases).
+    #[test]
+    fn options_have_one_spelling_across_commands() {
+        let mut args = Vec::new();
+        walk(&Cli::command(), "ota", &mut args);
+        const OTHER_SPELLINGS: [&str; 6] = [
+            "offset",
+            "table-offset",
+            "partition-offset",
+            "flash-file",
+            "flash-image",
+            "image-file",
+        ];
+        let bad: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| !a.is_hide_set())
+            .filter_map(|(p, a)| {
+                let mut names: Vec<&str> = a.get_long().into_iter().collect();
+                names.extend(a.get_visible_aliases().unwrap_or_default());
+                names
+                    .into_iter()
+                    .find(|n| OTHER_SPELLINGS.contains(n))
+                    .map(|n| format!("{} --{}", p, n))
+            })
+            .collect();
+        assert!(bad.is_empty(), "options with another spelling: {:#?}", bad);
+        // The flash image option is called the same everywhere it exists.
+        for (p, a) in &args {
+            if a.get_id().as_str() == "flash" {
+                assert_eq!(a.get_long(), Some("flash"), "{}", p);
+            }
+        }
+    }
+
+    /// Names of documents that live outside the repository: help texts cite upstream files.
+    pub const OUTSIDE_DOCS: [&str; 7] = [
+        "idf-formats",
+        "adf-ota-service",
+        "delta-and-scale",
+        "peers.md",
+        "chip-network-fleet",
+        "shared/reference",
+        "\u{a7}",
+    ];
+
+    fn help_texts(cmd: &clap::Command, out: &mut Vec<String>) {
+        for t in [cmd.get_about(), cmd.get_long_about()]
+            .into_iter()
+            .flatten()
+        {
+            out.push(t.to_string());
+        }
+        for a in cmd.get_arguments() {
+            for t in [a.get_help(), a.get_long_help()].into_iter().flatten() {
+                out.push(t.to_string());
+            }
+        }
+        for s in cmd.get_subcommands() {
+            help_texts(s, out);
+        }
+    }
+
+    #[test]
+    fn help_texts_cite_no_document_outside_the_repository() {
+        let mut texts = Vec::new();
+        help_texts(&Cli::command(), &mut texts);
+        assert!(texts.len() > 100, "{}", texts.len());
+        for t in &texts {
+            for d in OUTSIDE_DOCS {
+                assert!(!t.contains(d), "help text cites {d:?}: {t}");
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Interop, otadata: random sequences of set-boot-partition / mark-valid / mark-invalid on
 //! 2..16 OTA slots, run by ota-core (`OtaData::set_boot` / `mark_valid` / `mark_invalid` on an
 //! emulated NOR flash, rollback-enabled build: new entries are NEW) and judged step by step by
-//! two models in one Python process: ESP-IDF v6 as idf-formats.md §2.3–2.5 states it (must be
+//! two models in one Python process: ESP-IDF v6 as esp-idf `bootloader_common_loader.c`, `esp_ota_ops.c` states it (must be
 //! equal on every step: sector bytes, sector written, active slot), and esp-idf-defs' otadata
 //! logic (equal wherever its rules are ESP-IDF's; every step where they differ must differ in
 //! exactly one of the documented ways — see README "Coming from ESP-IDF", otadata).

@@ -41,7 +41,7 @@ fn adf_example_survives_a_power_cut_at_every_sampled_byte() {
         table,
         chip,
         boot,
-        // The example's upgrade list, exactly (adf-ota-service.md §9.3).
+        // The example's upgrade list, exactly (esp-adf `examples/ota/main/ota_example.c`).
         config: ota_service::config::example(&http.base),
         sd: Some(sd),
         op: Op::Run {

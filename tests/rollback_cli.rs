@@ -1,4 +1,4 @@
-//! App rollback and anti-rollback end to end through the CLI (idf-formats.md §2.5–2.7): a new
+//! App rollback and anti-rollback end to end through the CLI (esp-idf `esp_ota_ops.c`, `bootloader_utility.c`, `esp_efuse_fields.c`): a new
 //! app on a rollback device boots once as PENDING_VERIFY and is rolled back at the next boot
 //! unless `ota device confirm` marks it VALID; `ota device rollback` gives up on it at once;
 //! with anti-rollback the emulated eFuse counter only goes up and older apps never boot or
@@ -211,7 +211,7 @@ fn an_update_is_refused_while_the_running_app_is_pending_verify() {
     let log = text(&o);
     assert_eq!(o.status.code(), Some(1), "{log}");
     assert!(
-        log.contains("5382") && log.contains("PENDING_VERIFY"),
+        log.contains("0x1506 ESP_ERR_OTA_ROLLBACK_INVALID_STATE") && log.contains("PENDING_VERIFY"),
         "{log}"
     );
     let after = d.flash();
@@ -267,7 +267,8 @@ fn anti_rollback_burns_the_efuse_on_confirm_and_refuses_older_images() {
     let log = text(&o);
     assert_eq!(o.status.code(), Some(1), "{log}");
     assert!(
-        log.contains("secure_version 1, below the eFuse secure version 2") && log.contains("5380"),
+        log.contains("secure_version 1, below the eFuse secure version 2")
+            && log.contains("0x1504 ESP_ERR_OTA_SMALL_SEC_VER"),
         "{log}"
     );
     let after = d.flash();
@@ -289,7 +290,8 @@ fn the_bootloader_never_boots_an_app_below_the_efuse_counter() {
         ],
     );
     let o = ota(&["device", "boot", "--flash", d.p("flash.bin"), "--json"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Exit status 4: nothing boots (README "Exit status").
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     let log = text(&o);
     assert!(log.contains("No bootable app"), "{log}");
     let o = ota(&["device", "boot", "--flash", d.p("flash.bin")]);

@@ -1,8 +1,7 @@
 """Batch oracle for whole flash images: for each case it builds the partition table with
 esp-idf-defs (gen_esp32part code), the otadata image with esp-idf-defs' OtaDataSelectEntry,
 merges them with the caller's bootloader and app files by running the real `esptool merge-bin`
-CLI in-process, and says which app the ESP-IDF 2nd-stage bootloader boots (idf-formats.md
-§2.3, §2.6, default config: no rollback), from the entries and the set of slots that hold an
+CLI in-process, and says which app the ESP-IDF 2nd-stage bootloader boots (esp-idf `bootloader_common_loader.c`, `bootloader_utility.c`, default config: no rollback), from the entries and the set of slots that hold an
 image that verifies.
 
 stdin:  {"cases": [{"chip": str, "out": path, "table_csv": str, "table_out": path,
@@ -45,7 +44,7 @@ def otadata_image(entries):
 
 
 def expected_boot(case):
-    """ESP-IDF bootloader selection (§2.6, no rollback / anti-rollback) + load_boot_image order."""
+    """ESP-IDF bootloader selection (`bootloader_utility.c`, no rollback / anti-rollback) + load_boot_image order."""
     n = case["n_ota"]
     es = []
     for e in case["entries"]:

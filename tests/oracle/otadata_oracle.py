@@ -4,7 +4,7 @@
     OtaDataSelectEntry.from_bytes / select / OtaDataParameters.incremented_and_swapped /
     to_bytes. It has no mark-valid / mark-invalid: those are done with its own pieces (rewrite
     the selected entry with OtaDataSelectEntry(seq, state).to_bytes() in the selected sector).
-  * "v6": ESP-IDF v6 as idf-formats.md §2.3-2.5 writes it in pseudo-code
+  * "v6": ESP-IDF v6 as esp-idf `bootloader_common_loader.c`, `esp_ota_ops.c` writes it in pseudo-code
     (esp_rewrite_ota_data, esp_ota_mark_app_valid_cancel_rollback,
     esp_ota_mark_app_invalid_rollback with the rollback check, rollback-enabled build: NEW).
 
@@ -25,7 +25,7 @@ NEW, VALID, INVALID, ABORTED = 0, 2, 3, 4
 
 
 def crc(seq):
-    # idf-formats.md §2.2: binascii.crc32(le32(seq), 0xFFFFFFFF)
+    # esp-idf `bootloader_common_loader.c`: binascii.crc32(le32(seq), 0xFFFFFFFF)
     return binascii.crc32(struct.pack("<I", seq), 0xFFFFFFFF) & 0xFFFFFFFF
 
 
@@ -60,7 +60,7 @@ def defs_step(step, sectors):
     }
 
 
-# ---------------------------------------------------------------- ESP-IDF v6 (§2.3-2.5)
+# ---------------------------------------------------------------- ESP-IDF v6 (`bootloader_common_loader.c`, `esp_ota_ops.c`)
 
 
 def parse(b):

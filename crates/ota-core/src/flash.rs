@@ -1,14 +1,14 @@
 //! Flash access through embedded-storage, with partition-relative, bounds-checked helpers.
 //!
 //! `ota-core` never touches flash except through these functions, so every flash error carries
-//! the operation and the absolute offset. NOR rules (idf-formats.md §2.8, §7.5): erase works on
+//! the operation and the absolute offset. NOR rules (esp-idf `components/spi_flash`): erase works on
 //! 4 KiB sectors and sets bytes to 0xFF; programming can only clear bits.
 
 use core::fmt;
 
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 
-/// Erase granularity of ESP32 SPI flash (`SPI_SEC_SIZE`, idf-formats.md §2.1).
+/// Erase granularity of ESP32 SPI flash (`SPI_FLASH_SEC_SIZE`, esp-idf `components/spi_flash/include/spi_flash_mmap.h`).
 pub const SECTOR_SIZE: u32 = 0x1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

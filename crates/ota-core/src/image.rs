@@ -10,6 +10,15 @@ use crate::chip::{Chip, MemType, DEFAULT_MMU_PAGE_SIZE};
 
 /// `ESP_IMAGE_HEADER_MAGIC` (idf-formats.md §3.2).
 pub const IMAGE_MAGIC: u8 = 0xE9;
+/// The first bytes of an ELF file (`ELFMAG` of the System V ABI, `elf.h`): what `idf.py build`
+/// links (`build/APP.elf`) before esptool's `elf2image` turns it into the app image
+/// (`build/APP.bin`) that is flashed.
+pub const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+
+/// Whether `bytes` start like an ELF file (an app that was never converted into an image).
+pub fn is_elf(bytes: &[u8]) -> bool {
+    bytes.starts_with(&ELF_MAGIC)
+}
 /// `sizeof(esp_image_header_t)` (idf-formats.md §3.2).
 pub const HEADER_SIZE: usize = 24;
 /// `sizeof(esp_image_segment_header_t)`: load_addr u32 + data_len u32 (idf-formats.md §3.4).
@@ -138,6 +147,13 @@ impl fmt::Display for ImageError {
             ImageError::TooShort { what, needed, found } => {
                 write!(f, "{} needs {} bytes, only {} given", what, needed, found)
             }
+            ImageError::BadMagic { at, found } if *found == ELF_MAGIC[0] => write!(
+                f,
+                "image at 0x{:x} has invalid magic byte 0x{:02x}, expected 0x{:02x}: 0x{:02x} starts \
+                 an ELF file, which is not an app image (convert it with `esptool elf2image`, or \
+                 use the .bin that `idf.py build` writes next to the .elf)",
+                at, found, IMAGE_MAGIC, found
+            ),
             ImageError::BadMagic { at, found } => write!(
                 f,
                 "image at 0x{:x} has invalid magic byte (nothing flashed here?): found 0x{:02x}, expected 0x{:02x}",

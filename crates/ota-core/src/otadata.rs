@@ -1,7 +1,10 @@
 //! otadata: the two `esp_ota_select_entry_t` sectors that say which OTA slot boots.
 //! Byte-exact entries and CRC, the app-side rules (`esp_ota_set_boot_partition`, the rollback
 //! API) and the bootloader's otadata writes, each as a pure plan plus an I/O step.
-//! idf-formats.md §2.1–2.6.
+//! Upstream (esp-idf): the entry in `components/bootloader_support/include/esp_flash_partitions.h`,
+//! CRC and selection in `components/bootloader_support/src/bootloader_common_loader.c`, the app
+//! side in `components/app_update/esp_ota_ops.c`, the bootloader's writes in
+//! `components/bootloader_support/src/bootloader_utility.c`.
 //!
 //! Every function that changes flash does what ESP-IDF does: erase one 4 KiB otadata sector and
 //! write one 32-byte entry at its start. The `plan_*` functions compute that write without any
@@ -14,30 +17,30 @@ use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 
 use crate::partition::{Label, Partition};
 
-/// Size of one entry (§2.1).
+/// Size of one entry (`esp_flash_partitions.h`).
 pub const ENTRY_SIZE: usize = 32;
-/// Required size of the otadata partition: two 4 KiB sectors (§2.1).
+/// Required size of the otadata partition: two 4 KiB sectors (`esp_flash_partitions.h`).
 pub const OTADATA_SIZE: u32 = 0x2000;
 /// Each entry lives at the start of its own 4 KiB sector; ESP-IDF erases exactly that sector
-/// before writing the entry (`erase_size` / `SPI_SEC_SIZE`, §2.1, §2.4).
+/// before writing the entry (`erase_size` / `SPI_SEC_SIZE`, `esp_flash_partitions.h`, `esp_ota_ops.c`).
 pub const OTADATA_SECTOR_SIZE: u32 = 0x1000;
-/// `ota_seq` of an erased entry (§2.1); such an entry is always invalid (§2.3).
+/// `ota_seq` of an erased entry (`esp_flash_partitions.h`); such an entry is always invalid (`bootloader_common_loader.c`).
 pub const SEQ_ERASED: u32 = 0xFFFF_FFFF;
-/// Length of the `seq_label` field (§2.1).
+/// Length of the `seq_label` field (`esp_flash_partitions.h`).
 pub const SEQ_LABEL_LEN: usize = 20;
-/// `seq_label` as the bootloader writes it and as an erased sector holds it (§2.1, §2.6).
+/// `seq_label` as the bootloader writes it and as an erased sector holds it (`esp_flash_partitions.h`, `bootloader_utility.c`).
 pub const SEQ_LABEL_ERASED: [u8; SEQ_LABEL_LEN] = [0xFF; SEQ_LABEL_LEN];
 
-/// Byte offset of `ota_seq` in an entry (§2.1).
+/// Byte offset of `ota_seq` in an entry (`esp_flash_partitions.h`).
 pub const OFF_SEQ: usize = 0x00;
-/// Byte offset of `seq_label` (§2.1).
+/// Byte offset of `seq_label` (`esp_flash_partitions.h`).
 pub const OFF_SEQ_LABEL: usize = 0x04;
-/// Byte offset of `ota_state` (§2.1; not covered by the CRC).
+/// Byte offset of `ota_state` (`esp_flash_partitions.h`; not covered by the CRC).
 pub const OFF_STATE: usize = 0x18;
-/// Byte offset of `crc` (§2.1).
+/// Byte offset of `crc` (`esp_flash_partitions.h`).
 pub const OFF_CRC: usize = 0x1C;
 
-/// The otadata CRC parameters (idf-formats.md §2.2): reflected CRC-32, poly 0x04C11DB7, but
+/// The otadata CRC parameters (esp-idf `bootloader_common_loader.c`): reflected CRC-32, poly 0x04C11DB7, but
 /// init 0 and xorout 0xFFFFFFFF (`esp_rom_crc32_le(UINT32_MAX, …)`), *not* the standard CRC-32.
 pub const OTA_SELECT_CRC: Algorithm<u32> = Algorithm {
     width: 32,
@@ -46,7 +49,7 @@ pub const OTA_SELECT_CRC: Algorithm<u32> = Algorithm {
     refin: true,
     refout: true,
     xorout: 0xFFFF_FFFF,
-    // Check value over "123456789" (§2.2).
+    // Check value over "123456789" (`bootloader_common_loader.c`).
     check: 0xD202_D277,
     // Residue depends only on poly/reflection/xorout: the same as CRC-32/ISO-HDLC.
     residue: 0xDEBB_20E3,
@@ -55,7 +58,7 @@ pub const OTA_SELECT_CRC: Algorithm<u32> = Algorithm {
 /// 4 input bytes per CRC: a lookup table is not worth its 1 KiB of flash.
 static OTA_CRC: Crc<u32, NoTable> = Crc::<u32, NoTable>::new(&OTA_SELECT_CRC);
 
-/// `esp_ota_img_states_t` (§2.1).
+/// `esp_ota_img_states_t` (`esp_flash_partitions.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OtaState {
     New,
@@ -103,7 +106,7 @@ impl OtaState {
             OtaState::Other(_) => "other",
         }
     }
-    /// State that `esp_rewrite_ota_data` gives a newly selected entry (§2.4):
+    /// State that `esp_rewrite_ota_data` gives a newly selected entry (`esp_ota_ops.c`):
     /// `NEW` with `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`, else `UNDEFINED`.
     pub fn for_new_boot(rollback: bool) -> OtaState {
         if rollback {
@@ -114,7 +117,7 @@ impl OtaState {
     }
 }
 
-/// One `esp_ota_select_entry_t` (§2.1).
+/// One `esp_ota_select_entry_t` (`esp_flash_partitions.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OtaSelectEntry {
     pub seq: u32,
@@ -150,7 +153,7 @@ impl OtaSelectEntry {
         }
     }
 
-    /// Decode the 32 on-flash bytes (little endian, §2.1). Never fails: every bit pattern is an entry.
+    /// Decode the 32 on-flash bytes (little endian, `esp_flash_partitions.h`). Never fails: every bit pattern is an entry.
     pub fn from_bytes(b: &[u8; ENTRY_SIZE]) -> OtaSelectEntry {
         let mut seq_label = [0u8; SEQ_LABEL_LEN];
         if let Some(s) = b.get(OFF_SEQ_LABEL..OFF_SEQ_LABEL + SEQ_LABEL_LEN) {
@@ -164,7 +167,7 @@ impl OtaSelectEntry {
         }
     }
 
-    /// The 32 on-flash bytes (§2.1).
+    /// The 32 on-flash bytes (`esp_flash_partitions.h`).
     pub fn to_bytes(&self) -> [u8; ENTRY_SIZE] {
         let mut b = [0u8; ENTRY_SIZE];
         let fields: [(usize, &[u8]); 4] = [
@@ -181,23 +184,23 @@ impl OtaSelectEntry {
         b
     }
 
-    /// `bootloader_common_ota_select_crc`: the §2.2 CRC over the 4 little-endian bytes of `seq`.
+    /// `bootloader_common_ota_select_crc`: the CRC (`bootloader_common_loader.c`) over the 4 little-endian bytes of `seq`.
     pub fn crc_of(seq: u32) -> u32 {
         OTA_CRC.checksum(&seq.to_le_bytes())
     }
 
-    /// The stored CRC matches `seq` (§2.2). The state word is not covered.
+    /// The stored CRC matches `seq` (`bootloader_common_loader.c`). The state word is not covered.
     pub fn crc_ok(&self) -> bool {
         self.crc == Self::crc_of(self.seq)
     }
 
-    /// `bootloader_common_ota_select_invalid` (§2.3): erased seq or state INVALID/ABORTED.
+    /// `bootloader_common_ota_select_invalid` (`bootloader_common_loader.c`): erased seq or state INVALID/ABORTED.
     /// Deliberately no CRC check (that is what IDF does).
     pub fn is_invalid(&self) -> bool {
         self.seq == SEQ_ERASED || matches!(self.state(), OtaState::Invalid | OtaState::Aborted)
     }
 
-    /// `bootloader_common_ota_select_valid` (§2.3): not invalid and CRC correct.
+    /// `bootloader_common_ota_select_valid` (`bootloader_common_loader.c`): not invalid and CRC correct.
     pub fn is_valid(&self) -> bool {
         !self.is_invalid() && self.crc_ok()
     }
@@ -213,7 +216,7 @@ impl OtaSelectEntry {
         self
     }
 
-    /// Boot slot this entry selects: `(seq - 1) % count` in u32 arithmetic (§2.3), so seq 0
+    /// Boot slot this entry selects: `(seq - 1) % count` in u32 arithmetic (`bootloader_common_loader.c`), so seq 0
     /// maps to `0xFFFFFFFF % count`. `None` when `count == 0` (no OTA slots: IDF never gets here).
     pub fn slot(&self, count: u8) -> Option<u8> {
         let r = self.seq.wrapping_sub(1).checked_rem(u32::from(count))?;
@@ -221,14 +224,14 @@ impl OtaSelectEntry {
     }
 
     /// Erased seq or bad CRC (state ignored). When both entries are like this the bootloader
-    /// treats otadata as "initial contents" (§2.6); `erase_last_boot_app_partition` refuses such
-    /// an inactive entry (§2.5).
+    /// treats otadata as "initial contents" (`bootloader_utility.c`); `erase_last_boot_app_partition` refuses such
+    /// an inactive entry (`esp_ota_ops.c`).
     pub fn is_uninitialised(&self) -> bool {
         self.seq == SEQ_ERASED || !self.crc_ok()
     }
 }
 
-/// Which ESP-IDF release's `esp_rewrite_ota_data` to follow (§2.4).
+/// Which ESP-IDF release's `esp_rewrite_ota_data` to follow (`esp_ota_ops.c`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SetBootRules {
     /// ESP-IDF v6.0+ (default): setting the already-active slot rewrites the *same* sector with
@@ -240,7 +243,7 @@ pub enum SetBootRules {
     LegacyV54,
 }
 
-/// What the bootloader would fall back to after `esp_ota_mark_app_invalid_rollback` (§2.5,
+/// What the bootloader would fall back to after `esp_ota_mark_app_invalid_rollback` (`esp_ota_ops.c`,
 /// `esp_ota_check_rollback_is_possible`). The caller verifies that image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RollbackCandidate {
@@ -253,16 +256,16 @@ pub enum RollbackCandidate {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OtaDataError {
-    /// The otadata partition is smaller than two 4 KiB sectors (§2.1).
+    /// The otadata partition is smaller than two 4 KiB sectors (`esp_flash_partitions.h`).
     PartitionTooSmall { label: Label, size: u32 },
-    /// `ota_{slot}` does not exist: the table has `count` OTA slots (`ESP_ERR_INVALID_ARG`, §2.4).
+    /// `ota_{slot}` does not exist: the table has `count` OTA slots (`ESP_ERR_INVALID_ARG`, `esp_ota_ops.c`).
     SlotOutOfRange { slot: u8, count: u8 },
     /// An entry index other than 0 or 1.
     BadEntryIndex { index: usize },
     /// No valid entry (or no OTA slots): the running app is the factory/default app
-    /// (`ESP_FAIL` "Running firmware is factory", §2.5).
+    /// (`ESP_FAIL` "Running firmware is factory", `esp_ota_ops.c`).
     NoActiveEntry,
-    /// `esp_ota_check_rollback_is_possible()` is false (`ESP_ERR_OTA_ROLLBACK_FAILED`, §2.5).
+    /// `esp_ota_check_rollback_is_possible()` is false (`ESP_ERR_OTA_ROLLBACK_FAILED`, `esp_ota_ops.c`).
     RollbackNotPossible {
         active: usize,
         candidate: Option<RollbackCandidate>,
@@ -317,7 +320,7 @@ impl fmt::Display for OtaDataError {
     }
 }
 
-/// `bootloader_common_select_otadata` (§2.3): among the entries with `ok[i]`, the one with the
+/// `bootloader_common_select_otadata` (`bootloader_common_loader.c`): among the entries with `ok[i]`, the one with the
 /// maximum (`max`) or minimum seq; ties go to entry 0. `None` when neither is ok.
 pub fn select_otadata(entries: &[OtaSelectEntry; 2], ok: [bool; 2], max: bool) -> Option<usize> {
     match ok {
@@ -340,7 +343,7 @@ fn check_index(idx: usize) -> Result<(), OtaDataError> {
     }
 }
 
-/// Offset of entry `idx` inside the otadata partition (§2.1).
+/// Offset of entry `idx` inside the otadata partition (`esp_flash_partitions.h`).
 fn sector_offset(idx: usize) -> u32 {
     if idx == 0 {
         0
@@ -350,7 +353,7 @@ fn sector_offset(idx: usize) -> u32 {
 }
 
 /// Smallest `v = base + i*count >= seq` with `base = (slot+1) % count` — the `while` loop of
-/// `compute_ota_seq_for_target_slot` (§2.4), without its u32 wrap-around.
+/// `compute_ota_seq_for_target_slot` (`esp_ota_ops.c`), without its u32 wrap-around.
 fn next_seq_for_slot(seq: u32, slot: u8, count: u8) -> Result<u32, OtaDataError> {
     let n = u64::from(count);
     if n == 0 {
@@ -379,7 +382,7 @@ impl Default for OtaData {
 }
 
 impl OtaData {
-    /// Freshly flashed otadata (`ota_data_initial.bin` = all 0xFF, §2.1).
+    /// Freshly flashed otadata (`ota_data_initial.bin` = all 0xFF, `esp_flash_partitions.h`).
     pub const fn erased() -> OtaData {
         OtaData {
             entries: [OtaSelectEntry::ERASED; 2],
@@ -401,7 +404,7 @@ impl OtaData {
         [self.entries[0].to_bytes(), self.entries[1].to_bytes()]
     }
 
-    /// The partition is big enough for two entry sectors (§2.1; the bootloader refuses smaller).
+    /// The partition is big enough for two entry sectors (`esp_flash_partitions.h`; the bootloader refuses smaller).
     pub fn check_partition(part: &Partition) -> Result<(), OtaDataError> {
         if part.size < OTADATA_SIZE {
             return Err(OtaDataError::PartitionTooSmall {
@@ -423,12 +426,12 @@ impl OtaData {
         Ok(Self::from_sectors(&s[0], &s[1]))
     }
 
-    /// `[valid(e0), valid(e1)]` (§2.3).
+    /// `[valid(e0), valid(e1)]` (`bootloader_common_loader.c`).
     pub fn valid(&self) -> [bool; 2] {
         [self.entries[0].is_valid(), self.entries[1].is_valid()]
     }
 
-    /// Index (0/1) of the active entry (`get_active_otadata`, §2.3), or None.
+    /// Index (0/1) of the active entry (`get_active_otadata`, `bootloader_common_loader.c`), or None.
     pub fn active(&self) -> Option<usize> {
         select_otadata(&self.entries, self.valid(), true)
     }
@@ -438,26 +441,26 @@ impl OtaData {
         self.active().and_then(|i| self.entries.get(i))
     }
 
-    /// Boot slot of the active entry: `(seq - 1) % count` (§2.3). None if there is no active
+    /// Boot slot of the active entry: `(seq - 1) % count` (`bootloader_common_loader.c`). None if there is no active
     /// entry or `count == 0`.
     pub fn boot_slot(&self, count: u8) -> Option<u8> {
         self.active_entry()?.slot(count)
     }
 
     /// Both entries `invalid()` (no CRC check): the bootloader then boots factory / tries ota_0
-    /// (§2.6) and `esp_ota_get_boot_partition` returns the default app (§2.5).
+    /// (`bootloader_utility.c`) and `esp_ota_get_boot_partition` returns the default app (`esp_ota_ops.c`).
     pub fn both_invalid(&self) -> bool {
         self.entries[0].is_invalid() && self.entries[1].is_invalid()
     }
 
     /// Both entries are erased or have a bad CRC: the bootloader's `ota_has_initial_contents`
-    /// condition, after which it calls `set_actual_ota_seq` (§2.6).
+    /// condition, after which it calls `set_actual_ota_seq` (`bootloader_utility.c`).
     pub fn has_initial_contents(&self) -> bool {
         self.entries[0].is_uninitialised() && self.entries[1].is_uninitialised()
     }
 
     // ---------------------------------------------------------------------------------------
-    // esp_ota_set_boot_partition → esp_rewrite_ota_data (§2.4)
+    // esp_ota_set_boot_partition → esp_rewrite_ota_data (`esp_ota_ops.c`)
 
     /// The write `esp_rewrite_ota_data` (ESP-IDF v6 rules) would do to make `slot` boot:
     /// `(sector index, entry)`. No I/O.
@@ -494,7 +497,7 @@ impl OtaData {
             // Both entries invalid/erased: sector 0, seq = slot + 1.
             None => (0, u32::from(slot) + 1),
         };
-        // Only seq, crc and state change: the label bytes read from that sector stay (§2.1).
+        // Only seq, crc and state change: the label bytes read from that sector stay (`esp_flash_partitions.h`).
         let mut e = self.entries[next];
         e.seq = seq;
         e.crc = OtaSelectEntry::crc_of(seq);
@@ -502,7 +505,7 @@ impl OtaData {
         Ok((next, e))
     }
 
-    /// `esp_rewrite_ota_data` (ESP-IDF v6 rules, §2.4): make `slot` the boot slot; erases one
+    /// `esp_rewrite_ota_data` (ESP-IDF v6 rules, `esp_ota_ops.c`): make `slot` the boot slot; erases one
     /// otadata sector and writes one entry. Returns the sector index written.
     pub fn set_boot<F: NorFlash>(
         &mut self,
@@ -531,7 +534,7 @@ impl OtaData {
     }
 
     /// Erase otadata sector `idx` (4 KiB) and write `entry` at its start (`rewrite_ota_seq` /
-    /// the bootloader's `write_otadata`, §2.4, §2.6). Does not update any in-memory copy.
+    /// the bootloader's `write_otadata`, `esp_ota_ops.c`, `bootloader_utility.c`). Does not update any in-memory copy.
     pub fn write_entry<F: NorFlash>(
         flash: &mut F,
         part: &Partition,
@@ -562,7 +565,7 @@ impl OtaData {
         Ok(())
     }
 
-    /// Erase the whole otadata partition: what `esp_ota_set_boot_partition(factory)` does (§2.4).
+    /// Erase the whole otadata partition: what `esp_ota_set_boot_partition(factory)` does (`esp_ota_ops.c`).
     /// Re-read, or use [`OtaData::erased`], afterwards.
     pub fn erase_all<F: NorFlash>(flash: &mut F, part: &Partition) -> Result<(), crate::Error> {
         Self::check_partition(part)?;
@@ -571,11 +574,11 @@ impl OtaData {
     }
 
     // ---------------------------------------------------------------------------------------
-    // Rollback API (§2.5)
+    // Rollback API (`esp_ota_ops.c`)
 
     /// `esp_ota_mark_app_valid_cancel_rollback` as a plan: `None` when the active entry is
     /// already VALID (IDF writes nothing), else the same-sector rewrite with state VALID.
-    /// Acts on the *active* entry, not on "the running partition" (§2.5).
+    /// Acts on the *active* entry, not on "the running partition" (`esp_ota_ops.c`).
     pub fn plan_mark_valid(
         &self,
         count: u8,
@@ -607,7 +610,7 @@ impl OtaData {
         }
     }
 
-    /// Which image `esp_ota_check_rollback_is_possible` would verify (§2.5): the other entry's
+    /// Which image `esp_ota_check_rollback_is_possible` would verify (`esp_ota_ops.c`): the other entry's
     /// slot if that entry is valid, else the factory app. `None` when there is no active entry
     /// or no OTA slots (then rollback is impossible).
     pub fn rollback_candidate(&self, count: u8) -> Option<RollbackCandidate> {
@@ -627,7 +630,7 @@ impl OtaData {
         }
     }
 
-    /// `esp_ota_check_rollback_is_possible` (§2.5). `other_image_ok`: the caller verified the
+    /// `esp_ota_check_rollback_is_possible` (`esp_ota_ops.c`). `other_image_ok`: the caller verified the
     /// image named by [`rollback_candidate`](Self::rollback_candidate) (for `Factory`: a factory
     /// partition exists and verifies).
     pub fn rollback_possible(&self, count: u8, other_image_ok: bool) -> bool {
@@ -671,14 +674,14 @@ impl OtaData {
         Ok(idx)
     }
 
-    /// `rewrite_ota_seq(e, e.seq, same sector)` with a new state: the CRC is recomputed (§2.4).
+    /// `rewrite_ota_seq(e, e.seq, same sector)` with a new state: the CRC is recomputed (`esp_ota_ops.c`).
     fn rewrite_same_seq(e: OtaSelectEntry, state: OtaState) -> OtaSelectEntry {
         let mut e = e.with_state(state);
         e.crc = OtaSelectEntry::crc_of(e.seq);
         e
     }
 
-    /// `esp_ota_get_state_partition(ota_{slot})` (§2.5): the first entry (0, then 1) whose slot
+    /// `esp_ota_get_state_partition(ota_{slot})` (`esp_ota_ops.c`): the first entry (0, then 1) whose slot
     /// is `slot` and whose CRC matches. No other validity check (an ABORTED entry is found).
     pub fn state_of_slot(&self, slot: u8, count: u8) -> Option<OtaState> {
         self.entries
@@ -687,7 +690,7 @@ impl OtaData {
             .map(|e| e.state())
     }
 
-    /// `esp_ota_get_last_invalid_partition` (§2.5), without the image check: among entries that
+    /// `esp_ota_get_last_invalid_partition` (`esp_ota_ops.c`), without the image check: among entries that
     /// are not erased, have a correct CRC and are INVALID/ABORTED, the slot of the one with the
     /// *lowest* seq (ties → entry 0). The caller verifies that slot's image.
     pub fn last_invalid_slot(&self, count: u8) -> Option<u8> {
@@ -701,7 +704,7 @@ impl OtaData {
     }
 
     /// `esp_ota_invalidate_inactive_ota_data_slot` / `esp_ota_erase_last_boot_app_partition`
-    /// (§2.5) as a plan: `(inactive entry index, its slot)` to erase, or None when IDF returns
+    /// (`esp_ota_ops.c`) as a plan: `(inactive entry index, its slot)` to erase, or None when IDF returns
     /// `ESP_FAIL` (no active entry, no slots, inactive entry erased or CRC bad, or its slot is the
     /// running one). `running_slot`: the running app's OTA slot (None for factory/test).
     pub fn plan_invalidate_inactive(
@@ -742,7 +745,7 @@ impl OtaData {
     }
 
     // ---------------------------------------------------------------------------------------
-    // Bootloader-side writes (§2.6). The selection logic itself lives in `boot.rs`.
+    // Bootloader-side writes (`bootloader_utility.c`). The selection logic itself lives in `boot.rs`.
 
     /// The first step of `get_selected_boot_partition` with `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`:
     /// every PENDING_VERIFY entry becomes ABORTED. `[Some(new entry) if sector i is rewritten]`.
@@ -774,7 +777,7 @@ impl OtaData {
     }
 
     /// After the bootloader chose entry `idx`: with rollback, a NEW entry becomes PENDING_VERIFY
-    /// (§2.6; done before the image is even loaded). `None` when nothing is written.
+    /// (`bootloader_utility.c`; done before the image is even loaded). `None` when nothing is written.
     pub fn plan_bootloader_mark_pending(
         &self,
         idx: usize,
@@ -803,12 +806,12 @@ impl OtaData {
         }
     }
 
-    /// The entry `set_actual_ota_seq(idx)` writes: seq `idx + 1`, VALID, label 0xFF×20 (§2.6).
+    /// The entry `set_actual_ota_seq(idx)` writes: seq `idx + 1`, VALID, label 0xFF×20 (`bootloader_utility.c`).
     pub fn actual_ota_seq_entry(idx: u8) -> OtaSelectEntry {
         OtaSelectEntry::new(u32::from(idx) + 1, OtaState::Valid)
     }
 
-    /// The bootloader's `set_actual_ota_seq(idx)` (§2.6): erase sector 0 and write
+    /// The bootloader's `set_actual_ota_seq(idx)` (`bootloader_utility.c`): erase sector 0 and write
     /// [`actual_ota_seq_entry`](Self::actual_ota_seq_entry). Only called by the bootloader when it
     /// booted OTA app `idx` from "initial contents" otadata (see [`has_initial_contents`](Self::has_initial_contents)).
     pub fn set_actual_ota_seq<F: NorFlash>(
@@ -881,7 +884,7 @@ mod tests {
         out
     }
 
-    /// 32 bytes as printed in idf-formats.md §2.4: seq (LE), ff×20, state, crc (LE).
+    /// 32 bytes as `esp_rewrite_ota_data` writes them (esp-idf `esp_ota_ops.c`): seq (LE), ff×20, state, crc (LE).
     fn ent(seq: &str, state: &str, crc: &str) -> [u8; 32] {
         let mut s = [0u8; 64 + 3];
         let parts = [seq, "ffffffffffffffffffffffffffffffffffffffff", state, crc];
@@ -897,7 +900,7 @@ mod tests {
 
     #[test]
     fn crc_matches_reference_table() {
-        // idf-formats.md §2.2
+        // esp-idf `bootloader_common_loader.c`
         let table: [(u32, u32); 8] = [
             (1, 0x4743_989A),
             (2, 0x55F6_3774),
@@ -979,7 +982,7 @@ mod tests {
         // Erased seq with its (computed) CRC is still invalid.
         assert!(OtaSelectEntry::new(SEQ_ERASED, OtaState::Valid).is_invalid());
         assert!(OtaSelectEntry::ERASED.is_invalid());
-        // seq 0 with a correct CRC counts as valid (§2.3). Its CRC is 0xFFFFFFFF (init 0, zero
+        // seq 0 with a correct CRC counts as valid (`bootloader_common_loader.c`). Its CRC is 0xFFFFFFFF (init 0, zero
         // data, xorout all ones), so seq 0 with an *erased* CRC word is valid too.
         assert!(OtaSelectEntry::new(0, OtaState::Undefined).is_valid());
         assert_eq!(OtaSelectEntry::crc_of(0), 0xFFFF_FFFF);
@@ -1120,7 +1123,7 @@ mod tests {
         assert!(matches!(err, crate::Error::Flash(_)), "{err:?}");
     }
 
-    /// One step of the §2.4 worked example: call set_boot, check the returned sector and the
+    /// One step of a worked set-boot sequence (`esp_ota_ops.c` rules): call set_boot, check the returned sector and the
     /// 32 bytes of both sectors, and that a fresh read equals the in-memory copy.
     fn step(
         f: &mut Flash,

@@ -123,7 +123,7 @@ fn part(label: &str, ptype: u8, subtype: u8, offset: u32, size: u32) -> Partitio
     }
 }
 
-/// ESP-ADF examples/ota with 1 MB slots (adf-ota-service.md §9.2, README log layout).
+/// ESP-ADF examples/ota with 1 MB slots (esp-adf `examples/ota/partitions.csv`, README log layout).
 pub fn example_table() -> PartitionTable {
     let mut t = PartitionTable::new();
     for p in [

@@ -1,4 +1,4 @@
-//! Version policies: `none` (ADF default), `newer` (ADF's strict `vX.Y.Z`, adf-ota-service.md §5)
+//! Version policies: `none` (ADF default), `newer` (ADF's strict `vX.Y.Z`, esp-adf `ota_proc_default.c` `ota_get_version_number`)
 //! and `semver` (semantic versions, also ordering `git describe` strings).
 //!
 //! [`check`] decides whether an incoming version may replace the current one; it never
@@ -73,14 +73,14 @@ impl fmt::Display for VersionVerdict {
     }
 }
 
-/// Longest string `ota_get_version_number` accepts (`strlen > 32` → −1, adf-ota-service.md §5).
+/// Longest string `ota_get_version_number` accepts (`strlen > 32` → −1, esp-adf `ota_proc_default.c` `ota_get_version_number`).
 pub const ADF_VERSION_MAX_LEN: usize = 32;
-/// Each of the three components must be ≤ 255 (§5).
+/// Each of the three components must be ≤ 255 (`ota_proc_default.c` `ota_get_version_number`).
 const ADF_COMPONENT_MAX: u32 = 255;
-/// Number of components ADF requires (`cnt` 2, 1, 0 and then −1, §5).
+/// Number of components ADF requires (`cnt` 2, 1, 0 and then −1, `ota_proc_default.c` `ota_get_version_number`).
 const ADF_COMPONENTS: u32 = 3;
 
-/// ADF's `ota_get_version_number` (adf-ota-service.md §5): `Some(major<<16 | minor<<8 | patch)`
+/// ADF's `ota_get_version_number` (esp-adf `ota_proc_default.c` `ota_get_version_number`): `Some(major<<16 | minor<<8 | patch)`
 /// for `vX.Y.Z` / `VX.Y.Z`, `None` where ADF returns −1.
 ///
 /// C semantics kept: the string ends at the first NUL; more than 32 bytes fails; `strtok(".")`
@@ -303,7 +303,7 @@ pub fn compare_semver(a: &str, b: &str) -> Option<Ordering> {
 /// Apply `policy` to the running/current version and the incoming one.
 ///
 /// * `None`: always [`VersionVerdict::Accept`] (ADF default, no version check).
-/// * `Newer` (ADF, adf-ota-service.md §5): incoming must parse under [`adf_version_number`]
+/// * `Newer` (ADF, esp-adf `ota_proc_default.c` `ota_get_version_number`): incoming must parse under [`adf_version_number`]
 ///   else `InvalidIncoming`; a current version that is absent or does not parse counts as −1
 ///   and loses; `incoming <= current` → `NotNewer`.
 /// * `Semver`: incoming must parse under [`compare_semver`]'s grammar else `InvalidIncoming`;
@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn adf_version_number_matches_vector_table() {
-        // adf-ota-service.md §5 (None = −1).
+        // esp-adf `ota_proc_default.c` `ota_get_version_number` (None = −1).
         let table: [(&str, Option<u32>); 22] = [
             ("v1.2.3", Some(0x010203)),
             ("V1.2.3", Some(0x010203)),

@@ -2,7 +2,7 @@
 //!
 //! The contents live in memory for reads; every program or erase is written through to the
 //! backing file at once, so whenever the process stops the file holds exactly what a chip's
-//! flash would hold. NOR rules (idf-formats.md §2.8, §7 item 5): 4 KiB erase sectors, erase sets
+//! flash would hold. NOR rules (esp-idf `components/spi_flash`): 4 KiB erase sectors, erase sets
 //! 0xFF, programming can only clear bits.
 
 use std::fs::{File, OpenOptions};
@@ -15,9 +15,9 @@ use ota_core::flash::FlashOp;
 
 use crate::error::EmuError;
 
-/// Erase granularity of ESP32 SPI flash: 4 KiB sectors (idf-formats.md §2.8, §7 item 5).
+/// Erase granularity of ESP32 SPI flash: 4 KiB sectors (`SPI_FLASH_SEC_SIZE`, esp-idf `components/spi_flash/include/spi_flash_mmap.h`).
 pub const SECTOR_SIZE: u32 = ota_core::flash::SECTOR_SIZE;
-/// Value of every byte of an erased sector (idf-formats.md §2.8, §7 item 5).
+/// Value of every byte of an erased sector (`SPI_FLASH_SEC_SIZE`, esp-idf `components/spi_flash/include/spi_flash_mmap.h`).
 pub const ERASED: u8 = 0xFF;
 
 /// Faults to inject, counted from the moment the plan is set ([`EmuFlash::set_fault_plan`]).
@@ -40,7 +40,7 @@ pub struct FaultPlan {
     /// How a power cut leaves the rest of the sector a torn erase was working on. `None`: those
     /// bytes keep their old content. `Some(seed)`: they hold pseudo-random bytes drawn from
     /// `seed` and their address (the same seed always gives the same garbage), as a real
-    /// interrupted erase may leave them (peers.md §7; embedded-storage's power-loss contract
+    /// interrupted erase may leave them (embedded-storage's power-loss contract
     /// calls such a sector undefined). Only the sector in progress is affected: later sectors of
     /// a multi-sector erase keep their old content.
     pub torn_erase_random: Option<u64>,
@@ -488,7 +488,7 @@ impl EmuFlash {
                 });
             }
         }
-        // NOR: programming clears bits only (idf-formats.md §2.8). Check all before changing any.
+        // NOR: programming clears bits only (esp-idf `components/spi_flash`). Check all before changing any.
         if let Some((i, (&old, &new))) = self.mem[r.clone()]
             .iter()
             .zip(data)
@@ -592,7 +592,7 @@ impl ReadNorFlash for EmuFlash {
 impl NorFlash for EmuFlash {
     /// Any byte can be programmed (SPI flash page program has byte granularity).
     const WRITE_SIZE: usize = 1;
-    /// One sector (idf-formats.md §2.8).
+    /// One sector (`SPI_FLASH_SEC_SIZE`).
     const ERASE_SIZE: usize = SECTOR_SIZE as usize;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), EmuError> {

@@ -15,7 +15,7 @@ use crate::error::EmuError;
 /// Appended to the flash file's name to name its settings file.
 pub const SETTINGS_SUFFIX: &str = ".device.toml";
 
-/// The bootloader's build options that change app selection (idf-formats.md §2.6, §2.7).
+/// The bootloader's build options that change app selection (esp-idf `bootloader_utility.c`, `esp_efuse_fields.c`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootloaderSettings {
@@ -31,7 +31,7 @@ pub struct BootloaderSettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EfuseSettings {
-    /// The `SECURE_VERSION` field as a counter: the number of bits burnt (idf-formats.md §2.7).
+    /// The `SECURE_VERSION` field as a counter: the number of bits burnt (esp-idf `bootloader_utility.c`, `esp_efuse_fields.c`).
     /// It only ever goes up, and at most to the chip's field width
     /// ([`ota_core::boot::secure_version_field_bits`]).
     #[serde(default)]
@@ -101,7 +101,7 @@ impl DeviceSettings {
         Ok(())
     }
 
-    /// The eFuse counter must fit the chip's field (idf-formats.md §2.7).
+    /// The eFuse counter must fit the chip's field (esp-idf `bootloader_utility.c`, `esp_efuse_fields.c`).
     pub fn check_for_chip(&self, chip: Chip) -> Result<(), String> {
         let bits = boot::secure_version_field_bits(chip);
         if self.efuse.secure_version > bits {

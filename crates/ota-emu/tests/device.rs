@@ -25,7 +25,7 @@ fn vectors() -> Option<PathBuf> {
     }
 }
 
-/// A 24-byte image header by hand (idf-formats.md §3.2): magic, 3 segments, DIO, byte 3, chip id.
+/// A 24-byte image header by hand (esp-idf `esp_app_format.h`): magic, 3 segments, DIO, byte 3, chip id.
 fn header(byte3: u8, chip_id: u16) -> [u8; IMAGE_HEADER_LEN] {
     let mut h = [0u8; IMAGE_HEADER_LEN];
     h[0] = 0xE9;
@@ -38,7 +38,7 @@ fn header(byte3: u8, chip_id: u16) -> [u8; IMAGE_HEADER_LEN] {
     h
 }
 
-/// A partition table entry (idf-formats.md §1.2).
+/// A partition table entry (esp-idf `esp_flash_partitions.h`).
 fn entry(ptype: u8, subtype: u8, offset: u32, size: u32, label: &str) -> [u8; 32] {
     let mut e = [0u8; 32];
     e[0] = 0xAA;
@@ -51,7 +51,7 @@ fn entry(ptype: u8, subtype: u8, offset: u32, size: u32, label: &str) -> [u8; 32
     e
 }
 
-/// nvs, otadata, phy_init, ota_0, ota_1; no MD5 entry (optional for the bootloader, §1.4a);
+/// nvs, otadata, phy_init, ota_0, ota_1; no MD5 entry (optional for the bootloader, `flash_partitions.c`);
 /// the erased flash after it is the terminator.
 fn ota_table() -> Vec<u8> {
     [
@@ -205,7 +205,7 @@ fn dump_larger_than_header_keeps_header_size_and_reports_file_size() {
 
 #[test]
 fn table_larger_than_header_flash_size_is_rejected_by_bootloader_rule() {
-    // Header says 1MB; ota_1 ends at 2.0625MB: the bootloader rejects the table (§1.4a).
+    // Header says 1MB; ota_1 ends at 2.0625MB: the bootloader rejects the table (`flash_partitions.c`).
     let mut f = EmuFlash::in_memory(4 * MB);
     layout::write_raw(&mut f, 0x1000, &header(0x00, 0x0000)).unwrap();
     layout::write_raw(&mut f, 0x8000, &ota_table()).unwrap();

@@ -241,7 +241,7 @@ fn real_flash_tone_bin_round_trips_through_a_fat_image() {
         &[("flash_tone.bin", &data)],
     )
     .unwrap();
-    // The ADF example's DATA_UPGRADE_URI (adf-ota-service.md §9.1).
+    // The ADF example's DATA_UPGRADE_URI (esp-adf `examples/ota/main/Kconfig.projbuild`).
     let (v, size) = read_uri(&card, "file://sdcard/flash_tone.bin");
     assert_eq!(size, 434_756);
     assert!(v == data);

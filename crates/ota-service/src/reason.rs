@@ -1,14 +1,17 @@
-//! ESP-ADF's numeric result reasons (`ota_service_err_reason_t`, adf-ota-service.md §2.3).
+//! ESP-ADF's numeric result reasons (`ota_service_err_reason_t` in esp-adf
+//! `components/ota_service/include/ota_service.h`), and the ESP-IDF `esp_err_t` codes that ADF
+//! passes through the same field.
 //!
 //! Kept so results can be reported exactly as ADF applications expect, while our [`Outcome`]
 //! (crate::service) says what really happened: success, skipped (not newer) or failed.
 
 use std::fmt;
 
-/// `OTA_SERVICE_ERR_REASON_BASE` (adf-ota-service.md §2.1).
+/// `OTA_SERVICE_ERR_REASON_BASE` (esp-adf `components/ota_service/include/ota_service.h`).
 pub const REASON_BASE: i32 = 0x90000;
 
-/// A known ADF reason, or any other `esp_err_t` code (adf-ota-service.md §2.3 note).
+/// A known ADF reason, or any other `esp_err_t` code: ADF's app procedures return ESP-IDF's
+/// codes through the same field (esp-adf `components/ota_service/ota_proc_default.c`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     Unknown,
@@ -26,7 +29,8 @@ pub enum Reason {
     StreamInitFail,
     StreamRdFail,
     GetNewAppDescFail,
-    /// `ESP_ERR_OTA_VALIDATE_FAILED` (idf-formats.md §2.8): the written image did not verify.
+    /// `ESP_ERR_OTA_VALIDATE_FAILED` (esp-idf `components/app_update/include/esp_ota_ops.h`):
+    /// the written image did not verify.
     OtaValidateFailed,
     /// Any other raw `esp_err_t`.
     Other(i32),
@@ -98,18 +102,54 @@ impl Reason {
             Reason::StreamRdFail => "STREAM_RD_FAIL",
             Reason::GetNewAppDescFail => "GET_NEW_APP_DESC_FAIL",
             Reason::OtaValidateFailed => "ESP_ERR_OTA_VALIDATE_FAILED",
-            Reason::Other(crate::items::ESP_ERR_OTA_SMALL_SEC_VER) => "ESP_ERR_OTA_SMALL_SEC_VER",
-            Reason::Other(crate::items::ESP_ERR_OTA_ROLLBACK_INVALID_STATE) => {
-                "ESP_ERR_OTA_ROLLBACK_INVALID_STATE"
-            }
-            Reason::Other(_) => "OTHER",
+            Reason::Other(c) => esp_err_name(c).unwrap_or("UNKNOWN ERROR"),
         }
     }
 }
 
+/// `ESP_ERR_OTA_BASE` (esp-idf `components/app_update/include/esp_ota_ops.h`).
+pub const ESP_ERR_OTA_BASE: i32 = 0x1500;
+/// `ESP_ERR_HTTPS_OTA_BASE` (esp-idf `components/esp_https_ota/include/esp_https_ota.h`).
+pub const ESP_ERR_HTTPS_OTA_BASE: i32 = 0x9000;
+
+/// The `esp_err_to_name` name of the ESP-IDF codes an OTA can report (esp-idf
+/// `components/esp_common/include/esp_err.h`, `components/app_update/include/esp_ota_ops.h`,
+/// `components/esp_https_ota/include/esp_https_ota.h`).
+pub fn esp_err_name(code: i32) -> Option<&'static str> {
+    Some(match code {
+        0 => "ESP_OK",
+        -1 => "ESP_FAIL",
+        0x101 => "ESP_ERR_NO_MEM",
+        0x102 => "ESP_ERR_INVALID_ARG",
+        0x103 => "ESP_ERR_INVALID_STATE",
+        0x104 => "ESP_ERR_INVALID_SIZE",
+        0x105 => "ESP_ERR_NOT_FOUND",
+        0x106 => "ESP_ERR_NOT_SUPPORTED",
+        0x107 => "ESP_ERR_TIMEOUT",
+        0x108 => "ESP_ERR_INVALID_RESPONSE",
+        0x109 => "ESP_ERR_INVALID_CRC",
+        0x10A => "ESP_ERR_INVALID_VERSION",
+        0x10D => "ESP_ERR_NOT_ALLOWED",
+        c if c == ESP_ERR_OTA_BASE => "ESP_ERR_OTA_BASE",
+        c if c == ESP_ERR_OTA_BASE + 1 => "ESP_ERR_OTA_PARTITION_CONFLICT",
+        c if c == ESP_ERR_OTA_BASE + 2 => "ESP_ERR_OTA_SELECT_INFO_INVALID",
+        c if c == ESP_ERR_OTA_BASE + 3 => "ESP_ERR_OTA_VALIDATE_FAILED",
+        c if c == ESP_ERR_OTA_BASE + 4 => "ESP_ERR_OTA_SMALL_SEC_VER",
+        c if c == ESP_ERR_OTA_BASE + 5 => "ESP_ERR_OTA_ROLLBACK_FAILED",
+        c if c == ESP_ERR_OTA_BASE + 6 => "ESP_ERR_OTA_ROLLBACK_INVALID_STATE",
+        c if c == ESP_ERR_HTTPS_OTA_BASE => "ESP_ERR_HTTPS_OTA_BASE",
+        c if c == ESP_ERR_HTTPS_OTA_BASE + 1 => "ESP_ERR_HTTPS_OTA_IN_PROGRESS",
+        _ => return None,
+    })
+}
+
+/// One format for every code, hex then name, as ESP-IDF's `ESP_ERROR_CHECK` prints an
+/// `esp_err_t` (`0x1503 (ESP_ERR_OTA_VALIDATE_FAILED)`) without the parentheses:
+/// `0x90004 NO_HIGHER_VERSION`, `0x1506 ESP_ERR_OTA_ROLLBACK_INVALID_STATE`, `0xffffffff
+/// UNKNOWN` (ESP_FAIL, ADF's `OTA_SERV_ERR_REASON_UNKNOWN`).
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:#x})", self.name(), self.code())
+        write!(f, "{:#x} {}", self.code(), self.name())
     }
 }
 
@@ -125,5 +165,31 @@ mod tests {
         assert_eq!(Reason::from_code(0x90008), Reason::PartitionNotFound);
         assert_eq!(Reason::from_code(0x102), Reason::Other(0x102));
         assert_eq!(Reason::from_code(-1), Reason::Unknown);
+    }
+
+    #[test]
+    fn reasons_print_as_hex_then_name() {
+        assert_eq!(
+            Reason::NoHigherVersion.to_string(),
+            "0x90004 NO_HIGHER_VERSION"
+        );
+        assert_eq!(
+            Reason::OtaValidateFailed.to_string(),
+            "0x1503 ESP_ERR_OTA_VALIDATE_FAILED"
+        );
+        assert_eq!(
+            Reason::Other(0x1506).to_string(),
+            "0x1506 ESP_ERR_OTA_ROLLBACK_INVALID_STATE"
+        );
+        assert_eq!(
+            Reason::Other(0x1504).to_string(),
+            "0x1504 ESP_ERR_OTA_SMALL_SEC_VER"
+        );
+        assert_eq!(
+            Reason::Other(0x102).to_string(),
+            "0x102 ESP_ERR_INVALID_ARG"
+        );
+        assert_eq!(Reason::Unknown.to_string(), "0xffffffff UNKNOWN");
+        assert_eq!(Reason::Other(0x7777).to_string(), "0x7777 UNKNOWN ERROR");
     }
 }

@@ -1,5 +1,5 @@
 //! The OTA service: an upgrade list of items, each with ADF's four hooks, run in order
-//! (adf-ota-service.md §3), with ADF's bugs fixed (§11): a not-newer image is *skipped* (no
+//! (esp-adf `ota_service.c`), with ADF's bugs fixed (README "How it maps to ESP-ADF's ota_service"): a not-newer image is *skipped* (no
 //! reboot), the real failure reason is kept, and the restart happens after the list only when
 //! an item that really succeeded asks for it.
 
@@ -74,6 +74,8 @@ pub enum Event {
         tag: &'static str,
         message: String,
     },
+    /// Item `id` starts; `item` describes it (its URI).
+    Start { id: usize, item: String },
     /// Bytes of item `id` processed so far.
     Progress {
         id: usize,
@@ -128,7 +130,7 @@ pub struct Device<'a, F: NorFlash> {
     /// Commit new apps as NEW (bootloader rollback enabled).
     pub rollback: bool,
     /// Anti-rollback enabled, with this eFuse secure-version counter: app images with a lower
-    /// `secure_version` are refused (idf-formats.md §2.7). None: disabled.
+    /// `secure_version` are refused (esp-idf `bootloader_utility.c`, `esp_efuse_fields.c`). None: disabled.
     pub anti_rollback: Option<u32>,
 }
 
@@ -161,7 +163,7 @@ impl Env<'_> {
     }
 }
 
-/// One entry of the upgrade list: ADF's `ota_upgrade_ops_t` as a trait (adf-ota-service.md §2.4).
+/// One entry of the upgrade list: ADF's `ota_upgrade_ops_t` as a trait (esp-adf `ota_service.h`).
 pub trait UpgradeItem<F: NorFlash> {
     /// A short description (the URI) for logs.
     fn describe(&self) -> String;
@@ -187,7 +189,7 @@ pub trait UpgradeItem<F: NorFlash> {
         id: usize,
     ) -> Result<(), ItemError>;
     /// Clean up and give the verdict; called on every path after the hooks ran. The default keeps
-    /// the result it is given (fixing ADF's app finish, which ignored it: §11 bug 1).
+    /// the result it is given (fixing ADF's app finish, which ignored it).
     fn finished_check(
         &mut self,
         _dev: &mut Device<'_, F>,
@@ -214,7 +216,7 @@ pub struct RunReport {
     pub restart: bool,
 }
 
-/// `ota_service_process` for one item (adf-ota-service.md §3.1).
+/// `ota_service_process` for one item (esp-adf `ota_service.c`).
 pub fn process_item<F: NorFlash>(
     item: &mut dyn UpgradeItem<F>,
     dev: &mut Device<'_, F>,
@@ -256,7 +258,7 @@ pub fn process_item<F: NorFlash>(
     item.finished_check(dev, env, id, result)
 }
 
-/// Run the list in order (the service task's START state, adf-ota-service.md §3): a Result event
+/// Run the list in order (the service task's START state, esp-adf `ota_service.c`): a Result event
 /// per item, a break after a failed `break_after_fail` item, then Restart (a successful item
 /// with `reboot`) or Finish.
 pub fn run_list<F: NorFlash>(
@@ -266,6 +268,10 @@ pub fn run_list<F: NorFlash>(
 ) -> RunReport {
     let mut report = RunReport::default();
     for (id, item) in items.iter_mut().enumerate() {
+        env.emit(Event::Start {
+            id,
+            item: item.describe(),
+        });
         let outcome = process_item(item.as_mut(), dev, env, id);
         let failed = matches!(outcome, Outcome::Failed { .. });
         if outcome.is_success() && item.reboot() {

@@ -1,4 +1,4 @@
-//! gen_esp32part.py's CSV partition tables (idf-formats.md §1.6, §1.7): parsing with its exact
+//! gen_esp32part.py's CSV partition tables (esp-idf gen_esp32part.py, gen_esp32part.py `verify()`): parsing with its exact
 //! rules, `verify()` with its exact messages, and `to_csv()` output. No allocation: rows live
 //! in a fixed array, names are borrowed from the text while parsing.
 //!
@@ -26,29 +26,29 @@ use super::{
     TYPE_APP, TYPE_BOOTLOADER, TYPE_DATA, TYPE_PARTITION_TABLE,
 };
 
-/// `K` suffix multiplier (`parse_int`, §1.6).
+/// `K` suffix multiplier (`parse_int`, gen_esp32part.py).
 const KIB: i64 = 1024;
-/// `M` suffix multiplier (`parse_int`, §1.6).
+/// `M` suffix multiplier (`parse_int`, gen_esp32part.py).
 const MIB: i64 = 1024 * 1024;
-/// Offset alignment of app partitions (`ALIGNMENT[APP_TYPE]`, §1.6, §1.7 rule 2).
+/// Offset alignment of app partitions (`ALIGNMENT[APP_TYPE]`, gen_esp32part.py, gen_esp32part.py `verify()` rule 2).
 const APP_OFFSET_ALIGN: i64 = 0x10000;
-/// Offset alignment of every other type (`ALIGNMENT`, default `DATA_TYPE`, §1.7 rule 2).
+/// Offset alignment of every other type (`ALIGNMENT`, default `DATA_TYPE`, gen_esp32part.py `verify()` rule 2).
 const OTHER_OFFSET_ALIGN: i64 = 0x1000;
-/// App size alignment, default and Secure Boot v2 (§1.7 rule 3).
+/// App size alignment, default and Secure Boot v2 (gen_esp32part.py `verify()` rule 3).
 const APP_SIZE_ALIGN: i64 = 0x1000;
-/// App size alignment with Secure Boot v1 (§1.7 rule 3).
+/// App size alignment with Secure Boot v1 (gen_esp32part.py `verify()` rule 3).
 const APP_SIZE_ALIGN_SECURE_V1: i64 = 0x10000;
-/// `--secure v1` (§1.7 rule 3).
+/// `--secure v1` (gen_esp32part.py `verify()` rule 3).
 pub const SECURE_V1: u8 = 1;
-/// otadata / TEE otadata must be exactly this big (§1.7 rule 9).
+/// otadata / TEE otadata must be exactly this big (gen_esp32part.py `verify()` rule 9).
 const OTADATA_SIZE: i64 = 0x2000;
-/// A read/write NVS partition must be at least this big (`NVS_RW_MIN_PARTITION_SIZE`, §1.7 rule 6).
+/// A read/write NVS partition must be at least this big (`NVS_RW_MIN_PARTITION_SIZE`, gen_esp32part.py `verify()` rule 6).
 const NVS_RW_MIN_SIZE: i64 = 0x3000;
-/// Flags column names and bits (`PartitionDefinition.FLAGS`, §1.6).
+/// Flags column names and bits (`PartitionDefinition.FLAGS`, gen_esp32part.py).
 const FLAG_NAMES: [(&str, u32); 2] = [("encrypted", FLAG_ENCRYPTED), ("readonly", FLAG_READONLY)];
-/// Header `to_csv()` prints (§1.6).
+/// Header `to_csv()` prints (gen_esp32part.py).
 const CSV_HEADER: &str = "# ESP-IDF Partition Table\n# Name, Type, SubType, Offset, Size, Flags\n";
-/// Columns gen_esp32part.py reads; later ones are ignored (§1.6).
+/// Columns gen_esp32part.py reads; later ones are ignored (gen_esp32part.py).
 const COLUMNS: usize = 6;
 
 /// gen_esp32part.py's command-line options that change how a CSV is read.
@@ -860,7 +860,7 @@ fn fix_offsets(rows: &mut [Row<'_>], table_offset: i64) -> Result<(), CsvError> 
     Ok(())
 }
 
-/// `PartitionDefinition.verify()` (§1.7 rules 1–6; warnings are not reported).
+/// `PartitionDefinition.verify()` (gen_esp32part.py `verify()` rules 1–6; warnings are not reported).
 fn verify_row(r: &Row<'_>, opts: &CsvOptions) -> Result<(), CsvErrorKind> {
     let name = || Snippet::new(r.name);
     let align = if r.ptype == i64::from(TYPE_APP) {
@@ -908,7 +908,7 @@ fn verify_row(r: &Row<'_>, opts: &CsvOptions) -> Result<(), CsvErrorKind> {
     Ok(())
 }
 
-/// `PartitionTable.verify()` (§1.7).
+/// `PartitionTable.verify()` (gen_esp32part.py `verify()`).
 fn verify(rows: &[Row<'_>], opts: &CsvOptions) -> Result<(), CsvError> {
     for r in rows {
         verify_row(r, opts).map_err(|k| err(r.line, k))?;
@@ -990,7 +990,7 @@ fn verify(rows: &[Row<'_>], opts: &CsvOptions) -> Result<(), CsvError> {
     Ok(())
 }
 
-/// `PartitionTable.verify()` (§1.7) on a table that was not read from CSV (a binary table, as
+/// `PartitionTable.verify()` (gen_esp32part.py `verify()`) on a table that was not read from CSV (a binary table, as
 /// gen_esp32part.py verifies binary input too). Errors carry `line` = entry index + 1.
 pub(super) fn verify_table(t: &PartitionTable, opts: &CsvOptions) -> Result<(), CsvError> {
     let mut rows = [Row::EMPTY; MAX_PARTITIONS];
@@ -1009,7 +1009,7 @@ pub(super) fn verify_table(t: &PartitionTable, opts: &CsvOptions) -> Result<(), 
     verify(rows.get(..n).unwrap_or(&[]), opts)
 }
 
-/// `verify_size_fits` (§1.7 rule 10): the end of the partition with the highest offset.
+/// `verify_size_fits` (gen_esp32part.py `verify()` rule 10): the end of the partition with the highest offset.
 fn check_fits(rows: &[Row<'_>], flash_size: u32) -> Result<(), CsvError> {
     let mut last: Option<&Row<'_>> = None;
     for r in rows {

@@ -1,9 +1,9 @@
 //! Type and subtype names of gen_esp32part.py (`TYPES`, `SUBTYPES`), in the upstream dict
-//! order (it shows in the "Known keywords" messages). idf-formats.md §1.5.
+//! order (it shows in the "Known keywords" messages). esp-idf gen_esp32part.py.
 
 use super::{TYPE_APP, TYPE_BOOTLOADER, TYPE_DATA, TYPE_PARTITION_TABLE};
 
-/// `TYPES` (§1.5).
+/// `TYPES` (gen_esp32part.py).
 pub(crate) const TYPE_NAMES: &[(&str, u8)] = &[
     ("bootloader", TYPE_BOOTLOADER),
     ("partition_table", TYPE_PARTITION_TABLE),
@@ -13,7 +13,7 @@ pub(crate) const TYPE_NAMES: &[(&str, u8)] = &[
 
 const BOOTLOADER_SUBTYPES: &[(&str, u8)] = &[("primary", 0x00), ("ota", 0x01), ("recovery", 0x02)];
 const PARTITION_TABLE_SUBTYPES: &[(&str, u8)] = &[("primary", 0x00), ("ota", 0x01)];
-/// `factory`, `test`, then `ota_0..ota_15` (0x10..), then `tee_0`, `tee_1` (0x30..) (§1.5).
+/// `factory`, `test`, then `ota_0..ota_15` (0x10..), then `tee_0`, `tee_1` (0x30..) (gen_esp32part.py).
 const APP_SUBTYPES: &[(&str, u8)] = &[
     ("factory", 0x00),
     ("test", 0x20),

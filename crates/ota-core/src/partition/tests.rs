@@ -1,5 +1,5 @@
-//! Tests of the partition table: golden vectors of idf-formats.md §1.8, the three readers of
-//! §1.4, the CSV rules of §1.6/§1.7 (messages checked against gen_esp32part.py v6.1-dev).
+//! Tests of the partition table: golden vectors of esp-idf gen_esp32part.py, the three readers of
+//! `flash_partitions.c` / `esp_partition/partition.c` / gen_esp32part.py, the CSV rules of gen_esp32part.py and its `verify()` (messages checked against gen_esp32part.py v6.1-dev).
 
 extern crate std;
 
@@ -48,7 +48,7 @@ ota_1,    app,  ota_1,   ,        1M,
 nvs_key,  data, nvs_keys,,        0x1000, encrypted
 ";
 
-/// ESP-ADF OTA example table (adf-ota-service.md): flash_tone is data subtype 0xff.
+/// ESP-ADF OTA example table (esp-adf): flash_tone is data subtype 0xff.
 const ADF_EXAMPLE: &str = "# Name,   Type, SubType, Offset,   Size, Flags
 nvs,      data, nvs,     ,        0x4000,
 otadata,  data, ota,     ,        0x2000,
@@ -140,7 +140,7 @@ fn assert_golden(text: &str, md5_field: &str, file_md5: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Golden vectors (§1.8)
+// Golden vectors (gen_esp32part.py)
 
 #[test]
 fn golden_partitions_singleapp() {
@@ -304,7 +304,7 @@ fn adf_example_table_offsets() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Readers (§1.4)
+// Readers (`flash_partitions.c` / `esp_partition/partition.c` / gen_esp32part.py)
 
 fn two_ota_bin() -> [u8; TABLE_MAX_LEN] {
     bin(&csv(TWO_OTA), true)
@@ -722,7 +722,7 @@ fn parse_never_panics_on_noise() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Writing the binary (§1.3)
+// Writing the binary (gen_esp32part.py)
 
 #[test]
 fn to_binary_layout_and_limits() {
@@ -751,7 +751,7 @@ fn to_binary_layout_and_limits() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CSV (§1.6, §1.7)
+// CSV (gen_esp32part.py, gen_esp32part.py `verify()`)
 
 #[test]
 fn csv_bom_comments_blank_lines_whitespace_and_columns() {

@@ -55,8 +55,10 @@ pub struct CatalogueEntry {
     /// esptool's chip name (`esp32`, `esp32c3`, ...) from the image header; apps only.
     #[serde(default)]
     pub chip: Option<String>,
-    /// `project_name` of the app descriptor, or of the tone bin's descriptor (format 1).
-    #[serde(default)]
+    /// `project_name` of the app descriptor, or of the tone bin's descriptor (format 1). The key
+    /// is `project_name`, as in every other JSON output; catalogues written with `project`
+    /// (the older key) are still read.
+    #[serde(default, rename = "project_name", alias = "project")]
     pub project: Option<String>,
     #[serde(default)]
     pub version: Option<String>,
@@ -539,6 +541,20 @@ mod tests {
             files: None,
             error: None,
         }
+    }
+
+    #[test]
+    fn catalogue_entries_say_project_name_as_every_json_output_does() {
+        let e = app("/a.bin", "esp32", "blink", "v1.0.0");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["project_name"], "blink");
+        assert!(v.get("project").is_none(), "{v}");
+        // Catalogues written with the older key are still read.
+        let mut old = v.clone();
+        let name = old.as_object_mut().unwrap().remove("project_name").unwrap();
+        old["project"] = name;
+        let back: CatalogueEntry = serde_json::from_value(old).unwrap();
+        assert_eq!(back, e);
     }
 
     fn cat(entries: Vec<CatalogueEntry>) -> Catalogue {

@@ -79,15 +79,15 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
 
 /// `ESP_ERR_INVALID_VERSION` (0x10A): what IDF reports for an image of another chip.
 pub const ESP_ERR_INVALID_VERSION: i32 = 0x10A;
-/// `ESP_ERR_OTA_SMALL_SEC_VER` (idf-formats.md §2.8: base 0x1500 + 4): anti-rollback refused an
+/// `ESP_ERR_OTA_SMALL_SEC_VER` (esp-idf `esp_ota_ops.h`: base 0x1500 + 4): anti-rollback refused an
 /// image whose `secure_version` is below the eFuse counter.
 pub const ESP_ERR_OTA_SMALL_SEC_VER: i32 = 0x1504;
-/// `ESP_ERR_OTA_ROLLBACK_INVALID_STATE` (idf-formats.md §2.8: base 0x1500 + 6): the running app
+/// `ESP_ERR_OTA_ROLLBACK_INVALID_STATE` (esp-idf `esp_ota_ops.h`: base 0x1500 + 6): the running app
 /// is still PENDING_VERIFY.
 pub const ESP_ERR_OTA_ROLLBACK_INVALID_STATE: i32 = 0x1506;
 
 /// ADF's once-a-second progress line (`%s process_size: %d KB, cur_size: %d bytes,
-/// total_speed: %d KB/s`, adf-ota-service.md §4.3) plus a Progress event per chunk.
+/// total_speed: %d KB/s`, esp-adf `ota_proc_default.c`) plus a Progress event per chunk.
 pub(crate) struct Progress {
     id: usize,
     tag: &'static str,
