@@ -20,6 +20,7 @@ pub struct PublishArgs {
 }
 
 pub fn run(a: PublishArgs) -> Result<ExitCode> {
+    crate::input::check_input(&a.file, crate::input::FLASH_LIMIT, "file to publish")?;
     let opts = a
         .s3
         .options()?
