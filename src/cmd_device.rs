@@ -156,6 +156,10 @@ pub struct Stored {
 impl Stored {
     /// The settings of the device in `flash`, checked against its chip.
     pub fn load(flash: &Path, chip: Chip) -> Result<Stored> {
+        let file = DeviceSettings::path_for(flash);
+        if std::fs::symlink_metadata(&file).is_ok() {
+            crate::input::check_input(&file, crate::input::TEXT_LIMIT, "settings file")?;
+        }
         let loaded = DeviceSettings::load_for(flash)?;
         let settings = loaded.unwrap_or_default();
         settings

@@ -252,7 +252,7 @@ pub fn read_table_lenient(bytes: &[u8]) -> LenientTable {
         if magic != MAGIC {
             notes.push(format!(
                 "entry {} (byte 0x{:x}) starts {:02x} {:02x}: neither a partition (aa 50), the \
-                 MD5 entry (eb eb) nor the end marker (all ff); read no further",
+                 MD5 entry (eb eb) nor the end marker (ff ff ff ff); read no further",
                 i,
                 i * ENTRY_SIZE,
                 e[0],

@@ -78,14 +78,14 @@ fn refuse_kind(path: &Path, what: &str, m: &Metadata, limit: u64) -> anyhow::Err
     )
 }
 
-fn refuse_size(path: &Path, what: &str, len: u64, limit: u64) -> anyhow::Error {
+fn refuse_size(path: &Path, what: &str, len: u64, limit: u64, grew: bool) -> anyhow::Error {
     anyhow::anyhow!(
-        "{} {} is larger than the limit of {} for this input ({} bytes or more): refusing to \
-         read it",
+        "{} {} is {}{} bytes, more than the limit of {} for this input: refusing to read it",
         what,
         path.display(),
-        size_name(limit),
-        len
+        if grew { "at least " } else { "" },
+        len,
+        size_name(limit)
     )
 }
 
@@ -117,7 +117,7 @@ fn open_checked(path: &Path, limit: u64, what: &str) -> Result<(File, u64)> {
         return Err(refuse_kind(path, what, &m, limit));
     }
     if m.len() > limit {
-        return Err(refuse_size(path, what, m.len(), limit));
+        return Err(refuse_size(path, what, m.len(), limit, false));
     }
     Ok((file, m.len()))
 }
@@ -137,7 +137,7 @@ pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
         .read_to_end(&mut data)
         .map_err(|e| io_error(path, what, "reading", e))?;
     if data.len() as u64 > limit {
-        return Err(refuse_size(path, what, data.len() as u64, limit));
+        return Err(refuse_size(path, what, data.len() as u64, limit, true));
     }
     Ok(data)
 }

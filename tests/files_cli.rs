@@ -195,6 +195,25 @@ fn inputs_refuse_dev_zero_fifo_and_directory_naming_file_and_limit() {
 }
 
 #[test]
+fn a_fifo_as_the_settings_file_beside_a_flash_is_refused_without_blocking() {
+    let d = Dir::new();
+    d.device();
+    let settings = d.path("flash.bin.device.toml");
+    std::fs::remove_file(&settings).unwrap();
+    mkfifo(&settings);
+    for cmd in ["info", "boot", "confirm"] {
+        let o = ota_quick(&["device", cmd, "--flash", &d.p("flash.bin")]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{}", t);
+        assert!(
+            t.contains("flash.bin.device.toml") && t.contains("a FIFO"),
+            "{}",
+            t
+        );
+    }
+}
+
+#[test]
 fn inputs_larger_than_their_limit_are_refused_naming_the_limit() {
     let d = Dir::new();
     d.device();
@@ -515,6 +534,11 @@ fn a_closed_stdout_ends_every_command_quietly_with_status_0() {
         assert_eq!(o.status.code(), Some(0), "{:?}: {}", args, err);
         assert!(err.is_empty(), "{:?} is quiet: {}", args, err);
     }
+    // Log lines are not output that anyone waits for: a command that logs (the bootloader's
+    // first boot records ota_0 in otadata) still does all its work.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["device", "info", "--flash", &f, "--json"])).unwrap();
+    assert_eq!(v["otadata"]["entries"][0]["seq"], 1, "{}", v);
 }
 
 #[test]
