@@ -622,10 +622,11 @@ impl InfoView {
     }
 }
 
-/// `device info` of a device whose partition table its bootloader refuses (`open_err` is why
-/// the device did not open): the entries a lenient reader finds and the bootloader's verdict.
+/// `device info` of a device whose partition table its bootloader refuses: the entries a
+/// lenient reader finds and the bootloader's verdict.
 /// `None` when the table is not the reason (the original error is then reported).
 fn rejected_table_view(path: &Path) -> Option<InfoView> {
+    crate::input::check_input(path, crate::input::FLASH_LIMIT, "flash image").ok()?;
     let mut flash = EmuFlash::open(path).ok()?;
     let name = path.display().to_string();
     let boot = ota_emu::device::detect_bootloader(&mut flash, &name).ok()?;
