@@ -378,20 +378,30 @@ pub fn create_device_with(
         }
         data.push((p, bytes));
     }
-    // Only a regular file is replaced (a FIFO or device is never turned into one).
+    // Only a regular file is replaced (a FIFO or device is never turned into one), and only
+    // once the new device is complete: it is laid out in a temporary file beside it, then
+    // renamed over it (through a symbolic link, over the link's target).
     crate::output::check_device_path(path, true)?;
-    if path.exists() {
-        std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    let target = crate::output::resolve(path)?;
+    let tmp = crate::output::temp_beside(&target)?;
+    let laid_out = (|| -> Result<()> {
+        let mut flash = EmuFlash::create(&tmp, spec.flash_size)?;
+        layout::write_raw(&mut flash, spec.chip.bootloader_offset(), &boot_img)?;
+        layout::write_raw(&mut flash, TABLE_OFFSET, &table_bin)?;
+        if let Some((target, app)) = app_target {
+            layout::write_raw(&mut flash, target.offset, app)?;
+        }
+        for (p, bytes) in data {
+            layout::write_raw(&mut flash, p.offset, bytes)?;
+        }
+        flash.sync()?;
+        drop(flash);
+        std::fs::rename(&tmp, &target).with_context(|| format!("replacing {}", path.display()))
+    })();
+    if laid_out.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let mut flash = EmuFlash::create(path, spec.flash_size)?;
-    layout::write_raw(&mut flash, spec.chip.bootloader_offset(), &boot_img)?;
-    layout::write_raw(&mut flash, TABLE_OFFSET, &table_bin)?;
-    if let Some((target, app)) = app_target {
-        layout::write_raw(&mut flash, target.offset, app)?;
-    }
-    for (p, bytes) in data {
-        layout::write_raw(&mut flash, p.offset, bytes)?;
-    }
+    laid_out?;
     settings.save_for(path)?;
     Ok(())
 }

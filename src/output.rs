@@ -199,7 +199,7 @@ pub fn check_device_path(path: &Path, force: bool) -> Result<()> {
 }
 
 /// The file a path names, symbolic links followed (the path itself when it does not exist).
-fn resolve(path: &Path) -> Result<PathBuf> {
+pub fn resolve(path: &Path) -> Result<PathBuf> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
             .with_context(|| format!("following the symbolic link {}", path.display())),
@@ -233,6 +233,17 @@ fn replace_file(path: &Path, bytes: &[u8], old: Option<&Metadata>, what: &str) -
         let _ = std::fs::remove_file(&tmp_path);
     }
     result
+}
+
+/// A new, empty temporary file beside `path` (see [`create_temp`]), to be renamed over it.
+pub fn temp_beside(path: &Path) -> Result<PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (p, _) = create_temp(dir, path.file_name().unwrap_or_default())
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    Ok(p)
 }
 
 /// A new file `.NAME.tmp-PID-N` in `dir`, created exclusively (so with the default

@@ -293,10 +293,38 @@ fn device_create_refuses_to_replace_a_file_without_force() {
         t
     );
     assert_eq!(std::fs::read(d.path("flash.bin")).unwrap(), before);
-    // With --force it is replaced: the new device has no app.
-    ok(&["device", "create", "--flash", &d.p("flash.bin"), "--force"]);
+    // With --force but bad input (an app for another chip) nothing is touched either.
+    let o = ota(&[
+        "device",
+        "create",
+        "--flash",
+        &d.p("flash.bin"),
+        "--force",
+        "--chip",
+        "esp32c3",
+        "--app",
+        &d.p("app.bin"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(std::fs::read(d.path("flash.bin")).unwrap(), before);
+    // With --force it is replaced: the new device has no app. Through a symbolic link, the
+    // link's target is replaced and the link stays.
+    std::os::unix::fs::symlink(d.path("flash.bin"), d.path("link.bin")).unwrap();
+    ok(&["device", "create", "--flash", &d.p("link.bin"), "--force"]);
+    assert!(std::fs::symlink_metadata(d.path("link.bin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let info = ok(&["device", "info", "--flash", &d.p("flash.bin")]);
     assert!(info.contains("not bootable"), "{}", info);
+    assert!(
+        !std::fs::read_dir(d.dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp-")),
+        "no temporary file left behind"
+    );
 }
 
 #[test]
