@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// How long a refused input may take: it must never block or read for long.
-const QUICK: Duration = Duration::from_secs(20);
+const QUICK: Duration = Duration::from_secs(10);
 
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
@@ -30,9 +30,29 @@ fn is_fifo(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Run `ota args`, killing it if it takes longer than [`QUICK`] (a blocked read fails the test).
+/// Address space allowed to a command under test: an unbounded read (of `/dev/zero`) fails
+/// there instead of eating the machine's memory.
+const MEMORY_LIMIT: libc::rlim_t = 2 << 30;
+
+/// Run `ota args`, killing it if it takes longer than [`QUICK`] (a blocked read fails the test),
+/// with at most [`MEMORY_LIMIT`] of memory.
 fn ota_quick(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ota"));
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: MEMORY_LIMIT,
+                rlim_max: MEMORY_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
