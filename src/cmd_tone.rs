@@ -196,7 +196,7 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
                     f.song_index,
                     if f.file_type == 1 { "wav" } else { "mp3" }
                 );
-                crate::output::write_output(&dir.join(&name), data, "tone file")?;
+                crate::output::write_regular(&dir.join(&name), data, "tone file")?;
                 n += 1;
             }
             println!("unpacked {} files into {}", n, dir.display());

@@ -168,9 +168,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         Some(p) => crate::input::read_bounded(p, crate::input::FLASH_LIMIT, "tone bin")?,
         None => synth_tone_bin(21, 60.0)?,
     };
-    crate::output::write_output(&sd_dir.join("flash_tone.bin"), &new_tone, "SD card file")?;
+    crate::output::write_regular(&sd_dir.join("flash_tone.bin"), &new_tone, "SD card file")?;
     let new_app = app_image(NEW_PROJECT, NEW_VERSION, 620 * 1024, 2)?;
-    crate::output::write_output(&www.join("play_mp3_control.bin"), &new_app, "served file")?;
+    crate::output::write_regular(&www.join("play_mp3_control.bin"), &new_app, "served file")?;
     let server = FileServer::start(www.clone())?;
     let host = format!("127.0.0.1:{}", server.addr.port());
 

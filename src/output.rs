@@ -3,12 +3,15 @@
 //!
 //! Files, by class:
 //! - **Outputs named by the user** (`-o OUT` of `image make`, `tone pack`, `partition read`,
-//!   `flash read`, `partition-table`; the files of `tone unpack`; the demo's files): a regular
+//!   `flash read`, `partition-table`): a regular
 //!   file (or a new one) is replaced atomically, a temporary file in the same folder renamed
 //!   over it, keeping the old file's permissions; through a symbolic link the link's target is
 //!   replaced and the link stays. A FIFO or a character device (`/dev/stdout`, `/dev/null`, a
 //!   named pipe) is written into as a stream, as a shell redirection would: never replaced.
 //!   A socket, a block device or a directory is refused, naming the file.
+//! - **Files the command names itself** (the files of `tone unpack` in its folder, the demo's
+//!   files): replaced like the above when regular; a special file in the way is refused
+//!   ([`write_regular`]): nobody would read a FIFO there, and a writer would wait for ever.
 //! - **Flash images edited in place** (`otadata`, `partition write/erase`) and **devices**
 //!   (`device create --flash F`): a flash image is storage that is read back, so it must be a
 //!   regular file; anything else is refused ([`replace_regular`], [`check_device_path`]).
@@ -146,6 +149,40 @@ fn write_output_inner(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
             replace_file(path, bytes, None, what)
         }
         Err(e) => Err(anyhow!("{} {}: {}", what, path.display(), e)),
+    }
+}
+
+/// Write `bytes` as the file `path` that the command names itself (the files of `tone unpack`,
+/// the demo's SD card and served files): like [`write_output`] for a regular or new file, but
+/// any special file in the way is refused, never written into (nobody reads it) nor replaced.
+pub fn write_regular(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_symlink() && !m.is_file() => bail!(
+            "{} {} is {}, not a regular file: refusing to write into it or replace it",
+            what,
+            path.display(),
+            kind_name(&m)
+        ),
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::metadata(path).map_err(|e| {
+                anyhow!(
+                    "{} {} is a symbolic link that cannot be followed ({}): refusing to replace it",
+                    what,
+                    path.display(),
+                    e
+                )
+            })?;
+            if !target.is_file() {
+                bail!(
+                    "{} {} leads to {}, not a regular file: refusing to write into it or replace it",
+                    what,
+                    path.display(),
+                    kind_name(&target)
+                );
+            }
+            write_output_inner(path, bytes, what)
+        }
+        _ => write_output_inner(path, bytes, what),
     }
 }
 

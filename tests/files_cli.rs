@@ -612,3 +612,21 @@ fn a_full_stdout_is_an_error_not_a_panic() {
     assert_eq!(o.status.code(), Some(1), "{}", err);
     assert!(err.contains("writing to standard output"), "{}", err);
 }
+
+#[test]
+fn tone_unpack_refuses_a_fifo_in_the_way_without_blocking() {
+    let d = Dir::new();
+    d.device();
+    std::fs::create_dir_all(d.path("out")).unwrap();
+    let fifo = d.path("out/000.mp3");
+    mkfifo(&fifo);
+    let o = ota_quick(&["tone", "unpack", &d.p("tone.bin"), &d.p("out")]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", t);
+    assert!(t.contains("000.mp3") && t.contains("a FIFO"), "{}", t);
+    assert!(is_fifo(&fifo));
+    // Without it the file is written.
+    std::fs::remove_file(&fifo).unwrap();
+    ok(&["tone", "unpack", &d.p("tone.bin"), &d.p("out")]);
+    assert_eq!(std::fs::read(&fifo).unwrap(), vec![1u8; 100]);
+}
