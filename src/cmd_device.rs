@@ -388,8 +388,8 @@ pub fn create_device_with(
         let mut flash = EmuFlash::create(&tmp, spec.flash_size)?;
         layout::write_raw(&mut flash, spec.chip.bootloader_offset(), &boot_img)?;
         layout::write_raw(&mut flash, TABLE_OFFSET, &table_bin)?;
-        if let Some((target, app)) = app_target {
-            layout::write_raw(&mut flash, target.offset, app)?;
+        if let Some((slot, app)) = app_target {
+            layout::write_raw(&mut flash, slot.offset, app)?;
         }
         for (p, bytes) in data {
             layout::write_raw(&mut flash, p.offset, bytes)?;
