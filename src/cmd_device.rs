@@ -186,6 +186,10 @@ pub struct Stored {
 impl Stored {
     /// The settings of the device in `flash`, checked against its chip.
     pub fn load(flash: &Path, chip: Chip) -> Result<Stored> {
+        let file = DeviceSettings::path_for(flash);
+        if std::fs::symlink_metadata(&file).is_ok() {
+            crate::input::check_input(&file, crate::input::TEXT_LIMIT, "settings file")?;
+        }
         let loaded = DeviceSettings::load_for(flash)?;
         let settings = loaded.unwrap_or_default();
         settings
@@ -273,6 +277,10 @@ pub struct CreateArgs {
     /// Initial eFuse secure-version counter (number of burnt bits).
     #[arg(long, value_name = "N", default_value_t = 0)]
     efuse_secure_version: u32,
+    /// Replace the flash file (and its settings file) if it exists; without it an existing
+    /// file is refused.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -315,7 +323,7 @@ flash_tone, data, 0xff,  ,        1M,
 pub fn run(cmd: DeviceCmd) -> Result<ExitCode> {
     match cmd {
         DeviceCmd::Create(a) => create(a).map(|_| ExitCode::SUCCESS),
-        DeviceCmd::Info { flash, json } => info(&flash.flash, json).map(|_| ExitCode::SUCCESS),
+        DeviceCmd::Info { flash, json } => info(&flash.flash, json),
         DeviceCmd::Boot {
             flash,
             json,
@@ -379,6 +387,16 @@ pub fn create_device_with(
         None => None,
     };
     settings.check().map_err(|e| anyhow!("{}", e))?;
+    let settings_path = DeviceSettings::path_for(path);
+    if let Ok(m) = std::fs::metadata(&settings_path) {
+        if !m.is_file() {
+            bail!(
+                "settings file {} is {}, not a regular file: refusing to replace it",
+                settings_path.display(),
+                crate::input::kind_name(&m)
+            );
+        }
+    }
     settings
         .check_for_chip(spec.chip)
         .map_err(|e| anyhow!("{}", e))?;
@@ -397,18 +415,30 @@ pub fn create_device_with(
         }
         data.push((p, bytes));
     }
-    if path.exists() {
-        std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    // Only a regular file is replaced (a FIFO or device is never turned into one), and only
+    // once the new device is complete: it is laid out in a temporary file beside it, then
+    // renamed over it (through a symbolic link, over the link's target).
+    crate::output::check_device_path(path, true)?;
+    let target = crate::output::resolve(path)?;
+    let tmp = crate::output::temp_beside(&target)?;
+    let laid_out = (|| -> Result<()> {
+        let mut flash = EmuFlash::create(&tmp, spec.flash_size)?;
+        layout::write_raw(&mut flash, spec.chip.bootloader_offset(), &boot_img)?;
+        layout::write_raw(&mut flash, TABLE_OFFSET, &table_bin)?;
+        if let Some((slot, app)) = app_target {
+            layout::write_raw(&mut flash, slot.offset, app)?;
+        }
+        for (p, bytes) in data {
+            layout::write_raw(&mut flash, p.offset, bytes)?;
+        }
+        flash.sync()?;
+        drop(flash);
+        std::fs::rename(&tmp, &target).with_context(|| format!("replacing {}", path.display()))
+    })();
+    if laid_out.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let mut flash = EmuFlash::create(path, spec.flash_size)?;
-    layout::write_raw(&mut flash, spec.chip.bootloader_offset(), &boot_img)?;
-    layout::write_raw(&mut flash, TABLE_OFFSET, &table_bin)?;
-    if let Some((target, app)) = app_target {
-        layout::write_raw(&mut flash, target.offset, app)?;
-    }
-    for (p, bytes) in data {
-        layout::write_raw(&mut flash, p.offset, bytes)?;
-    }
+    laid_out?;
     settings.save_for(path)?;
     Ok(())
 }
@@ -445,15 +475,15 @@ fn create(a: CreateArgs) -> Result<()> {
         )
     })?;
     let flash_size = glue::parse_size(&a.flash_size)?;
+    crate::output::check_device_path(&a.flash.flash, a.force)?;
+    use crate::input::{read_bounded, read_text_bounded, FLASH_LIMIT, TEXT_LIMIT};
     let csv = match &a.partitions {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
+        Some(p) => read_text_bounded(p, TEXT_LIMIT, "partition table CSV")?,
         None => EXAMPLE_CSV.to_string(),
     };
     let app = match &a.app {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let bytes = read_bounded(p, FLASH_LIMIT, "app image")?;
             glue::refuse_elf(&bytes, p, "an app image")?;
             Some(bytes)
         }
@@ -464,7 +494,8 @@ fn create(a: CreateArgs) -> Result<()> {
         let (label, file) = d
             .split_once('=')
             .ok_or_else(|| anyhow!("--data takes LABEL=FILE, not '{}'", d))?;
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file))?;
+        let what = format!("--data {} file", label);
+        let bytes = read_bounded(Path::new(file), FLASH_LIMIT, &what)?;
         glue::refuse_elf(&bytes, Path::new(file), "data for a partition")?;
         data.push((label.to_string(), bytes));
     }
@@ -511,73 +542,279 @@ fn subtype_name(p: &Partition) -> String {
         .unwrap_or_else(|| format!("0x{:02x}", p.subtype))
 }
 
-fn info(path: &Path, as_json: bool) -> Result<()> {
-    let mut session = Session::open(path)?;
-    {
-        let table = session.dev.table().clone();
-        warn_rollback_state(session.dev.flash_mut(), &table, &session.stored);
+/// A tone bin found in a data partition (its first bytes carry the tone header tag): what
+/// `device info` shows about it.
+struct ToneView {
+    partition: Partition,
+    format: u32,
+    count: u16,
+    /// Format 1: the descriptor's version and project name.
+    version: Option<String>,
+    project_name: Option<String>,
+    /// Our full check (`tone::tone_partition_check`: table, tail, CRC-32) passes.
+    valid: bool,
+    /// ESP-ADF's `tone_partition_init` accepts the partition.
+    adf_valid: bool,
+    error: Option<String>,
+}
+
+/// The tone bin in data partition `p`, if its header carries the tone tag. Uses
+/// `ota_core::tone::{tone_partition_check, tone_partition_init}` directly.
+fn tone_view(flash: &mut EmuFlash, p: &Partition) -> Option<ToneView> {
+    use ota_core::tone::{self, ToneHeader, TONE_HEADER_SIZE};
+    if p.ptype != partition::TYPE_DATA || p.size < TONE_HEADER_SIZE as u32 {
+        return None;
     }
-    let settings = session.stored.settings;
-    let settings_file = session.stored.found.then(|| DeviceSettings::path_for(path));
-    let mut dev = session.dev;
-    let chip = dev.chip();
-    let table = dev.table().clone();
-    let flash_size = dev.flash_size();
-    let otadata = match table.otadata() {
-        Some(p) => Some(OtaData::read(dev.flash_mut(), p).map_err(|e| anyhow!("otadata: {}", e))?),
-        None => None,
+    let mut head = [0u8; TONE_HEADER_SIZE];
+    ota_core::flash::read(flash, p.offset, &mut head).ok()?;
+    let header = ToneHeader::parse(&head).ok()?;
+    if !header.tag_ok() {
+        return None;
+    }
+    let checked = tone::tone_partition_check(flash, p);
+    let adf = tone::tone_partition_init(flash, p);
+    let desc = match (&checked, &adf) {
+        (Ok(i), _) => i.desc,
+        (_, Ok(i)) => i.desc,
+        _ => None,
     };
-    let mut apps = Vec::new();
-    for p in table.iter().filter(|p| p.is_app()) {
-        let r = image::verify_flash(dev.flash_mut(), p.region(), Some(chip));
-        apps.push((*p, r));
-    }
-    if as_json {
-        let parts: Vec<Value> = table
+    Some(ToneView {
+        partition: *p,
+        format: header.format,
+        count: header.total_num,
+        version: desc.map(|d| d.version_str().to_string()),
+        project_name: desc.map(|d| d.project_name_str().to_string()),
+        valid: checked.is_ok(),
+        adf_valid: adf.is_ok(),
+        error: checked.err().map(|e| e.to_string()),
+    })
+}
+
+/// What `device info` shows, gathered from the flash.
+struct InfoView {
+    chip: Chip,
+    flash_size: u32,
+    settings: DeviceSettings,
+    settings_file: Option<PathBuf>,
+    partitions: Vec<Partition>,
+    /// The bootloader's verdict when it refuses the table (the partitions are then those a
+    /// lenient reader found: `flashfile::read_table_lenient`).
+    table_error: Option<String>,
+    table_warnings: Vec<String>,
+    otadata: Option<std::result::Result<OtaData, String>>,
+    apps: Vec<(Partition, std::result::Result<ImageSummary, String>)>,
+    tones: Vec<ToneView>,
+}
+
+/// The partition table as `device info` read it.
+struct TableRead {
+    partitions: Vec<Partition>,
+    /// The bootloader's verdict, when it refuses the table.
+    error: Option<String>,
+    /// What a lenient read noticed.
+    notes: Vec<String>,
+}
+
+impl InfoView {
+    fn gather(
+        flash: &mut EmuFlash,
+        chip: Chip,
+        flash_size: u32,
+        read: TableRead,
+        stored: Stored,
+        path: &Path,
+    ) -> InfoView {
+        let TableRead {
+            partitions,
+            error: table_error,
+            notes: mut table_warnings,
+        } = read;
+        let mut table = PartitionTable::new();
+        for p in &partitions {
+            let _ = table.push(*p);
+        }
+        let opts = CsvOptions {
+            table_offset: TABLE_OFFSET,
+            flash_size: Some(flash_size),
+            ..CsvOptions::default()
+        };
+        if let Err(e) = table.verify(&opts) {
+            table_warnings.push(format!("gen_esp32part would refuse this table: {}", e));
+        }
+        let otadata = partitions
             .iter()
+            .find(|p| p.ptype == partition::TYPE_DATA && p.subtype == partition::SUBTYPE_DATA_OTA)
+            .map(|p| OtaData::read(flash, p).map_err(|e| e.to_string()));
+        let apps = partitions
+            .iter()
+            .filter(|p| p.is_app())
             .map(|p| {
-                json!({"label": p.label.as_str(), "type": type_name(p), "subtype": subtype_name(p),
-                       "offset": p.offset, "size": p.size, "flags": p.flags})
+                let r = image::verify_flash(flash, p.region(), Some(chip));
+                (*p, r.map_err(|e| e.to_string()))
             })
             .collect();
-        let od = otadata.map(|od| {
+        let tones = partitions
+            .iter()
+            .filter_map(|p| tone_view(flash, p))
+            .collect();
+        InfoView {
+            chip,
+            flash_size,
+            settings: stored.settings,
+            settings_file: stored.found.then(|| DeviceSettings::path_for(path)),
+            partitions,
+            table_error,
+            table_warnings,
+            otadata,
+            apps,
+            tones,
+        }
+    }
+}
+
+/// `device info` of a device whose partition table its bootloader refuses: the entries a
+/// lenient reader finds and the bootloader's verdict.
+/// `None` when the table is not the reason (the original error is then reported).
+fn rejected_table_view(path: &Path) -> Option<InfoView> {
+    crate::input::check_input(path, crate::input::FLASH_LIMIT, "flash image").ok()?;
+    let mut flash = EmuFlash::open(path).ok()?;
+    let name = path.display().to_string();
+    let boot = ota_emu::device::detect_bootloader(&mut flash, &name).ok()?;
+    let mut bytes = vec![0u8; partition::TABLE_MAX_LEN];
+    ota_core::flash::read(&mut flash, TABLE_OFFSET, &mut bytes).ok()?;
+    let verdict = PartitionTable::parse(
+        &bytes,
+        partition::ReadRule::Bootloader {
+            chip_size: boot.flash_size,
+        },
+    )
+    .err()?;
+    let lenient = crate::flashfile::read_table_lenient(&bytes);
+    let stored = Stored::load(path, boot.chip).unwrap_or_default();
+    Some(InfoView::gather(
+        &mut flash,
+        boot.chip,
+        boot.flash_size,
+        TableRead {
+            partitions: lenient.partitions,
+            error: Some(verdict.to_string()),
+            notes: lenient.notes,
+        },
+        stored,
+        path,
+    ))
+}
+
+fn info(path: &Path, as_json: bool) -> Result<ExitCode> {
+    let view = match Session::open(path) {
+        Ok(mut session) => {
+            {
+                let table = session.dev.table().clone();
+                warn_rollback_state(session.dev.flash_mut(), &table, &session.stored);
+            }
+            let mut dev = session.dev;
+            let chip = dev.chip();
+            let flash_size = dev.flash_size();
+            let partitions = dev.table().iter().copied().collect();
+            InfoView::gather(
+                dev.flash_mut(),
+                chip,
+                flash_size,
+                TableRead {
+                    partitions,
+                    error: None,
+                    notes: Vec::new(),
+                },
+                session.stored,
+                path,
+            )
+        }
+        Err(e) => match rejected_table_view(path) {
+            Some(v) => v,
+            None => return Err(e),
+        },
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&info_json(&view))?);
+    } else {
+        print_info(&view);
+    }
+    match &view.table_error {
+        Some(e) => {
+            eprintln!(
+                "error: ESP-IDF's 2nd-stage bootloader refuses the partition table at 0x{:x} of \
+                 {}: {}; nothing can boot",
+                TABLE_OFFSET,
+                path.display(),
+                e
+            );
+            Ok(ExitCode::from(EXIT_UNBOOTABLE))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn info_json(v: &InfoView) -> Value {
+    let parts: Vec<Value> = v
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({"label": p.label.as_str(), "type": type_name(p), "subtype": subtype_name(p),
+                   "offset": p.offset, "size": p.size, "flags": p.flags})
+        })
+        .collect();
+    let od = v.otadata.as_ref().map(|r| match r {
+        Ok(od) => {
             let entries: Vec<Value> = od
                 .entries
                 .iter()
                 .map(|e| json!({"seq": e.seq, "state": OtaState::from_u32(e.state).name(), "crc_valid": e.crc_ok()}))
                 .collect();
             json!({"entries": entries, "active": od.active()})
-        });
-        let apps: Vec<Value> = apps
-            .iter()
-            .map(|(p, r)| match r {
-                Ok(s) => json!({"label": p.label.as_str(), "offset": p.offset,
-                                "app": s.app_desc.as_ref().map(app_json)}),
-                Err(e) => {
-                    json!({"label": p.label.as_str(), "offset": p.offset, "error": e.to_string()})
-                }
-            })
-            .collect();
-        let v = json!({"chip": chip.name(), "flash_size": glue::flash_size_name(flash_size), "partitions": parts,
-        "otadata": od, "apps": apps,
-        "settings": {
-            "rollback": settings.bootloader.rollback,
-            "anti_rollback": settings.bootloader.anti_rollback,
-            "file": settings_file.as_ref().map(|p| p.display().to_string()),
-        },
-        "efuse": {
-            "secure_version": settings.efuse.secure_version,
-            "secure_version_bits": boot::secure_version_field_bits(chip),
-        }});
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
+        }
+        Err(e) => json!({"entries": [], "active": null, "error": e}),
+    });
+    let apps: Vec<Value> = v
+        .apps
+        .iter()
+        .map(|(p, r)| match r {
+            Ok(s) => json!({"label": p.label.as_str(), "offset": p.offset,
+                            "app": s.app_desc.as_ref().map(app_json)}),
+            Err(e) => json!({"label": p.label.as_str(), "offset": p.offset, "error": e}),
+        })
+        .collect();
+    let tones: Vec<Value> = v
+        .tones
+        .iter()
+        .map(|t| {
+            json!({"label": t.partition.label.as_str(), "offset": t.partition.offset,
+                   "format": t.format, "count": t.count, "version": t.version,
+                   "project_name": t.project_name, "valid": t.valid, "adf_valid": t.adf_valid,
+                   "error": t.error})
+        })
+        .collect();
+    json!({"chip": v.chip.name(), "flash_size": glue::flash_size_name(v.flash_size), "partitions": parts,
+    "table_error": v.table_error, "table_warnings": v.table_warnings,
+    "otadata": od, "apps": apps, "tones": tones,
+    "settings": {
+        "rollback": v.settings.bootloader.rollback,
+        "anti_rollback": v.settings.bootloader.anti_rollback,
+        "file": v.settings_file.as_ref().map(|p| p.display().to_string()),
+    },
+    "efuse": {
+        "secure_version": v.settings.efuse.secure_version,
+        "secure_version_bits": boot::secure_version_field_bits(v.chip),
+    }})
+}
+
+fn print_info(v: &InfoView) {
+    let (chip, settings) = (v.chip, &v.settings);
     println!(
         "Chip: {} ({}), flash size {} MB ({} bytes)",
         chip.display_name(),
         chip.name(),
-        flash_size >> 20,
-        flash_size
+        v.flash_size >> 20,
+        v.flash_size
     );
     println!(
         "Bootloader: rollback {}, anti-rollback {} ({})",
@@ -591,7 +828,7 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
         } else {
             "disabled"
         },
-        match &settings_file {
+        match &v.settings_file {
             Some(p) => format!("settings in {}", p.display()),
             None => "no settings file: ESP-IDF defaults".to_string(),
         }
@@ -601,12 +838,21 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
         settings.efuse.secure_version,
         boot::secure_version_field_bits(chip)
     );
-    println!("Partition table at 0x{:x}:", TABLE_OFFSET);
+    match &v.table_error {
+        Some(e) => {
+            println!(
+                "Partition table at 0x{:x}: REFUSED by ESP-IDF's 2nd-stage bootloader: {}",
+                TABLE_OFFSET, e
+            );
+            println!("  the entries as read, up to the first that is not a partition:");
+        }
+        None => println!("Partition table at 0x{:x}:", TABLE_OFFSET),
+    }
     println!(
         "  {:<16} {:<6} {:<10} {:>10} {:>10} flags",
         "label", "type", "subtype", "offset", "size"
     );
-    for p in table.iter() {
+    for p in &v.partitions {
         println!(
             "  {:<16} {:<6} {:<10} {:>#10x} {:>#10x} {}",
             p.label.as_str(),
@@ -617,8 +863,11 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
             p.flags
         );
     }
-    match otadata {
-        Some(od) => {
+    for w in &v.table_warnings {
+        println!("  note: {}", w);
+    }
+    match &v.otadata {
+        Some(Ok(od)) => {
             println!("otadata:");
             for (i, e) in od.entries.iter().enumerate() {
                 if e.seq == u32::MAX {
@@ -633,21 +882,27 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
                     );
                 }
             }
+            let ota_count = v
+                .partitions
+                .iter()
+                .filter(|p| p.ota_slot().is_some())
+                .count();
             match od.active() {
                 Some(a) => println!(
                     "  active entry: {} (boot slot ota_{})",
                     a,
-                    od.boot_slot(table.ota_count().max(1)).unwrap_or(0)
+                    od.boot_slot((ota_count as u8).max(1)).unwrap_or(0)
                 ),
                 None => println!("  active entry: none (boots factory, or ota_0 without factory)"),
             }
         }
+        Some(Err(e)) => println!("otadata: unreadable: {}", e),
         None => println!("otadata: none (boots factory)"),
     }
     println!("Apps:");
-    for (p, r) in apps {
+    for (p, r) in &v.apps {
         match r {
-            Ok(s) => match s.app_desc {
+            Ok(s) => match &s.app_desc {
                 Some(d) => println!(
                     "  {:<16} {} {} (secure_version {}, {} bytes)",
                     p.label.as_str(),
@@ -664,7 +919,32 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
             Err(e) => println!("  {:<16} not bootable: {}", p.label.as_str(), e),
         }
     }
-    Ok(())
+    if !v.tones.is_empty() {
+        println!("Tone bins:");
+    }
+    for t in &v.tones {
+        let version = t
+            .version
+            .as_deref()
+            .map(|s| format!(", version {}", s))
+            .unwrap_or_default();
+        let state = match &t.error {
+            None => "valid".to_string(),
+            Some(e) => format!(
+                "DAMAGED: {} (ESP-ADF's tone_partition_init {} it)",
+                e,
+                if t.adf_valid { "accepts" } else { "refuses" }
+            ),
+        };
+        println!(
+            "  {:<16} format {}, {} files{}: {}",
+            t.partition.label.as_str(),
+            t.format,
+            t.count,
+            version,
+            state
+        );
+    }
 }
 
 /// ESP-IDF's bootloader "Usage" column (bootloader_utility.c).
@@ -942,7 +1222,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
 
 /// `device run`: the exit status, the report and the slot running at the end.
 fn run_cmd_inner(a: &RunArgs) -> Result<(u8, ota_service::RunReport, Option<String>)> {
-    let config = Config::load(&a.config).map_err(|e| anyhow!("{}", e))?;
+    let config = crate::input::load_config(&a.config)?;
     let sd_path = match &a.sdcard {
         Some(p) => Some(p.clone()),
         None => {

@@ -64,14 +64,16 @@ pub fn run(cmd: FlashCmd) -> Result<ExitCode> {
             let mut ff = FlashFile::open(&flash.flash)?;
             let what = format!("{} bytes at 0x{:x}", size, addr);
             let data = ff.read(addr, size, &what)?;
-            std::fs::write(&output, &data)
-                .with_context(|| format!("writing {}", output.display()))?;
-            println!(
-                "read {} bytes at 0x{:x} of {} into {}",
-                size,
-                addr,
-                ff.name(),
-                output.display()
+            let wrote = crate::output::write_output(&output, &data, "flash region")?;
+            crate::output::say(
+                wrote,
+                format_args!(
+                    "read {} bytes at 0x{:x} of {} into {}",
+                    size,
+                    addr,
+                    ff.name(),
+                    output.display()
+                ),
             );
             Ok(ExitCode::SUCCESS)
         }

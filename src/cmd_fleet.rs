@@ -159,7 +159,11 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
         bail!("--devices and --pool must be at least 1");
     }
     let ca = match &a.cert {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => Some(crate::input::read_bounded(
+            p,
+            crate::input::PEM_LIMIT,
+            "CA certificate",
+        )?),
         None => None,
     };
     let server = a.server.trim_end_matches('/').to_string();

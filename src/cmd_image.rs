@@ -119,15 +119,17 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             let mut out = Vec::new();
             image::build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b))
                 .map_err(|e| anyhow!("{}", e))?;
-            std::fs::write(&output, &out)
-                .with_context(|| format!("writing {}", output.display()))?;
-            println!(
-                "wrote {} ({} bytes, {} {} for {})",
-                output.display(),
-                out.len(),
-                project,
-                version,
-                chip.name()
+            let wrote = crate::output::write_output(&output, &out, "app image")?;
+            crate::output::say(
+                wrote,
+                format_args!(
+                    "wrote {} ({} bytes, {} {} for {})",
+                    output.display(),
+                    out.len(),
+                    project,
+                    version,
+                    chip.name()
+                ),
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -135,8 +137,7 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             image: path,
             json: as_json,
         } => {
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes = crate::input::read_bounded(&path, crate::input::FLASH_LIMIT, "image")?;
             crate::glue::refuse_elf(&bytes, &path, "an app or bootloader image")?;
             let s = read_image(&bytes).with_context(|| format!("{}", path.display()))?;
             if as_json {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use ota_core::partition::{self, Partition};
 use serde_json::{json, Value};
@@ -95,13 +95,16 @@ pub fn run(cmd: PartitionCmd) -> Result<ExitCode> {
             let t = read_table(&mut ff, table.get()?)?;
             let p = t.find(&label)?;
             let data = ff.read(p.offset, p.size, &describe(&p))?;
-            std::fs::write(&out, &data).with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "read partition '{}' (0x{:x} bytes at 0x{:x}) into {}",
-                label,
-                p.size,
-                p.offset,
-                out.display()
+            let wrote = crate::output::write_output(&out, &data, "partition contents")?;
+            crate::output::say(
+                wrote,
+                format_args!(
+                    "read partition '{}' (0x{:x} bytes at 0x{:x}) into {}",
+                    label,
+                    p.size,
+                    p.offset,
+                    out.display()
+                ),
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -112,7 +115,7 @@ pub fn run(cmd: PartitionCmd) -> Result<ExitCode> {
             table,
         } => {
             let data =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                crate::input::read_bounded(&file, crate::input::FLASH_LIMIT, "partition contents")?;
             let mut ff = FlashFile::open(&flash.flash)?;
             let t = read_table(&mut ff, table.get()?)?;
             let p = writable(&t, &label, &ff)?;

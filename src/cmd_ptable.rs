@@ -1,10 +1,9 @@
 //! `ota partition-table IN [-o OUT]`: CSV to binary and binary to CSV, like gen_esp32part.py.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use ota_core::partition::{CsvOptions, PartitionTable, ReadRule, TABLE_MAX_LEN};
 
@@ -38,7 +37,7 @@ pub struct PtableArgs {
 
 pub fn run(a: PtableArgs) -> Result<ExitCode> {
     let input =
-        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+        crate::input::read_bounded(&a.input, crate::input::TEXT_LIMIT, "partition table input")?;
     let addr = |s: &Option<String>| s.as_deref().map(crate::cmd_flash::parse_addr).transpose();
     let opts = CsvOptions {
         table_offset: crate::glue::parse_size(&a.partition_table_offset)?,
@@ -67,7 +66,7 @@ pub fn run(a: PtableArgs) -> Result<ExitCode> {
             .map_err(|_| anyhow!("formatting CSV"))?;
         match &a.output {
             Some(p) => {
-                std::fs::write(p, csv).with_context(|| format!("writing {}", p.display()))?
+                crate::output::write_output(p, csv.as_bytes(), "partition table CSV")?;
             }
             None => print!("{}", csv),
         }
@@ -86,7 +85,7 @@ pub fn run(a: PtableArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow!("{}", e))?;
         match &a.output {
             Some(p) => {
-                std::fs::write(p, bin).with_context(|| format!("writing {}", p.display()))?
+                crate::output::write_output(p, &bin, "partition table binary")?;
             }
             None => {
                 if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -94,7 +93,7 @@ pub fn run(a: PtableArgs) -> Result<ExitCode> {
                         "refusing to write a binary table to a terminal: give -o OUT"
                     ));
                 }
-                std::io::stdout().write_all(&bin)?;
+                crate::output::write_stdout(&bin);
             }
         }
     }

@@ -24,6 +24,7 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
         .s3
         .options()?
         .ok_or_else(|| anyhow!("ota publish needs --store s3://BUCKET and --s3-endpoint URL"))?;
+    crate::input::check_input(&a.file, crate::input::FLASH_LIMIT, "file to publish")?;
     let store = S3Store::new(opts)?;
     let rt = ota_server::runtime(Some(1))?;
     let report = rt.block_on(store.publish(&a.file))?;

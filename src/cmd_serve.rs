@@ -109,10 +109,14 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         (None, None) => bail!("give a folder to serve, or --store s3://BUCKET"),
     };
     let tls = match (&a.tls_cert, &a.tls_key, a.tls_self_signed) {
-        (Some(cert), Some(key), _) => Tls::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
+        (Some(cert), Some(key), _) => {
+            crate::input::check_input(cert, crate::input::PEM_LIMIT, "TLS certificate")?;
+            crate::input::check_input(key, crate::input::PEM_LIMIT, "TLS key")?;
+            Tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }
+        }
         (_, _, true) => Tls::SelfSigned {
             dir: a.tls_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("ota-serve-tls-{}", a.bind.port()))

@@ -78,7 +78,7 @@ fn pack(
     version: &str,
     time: &str,
     date: &str,
-) -> Result<u32> {
+) -> Result<(u32, crate::output::Wrote)> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("reading folder {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -92,7 +92,7 @@ fn pack(
     }
     let datas: Vec<Vec<u8>> = names
         .iter()
-        .map(|n| std::fs::read(dir.join(n)).with_context(|| format!("reading {}", n)))
+        .map(|n| crate::input::read_bounded(&dir.join(n), crate::input::FLASH_LIMIT, "tone file"))
         .collect::<Result<_>>()?;
     let entries: Vec<ToneEntry<'_>> = names
         .iter()
@@ -104,8 +104,8 @@ fn pack(
         out.extend_from_slice(b)
     })
     .map_err(|e| anyhow!("{}", e))?;
-    std::fs::write(output, &out).with_context(|| format!("writing {}", output.display()))?;
-    Ok(n)
+    let wrote = crate::output::write_output(output, &out, "tone bin")?;
+    Ok((n, wrote))
 }
 
 pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
@@ -119,7 +119,7 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
             date,
         } => {
             let (t, d) = now_utc();
-            let n = pack(
+            let (n, wrote) = pack(
                 &dir,
                 &output,
                 format,
@@ -127,16 +127,18 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
                 time.as_deref().unwrap_or(&t),
                 date.as_deref().unwrap_or(&d),
             )?;
-            println!(
-                "wrote {} ({} bytes, format {})",
-                output.display(),
-                n,
-                format
+            crate::output::say(
+                wrote,
+                format_args!(
+                    "wrote {} ({} bytes, format {})",
+                    output.display(),
+                    n,
+                    format
+                ),
             );
         }
         ToneCmd::Info { bin, json: as_json } => {
-            let bytes =
-                std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+            let bytes = crate::input::read_bounded(&bin, crate::input::FLASH_LIMIT, "tone bin")?;
             let t = ToneBin::parse(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
             let h = t.header();
             let files: Vec<_> = t
@@ -193,8 +195,7 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
             }
         }
         ToneCmd::Unpack { bin, dir } => {
-            let bytes =
-                std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+            let bytes = crate::input::read_bounded(&bin, crate::input::FLASH_LIMIT, "tone bin")?;
             let t = ToneBin::parse(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut n = 0;
@@ -204,8 +205,7 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
                     f.song_index,
                     if f.file_type == 1 { "wav" } else { "mp3" }
                 );
-                std::fs::write(dir.join(&name), data)
-                    .with_context(|| format!("writing {}", name))?;
+                crate::output::write_regular(&dir.join(&name), data, "tone file")?;
                 n += 1;
             }
             println!("unpacked {} files into {}", n, dir.display());

@@ -165,12 +165,12 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
 
     // The SD card and the HTTP server's folder.
     let new_tone = match &a.tone {
-        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => crate::input::read_bounded(p, crate::input::FLASH_LIMIT, "tone bin")?,
         None => synth_tone_bin(21, 60.0)?,
     };
-    std::fs::write(sd_dir.join("flash_tone.bin"), &new_tone)?;
+    crate::output::write_regular(&sd_dir.join("flash_tone.bin"), &new_tone, "SD card file")?;
     let new_app = app_image(NEW_PROJECT, NEW_VERSION, 620 * 1024, 2)?;
-    std::fs::write(www.join("play_mp3_control.bin"), &new_app)?;
+    crate::output::write_regular(&www.join("play_mp3_control.bin"), &new_app, "served file")?;
     let server = FileServer::start(www.clone())?;
     let host = format!("127.0.0.1:{}", server.addr.port());
 

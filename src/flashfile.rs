@@ -3,10 +3,9 @@
 //! 0xFF), every change made through the emulated NOR flash (erase, then program), and the file
 //! replaced only after the whole command succeeded, so bad input leaves it exactly as it was.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use ota_core::partition::{CsvOptions, Partition, PartitionTable, ReadRule, TABLE_MAX_LEN};
 use ota_emu::device::{detect_bootloader, BootloaderInfo};
 use ota_emu::flash::{EmuFlash, ERASED, SECTOR_SIZE};
@@ -20,20 +19,13 @@ pub struct FlashFile {
 }
 
 impl FlashFile {
-    /// Load `path`. An empty file, or one larger than 4 GiB, is refused.
+    /// Load `path`: a regular file, not empty, of at most 128 MB (`input::FLASH_LIMIT`, the
+    /// largest flash an ESP32-class chip has); FIFOs, devices and directories are refused.
     pub fn open(path: &Path) -> Result<FlashFile> {
-        let mut image = std::fs::read(path)
-            .with_context(|| format!("reading flash image {}", path.display()))?;
+        let mut image = crate::input::read_bounded(path, crate::input::FLASH_LIMIT, "flash image")?;
         let file_len = image.len() as u64;
         if file_len == 0 {
             bail!("flash image {} is empty", path.display());
-        }
-        if file_len > u64::from(u32::MAX) + 1 {
-            bail!(
-                "flash image {} is {} bytes, more than the 4 GiB an ESP32 address can reach",
-                path.display(),
-                file_len
-            );
         }
         image.resize(
             image.len().div_ceil(SECTOR_SIZE as usize) * SECTOR_SIZE as usize,
@@ -116,8 +108,9 @@ impl FlashFile {
         detect_bootloader(&mut self.flash, &name).ok()
     }
 
-    /// Write the image back, atomically (a temporary file renamed over it). The file keeps its
-    /// length unless a change reached past its end (it then grows to the end of that sector).
+    /// Write the image back, atomically (a temporary file renamed over it, or over the target
+    /// of a symbolic link; `output::replace_regular`). The file keeps its length unless a change
+    /// reached past its end (it then grows to the end of that sector).
     pub fn save(&self) -> Result<()> {
         let stats = self.flash.stats();
         let touched = stats
@@ -131,18 +124,7 @@ impl FlashFile {
             .contents()
             .get(..len)
             .unwrap_or(self.flash.contents());
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        tmp.write_all(data)
-            .and_then(|_| tmp.flush())
-            .with_context(|| format!("writing {}", self.path.display()))?;
-        tmp.persist(&self.path)
-            .map_err(|e| anyhow!("replacing {}: {}", self.path.display(), e.error))?;
+        crate::output::replace_regular(&self.path, data, "flash image")?;
         Ok(())
     }
 }
@@ -232,4 +214,60 @@ impl FlashTable {
             })
             .copied()
     }
+}
+
+/// A partition table read leniently, for showing what a table that a reader refuses holds:
+/// every entry from the start that is a partition (magic `AA 50`), skipping the MD5 entry
+/// (`EB EB`), up to the end marker (`FF FF FF FF`) or the first entry that is neither, which is
+/// named in `notes` (ESP-IDF `components/bootloader_support/src/flash_partitions.c`
+/// `esp_partition_table_verify` walks the same entries, and refuses the table there).
+pub struct LenientTable {
+    pub partitions: Vec<Partition>,
+    /// What the walk met besides partitions: the MD5 entry, where it stopped and why.
+    pub notes: Vec<String>,
+}
+
+pub fn read_table_lenient(bytes: &[u8]) -> LenientTable {
+    use ota_core::partition::{ENTRY_SIZE, MAGIC, MAGIC_END, MAGIC_MD5, TYPE_END};
+    let mut partitions = Vec::new();
+    let mut notes = Vec::new();
+    let mut end = false;
+    for (i, e) in bytes.chunks_exact(ENTRY_SIZE).enumerate() {
+        let Ok(entry) = <&[u8; ENTRY_SIZE]>::try_from(e) else {
+            break;
+        };
+        let magic = u16::from_le_bytes([e[0], e[1]]);
+        if magic == MAGIC_END && e[2] == TYPE_END && e[3] == TYPE_END {
+            end = true;
+            break;
+        }
+        if magic == MAGIC_MD5 {
+            notes.push(format!(
+                "entry {} (byte 0x{:x}) is the MD5 entry",
+                i,
+                i * ENTRY_SIZE
+            ));
+            continue;
+        }
+        if magic != MAGIC {
+            notes.push(format!(
+                "entry {} (byte 0x{:x}) starts {:02x} {:02x}: neither a partition (aa 50), the \
+                 MD5 entry (eb eb) nor the end marker (ff ff ff ff); read no further",
+                i,
+                i * ENTRY_SIZE,
+                e[0],
+                e[1]
+            ));
+            end = true;
+            break;
+        }
+        partitions.push(Partition::from_bytes(entry));
+    }
+    if !end {
+        notes.push(format!(
+            "no end marker (ff ff ff ff) in the 0x{:x} bytes of the table",
+            bytes.len()
+        ));
+    }
+    LenientTable { partitions, notes }
 }

@@ -47,8 +47,10 @@ pub fn refuse_elf(bytes: &[u8], path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Open the device held by a flash image file.
+/// Open the device held by a flash image file: a regular file of at most 128 MB
+/// (`input::FLASH_LIMIT`), checked before the emulator reads it.
 pub fn open_device(path: &Path) -> Result<Device<EmuFlash>> {
+    crate::input::check_input(path, crate::input::FLASH_LIMIT, "flash image")?;
     let flash =
         EmuFlash::open(path).with_context(|| format!("opening flash image {}", path.display()))?;
     Device::open(flash).with_context(|| format!("reading device from {}", path.display()))

@@ -84,13 +84,16 @@ pub fn log(level: char, tag: &str, msg: &str) {
     } else {
         format!("{} ({}) {}: {}", level, ms, tag, msg)
     };
+    // A line that cannot be written (a closed pipe) is dropped, not fatal: the command goes on,
+    // so a device that is booting or updating finishes its flash writes (see `output.rs`).
+    let write = || {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", line);
+    };
     let bar = l.bar.lock().unwrap_or_else(|p| p.into_inner());
     match bar.as_ref() {
-        Some(b) => b.suspend(|| println!("{}", line)),
-        None => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", line);
-        }
+        Some(b) => b.suspend(write),
+        None => write(),
     }
 }
 

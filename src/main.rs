@@ -1,6 +1,32 @@
 //! `ota`: the command-line front end of ota-service. Thin: it parses arguments, wires the
 //! crates together and prints; format logic lives in `ota-core`.
 
+// Every module below prints through these instead of std's macros, which panic when standard
+// output is a closed pipe (`ota device info ... | head -1`) or a full disk: a closed pipe ends
+// the command quietly, another error is reported (`output::print_out`). Defined before the
+// `mod` lines, they shadow std's `println!`, `print!` and `eprintln!` in all of them.
+macro_rules! println {
+    () => {
+        $crate::output::print_out(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print_out(format_args!($($arg)*), true)
+    };
+}
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::print_out(format_args!($($arg)*), false)
+    };
+}
+macro_rules! eprintln {
+    () => {
+        $crate::output::print_err(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print_err(format_args!($($arg)*))
+    };
+}
+
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;
@@ -14,7 +40,9 @@ mod cmd_tone;
 mod demo;
 mod flashfile;
 mod glue;
+mod input;
 mod logger;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +121,7 @@ fn main() -> ExitCode {
         Command::FleetSim(a) => cmd_fleet::run(a),
     };
     logger::progress_done();
+    output::flush_stdout();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -523,3 +523,227 @@ fn device_run_reads_the_sd_card_from_a_fat_image() {
     let info = ok(&["device", "info", "--flash", f.p("flash.bin")]);
     assert!(info.contains("ota_example v1.0.0"), "{}", info);
 }
+
+/// The partition table sector of the example device.
+const TABLE: std::ops::Range<usize> = 0x8000..0x8C00;
+/// Size of one partition table entry.
+const ENTRY: usize = 32;
+
+fn info_json(f: &Fixture) -> (std::process::Output, serde_json::Value) {
+    let o = ota(&["device", "info", "--flash", f.p("flash.bin"), "--json"]);
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("device info --json is JSON ({}):\n{}", e, text(&o)));
+    (o, v)
+}
+
+fn labels(v: &serde_json::Value) -> Vec<String> {
+    v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const EXAMPLE_LABELS: [&str; 6] = ["nvs", "otadata", "phy_init", "ota_0", "ota_1", "flash_tone"];
+
+/// Corrupt the table with `damage`, then check that `device info` (text and JSON) shows the six
+/// entries, otadata, the apps and the bootloader's verdict, and exits with status 2.
+fn check_refused_table(damage: impl Fn(&mut [u8]), verdict: &str, note: Option<&str>) {
+    let f = Fixture::new();
+    let mut flash = f.flash();
+    damage(&mut flash[TABLE]);
+    std::fs::write(f.path("flash.bin"), &flash).unwrap();
+    let o = ota(&["device", "info", "--flash", f.p("flash.bin")]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{}", t);
+    assert!(!t.contains("panicked"), "{}", t);
+    assert!(t.contains("REFUSED") && t.contains(verdict), "{}", t);
+    for l in EXAMPLE_LABELS {
+        assert!(t.contains(l), "entry {} shown:\n{}", l, t);
+    }
+    assert!(t.contains("[0] seq 1"), "otadata shown:\n{}", t);
+    assert!(
+        t.contains("ota_example v1.0.0"),
+        "the app in ota_0 shown:\n{}",
+        t
+    );
+    if let Some(n) = note {
+        assert!(t.contains(n), "{}", t);
+    }
+    let (o, v) = info_json(&f);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert_eq!(labels(&v), EXAMPLE_LABELS);
+    assert!(
+        v["table_error"].as_str().unwrap().contains(verdict),
+        "{}",
+        v
+    );
+    assert_eq!(v["otadata"]["entries"][0]["seq"], 1);
+    assert_eq!(v["apps"][0]["app"]["version"], "v1.0.0");
+    // Nothing was written.
+    assert_eq!(f.flash(), flash);
+}
+
+#[test]
+fn device_info_shows_a_table_with_a_bad_md5_and_the_bootloaders_verdict() {
+    // A flipped bit in ota_1's size: the MD5 entry (entry 6) no longer matches.
+    check_refused_table(
+        |t| t[4 * ENTRY + 8] ^= 0x01,
+        "Incorrect MD5 checksum",
+        Some("MD5 entry"),
+    );
+}
+
+#[test]
+fn device_info_shows_a_table_without_end_marker_and_the_bootloaders_verdict() {
+    // Zeros from entry 7 on, where the end marker was.
+    check_refused_table(
+        |t| t[7 * ENTRY..].fill(0),
+        "invalid magic number",
+        Some("entry 7"),
+    );
+}
+
+#[test]
+fn device_info_shows_a_table_beyond_the_flash_size_and_the_bootloaders_verdict() {
+    // A table without MD5 (the bootloader's MD5 is optional) whose flash_tone ends beyond the
+    // 4 MB chip: the bootloader refuses the whole table.
+    let f = Fixture::new();
+    std::fs::write(
+        f.path("big.csv"),
+        "nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n\
+         phy_init, data, phy, 0xf000, 0x1000,\nota_0, app, ota_0, 0x10000, 1M,\n\
+         ota_1, app, ota_1, 0x110000, 1M,\nflash_tone, data, 0xff, 0x210000, 4M,\n",
+    )
+    .unwrap();
+    ok(&[
+        "partition-table",
+        f.p("big.csv"),
+        "--no-verify",
+        "--disable-md5sum",
+        "-o",
+        f.p("big.bin"),
+    ]);
+    let bin = std::fs::read(f.path("big.bin")).unwrap();
+    check_refused_table(|t| t.copy_from_slice(&bin), "exceeds flash chip size", None);
+}
+
+#[test]
+fn device_info_warns_about_overlapping_entries_the_bootloader_accepts() {
+    let f = Fixture::new();
+    // The example's table without MD5 entry (optional for the bootloader), then ota_1 moved to
+    // start inside ota_0 (gen_esp32part refuses to write such a table).
+    std::fs::write(
+        f.path("example.csv"),
+        ok(&["partition-table", &{
+            let mut t = f.flash()[TABLE].to_vec();
+            t.truncate(0xC00);
+            std::fs::write(f.path("t.bin"), &t).unwrap();
+            f.p("t.bin").to_string()
+        }]),
+    )
+    .unwrap();
+    ok(&[
+        "partition-table",
+        f.p("example.csv"),
+        "--disable-md5sum",
+        "-o",
+        f.p("overlap.bin"),
+    ]);
+    let mut bin = std::fs::read(f.path("overlap.bin")).unwrap();
+    bin[4 * ENTRY + 4..4 * ENTRY + 8].copy_from_slice(&0x100000u32.to_le_bytes());
+    std::fs::write(f.path("overlap.bin"), &bin).unwrap();
+    let mut flash = f.flash();
+    flash[TABLE].copy_from_slice(&std::fs::read(f.path("overlap.bin")).unwrap());
+    std::fs::write(f.path("flash.bin"), &flash).unwrap();
+    let t = ok(&["device", "info", "--flash", f.p("flash.bin")]);
+    assert!(
+        t.contains("gen_esp32part would refuse this table") && t.contains("overlap"),
+        "{}",
+        t
+    );
+    let (o, v) = info_json(&f);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(v["table_error"].is_null(), "{}", v);
+    let w = v["table_warnings"].as_array().unwrap();
+    assert!(
+        w.iter().any(|w| w.as_str().unwrap().contains("overlap")),
+        "{}",
+        v
+    );
+    assert_eq!(labels(&v), EXAMPLE_LABELS);
+}
+
+#[test]
+fn device_info_shows_the_tone_partitions_format_count_and_version() {
+    let f = Fixture::new();
+    // The fixture's format-0 bin: 3 files, no version.
+    let t = ok(&["device", "info", "--flash", f.p("flash.bin")]);
+    assert!(
+        t.contains("flash_tone") && t.contains("format 0, 3 files: valid"),
+        "{}",
+        t
+    );
+    let (_, v) = info_json(&f);
+    let tone = &v["tones"][0];
+    assert_eq!(tone["label"], "flash_tone");
+    assert_eq!(tone["format"], 0);
+    assert_eq!(tone["count"], 3);
+    assert!(tone["version"].is_null());
+    assert_eq!(tone["valid"], true);
+    assert_eq!(
+        v["tones"].as_array().unwrap().len(),
+        1,
+        "only flash_tone: {}",
+        v
+    );
+    // A format-1 bin with a version.
+    ok(&[
+        "tone",
+        "pack",
+        f.p("sounds"),
+        "-o",
+        f.p("v2.bin"),
+        "--version",
+        "v2.3.4",
+    ]);
+    ok(&[
+        "partition",
+        "write",
+        "flash_tone",
+        "--flash",
+        f.p("flash.bin"),
+        f.p("v2.bin"),
+    ]);
+    let t = ok(&["device", "info", "--flash", f.p("flash.bin")]);
+    assert!(
+        t.contains("format 1, 3 files, version v2.3.4: valid"),
+        "{}",
+        t
+    );
+    let (_, v) = info_json(&f);
+    assert_eq!(v["tones"][0]["format"], 1);
+    assert_eq!(v["tones"][0]["count"], 3);
+    assert_eq!(v["tones"][0]["version"], "v2.3.4");
+    assert_eq!(v["tones"][0]["project_name"], "ESP_TONE_BIN");
+    // One byte of the first file changed: our CRC check fails, ADF's init still accepts it.
+    let mut flash = f.flash();
+    let bin_len = std::fs::read(f.path("v2.bin")).unwrap().len();
+    flash[FLASH_TONE.start + bin_len - 100] ^= 0x55;
+    std::fs::write(f.path("flash.bin"), &flash).unwrap();
+    let t = ok(&["device", "info", "--flash", f.p("flash.bin")]);
+    assert!(
+        t.contains("version v2.3.4: DAMAGED") && t.contains("tone_partition_init accepts"),
+        "{}",
+        t
+    );
+    let (_, v) = info_json(&f);
+    assert_eq!(v["tones"][0]["valid"], false);
+    assert_eq!(v["tones"][0]["adf_valid"], true);
+    assert!(
+        v["tones"][0]["error"].as_str().unwrap().contains("CRC"),
+        "{}",
+        v
+    );
+}
