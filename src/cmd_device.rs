@@ -933,6 +933,7 @@ pub fn run_device_with(
     opts: ota_service::source::SourceOptions,
 ) -> Result<ota_service::RunReport> {
     let chip = dev.chip();
+    let flash_size = dev.flash_size();
     let table = dev.table().clone();
     let booted = boot_stored(dev, stored, false)?;
     let mut items = ota_service::items::from_config(config).map_err(|e| anyhow!("{}", e))?;
@@ -945,6 +946,9 @@ pub fn run_device_with(
         running: Some(booted.partition),
         rollback: settings.bootloader.rollback,
         anti_rollback: settings.anti_rollback(),
+        // The emulated bootloader reads the table at the default offset (ota-emu's Device).
+        table_offset: TABLE_OFFSET,
+        flash_size: Some(flash_size),
     };
     let mut on_event = |ev: ota_service::Event| print_event(&ev);
     let mut env = ota_service::Env {

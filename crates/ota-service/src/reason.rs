@@ -98,6 +98,9 @@ impl Reason {
             Reason::StreamRdFail => "STREAM_RD_FAIL",
             Reason::GetNewAppDescFail => "GET_NEW_APP_DESC_FAIL",
             Reason::OtaValidateFailed => "ESP_ERR_OTA_VALIDATE_FAILED",
+            Reason::Other(crate::items::ESP_ERR_OTA_PARTITION_CONFLICT) => {
+                "ESP_ERR_OTA_PARTITION_CONFLICT"
+            }
             Reason::Other(crate::items::ESP_ERR_OTA_SMALL_SEC_VER) => "ESP_ERR_OTA_SMALL_SEC_VER",
             Reason::Other(crate::items::ESP_ERR_OTA_ROLLBACK_INVALID_STATE) => {
                 "ESP_ERR_OTA_ROLLBACK_INVALID_STATE"
