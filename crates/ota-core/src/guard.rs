@@ -12,9 +12,9 @@
 //! * and the end of the flash, when the engine knows its size.
 //!
 //! gen_esp32part.py refuses such tables (`verify()`: overlapping partitions, partitions below
-//! the table), but the 2nd-stage bootloader does not (`esp_partition_table_verify` checks only
-//! magic, MD5 and that entries fit the chip), so a device can run with one, and the engines must
-//! not trust it. Sans-IO, no allocation: the check reads nothing and writes nothing.
+//! the table), but the 2nd-stage bootloader does not (`esp_partition_table_verify`, ESP-IDF
+//! `components/bootloader_support/src/flash_partitions.c`, checks only magic, MD5 and that
+//! entries fit the chip), so a device can run with one, and the engines must not trust it. Sans-IO, no allocation: the check reads nothing and writes nothing.
 
 use core::fmt;
 

@@ -309,10 +309,7 @@ fn app_config<F: NorFlash>(dev: &Device<'_, F>) -> AppUpdateConfig {
 fn refused(e: ota_core::Error, uri: &str, env: &mut Env<'_>) -> ItemError {
     env.error(
         TAG_DEFAULT,
-        format!(
-            "esp_ota_begin failed: {} (ESP_ERR_OTA_PARTITION_CONFLICT)",
-            e
-        ),
+        "esp_ota_begin failed (ESP_ERR_OTA_PARTITION_CONFLICT)",
     );
     core_error(e, uri)
 }
