@@ -25,6 +25,13 @@ use crate::partition::{
 };
 use crate::resume::RESUME_PARTITION_LABEL;
 
+/// The 32-bit flash address space (`esp_partition_info_t` offsets and sizes are u32): an area
+/// ending past it cannot be addressed at all.
+const ADDRESS_SPACE: u64 = 1 << 32;
+/// Most partitions one [`FlashMap::check_area`] call may name as the area's own (more are
+/// checked like any other partition).
+const MAX_OWN: usize = 4;
+
 /// What an area of flash is, for the error message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -267,7 +274,7 @@ impl<'a> FlashMap<'a> {
                     flash_size: Some(size),
                 });
             }
-        } else if area.end() > 1u64 << 32 {
+        } else if area.end() > ADDRESS_SPACE {
             return Err(GuardError::BeyondFlash {
                 area,
                 flash_size: None,
@@ -278,7 +285,7 @@ impl<'a> FlashMap<'a> {
                 return Err(GuardError::Overlap { area, protected });
             }
         }
-        let mut skipped = [false; 4];
+        let mut skipped = [false; MAX_OWN];
         let mut running_seen = false;
         for p in self.table.iter() {
             if self.running.as_ref() == Some(p) {
