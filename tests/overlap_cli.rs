@@ -212,8 +212,24 @@ fn an_ota_resume_partition_inside_the_running_app_is_refused_before_any_erase() 
         &d.dir.join("flash.bin"),
         &before,
     );
-    // No brick: nothing was erased, so a power cut could not have torn anything, and the
-    // running app still boots.
+    // No brick: a power cut armed at the first byte never fires, since the run programs or
+    // erases nothing at all, and the running app still boots.
+    let o = ota(&[
+        "device",
+        "run",
+        "--flash",
+        d.p("flash.bin"),
+        "--config",
+        d.p("ota.toml"),
+        "--power-cut-after-bytes",
+        "1",
+    ]);
+    refused(
+        &o,
+        &["no power cut: this command programmed or erased 0 bytes"],
+        &d.dir.join("flash.bin"),
+        &before,
+    );
     let boot = ok(&["device", "boot", "--flash", d.p("flash.bin")]);
     assert!(boot.contains("v1.0.0"), "{boot}");
     // Over HTTP (where the record would be written at once) the same refusal.
