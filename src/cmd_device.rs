@@ -1321,6 +1321,7 @@ fn run_device_hooked(
     app_main: &mut dyn FnMut(),
 ) -> Result<(ota_service::RunReport, BootOutcome)> {
     let chip = dev.chip();
+    let flash_size = dev.flash_size();
     let table = dev.table().clone();
     warn_rollback_state(dev.flash_mut(), &table, stored);
     let booted = boot_stored(dev, stored, false)?;
@@ -1336,6 +1337,9 @@ fn run_device_hooked(
         running: Some(booted.partition),
         rollback: settings.bootloader.rollback,
         anti_rollback: settings.anti_rollback(),
+        // The emulated bootloader reads the table at the default offset (ota-emu's Device).
+        table_offset: TABLE_OFFSET,
+        flash_size: Some(flash_size),
     };
     let mut progress = ProgressEvents::default();
     let mut on_event = |ev: ota_service::Event| print_event(&ev, config, &mut progress);

@@ -96,6 +96,7 @@ fn run_one(
     let flash = EmuFlash::from_image(image.to_vec())?;
     let mut dev = Device::open_named(flash, "fleet device")?;
     let chip = dev.chip();
+    let flash_size = dev.flash_size();
     let table = dev.table().clone();
     let booted = cmd_device::boot_device(dev.flash_mut(), &table, chip, true)?;
     let mut item = ManifestItem::new(catalogue, project);
@@ -119,6 +120,9 @@ fn run_one(
         running: Some(booted.partition),
         rollback: false,
         anti_rollback: None,
+        // The emulated bootloader reads the table at the default offset.
+        table_offset: ota_core::partition::TABLE_OFFSET,
+        flash_size: Some(flash_size),
     };
     let mut env = ota_service::Env {
         sd: None,

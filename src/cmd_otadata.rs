@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use ota_core::boot::{self, BootConfig};
+use ota_core::guard::FlashMap;
 use ota_core::image;
 use ota_core::otadata::{OtaData, OtaSelectEntry, OtaState, SEQ_ERASED};
 use ota_core::partition::{Partition, PartitionTable};
@@ -79,6 +80,20 @@ fn open(ff: &mut FlashFile, table: &TableOffsetArg) -> Result<(PartitionTable, P
     Ok((t.table, part))
 }
 
+/// `switch` and `erase` write otadata: it must keep clear of the bootloader region, the
+/// partition table and every other partition (the apps it selects among), as the update
+/// engines require (`ota_core::guard`). `read` only reads.
+fn check_writable(ff: &mut FlashFile, table: &PartitionTable, table_offset: u32) -> Result<()> {
+    let map = FlashMap {
+        table,
+        bootloader_offset: ff.bootloader().map(|b| b.chip.bootloader_offset()),
+        table_offset,
+        flash_size: None,
+        running: None,
+    };
+    map.check_otadata().map_err(|e| anyhow!("{}", e))
+}
+
 pub fn run(cmd: OtadataCmd) -> Result<ExitCode> {
     match cmd {
         OtadataCmd::Read { flash, table, json } => read(flash, table, json),
@@ -100,7 +115,8 @@ pub fn run(cmd: OtadataCmd) -> Result<ExitCode> {
         }
         OtadataCmd::Erase { flash, table } => {
             let mut ff = FlashFile::open(&flash.flash)?;
-            let (_, part) = open(&mut ff, &table)?;
+            let (t, part) = open(&mut ff, &table)?;
+            check_writable(&mut ff, &t, table.get()?)?;
             OtaData::erase_all(ff.flash_mut(), &part).map_err(|e| anyhow!("{}", e))?;
             ff.save()?;
             println!(
@@ -291,7 +307,9 @@ fn switch(
         },
     };
     let mut ff = FlashFile::open(&flash.flash)?;
+    let table_offset = table.get()?;
     let (table, part) = open(&mut ff, &table)?;
+    check_writable(&mut ff, &table, table_offset)?;
     let target = parse_slot(&table, slot)?;
     let count = table.ota_count();
     let target_part = match target {

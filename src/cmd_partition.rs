@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use ota_core::guard::{Area, AreaKind, FlashMap};
 use ota_core::partition::{self, Partition};
 use serde_json::{json, Value};
 
@@ -118,7 +119,7 @@ pub fn run(cmd: PartitionCmd) -> Result<ExitCode> {
                 crate::input::read_bounded(&file, crate::input::FLASH_LIMIT, "partition contents")?;
             let mut ff = FlashFile::open(&flash.flash)?;
             let t = read_table(&mut ff, table.get()?)?;
-            let p = writable(&t, &label, &ff)?;
+            let p = writable(&t, &label, &mut ff)?;
             if data.len() as u64 > u64::from(p.size) {
                 bail!(
                     "{} is {} bytes (0x{:x}), larger than partition '{}' ({} bytes, 0x{:x} at 0x{:x}); \
@@ -154,7 +155,7 @@ pub fn run(cmd: PartitionCmd) -> Result<ExitCode> {
         } => {
             let mut ff = FlashFile::open(&flash.flash)?;
             let t = read_table(&mut ff, table.get()?)?;
-            let p = writable(&t, &label, &ff)?;
+            let p = writable(&t, &label, &mut ff)?;
             ff.write(p.offset, &vec![0xFF; p.size as usize], &describe(&p))?;
             ff.save()?;
             println!(
@@ -170,10 +171,12 @@ fn describe(p: &Partition) -> String {
     format!("partition '{}'", p.label.as_str())
 }
 
-/// The partition to change: it must exist, lie inside the image and overlap no other
-/// partition (gen_esp32part's verify() rule; parttool.py itself does not check).
-fn writable(t: &FlashTable, label: &str, ff: &FlashFile) -> Result<Partition> {
+/// The partition to change: it must exist, lie inside the image, keep clear of the bootloader
+/// region and the partition table (`ota_core::guard`), and overlap no other partition
+/// (gen_esp32part's verify() rule; parttool.py itself does not check).
+fn writable(t: &FlashTable, label: &str, ff: &mut FlashFile) -> Result<Partition> {
     let p = t.find(label)?;
+    check_protected(t, &p, ff)?;
     if let Some(o) = t.overlapping(&p) {
         return Err(anyhow!(
             "partition '{}' (0x{:x}..0x{:x}) overlaps partition '{}' (0x{:x}..0x{:x}) in the table \
@@ -190,6 +193,37 @@ fn writable(t: &FlashTable, label: &str, ff: &FlashFile) -> Result<Partition> {
     }
     ff.check_range(p.offset, u64::from(p.size), &describe(&p))?;
     Ok(p)
+}
+
+/// A partition the toolbox writes must not cover flash below the partition table (the
+/// bootloader region) nor the table sector itself, which a table the bootloader accepts can
+/// still make it do. Only an entry of type `bootloader` (or `partition_table`), as ESP-IDF v5.3+
+/// tables may list (`components/partition_table/gen_esp32part.py`), is meant to lie over its own
+/// region. The rule and the names of the regions are `ota_core::guard`'s.
+fn check_protected(t: &FlashTable, p: &Partition, ff: &mut FlashFile) -> Result<()> {
+    let map = FlashMap {
+        table: &t.table,
+        bootloader_offset: ff.bootloader().map(|b| b.chip.bootloader_offset()),
+        table_offset: t.offset,
+        flash_size: None,
+        running: None,
+    };
+    let area = Area::of(AreaKind::Partition, p);
+    let regions = [
+        (map.bootloader_area(), partition::TYPE_BOOTLOADER),
+        (map.table_area(), partition::TYPE_PARTITION_TABLE),
+    ];
+    for (region, own_type) in regions {
+        if p.ptype != own_type && area.overlaps(&region) {
+            bail!(
+                "{} overlaps {}: refusing to change it (that would overwrite what the device \
+                 boots from); nothing was written",
+                area,
+                region
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn type_name(p: &Partition) -> String {

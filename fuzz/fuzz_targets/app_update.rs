@@ -31,8 +31,8 @@ fuzz_target!(|data: &[u8]| {
         Chip::Esp32
     };
     let cfg = AppUpdateConfig {
-        chip,
         rollback: ctl & 2 != 0,
+        ..AppUpdateConfig::new(chip)
     };
     let expected = (ctl & 4 != 0).then_some(img.len() as u64);
     let policy = match (ctl >> 3) & 3 {

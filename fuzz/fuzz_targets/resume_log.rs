@@ -33,10 +33,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(rec.progress % 4096 == 0 && rec.progress <= log.image_limit());
-    let cfg = AppUpdateConfig {
-        chip: Chip::Esp32,
-        rollback: false,
-    };
+    let cfg = AppUpdateConfig::new(Chip::Esp32);
     if let Ok(mut u) = AppUpdate::resume(&mut f, &t, Some(&running), cfg, log, rec) {
         assert_eq!(u.written(), rec.progress);
         let tail = slot_bytes.get(rec.progress as usize..).unwrap_or(&[]);

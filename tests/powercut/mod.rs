@@ -257,6 +257,8 @@ fn device_run(
             running: Some(first.partition),
             rollback: cfg.rollback,
             anti_rollback: cfg.anti_rollback.then_some(cfg.efuse_secure_version),
+            table_offset: ota_core::partition::TABLE_OFFSET,
+            flash_size: None,
         };
         let mut on_event = |ev: ota_service::Event| {
             if let ota_service::Event::Log { message, .. } = &ev {

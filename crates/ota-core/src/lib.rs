@@ -13,6 +13,7 @@ pub mod boot;
 pub mod chip;
 pub mod error;
 pub mod flash;
+pub mod guard;
 pub mod image;
 pub mod layout;
 pub mod otadata;

@@ -148,6 +148,12 @@ pub enum ResumeError {
     /// The log sits in the slot's last sector and the image would reach it (or its length is
     /// unknown).
     NoRoom { image_len: Option<u32>, limit: u32 },
+    /// The log given to an update is not the one its table keeps for the target slot
+    /// ([`ResumeLog::locate`]); `home_offset`: that one's sector, if the slot has one.
+    ForeignLog {
+        log_offset: u32,
+        home_offset: Option<u32>,
+    },
 }
 
 impl fmt::Display for ResumeError {
@@ -174,6 +180,22 @@ impl fmt::Display for ResumeError {
                     "the resume log needs the slot's last sector, and the image length is unknown"
                 ),
             },
+            ResumeError::ForeignLog {
+                log_offset,
+                home_offset: Some(home),
+            } => write!(
+                f,
+                "the resume record at 0x{:x} is not the one the partition table keeps for the                  target slot (at 0x{:x}): not writing it",
+                log_offset, home
+            ),
+            ResumeError::ForeignLog {
+                log_offset,
+                home_offset: None,
+            } => write!(
+                f,
+                "the resume record at 0x{:x} is not the partition table's, and the target slot                  has no room for one: not writing it",
+                log_offset
+            ),
         }
     }
 }

@@ -33,6 +33,7 @@ use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
 use crate::flash::{Region, SECTOR_SIZE};
+use crate::guard::{AreaKind, FlashMap};
 use crate::partition::{Label, Partition};
 use crate::tone::read_rel;
 use crate::update::{SequentialWriter, UpdateError, DATA_HEADER_LAST_LEN, DATA_TAG_LAST_LEN};
@@ -312,11 +313,12 @@ impl StagedWrite {
     /// bytes about to be overwritten). `expected_size`: the image size if known.
     pub fn begin<F: NorFlash>(
         flash: &mut F,
+        map: &FlashMap<'_>,
         staging: &Partition,
         target: &Partition,
         expected_size: Option<u64>,
     ) -> Result<StagedWrite, Error> {
-        Self::check(staging, target, expected_size)?;
+        Self::check(map, staging, target, expected_size)?;
         record_region(staging).erase(flash, 0, SECTOR_SIZE)?;
         Ok(StagedWrite {
             staging: *staging,
@@ -330,14 +332,17 @@ impl StagedWrite {
     }
 
     /// The checks of [`StagedWrite::begin`], without touching flash: the partitions do not
-    /// overlap, the staging partition has a record sector, and the image (if its size is
-    /// known) fits both.
+    /// overlap each other nor anything `map` protects ([`crate::guard`]: bootloader, table,
+    /// otadata, the running app, other partitions), the staging partition has a record sector,
+    /// and the image (if its size is known) fits both.
     pub fn check(
+        map: &FlashMap<'_>,
         staging: &Partition,
         target: &Partition,
         expected_size: Option<u64>,
     ) -> Result<(), Error> {
         check_pair(staging, target)?;
+        map.check_data_update(target, Some(staging))?;
         let capacity = image_capacity(staging).min(target.size);
         if let Some(size) = expected_size {
             if size > target.size as u64 {
@@ -445,9 +450,12 @@ impl StagedCopy {
     /// record gives `None`; a record for another target is an error (nothing is written).
     pub fn resume<F: NorFlash>(
         flash: &mut F,
+        map: &FlashMap<'_>,
         staging: &Partition,
         target: &Partition,
     ) -> Result<Option<StagedCopy>, Error> {
+        check_pair(staging, target)?;
+        map.check_data_update(target, Some(staging))?;
         let RecordState::InProgress { record, next_step } = read_record(flash, staging)? else {
             return Ok(None);
         };
@@ -459,7 +467,6 @@ impl StagedCopy {
             }
             .into());
         }
-        check_pair(staging, target)?;
         if record.image_len > image_capacity(staging).min(target.size)
             || hash_region(flash, staging.region(), record.image_len)? != record.sha256
         {
@@ -478,7 +485,12 @@ impl StagedCopy {
 
     /// Forget an unfinished copy (erase the record sector), e.g. after [`StagedCopy::resume`]
     /// found the staged image corrupt. The target keeps an erased header, so it reads invalid.
-    pub fn discard<F: NorFlash>(flash: &mut F, staging: &Partition) -> Result<(), Error> {
+    pub fn discard<F: NorFlash>(
+        flash: &mut F,
+        map: &FlashMap<'_>,
+        staging: &Partition,
+    ) -> Result<(), Error> {
+        map.check_partition(AreaKind::StagingPartition, staging)?;
         record_region(staging).erase(flash, 0, SECTOR_SIZE)?;
         Ok(())
     }
@@ -589,6 +601,16 @@ mod tests {
 
     use super::*;
     use crate::testutil::{example_table, RamFlash};
+    use std::string::ToString;
+
+    use crate::Chip;
+
+    /// The example table's map (nothing running: ota_1 may serve as the spare partition).
+    fn map() -> FlashMap<'static> {
+        static TABLE: std::sync::OnceLock<crate::partition::PartitionTable> =
+            std::sync::OnceLock::new();
+        FlashMap::new(TABLE.get_or_init(example_table), Chip::Esp32, None)
+    }
 
     fn parts() -> (Partition, Partition) {
         let t = example_table();
@@ -604,7 +626,8 @@ mod tests {
 
     fn stage<const RS: usize>(f: &mut RamFlash<RS>, img: &[u8]) -> StagedCopy {
         let (staging, target) = parts();
-        let mut w = StagedWrite::begin(f, &staging, &target, Some(img.len() as u64)).unwrap();
+        let mut w =
+            StagedWrite::begin(f, &map(), &staging, &target, Some(img.len() as u64)).unwrap();
         for c in img.chunks(1000) {
             w.write(f, c).unwrap();
         }
@@ -646,13 +669,13 @@ mod tests {
             if stop < 4 {
                 assert_eq!(&f.data[t..t + 8], &[0xFF; 8], "stop {stop}");
             }
-            let resumed = StagedCopy::resume(&mut f, &staging, &target)
+            let resumed = StagedCopy::resume(&mut f, &map(), &staging, &target)
                 .unwrap()
                 .expect("in progress");
             assert_eq!(resumed.next_step(), stop);
             resumed.run(&mut f).unwrap();
             assert_eq!(&f.data[t..t + img.len()], &img[..], "stop {stop}");
-            assert!(StagedCopy::resume(&mut f, &staging, &target)
+            assert!(StagedCopy::resume(&mut f, &map(), &staging, &target)
                 .unwrap()
                 .is_none());
         }
@@ -692,20 +715,20 @@ mod tests {
         let t = example_table();
         let other = *t.find_data("nvs").unwrap();
         assert!(matches!(
-            StagedCopy::resume(&mut f, &staging, &other),
+            StagedCopy::resume(&mut f, &map(), &staging, &other),
             Err(Error::Update(UpdateError::Staging(
                 StagingError::OtherTarget { .. }
             )))
         ));
         f.data[staging.offset as usize + 100] ^= 0xFF;
         assert!(matches!(
-            StagedCopy::resume(&mut f, &staging, &target),
+            StagedCopy::resume(&mut f, &map(), &staging, &target),
             Err(Error::Update(UpdateError::Staging(
                 StagingError::StagedImageCorrupt { .. }
             )))
         ));
-        StagedCopy::discard(&mut f, &staging).unwrap();
-        assert!(StagedCopy::resume(&mut f, &staging, &target)
+        StagedCopy::discard(&mut f, &map(), &staging).unwrap();
+        assert!(StagedCopy::resume(&mut f, &map(), &staging, &target)
             .unwrap()
             .is_none());
     }
@@ -717,13 +740,13 @@ mod tests {
         let before = f.total_erases();
         // 1 MB target, 1 MB staging: at most 1 MB - 4 KiB can be staged.
         assert!(matches!(
-            StagedWrite::begin(&mut f, &staging, &target, Some(0x100000)),
+            StagedWrite::begin(&mut f, &map(), &staging, &target, Some(0x100000)),
             Err(Error::Update(UpdateError::Staging(
                 StagingError::TooSmall { .. }
             )))
         ));
         assert!(matches!(
-            StagedWrite::begin(&mut f, &target, &target, Some(10)),
+            StagedWrite::begin(&mut f, &map(), &target, &target, Some(10)),
             Err(Error::Update(UpdateError::Staging(
                 StagingError::Overlap { .. }
             )))
@@ -741,12 +764,46 @@ mod tests {
         for _ in 0..3 {
             copy.step(&mut f).unwrap();
         }
-        let resumed = StagedCopy::resume(&mut f, &staging, &target)
+        let resumed = StagedCopy::resume(&mut f, &map(), &staging, &target)
             .unwrap()
             .expect("in progress");
         assert_eq!(resumed.next_step(), 3);
         resumed.run(&mut f).unwrap();
         let t = target.offset as usize;
         assert_eq!(&f.data[t..t + img.len()], &img[..]);
+    }
+
+    #[test]
+    fn staging_over_otadata_or_the_running_app_is_refused_before_any_erase() {
+        let mut f = RamFlash::<1>::new(4 << 20);
+        let t = example_table();
+        let target = *t.find_data("flash_tone").unwrap();
+        let mut staging = target;
+        staging.label = crate::partition::Label::new("spare");
+        staging.offset = 0xE000;
+        staging.size = 0x4000;
+        let running = *t.ota(0).unwrap();
+        let m = FlashMap::new(&t, Chip::Esp32, Some(&running));
+        let e = StagedWrite::begin(&mut f, &m, &staging, &target, Some(10))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("staging partition spare at 0xe000..0x12000 (16384 bytes) overlaps otadata partition otadata"),
+            "{e}"
+        );
+        let e = StagedCopy::resume(&mut f, &m, &staging, &target).unwrap_err();
+        assert!(matches!(e, Error::Update(UpdateError::Guard(_))), "{e:?}");
+        staging.offset = 0x100000;
+        staging.size = 0x20000;
+        let e = StagedWrite::begin(&mut f, &m, &staging, &target, Some(10))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("overlaps the running app ota_0"),
+            "{e}"
+        );
+        assert_eq!(f.total_erases(), 0);
+        assert!(f.data.iter().all(|&b| b == 0xFF));
     }
 }

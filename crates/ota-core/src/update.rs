@@ -14,6 +14,7 @@ use embedded_storage::nor_flash::NorFlash;
 
 use crate::chip::Chip;
 use crate::flash::{Region, SECTOR_SIZE};
+use crate::guard::{FlashMap, GuardError};
 use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAGE_PREFIX_LEN};
 use crate::otadata::OtaData;
 use crate::partition::{Label, Partition, PartitionTable};
@@ -70,6 +71,15 @@ pub enum UpdateError {
     /// Anti-rollback: an app's `secure_version` does not fit the chip's eFuse field, so it
     /// cannot be burnt (`esp_efuse_update_secure_version` fails, idf-formats.md §2.7).
     SecureVersionOutOfRange { version: u32, field_bits: u32 },
+    /// The update would write outside its own target (see [`crate::guard`]); nothing was
+    /// erased.
+    Guard(GuardError),
+}
+
+impl From<GuardError> for Error {
+    fn from(e: GuardError) -> Self {
+        Error::Update(UpdateError::Guard(e))
+    }
 }
 
 fn show32(b: &[u8; 32]) -> &str {
@@ -181,6 +191,7 @@ impl fmt::Display for UpdateError {
                 )
             }
             UpdateError::Resume(e) => e.fmt(f),
+            UpdateError::Guard(e) => e.fmt(f),
         }
     }
 }
@@ -303,6 +314,34 @@ pub struct AppUpdateConfig {
     pub chip: Chip,
     /// Commit the new slot as NEW (rollback enabled) instead of UNDEFINED.
     pub rollback: bool,
+    /// Where the partition table is (`CONFIG_PARTITION_TABLE_OFFSET`): the update never writes
+    /// it nor the bootloader region below it ([`crate::guard`]).
+    pub table_offset: u32,
+    /// The flash chip size, when known: a slot beyond it is refused.
+    pub flash_size: Option<u32>,
+}
+
+impl AppUpdateConfig {
+    /// A `chip` device with the table at the default offset, flash size unknown, no rollback.
+    pub fn new(chip: Chip) -> Self {
+        AppUpdateConfig {
+            chip,
+            rollback: false,
+            table_offset: crate::partition::TABLE_OFFSET,
+            flash_size: None,
+        }
+    }
+
+    /// What the update must not write, for `table` with `running` booted.
+    pub fn flash_map<'a>(
+        &self,
+        table: &'a PartitionTable,
+        running: Option<&Partition>,
+    ) -> FlashMap<'a> {
+        FlashMap::new(table, self.chip, running)
+            .with_table_offset(self.table_offset)
+            .with_flash_size(self.flash_size)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +396,9 @@ pub struct AppUpdate {
     writer: SequentialWriter,
     verifier: ImageVerifier,
     journal: Option<Journal>,
+    /// Where this table keeps the slot's resume record ([`ResumeLog::locate`]): the only log
+    /// this update writes (checked by [`crate::guard`] in [`AppUpdate::begin`]).
+    home_log: Option<ResumeLog>,
     resumed_from: u32,
     /// Anti-rollback: the eFuse secure-version counter (see [`AppUpdate::set_anti_rollback`]).
     efuse_secure_version: Option<u32>,
@@ -371,6 +413,9 @@ impl AppUpdate {
     ) -> Result<AppUpdate, Error> {
         let otadata = *table.otadata().ok_or(UpdateError::NoOtaData)?;
         let slot = next_update_slot(table, running).ok_or(UpdateError::NoUpdateSlot)?;
+        // Before anything else: the slot, otadata and the resume partition must lie clear of
+        // the bootloader, the table, the running app and each other.
+        cfg.flash_map(table, running).check_app_update(&slot)?;
         if let Some(size) = expected_size {
             if size > slot.size as u64 {
                 return Err(UpdateError::TooLarge {
@@ -398,8 +443,22 @@ impl AppUpdate {
             verifier,
             efuse_secure_version: None,
             journal: None,
+            home_log: ResumeLog::locate(table, &slot),
             resumed_from: 0,
         })
+    }
+
+    /// `log` must be the one this table keeps for the slot (the one [`AppUpdate::begin`]
+    /// checked): a log located with another table could lie anywhere.
+    fn check_log(&self, log: &ResumeLog) -> Result<(), Error> {
+        if self.home_log.as_ref() != Some(log) {
+            return Err(UpdateError::Resume(ResumeError::ForeignLog {
+                log_offset: log.region().offset,
+                home_offset: self.home_log.map(|l| l.region().offset),
+            })
+            .into());
+        }
+        Ok(())
     }
 
     /// Keep a resume log for this fresh download: before the first byte reaches the slot the
@@ -419,6 +478,7 @@ impl AppUpdate {
             }
             .into());
         }
+        self.check_log(&log)?;
         log.check_room(image_len).map_err(UpdateError::Resume)?;
         if header.slot_offset != self.slot.offset || header.slot_size != self.slot.size {
             return Err(UpdateError::Resume(ResumeError::OtherSlot {
@@ -438,7 +498,9 @@ impl AppUpdate {
 
     /// Forget any resume record in `log` when this download writes its first byte (a fresh
     /// download that keeps no log of its own: the old record no longer describes the slot).
-    pub fn discard_resume_record(&mut self, log: ResumeLog) {
+    /// `log` must be the slot's own ([`ResumeLog::locate`] on the same table).
+    pub fn discard_resume_record(&mut self, log: ResumeLog) -> Result<(), Error> {
+        self.check_log(&log)?;
         if self.state != AppState::Writing {
             self.journal = Some(Journal {
                 log,
@@ -446,6 +508,7 @@ impl AppUpdate {
                 record: None,
             });
         }
+        Ok(())
     }
 
     /// Continue an interrupted update from its resume record: the first `record.progress`
@@ -470,6 +533,7 @@ impl AppUpdate {
             })
             .into());
         }
+        u.check_log(&log)?;
         let limit = log.image_limit();
         let n = record.progress;
         if n < IMAGE_PREFIX_LEN as u32 || !n.is_multiple_of(SECTOR_SIZE) || n > limit {
@@ -842,25 +906,32 @@ pub struct DataUpdate {
 }
 
 impl DataUpdate {
+    /// The engine for the data partition `label` of `map.table`. Refused before any erase when
+    /// the partition overlaps the bootloader region, the partition table or another partition
+    /// (otadata, the running app...) or lies beyond the flash ([`crate::guard`]).
     pub fn begin(
-        table: &PartitionTable,
+        map: &FlashMap<'_>,
         label: &str,
         expected_size: Option<u64>,
     ) -> Result<DataUpdate, Error> {
-        let part = *table
+        let part = *map
+            .table
             .find_data(label)
             .ok_or(UpdateError::PartitionNotFound {
                 label: Label::new(label),
             })?;
-        Self::for_partition(&part, expected_size)
+        Self::for_partition(map, &part, expected_size)
     }
 
-    /// The engine for a partition already found (e.g. a staging partition).
+    /// The engine for a partition already found (e.g. a staging partition), with the same
+    /// checks as [`DataUpdate::begin`].
     pub fn for_partition(
+        map: &FlashMap<'_>,
         part: &Partition,
         expected_size: Option<u64>,
     ) -> Result<DataUpdate, Error> {
         let part = *part;
+        map.check_partition(crate::guard::AreaKind::DataPartition, &part)?;
         if let Some(size) = expected_size {
             if size > part.size as u64 {
                 return Err(UpdateError::TooLarge {
@@ -959,11 +1030,15 @@ pub fn check_running_confirmed<F: NorFlash>(
 /// `esp_ota_invalidate_inactive_ota_data_slot` — erase the otadata sector of the inactive entry
 /// (it points at the slot about to be overwritten) unless that entry is blank or names the
 /// running slot. Returns `(sector, slot)` erased, if any.
+///
+/// `map` names the table, the running app and what must not be written: the otadata partition
+/// is checked against it ([`crate::guard`]) before anything is erased.
 pub fn begin_with_rollback<F: NorFlash>(
     flash: &mut F,
-    table: &PartitionTable,
-    running: Option<&Partition>,
+    map: &FlashMap<'_>,
 ) -> Result<Option<(usize, u8)>, Error> {
+    let (table, running) = (map.table, map.running.as_ref());
+    map.check_otadata()?;
     check_running_confirmed(flash, table, running)?;
     let Some(otadata) = table.otadata().copied() else {
         return Ok(None);
@@ -997,6 +1072,8 @@ pub fn mark_app_valid_cancel_rollback<F: NorFlash>(
     anti_rollback: Option<u32>,
 ) -> Result<MarkedValid, Error> {
     let part = *table.otadata().ok_or(UpdateError::NoOtaData)?;
+    // otadata must lie clear of the bootloader, the table (at its default offset) and the apps.
+    FlashMap::new(table, chip, None).check_otadata()?;
     let count = table.ota_count();
     let mut od = OtaData::read(flash, &part)?;
     let plan = od.plan_mark_valid(count)?;
@@ -1048,6 +1125,8 @@ pub fn mark_app_invalid_rollback<F: NorFlash>(
     anti_rollback: Option<u32>,
 ) -> Result<usize, Error> {
     let part = *table.otadata().ok_or(UpdateError::NoOtaData)?;
+    // otadata must lie clear of the bootloader, the table (at its default offset) and the apps.
+    FlashMap::new(table, chip, None).check_otadata()?;
     let count = table.ota_count();
     let mut od = OtaData::read(flash, &part)?;
     let mut verifies = |p: Option<&Partition>| -> bool {
@@ -1082,10 +1161,12 @@ mod tests {
     const OTA_1: u32 = 0x110000;
 
     fn cfg() -> AppUpdateConfig {
-        AppUpdateConfig {
-            chip: Chip::Esp32,
-            rollback: false,
-        }
+        AppUpdateConfig::new(Chip::Esp32)
+    }
+
+    /// The map of the example table, nothing running.
+    fn map(t: &PartitionTable) -> FlashMap<'_> {
+        FlashMap::new(t, Chip::Esp32, None)
     }
 
     /// A device running `v1.0.0` from ota_0 (booted once, so otadata holds seq 1).
@@ -1359,13 +1440,13 @@ mod tests {
     #[test]
     fn data_update_refuses_oversize_and_clears_the_stale_tail() {
         let (mut f, t) = device();
-        assert!(DataUpdate::begin(&t, "flash_tone", Some(0x100001)).is_err());
+        assert!(DataUpdate::begin(&map(&t), "flash_tone", Some(0x100001)).is_err());
         assert!(matches!(
-            DataUpdate::begin(&t, "nope", None).err().unwrap(),
+            DataUpdate::begin(&map(&t), "nope", None).err().unwrap(),
             Error::Update(UpdateError::PartitionNotFound { .. })
         ));
         f.put(0x2F0000, &[0u8; 16]); // stale bytes far into the partition
-        let mut d = DataUpdate::begin(&t, "flash_tone", Some(10_000)).unwrap();
+        let mut d = DataUpdate::begin(&map(&t), "flash_tone", Some(10_000)).unwrap();
         d.write(&mut f, &[0x11; 6000]).unwrap();
         d.write(&mut f, &[0x22; 4000]).unwrap();
         assert!(d.write(&mut f, &[0; 0x100000]).is_err());
@@ -1392,7 +1473,7 @@ mod tests {
         let (mut f, t) = device();
         f.put(0x210000, &[0x00; 64]); // an old header that must not survive the first write
         let img: std::vec::Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let mut d = DataUpdate::begin(&t, "flash_tone", Some(img.len() as u64)).unwrap();
+        let mut d = DataUpdate::begin(&map(&t), "flash_tone", Some(img.len() as u64)).unwrap();
         for c in img.chunks(700) {
             d.write(&mut f, c).unwrap();
             // Whatever has been streamed, sector 0 stays blank until finish.
@@ -1456,14 +1537,14 @@ mod tests {
     fn begin_with_rollback_refuses_a_pending_app_and_invalidates_the_inactive_entry() {
         let (mut f, t) = device(); // ota_0 running, otadata[0] = seq 1 VALID
         let rb = AppUpdateConfig {
-            chip: Chip::Esp32,
             rollback: true,
+            ..cfg()
         };
         let img = app_image(Chip::Esp32, "new", "v2.0.0", 30_000);
         let running = *t.ota(0).unwrap();
         // Nothing inactive yet: nothing erased.
         assert_eq!(
-            begin_with_rollback(&mut f, &t, Some(&running)).unwrap(),
+            begin_with_rollback(&mut f, &cfg().flash_map(&t, Some(&running))).unwrap(),
             None
         );
         let mut u = AppUpdate::begin(&t, Some(&running), rb, None).unwrap();
@@ -1480,7 +1561,7 @@ mod tests {
         // ota_1 runs unconfirmed: esp_ota_begin refuses, and writes nothing.
         let before = f.data.clone();
         assert!(matches!(
-            begin_with_rollback(&mut f, &t, Some(&ota1)),
+            begin_with_rollback(&mut f, &cfg().flash_map(&t, Some(&ota1))),
             Err(Error::Update(UpdateError::RollbackInvalidState { .. }))
         ));
         assert!(f.data == before);
@@ -1491,9 +1572,141 @@ mod tests {
             .mark_valid(&mut f, &part, 2)
             .unwrap();
         assert_eq!(
-            begin_with_rollback(&mut f, &t, Some(&ota1)).unwrap(),
+            begin_with_rollback(&mut f, &cfg().flash_map(&t, Some(&ota1))).unwrap(),
             Some((0, 0))
         );
         assert!(f.data[0xD000..0xE000].iter().all(|&b| b == 0xFF));
+    }
+
+    /// The example table with its entry `label` moved to `offset`/`size`.
+    fn moved(label: &str, offset: u32, size: u32) -> PartitionTable {
+        let mut out = PartitionTable::new();
+        for p in example_table().iter() {
+            let mut p = *p;
+            if p.label.as_str() == label {
+                p.offset = offset;
+                p.size = size;
+            }
+            out.push(p).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn app_update_refuses_a_slot_over_the_partition_table_before_any_erase() {
+        let (f, _) = device();
+        let t = moved("ota_1", 0x8000, 0x1000);
+        let running = *t.ota(0).unwrap();
+        let e = AppUpdate::begin(&t, Some(&running), cfg(), Some(100))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Update(UpdateError::Guard(GuardError::Overlap { .. }))
+            ),
+            "{e:?}"
+        );
+        assert_eq!(f.total_erases(), 0);
+        // A non-default table offset moves the protected sector with it.
+        let t = moved("ota_1", 0x110000, 0x100000);
+        let at_0x110000 = AppUpdateConfig {
+            table_offset: 0x110000,
+            ..cfg()
+        };
+        let e = AppUpdate::begin(&t, Some(&running), at_0x110000, None)
+            .err()
+            .unwrap();
+        assert!(std::format!("{e}").contains("the partition table at 0x110000..0x111000"));
+        // A slot beyond a known flash size.
+        let small = AppUpdateConfig {
+            flash_size: Some(0x180000),
+            ..cfg()
+        };
+        assert!(AppUpdate::begin(&t, Some(&running), small, None).is_err());
+    }
+
+    #[test]
+    fn app_update_writes_only_the_resume_log_its_table_keeps() {
+        let (mut f, t) = device();
+        let running = *t.ota(0).unwrap();
+        let mut u = AppUpdate::begin(&t, Some(&running), cfg(), Some(30_000)).unwrap();
+        // A log located with another table (ota_resume inside the running app).
+        let mut other = example_table();
+        other
+            .push(Partition {
+                ptype: crate::partition::TYPE_DATA,
+                subtype: 0x99,
+                offset: 0x11000,
+                size: 0x1000,
+                label: Label::new(crate::resume::RESUME_PARTITION_LABEL),
+                flags: 0,
+            })
+            .unwrap();
+        let foreign = ResumeLog::locate(&other, u.slot()).unwrap();
+        let v = crate::resume::Validator::new(crate::resume::ValidatorKind::ETag, "\"e\"").unwrap();
+        let h = ResumeHeader::new(u.slot(), "http://h/a", v, 30_000);
+        let e = u.enable_resume(foreign, h, Some(30_000)).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Update(UpdateError::Resume(ResumeError::ForeignLog {
+                log_offset: 0x11000,
+                ..
+            }))
+        ));
+        assert!(u.discard_resume_record(foreign).is_err());
+        // With that table itself, begin refuses at once.
+        let e = AppUpdate::begin(&other, Some(&running), cfg(), None)
+            .err()
+            .unwrap();
+        assert!(
+            std::format!("{e}").contains("overlaps the running app ota_0"),
+            "{e}"
+        );
+        let before = f.data.clone();
+        let home = ResumeLog::locate(&t, u.slot()).unwrap();
+        u.enable_resume(home, h, Some(30_000)).unwrap();
+        assert!(f.data == before);
+        let _ = &mut f;
+    }
+
+    #[test]
+    fn data_update_refuses_a_partition_over_otadata_or_the_bootloader() {
+        let t = moved("flash_tone", 0xE000, 0x2000);
+        let e = DataUpdate::begin(&map(&t), "flash_tone", None)
+            .err()
+            .unwrap();
+        assert!(
+            std::format!("{e}").contains("data partition flash_tone at 0xe000..0x10000 (8192 bytes) overlaps otadata partition otadata"),
+            "{e}"
+        );
+        let t = moved("flash_tone", 0x1000, 0x2000);
+        let e = DataUpdate::begin(&map(&t), "flash_tone", None)
+            .err()
+            .unwrap();
+        assert!(
+            std::format!("{e}").contains("overlaps the bootloader region"),
+            "{e}"
+        );
+        let otadata = *t.otadata().unwrap();
+        assert!(DataUpdate::for_partition(&map(&t), &otadata, None).is_err());
+    }
+
+    #[test]
+    fn rollback_helpers_refuse_an_otadata_over_an_app() {
+        let (mut f, _) = device();
+        let t = moved("otadata", 0x10000, 0x2000); // on top of ota_0
+        let running = *t.ota(0).unwrap();
+        let before = f.data.clone();
+        let e = begin_with_rollback(&mut f, &cfg().flash_map(&t, Some(&running)))
+            .err()
+            .unwrap();
+        assert!(
+            std::format!("{e}").starts_with("otadata partition otadata at 0x10000..0x12000 (8192 bytes) overlaps the running app ota_0"),
+            "{e}"
+        );
+        assert!(mark_app_valid_cancel_rollback(&mut f, &t, Chip::Esp32, None).is_err());
+        assert!(mark_app_invalid_rollback(&mut f, &t, Chip::Esp32, None).is_err());
+        assert!(f.data == before);
     }
 }

@@ -132,6 +132,20 @@ pub struct Device<'a, F: NorFlash> {
     /// Anti-rollback enabled, with this eFuse secure-version counter: app images with a lower
     /// `secure_version` are refused (esp-idf `bootloader_utility.c`, `esp_efuse_fields.c`). None: disabled.
     pub anti_rollback: Option<u32>,
+    /// Where the partition table is (`CONFIG_PARTITION_TABLE_OFFSET`, default
+    /// [`ota_core::partition::TABLE_OFFSET`]): no item writes it or the bootloader below it.
+    pub table_offset: u32,
+    /// The flash chip size, when known: no item writes beyond it.
+    pub flash_size: Option<u32>,
+}
+
+impl<'a, F: NorFlash> Device<'a, F> {
+    /// What an item may not write on this device ([`ota_core::guard`]).
+    pub fn flash_map(&self) -> ota_core::guard::FlashMap<'a> {
+        ota_core::guard::FlashMap::new(self.table, self.chip, self.running.as_ref())
+            .with_table_offset(self.table_offset)
+            .with_flash_size(self.flash_size)
+    }
 }
 
 /// Everything else an item needs: SD card, source options, the event sink.

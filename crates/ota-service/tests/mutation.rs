@@ -130,6 +130,8 @@ fn run_one(
         running: Some(running),
         rollback: false,
         anti_rollback: None,
+        table_offset: ota_core::partition::TABLE_OFFSET,
+        flash_size: None,
     };
     let mut events = |_| {};
     let mut env = Env {

@@ -9,7 +9,7 @@ use embedded_storage::nor_flash::NorFlash;
 use ota_core::image::{AppDesc, APP_DESC_SIZE, IMAGE_PREFIX_LEN};
 use ota_core::partition::Partition;
 use ota_core::resume::{self, LogPlace, ResumeHeader, ResumeLog, ResumeRecord, Validator};
-use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig};
+use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig, UpdateError};
 use ota_core::version::VersionPolicy;
 
 use super::{core_error, source_error, Progress};
@@ -108,8 +108,8 @@ impl AppItem {
         fetch: &Fetch,
         log: Option<ResumeLog>,
         env: &mut Env<'_>,
-    ) {
-        let Some(log) = log else { return };
+    ) -> Result<(), ota_core::Error> {
+        let Some(log) = log else { return Ok(()) };
         let slot = *engine.slot();
         let total = fetch.total.and_then(|t| u32::try_from(t).ok());
         match (self.is_http(), fetch.validator) {
@@ -119,22 +119,25 @@ impl AppItem {
                     h.step = resume::step_for(log.image_limit());
                 }
                 match engine.enable_resume(log, h, fetch.total) {
-                    Ok(()) => env.info(
-                        TAG_OTA,
-                        format!(
+                    Ok(()) => {
+                        env.info(
+                            TAG_OTA,
+                            format!(
                             "Resume record at 0x{:x} ({}), checkpoint every {} bytes, validator {}",
                             log.region().offset,
                             place_name(log.place()),
                             h.step,
                             v.as_str()
                         ),
-                    ),
+                        );
+                        Ok(())
+                    }
                     Err(e) => {
                         env.warn(
                             TAG_OTA,
                             format!("No resume record for this download: {}", e),
                         );
-                        engine.discard_resume_record(log);
+                        engine.discard_resume_record(log)
                     }
                 }
             }
@@ -143,7 +146,7 @@ impl AppItem {
                     TAG_OTA,
                     "The server sent no ETag or Last-Modified: an interrupted download will start over",
                 );
-                engine.discard_resume_record(log);
+                engine.discard_resume_record(log)
             }
             (false, _) => engine.discard_resume_record(log),
         }
@@ -178,14 +181,15 @@ impl AppItem {
         log: Option<ResumeLog>,
         env: &mut Env<'_>,
     ) -> Result<AppUpdate, ItemError> {
-        let cfg = AppUpdateConfig {
-            chip: dev.chip,
-            rollback: dev.rollback,
-        };
+        let cfg = app_config(dev);
         let mut engine = AppUpdate::begin(dev.table, dev.running.as_ref(), cfg, fetch.total)
-            .map_err(|e| core_error(e, &self.uri))?;
+            .map_err(|e| match e {
+                e @ ota_core::Error::Update(UpdateError::Guard(_)) => refused(e, &self.uri, env),
+                e => core_error(e, &self.uri),
+            })?;
         engine.set_anti_rollback(dev.anti_rollback);
-        self.setup_journal(&mut engine, fetch, log, env);
+        self.setup_journal(&mut engine, fetch, log, env)
+            .map_err(|e| core_error(e, &self.uri))?;
         Ok(engine)
     }
 
@@ -253,10 +257,7 @@ impl AppItem {
             );
             return Ok(Ok(None));
         }
-        let cfg = AppUpdateConfig {
-            chip: dev.chip,
-            rollback: dev.rollback,
-        };
+        let cfg = app_config(dev);
         match AppUpdate::resume(dev.flash, dev.table, dev.running.as_ref(), cfg, log, rec) {
             Ok(mut engine) => {
                 engine.set_anti_rollback(dev.anti_rollback);
@@ -274,6 +275,10 @@ impl AppItem {
                     log: Some(log),
                 })))
             }
+            // The table lets the update write outside its slot: no fresh start either.
+            Err(e @ ota_core::Error::Update(UpdateError::Guard(_))) => {
+                Err(refused(e, &self.uri, env))
+            }
             Err(e) => {
                 env.warn(
                     TAG_OTA,
@@ -286,6 +291,27 @@ impl AppItem {
             }
         }
     }
+}
+
+/// The engine settings for this device: chip, rollback, and where the table is and how large
+/// the flash is (what the update must not write, `ota_core::guard`).
+fn app_config<F: NorFlash>(dev: &Device<'_, F>) -> AppUpdateConfig {
+    AppUpdateConfig {
+        chip: dev.chip,
+        rollback: dev.rollback,
+        table_offset: dev.table_offset,
+        flash_size: dev.flash_size,
+    }
+}
+
+/// An update the guard refused (it would write outside its slot): logged as `esp_ota_begin`
+/// fails with `ESP_ERR_OTA_PARTITION_CONFLICT`.
+fn refused(e: ota_core::Error, uri: &str, env: &mut Env<'_>) -> ItemError {
+    env.error(
+        TAG_DEFAULT,
+        "esp_ota_begin failed (ESP_ERR_OTA_PARTITION_CONFLICT)",
+    );
+    core_error(e, uri)
 }
 
 /// Anti-rollback (idf-formats.md §2.7) on the incoming descriptor, before anything is written.
@@ -720,9 +746,9 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         if dev.rollback {
             // ESP-IDF v5.5+ esp_ota_begin: the inactive otadata entry points at the slot about to
             // be overwritten; it is erased first (esp_ota_invalidate_inactive_ota_data_slot).
-            let erased =
-                ota_core::update::begin_with_rollback(dev.flash, dev.table, dev.running.as_ref())
-                    .map_err(|e| core_error(e, &self.uri))?;
+            let map = dev.flash_map();
+            let erased = ota_core::update::begin_with_rollback(dev.flash, &map)
+                .map_err(|e| core_error(e, &self.uri))?;
             if let Some((sector, slot)) = erased {
                 env.info(
                     "esp_ota_ops",

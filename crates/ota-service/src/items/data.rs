@@ -98,7 +98,8 @@ impl DataItem {
         staging: &Partition,
         target: &Partition,
     ) -> Result<(), ItemError> {
-        match StagedCopy::resume(dev.flash, staging, target) {
+        let map = dev.flash_map();
+        match StagedCopy::resume(dev.flash, &map, staging, target) {
             Ok(None) => Ok(()),
             Ok(Some(copy)) => {
                 env.warn(
@@ -125,7 +126,7 @@ impl DataItem {
                     TAG_DEFAULT,
                     format!("{}; discarding the unfinished copy", e),
                 );
-                StagedCopy::discard(dev.flash, staging).map_err(|e| core_error(e, &self.uri))
+                StagedCopy::discard(dev.flash, &map, staging).map_err(|e| core_error(e, &self.uri))
             }
             Err(e) => Err(core_error(e, &self.uri)),
         }
@@ -285,11 +286,12 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         if dev.table.find_data(&self.label).is_none() {
             env.error(TAG_DEFAULT, format!("partition [{}] not found", self.label));
         }
-        let engine = DataUpdate::begin(dev.table, &self.label, None)
+        let engine = DataUpdate::begin(&dev.flash_map(), &self.label, None)
             .map_err(|e| core_error(e, &self.uri))?;
         let target = *engine.partition();
         if let Some(staging) = self.staging_partition(dev)? {
-            StagedWrite::check(&staging, &target, None).map_err(|e| core_error(e, &self.uri))?;
+            StagedWrite::check(&dev.flash_map(), &staging, &target, None)
+                .map_err(|e| core_error(e, &self.uri))?;
             self.resume_staged_copy(dev, env, &staging, &target)?;
         }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
@@ -311,10 +313,10 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         let engine = match src.content_length() {
             Some(len) => {
                 if let Some(staging) = self.staging_partition(dev)? {
-                    StagedWrite::check(&staging, &target, Some(len))
+                    StagedWrite::check(&dev.flash_map(), &staging, &target, Some(len))
                         .map_err(|e| core_error(e, &self.uri))?;
                 }
-                DataUpdate::begin(dev.table, &self.label, Some(len))
+                DataUpdate::begin(&dev.flash_map(), &self.label, Some(len))
                     .map_err(|e| core_error(e, &self.uri))?
             }
             None => engine,
@@ -354,10 +356,11 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let target = *engine.partition();
+        let map = dev.flash_map();
         let mut sink = match self.staging_partition(dev)? {
             None => Sink::Direct(Box::new(engine)),
             Some(staging) => Sink::Staged(
-                StagedWrite::begin(dev.flash, &staging, &target, source.content_length())
+                StagedWrite::begin(dev.flash, &map, &staging, &target, source.content_length())
                     .map_err(|e| core_error(e, &self.uri))?,
             ),
         };

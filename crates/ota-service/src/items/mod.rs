@@ -69,6 +69,7 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
             Reason::Other(ESP_ERR_OTA_ROLLBACK_INVALID_STATE)
         }
         CoreError::Update(UpdateError::Staging(_)) => Reason::PartitionWtFail,
+        CoreError::Update(UpdateError::Guard(_)) => Reason::Other(ESP_ERR_OTA_PARTITION_CONFLICT),
         CoreError::Image(_) | CoreError::Update(_) => Reason::OtaValidateFailed,
         CoreError::Partition(_) | CoreError::OtaData(_) => Reason::PartitionRdFail,
         CoreError::Tone(_) => Reason::Unknown,
@@ -79,6 +80,10 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
 
 /// `ESP_ERR_INVALID_VERSION` (0x10A): what IDF reports for an image of another chip.
 pub const ESP_ERR_INVALID_VERSION: i32 = 0x10A;
+/// `ESP_ERR_OTA_PARTITION_CONFLICT` (ESP-IDF `components/app_update/include/esp_ota_ops.h`:
+/// `ESP_ERR_OTA_BASE` 0x1500 + 0x01, "request was to write or erase the current running
+/// partition"): an item would write outside its own target ([`ota_core::guard`]).
+pub const ESP_ERR_OTA_PARTITION_CONFLICT: i32 = 0x1501;
 /// `ESP_ERR_OTA_SMALL_SEC_VER` (esp-idf `esp_ota_ops.h`: base 0x1500 + 4): anti-rollback refused an
 /// image whose `secure_version` is below the eFuse counter.
 pub const ESP_ERR_OTA_SMALL_SEC_VER: i32 = 0x1504;

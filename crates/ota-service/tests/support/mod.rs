@@ -157,6 +157,8 @@ pub fn run_on<F: NorFlash>(
             running: Some(booted.partition),
             rollback: false,
             anti_rollback: None,
+            table_offset: ota_core::partition::TABLE_OFFSET,
+            flash_size: None,
         };
         let mut env = Env {
             sd: None,
