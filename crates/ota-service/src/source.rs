@@ -42,6 +42,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
 /// HTTP 206 Partial Content: the server honoured a `Range` request (idf-formats.md §4, resumption).
 const HTTP_PARTIAL_CONTENT: u16 = 206;
+/// HTTP 416 Range Not Satisfiable (RFC 9110 §15.5.17): nothing at or after the requested byte.
+pub const HTTP_RANGE_NOT_SATISFIABLE: u16 = 416;
 /// Default `low_speed_limit`: a download slower than this many bytes per second, on average
 /// over a whole `low_speed_time` window, fails (curl's `--speed-limit`).
 pub const DEFAULT_LOW_SPEED_LIMIT: u64 = 1024;
@@ -735,6 +737,24 @@ fn open_http_answer(
                 reason: response.reason.clone(),
             }
         });
+    }
+    if status == HTTP_RANGE_NOT_SATISFIABLE && start > 0 {
+        // `Content-Range: bytes */N` says how long the file is now.
+        if let Some(length) = response
+            .header("Content-Range")
+            .filter(|v| {
+                v.trim()
+                    .strip_prefix("bytes")
+                    .is_some_and(|r| r.trim_start().starts_with('*'))
+            })
+            .and_then(content_range_total)
+        {
+            return Err(SourceError::RangeNotSatisfiable {
+                uri: uri.to_string(),
+                start,
+                length,
+            });
+        }
     }
     if !(200..300).contains(&status) {
         return Err(SourceError::HttpStatus {
