@@ -152,3 +152,70 @@ fn device_run_max_time_ends_a_slow_but_steady_download() {
     assert!(took < Duration::from_secs(6), "took {took:?}");
     assert!(boots(&flash).contains("App version:      v1.0.0"));
 }
+
+/// Offset and size of `flash_tone` in `device create`'s default table.
+#[cfg(unix)]
+const FLASH_TONE: (usize, usize) = (0x210000, 0x100000);
+
+/// `ota device run` with a data item read from `file://sdcard/NAME` of a folder card.
+#[cfg(unix)]
+fn run_sd(dir: &Path, flash: &Path, name: &str) -> (std::process::Output, Duration) {
+    let cfg = dir.join("sd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/{name}\"\nlabel = \"flash_tone\"\n"
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let o = ota(&[
+        "device",
+        "run",
+        "--flash",
+        flash.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--sdcard",
+        dir.join("card").to_str().unwrap(),
+    ]);
+    (o, t0.elapsed())
+}
+
+#[cfg(unix)]
+#[test]
+fn device_run_refuses_sd_card_links_out_of_the_card_and_fifos() {
+    let dir = tempfile::tempdir().unwrap();
+    let (flash, _) = setup(dir.path());
+    let card = dir.path().join("card");
+    std::fs::create_dir(&card).unwrap();
+    std::fs::write(dir.path().join("secret.bin"), vec![0x42u8; 5000]).unwrap();
+    std::os::unix::fs::symlink("../secret.bin", card.join("evil.bin")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", card.join("zero.bin")).unwrap();
+    let fifo_ok = std::process::Command::new("mkfifo")
+        .arg(card.join("pipe.bin"))
+        .status()
+        .is_ok_and(|s| s.success());
+    let before = std::fs::read(&flash).unwrap();
+    let mut names = vec![
+        ("evil.bin", "outside the card folder"),
+        ("zero.bin", "outside the card folder"),
+    ];
+    if fifo_ok {
+        names.push(("pipe.bin", "a FIFO, not a regular file"));
+    }
+    for (name, why) in names {
+        let (o, took) = run_sd(dir.path(), &flash, name);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {t}");
+        assert!(t.contains(why) && t.contains(name), "{name}: {t}");
+        assert!(took < Duration::from_secs(20), "{name}: took {took:?}");
+        // The data partition (flash_tone, 1 MB at 0x210000 in the default table) is untouched.
+        let after = std::fs::read(&flash).unwrap();
+        let tone = FLASH_TONE.0..FLASH_TONE.0 + FLASH_TONE.1;
+        assert!(
+            after[tone.clone()] == before[tone],
+            "{name}: flash_tone changed"
+        );
+    }
+}

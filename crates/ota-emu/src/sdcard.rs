@@ -222,7 +222,11 @@ impl SdCard {
         path: &str,
     ) -> Result<(Box<dyn Read + Send>, u64), EmuError> {
         let refuse = |msg: String| {
-            self.read_err(uri, path, io::Error::new(io::ErrorKind::PermissionDenied, msg))
+            self.read_err(
+                uri,
+                path,
+                io::Error::new(io::ErrorKind::PermissionDenied, msg),
+            )
         };
         let host = find_in_folder(root, path).ok_or_else(|| self.not_found(uri, path))?;
         let real_root = root
@@ -258,7 +262,10 @@ impl SdCard {
             )));
         }
         let file = open_regular(&real, false).map_err(|e| self.read_err(uri, path, e))?;
-        let size = file.metadata().map_err(|e| self.read_err(uri, path, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| self.read_err(uri, path, e))?
+            .len();
         if size > MAX_FILE_LEN {
             return Err(self.too_large(uri, path, size));
         }
@@ -290,7 +297,10 @@ impl SdCard {
                 let msg = panic_text(&p);
                 let e = card.corrupt(&uri_s, &path_s, format!("the FAT library failed: {msg}"));
                 // Whichever side is waiting gets the error.
-                let _ = data_tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())));
+                let _ = data_tx.send(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    e.to_string(),
+                )));
                 let _ = size_tx.send(Err(e));
             }
         });
@@ -436,7 +446,10 @@ impl SdCard {
                         size - left + got as u64
                     ),
                 );
-                let _ = data_tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())));
+                let _ = data_tx.send(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    e.to_string(),
+                )));
                 return;
             }
             left -= got as u64;
@@ -497,7 +510,8 @@ impl SdCard {
     pub fn read(&self, uri: &str) -> Result<Vec<u8>, EmuError> {
         let (r, size) = self.open_uri(uri)?;
         let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        r.take(size).read_to_end(&mut data)
+        r.take(size)
+            .read_to_end(&mut data)
             .map_err(|e| self.read_err(uri, "", e))?;
         Ok(data)
     }
@@ -598,7 +612,11 @@ fn open_regular(path: &Path, follow: bool) -> io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(if follow { O_NONBLOCK } else { O_NONBLOCK | O_NOFOLLOW });
+        o.custom_flags(if follow {
+            O_NONBLOCK
+        } else {
+            O_NONBLOCK | O_NOFOLLOW
+        });
     }
     #[cfg(not(unix))]
     let _ = follow;

@@ -316,6 +316,8 @@ pub fn sd_relative_path(uri: &str) -> Result<PathBuf, SourceError> {
 pub struct HostDir(pub PathBuf);
 
 impl SdCardFs for HostDir {
+    /// Only a regular file whose real path (links resolved) is inside the folder is opened,
+    /// without blocking (a FIFO is refused, never opened) and at most [`MAX_SOURCE_LEN`] bytes.
     fn open(&self, uri: &str) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
         let path = self.0.join(sd_relative_path(uri)?);
         let io_err = |source: io::Error| SourceError::Io {
@@ -323,8 +325,9 @@ impl SdCardFs for HostDir {
             phase: Phase::Open,
             source,
         };
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
+        let refuse = |msg: String| io_err(io::Error::new(io::ErrorKind::PermissionDenied, msg));
+        let real = match path.canonicalize() {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(SourceError::SdFileNotFound {
                     uri: uri.to_string(),
@@ -333,14 +336,40 @@ impl SdCardFs for HostDir {
             }
             Err(e) => return Err(io_err(e)),
         };
-        let meta = file.metadata().map_err(io_err)?;
-        if !meta.is_file() {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
+        let root = self.0.canonicalize().map_err(io_err)?;
+        if !real.starts_with(&root) {
+            return Err(refuse(format!(
+                "{} leads to {}, outside the card folder {}",
+                path.display(),
+                real.display(),
+                root.display()
             )));
         }
-        Ok((Box::new(file), meta.len()))
+        let meta = std::fs::metadata(&real).map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(refuse(format!("{} is not a regular file", path.display())));
+        }
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            /// `O_NONBLOCK | O_NOFOLLOW` on Linux (`include/uapi/asm-generic/fcntl.h`).
+            const O_NONBLOCK_NOFOLLOW: i32 = 0o4000 | 0o400000;
+            o.custom_flags(O_NONBLOCK_NOFOLLOW);
+        }
+        let file = o.open(&real).map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(refuse(format!("{} is not a regular file", path.display())));
+        }
+        if meta.len() > MAX_SOURCE_LEN {
+            return Err(SourceError::TooLarge {
+                uri: uri.to_string(),
+                limit: MAX_SOURCE_LEN,
+            });
+        }
+        Ok((Box::new(file.take(meta.len())), meta.len()))
     }
 }
 
