@@ -474,3 +474,112 @@ low_speed_limit = 0
         assert!(e.to_string().contains(key) && e.line() == Some(1), "{e}");
     }
 }
+
+/// xorshift64*: a small seeded generator for the mutation test.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// A valid answer to mutate: headers, a chunked body with an extension and a trailer.
+fn seed_answer(rng: &mut Rng) -> Vec<u8> {
+    let mut v = b"HTTP/1.1 200 OK\r\nETag: \"x\"\r\nX-Fold: a\r\n b\r\n".to_vec();
+    if rng.below(2) == 0 {
+        v.extend_from_slice(
+            b"Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+        );
+    } else {
+        v.extend_from_slice(b"Content-Length: 8\r\n\r\nhelloabc");
+    }
+    v
+}
+
+fn mutate(rng: &mut Rng, mut v: Vec<u8>) -> Vec<u8> {
+    const SPECIAL: &[u8] = b"\r\n:; \t0fF-+xX\x00\xff";
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(v.len());
+        match rng.below(5) {
+            0 => v[at] = rng.next() as u8,
+            1 => v[at] = SPECIAL[rng.below(SPECIAL.len())],
+            2 => v.truncate(at),
+            3 => v.insert(at, SPECIAL[rng.below(SPECIAL.len())]),
+            _ => {
+                let n = rng.below(8);
+                let piece: Vec<u8> = v[at..(at + n).min(v.len())].to_vec();
+                for (i, b) in piece.into_iter().enumerate() {
+                    v.insert(at + i, b);
+                }
+            }
+        }
+        if v.is_empty() {
+            break;
+        }
+    }
+    v
+}
+
+#[test]
+fn mutated_responses_never_panic_and_always_end() {
+    const CASES: usize = 400;
+    let mut rng = Rng(0x5EED_0BAD_F00D);
+    let answers: Vec<Vec<u8>> = (0..CASES)
+        .map(|_| {
+            let a = seed_answer(&mut rng);
+            mutate(&mut rng, a)
+        })
+        .collect();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = answers.clone();
+    let server = thread::spawn(move || {
+        for a in served {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(SERVER_LIFE)).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ = s.write_all(&a);
+        }
+    });
+    let o = SourceOptions {
+        timeout: Duration::from_millis(300),
+        ..opts()
+    };
+    let uri = format!("http://127.0.0.1:{port}/f.bin");
+    let t0 = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    for a in &answers {
+        let r = open(&uri, None, &o).and_then(|mut s| read_all(s.as_mut()));
+        match r {
+            Ok(_) => ok += 1,
+            Err(SourceError::Internal { detail, .. }) => {
+                panic!(
+                    "the client panicked ({detail}) on {:?}",
+                    String::from_utf8_lossy(a)
+                )
+            }
+            Err(e) => {
+                assert_eq!(e.uri(), uri);
+                failed += 1;
+            }
+        }
+    }
+    server.join().unwrap();
+    println!(
+        "mutated responses: {ok} read, {failed} refused, in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(ok + failed, CASES);
+}

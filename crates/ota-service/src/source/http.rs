@@ -723,15 +723,17 @@ impl HttpSource {
                             .line(MAX_CHUNK_LINE, "a chunk-size line", MAX_CHUNK_LINE)?;
                     let text = String::from_utf8_lossy(&line);
                     let size_text = text.split(';').next().unwrap_or("").trim();
-                    let size = (size_text.len() <= 16 && !size_text.is_empty())
-                        .then(|| u64::from_str_radix(size_text, 16).ok())
-                        .flatten()
-                        .ok_or_else(|| {
-                            bad(
-                                &self.wire.uri,
-                                format!("bad chunk size {:?}", shorten(&text)),
-                            )
-                        })?;
+                    let size = (size_text.len() <= 16
+                        && !size_text.is_empty()
+                        && size_text.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| u64::from_str_radix(size_text, 16).ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        bad(
+                            &self.wire.uri,
+                            format!("bad chunk size {:?}", shorten(&text)),
+                        )
+                    })?;
                     if size == 0 {
                         // Trailer fields, then the blank line (bounded like a head).
                         let mut budget = MAX_HEAD;
@@ -1031,10 +1033,11 @@ fn framing(uri: &str, head: &Head) -> Result<Framing, SourceError> {
     let mut length = None;
     for v in head.all("Content-Length") {
         for part in v.split(',') {
-            let n = part
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| bad(uri, format!("bad Content-Length {:?}", shorten(v))))?;
+            let digits = part.trim();
+            let n = Some(digits)
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u64>().ok())
+                .ok_or_else(|| bad(uri, format!("bad Content-Length {:?}", shorten(v))))?;
             if length.is_some_and(|l| l != n) {
                 return Err(bad(uri, "conflicting Content-Length values".to_string()));
             }
