@@ -583,3 +583,31 @@ fn mutated_responses_never_panic_and_always_end() {
     );
     assert_eq!(ok + failed, CASES);
 }
+
+#[test]
+fn catalogue_fetch_from_a_trickling_server_fails_the_rate_rule() {
+    let s = FlakyServer::start(
+        br#"{"images": []}"#.repeat(50),
+        Faults {
+            trickle_body: Some(Duration::from_millis(50)),
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let mut item = ota_service::items::ManifestItem::new(s.url("manifest.json"), "app");
+    item.limits = Some(TransferLimits {
+        low_speed_limit: 1000,
+        low_speed_time: Duration::from_millis(300),
+        max_time: Duration::from_secs(5),
+    });
+    let mut dev = device(EXAMPLE_CSV);
+    let t0 = Instant::now();
+    let (report, log) = run_items(&mut dev, vec![Box::new(item)], Duration::from_millis(500));
+    let msg = format!("{:?}", report.results[0].1);
+    assert!(
+        matches!(report.results[0].1, Outcome::Failed { .. }) && msg.contains("too slow"),
+        "{msg}\n{}",
+        log.lines.join("\n")
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
