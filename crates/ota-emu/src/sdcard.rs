@@ -32,13 +32,16 @@ const MBR_FAT_TYPES: [u8; 6] = [0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E];
 /// know (`--flash-size 128MB`, esptool `cmds.py`); nothing bigger fits any partition.
 pub const MAX_FILE_LEN: u64 = 128 << 20;
 /// Bytes one FAT operation (mount, lookup, reading one file) may read from the image, as a
-/// multiple of the image size plus [`FAT_READ_SLACK`]: a sound volume needs at most about
-/// twice its size (the data once, FAT entries and directories); a looping directory or cluster
-/// chain hits this bound instead of reading for ever.
+/// multiple of the image size (at most [`MAX_FILE_LEN`]) plus [`FAT_READ_SLACK`]: reading a
+/// file of a sound volume needs at most about twice its size (the data once, FAT entries and
+/// directories); a looping directory or cluster chain hits this bound instead of reading for
+/// ever.
 const FAT_READ_FACTOR: u64 = 3;
 const FAT_READ_SLACK: u64 = 1 << 20;
 /// Each read call costs at least this much of the budget (it bounds the number of calls too).
 const FAT_READ_MIN_COST: u64 = 512;
+/// The largest FAT entry (FAT32: 4 bytes); reads this small are FAT-entry reads.
+const FAT_ENTRY_MAX: usize = 4;
 /// Bytes handed over per chunk by the FAT file reader.
 const FAT_CHUNK: usize = 64 * 1024;
 /// Chunks the FAT reader thread may run ahead of its consumer.
@@ -410,8 +413,8 @@ impl SdCard {
         if size_tx.send(Ok(size)).is_err() {
             return;
         }
-        // Reading one file front to back visits every FAT entry and data cluster once: an
-        // offset read twice means the cluster chain loops.
+        // Reading one file front to back reads each FAT entry of its chain once: an entry
+        // read twice means the cluster chain loops.
         {
             let mut p = probe.borrow_mut();
             p.spent = 0;
@@ -687,7 +690,7 @@ struct Probe {
     budget: u64,
     spent: u64,
     over_budget: bool,
-    /// Offsets read so far, while one file is read front to back.
+    /// FAT-entry offsets read so far, while one file is read front to back.
     seen: Option<HashSet<u64>>,
     looped_at: Option<u64>,
 }
@@ -716,7 +719,9 @@ impl Read for ImageSlice {
                 return Err(io::Error::other("SD card image read limit reached"));
             }
             let pos = self.pos;
-            if let Some(seen) = &mut p.seen {
+            // FAT entries are read 2 or 4 bytes at a time, one per step of a chain: an entry
+            // read twice while one file is read means the chain loops.
+            if let (Some(seen), true) = (&mut p.seen, n <= FAT_ENTRY_MAX) {
                 if !seen.insert(pos) {
                     p.looped_at = Some(self.start + pos);
                     return Err(io::Error::other("looping cluster chain"));
@@ -796,6 +801,7 @@ fn open_probed(path: &Path) -> Result<(ImageSlice, Rc<RefCell<Probe>>), EmuError
         image_len: disk.len,
         budget: disk
             .len
+            .min(MAX_FILE_LEN)
             .saturating_mul(FAT_READ_FACTOR)
             .saturating_add(FAT_READ_SLACK),
         ..Probe::default()
