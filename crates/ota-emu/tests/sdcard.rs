@@ -587,3 +587,76 @@ fn fat_image_file_size_is_known_before_its_data_is_read() {
         "{err}"
     );
 }
+
+#[test]
+fn mutated_fat_images_never_panic_and_always_end() {
+    const CASES: usize = 150;
+    let data = pattern(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd.img");
+    SdCard::create_fat_image(&path, MB, &[("a.bin", &data), ("/d/b.bin", b"bb")]).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let mut seed = 0x0DDC_0FFE_E123_4567u64;
+    let mut next = move || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    // Mutations land where the volume is described: the boot sector's BPB, the start of the
+    // first FAT, the root directory's first entries.
+    let u16_at = |o: usize| u16::from_le_bytes([good[o], good[o + 1]]) as usize;
+    let bps = u16_at(11);
+    let fat = u16_at(14) * bps;
+    let root = fat + good[16] as usize * u16_at(22) * bps;
+    let regions = [(0usize, 64usize), (fat, 64), (root, 256)];
+    let (mut mounted, mut read_ok, mut refused) = (0, 0, 0);
+    for case in 0..CASES {
+        let mut img = good.clone();
+        for _ in 0..1 + next() % 6 {
+            let (start, len) = regions[(next() % 3) as usize];
+            let at = start + (next() % len as u64) as usize;
+            img[at] = match next() % 4 {
+                0 => 0,
+                1 => 0xFF,
+                2 => img[at] ^ (1 << (next() % 8)),
+                _ => next() as u8,
+            };
+        }
+        let p = dir.path().join(format!("m{case}.img"));
+        std::fs::write(&p, &img).unwrap();
+        let result =
+            within(LIMIT, move || {
+                let card = match SdCard::open(&p) {
+                    Ok(c) => c,
+                    Err(e) => return (false, vec![Err(e.to_string())]),
+                };
+                let mut out = Vec::new();
+                for uri in ["file://sdcard/a.bin", "file://sdcard/d/b.bin"] {
+                    out.push(card.open_uri(uri).map_err(|e| e.to_string()).and_then(
+                        |(r, size)| {
+                            let mut v = Vec::new();
+                            r.take(size + 1)
+                                .read_to_end(&mut v)
+                                .map_err(|e| e.to_string())?;
+                            Ok(v.len())
+                        },
+                    ));
+                }
+                (true, out)
+            });
+        mounted += usize::from(result.0);
+        for r in result.1 {
+            match r {
+                Ok(_) => read_ok += 1,
+                Err(e) => {
+                    assert!(!e.is_empty());
+                    refused += 1
+                }
+            }
+        }
+    }
+    println!(
+        "mutated FAT images: {mounted} of {CASES} mounted, {read_ok} files read, {refused} refused"
+    );
+}
