@@ -465,6 +465,16 @@ impl SdCard {
     /// The error a [`Probe`] recorded (a loop or the budget), if any.
     fn probe_err(&self, probe: &Rc<RefCell<Probe>>, uri: &str, path: &str) -> Option<EmuError> {
         let p = probe.borrow();
+        if let (Some((cluster, value)), Some(fat)) = (p.bad_entry, p.fat) {
+            return Some(self.corrupt(
+                uri,
+                path,
+                format!(
+                    "the FAT entry of cluster {cluster} says 0x{value:x}, not a cluster of this volume (2..={}) nor an end mark",
+                    fat.max_cluster
+                ),
+            ));
+        }
         if let Some(at) = p.looped_at {
             return Some(self.corrupt(
                 uri,
@@ -693,6 +703,115 @@ struct Probe {
     /// FAT-entry offsets read so far, while one file is read front to back.
     seen: Option<HashSet<u64>>,
     looped_at: Option<u64>,
+    /// Where the FATs are, to check every entry read before the FAT library uses it.
+    fat: Option<FatLayout>,
+    /// A FAT entry naming no cluster of the volume: (cluster, value).
+    bad_entry: Option<(u32, u32)>,
+}
+
+/// The FAT region and cluster range of a volume, from its boot sector (Microsoft's FAT
+/// specification, "FAT: General Overview of On-Disk Format": BPB fields and the cluster-count
+/// rule for the FAT type, which FatFs's `check_fs`/`find_volume` and the fatfs crate follow).
+#[derive(Clone, Copy, Debug)]
+struct FatLayout {
+    /// Byte offset of the first FAT in the volume, and the length of one FAT.
+    start: u64,
+    fat_len: u64,
+    copies: u64,
+    /// Bits per entry: 12, 16 or 32 (28 used).
+    bits: u32,
+    /// The highest cluster number of the volume (clusters are 2..=max).
+    max_cluster: u32,
+}
+
+/// Clusters below this make FAT12, below [`FAT16_MAX_CLUSTERS`] FAT16, else FAT32 (FAT spec).
+const FAT12_MAX_CLUSTERS: u32 = 4085;
+const FAT16_MAX_CLUSTERS: u32 = 65525;
+/// The first "bad cluster" value of each FAT type; values from there on are markers.
+const FAT12_BAD: u32 = 0xFF7;
+const FAT16_BAD: u32 = 0xFFF7;
+const FAT32_BAD: u32 = 0x0FFF_FFF7;
+/// FAT32 entries use 28 bits.
+const FAT32_MASK: u32 = 0x0FFF_FFFF;
+
+impl FatLayout {
+    /// From the boot sector; None when its fields make no volume (fatfs then refuses it).
+    fn parse(bs: &[u8; MBR_SECTOR as usize]) -> Option<FatLayout> {
+        let u16_at = |o: usize| u32::from(u16::from_le_bytes([bs[o], bs[o + 1]]));
+        let u32_at = |o: usize| u32::from_le_bytes([bs[o], bs[o + 1], bs[o + 2], bs[o + 3]]);
+        let bps = u16_at(11);
+        let spc = u32::from(bs[13]);
+        let reserved = u16_at(14);
+        let copies = u32::from(bs[16]);
+        let root_entries = u16_at(17);
+        let total = match u16_at(19) {
+            0 => u32_at(32),
+            n => n,
+        };
+        let fat_sectors = match u16_at(22) {
+            0 => u32_at(36),
+            n => n,
+        };
+        if bps == 0 || spc == 0 || copies == 0 || fat_sectors == 0 {
+            return None;
+        }
+        let root_sectors = (root_entries * 32).div_ceil(bps);
+        let first_data = reserved
+            .checked_add(copies.checked_mul(fat_sectors)?)?
+            .checked_add(root_sectors)?;
+        let clusters = total.checked_sub(first_data)? / spc;
+        let bits = if clusters < FAT12_MAX_CLUSTERS {
+            12
+        } else if clusters < FAT16_MAX_CLUSTERS {
+            16
+        } else {
+            32
+        };
+        Some(FatLayout {
+            start: u64::from(reserved) * u64::from(bps),
+            fat_len: u64::from(fat_sectors) * u64::from(bps),
+            copies: u64::from(copies),
+            bits,
+            max_cluster: clusters.saturating_add(1),
+        })
+    }
+
+    /// The cluster whose entry a read of `bytes` at volume offset `pos` is, and its value.
+    fn entry(&self, pos: u64, bytes: &[u8]) -> Option<(u32, u32)> {
+        if pos < self.start || pos >= self.start + self.fat_len * self.copies {
+            return None;
+        }
+        let rel = (pos - self.start) % self.fat_len;
+        let raw = match *bytes {
+            [a, b] => u32::from(u16::from_le_bytes([a, b])),
+            [a, b, c, d] => u32::from_le_bytes([a, b, c, d]),
+            _ => return None,
+        };
+        match (self.bits, bytes.len()) {
+            (12, 2) => match (2 * rel) % 3 {
+                0 => Some((u32::try_from(2 * rel / 3).ok()?, raw & 0xFFF)),
+                2 => Some((u32::try_from((2 * rel + 1) / 3).ok()?, raw >> 4)),
+                _ => None,
+            },
+            (16, 2) if rel.is_multiple_of(2) => Some((u32::try_from(rel / 2).ok()?, raw)),
+            (32, 4) if rel.is_multiple_of(4) => {
+                Some((u32::try_from(rel / 4).ok()?, raw & FAT32_MASK))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `value`, found in the entry of a cluster, is free (0), a marker, or a cluster
+    /// of this volume; anything else (1, or past the last cluster) would send a reader
+    /// outside the volume.
+    fn value_ok(&self, value: u32) -> bool {
+        let bad = match self.bits {
+            12 => FAT12_BAD,
+            16 => FAT16_BAD,
+            _ => FAT32_BAD,
+        };
+        value == 0 || value >= bad || (2..=self.max_cluster).contains(&value)
+    }
 }
 
 /// A read-only window on an image file: the whole file, or the FAT partition inside an MBR.
@@ -730,6 +849,19 @@ impl Read for ImageSlice {
         }
         self.file.seek(SeekFrom::Start(self.start + self.pos))?;
         let got = self.file.read(&mut buf[..n])?;
+        if let Some(probe) = &self.probe {
+            let mut p = probe.borrow_mut();
+            let entry = p
+                .fat
+                .and_then(|f| f.entry(self.pos, &buf[..got]).map(|e| (f, e)));
+            if let Some((fat, (cluster, value))) = entry {
+                // Entries 0 and 1 hold the media byte and flags, not links.
+                if cluster >= 2 && !fat.value_ok(value) {
+                    p.bad_entry = Some((cluster, value));
+                    return Err(io::Error::other("FAT entry outside the volume"));
+                }
+            }
+        }
         self.pos += got as u64;
         Ok(got)
     }
@@ -806,6 +938,13 @@ fn open_probed(path: &Path) -> Result<(ImageSlice, Rc<RefCell<Probe>>), EmuError
             .saturating_add(FAT_READ_SLACK),
         ..Probe::default()
     }));
+    let mut bs = [0u8; MBR_SECTOR as usize];
+    if disk.len >= MBR_SECTOR
+        && disk.file.seek(SeekFrom::Start(disk.start)).is_ok()
+        && disk.file.read_exact(&mut bs).is_ok()
+    {
+        probe.borrow_mut().fat = FatLayout::parse(&bs);
+    }
     disk.probe = Some(probe.clone());
     Ok((disk, probe))
 }

@@ -524,10 +524,22 @@ fn fat_image_with_a_huge_size_field_is_refused_by_its_size() {
 
 #[test]
 fn fat_image_with_clusters_out_of_range_is_an_error_not_a_panic() {
-    for (next, why) in [
-        (0xFFF0u16, "past the last cluster"),
-        (1, "reserved cluster 1"),
-        (0, "a free cluster inside the chain"),
+    for (next, why, says) in [
+        (
+            0xFFF0u16,
+            "past the last cluster",
+            "says 0xfff0, not a cluster of this volume",
+        ),
+        (
+            1,
+            "reserved cluster 1",
+            "says 0x1, not a cluster of this volume",
+        ),
+        (
+            0,
+            "a free cluster inside the chain",
+            "cluster chain ends after 1024",
+        ),
     ] {
         let data = pattern(3000);
         let mut fat = Fat16::new(&[("LOOP.BIN", &data)], &[]);
@@ -536,7 +548,10 @@ fn fat_image_with_clusters_out_of_range_is_an_error_not_a_panic() {
         fat.set_fat(c + 1, next);
         let err = try_read(&fat.card(), "file://sdcard/loop.bin").unwrap_err();
         println!("{why}: {err}");
-        assert!(err.contains("corrupt FAT image"), "{why}: {err}");
+        assert!(
+            err.contains("corrupt FAT image") && err.contains(says),
+            "{why}: {err}"
+        );
     }
     // A first cluster of 0 with a non-zero size.
     let data = pattern(3000);
