@@ -676,3 +676,38 @@ fn mutated_fat_images_never_panic_and_always_end() {
     );
     assert!(mounted > 0 && refused > 0 && read_ok > 0);
 }
+
+#[test]
+fn fat32_volume_reads_back_with_the_entry_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd32.img");
+    let data = pattern(70_000);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(40 * MB).unwrap(); // sparse; 512-byte clusters make it FAT32
+        fatfs::format_volume(
+            &mut f,
+            fatfs::FormatVolumeOptions::new()
+                .fat_type(fatfs::FatType::Fat32)
+                .bytes_per_cluster(512),
+        )
+        .unwrap();
+        use std::io::{Seek, Write};
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let fs = fatfs::FileSystem::new(&mut f, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fs.fat_type(), fatfs::FatType::Fat32);
+        fs.root_dir().create_dir("sub").unwrap();
+        let mut file = fs.root_dir().create_file("sub/big.bin").unwrap();
+        file.write_all(&data).unwrap();
+        drop(file);
+        fs.unmount().unwrap();
+    }
+    let card = SdCard::open(&path).unwrap();
+    assert_eq!(try_read(&card, "file://sdcard/sub/big.bin").unwrap(), data);
+}
