@@ -38,7 +38,8 @@ pub const HTTPS_PREFIX: &str = "https://";
 pub const SDCARD_MOUNT: &str = "/sdcard";
 /// ADF's HTTP client timeout for OTA, `timeout_ms = 5000` (adf-ota-service.md §4.1).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
-/// How many redirects we follow by default (esp_http_client's default, `max_redirection_count`; idf-formats.md §4).
+/// How many redirects we follow by default (ureq 2's default, kept when our own HTTP client
+/// replaced it; esp_http_client sets its own limit with `max_redirection_count`).
 pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
 /// HTTP 206 Partial Content: the server honoured a `Range` request (idf-formats.md §4, resumption).
 const HTTP_PARTIAL_CONTENT: u16 = 206;
