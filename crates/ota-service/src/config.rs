@@ -11,12 +11,19 @@ use ota_core::version::VersionPolicy;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::source::{RetryPolicy, Scheme};
+use crate::source::{RetryPolicy, Scheme, TransferLimits};
 
 /// Largest `retries` accepted: downloads stay bounded.
 pub const MAX_RETRIES: u32 = 100;
 /// Largest `retry_backoff_ms` accepted (the wait doubles from there, up to `source::MAX_BACKOFF`).
 pub const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
+
+/// Largest `low_speed_limit` accepted, in bytes per second (1 GiB/s: above any link).
+pub const MAX_LOW_SPEED_LIMIT: u64 = 1 << 30;
+/// Largest `low_speed_time_ms` accepted (1 hour).
+pub const MAX_LOW_SPEED_TIME_MS: u64 = 3_600_000;
+/// Largest `max_time_ms` accepted (24 hours): every item's transfers stay bounded.
+pub const MAX_MAX_TIME_MS: u64 = 86_400_000;
 
 /// Default `DATA_PARTITION_LABEL` of the example's Kconfig (adf-ota-service.md §9.1).
 pub const EXAMPLE_DATA_PARTITION_LABEL: &str = "flash_tone";
@@ -71,6 +78,9 @@ pub struct UpgradeSpec {
     /// App items only: `uri` names a catalogue (`ota serve`'s `/manifest.json`) and the item
     /// installs the newest image of this project for the device's chip.
     pub project: Option<String>,
+    /// Every item: the rate rule and overall deadline of its transfers (`low_speed_limit`,
+    /// `low_speed_time_ms`, `max_time_ms`).
+    pub limits: TransferLimits,
 }
 
 /// The parsed configuration.
@@ -145,6 +155,9 @@ struct RawConfig {
     retries: Option<Spanned<u32>>,
     retry_backoff_ms: Option<Spanned<u64>>,
     resume: Option<Spanned<bool>>,
+    low_speed_limit: Option<Spanned<u64>>,
+    low_speed_time_ms: Option<Spanned<u64>>,
+    max_time_ms: Option<Spanned<u64>>,
     #[serde(default)]
     upgrade: Vec<Spanned<RawUpgrade>>,
 }
@@ -166,6 +179,9 @@ struct RawUpgrade {
     resume: Option<Spanned<bool>>,
     staging: Option<Spanned<String>>,
     project: Option<Spanned<String>>,
+    low_speed_limit: Option<Spanned<u64>>,
+    low_speed_time_ms: Option<Spanned<u64>>,
+    max_time_ms: Option<Spanned<u64>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -219,6 +235,15 @@ impl Config {
                 raw.retry_backoff_ms.as_ref(),
             )?,
             resume: raw.resume.as_ref().is_none_or(|r| *r.get_ref()),
+            limits: transfer_limits(
+                &loc,
+                TransferLimits::default(),
+                [
+                    raw.low_speed_limit.as_ref(),
+                    raw.low_speed_time_ms.as_ref(),
+                    raw.max_time_ms.as_ref(),
+                ],
+            )?,
         };
 
         // The example's list (adf-ota-service.md §9.3): data item first, then the app item.
@@ -241,6 +266,7 @@ impl Config {
                 resume: defaults.resume,
                 staging: None,
                 project: None,
+                limits: defaults.limits,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -267,6 +293,7 @@ impl Config {
                 resume: defaults.resume,
                 staging: None,
                 project: None,
+                limits: defaults.limits,
             });
         }
 
@@ -336,10 +363,47 @@ fn nonempty(loc: &Locator<'_>, v: &Spanned<String>, key: &str) -> Result<String,
     Ok(v.get_ref().clone())
 }
 
-/// The top-level `retries` / `retry_backoff_ms` / `resume`: defaults for every app item.
+/// The top-level `retries` / `retry_backoff_ms` / `resume`: defaults for every app item;
+/// `low_speed_limit` / `low_speed_time_ms` / `max_time_ms`: for every item.
 struct Retrying {
     retry: RetryPolicy,
     resume: bool,
+    limits: TransferLimits,
+}
+
+/// `low_speed_limit`, `low_speed_time_ms`, `max_time_ms` over `base`, each checked.
+fn transfer_limits(
+    loc: &Locator<'_>,
+    base: TransferLimits,
+    [limit, time, max_time]: [Option<&Spanned<u64>>; 3],
+) -> Result<TransferLimits, ConfigError> {
+    let mut l = base;
+    let check = |v: &Spanned<u64>, key: &str, min: u64, max: u64| {
+        let n = *v.get_ref();
+        if n < min || n > max {
+            Err(loc.at(
+                Some(v.span()),
+                format!("{key} must be between {min} and {max}, not {n}"),
+            ))
+        } else {
+            Ok(n)
+        }
+    };
+    if let Some(v) = limit {
+        l.low_speed_limit = check(v, "low_speed_limit", 0, MAX_LOW_SPEED_LIMIT)?;
+    }
+    if let Some(v) = time {
+        l.low_speed_time = std::time::Duration::from_millis(check(
+            v,
+            "low_speed_time_ms",
+            1,
+            MAX_LOW_SPEED_TIME_MS,
+        )?);
+    }
+    if let Some(v) = max_time {
+        l.max_time = std::time::Duration::from_millis(check(v, "max_time_ms", 1, MAX_MAX_TIME_MS)?);
+    }
+    Ok(l)
 }
 
 fn retry_policy(
@@ -420,6 +484,15 @@ fn explicit_item(
         .resume
         .as_ref()
         .map_or(defaults.resume, |r| *r.get_ref());
+    let limits = transfer_limits(
+        loc,
+        defaults.limits,
+        [
+            raw.low_speed_limit.as_ref(),
+            raw.low_speed_time_ms.as_ref(),
+            raw.max_time_ms.as_ref(),
+        ],
+    )?;
     let (label, format) = match raw.kind {
         ItemKind::App => {
             if let Some(st) = &raw.staging {
@@ -523,6 +596,7 @@ fn explicit_item(
         resume,
         staging: raw.staging.as_ref().map(|s| s.get_ref().clone()),
         project,
+        limits,
     })
 }
 
@@ -545,6 +619,7 @@ pub fn example(host_port: &str) -> Config {
                 resume: true,
                 staging: None,
                 project: None,
+                limits: TransferLimits::default(),
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -559,6 +634,7 @@ pub fn example(host_port: &str) -> Config {
                 resume: true,
                 staging: None,
                 project: None,
+                limits: TransferLimits::default(),
             },
         ],
     }

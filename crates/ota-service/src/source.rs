@@ -8,9 +8,12 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use ota_core::resume::ValidatorKind;
+
+mod http;
+pub use http::{MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADER_FIELDS, MAX_URI_LEN};
 
 /// ADF's numeric failure reasons that a source error can turn into
 /// (`ota_service_err_reason_t`, adf-ota-service.md §2.3; base `0x90000`, §2.1).
@@ -35,10 +38,24 @@ pub const HTTPS_PREFIX: &str = "https://";
 pub const SDCARD_MOUNT: &str = "/sdcard";
 /// ADF's HTTP client timeout for OTA, `timeout_ms = 5000` (adf-ota-service.md §4.1).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
-/// How many redirects we follow by default (ureq's and esp_http_client's default; idf-formats.md §4).
+/// How many redirects we follow by default (ureq 2's default, kept when our own HTTP client
+/// replaced it; esp_http_client sets its own limit with `max_redirection_count`).
 pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
 /// HTTP 206 Partial Content: the server honoured a `Range` request (idf-formats.md §4, resumption).
 const HTTP_PARTIAL_CONTENT: u16 = 206;
+/// HTTP 416 Range Not Satisfiable (RFC 9110 §15.5.17): nothing at or after the requested byte.
+pub const HTTP_RANGE_NOT_SATISFIABLE: u16 = 416;
+/// Default `low_speed_limit`: a download slower than this many bytes per second, on average
+/// over a whole `low_speed_time` window, fails (curl's `--speed-limit`).
+pub const DEFAULT_LOW_SPEED_LIMIT: u64 = 1024;
+/// Default `low_speed_time_ms` (curl's `--speed-time`, here 30 s).
+pub const DEFAULT_LOW_SPEED_TIME: Duration = Duration::from_secs(30);
+/// Default `max_time_ms`: every item's network transfers end within this much time of its
+/// first request (curl's `--max-time`), retries and reconnects included.
+pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(3600);
+/// The most bytes any source yields: 128 MiB, the largest flash size ESP-IDF and esptool know
+/// (`--flash-size 128MB`, esptool `cmds.py`); no partition can take more.
+pub const MAX_SOURCE_LEN: u64 = 128 << 20;
 
 /// The scheme of a URI, matched as a prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +156,36 @@ pub enum SourceError {
         start: u64,
         length: u64,
     },
+    #[error("{uri}: malformed HTTP response: {detail}")]
+    BadResponse { uri: String, detail: String },
+    #[error("{uri}: redirect to `{location}` refused: {detail}")]
+    BadRedirect {
+        uri: String,
+        location: String,
+        detail: String,
+    },
+    #[error("{uri}: transfer too slow: {got} bytes in {} ms, below low_speed_limit = {limit} bytes/s (over low_speed_time_ms = {})", elapsed.as_millis(), window.as_millis())]
+    TooSlow {
+        uri: String,
+        got: u64,
+        elapsed: Duration,
+        limit: u64,
+        window: Duration,
+    },
+    #[error("{uri}: gave up while {phase}: the item's transfers exceeded max_time_ms = {}", max_time.as_millis())]
+    DeadlineExceeded {
+        uri: String,
+        phase: Phase,
+        max_time: Duration,
+    },
+    #[error("{uri}: more than {limit} bytes: larger than any flash")]
+    TooLarge { uri: String, limit: u64 },
+    #[error("{uri}: internal error while {phase} (caught): {detail}")]
+    Internal {
+        uri: String,
+        phase: Phase,
+        detail: String,
+    },
 }
 
 impl SourceError {
@@ -160,7 +207,13 @@ impl SourceError {
             | SourceError::InvalidUri { uri, .. }
             | SourceError::BadCert { uri, .. }
             | SourceError::RangeMismatch { uri, .. }
-            | SourceError::RangeNotSatisfiable { uri, .. } => uri,
+            | SourceError::RangeNotSatisfiable { uri, .. }
+            | SourceError::BadResponse { uri, .. }
+            | SourceError::BadRedirect { uri, .. }
+            | SourceError::TooSlow { uri, .. }
+            | SourceError::DeadlineExceeded { uri, .. }
+            | SourceError::TooLarge { uri, .. }
+            | SourceError::Internal { uri, .. } => uri,
         }
     }
 
@@ -176,6 +229,14 @@ impl SourceError {
                 reason::FILE_NOT_FOUND
             }
             SourceError::ShortBody { .. }
+            | SourceError::TooSlow { .. }
+            | SourceError::TooLarge { .. }
+            | SourceError::DeadlineExceeded {
+                phase: Phase::Read, ..
+            }
+            | SourceError::Internal {
+                phase: Phase::Read, ..
+            }
             | SourceError::Timeout {
                 phase: Phase::Read, ..
             }
@@ -256,6 +317,8 @@ pub fn sd_relative_path(uri: &str) -> Result<PathBuf, SourceError> {
 pub struct HostDir(pub PathBuf);
 
 impl SdCardFs for HostDir {
+    /// Only a regular file whose real path (links resolved) is inside the folder is opened,
+    /// without blocking (a FIFO is refused, never opened) and at most [`MAX_SOURCE_LEN`] bytes.
     fn open(&self, uri: &str) -> Result<(Box<dyn Read + Send>, u64), SourceError> {
         let path = self.0.join(sd_relative_path(uri)?);
         let io_err = |source: io::Error| SourceError::Io {
@@ -263,8 +326,9 @@ impl SdCardFs for HostDir {
             phase: Phase::Open,
             source,
         };
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
+        let refuse = |msg: String| io_err(io::Error::new(io::ErrorKind::PermissionDenied, msg));
+        let real = match path.canonicalize() {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(SourceError::SdFileNotFound {
                     uri: uri.to_string(),
@@ -273,14 +337,40 @@ impl SdCardFs for HostDir {
             }
             Err(e) => return Err(io_err(e)),
         };
-        let meta = file.metadata().map_err(io_err)?;
-        if !meta.is_file() {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
+        let root = self.0.canonicalize().map_err(io_err)?;
+        if !real.starts_with(&root) {
+            return Err(refuse(format!(
+                "{} leads to {}, outside the card folder {}",
+                path.display(),
+                real.display(),
+                root.display()
             )));
         }
-        Ok((Box::new(file), meta.len()))
+        let meta = std::fs::metadata(&real).map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(refuse(format!("{} is not a regular file", path.display())));
+        }
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            /// `O_NONBLOCK | O_NOFOLLOW` on Linux (`include/uapi/asm-generic/fcntl.h`).
+            const O_NONBLOCK_NOFOLLOW: i32 = 0o4000 | 0o400000;
+            o.custom_flags(O_NONBLOCK_NOFOLLOW);
+        }
+        let file = o.open(&real).map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(refuse(format!("{} is not a regular file", path.display())));
+        }
+        if meta.len() > MAX_SOURCE_LEN {
+            return Err(SourceError::TooLarge {
+                uri: uri.to_string(),
+                limit: MAX_SOURCE_LEN,
+            });
+        }
+        Ok((Box::new(file.take(meta.len())), meta.len()))
     }
 }
 
@@ -296,6 +386,50 @@ pub struct SourceOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Minimum average rate of a body in bytes per second, over each `low_speed_time` window
+    /// (config `low_speed_limit`; 0: no rate rule).
+    pub low_speed_limit: u64,
+    /// The window of the rate rule (config `low_speed_time_ms`).
+    pub low_speed_time: Duration,
+    /// How long an item's transfers may take in all (config `max_time_ms`): the items set
+    /// `deadline` from it when they start; a source opened without one gets its own.
+    pub max_time: Duration,
+    /// When every transfer of the current item must be over (set by the item).
+    pub deadline: Option<Instant>,
+}
+
+/// The transfer bounds an item can set for itself (config keys `low_speed_limit`,
+/// `low_speed_time_ms`, `max_time_ms`, top level or per item).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferLimits {
+    pub low_speed_limit: u64,
+    pub low_speed_time: Duration,
+    pub max_time: Duration,
+}
+
+impl Default for TransferLimits {
+    fn default() -> Self {
+        TransferLimits {
+            low_speed_limit: DEFAULT_LOW_SPEED_LIMIT,
+            low_speed_time: DEFAULT_LOW_SPEED_TIME,
+            max_time: DEFAULT_MAX_TIME,
+        }
+    }
+}
+
+impl SourceOptions {
+    /// These options with `limits` (when given) and the item's deadline starting now:
+    /// what an item uses for all its transfers.
+    pub fn for_item(&self, limits: Option<TransferLimits>) -> SourceOptions {
+        let mut o = self.clone();
+        if let Some(l) = limits {
+            o.low_speed_limit = l.low_speed_limit;
+            o.low_speed_time = l.low_speed_time;
+            o.max_time = l.max_time;
+        }
+        o.deadline = Some(Instant::now() + o.max_time);
+        o
+    }
 }
 
 impl Default for SourceOptions {
@@ -305,6 +439,10 @@ impl Default for SourceOptions {
             max_redirects: DEFAULT_MAX_REDIRECTS,
             ca_pem: None,
             user_agent: concat!("ota-service/", env!("CARGO_PKG_VERSION")).to_string(),
+            low_speed_limit: DEFAULT_LOW_SPEED_LIMIT,
+            low_speed_time: DEFAULT_LOW_SPEED_TIME,
+            max_time: DEFAULT_MAX_TIME,
+            deadline: None,
         }
     }
 }
@@ -349,7 +487,7 @@ impl Source for StreamSource {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    // ureq reports a body cut short of Content-Length this way.
+                    // A reader may report a body cut short of its length this way.
                     return Err(self.short().unwrap_or_else(|| SourceError::Io {
                         uri: self.uri.clone(),
                         phase: Phase::Read,
@@ -483,6 +621,7 @@ impl SourceError {
         match self {
             SourceError::ConnectionRefused { .. }
             | SourceError::Timeout { .. }
+            | SourceError::TooSlow { .. }
             | SourceError::ShortBody { .. }
             | SourceError::Io { .. } => true,
             SourceError::HttpStatus { status, .. } => {
@@ -503,6 +642,12 @@ fn open_file(
         uri: uri.to_string(),
     })?;
     let (mut reader, length) = sd.open(uri)?;
+    if length > MAX_SOURCE_LEN {
+        return Err(SourceError::TooLarge {
+            uri: uri.to_string(),
+            limit: MAX_SOURCE_LEN,
+        });
+    }
     if start > length {
         return Err(SourceError::RangeNotSatisfiable {
             uri: uri.to_string(),
@@ -586,32 +731,29 @@ fn open_http(
     if_range: Option<&str>,
     opts: &SourceOptions,
 ) -> Result<RangeOpen, SourceError> {
-    // ureq gives up when `history + 1 >= redirects`, i.e. it follows `redirects - 1`; ask for
-    // one more so that exactly `max_redirects` are followed. 0 keeps ureq's "return the 3xx".
-    let ureq_redirects = match opts.max_redirects {
-        0 => 0,
-        n => n.saturating_add(1),
-    };
-    let mut builder = ureq::AgentBuilder::new()
-        .timeout_connect(opts.timeout)
-        .timeout_read(opts.timeout)
-        .timeout_write(opts.timeout)
-        .redirects(ureq_redirects)
-        .user_agent(&opts.user_agent);
-    if Scheme::of(uri) == Some(Scheme::Https) {
-        let config = tls_config(opts.ca_pem.as_deref(), uri)?;
-        builder = builder.tls_config(Arc::new(config));
-    }
-    let agent = builder.build();
-    let mut request = agent.get(uri);
+    let mut extra = Vec::new();
     if start > 0 {
-        request = request.set("Range", &format!("bytes={start}-"));
+        extra.push(("Range", format!("bytes={start}-")));
         if let Some(v) = if_range {
-            request = request.set("If-Range", v);
+            extra.push(("If-Range", v.to_string()));
         }
     }
-    let response = request.call().map_err(|e| map_ureq(e, uri, opts))?;
-    let status = response.status();
+    guard(uri, Phase::Open, || {
+        open_http_answer(uri, start, &extra, opts)
+    })
+}
+
+/// `GET uri` with `extra` headers (redirects followed and checked by [`http::get`]), judged as
+/// an answer to a request for the bytes from `start` on.
+fn open_http_answer(
+    uri: &str,
+    start: u64,
+    extra: &[(&str, String)],
+    opts: &SourceOptions,
+) -> Result<RangeOpen, SourceError> {
+    let answer = http::get(uri, extra, opts)?;
+    let response = &answer.head;
+    let status = response.status;
     if (300..400).contains(&status) {
         return Err(if response.header("Location").is_some() {
             SourceError::TooManyRedirects {
@@ -622,15 +764,33 @@ fn open_http(
             SourceError::HttpStatus {
                 uri: uri.to_string(),
                 status,
-                reason: response.status_text().to_string(),
+                reason: response.reason.clone(),
             }
         });
+    }
+    if status == HTTP_RANGE_NOT_SATISFIABLE && start > 0 {
+        // `Content-Range: bytes */N` says how long the file is now.
+        if let Some(length) = response
+            .header("Content-Range")
+            .filter(|v| {
+                v.trim()
+                    .strip_prefix("bytes")
+                    .is_some_and(|r| r.trim_start().starts_with('*'))
+            })
+            .and_then(content_range_total)
+        {
+            return Err(SourceError::RangeNotSatisfiable {
+                uri: uri.to_string(),
+                start,
+                length,
+            });
+        }
     }
     if !(200..300).contains(&status) {
         return Err(SourceError::HttpStatus {
             uri: uri.to_string(),
             status,
-            reason: response.status_text().to_string(),
+            reason: response.reason.clone(),
         });
     }
     let honoured = start > 0 && status == HTTP_PARTIAL_CONTENT;
@@ -644,9 +804,7 @@ fn open_http(
             });
         }
     }
-    let content_length = response
-        .header("Content-Length")
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let content_length = answer.body.content_length();
     let total_length = if honoured {
         response
             .header("Content-Range")
@@ -665,18 +823,36 @@ fn open_http(
     let etag = header("ETag");
     let last_modified = header("Last-Modified");
     Ok(RangeOpen {
-        source: Box::new(StreamSource {
-            uri: uri.to_string(),
-            reader: Box::new(response.into_reader()),
-            content_length,
-            got: 0,
-            timeout: opts.timeout,
-        }),
+        source: Box::new(answer.body),
         honoured: honoured || start == 0,
         etag,
         last_modified,
         total_length,
     })
+}
+
+/// Runs `f`, turning a panic (in a dependency, on input nobody foresaw) into
+/// [`SourceError::Internal`]: no input may end the process.
+fn guard<T>(
+    uri: &str,
+    phase: Phase,
+    f: impl FnOnce() -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string());
+            Err(SourceError::Internal {
+                uri: uri.to_string(),
+                phase,
+                detail,
+            })
+        }
+    }
 }
 
 /// The first byte of a `Content-Range: bytes a-b/total` header.
@@ -690,72 +866,6 @@ fn content_range_start(value: &str) -> Option<u64> {
 fn content_range_total(value: &str) -> Option<u64> {
     let (_, total) = value.trim().rsplit_once('/')?;
     total.trim().parse().ok()
-}
-
-/// Turns a ureq error into a [`SourceError`] naming `uri`.
-fn map_ureq(err: ureq::Error, uri: &str, opts: &SourceOptions) -> SourceError {
-    let transport = match err {
-        ureq::Error::Status(status, response) => {
-            return SourceError::HttpStatus {
-                uri: uri.to_string(),
-                status,
-                reason: response.status_text().to_string(),
-            }
-        }
-        ureq::Error::Transport(t) => t,
-    };
-    let detail = transport.to_string();
-    match transport.kind() {
-        ureq::ErrorKind::Dns => {
-            return SourceError::Dns {
-                uri: uri.to_string(),
-                detail,
-            }
-        }
-        ureq::ErrorKind::TooManyRedirects => {
-            return SourceError::TooManyRedirects {
-                uri: uri.to_string(),
-                max: opts.max_redirects,
-            }
-        }
-        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => {
-            return SourceError::InvalidUri {
-                uri: uri.to_string(),
-                detail,
-            }
-        }
-        _ => {}
-    }
-    // Walk the cause chain: a rustls error means TLS; an io::Error tells refused / timed out.
-    let mut cause: Option<&(dyn std::error::Error + 'static)> =
-        std::error::Error::source(&transport);
-    while let Some(e) = cause {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return SourceError::Tls {
-                uri: uri.to_string(),
-                detail: tls.to_string(),
-            };
-        }
-        if let Some(io_err) = e.downcast_ref::<io::Error>() {
-            if let Some(tls) = io_err
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return SourceError::Tls {
-                    uri: uri.to_string(),
-                    detail: tls.to_string(),
-                };
-            }
-            let copy = io::Error::new(io_err.kind(), io_err.to_string());
-            return classify_io(copy, uri, Phase::Open, opts.timeout);
-        }
-        cause = e.source();
-    }
-    SourceError::Io {
-        uri: uri.to_string(),
-        phase: Phase::Open,
-        source: io::Error::other(detail),
-    }
 }
 
 /// Maps an I/O error by its kind: refused, timed out, or a plain I/O failure.

@@ -99,6 +99,7 @@ cert = "ca.pem"
                 resume: true,
                 staging: None,
                 project: None,
+                limits: ota_service::source::TransferLimits::default(),
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -113,6 +114,7 @@ cert = "ca.pem"
                 resume: true,
                 staging: None,
                 project: None,
+                limits: ota_service::source::TransferLimits::default(),
             },
         ]
     );

@@ -690,3 +690,45 @@ fn https_with_pem_without_certificate_is_bad_cert() {
     let e = open_http("https://127.0.0.1:9/app.bin", &o).err().unwrap();
     assert!(matches!(e, SourceError::BadCert { .. }), "{e:?}");
 }
+
+#[cfg(unix)]
+#[test]
+fn host_dir_refuses_links_out_of_the_folder_fifos_and_dev_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card");
+    std::fs::create_dir(&card).unwrap();
+    std::fs::write(dir.path().join("secret.bin"), b"secret").unwrap();
+    std::fs::write(card.join("real.bin"), b"real").unwrap();
+    std::os::unix::fs::symlink("../secret.bin", card.join("evil.bin")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", card.join("zero.bin")).unwrap();
+    std::os::unix::fs::symlink("real.bin", card.join("alias.bin")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(card.join("pipe.bin"))
+        .status()
+        .is_ok_and(|s| s.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sd = HostDir(card.clone());
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        for name in ["evil.bin", "zero.bin", "pipe.bin", "alias.bin"] {
+            let uri = format!("file://sdcard/{name}");
+            out.push(match open(&uri, Some(&sd), &opts()) {
+                Ok(mut s) => read_all(s.as_mut()).map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("opening the card's files blocked or never ended");
+    for r in &out[..2] {
+        let e = r.as_ref().unwrap_err();
+        assert!(e.contains("outside the card folder"), "{e}");
+    }
+    if fifo {
+        let e = out[2].as_ref().unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+    assert!(out[3].is_ok(), "{:?}", out[3]);
+}

@@ -2,7 +2,8 @@
 //!
 //! It serves one file (at any path) with `ETag`, `Last-Modified` and `Range` / `If-Range`
 //! support, and misbehaves on request: it drops the connection at chosen file offsets, stalls,
-//! ignores `Range`, changes the file between requests, lies about `Content-Length`. It logs
+//! ignores `Range`, changes the file between requests, lies about `Content-Length`, trickles
+//! its head or body a byte at a time, never answers, redirects anywhere, answers 416. It logs
 //! every request. It is bounded: it answers at most [`Faults::max_requests`] requests, stops
 //! by itself after [`Faults::lifetime`], and stops when dropped. It binds loopback only.
 
@@ -58,6 +59,16 @@ pub struct Faults {
     pub etag: bool,
     /// Send `Last-Modified`.
     pub last_modified: bool,
+    /// Send the body one byte per this interval (a slow or hostile server).
+    pub trickle_body: Option<Duration>,
+    /// Send the status line and header fields one byte per this interval.
+    pub trickle_head: Option<Duration>,
+    /// Read the request, then send nothing until the server stops.
+    pub never_answer: bool,
+    /// Answer every request with `302 Found` and this `Location` (any text, sent as is).
+    pub redirect_to: Option<String>,
+    /// Answer the first this many requests that carry `Range` with 416 (whatever the range).
+    pub range_416: usize,
     /// Requests answered before the server refuses connections.
     pub max_requests: usize,
     /// The server stops by itself after this long.
@@ -77,6 +88,11 @@ impl Default for Faults {
             status_first: None,
             etag: true,
             last_modified: true,
+            trickle_body: None,
+            trickle_head: None,
+            never_answer: false,
+            redirect_to: None,
+            range_416: 0,
             max_requests: 64,
             lifetime: Duration::from_secs(60),
         }
@@ -106,6 +122,8 @@ struct State {
     faults: Faults,
     requests: Vec<Request>,
     lies_told: usize,
+    /// 416 answers given for `Faults::range_416`.
+    told_416: usize,
 }
 
 /// The server; it stops when dropped.
@@ -281,6 +299,21 @@ fn read_head(conn: &mut TcpStream) -> io::Result<Head> {
     Ok(Head { range, if_range })
 }
 
+/// Sleeps `d` in ticks; false when the server stops (or its lifetime ends) meanwhile.
+fn pause(stop: &AtomicBool, deadline: Instant, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        thread::sleep(TICK.min(until - now));
+    }
+}
+
 fn serve(
     mut conn: TcpStream,
     state: &Mutex<State>,
@@ -293,7 +326,7 @@ fn serve(
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
     let head = read_head(&mut conn)?;
     // Decide the answer under the lock.
-    let (index, file, status, start, header) = {
+    let (index, file, status, start, header, trickle) = {
         let mut st = lock(state);
         let index = st.requests.len();
         let (version, file): (usize, Vec<u8>) = match &st.faults.change {
@@ -316,10 +349,21 @@ fn serve(
         }
         h += "Accept-Ranges: bytes\r\nConnection: close\r\n";
         let forced = st.faults.status_first.filter(|&(_, n)| index < n);
+        let force_416 = head.range.is_some() && st.told_416 < st.faults.range_416;
         let (status, start, body_len) = match head.range {
             _ if forced.is_some() => {
                 h += "Content-Length: 0\r\n";
                 (forced.map_or(500, |f| f.0), 0, 0)
+            }
+            _ if st.faults.redirect_to.is_some() => {
+                let to = st.faults.redirect_to.clone().unwrap_or_default();
+                h += &format!("Location: {to}\r\nContent-Length: 0\r\n");
+                (302, 0, 0)
+            }
+            Some(n) if force_416 => {
+                st.told_416 += 1;
+                h += &format!("Content-Range: bytes */{len}\r\nContent-Length: 0\r\n");
+                (416, n, 0)
             }
             Some(n) if !st.faults.ignore_range && if_range_ok => {
                 if n >= len {
@@ -358,17 +402,60 @@ fn serve(
             dropped: false,
         });
         let end = (start + body_len) as usize;
-        (index, file[start as usize..end].to_vec(), status, start, h)
+        let trickle = (
+            st.faults.trickle_head,
+            st.faults.trickle_body,
+            st.faults.never_answer,
+        );
+        (
+            index,
+            file[start as usize..end].to_vec(),
+            status,
+            start,
+            h,
+            trickle,
+        )
     };
+    let (trickle_head, trickle_body, never_answer) = trickle;
+    if never_answer {
+        pause(
+            stop,
+            deadline,
+            deadline.saturating_duration_since(Instant::now()),
+        );
+        return Ok(());
+    }
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
+        302 => "Found",
         416 => "Range Not Satisfiable",
         404 => "Not Found",
         503 => "Service Unavailable",
         _ => "Error",
     };
-    conn.write_all(format!("HTTP/1.1 {status} {reason}\r\n{header}\r\n").as_bytes())?;
+    let head_bytes = format!("HTTP/1.1 {status} {reason}\r\n{header}\r\n").into_bytes();
+    match trickle_head {
+        Some(every) => {
+            for b in head_bytes {
+                conn.write_all(&[b])?;
+                if !pause(stop, deadline, every) {
+                    return Ok(());
+                }
+            }
+        }
+        None => conn.write_all(&head_bytes)?,
+    }
+    if let Some(every) = trickle_body {
+        for (i, b) in file.iter().enumerate() {
+            conn.write_all(&[*b])?;
+            lock(state).requests[index].body_sent = i as u64 + 1;
+            if !pause(stop, deadline, every) {
+                return Ok(());
+            }
+        }
+        return conn.flush();
+    }
     let mut sent = 0usize;
     while sent < file.len() {
         if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
@@ -505,6 +592,66 @@ mod tests {
             "{h}"
         );
         assert_eq!(b.len(), 500);
+    }
+
+    #[test]
+    fn trickles_redirects_and_answers_416_as_told() {
+        let faults = Faults {
+            trickle_body: Some(Duration::from_millis(20)),
+            ..Faults::default()
+        };
+        let s = FlakyServer::start(file(5), faults).unwrap();
+        let t0 = Instant::now();
+        let (_, b) = get(s.addr(), "");
+        assert_eq!(b, file(5));
+        assert!(
+            t0.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            t0.elapsed()
+        );
+
+        let faults = Faults {
+            redirect_to: Some("file:///etc/passwd".into()),
+            ..Faults::default()
+        };
+        let s = FlakyServer::start(file(5), faults).unwrap();
+        let (h, _) = get(s.addr(), "");
+        assert!(h.starts_with("HTTP/1.1 302"), "{h}");
+        assert!(h.contains("Location: file:///etc/passwd\r\n"), "{h}");
+
+        let faults = Faults {
+            range_416: 1,
+            ..Faults::default()
+        };
+        let s = FlakyServer::start(file(100), faults).unwrap();
+        let (h, _) = get(s.addr(), "Range: bytes=10-\r\n");
+        assert!(h.starts_with("HTTP/1.1 416"), "{h}");
+        let (h, _) = get(s.addr(), "Range: bytes=10-\r\n");
+        assert!(h.starts_with("HTTP/1.1 206"), "{h}");
+    }
+
+    #[test]
+    fn trickled_head_and_silence() {
+        let faults = Faults {
+            trickle_head: Some(Duration::from_millis(1)),
+            ..Faults::default()
+        };
+        let s = FlakyServer::start(file(3), faults).unwrap();
+        let (h, b) = get(s.addr(), "");
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert_eq!(b, file(3));
+        let faults = Faults {
+            never_answer: true,
+            lifetime: Duration::from_millis(300),
+            ..Faults::default()
+        };
+        let s = FlakyServer::start(file(3), faults).unwrap();
+        let mut c = TcpStream::connect(s.addr()).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut all = Vec::new();
+        let _ = c.read_to_end(&mut all);
+        assert!(all.is_empty());
     }
 
     #[test]

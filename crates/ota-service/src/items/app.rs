@@ -15,7 +15,10 @@ use ota_core::version::VersionPolicy;
 use super::{core_error, source_error, Progress};
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
-use crate::source::{self, RangeOpen, RetryPolicy, Scheme, Source, SourceError, SourceOptions};
+use crate::source::{
+    self, RangeOpen, RetryPolicy, Scheme, Source, SourceError, SourceOptions, TransferLimits,
+    HTTP_RANGE_NOT_SATISFIABLE,
+};
 
 const TAG_OTA: &str = "esp_https_ota";
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
@@ -25,8 +28,6 @@ const APP_DESC_OFFSET: u32 = 0x20;
 /// boundaries, so a checkpoint follows every write and at most one chunk is fetched again
 /// after a restart.
 pub const CHUNK: usize = 4096;
-/// HTTP 416 Range Not Satisfiable: nothing left after the requested byte.
-const HTTP_RANGE_NOT_SATISFIABLE: u16 = 416;
 
 /// An app upgrade item.
 pub struct AppItem {
@@ -34,6 +35,8 @@ pub struct AppItem {
     pub policy: VersionPolicy,
     /// Pinned CA certificate (PEM), like ADF's `cert_pem`.
     pub ca_pem: Option<Vec<u8>>,
+    /// Transfer bounds (rate rule, overall deadline); None: the run's (`Env::source`).
+    pub limits: Option<TransferLimits>,
     pub reboot: bool,
     pub break_after_fail: bool,
     /// How often a failed download is tried again, and the backoff between attempts.
@@ -64,6 +67,7 @@ impl AppItem {
             uri: uri.into(),
             policy: VersionPolicy::None,
             ca_pem: None,
+            limits: None,
             reboot: true,
             break_after_fail: false,
             retry: RetryPolicy::default(),
@@ -90,7 +94,7 @@ impl AppItem {
     }
 
     fn options(&self, env: &Env<'_>) -> SourceOptions {
-        super::item_source_options(env, &self.ca_pem)
+        super::item_source_options(env, &self.ca_pem, self.limits)
     }
 
     fn is_http(&self) -> bool {
@@ -230,7 +234,13 @@ impl AppItem {
         );
         let r = match opened {
             Ok(r) => r,
-            Err(SourceError::HttpStatus { status, .. }) if status == HTTP_RANGE_NOT_SATISFIABLE => {
+            Err(
+                SourceError::HttpStatus {
+                    status: HTTP_RANGE_NOT_SATISFIABLE,
+                    ..
+                }
+                | SourceError::RangeNotSatisfiable { .. },
+            ) => {
                 env.warn(
                     TAG_OTA,
                     format!("The server has no byte {}: starting over from byte 0", n),
@@ -504,9 +514,17 @@ impl Fetch {
             env,
         ) {
             Ok(r) => r,
-            Err(SourceError::HttpStatus { status, .. }) if status == HTTP_RANGE_NOT_SATISFIABLE => {
+            // The file is exactly as long as what we have: nothing more to come.
+            Err(SourceError::RangeNotSatisfiable { length, .. }) if length == self.pos => {
                 return Ok(Next::End)
             }
+            Err(
+                e @ (SourceError::RangeNotSatisfiable { .. }
+                | SourceError::HttpStatus {
+                    status: HTTP_RANGE_NOT_SATISFIABLE,
+                    ..
+                }),
+            ) => return self.restart_after_416(e, env),
             Err(e) => return Err(source_error(e)),
         };
         let honoured = r.honoured && self.pos > 0;
@@ -550,6 +568,28 @@ impl Fetch {
                 ),
             );
         }
+        self.take_from_zero(r);
+        Ok(Next::Restart)
+    }
+
+    /// A 416 to `bytes=pos-` (the file changed and is shorter now, or a server that checks
+    /// `Range` before `If-Range`): download the file again from byte 0, as one of the retries.
+    fn restart_after_416(&mut self, e: SourceError, env: &mut Env<'_>) -> Result<Next, ItemError> {
+        if !self.can_retry() {
+            return Err(source_error(e));
+        }
+        self.used += 1;
+        env.warn(
+            TAG_OTA,
+            format!(
+                "{}: starting over from byte 0, retry {} of {}",
+                e, self.used, self.retry.retries
+            ),
+        );
+        let mut used = self.used;
+        let r = open_with_retries(&self.uri, 0, None, &self.opts, self.retry, &mut used, env)
+            .map_err(source_error)?;
+        self.used = used;
         self.take_from_zero(r);
         Ok(Next::Restart)
     }

@@ -12,7 +12,7 @@ use ota_core::update::{DataUpdate, UpdateError};
 use super::{core_error, read_full, source_error, Progress};
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
-use crate::source::{self, Source};
+use crate::source::{self, Source, TransferLimits};
 
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
 const TAG_EXAMPLE: &str = "HTTPS_OTA_EXAMPLE";
@@ -27,6 +27,8 @@ pub struct DataItem {
     pub label: String,
     pub format: DataFormat,
     pub ca_pem: Option<Vec<u8>>,
+    /// Transfer bounds (rate rule, overall deadline); None: the run's (`Env::source`).
+    pub limits: Option<TransferLimits>,
     pub reboot: bool,
     pub break_after_fail: bool,
     /// A spare data partition (by label) to stage the image in; None: write in place.
@@ -55,6 +57,7 @@ impl DataItem {
             label: label.into(),
             format,
             ca_pem: None,
+            limits: None,
             reboot: false,
             break_after_fail: false,
             staging: None,
@@ -295,7 +298,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             self.resume_staged_copy(dev, env, &staging, &target)?;
         }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
-        let opts = super::item_source_options(env, &self.ca_pem);
+        let opts = super::item_source_options(env, &self.ca_pem, self.limits);
         let src = source::open(&self.uri, env.sd, &opts).map_err(|e| {
             env.error(TAG_DEFAULT, "reader stream init failed");
             source_error(e)

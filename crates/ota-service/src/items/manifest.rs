@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::{read_full, source_error, AppItem};
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, Outcome, UpgradeItem};
-use crate::source::{self, Phase, Source, SourceError};
+use crate::source::{self, Phase, Source, SourceError, TransferLimits};
 
 /// The catalogue format this code writes and reads (`"format"` key).
 pub const CATALOGUE_FORMAT: u32 = 1;
@@ -334,6 +334,8 @@ pub struct ManifestItem {
     pub project: String,
     pub policy: VersionPolicy,
     pub ca_pem: Option<Vec<u8>>,
+    /// Transfer bounds (rate rule, overall deadline); None: the run's (`Env::source`).
+    pub limits: Option<TransferLimits>,
     pub reboot: bool,
     pub break_after_fail: bool,
     inner: Option<AppItem>,
@@ -347,6 +349,7 @@ impl ManifestItem {
             project: project.into(),
             policy: VersionPolicy::None,
             ca_pem: None,
+            limits: None,
             reboot: true,
             break_after_fail: false,
             inner: None,
@@ -355,7 +358,7 @@ impl ManifestItem {
     }
 
     fn fetch(&self, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
-        let opts = super::item_source_options(env, &self.ca_pem);
+        let opts = super::item_source_options(env, &self.ca_pem, self.limits);
         let mut src = source::open(&self.uri, env.sd, &opts).map_err(source_error)?;
         if src
             .content_length()
@@ -447,6 +450,7 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
         let mut inner = AppItem::new(url);
         inner.policy = self.policy;
         inner.ca_pem = self.ca_pem.clone();
+        inner.limits = self.limits;
         inner.reboot = self.reboot;
         inner.break_after_fail = self.break_after_fail;
         let (size, mismatch) = (entry.size, self.mismatch.clone());

@@ -17,12 +17,14 @@ use crate::reason::Reason;
 use crate::service::{Env, Event, ItemError};
 use crate::source::{Source, SourceError};
 
-/// The run's source options with an item's pinned CA (ADF's per-item `cert_pem`), if it has one.
+/// The run's source options with an item's pinned CA (ADF's per-item `cert_pem`), if it has one,
+/// and its transfer limits; the item's overall deadline (`max_time`) starts now.
 pub(crate) fn item_source_options(
     env: &Env<'_>,
     ca_pem: &Option<Vec<u8>>,
+    limits: Option<crate::source::TransferLimits>,
 ) -> crate::source::SourceOptions {
-    let mut opts = env.source.clone();
+    let mut opts = env.source.for_item(limits);
     if ca_pem.is_some() {
         opts.ca_pem = ca_pem.clone();
     }
@@ -166,6 +168,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 let mut item = ManifestItem::new(spec.uri.clone(), project);
                 item.policy = spec.version_check;
                 item.ca_pem = ca_pem;
+                item.limits = Some(spec.limits);
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
                 items.push(Box::new(item));
@@ -177,6 +180,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
                 item.retry = spec.retry;
+                item.limits = Some(spec.limits);
                 item.resume = spec.resume;
                 items.push(Box::new(item));
             }
@@ -187,6 +191,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                     .ok_or_else(|| format!("data item {} has no label", spec.uri))?;
                 let mut item = DataItem::new(spec.uri.clone(), label, spec.format);
                 item.staging = spec.staging.clone();
+                item.limits = Some(spec.limits);
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
