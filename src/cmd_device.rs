@@ -207,7 +207,7 @@ fn boot_stored(
 ) -> Result<BootOutcome> {
     let chip = dev.chip();
     let table = dev.table().clone();
-    let cfg = stored.settings.boot_config();
+    let cfg = stored.settings.boot_config_for(dev.flash_size());
     let out = boot_device_with(dev.flash_mut(), &table, chip, &cfg, quiet)?;
     stored.store_efuse(out.efuse_secure_version)?;
     Ok(out)
@@ -336,7 +336,12 @@ pub fn create_device_with(
                 .ok_or_else(|| {
                     anyhow!("the partition table has no factory or ota_0 partition for --app")
                 })?;
-            check_image(app, spec.chip, &target)?;
+            check_image(
+                app,
+                spec.chip,
+                &target,
+                &settings.boot_config_for(spec.flash_size),
+            )?;
             Some((target, app))
         }
         None => None,
@@ -377,8 +382,14 @@ pub fn create_device_with(
 }
 
 /// An app image must verify, be for this chip and fit its partition.
-fn check_image(bytes: &[u8], chip: Chip, target: &Partition) -> Result<ImageSummary> {
+fn check_image(
+    bytes: &[u8],
+    chip: Chip,
+    target: &Partition,
+    boot: &BootConfig,
+) -> Result<ImageSummary> {
     let mut v = image::ImageVerifier::new();
+    v.set_mmu_page_rule(boot.mmu_page_rule(chip));
     v.feed(bytes).map_err(|e| anyhow!("app image: {}", e))?;
     let s = v.finish().map_err(|e| anyhow!("app image: {}", e))?;
     if s.header.chip_id != chip.id() {
@@ -441,6 +452,8 @@ fn create(a: CreateArgs) -> Result<()> {
             bootloader: BootloaderSettings {
                 rollback: a.rollback,
                 anti_rollback: a.anti_rollback,
+                // The stub bootloader is "built" with Kconfig's default page size.
+                mmu_page_size: Some(chip.default_mmu_page_size(flash_size)),
             },
             efuse: EfuseSettings {
                 secure_version: a.efuse_secure_version,
@@ -485,7 +498,10 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
     };
     let mut apps = Vec::new();
     for p in table.iter().filter(|p| p.is_app()) {
-        let r = image::verify_flash(dev.flash_mut(), p.region(), Some(chip));
+        let mut v = image::ImageVerifier::new();
+        v.set_expected_chip(Some(chip));
+        v.set_mmu_page_rule(settings.boot_config_for(flash_size).mmu_page_rule(chip));
+        let r = image::verify_flash_with(dev.flash_mut(), p.region(), v);
         apps.push((*p, r));
     }
     if as_json {

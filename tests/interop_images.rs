@@ -4,6 +4,7 @@
 //! their memory types, checksum, hash, app descriptor) must be equal.
 
 mod common;
+mod idf;
 mod interop;
 
 use std::path::Path;
@@ -263,5 +264,171 @@ fn esptool_elf2image_outputs_are_read_by_image_info_exactly_as_esptool_reads_the
     eprintln!(
         "interop elf2image: {} cases, seed {:#x}, ota image info reports all equal to esptool's",
         n, seed
+    );
+}
+
+/// Real ESP32-C6 and ESP32-H2 apps for 1 MB and 2 MB flash use 16 KB and 32 KB MMU pages
+/// (Kconfig picks the page from the flash size): `esptool elf2image` lays out the segments for
+/// that page, from an ELF laid out as ESP-IDF's linker does. `ota image info` reads every one
+/// exactly as `esptool image-info` does (it never refuses what esptool accepts) and reports
+/// the page size it assumed and that the segments are aligned to it.
+#[test]
+fn small_mmu_page_c6_and_h2_apps_from_esptool_are_read_as_esptool_reads_them() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for chip in ["esp32c6", "esp32h2"] {
+        for (flash_size, page, page_name) in [
+            ("1MB", 0x4000u32, "16KB"),
+            ("2MB", 0x8000, "32KB"),
+            ("4MB", 0x10000, "64KB"),
+        ] {
+            for record in [false, true] {
+                let log2 = if record {
+                    page.trailing_zeros() as u8
+                } else {
+                    0
+                };
+                let elf = dir.path().join(format!("{chip}-{flash_size}-{record}.elf"));
+                std::fs::write(&elf, idf::c6_app_elf(page, log2, "small_flash", "v1.0.0")).unwrap();
+                let out = dir.path().join(format!("{chip}-{flash_size}-{record}.bin"));
+                let args = [
+                    "--flash-size",
+                    flash_size,
+                    "--flash-mmu-page-size",
+                    page_name,
+                ];
+                let answer = interop::ask(
+                    &py,
+                    "esptool_oracle.py",
+                    &json!({"op": "elf2image", "chip": chip, "elf": s(&elf),
+                            "cases": [{"args": args, "out": s(&out)}]}),
+                );
+                let rep = &answer["reports"][0];
+                let case = format!("{chip} {flash_size} page {page_name} recorded {record}");
+                assert_same_report(&out, rep, &case);
+                let j: Value =
+                    serde_json::from_str(&ok(&["image", "info", s(&out), "--json"])).unwrap();
+                assert_eq!(j["chip"], chip, "{case}");
+                assert_eq!(j["mmu_page_size_assumed"], page, "{case}");
+                assert_eq!(
+                    j["mmu_page_size_source"],
+                    if record { "app_desc" } else { "flash_size" },
+                    "{case}"
+                );
+                assert_eq!(
+                    j["mmu_aligned"], true,
+                    "{case}: {}",
+                    j["mmu_alignment_error"]
+                );
+                assert_eq!(j["app"]["mmu_page_size"], log2, "{case}");
+                // The segments really are laid out for the small page: under 64 KB pages a
+                // flash-mapped segment's data is not where its load address needs it.
+                if page < 0x10000 {
+                    let segs = j["segments"].as_array().unwrap();
+                    let misaligned = segs.iter().any(|g| {
+                        let load = g["load_addr"].as_u64().unwrap();
+                        let data = g["file_offset"].as_u64().unwrap() + 8;
+                        (0x4200_0000..0x4300_0000).contains(&load)
+                            && load % 0x10000 != data % 0x10000
+                    });
+                    assert!(misaligned, "{case}: the image would also fit 64 KB pages");
+                }
+                n += 1;
+            }
+        }
+    }
+    // An image whose segments fit no page the image implies is still read, with a note.
+    let elf = dir.path().join("wrong.elf");
+    std::fs::write(&elf, idf::c6_app_elf(0x4000, 0, "wrong_page", "v1")).unwrap();
+    let out = dir.path().join("wrong.bin");
+    let answer = interop::ask(
+        &py,
+        "esptool_oracle.py",
+        &json!({"op": "elf2image", "chip": "esp32c6", "elf": s(&elf),
+                "cases": [{"args": ["--flash-size", "4MB", "--flash-mmu-page-size", "16KB"],
+                           "out": s(&out)}]}),
+    );
+    assert_same_report(&out, &answer["reports"][0], "16 KB pages in a 4MB header");
+    let o = ota(&["image", "info", s(&out)]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("doesn't match data") && err.contains("64 KB assumed"),
+        "{err}"
+    );
+    let j: Value = serde_json::from_str(&ok(&["image", "info", s(&out), "--json"])).unwrap();
+    assert_eq!(j["mmu_aligned"], false);
+    eprintln!("interop small MMU pages: {n} C6/H2 images from esptool elf2image, all read as esptool reads them");
+}
+
+/// `ota image make --flash-size 1MB` on a chip with a configurable page lays the image out
+/// for Kconfig's 16 KB page and records it, as ESP-IDF v5.4+ does; esptool agrees.
+#[test]
+fn image_make_for_small_flash_uses_kconfig_mmu_page_and_esptool_agrees() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (chip, size, page) in [
+        ("esp32c6", "1MB", 0x4000u64),
+        ("esp32h2", "2MB", 0x8000),
+        ("esp32c2", "1MB", 0x4000),
+        ("esp32c3", "1MB", 0x10000),
+    ] {
+        let out = dir.path().join(format!("{chip}-{size}.bin"));
+        ok(&[
+            "image",
+            "make",
+            "--chip",
+            chip,
+            "--project",
+            "p",
+            "--version",
+            "v1",
+            "--flash-size",
+            size,
+            "--size",
+            "90000",
+            "--segments",
+            "7",
+            "-o",
+            s(&out),
+        ]);
+        let j: Value = serde_json::from_str(&ok(&["image", "info", s(&out), "--json"])).unwrap();
+        assert_eq!(j["mmu_page_size_assumed"], page, "{chip} {size}");
+        assert_eq!(j["mmu_aligned"], true, "{chip} {size}");
+        assert_eq!(
+            j["app"]["mmu_page_size"],
+            page.trailing_zeros(),
+            "{chip} {size}"
+        );
+        files.push(out);
+    }
+    let answer = interop::ask(
+        &py,
+        "esptool_oracle.py",
+        &json!({"op": "image_info", "files": files.iter().map(|f| s(f)).collect::<Vec<_>>()}),
+    );
+    for (f, rep) in files.iter().zip(answer["reports"].as_array().unwrap()) {
+        assert_same_report(f, rep, "image make small flash");
+    }
+    let o = ota(&[
+        "image",
+        "make",
+        "--chip",
+        "esp32c3",
+        "--project",
+        "p",
+        "--version",
+        "v1",
+        "--mmu-page-size",
+        "16KB",
+        "-o",
+        s(&dir.path().join("x.bin")),
+    ]);
+    assert!(
+        !o.status.success() && common::text(&o).contains("only 64KB"),
+        "{}",
+        common::text(&o)
     );
 }
