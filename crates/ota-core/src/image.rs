@@ -1374,6 +1374,45 @@ pub fn parse_prefix(bytes: &[u8]) -> Result<(ImageHeader, Option<AppDesc>), Imag
     Ok((h, desc))
 }
 
+/// esptool's `_update_image_flash_params` (esptool `esptool/cmds.py`, used by `write-flash` and
+/// `merge-bin` on the file at the bootloader offset): when `image` is a valid image for `chip`
+/// (magic, structure, checksum, hash), header byte 2 takes `mode`, byte 3's high nibble
+/// `size_code` and low nibble `freq_code` (None = keep), and an appended SHA-256 is recomputed
+/// over the image before it, in place. Returns false, with `image` untouched, when it is not
+/// a valid image (esptool then warns and leaves the file as it is).
+pub fn set_image_flash_params(
+    image: &mut [u8],
+    chip: Chip,
+    mode: Option<u8>,
+    size_code: Option<u8>,
+    freq_code: Option<u8>,
+) -> bool {
+    let mut v = ImageVerifier::new();
+    v.set_expected_chip(Some(chip));
+    v.set_mmu_strict(false);
+    if v.feed(image).is_err() {
+        return false;
+    }
+    let Ok(summary) = v.finish() else {
+        return false;
+    };
+    let (Some(b2), Some(b3)) = (image.get(2).copied(), image.get(3).copied()) else {
+        return false;
+    };
+    let new2 = mode.unwrap_or(b2);
+    let new3 = (size_code.unwrap_or(b3 >> 4) << 4) | (freq_code.unwrap_or(b3 & 0x0F) & 0x0F);
+    image[2] = new2;
+    image[3] = new3;
+    if summary.header.hash_appended == 1 {
+        let data_len = (summary.image_len as usize).saturating_sub(HASH_LEN);
+        if let Some(body) = image.get(..data_len) {
+            let digest: [u8; HASH_LEN] = Sha256::digest(body).into();
+            put(image, data_len, &digest);
+        }
+    }
+    true
+}
+
 /// Flash read size used by [`verify_flash`].
 pub const VERIFY_CHUNK: usize = 256;
 
