@@ -243,6 +243,11 @@ pub struct CreateArgs {
     /// Initial eFuse secure-version counter (number of burnt bits).
     #[arg(long, value_name = "N", default_value_t = 0)]
     efuse_secure_version: u32,
+    /// An `idf.py build` folder: lay out its real bootloader, partition table, otadata and app
+    /// from flasher_args.json, padded to the flash size, with the bootloader options of the
+    /// project's sdkconfig (BUILD/../sdkconfig or BUILD/config/sdkconfig.json).
+    #[arg(long, value_name = "BUILD", conflicts_with_all = ["chip", "flash_size", "partitions", "app", "data", "rollback", "anti_rollback"])]
+    from_build: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -412,6 +417,9 @@ fn check_image(
 }
 
 fn create(a: CreateArgs) -> Result<()> {
+    if let Some(build) = &a.from_build {
+        return crate::from_build::create_from_build(&a.flash.flash, build, a.efuse_secure_version);
+    }
     let chip = Chip::from_name(&a.chip).ok_or_else(|| {
         anyhow!(
             "unknown chip '{}' (esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...)",
@@ -420,9 +428,7 @@ fn create(a: CreateArgs) -> Result<()> {
     })?;
     let flash_size = glue::parse_size(&a.flash_size)?;
     let csv = match &a.partitions {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
+        Some(p) => crate::from_build::partitions_csv(p)?,
         None => EXAMPLE_CSV.to_string(),
     };
     let app = match &a.app {
@@ -469,6 +475,7 @@ fn create(a: CreateArgs) -> Result<()> {
             .map(|t| t.len())
             .unwrap_or(0)
     );
+    println!("{}", crate::from_build::STUB_BOOTLOADER_NOTE);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod cmd_serve;
 mod cmd_tone;
 mod demo;
 mod flashfile;
+mod from_build;
 mod glue;
 mod logger;
 

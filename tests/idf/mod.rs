@@ -178,3 +178,125 @@ pub fn c6_app_elf(page: u32, desc_page_log2: u8, project: &str, version: &str) -
     ];
     elf(C6_SRAM, &sections)
 }
+
+/// The partition table of the `idf.py build` fixtures: ESP-IDF's two-OTA layout without a
+/// factory app (nvs, otadata, phy_init, ota_0, ota_1).
+pub const OTA_CSV: &str = "# Name,   Type, SubType, Offset,  Size, Flags\n\
+nvs,      data, nvs,     0x9000,  0x4000,\n\
+otadata,  data, ota,     0xd000,  0x2000,\n\
+phy_init, data, phy,     0xf000,  0x1000,\n\
+ota_0,    app,  ota_0,   0x10000, 0x100000,\n\
+ota_1,    app,  ota_1,   0x110000,0x100000,\n";
+
+/// What an `idf.py build` fixture holds.
+pub struct BuildSpec<'a> {
+    pub chip: &'a str,
+    pub project: &'a str,
+    pub flash_mode: &'a str,
+    pub flash_freq: &'a str,
+    pub flash_size: &'a str,
+    /// The real 2nd-stage bootloader image.
+    pub bootloader: &'a std::path::Path,
+    pub bootloader_offset: u32,
+    /// The binary partition table (gen_esp32part's output).
+    pub table: &'a [u8],
+    pub app: &'a [u8],
+    /// The project's sdkconfig text, written beside `build/` (None: none).
+    pub sdkconfig: Option<&'a str>,
+}
+
+/// Lay out `root/build` exactly as `idf.py build` does for the files `idf.py flash` writes:
+/// `flasher_args.json` and `flash_args` (esp-idf `components/esptool_py/project_include.cmake`,
+/// `flasher_args.json.in`), `bootloader/bootloader.bin`, `partition_table/partition-table.bin`,
+/// `ota_data_initial.bin` (0x2000 bytes of 0xFF, as `gen_empty_partition.py` makes it) and
+/// `<project>.bin`; `root/sdkconfig` beside it. Returns the build folder.
+pub fn idf_build_folder(root: &std::path::Path, b: &BuildSpec) -> std::path::PathBuf {
+    let build = root.join("build");
+    std::fs::create_dir_all(build.join("bootloader")).unwrap();
+    std::fs::create_dir_all(build.join("partition_table")).unwrap();
+    std::fs::create_dir_all(build.join("config")).unwrap();
+    std::fs::copy(b.bootloader, build.join("bootloader/bootloader.bin")).unwrap();
+    std::fs::write(build.join("partition_table/partition-table.bin"), b.table).unwrap();
+    std::fs::write(build.join("ota_data_initial.bin"), vec![0xFFu8; 0x2000]).unwrap();
+    let app = format!("{}.bin", b.project);
+    std::fs::write(build.join(&app), b.app).unwrap();
+    let bl = format!("0x{:x}", b.bootloader_offset);
+    let json = format!(
+        r#"{{
+    "write_flash_args" : [ "--flash_mode", "{mode}",
+                           "--flash_size", "{size}",
+                           "--flash_freq", "{freq}" ],
+    "flash_settings" : {{
+        "flash_mode": "{mode}",
+        "flash_size": "{size}",
+        "flash_freq": "{freq}"
+    }},
+    "flash_files" : {{
+        "{bl}" : "bootloader/bootloader.bin",
+        "0x10000" : "{app}",
+        "0x8000" : "partition_table/partition-table.bin",
+        "0xd000" : "ota_data_initial.bin"
+    }},
+    "bootloader" : {{ "offset" : "{bl}", "file" : "bootloader/bootloader.bin", "encrypted" : "false" }},
+    "app" : {{ "offset" : "0x10000", "file" : "{app}", "encrypted" : "false" }},
+    "partition-table" : {{ "offset" : "0x8000", "file" : "partition_table/partition-table.bin", "encrypted" : "false" }},
+    "otadata" : {{ "offset" : "0xd000", "file" : "ota_data_initial.bin", "encrypted" : "false" }},
+    "extra_esptool_args" : {{
+        "after"  : "hard_reset",
+        "before" : "default_reset",
+        "stub"   : true,
+        "chip"   : "{chip}"
+    }}
+}}
+"#,
+        mode = b.flash_mode,
+        size = b.flash_size,
+        freq = b.flash_freq,
+        chip = b.chip,
+    );
+    std::fs::write(build.join("flasher_args.json"), json).unwrap();
+    let args = format!(
+        "--flash_mode {} --flash_freq {} --flash_size {}\n{bl} bootloader/bootloader.bin\n\
+         0x10000 {app}\n0x8000 partition_table/partition-table.bin\n0xd000 ota_data_initial.bin\n",
+        b.flash_mode, b.flash_freq, b.flash_size
+    );
+    std::fs::write(build.join("flash_args"), args).unwrap();
+    if let Some(s) = b.sdkconfig {
+        std::fs::write(root.join("sdkconfig"), s).unwrap();
+    }
+    build
+}
+
+/// An sdkconfig as ESP-IDF writes it (the options the emulator reads, among others).
+pub fn sdkconfig(
+    chip: &str,
+    flash_size: &str,
+    rollback: bool,
+    anti_rollback: bool,
+    secure_version: u32,
+) -> String {
+    let flag = |name: &str, on: bool| {
+        if on {
+            format!("CONFIG_{name}=y\n")
+        } else {
+            format!("# CONFIG_{name} is not set\n")
+        }
+    };
+    let mut s = String::from(
+        "#\n# Automatically generated file. DO NOT EDIT.\n# Espressif IoT Development Framework (ESP-IDF) 5.4.1 Project Configuration\n#\n",
+    );
+    s += &format!("CONFIG_SOC_CPU_CORES_NUM=1\nCONFIG_IDF_TARGET=\"{chip}\"\nCONFIG_IDF_FIRMWARE_CHIP_ID=0x0005\n");
+    s += "\n#\n# Bootloader config\n#\n";
+    s += &flag("BOOTLOADER_APP_ROLLBACK_ENABLE", rollback);
+    s += &flag("BOOTLOADER_APP_ANTI_ROLLBACK", anti_rollback);
+    if anti_rollback {
+        s += &format!("CONFIG_BOOTLOADER_APP_SECURE_VERSION={secure_version}\nCONFIG_BOOTLOADER_APP_SEC_VER_SIZE_EFUSE_FIELD=16\n");
+    }
+    s += "CONFIG_ESPTOOLPY_FLASHMODE_DIO=y\nCONFIG_ESPTOOLPY_FLASHMODE=\"dio\"\nCONFIG_ESPTOOLPY_FLASHFREQ_80M=y\nCONFIG_ESPTOOLPY_FLASHFREQ=\"80m\"\n";
+    s += &format!(
+        "CONFIG_ESPTOOLPY_FLASHSIZE_{flash_size}=y\nCONFIG_ESPTOOLPY_FLASHSIZE=\"{flash_size}\"\n"
+    );
+    s += "CONFIG_PARTITION_TABLE_CUSTOM=y\nCONFIG_PARTITION_TABLE_CUSTOM_FILENAME=\"partitions.csv\"\nCONFIG_PARTITION_TABLE_OFFSET=0x8000\nCONFIG_PARTITION_TABLE_MD5=y\n";
+    s += "CONFIG_MMU_PAGE_SIZE_64KB=y\nCONFIG_MMU_PAGE_MODE=\"64KB\"\nCONFIG_MMU_PAGE_SIZE=0x10000\n";
+    s
+}
