@@ -542,6 +542,7 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
         "settings": {
             "rollback": settings.bootloader.rollback,
             "anti_rollback": settings.bootloader.anti_rollback,
+            "mmu_page_size": settings.bootloader.mmu_page_size,
             "file": settings_file.as_ref().map(|p| p.display().to_string()),
         },
         "efuse": {
@@ -575,6 +576,9 @@ fn info(path: &Path, as_json: bool) -> Result<()> {
             None => "no settings file: ESP-IDF defaults".to_string(),
         }
     );
+    if let Some(p) = settings.bootloader.mmu_page_size {
+        println!("Bootloader: MMU page size {} KB", p / 1024);
+    }
     println!(
         "eFuse: secure_version {} (of {} bits)",
         settings.efuse.secure_version,

@@ -78,6 +78,7 @@ fn c6_and_h2_apps_for_1mb_and_2mb_flash_boot_on_a_device_of_that_size() {
                 let info = ok(&["device", "info", "--flash", s(&flash), "--json"]);
                 let j: Value = serde_json::from_str(&info).unwrap();
                 assert_eq!(j["apps"][0]["app"]["version"], "v1.2.3", "{info}");
+                assert_eq!(j["settings"]["mmu_page_size"], page, "{info}");
             }
         }
     }
