@@ -172,6 +172,9 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             } else {
                 print_info(&s, bytes.len());
                 // esptool's report has no line for this: a note on stderr, never a refusal.
+                if let Some(e) = &s.segment_length_error {
+                    eprintln!("note: {e}: the bootloader refuses this image");
+                }
                 if let Some(e) = &s.mmu_misaligned {
                     eprintln!(
                         "note: {} (MMU page size {} KB assumed, from {}): a bootloader built \
@@ -208,7 +211,7 @@ fn page_sizes(chip: Chip) -> String {
 /// not check it, and the page size that matters is the bootloader's.
 pub fn read_image(bytes: &[u8]) -> Result<ImageSummary> {
     let mut v = image::ImageVerifier::new();
-    v.set_mmu_strict(false);
+    v.set_strict(false);
     v.feed(bytes).map_err(|e| anyhow!("{}", e))?;
     // A complete image with a bad checksum or hash is still reported (as invalid).
     match (v.is_complete(), v.summary()) {
@@ -257,6 +260,7 @@ pub fn summary_json(s: &ImageSummary) -> Value {
         "mmu_page_size_source": s.mmu_page_source.key(),
         "mmu_aligned": s.mmu_misaligned.is_none(),
         "mmu_alignment_error": s.mmu_misaligned.as_ref().map(|e| e.to_string()),
+        "segment_length_error": s.segment_length_error.as_ref().map(|e| e.to_string()),
         "bootloader": s.bootloader_desc.as_ref().filter(|_| s.app_desc.is_none()).map(|b| json!({
             "version": b.version,
             "idf_ver": b.idf_ver_str(),
@@ -355,9 +359,16 @@ fn print_info(s: &ImageSummary, size: usize) {
             .chip
             .map(|c| c.memory_types(g.load_addr).to_string())
             .unwrap_or_default();
+        // esptool pads the data of a segment with a load address to a multiple of 4 when it
+        // reads it (`ImageSegment.__init__`, esptool `esptool/bin_image.py`) and prints that.
+        let shown = if g.load_addr != 0 {
+            g.data_len.div_ceil(4) * 4
+        } else {
+            g.data_len
+        };
         println!(
             "{:7}  {:#07x}  {:#010x}  {:#010x}  {}",
-            i, g.data_len, g.load_addr, g.file_offset, types
+            i, shown, g.load_addr, g.file_offset, types
         );
     }
     println!();

@@ -432,3 +432,75 @@ fn image_make_for_small_flash_uses_kconfig_mmu_page_and_esptool_agrees() {
         common::text(&o)
     );
 }
+
+/// A segment whose length is not a multiple of 4 breaks a loader rule that esptool image-info
+/// does not check: `ota image info` reads it as esptool does and says the bootloader refuses it.
+#[test]
+fn image_info_reads_a_segment_length_esptool_accepts_and_notes_the_loader_refusal() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.bin");
+    ok(&[
+        "image",
+        "make",
+        "--chip",
+        "esp32c3",
+        "--project",
+        "odd",
+        "--version",
+        "v1",
+        "--segments",
+        "1",
+        "--no-hash",
+        "-o",
+        s(&base),
+    ]);
+    let b = std::fs::read(&base).unwrap();
+    // Header, segment 0 grown by 2 bytes (length 0x..2), checksum re-placed and recomputed.
+    let len = u32::from_le_bytes(b[28..32].try_into().unwrap()) as usize;
+    let mut data = b[32..32 + len].to_vec();
+    data.extend_from_slice(&[0x12, 0x34]);
+    let mut img = b[..24].to_vec();
+    img.extend_from_slice(&b[24..28]);
+    img.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    img.extend_from_slice(&data);
+    let chk_at = (img.len() + 1).div_ceil(16) * 16 - 1;
+    img.resize(chk_at, 0);
+    img.push(data.iter().fold(0xEFu8, |c, x| c ^ x));
+    let odd = dir.path().join("odd.bin");
+    std::fs::write(&odd, &img).unwrap();
+    let answer = interop::ask(
+        &py,
+        "esptool_oracle.py",
+        &json!({"op": "image_info", "files": [s(&odd)]}),
+    );
+    assert_same_report(
+        &odd,
+        &answer["reports"][0],
+        "segment length not a multiple of 4",
+    );
+    let o = ota(&["image", "info", s(&odd)]);
+    assert!(
+        common::text(&o).contains("invalid segment length"),
+        "{}",
+        common::text(&o)
+    );
+    let j: Value = serde_json::from_str(&ok(&["image", "info", s(&odd), "--json"])).unwrap();
+    assert!(j["segment_length_error"]
+        .as_str()
+        .unwrap()
+        .contains("multiple of 4"));
+    // The device's loader refuses it.
+    let flash = dir.path().join("f.bin");
+    let o = ota(&[
+        "device",
+        "create",
+        "--flash",
+        s(&flash),
+        "--chip",
+        "esp32c3",
+        "--app",
+        s(&odd),
+    ]);
+    assert!(!o.status.success(), "{}", common::text(&o));
+}

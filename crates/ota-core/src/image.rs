@@ -646,10 +646,13 @@ pub struct ImageSummary {
     /// The MMU page size the flash-mapped segments were checked against, and where it came from.
     pub mmu_page: u32,
     pub mmu_page_source: MmuPageSource,
-    /// With [`ImageVerifier::set_mmu_strict`] off: the first flash-mapped segment whose data is
+    /// With [`ImageVerifier::set_strict`] off: the first flash-mapped segment whose data is
     /// not at its load address's offset within an MMU page (a bootloader with that page size
     /// refuses the image). Always None in strict mode (the verifier fails instead).
     pub mmu_misaligned: Option<ImageError>,
+    /// With [`ImageVerifier::set_strict`] off: the first segment whose length breaks the
+    /// loader's rule (a multiple of 4), which the bootloader refuses and esptool reads.
+    pub segment_length_error: Option<ImageError>,
 }
 
 /// Which MMU page size the loader's alignment rule uses (`verify_segment_header` compares
@@ -788,8 +791,9 @@ pub struct ImageVerifier {
     boot_desc: Option<BootloaderDesc>,
     /// Segment 0's MMU alignment check waits for the app descriptor (its page size).
     pending_mmu: Option<(u32, u32)>,
-    /// Non-strict mode: the first misaligned segment.
+    /// Non-strict mode: the first misaligned segment, the first bad segment length.
     mmu_misaligned: Option<ImageError>,
+    segment_length_error: Option<ImageError>,
 }
 
 impl ImageVerifier {
@@ -829,6 +833,7 @@ impl ImageVerifier {
             boot_desc: None,
             pending_mmu: None,
             mmu_misaligned: None,
+            segment_length_error: None,
         }
     }
 
@@ -849,10 +854,11 @@ impl ImageVerifier {
             r => r,
         };
     }
-    /// Strict (default): a misaligned flash-mapped segment is an error, as in the bootloader.
-    /// Off: it is recorded in [`ImageSummary::mmu_misaligned`] and reading goes on (esptool's
-    /// image-info does not check alignment).
-    pub fn set_mmu_strict(&mut self, strict: bool) {
+    /// Strict (default): a misaligned flash-mapped segment, or a segment length that is not a
+    /// multiple of 4, is an error, as in the bootloader. Off: they are recorded in
+    /// [`ImageSummary::mmu_misaligned`] / [`ImageSummary::segment_length_error`] and reading goes
+    /// on (esptool's image-info checks neither). Lengths of 16 MiB or more are always refused.
+    pub fn set_strict(&mut self, strict: bool) {
         self.mmu_strict = strict;
     }
 
@@ -956,6 +962,7 @@ impl ImageVerifier {
             mmu_page: self.mmu_page().0,
             mmu_page_source: self.mmu_page().1,
             mmu_misaligned: self.mmu_misaligned.clone(),
+            segment_length_error: self.segment_length_error.clone(),
         })
     }
 
@@ -1156,11 +1163,17 @@ impl ImageVerifier {
         let len = u32_at(&self.buf, 4);
         let hdr_off = (self.consumed - SEGMENT_HEADER_SIZE as u64) as u32;
         if len & 3 != 0 || len >= MAX_SEGMENT_LEN {
-            return Err(ImageError::SegmentLength {
+            let e = ImageError::SegmentLength {
                 index,
                 offset: hdr_off,
                 len,
-            });
+            };
+            if self.mmu_strict || len >= MAX_SEGMENT_LEN {
+                return Err(e);
+            }
+            if self.segment_length_error.is_none() {
+                self.segment_length_error = Some(e);
+            }
         }
         if self.app_rules && index == 0 && (len as usize) < APP_DESC_SIZE {
             return Err(ImageError::AppSegmentTooShort { len });
@@ -1389,7 +1402,7 @@ pub fn set_image_flash_params(
 ) -> bool {
     let mut v = ImageVerifier::new();
     v.set_expected_chip(Some(chip));
-    v.set_mmu_strict(false);
+    v.set_strict(false);
     if v.feed(image).is_err() {
         return false;
     }
