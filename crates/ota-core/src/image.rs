@@ -1409,13 +1409,11 @@ pub fn set_image_flash_params(
     let Ok(summary) = v.finish() else {
         return false;
     };
-    let (Some(b2), Some(b3)) = (image.get(2).copied(), image.get(3).copied()) else {
-        return false;
-    };
-    let new2 = mode.unwrap_or(b2);
-    let new3 = (size_code.unwrap_or(b3 >> 4) << 4) | (freq_code.unwrap_or(b3 & 0x0F) & 0x0F);
-    image[2] = new2;
-    image[3] = new3;
+    let mut h = summary.header;
+    h.spi_mode = mode.unwrap_or(h.spi_mode);
+    h.spi_speed_size = ((size_code.unwrap_or(h.flash_size_code()) & 0x0F) << 4)
+        | (freq_code.unwrap_or(h.flash_freq_code()) & 0x0F);
+    put(image, 0, &h.to_bytes());
     if summary.header.hash_appended == 1 {
         let data_len = (summary.image_len as usize).saturating_sub(HASH_LEN);
         if let Some(body) = image.get(..data_len) {
@@ -2900,6 +2898,59 @@ mod tests {
             let _ = v.finish();
             let _ = parse_prefix(&d);
         }
+    }
+
+    #[test]
+    fn flash_params_rewrite_the_header_and_the_hash_of_valid_images_only() {
+        extern crate std;
+        use std::vec::Vec;
+        let mut bl = Vec::new();
+        build_bootloader(Chip::Esp32c3, 1, &mut |b: &[u8]| bl.extend_from_slice(b)).unwrap();
+        let mut img = bl.clone();
+        assert!(set_image_flash_params(
+            &mut img,
+            Chip::Esp32c3,
+            Some(0),
+            Some(2),
+            Some(0xF)
+        ));
+        assert_eq!((img[2], img[3]), (0, 0x2F));
+        assert_eq!(img.len(), bl.len());
+        let mut v = ImageVerifier::new();
+        v.feed(&img).unwrap();
+        v.finish().expect("the hash was recomputed");
+        // None keeps a field.
+        let mut img2 = bl.clone();
+        assert!(set_image_flash_params(
+            &mut img2,
+            Chip::Esp32c3,
+            None,
+            Some(3),
+            None
+        ));
+        assert_eq!((img2[2], img2[3]), (bl[2], 0x30 | (bl[3] & 0x0F)));
+        // Not a valid image for the chip (wrong chip, corrupt): untouched.
+        let mut other = bl.clone();
+        assert!(!set_image_flash_params(
+            &mut other,
+            Chip::Esp32s3,
+            Some(0),
+            None,
+            None
+        ));
+        assert!(other == bl);
+        let mut bad = bl.clone();
+        let n = bad.len();
+        bad[n - 40] ^= 1;
+        let before = bad.clone();
+        assert!(!set_image_flash_params(
+            &mut bad,
+            Chip::Esp32c3,
+            Some(0),
+            None,
+            None
+        ));
+        assert!(bad == before);
     }
 
     // ---- verify_flash over a tiny in-memory NOR flash ----
