@@ -38,7 +38,13 @@ pub fn create_from_build(flash: &Path, build: &Path, efuse_secure_version: u32) 
             b.chip.name()
         );
     }
-    if flash.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(flash) {
+        if !meta.is_file() {
+            anyhow::bail!(
+                "{} exists and is not a regular file: not replaced",
+                flash.display()
+            );
+        }
         std::fs::remove_file(flash).map_err(|e| anyhow!("replacing {}: {}", flash.display(), e))?;
     }
     let mut f = EmuFlash::create(flash, b.flash_size)?;
