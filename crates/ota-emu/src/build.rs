@@ -366,6 +366,7 @@ impl IdfBuild {
         // The flash size: the project's, else the flash settings', else the bootloader's header.
         let from_sdk = match &sdkconfig {
             Some((p, c)) => match c.get("ESPTOOLPY_FLASHSIZE") {
+                Some(s) if SIZE_NOT_SET.contains(&s) => None,
                 Some(s) => Some(size_bytes(s).ok_or_else(|| {
                     err(
                         p,
