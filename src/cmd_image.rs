@@ -175,6 +175,14 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
                 if let Some(e) = &s.segment_length_error {
                     eprintln!("note: {e}: the bootloader refuses this image");
                 }
+                if s.mmu_misaligned.is_none() && s.mmu_page != ota_core::chip::DEFAULT_MMU_PAGE_SIZE
+                {
+                    eprintln!(
+                        "note: flash-mapped segments checked against {} KB MMU pages (from {})",
+                        s.mmu_page / 1024,
+                        s.mmu_page_source.describe()
+                    );
+                }
                 if let Some(e) = &s.mmu_misaligned {
                     eprintln!(
                         "note: {} (MMU page size {} KB assumed, from {}): a bootloader built \

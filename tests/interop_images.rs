@@ -322,6 +322,16 @@ fn small_mmu_page_c6_and_h2_apps_from_esptool_are_read_as_esptool_reads_them() {
                     j["mmu_alignment_error"]
                 );
                 assert_eq!(j["app"]["mmu_page_size"], log2, "{case}");
+                let o = ota(&["image", "info", s(&out)]);
+                let note = String::from_utf8_lossy(&o.stderr).into_owned();
+                if page < 0x10000 {
+                    assert!(
+                        note.contains(&format!("{} KB MMU pages", page / 1024)),
+                        "{case}: {note}"
+                    );
+                } else {
+                    assert!(note.is_empty(), "{case}: {note}");
+                }
                 // The segments really are laid out for the small page: under 64 KB pages a
                 // flash-mapped segment's data is not where its load address needs it.
                 if page < 0x10000 {
