@@ -241,7 +241,7 @@ fn boot_stored(
 ) -> Result<BootOutcome> {
     let chip = dev.chip();
     let table = dev.table().clone();
-    let cfg = stored.settings.boot_config();
+    let cfg = stored.settings.boot_config_for(dev.flash_size());
     let out = boot_device_with(dev.flash_mut(), &table, chip, &cfg, quiet)?;
     stored.store_efuse(out.efuse_secure_version)?;
     Ok(out)
@@ -281,6 +281,11 @@ pub struct CreateArgs {
     /// file is refused.
     #[arg(long)]
     force: bool,
+    /// An `idf.py build` folder: lay out its real bootloader, partition table, otadata and app
+    /// from flasher_args.json, padded to the flash size, with the bootloader options of the
+    /// project's sdkconfig (BUILD/../sdkconfig or BUILD/config/sdkconfig.json).
+    #[arg(long, value_name = "BUILD", conflicts_with_all = ["chip", "flash_size", "partitions", "app", "data", "rollback", "anti_rollback"])]
+    from_build: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -381,7 +386,12 @@ pub fn create_device_with(
                 .ok_or_else(|| {
                     anyhow!("the partition table has no factory or ota_0 partition for --app")
                 })?;
-            check_image(app, spec.chip, &target)?;
+            check_image(
+                app,
+                spec.chip,
+                &target,
+                &settings.boot_config_for(spec.flash_size),
+            )?;
             Some((target, app))
         }
         None => None,
@@ -444,8 +454,14 @@ pub fn create_device_with(
 }
 
 /// An app image must verify, be for this chip and fit its partition.
-fn check_image(bytes: &[u8], chip: Chip, target: &Partition) -> Result<ImageSummary> {
+fn check_image(
+    bytes: &[u8],
+    chip: Chip,
+    target: &Partition,
+    boot: &BootConfig,
+) -> Result<ImageSummary> {
     let mut v = image::ImageVerifier::new();
+    v.set_mmu_page_rule(boot.mmu_page_rule(chip));
     v.feed(bytes).map_err(|e| anyhow!("app image: {}", e))?;
     let s = v.finish().map_err(|e| anyhow!("app image: {}", e))?;
     if s.header.chip_id != chip.id() {
@@ -468,6 +484,9 @@ fn check_image(bytes: &[u8], chip: Chip, target: &Partition) -> Result<ImageSumm
 }
 
 fn create(a: CreateArgs) -> Result<()> {
+    if let Some(build) = &a.from_build {
+        return crate::from_build::create_from_build(&a.flash.flash, build, a.efuse_secure_version);
+    }
     let chip = Chip::from_name(&a.chip).ok_or_else(|| {
         anyhow!(
             "unknown chip '{}' (esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...)",
@@ -476,9 +495,9 @@ fn create(a: CreateArgs) -> Result<()> {
     })?;
     let flash_size = glue::parse_size(&a.flash_size)?;
     crate::output::check_device_path(&a.flash.flash, a.force)?;
-    use crate::input::{read_bounded, read_text_bounded, FLASH_LIMIT, TEXT_LIMIT};
+    use crate::input::{read_bounded, FLASH_LIMIT};
     let csv = match &a.partitions {
-        Some(p) => read_text_bounded(p, TEXT_LIMIT, "partition table CSV")?,
+        Some(p) => crate::from_build::partitions_csv(p)?,
         None => EXAMPLE_CSV.to_string(),
     };
     let app = match &a.app {
@@ -512,6 +531,8 @@ fn create(a: CreateArgs) -> Result<()> {
             bootloader: BootloaderSettings {
                 rollback: a.rollback,
                 anti_rollback: a.anti_rollback,
+                // The stub bootloader is "built" with Kconfig's default page size.
+                mmu_page_size: Some(chip.default_mmu_page_size(flash_size)),
             },
             efuse: EfuseSettings {
                 secure_version: a.efuse_secure_version,
@@ -527,6 +548,7 @@ fn create(a: CreateArgs) -> Result<()> {
             .map(|t| t.len())
             .unwrap_or(0)
     );
+    println!("{}", crate::from_build::STUB_BOOTLOADER_NOTE);
     Ok(())
 }
 
@@ -649,7 +671,15 @@ impl InfoView {
             .iter()
             .filter(|p| p.is_app())
             .map(|p| {
-                let r = image::verify_flash(flash, p.region(), Some(chip));
+                let mut v = image::ImageVerifier::new();
+                v.set_expected_chip(Some(chip));
+                v.set_mmu_page_rule(
+                    stored
+                        .settings
+                        .boot_config_for(flash_size)
+                        .mmu_page_rule(chip),
+                );
+                let r = image::verify_flash_with(flash, p.region(), v);
                 (*p, r.map_err(|e| e.to_string()))
             })
             .collect();
@@ -799,6 +829,7 @@ fn info_json(v: &InfoView) -> Value {
     "settings": {
         "rollback": v.settings.bootloader.rollback,
         "anti_rollback": v.settings.bootloader.anti_rollback,
+        "mmu_page_size": v.settings.bootloader.mmu_page_size,
         "file": v.settings_file.as_ref().map(|p| p.display().to_string()),
     },
     "efuse": {
@@ -833,6 +864,9 @@ fn print_info(v: &InfoView) {
             None => "no settings file: ESP-IDF defaults".to_string(),
         }
     );
+    if let Some(p) = settings.bootloader.mmu_page_size {
+        println!("Bootloader: MMU page size {} KB", p / 1024);
+    }
     println!(
         "eFuse: secure_version {} (of {} bits)",
         settings.efuse.secure_version,

@@ -39,6 +39,7 @@ mod cmd_serve;
 mod cmd_tone;
 mod demo;
 mod flashfile;
+mod from_build;
 mod glue;
 mod input;
 mod logger;
@@ -106,7 +107,15 @@ pub struct FlashArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `ota flash merge @flash_args` (esptool's argument files).
+    let args = match cmd_flash::expand_argument_files(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {:#}", e);
+            return ExitCode::from(1);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Device(c) => cmd_device::run(c),

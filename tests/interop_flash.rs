@@ -357,3 +357,322 @@ fn flash_merge_matches_esptool_merge_bin_byte_for_byte() {
         n, seed, same, refused
     );
 }
+
+/// `esptool ARGS` run as the real CLI from `cwd` (so `@FILE` and relative paths inside it are
+/// resolved as esptool resolves them).
+fn esptool_in(py: &Path, cwd: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(py)
+        .arg("-m")
+        .arg("esptool")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running esptool")
+}
+
+/// `ota ARGS` run from `cwd`.
+fn ota_in(cwd: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ota"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running ota")
+}
+
+/// A small valid bootloader-like image for `chip` (ota-core's builder), header flash size
+/// `size_code`.
+fn built_bootloader(chip: Chip, size_code: u8) -> Vec<u8> {
+    let mut bl = Vec::new();
+    image::build_bootloader(chip, size_code, &mut |b: &[u8]| bl.extend_from_slice(b)).unwrap();
+    bl
+}
+
+#[test]
+fn flash_merge_rewrites_the_bootloader_header_as_esptool_merge_bin_does() {
+    let Some(py) = python() else { return };
+    let vectors = vectors();
+    let seed = interop::seed("merge-bin flash params");
+    let mut rng = interop::rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut boots: Vec<(Chip, PathBuf)> = Vec::new();
+    if let Some(v) = &vectors {
+        boots.push((Chip::Esp32c3, v.join("esptool/bootloader_esp32c3.bin")));
+        boots.push((Chip::Esp32, v.join("esptool/bootloader_esp32.bin")));
+        boots.push((Chip::Esp32, v.join("esptool/bootloader_esp32_v5_2.bin")));
+    }
+    for chip in [
+        Chip::Esp32s3,
+        Chip::Esp32c6,
+        Chip::Esp32h2,
+        Chip::Esp32c5,
+        Chip::Esp32p4,
+    ] {
+        let p = dir.path().join(format!("bl-{}.bin", chip.name()));
+        std::fs::write(&p, built_bootloader(chip, 2)).unwrap();
+        boots.push((chip, p));
+    }
+    let app = dir.path().join("app.bin");
+    std::fs::write(&app, vec![0x5Au8; 3000]).unwrap();
+    let n = interop::cases(60);
+    let mut cases = Vec::new();
+    let mut ours_args = Vec::new();
+    for i in 0..n {
+        let (chip, bl) = &boots[i % boots.len()];
+        let mut opts: Vec<String> = Vec::new();
+        if rng.gen_bool(0.7) {
+            opts.extend([
+                "--flash-mode".into(),
+                ["qio", "qout", "dio", "dout", "keep"]
+                    .choose(&mut rng)
+                    .unwrap()
+                    .to_string(),
+            ]);
+        }
+        if rng.gen_bool(0.7) {
+            let f = chip.flash_freqs().choose(&mut rng).unwrap().0;
+            opts.extend(["--flash-freq".into(), f.to_string()]);
+        }
+        if rng.gen_bool(0.7) || opts.is_empty() {
+            let sz = ["1MB", "2MB", "4MB", "8MB", "16MB", "keep"]
+                .choose(&mut rng)
+                .unwrap();
+            opts.extend(["--flash-size".into(), sz.to_string()]);
+        }
+        let pairs = vec![
+            format!("0x{:x}", chip.bootloader_offset()),
+            s(bl).to_string(),
+            "0x10000".to_string(),
+            s(&app).to_string(),
+        ];
+        let out = dir.path().join(format!("esptool{i}.bin"));
+        let mut eargs = opts.clone();
+        eargs.extend(pairs.iter().cloned());
+        cases.push(json!({"chip": chip.name(), "args": eargs, "out": s(&out)}));
+        // Half the time we are given --chip, else we find it in the bootloader header.
+        let mut a = opts;
+        if i % 2 == 0 {
+            a.extend(["--chip".into(), chip.name().to_string()]);
+        }
+        a.extend(pairs);
+        ours_args.push((a, out));
+    }
+    let answer = interop::ask(
+        &py,
+        "esptool_oracle.py",
+        &json!({"op": "merge_bin", "cases": cases}),
+    );
+    let results = answer["results"].as_array().unwrap();
+    let mut rewritten = 0;
+    for (i, (r, (args, theirs))) in results.iter().zip(&ours_args).enumerate() {
+        assert_eq!(r["ok"], true, "esptool refuses case {i}: {}", r["error"]);
+        let ours = dir.path().join(format!("ours{i}.bin"));
+        let mut a: Vec<&str> = vec!["flash", "merge", "-o", s(&ours)];
+        a.extend(args.iter().map(String::as_str));
+        ok(&a);
+        let (o, t) = (
+            std::fs::read(&ours).unwrap(),
+            std::fs::read(theirs).unwrap(),
+        );
+        assert!(
+            o == t,
+            "case {i} ({args:?}): bytes differ from esptool merge-bin"
+        );
+        let (chip, bl) = &boots[i % boots.len()];
+        let off = chip.bootloader_offset() as usize;
+        if o[off + 2..off + 4] != std::fs::read(bl).unwrap()[2..4] {
+            rewritten += 1;
+            // The rewritten bootloader still verifies (its SHA-256 was recomputed).
+            let mut v = image::ImageVerifier::new();
+            v.feed(&o[off..]).unwrap();
+            v.finish().unwrap_or_else(|e| panic!("case {i}: {e}"));
+        }
+    }
+    assert!(
+        rewritten > n / 3,
+        "only {rewritten} of {n} headers were rewritten"
+    );
+    eprintln!("interop flash merge --flash-*: {n} cases, seed {seed:#x}, {rewritten} headers rewritten, all byte-identical to esptool merge-bin");
+}
+
+#[test]
+fn flash_merge_reads_argument_files_as_esptool_does() {
+    let Some(py) = python() else { return };
+    let Some(v) = vectors() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let build = dir.path().join("build");
+    std::fs::create_dir_all(build.join("bootloader")).unwrap();
+    std::fs::create_dir_all(build.join("partition_table")).unwrap();
+    std::fs::copy(
+        v.join("esptool/bootloader_esp32c3.bin"),
+        build.join("bootloader/bootloader.bin"),
+    )
+    .unwrap();
+    std::fs::copy(
+        v.join("esptool/partitions_singleapp.bin"),
+        build.join("partition_table/partition-table.bin"),
+    )
+    .unwrap();
+    std::fs::write(build.join("ota_data_initial.bin"), vec![0xFFu8; 0x2000]).unwrap();
+    let mut spec = ImageSpec::new(Chip::Esp32c3, "hello", "v1");
+    spec.total_size = Some(40_000);
+    let mut app = Vec::new();
+    image::build_image(&spec, &mut |b: &[u8]| app.extend_from_slice(b)).unwrap();
+    std::fs::write(build.join("my app.bin"), &app).unwrap();
+    // ESP-IDF's flash_args: options on the first line (old underscore spellings), then pairs;
+    // a quoted path with a space.
+    std::fs::write(
+        build.join("flash_args"),
+        "--flash_mode dio --flash_freq 80m --flash_size 2MB\n0x0 bootloader/bootloader.bin\n\
+         0x10000 \"my app.bin\"\n0x8000 partition_table/partition-table.bin\n0xd000 ota_data_initial.bin\n",
+    )
+    .unwrap();
+    let e = esptool_in(
+        &py,
+        &build,
+        &[
+            "--chip",
+            "esp32c3",
+            "merge-bin",
+            "-o",
+            "theirs.bin",
+            "--pad-to-size",
+            "4MB",
+            "@flash_args",
+        ],
+    );
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let o = ota_in(
+        &build,
+        &[
+            "flash",
+            "merge",
+            "-o",
+            "ours.bin",
+            "--pad-to-size",
+            "4MB",
+            "@flash_args",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (ours, theirs) = (
+        std::fs::read(build.join("ours.bin")).unwrap(),
+        std::fs::read(build.join("theirs.bin")).unwrap(),
+    );
+    assert_eq!(ours.len(), 4 << 20);
+    assert!(ours == theirs, "@flash_args merge differs from esptool's");
+    assert_eq!(ours[2], 2, "DIO");
+    // From another folder the relative paths inside do not resolve (as with esptool).
+    let o = ota_in(
+        dir.path(),
+        &["flash", "merge", "-o", "x.bin", "@build/flash_args"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("bootloader/bootloader.bin"),
+        "{}",
+        text(&o)
+    );
+    // A missing argument file and an unclosed quote are clear errors.
+    let o = ota_in(&build, &["flash", "merge", "-o", "x.bin", "@nope"]);
+    assert!(
+        !o.status.success() && text(&o).contains("argument file nope"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(build.join("bad_args"), "0x0 \"unclosed\n").unwrap();
+    let o = ota_in(&build, &["flash", "merge", "-o", "x.bin", "@bad_args"]);
+    assert!(
+        !o.status.success() && text(&o).contains("bad_args:1") && text(&o).contains("quotation"),
+        "{}",
+        text(&o)
+    );
+    // Without any bootloader to find the chip in, --flash-* need --chip.
+    let o = ota_in(
+        &build,
+        &[
+            "flash",
+            "merge",
+            "-o",
+            "x.bin",
+            "--flash-mode",
+            "qio",
+            "0x10000",
+            "my app.bin",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("--chip"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn flash_merge_streams_a_file_at_a_high_address_in_bounded_memory() {
+    if !Path::new("/usr/bin/prlimit").exists() {
+        eprintln!("SKIP: prlimit not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.bin");
+    std::fs::write(&small, [0xA5u8; 100]).unwrap();
+    let out = dir.path().join("out.bin");
+    // 48 MiB of output under a 24 MiB data limit: only a streaming writer gets through.
+    const ADDR: u64 = 0x300_0000;
+    let o = std::process::Command::new("/usr/bin/prlimit")
+        .arg(format!("--data={}", 24u64 << 20))
+        .arg(env!("CARGO_BIN_EXE_ota"))
+        .args([
+            "flash",
+            "merge",
+            "-o",
+            s(&out),
+            &format!("0x{ADDR:x}"),
+            s(&small),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}\n{}", o.status, text(&o));
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!(meta.len(), ADDR + 100);
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(&out).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < ADDR {
+        let n = f
+            .read(&mut buf[..((ADDR - pos).min(1 << 20)) as usize])
+            .unwrap();
+        assert!(
+            buf[..n].iter().all(|&b| b == 0xFF),
+            "not 0xFF near 0x{pos:x}"
+        );
+        pos += n as u64;
+    }
+    f.seek(SeekFrom::Start(ADDR)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, vec![0xA5u8; 100]);
+    // A FIFO is not an input file.
+    let fifo = dir.path().join("fifo");
+    if std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let o = ota(&[
+            "flash",
+            "merge",
+            "-o",
+            s(&dir.path().join("f.bin")),
+            "0x0",
+            s(&fifo),
+        ]);
+        assert!(
+            !o.status.success() && text(&o).contains("not a regular file"),
+            "{}",
+            text(&o)
+        );
+    }
+}

@@ -22,6 +22,24 @@ pub struct BootConfig {
     pub anti_rollback: bool,
     /// The eFuse secure-version counter (popcount of the field), for anti-rollback.
     pub efuse_secure_version: u32,
+    /// `CONFIG_MMU_PAGE_SIZE` the bootloader was built with, when known: flash-mapped segments
+    /// must be aligned to it (`verify_segment_header`). None: the app descriptor's
+    /// `mmu_page_size` when set, else Kconfig's default for the chip and `flash_size`.
+    pub mmu_page_size: Option<u32>,
+    /// The device's flash size (the bootloader header's), for that default. None: the app
+    /// image header's flash size is used instead.
+    pub flash_size: Option<u32>,
+}
+
+impl BootConfig {
+    /// The MMU page rule the image loader uses on `chip`.
+    pub fn mmu_page_rule(&self, chip: Chip) -> image::MmuPageRule {
+        match (self.mmu_page_size, self.flash_size) {
+            (Some(p), _) => image::MmuPageRule::Fixed(p),
+            (None, Some(fs)) => image::MmuPageRule::AppDescOr(chip.default_mmu_page_size(fs)),
+            (None, None) => image::MmuPageRule::AppDescOrHeaderFlashSize,
+        }
+    }
 }
 
 /// Width in bits of the eFuse `SECURE_VERSION` field the bootloader uses
@@ -344,7 +362,10 @@ fn try_load<F: NorFlash>(
             }
         }
     }
-    match image::verify_flash(flash, p.region(), Some(chip)) {
+    let mut v = image::ImageVerifier::new();
+    v.set_expected_chip(Some(chip));
+    v.set_mmu_page_rule(cfg.mmu_page_rule(chip));
+    match image::verify_flash_with(flash, p.region(), v) {
         Ok(summary) => {
             if cfg.anti_rollback {
                 // No descriptor where the bootloader reads it: `check_anti_rollback` fails.
@@ -541,6 +562,45 @@ mod tests {
     }
 
     #[test]
+    fn segments_are_checked_with_the_bootloaders_mmu_page_size() {
+        // An ESP32-C6 app laid out for 16 KB pages, the descriptor field left 0 (pre-v5.4).
+        let mut spec = crate::image::ImageSpec::new(Chip::Esp32c6, "small", "v1");
+        spec.total_size = Some(90_000);
+        spec.segments = 7;
+        spec.mmu_page_size = 0x4000;
+        spec.flash_size_code = 0;
+        let mut img = Vec::new();
+        crate::image::build_image(&spec, &mut |b: &[u8]| img.extend_from_slice(b)).unwrap();
+        let t = example_table();
+        let boots = |img: &[u8], cfg: BootConfig| {
+            let mut f: RamFlash = RamFlash::new(4 << 20);
+            f.put(0x10000, img);
+            boot(&mut f, &t, Chip::Esp32c6, &cfg, &mut |_| {}).map(|o| o.summary.mmu_page)
+        };
+        let fixed = |p| BootConfig {
+            mmu_page_size: Some(p),
+            ..BootConfig::default()
+        };
+        assert_eq!(boots(&img, fixed(0x4000)).unwrap(), 0x4000);
+        assert!(boots(&img, fixed(0x10000)).is_err());
+        let on_flash = |fs| BootConfig {
+            flash_size: Some(fs),
+            ..BootConfig::default()
+        };
+        assert_eq!(boots(&img, on_flash(1 << 20)).unwrap(), 0x4000);
+        assert!(boots(&img, on_flash(4 << 20)).is_err());
+        // Neither known: the image header's flash size (1MB) decides.
+        assert_eq!(boots(&img, BootConfig::default()).unwrap(), 0x4000);
+        // The descriptor field, when set, is the app's CONFIG_MMU_PAGE_SIZE.
+        spec.record_mmu_page_size = true;
+        spec.flash_size_code = 2;
+        img.clear();
+        crate::image::build_image(&spec, &mut |b: &[u8]| img.extend_from_slice(b)).unwrap();
+        assert_eq!(boots(&img, on_flash(4 << 20)).unwrap(), 0x4000);
+        assert!(boots(&img, fixed(0x10000)).is_err());
+    }
+
+    #[test]
     fn anti_rollback_burns_the_valid_app_version_and_skips_older_apps() {
         let mut f = RamFlash::new(4 << 20);
         let t = example_table();
@@ -549,6 +609,7 @@ mod tests {
             rollback: true,
             anti_rollback: true,
             efuse_secure_version: 0,
+            ..BootConfig::default()
         };
         // Initial otadata: set_actual_ota_seq, then the eFuse takes the app's version.
         let (r, evs) = boot_events(&mut f, &t, &cfg);

@@ -335,6 +335,14 @@ static MAP_ESP32P4: [MemRange; 11] = [
 
 /// Default MMU page size: 64 KiB (`SPI_FLASH_MMU_PAGE_SIZE`, idf-formats.md §3.3, §3.4).
 pub const DEFAULT_MMU_PAGE_SIZE: u32 = 0x1_0000;
+/// `ESPTOOLPY_FLASHSIZE_1MB` / `_2MB` in bytes, the flash sizes for which Kconfig picks a
+/// smaller MMU page (esp-idf `components/soc/esp32c6/Kconfig.mmu`).
+const KCONFIG_FLASH_1MB: u32 = 0x10_0000;
+const KCONFIG_FLASH_2MB: u32 = 0x20_0000;
+/// `MMU_PAGE_SIZE_16KB` is the default with 1 MB of flash, `MMU_PAGE_SIZE_32KB` with 2 MB
+/// (esp-idf `components/soc/<chip>/Kconfig.mmu`).
+const KCONFIG_PAGE_FOR_1MB: u32 = 0x4000;
+const KCONFIG_PAGE_FOR_2MB: u32 = 0x8000;
 
 /// The memory types an address falls into on one chip, in esptool's order
 /// (`Display`: `BYTE_ACCESSIBLE, DRAM`; empty when the address is in no known range).
@@ -449,6 +457,44 @@ impl Chip {
         }
     }
 
+    /// True when `page` (bytes) is an MMU page size this chip's cache can use: one of
+    /// [`mmu_page_sizes_log2`](Self::mmu_page_sizes_log2), or 64 KiB on chips with a fixed page.
+    pub const fn mmu_page_size_supported(self, page: u32) -> bool {
+        if !page.is_power_of_two() {
+            return false;
+        }
+        let sizes = self.mmu_page_sizes_log2();
+        if sizes.is_empty() {
+            return page == DEFAULT_MMU_PAGE_SIZE;
+        }
+        let log2 = page.trailing_zeros();
+        let mut i = 0;
+        while i < sizes.len() {
+            if sizes[i] as u32 == log2 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// The MMU page size ESP-IDF's Kconfig picks for this chip and flash size
+    /// (`CONFIG_MMU_PAGE_SIZE`, esp-idf `components/soc/<chip>/Kconfig.mmu` and
+    /// `components/soc/Kconfig`): on chips with a configurable page, 16 KiB for 1 MB of flash,
+    /// 32 KiB for 2 MB, 64 KiB otherwise; 64 KiB on every other chip.
+    pub const fn default_mmu_page_size(self, flash_size: u32) -> u32 {
+        if self.mmu_page_sizes_log2().is_empty() {
+            return DEFAULT_MMU_PAGE_SIZE;
+        }
+        if flash_size <= KCONFIG_FLASH_1MB {
+            KCONFIG_PAGE_FOR_1MB
+        } else if flash_size <= KCONFIG_FLASH_2MB {
+            KCONFIG_PAGE_FOR_2MB
+        } else {
+            DEFAULT_MMU_PAGE_SIZE
+        }
+    }
+
     /// esptool's `FLASH_FREQUENCY` map for this chip (name, header nibble), in esptool's order:
     /// decoding a nibble takes the first name that matches (idf-formats.md §3.2; esptool 5.6.0).
     pub const fn flash_freqs(self) -> &'static [(&'static str, u8)] {
@@ -551,6 +597,32 @@ mod tests {
         assert!(Chip::Esp32c6
             .memory_types(0x4280_0020)
             .contains(MemType::Drom));
+    }
+
+    #[test]
+    fn kconfig_picks_small_mmu_pages_on_small_flash_only_where_configurable() {
+        const MB: u32 = 1 << 20;
+        for c in [Chip::Esp32c6, Chip::Esp32h2, Chip::Esp32c2, Chip::Esp32c61] {
+            assert_eq!(c.default_mmu_page_size(MB), 0x4000, "{c}");
+            assert_eq!(c.default_mmu_page_size(2 * MB), 0x8000, "{c}");
+            assert_eq!(c.default_mmu_page_size(4 * MB), 0x10000, "{c}");
+            assert!(c.mmu_page_size_supported(0x4000));
+        }
+        for c in [
+            Chip::Esp32,
+            Chip::Esp32c3,
+            Chip::Esp32s3,
+            Chip::Esp32c5,
+            Chip::Esp32p4,
+        ] {
+            assert_eq!(c.default_mmu_page_size(MB), 0x10000, "{c}");
+            assert!(!c.mmu_page_size_supported(0x4000), "{c}");
+            assert!(c.mmu_page_size_supported(0x10000), "{c}");
+        }
+        assert!(Chip::Esp32c6.mmu_page_size_supported(0x2000));
+        assert!(!Chip::Esp32c2.mmu_page_size_supported(0x2000));
+        assert!(!Chip::Esp32c6.mmu_page_size_supported(0x3000));
+        assert!(!Chip::Esp32c6.mmu_page_size_supported(0));
     }
 
     #[test]

@@ -659,6 +659,68 @@ pub struct ImageSummary {
     /// esptool image-info's "Bootloader Information": the last DRAM segment of ≥ 80 bytes,
     /// when the image has no DROM segment and that segment starts with magic 0x50.
     pub bootloader_desc: Option<BootloaderDesc>,
+    /// The MMU page size the flash-mapped segments were checked against, and where it came from.
+    pub mmu_page: u32,
+    pub mmu_page_source: MmuPageSource,
+    /// With [`ImageVerifier::set_strict`] off: the first flash-mapped segment whose data is
+    /// not at its load address's offset within an MMU page (a bootloader with that page size
+    /// refuses the image). Always None in strict mode (the verifier fails instead).
+    pub mmu_misaligned: Option<ImageError>,
+    /// With [`ImageVerifier::set_strict`] off: the first segment whose length breaks the
+    /// loader's rule (a multiple of 4), which the bootloader refuses and esptool reads.
+    pub segment_length_error: Option<ImageError>,
+}
+
+/// Which MMU page size the loader's alignment rule uses (`verify_segment_header` compares
+/// `data_addr % SPI_FLASH_MMU_PAGE_SIZE` with `load_addr % SPI_FLASH_MMU_PAGE_SIZE`, esp-idf
+/// `components/bootloader_support/src/esp_image_format.c`; `SPI_FLASH_MMU_PAGE_SIZE` is the
+/// `CONFIG_MMU_PAGE_SIZE` the bootloader was built with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MmuPageRule {
+    /// The bootloader's own page size, known (e.g. from its sdkconfig): the image must match it.
+    Fixed(u32),
+    /// The app descriptor's `mmu_page_size` (ESP-IDF v5.4+ records `CONFIG_MMU_PAGE_SIZE`
+    /// there) when set and valid for the chip, else this page size.
+    AppDescOr(u32),
+    /// The app descriptor's `mmu_page_size` when set, else Kconfig's default for the chip and
+    /// the flash size in the image's own header ([`Chip::default_mmu_page_size`]).
+    #[default]
+    AppDescOrHeaderFlashSize,
+}
+
+/// Where [`ImageSummary::mmu_page`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MmuPageSource {
+    /// Given by the caller ([`MmuPageRule::Fixed`]: the bootloader's configuration).
+    Bootloader,
+    /// `esp_app_desc_t.mmu_page_size`.
+    AppDesc,
+    /// Kconfig's default for the chip and a flash size (the caller's, or the image header's).
+    FlashSize,
+    /// 64 KiB: the chip has a fixed page size, or it is not known.
+    #[default]
+    Fixed64K,
+}
+
+impl MmuPageSource {
+    /// Lower-case words for reports (`app descriptor`).
+    pub const fn describe(self) -> &'static str {
+        match self {
+            MmuPageSource::Bootloader => "the bootloader's configuration",
+            MmuPageSource::AppDesc => "the app descriptor",
+            MmuPageSource::FlashSize => "Kconfig's default for the chip and flash size",
+            MmuPageSource::Fixed64K => "the chip's fixed page size",
+        }
+    }
+    /// Stable JSON key values.
+    pub const fn key(self) -> &'static str {
+        match self {
+            MmuPageSource::Bootloader => "bootloader",
+            MmuPageSource::AppDesc => "app_desc",
+            MmuPageSource::FlashSize => "flash_size",
+            MmuPageSource::Fixed64K => "chip",
+        }
+    }
 }
 
 impl ImageSummary {
@@ -713,6 +775,8 @@ pub struct ImageVerifier {
     size_limit: Option<u32>,
     app_rules: bool,
     flash_offset: u32,
+    mmu_rule: MmuPageRule,
+    mmu_strict: bool,
     // progress
     state: State,
     consumed: u64,
@@ -743,6 +807,9 @@ pub struct ImageVerifier {
     boot_desc: Option<BootloaderDesc>,
     /// Segment 0's MMU alignment check waits for the app descriptor (its page size).
     pending_mmu: Option<(u32, u32)>,
+    /// Non-strict mode: the first misaligned segment, the first bad segment length.
+    mmu_misaligned: Option<ImageError>,
+    segment_length_error: Option<ImageError>,
 }
 
 impl ImageVerifier {
@@ -752,6 +819,8 @@ impl ImageVerifier {
             size_limit: None,
             app_rules: false,
             flash_offset: 0,
+            mmu_rule: MmuPageRule::default(),
+            mmu_strict: true,
             state: State::Header,
             consumed: 0,
             trailing: 0,
@@ -779,7 +848,34 @@ impl ImageVerifier {
             esptool_desc: None,
             boot_desc: None,
             pending_mmu: None,
+            mmu_misaligned: None,
+            segment_length_error: None,
         }
+    }
+
+    /// Which MMU page size the segment alignment rule uses (default:
+    /// [`MmuPageRule::AppDescOrHeaderFlashSize`]). A page size that is not a power of two is
+    /// taken as 64 KiB.
+    pub fn set_mmu_page_rule(&mut self, rule: MmuPageRule) {
+        let sane = |p: u32| {
+            if p.is_power_of_two() {
+                p
+            } else {
+                DEFAULT_MMU_PAGE_SIZE
+            }
+        };
+        self.mmu_rule = match rule {
+            MmuPageRule::Fixed(p) => MmuPageRule::Fixed(sane(p)),
+            MmuPageRule::AppDescOr(p) => MmuPageRule::AppDescOr(sane(p)),
+            r => r,
+        };
+    }
+    /// Strict (default): a misaligned flash-mapped segment, or a segment length that is not a
+    /// multiple of 4, is an error, as in the bootloader. Off: they are recorded in
+    /// [`ImageSummary::mmu_misaligned`] / [`ImageSummary::segment_length_error`] and reading goes
+    /// on (esptool's image-info checks neither). Lengths of 16 MiB or more are always refused.
+    pub fn set_strict(&mut self, strict: bool) {
+        self.mmu_strict = strict;
     }
 
     /// Require header `chip_id` to be this chip (`mismatch chip ID` otherwise). Default: any.
@@ -879,6 +975,10 @@ impl ImageVerifier {
             app_desc: self.esptool_desc,
             loader_app_desc: self.loader_desc,
             bootloader_desc: if self.drom_seen { None } else { self.boot_desc },
+            mmu_page: self.mmu_page().0,
+            mmu_page_source: self.mmu_page().1,
+            mmu_misaligned: self.mmu_misaligned.clone(),
+            segment_length_error: self.segment_length_error.clone(),
         })
     }
 
@@ -927,29 +1027,63 @@ impl ImageVerifier {
         }
     }
 
-    fn mmu_page(&self) -> u32 {
-        if let (Some(chip), Some(d)) = (self.chip, &self.loader_desc) {
-            if chip.mmu_page_sizes_log2().contains(&d.mmu_page_size) {
-                return 1u32 << d.mmu_page_size;
+    /// The page size the alignment rule uses now, and where it comes from.
+    fn mmu_page(&self) -> (u32, MmuPageSource) {
+        let Some(chip) = self.chip else {
+            return (DEFAULT_MMU_PAGE_SIZE, MmuPageSource::Fixed64K);
+        };
+        let from_desc = self.loader_desc.and_then(|d| {
+            let log2 = d.mmu_page_size;
+            (log2 != 0 && chip.mmu_page_sizes_log2().contains(&log2)).then(|| 1u32 << log2)
+        });
+        let kconfig = |flash_size: Option<u32>| match flash_size {
+            _ if chip.mmu_page_sizes_log2().is_empty() => {
+                (DEFAULT_MMU_PAGE_SIZE, MmuPageSource::Fixed64K)
             }
+            Some(fs) => (chip.default_mmu_page_size(fs), MmuPageSource::FlashSize),
+            None => (DEFAULT_MMU_PAGE_SIZE, MmuPageSource::Fixed64K),
+        };
+        match self.mmu_rule {
+            MmuPageRule::Fixed(p) => (p, MmuPageSource::Bootloader),
+            MmuPageRule::AppDescOr(p) => match from_desc {
+                Some(d) => (d, MmuPageSource::AppDesc),
+                None if chip.mmu_page_sizes_log2().is_empty() => {
+                    (DEFAULT_MMU_PAGE_SIZE, MmuPageSource::Fixed64K)
+                }
+                None => (p, MmuPageSource::FlashSize),
+            },
+            MmuPageRule::AppDescOrHeaderFlashSize => match from_desc {
+                Some(d) => (d, MmuPageSource::AppDesc),
+                None => kconfig(self.header.and_then(|h| h.flash_size_bytes())),
+            },
         }
-        DEFAULT_MMU_PAGE_SIZE
     }
 
-    fn check_mmu(&self, index: u8, load_addr: u32, data_file_off: u32) -> Result<(), ImageError> {
+    fn check_mmu(
+        &mut self,
+        index: u8,
+        load_addr: u32,
+        data_file_off: u32,
+    ) -> Result<(), ImageError> {
         let Some(chip) = self.chip else { return Ok(()) };
         if !chip.is_flash_mapped(load_addr) {
             return Ok(());
         }
-        let page = self.mmu_page();
+        let page = self.mmu_page().0.max(1);
         let data_addr = self.flash_offset.wrapping_add(data_file_off);
         if data_addr % page != load_addr % page {
-            return Err(ImageError::SegmentAlignment {
+            let e = ImageError::SegmentAlignment {
                 index,
                 load_addr,
                 data_addr,
                 page,
-            });
+            };
+            if self.mmu_strict {
+                return Err(e);
+            }
+            if self.mmu_misaligned.is_none() {
+                self.mmu_misaligned = Some(e);
+            }
         }
         Ok(())
     }
@@ -1045,11 +1179,17 @@ impl ImageVerifier {
         let len = u32_at(&self.buf, 4);
         let hdr_off = (self.consumed - SEGMENT_HEADER_SIZE as u64) as u32;
         if len & 3 != 0 || len >= MAX_SEGMENT_LEN {
-            return Err(ImageError::SegmentLength {
+            let e = ImageError::SegmentLength {
                 index,
                 offset: hdr_off,
                 len,
-            });
+            };
+            if self.mmu_strict || len >= MAX_SEGMENT_LEN {
+                return Err(e);
+            }
+            if self.segment_length_error.is_none() {
+                self.segment_length_error = Some(e);
+            }
         }
         if self.app_rules && index == 0 && (len as usize) < APP_DESC_SIZE {
             return Err(ImageError::AppSegmentTooShort { len });
@@ -1263,6 +1403,43 @@ pub fn parse_prefix(bytes: &[u8]) -> Result<(ImageHeader, Option<AppDesc>), Imag
     Ok((h, desc))
 }
 
+/// esptool's `_update_image_flash_params` (esptool `esptool/cmds.py`, used by `write-flash` and
+/// `merge-bin` on the file at the bootloader offset): when `image` is a valid image for `chip`
+/// (magic, structure, checksum, hash), header byte 2 takes `mode`, byte 3's high nibble
+/// `size_code` and low nibble `freq_code` (None = keep), and an appended SHA-256 is recomputed
+/// over the image before it, in place. Returns false, with `image` untouched, when it is not
+/// a valid image (esptool then warns and leaves the file as it is).
+pub fn set_image_flash_params(
+    image: &mut [u8],
+    chip: Chip,
+    mode: Option<u8>,
+    size_code: Option<u8>,
+    freq_code: Option<u8>,
+) -> bool {
+    let mut v = ImageVerifier::new();
+    v.set_expected_chip(Some(chip));
+    v.set_strict(false);
+    if v.feed(image).is_err() {
+        return false;
+    }
+    let Ok(summary) = v.finish() else {
+        return false;
+    };
+    let mut h = summary.header;
+    h.spi_mode = mode.unwrap_or(h.spi_mode);
+    h.spi_speed_size = ((size_code.unwrap_or(h.flash_size_code()) & 0x0F) << 4)
+        | (freq_code.unwrap_or(h.flash_freq_code()) & 0x0F);
+    put(image, 0, &h.to_bytes());
+    if summary.header.hash_appended == 1 {
+        let data_len = (summary.image_len as usize).saturating_sub(HASH_LEN);
+        if let Some(body) = image.get(..data_len) {
+            let digest: [u8; HASH_LEN] = Sha256::digest(body).into();
+            put(image, data_len, &digest);
+        }
+    }
+    true
+}
+
 /// Flash read size used by [`verify_flash`].
 pub const VERIFY_CHUNK: usize = 256;
 
@@ -1330,6 +1507,13 @@ pub struct ImageSpec<'a> {
     pub max_chip_rev_full: u16,
     /// Seed of the deterministic pseudo-random segment content.
     pub fill_seed: u32,
+    /// MMU page size the flash-mapped segments are laid out for (a power of two the chip
+    /// supports; default 64 KiB). With a smaller page, IROM segments are placed as a linker
+    /// for that page places them, so the image is valid only with that page size.
+    pub mmu_page_size: u32,
+    /// Record the page size in `esp_app_desc_t.mmu_page_size` (log2), as ESP-IDF v5.4+ does;
+    /// false leaves the field 0, as older ESP-IDF versions do.
+    pub record_mmu_page_size: bool,
 }
 
 /// Default compile time/date/IDF version written into built descriptors.
@@ -1368,6 +1552,8 @@ impl<'a> ImageSpec<'a> {
             min_chip_rev_full: 0,
             max_chip_rev_full: CHIP_REV_UNSET,
             fill_seed: 1,
+            mmu_page_size: DEFAULT_MMU_PAGE_SIZE,
+            record_mmu_page_size: false,
         }
     }
 
@@ -1381,6 +1567,11 @@ impl<'a> ImageSpec<'a> {
             date: cstr_field(self.date, "date")?,
             idf_ver: cstr_field(self.idf_ver, "idf_ver")?,
             app_elf_sha256: self.elf_sha256,
+            mmu_page_size: if self.record_mmu_page_size {
+                self.mmu_page_size.trailing_zeros() as u8
+            } else {
+                0
+            },
             ..AppDesc::default()
         })
     }
@@ -1572,7 +1763,13 @@ fn plan(spec: &ImageSpec) -> Result<[SegPlan; MAX_SEGMENTS], ImageError> {
     }
     let lens = plan_lengths(spec, n)?;
     let chip = spec.chip;
-    let page = DEFAULT_MMU_PAGE_SIZE as u64;
+    if !chip.mmu_page_size_supported(spec.mmu_page_size) {
+        return Err(ImageError::BadSpec {
+            field: "mmu_page_size",
+            reason: "not an MMU page size this chip supports",
+        });
+    }
+    let page = spec.mmu_page_size as u64;
     let mut plans = [SegPlan::default(); MAX_SEGMENTS];
     let mut file_pos = HEADER_SIZE as u64;
     let mut dram = chip.builder_dram_base();
@@ -2717,6 +2914,59 @@ mod tests {
             let _ = v.finish();
             let _ = parse_prefix(&d);
         }
+    }
+
+    #[test]
+    fn flash_params_rewrite_the_header_and_the_hash_of_valid_images_only() {
+        extern crate std;
+        use std::vec::Vec;
+        let mut bl = Vec::new();
+        build_bootloader(Chip::Esp32c3, 1, &mut |b: &[u8]| bl.extend_from_slice(b)).unwrap();
+        let mut img = bl.clone();
+        assert!(set_image_flash_params(
+            &mut img,
+            Chip::Esp32c3,
+            Some(0),
+            Some(2),
+            Some(0xF)
+        ));
+        assert_eq!((img[2], img[3]), (0, 0x2F));
+        assert_eq!(img.len(), bl.len());
+        let mut v = ImageVerifier::new();
+        v.feed(&img).unwrap();
+        v.finish().expect("the hash was recomputed");
+        // None keeps a field.
+        let mut img2 = bl.clone();
+        assert!(set_image_flash_params(
+            &mut img2,
+            Chip::Esp32c3,
+            None,
+            Some(3),
+            None
+        ));
+        assert_eq!((img2[2], img2[3]), (bl[2], 0x30 | (bl[3] & 0x0F)));
+        // Not a valid image for the chip (wrong chip, corrupt): untouched.
+        let mut other = bl.clone();
+        assert!(!set_image_flash_params(
+            &mut other,
+            Chip::Esp32s3,
+            Some(0),
+            None,
+            None
+        ));
+        assert!(other == bl);
+        let mut bad = bl.clone();
+        let n = bad.len();
+        bad[n - 40] ^= 1;
+        let before = bad.clone();
+        assert!(!set_image_flash_params(
+            &mut bad,
+            Chip::Esp32c3,
+            Some(0),
+            None,
+            None
+        ));
+        assert!(bad == before);
     }
 
     // ---- verify_flash over a tiny in-memory NOR flash ----

@@ -25,6 +25,12 @@ pub struct BootloaderSettings {
     /// `CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK` (needs `rollback`).
     #[serde(default)]
     pub anti_rollback: bool,
+    /// `CONFIG_MMU_PAGE_SIZE` the bootloader was built with, in bytes (`0x4000` = 16 KB):
+    /// flash-mapped app segments must be aligned to it. Absent: the app descriptor's
+    /// `mmu_page_size` when set, else Kconfig's default for the chip and the flash size in the
+    /// bootloader header (esp-idf `components/soc/<chip>/Kconfig.mmu`).
+    #[serde(default)]
+    pub mmu_page_size: Option<u32>,
 }
 
 /// The emulated eFuses.
@@ -101,8 +107,27 @@ impl DeviceSettings {
         Ok(())
     }
 
-    /// The eFuse counter must fit the chip's field (esp-idf `bootloader_utility.c`, `esp_efuse_fields.c`).
+    /// The eFuse counter must fit the chip's field (esp-idf `bootloader_utility.c`,
+    /// `esp_efuse_fields.c`), and the MMU page size must be one the chip supports.
     pub fn check_for_chip(&self, chip: Chip) -> Result<(), String> {
+        if let Some(p) = self.bootloader.mmu_page_size {
+            if !chip.mmu_page_size_supported(p) {
+                let sizes: Vec<String> = if chip.mmu_page_sizes_log2().is_empty() {
+                    vec!["0x10000".to_string()]
+                } else {
+                    chip.mmu_page_sizes_log2()
+                        .iter()
+                        .map(|l| format!("0x{:x}", 1u32 << l))
+                        .collect()
+                };
+                return Err(format!(
+                    "bootloader mmu_page_size 0x{:x} is not an MMU page size of {} ({})",
+                    p,
+                    chip.display_name(),
+                    sizes.join(", ")
+                ));
+            }
+        }
         let bits = boot::secure_version_field_bits(chip);
         if self.efuse.secure_version > bits {
             return Err(format!(
@@ -129,6 +154,12 @@ impl DeviceSettings {
             format!("anti_rollback = {}", self.bootloader.anti_rollback),
             "CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK (needs rollback)",
         );
+        if let Some(p) = self.bootloader.mmu_page_size {
+            t += &line(
+                format!("mmu_page_size = 0x{p:x}"),
+                "CONFIG_MMU_PAGE_SIZE (bytes) the bootloader was built with",
+            );
+        }
         t += "\n[efuse]\n";
         t += &line(
             format!("secure_version = {}", self.efuse.secure_version),
@@ -157,12 +188,25 @@ impl DeviceSettings {
         })
     }
 
-    /// What the bootloader emulation needs.
+    /// What the bootloader emulation needs (without the device's flash size: see
+    /// [`boot_config_for`](Self::boot_config_for)).
     pub fn boot_config(&self) -> BootConfig {
         BootConfig {
             rollback: self.bootloader.rollback,
             anti_rollback: self.bootloader.anti_rollback,
             efuse_secure_version: self.efuse.secure_version,
+            mmu_page_size: self.bootloader.mmu_page_size,
+            flash_size: None,
+        }
+    }
+
+    /// [`boot_config`](Self::boot_config) for a device whose bootloader header says
+    /// `flash_size`: without an `mmu_page_size` setting (and without one in the app
+    /// descriptor) the page size is Kconfig's default for the chip and that flash size.
+    pub fn boot_config_for(&self, flash_size: u32) -> BootConfig {
+        BootConfig {
+            flash_size: Some(flash_size),
+            ..self.boot_config()
         }
     }
 
@@ -191,6 +235,7 @@ mod tests {
             bootloader: BootloaderSettings {
                 rollback: true,
                 anti_rollback: true,
+                mmu_page_size: Some(0x4000),
             },
             efuse: EfuseSettings { secure_version: 3 },
         };
@@ -201,7 +246,9 @@ mod tests {
             BootConfig {
                 rollback: true,
                 anti_rollback: true,
-                efuse_secure_version: 3
+                efuse_secure_version: 3,
+                mmu_page_size: Some(0x4000),
+                flash_size: None,
             }
         );
     }
@@ -228,5 +275,13 @@ mod tests {
         };
         assert!(s.check_for_chip(Chip::Esp32c2).is_err());
         assert!(s.check_for_chip(Chip::Esp32).is_ok());
+        let mut s = DeviceSettings::default();
+        s.bootloader.mmu_page_size = Some(0x4000);
+        assert!(s.check_for_chip(Chip::Esp32c6).is_ok());
+        let e = s.check_for_chip(Chip::Esp32c3).unwrap_err();
+        assert!(e.contains("0x4000") && e.contains("ESP32-C3"), "{e}");
+        std::fs::write(&p, "[bootloader]\nmmu_page_size = 0x8000\n").unwrap();
+        let s = DeviceSettings::load_for(&flash).unwrap().unwrap();
+        assert_eq!(s.bootloader.mmu_page_size, Some(0x8000));
     }
 }
