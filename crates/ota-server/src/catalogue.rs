@@ -16,7 +16,7 @@ use ota_core::tone::{ToneBin, ToneHeader, TONE_HEADER_SIZE};
 use ota_service::items::manifest::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use sha2::{Digest, Sha256};
 
-use crate::local::{FileVersion, CHUNK};
+use crate::local::{open_regular, read_stable, FileVersion, StableError, CHUNK};
 use ota_core::image::Hex;
 
 /// Tone bins are parsed whole (`ToneBin` works on a slice); bigger files are refused.
@@ -26,6 +26,9 @@ pub const MAX_TONE_BYTES: usize = 64 << 20;
 pub const MAX_DEPTH: usize = 16;
 /// File names the catalogue considers (case-insensitive suffix).
 pub const CANDIDATE_SUFFIX: &str = ".bin";
+/// How long one file may keep changing before this scan lists it as changing (the next scan
+/// analyses it again).
+pub const STABLE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 enum Mode {
     /// Fewer than 8 bytes seen.
@@ -255,7 +258,8 @@ pub fn url_path(rel: &Path) -> String {
 /// The catalogue of a folder, kept up to date by [`DirCatalogue::rescan`].
 pub struct DirCatalogue {
     root: PathBuf,
-    known: HashMap<PathBuf, (FileVersion, CatalogueEntry)>,
+    /// Per file: the version its entry describes (None: analyse again at the next scan).
+    known: HashMap<PathBuf, (Option<FileVersion>, CatalogueEntry)>,
     doc: Arc<RwLock<Arc<CatalogueDoc>>>,
     analyses: u64,
 }
@@ -285,13 +289,13 @@ impl DirCatalogue {
         let mut next = HashMap::with_capacity(found.len());
         for (path, version) in found {
             match self.known.remove(&path) {
-                Some((v, entry)) if v == version => {
-                    next.insert(path, (v, entry));
+                Some((Some(v), entry)) if v == version => {
+                    next.insert(path, (Some(v), entry));
                 }
                 _ => {
                     changed = true;
                     if let Some(e) = self.analyse_file(&path, version) {
-                        next.insert(path, (version, e));
+                        next.insert(path, e);
                     }
                 }
             }
@@ -317,23 +321,31 @@ impl DirCatalogue {
         self.analyses
     }
 
-    fn analyse_file(&mut self, path: &Path, version: FileVersion) -> Option<CatalogueEntry> {
+    /// Analyse one file: opened only if regular ([`open_regular`]), read as one stable version
+    /// ([`read_stable`]). Returns the version the entry describes, or None when the file kept
+    /// changing (the entry says so and the next scan analyses it again).
+    fn analyse_file(
+        &mut self,
+        path: &Path,
+        version: FileVersion,
+    ) -> Option<(Option<FileVersion>, CatalogueEntry)> {
         self.analyses += 1;
         let rel = path.strip_prefix(&self.root).ok()?;
         let url = url_path(rel);
-        let file = std::fs::File::open(path).ok()?;
-        let mut entry = match analyse(&url, &file) {
-            Ok(e) => e,
-            Err(e) => return Some(io_entry(&url, version.size, &e)),
-        };
-        // A file rewritten while it was read: describe it as such; the next scan sees a new
-        // version and analyses it again.
-        let now = file.metadata().map(|m| FileVersion::of(&m)).ok();
-        if now != Some(version) {
-            entry.kind = EntryKind::Unknown;
-            entry.error = Some("the file changed while it was analysed".to_string());
+        // Not a regular file (any more): not catalogued.
+        let (file, _) = open_regular(path).ok()?;
+        match read_stable(&file, STABLE_DEADLINE, |r, _| analyse(&url, r)) {
+            Ok((entry, v, _)) => Some((Some(v), entry)),
+            Err(StableError::Io(e)) => Some((None, io_entry(&url, version.size, &e))),
+            Err(StableError::Changing) => {
+                let mut entry = io_entry(&url, version.size, &io::Error::other("changing"));
+                entry.error = Some(format!(
+                    "the file kept changing for {} s while it was analysed; analysed again at the next scan",
+                    STABLE_DEADLINE.as_secs()
+                ));
+                Some((None, entry))
+            }
         }
-        Some(entry)
     }
 }
 
