@@ -543,6 +543,55 @@ mod tests {
     }
 
     #[test]
+    fn dir_catalogue_notices_a_same_size_rewrite_with_the_mtime_put_back() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let path = root.join("a.bin");
+        let v1 = image(Chip::Esp32, "a", "v1.0.0");
+        let v2 = image(Chip::Esp32, "a", "v9.0.0");
+        assert_eq!(v1.len(), v2.len());
+        std::fs::write(&path, &v1).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        let handle = c.handle();
+        c.rescan();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&v2, 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        c.rescan();
+        let doc = handle.read().unwrap().clone();
+        assert_eq!(doc.catalogue.entries[0].version.as_deref(), Some("v9.0.0"));
+        assert_eq!(
+            doc.catalogue.entries[0].sha256,
+            Hex(&Sha256::digest(&v2)).to_string()
+        );
+    }
+
+    #[test]
+    fn dir_catalogue_skips_fifos_and_sockets() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let c = std::ffi::CString::new(root.join("fifo.bin").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink("fifo.bin", root.join("link.bin")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(root.join("sock.bin")).unwrap();
+        std::fs::write(root.join("a.bin"), image(Chip::Esp32, "a", "v1")).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        c.rescan();
+        let doc = c.handle().read().unwrap().clone();
+        let paths: Vec<&str> = doc
+            .catalogue
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(paths, ["/a.bin"]);
+    }
+
+    #[test]
     fn url_path_encodes_segments() {
         assert_eq!(url_path(Path::new("fw/a b.bin")), "/fw/a%20b.bin");
         assert_eq!(url_path(Path::new("x.bin")), "/x.bin");

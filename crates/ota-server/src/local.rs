@@ -129,11 +129,6 @@ impl FileVersion {
             dev: meta.dev(),
         }
     }
-
-    /// The last change, as a wall-clock time (ns since the epoch).
-    fn changed_ns(&self) -> i128 {
-        self.ctime_ns.max(self.mtime_ns)
-    }
 }
 
 /// How long after a file's last change a read of it can be trusted to see one version, on a
@@ -158,20 +153,21 @@ pub fn racy_margin(v: &FileVersion) -> Duration {
     }
 }
 
-/// How long to wait before a read of `v` can be trusted at `now`: zero when its last change is
-/// more than the margin away from `now` (a write from now on gets a different stamp).
+/// How long to wait before a read of `v` can be trusted at `now`: zero when both its ctime and
+/// its mtime are more than the margin away from `now` (a write from now on stamps both with
+/// the current time, so it cannot leave them as they are).
 pub fn racy_wait(v: &FileVersion, now: SystemTime) -> Duration {
     let now_ns = match now.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(_) => 0,
     };
     let margin = racy_margin(v).as_nanos() as i128;
-    let changed = v.changed_ns();
-    if (changed - now_ns).abs() >= margin {
-        Duration::ZERO
-    } else {
-        Duration::from_nanos((changed + margin - now_ns).clamp(0, 2 * margin) as u64)
-    }
+    [v.ctime_ns, v.mtime_ns]
+        .into_iter()
+        .filter(|t| (t - now_ns).abs() < margin)
+        .map(|t| Duration::from_nanos((t + margin - now_ns).clamp(0, 2 * margin) as u64))
+        .max()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Open `path` for reading only if it is a regular file: the metadata is checked first (links
@@ -797,6 +793,92 @@ mod tests {
         assert!(matches!(
             relative_path("/%ff%fe"),
             Err(PathError::BadEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn relative_path_refuses_segments_and_paths_longer_than_linux_allows() {
+        let seg = "a".repeat(NAME_MAX);
+        assert!(relative_path(&format!("/{seg}")).is_ok());
+        assert!(matches!(
+            relative_path(&format!("/{seg}a")),
+            Err(PathError::TooLong(_))
+        ));
+        assert!(matches!(
+            relative_path(&"/abc".repeat(PATH_MAX / 4)),
+            Err(PathError::TooLong(_))
+        ));
+        // Percent-encoding counts decoded.
+        assert!(relative_path(&format!("/{}", "%61".repeat(NAME_MAX))).is_ok());
+    }
+
+    fn version_at(ns: i128) -> FileVersion {
+        FileVersion {
+            size: 1,
+            mtime_ns: ns,
+            ctime_ns: ns,
+            ino: 1,
+            dev: 1,
+        }
+    }
+
+    #[test]
+    fn racy_wait_is_zero_for_settled_files_and_waits_out_the_margin_for_fresh_ones() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let now_ns = 1_700_000_000_123_456_789i128;
+        let fine = RACY_MARGIN_FINE.as_nanos() as i128;
+        assert_eq!(
+            racy_wait(&version_at(now_ns - fine - 1), now),
+            Duration::ZERO
+        );
+        assert_eq!(
+            racy_wait(&version_at(now_ns - 3600 * 1_000_000_000), now),
+            Duration::ZERO
+        );
+        // Changed 10 ms ago: wait the other 40 ms.
+        let w = racy_wait(&version_at(now_ns - 10_000_000), now);
+        assert_eq!(w, Duration::from_millis(40));
+        // Far in the future (a copied mtime): a write now would stamp it differently.
+        assert_eq!(
+            racy_wait(&version_at(now_ns + 3600 * 1_000_000_000), now),
+            Duration::ZERO
+        );
+        // A recent ctime counts even when the mtime was put back.
+        let mut v = version_at(now_ns - 3600 * 1_000_000_000);
+        v.ctime_ns = now_ns - 1_000_000;
+        assert!(racy_wait(&v, now) > Duration::from_millis(40));
+        // Whole-second stamps: the coarse margin.
+        let v = version_at(1_700_000_000 * 1_000_000_000);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        assert_eq!(
+            racy_wait(&v, at),
+            RACY_MARGIN_COARSE - Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn open_regular_refuses_a_fifo_at_once() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f.bin");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let t = Instant::now();
+        assert!(matches!(
+            open_regular(&fifo),
+            Err(OpenError::NotRegular("a FIFO"))
+        ));
+        assert!(matches!(
+            open_regular(dir.path()),
+            Err(OpenError::NotRegular("a folder"))
+        ));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        std::fs::write(dir.path().join("r.bin"), b"x").unwrap();
+        assert!(open_regular(&dir.path().join("r.bin")).is_ok());
+        assert!(matches!(
+            open_regular(&dir.path().join("missing")),
+            Err(OpenError::NotFound)
         ));
     }
 
