@@ -146,6 +146,9 @@ fn tls_san_refuses_names_that_are_neither_hosts_nor_addresses() {
     }
 }
 
+/// Files to put in a TLS folder: (name, bytes).
+type Files = Vec<(&'static str, Vec<u8>)>;
+
 #[test]
 fn self_signed_refuses_an_unusable_ca_and_leaves_it_in_place() {
     let www = www();
@@ -156,7 +159,7 @@ fn self_signed_refuses_an_unusable_ca_and_leaves_it_in_place() {
     drop(start(www.path(), &two, &[]).unwrap());
     let read = |d: &Path, n: &str| std::fs::read(d.join(n)).unwrap();
 
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Files, &str)> = vec![
         (
             "garbage certificate",
             vec![
