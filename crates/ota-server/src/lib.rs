@@ -36,11 +36,14 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_RESCAN: Duration = Duration::from_secs(2);
 /// A client must send its request head within this time by default (slowloris guard).
 pub const HEADER_TIMEOUT: Duration = conns::DEFAULT_HEADER_TIMEOUT;
-/// A TLS handshake must finish within this time.
+/// A TLS handshake must finish within this time, or the header timeout when that is shorter.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted by default (request line and headers).
 pub const MAX_HEAD_BYTES: usize = conns::DEFAULT_MAX_HEAD;
 pub use crate::conns::ConnLimits;
+/// Connections the kernel queues for us while all `--max-connections` are busy (the `listen`
+/// backlog; Linux caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 1024;
 /// Threads for blocking file reads and hashing.
 pub const MAX_BLOCKING_THREADS: usize = 64;
 
@@ -153,12 +156,10 @@ pub struct Server {
 impl Server {
     /// Bind, set up TLS and scan the catalogue once (call inside a tokio runtime).
     pub async fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
-        let listener = TcpListener::bind(opts.bind)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: opts.bind,
-                source,
-            })?;
+        let listener = listen(opts.bind).map_err(|source| ServeError::Bind {
+            addr: opts.bind,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: opts.bind,
             source,
@@ -303,6 +304,18 @@ impl Server {
     }
 }
 
+/// Bind and listen with [`LISTEN_BACKLOG`] (address reuse on, as `TcpListener::bind` does).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -333,8 +346,11 @@ async fn connection(
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             }
             Some(acc) => {
-                if let Ok(Ok(tls)) =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
+                if let Ok(Ok(tls)) = tokio::time::timeout(
+                    limits.header_timeout.min(TLS_HANDSHAKE_TIMEOUT),
+                    acc.accept(stream),
+                )
+                .await
                 {
                     let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
                 }
