@@ -22,6 +22,11 @@ use ota_core::image::Hex;
 /// Tone bins are parsed whole (`ToneBin` works on a slice); bigger files are refused.
 /// ESP-ADF's tone partitions are a few MB (adf-ota-service.md §8).
 pub const MAX_TONE_BYTES: usize = 64 << 20;
+/// Files larger than this are listed without being read: no ESP32-class flash is larger
+/// (ESP-IDF's largest flash size is `ESPTOOLPY_FLASHSIZE_128MB`,
+/// components/esptool_py/Kconfig.projbuild), so such a file can be neither an app image nor a
+/// tone bin for a device.
+pub const MAX_ANALYSED_BYTES: u64 = 128 << 20;
 /// How deep the folder walk goes.
 pub const MAX_DEPTH: usize = 16;
 /// File names the catalogue considers (case-insensitive suffix).
@@ -332,6 +337,15 @@ impl DirCatalogue {
         self.analyses += 1;
         let rel = path.strip_prefix(&self.root).ok()?;
         let url = url_path(rel);
+        if version.size > MAX_ANALYSED_BYTES {
+            let mut entry = io_entry(&url, version.size, &io::Error::other("too large"));
+            entry.error = Some(format!(
+                "{} bytes: larger than any flash ({} MiB), not analysed",
+                version.size,
+                MAX_ANALYSED_BYTES >> 20
+            ));
+            return Some((Some(version), entry));
+        }
         // Not a regular file (any more): not catalogued.
         let (file, _) = open_regular(path).ok()?;
         match read_stable(&file, STABLE_DEADLINE, |r, _| analyse(&url, r)) {
@@ -589,6 +603,29 @@ mod tests {
             .map(|e| e.path.as_str())
             .collect();
         assert_eq!(paths, ["/a.bin"]);
+    }
+
+    #[test]
+    fn dir_catalogue_lists_a_file_larger_than_any_flash_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        // Sparse: a terabyte that costs nothing on disk, and would take minutes to hash.
+        let f = std::fs::File::create(root.join("huge.bin")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        let t = std::time::Instant::now();
+        c.rescan();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        let doc = c.handle().read().unwrap().clone();
+        let e = &doc.catalogue.entries[0];
+        assert_eq!(e.kind, EntryKind::Unknown);
+        assert!(
+            e.error
+                .as_deref()
+                .unwrap()
+                .contains("larger than any flash"),
+            "{e:?}"
+        );
     }
 
     #[test]
