@@ -279,7 +279,7 @@ impl Server {
         tasks.spawn(self.registry.clone().sweep_forever());
         tokio::pin!(shutdown);
         loop {
-            // At the cap: close the longest-idle connection, or wait for one to end; new
+            // At the cap: close the longest-idle connections, or wait for one to end; new
             // connections wait in the listen backlog meanwhile.
             tokio::select! {
                 _ = &mut shutdown => break,
