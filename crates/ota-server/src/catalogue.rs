@@ -346,8 +346,13 @@ impl DirCatalogue {
             ));
             return Some((Some(version), entry));
         }
-        // Not a regular file (any more): not catalogued.
-        let (file, _) = open_regular(path).ok()?;
+        // Links are followed (walk() kept only those that stay inside the root); the target
+        // is opened, and only if it is a regular file (any more).
+        let real = path.canonicalize().ok()?;
+        if !real.starts_with(&self.root) {
+            return None;
+        }
+        let (file, _) = open_regular(&real).ok()?;
         match read_stable(&file, STABLE_DEADLINE, |r, _| analyse(&url, r)) {
             Ok((entry, v, _)) => Some((Some(v), entry)),
             Err(StableError::Io(e)) => Some((None, io_entry(&url, version.size, &e))),
@@ -625,6 +630,31 @@ mod tests {
                 .unwrap()
                 .contains("larger than any flash"),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn dir_catalogue_lists_links_to_images_inside_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("fw")).unwrap();
+        std::fs::write(root.join("fw/a-1.0.bin"), image(Chip::Esp32, "a", "v1.0")).unwrap();
+        std::os::unix::fs::symlink("fw/a-1.0.bin", root.join("latest.bin")).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        c.rescan();
+        let doc = c.handle().read().unwrap().clone();
+        let found: Vec<(&str, Option<&str>)> = doc
+            .catalogue
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.version.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("/fw/a-1.0.bin", Some("v1.0")),
+                ("/latest.bin", Some("v1.0"))
+            ]
         );
     }
 
