@@ -4,8 +4,9 @@
 //! underneath.
 //!
 //! Only regular files are ever opened: FIFOs, sockets and device nodes (or links to them) are
-//! refused from their metadata, and the open itself uses `O_NONBLOCK | O_NOFOLLOW | O_NOCTTY`,
-//! so a file swapped for a FIFO between the check and the open cannot block a thread.
+//! refused from their metadata, and the inode is pinned with `O_PATH` and checked before it is
+//! opened for reading ([`open_regular`]), so a file swapped for a FIFO or a device between the
+//! check and the open can neither block a thread nor be opened.
 //!
 //! A file rewritten in place can keep its size and timestamps: Linux stamps writes from a
 //! coarse clock, so two writes within one tick (or the stamp of a write whose bytes are still
@@ -170,24 +171,54 @@ pub fn racy_wait(v: &FileVersion, now: SystemTime) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// Open `path` for reading only if it is a regular file: the metadata is checked first (links
-/// followed), then the file is opened with `O_NONBLOCK` (a FIFO swapped in after the check opens
-/// at once instead of waiting for a writer), `O_NOFOLLOW` and `O_NOCTTY`, and checked again on
-/// the open descriptor. Anything else is [`OpenError::NotRegular`].
+/// Open `path` for reading only if it is a regular file, so that nothing else is ever opened,
+/// even when the file is swapped between the checks: the metadata is checked first (links
+/// followed); then the inode is pinned with `O_PATH | O_NOFOLLOW` (which opens nothing: no FIFO
+/// wait, no device side effect) and checked again with `fstat`; then that very inode is opened
+/// for reading through `/proc/self/fd`, with `O_NONBLOCK | O_NOCTTY`, and checked once more.
+/// Without `/proc`, the path itself is opened with those flags and `O_NOFOLLOW` (a FIFO swapped
+/// in then opens at once instead of waiting for a writer, and is refused). Anything that is not
+/// a regular file is [`OpenError::NotRegular`].
 pub fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), OpenError> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let meta = std::fs::metadata(path).map_err(OpenError::from_io)?;
     if !meta.is_file() {
         return Err(OpenError::NotRegular(kind_of(&meta)));
     }
-    let file = std::fs::OpenOptions::new()
+    let pinned = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
         .open(path)
         .map_err(OpenError::from_io)?;
+    let want = pinned.metadata()?;
+    if !want.is_file() {
+        return Err(OpenError::NotRegular(kind_of(&want)));
+    }
+    let read_flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    let proc_link = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(read_flags)
+        .open(&proc_link)
+    {
+        Ok(f) => f,
+        // No /proc here: open the path, non-blocking and without following links.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self/fd").is_dir() => {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(read_flags | libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(OpenError::from_io)?
+        }
+        Err(e) => return Err(OpenError::from_io(e)),
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(OpenError::NotRegular(kind_of(&meta)));
+    }
+    if (meta.dev(), meta.ino()) != (want.dev(), want.ino()) {
+        return Err(OpenError::NotRegular("replaced while it was opened"));
     }
     Ok((file, meta))
 }
@@ -880,6 +911,57 @@ mod tests {
             open_regular(&dir.path().join("missing")),
             Err(OpenError::NotFound)
         ));
+    }
+
+    #[test]
+    fn open_regular_never_blocks_on_or_opens_a_fifo_swapped_in() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.bin");
+        std::fs::write(&target, b"regular").unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, d) = (stop.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let tmp = d.join(format!("tmp{i}"));
+                    if i % 2 == 0 {
+                        std::fs::write(&tmp, b"regular").unwrap();
+                    } else {
+                        let c = std::ffi::CString::new(tmp.as_os_str().as_bytes()).unwrap();
+                        // SAFETY: a valid NUL-terminated path.
+                        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+                    }
+                    std::fs::rename(&tmp, d.join("x.bin")).unwrap();
+                }
+            })
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opener = std::thread::spawn(move || {
+            let (mut files, mut refused) = (0, 0);
+            for _ in 0..3000 {
+                match open_regular(&target) {
+                    Ok((f, m)) => {
+                        assert!(m.is_file() && f.metadata().unwrap().is_file());
+                        files += 1;
+                    }
+                    Err(OpenError::NotRegular(_)) | Err(OpenError::NotFound) => refused += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let _ = tx.send((files, refused));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(60));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        let (files, refused) = got.expect("open_regular blocked on a FIFO");
+        opener.join().unwrap();
+        assert!(
+            files > 0 && refused > 0,
+            "{files} opened, {refused} refused"
+        );
     }
 
     #[test]
