@@ -927,7 +927,7 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     i += 1;
                     let tmp = d.join(format!("tmp{i}"));
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         std::fs::write(&tmp, b"regular").unwrap();
                     } else {
                         let c = std::ffi::CString::new(tmp.as_os_str().as_bytes()).unwrap();
