@@ -58,11 +58,8 @@ impl S3Args {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Folder to serve (every file under it; app images and tone bins are catalogued).
-    #[arg(
-        value_name = "DIR",
-        required_unless_present = "store",
-        conflicts_with = "store"
-    )]
+    /// Default: the current folder, as `python -m http.server` does.
+    #[arg(value_name = "DIR", conflicts_with = "store")]
     dir: Option<PathBuf>,
     /// Address to listen on. Loopback unless you say otherwise.
     #[arg(long, default_value = ota_server::DEFAULT_BIND)]
@@ -80,13 +77,20 @@ pub struct ServeArgs {
     /// TLS private key (PEM). Needs --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Generate a CA and a certificate for the bind address; prints the CA's PEM path to pin.
+    /// Issue a server certificate for the bind address (and every --tls-san) from the CA in
+    /// --tls-dir, creating the CA there first if the folder has none; prints the CA's PEM path
+    /// to pin.
     #[arg(long)]
     tls_self_signed: bool,
-    /// Where --tls-self-signed writes ca.pem, cert.pem and key.pem
-    /// (default: ota-serve-tls-PORT in the system temp folder).
+    /// Where --tls-self-signed keeps its CA (ca.pem, ca-key.pem, reused on every start) and
+    /// writes the server's cert.pem and key.pem (default: ota-serve-tls-PORT in the system
+    /// temp folder).
     #[arg(long, value_name = "DIR", requires = "tls_self_signed")]
     tls_dir: Option<PathBuf>,
+    /// Another subject alternative name for the --tls-self-signed certificate: a DNS name or an
+    /// IP address (repeatable), e.g. the name or LAN address devices use.
+    #[arg(long, value_name = "NAME|IP", requires = "tls_self_signed")]
+    tls_san: Vec<String>,
     /// Folder: rescan interval of the catalogue. S3: how long metadata and the catalogue are reused.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     rescan_ms: u64,
@@ -94,6 +98,26 @@ pub struct ServeArgs {
     /// recently used dropped first); 0 streams every response from the file.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     cache_mib: u64,
+    /// Connections served at once. At the cap the longest-idle connection (no request in
+    /// flight) is closed to make room; when all are busy, new ones wait in the listen backlog.
+    #[arg(long, default_value_t = ota_server::conns::DEFAULT_MAX_CONNECTIONS as u64, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Time a client has to send a request head (new connection or between keep-alive
+    /// requests) before the connection is closed.
+    #[arg(long, default_value_t = ota_server::conns::DEFAULT_HEADER_TIMEOUT.as_millis() as u64,
+          value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    header_timeout_ms: u64,
+    /// Largest request head (request line and headers), in KiB; a bigger one gets 431 and the
+    /// connection is closed. Also bounds each connection's read buffer.
+    #[arg(long, default_value_t = (ota_server::conns::DEFAULT_MAX_HEAD / 1024) as u64,
+          value_name = "KIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_head_kib: u64,
+    /// Time a response may make no progress (the client reads nothing) before the connection
+    /// is closed.
+    #[arg(long, default_value_t = ota_server::conns::DEFAULT_SEND_TIMEOUT.as_millis() as u64,
+          value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    send_timeout_ms: u64,
     /// No access log.
     #[arg(long, short)]
     quiet: bool,
@@ -106,7 +130,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     let store = match (a.s3.options()?, &a.dir) {
         (Some(o), _) => Store::S3(o),
         (None, Some(d)) => Store::Dir(d.clone()),
-        (None, None) => bail!("give a folder to serve, or --store s3://BUCKET"),
+        (None, None) => Store::Dir(PathBuf::from(".")),
     };
     let tls = match (&a.tls_cert, &a.tls_key, a.tls_self_signed) {
         (Some(cert), Some(key), _) => {
@@ -121,6 +145,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             dir: a.tls_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("ota-serve-tls-{}", a.bind.port()))
             }),
+            sans: a.tls_san.clone(),
         },
         _ => Tls::None,
     };
@@ -137,6 +162,12 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
                 ota_server::local::DEFAULT_CACHE.max_file
             },
             budget: a.cache_mib << 20,
+        },
+        limits: ota_server::ConnLimits {
+            max_connections: a.max_connections as usize,
+            header_timeout: Duration::from_millis(a.header_timeout_ms),
+            max_head: (a.max_head_kib as usize) << 10,
+            send_timeout: Duration::from_millis(a.send_timeout_ms),
         },
     };
     let rt = ota_server::runtime(a.workers)?;
@@ -163,6 +194,9 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             "catalogue: {}/manifest.json (from the store's manifest.json, reused for {} ms)",
             info.base_url, a.rescan_ms
         ),
+    }
+    if let Some(note) = &info.tls_note {
+        println!("TLS: {note}");
     }
     if let Some(ca) = &info.ca_pem {
         println!(

@@ -21,8 +21,17 @@ pub struct Served {
 impl Served {
     /// Start `ota serve ARGS --bind 127.0.0.1:0` and wait (at most 20 s) for its banner.
     pub fn start(args: &[&str], log: &Path) -> Served {
+        Served::start_in(None, args, log)
+    }
+
+    /// The same, run in folder `cwd`.
+    pub fn start_in(cwd: Option<&Path>, args: &[&str], log: &Path) -> Served {
         let err = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ota"));
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd
             .arg("serve")
             .args(args)
             .args(["--bind", "127.0.0.1:0"])
@@ -80,6 +89,10 @@ impl Served {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -466,4 +479,241 @@ fn fleet_sim_updates_every_device_from_ota_serve() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("0 of 3 devices updated"), "{}", text(&o));
+}
+
+#[test]
+fn serve_without_a_folder_serves_the_current_one() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("fw.bin"), b"from the current folder").unwrap();
+    let srv = Served::start_in(Some(t.path()), &["--quiet"], &t.path().join("serve.log"));
+    let root = t.path().canonicalize().unwrap();
+    assert!(
+        srv.lines[0].ends_with(&format!("from {}", root.display())),
+        "{:?}",
+        srv.lines
+    );
+    assert_eq!(
+        http_get(&srv.base, "/fw.bin"),
+        (200, b"from the current folder".to_vec())
+    );
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Sockets a process holds open (its listener included).
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+#[test]
+fn serve_caps_half_sent_connections_and_gives_the_memory_back() {
+    use std::io::Write;
+    const CAP: usize = 100;
+    // Each half-sent connection is one descriptor here; stay well inside the limit.
+    let n = 3000.min(open_files_limit().saturating_sub(200));
+    assert!(
+        n >= 500,
+        "open file limit too low for this test: {}",
+        open_files_limit()
+    );
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("fw.bin"), b"firmware").unwrap();
+    let srv = Served::start(
+        &[
+            s(&www),
+            "--quiet",
+            "--max-connections",
+            "100",
+            "--header-timeout-ms",
+            "30000",
+        ],
+        &t.path().join("serve.log"),
+    );
+    let pid = srv.pid();
+    assert_eq!(http_get(&srv.base, "/fw.bin").0, 200);
+    let base_rss = rss_kib(pid);
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let start = Instant::now();
+    let (mut peak_rss, mut peak_sockets) = (base_rss, 0);
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        let _ = c.write_all(b"GET /fw.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+        held.push(c);
+        if i % 100 == 99 {
+            peak_rss = peak_rss.max(rss_kib(pid));
+            peak_sockets = peak_sockets.max(sockets(pid));
+        }
+        if i % 1000 == 500 {
+            let t0 = Instant::now();
+            assert_eq!(http_get(&srv.base, "/fw.bin"), (200, b"firmware".to_vec()));
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "flood too slow");
+    }
+    let t0 = Instant::now();
+    assert_eq!(http_get(&srv.base, "/fw.bin"), (200, b"firmware".to_vec()));
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    peak_sockets = peak_sockets.max(sockets(pid));
+    peak_rss = peak_rss.max(rss_kib(pid));
+    println!(
+        "{n} half-sent connections: server sockets at most {peak_sockets}, RSS {base_rss} KiB -> peak {peak_rss} KiB"
+    );
+    // The cap, plus the listener and a few being closed.
+    assert!(
+        peak_sockets <= CAP + 1 + 8,
+        "{peak_sockets} sockets open, cap {CAP}"
+    );
+    assert!(
+        peak_rss < base_rss + 32 * 1024,
+        "RSS grew from {base_rss} KiB to {peak_rss} KiB"
+    );
+    drop(held);
+    assert!(
+        wait_until(15, || sockets(pid) <= 1),
+        "{} sockets still open after the clients left",
+        sockets(pid)
+    );
+    assert!(
+        wait_until(15, || rss_kib(pid) < base_rss + 8 * 1024),
+        "RSS {} KiB after they closed (base {base_rss} KiB)",
+        rss_kib(pid)
+    );
+}
+
+fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn serve_tls_self_signed_keeps_the_pinned_ca_and_adds_tls_san_names() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("fw.bin"), b"firmware").unwrap();
+    let tls = t.path().join("tls");
+    let args = |san: &'static str| {
+        vec![
+            s(&www).to_string(),
+            "--quiet".into(),
+            "--tls-self-signed".into(),
+            "--tls-dir".into(),
+            s(&tls).to_string(),
+            "--tls-san".into(),
+            san.into(),
+            "--tls-san".into(),
+            "192.0.2.7".into(),
+        ]
+    };
+    let a1 = args("fw.example");
+    let a1: Vec<&str> = a1.iter().map(|s| s.as_str()).collect();
+    let srv = Served::start(&a1, &t.path().join("serve.log"));
+    let note = srv.lines.iter().find(|l| l.starts_with("TLS: ")).unwrap();
+    assert!(note.contains("created a new CA"), "{note}");
+    assert!(
+        note.contains("127.0.0.1, localhost, fw.example, 192.0.2.7"),
+        "{note}"
+    );
+    let ca = std::fs::read(tls.join("ca.pem")).unwrap();
+    let ca_key = std::fs::read(tls.join("ca-key.pem")).unwrap();
+    curl_check(&srv.base, &tls.join("ca.pem"), "fw.example", true);
+    drop(srv);
+
+    let a2 = args("fw2.example");
+    let a2: Vec<&str> = a2.iter().map(|s| s.as_str()).collect();
+    let srv = Served::start(&a2, &t.path().join("serve2.log"));
+    let note = srv.lines.iter().find(|l| l.starts_with("TLS: ")).unwrap();
+    assert!(note.contains("reusing the CA"), "{note}");
+    assert_eq!(
+        std::fs::read(tls.join("ca.pem")).unwrap(),
+        ca,
+        "the pinned CA changed"
+    );
+    assert_eq!(std::fs::read(tls.join("ca-key.pem")).unwrap(), ca_key);
+    curl_check(&srv.base, &tls.join("ca.pem"), "fw2.example", true);
+    curl_check(&srv.base, &tls.join("ca.pem"), "fw.example", false);
+    drop(srv);
+
+    // A damaged CA is an error naming it, and it stays as it is.
+    std::fs::write(tls.join("ca-key.pem"), b"junk").unwrap();
+    let o = ota(&[
+        "serve",
+        s(&www),
+        "--bind",
+        "127.0.0.1:0",
+        "--tls-self-signed",
+        "--tls-dir",
+        s(&tls),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("ca-key.pem"), "{}", text(&o));
+    assert!(text(&o).contains("not replaced"), "{}", text(&o));
+    assert_eq!(std::fs::read(tls.join("ca-key.pem")).unwrap(), b"junk");
+    assert_eq!(std::fs::read(tls.join("ca.pem")).unwrap(), ca);
+}
+
+/// With curl installed: GET /fw.bin as `https://NAME:PORT` resolved to the server, trusting only
+/// `ca`; `ok` says whether the certificate must be accepted for NAME.
+fn curl_check(base: &str, ca: &Path, name: &str, ok: bool) {
+    let port = base.rsplit(':').next().unwrap();
+    let out = match Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{name}:{port}:127.0.0.1"))
+        .arg(format!("https://{name}:{port}/fw.bin"))
+        .output()
+    {
+        Ok(o) => o,
+        Err(_) => {
+            println!("SKIP: curl not installed; certificate names not checked with it");
+            return;
+        }
+    };
+    if ok {
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"firmware");
+    } else {
+        assert!(!out.status.success(), "{name} accepted");
+    }
 }

@@ -16,16 +16,24 @@ use ota_core::tone::{ToneBin, ToneHeader, TONE_HEADER_SIZE};
 use ota_service::items::manifest::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use sha2::{Digest, Sha256};
 
-use crate::local::{FileVersion, CHUNK};
+use crate::local::{open_regular, read_stable, FileVersion, StableError, CHUNK};
 use ota_core::image::Hex;
 
 /// Tone bins are parsed whole (`ToneBin` works on a slice); bigger files are refused.
 /// ESP-ADF's tone partitions are a few MB (adf-ota-service.md §8).
 pub const MAX_TONE_BYTES: usize = 64 << 20;
+/// Files larger than this are listed without being read: no ESP32-class flash is larger
+/// (ESP-IDF's largest flash size is `ESPTOOLPY_FLASHSIZE_128MB`,
+/// components/esptool_py/Kconfig.projbuild), so such a file can be neither an app image nor a
+/// tone bin for a device.
+pub const MAX_ANALYSED_BYTES: u64 = 128 << 20;
 /// How deep the folder walk goes.
 pub const MAX_DEPTH: usize = 16;
 /// File names the catalogue considers (case-insensitive suffix).
 pub const CANDIDATE_SUFFIX: &str = ".bin";
+/// How long one file may keep changing before this scan lists it as changing (the next scan
+/// analyses it again).
+pub const STABLE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 enum Mode {
     /// Fewer than 8 bytes seen.
@@ -255,7 +263,8 @@ pub fn url_path(rel: &Path) -> String {
 /// The catalogue of a folder, kept up to date by [`DirCatalogue::rescan`].
 pub struct DirCatalogue {
     root: PathBuf,
-    known: HashMap<PathBuf, (FileVersion, CatalogueEntry)>,
+    /// Per file: the version its entry describes (None: analyse again at the next scan).
+    known: HashMap<PathBuf, (Option<FileVersion>, CatalogueEntry)>,
     doc: Arc<RwLock<Arc<CatalogueDoc>>>,
     analyses: u64,
 }
@@ -285,13 +294,13 @@ impl DirCatalogue {
         let mut next = HashMap::with_capacity(found.len());
         for (path, version) in found {
             match self.known.remove(&path) {
-                Some((v, entry)) if v == version => {
-                    next.insert(path, (v, entry));
+                Some((Some(v), entry)) if v == version => {
+                    next.insert(path, (Some(v), entry));
                 }
                 _ => {
                     changed = true;
                     if let Some(e) = self.analyse_file(&path, version) {
-                        next.insert(path, (version, e));
+                        next.insert(path, e);
                     }
                 }
             }
@@ -317,23 +326,45 @@ impl DirCatalogue {
         self.analyses
     }
 
-    fn analyse_file(&mut self, path: &Path, version: FileVersion) -> Option<CatalogueEntry> {
+    /// Analyse one file: opened only if regular ([`open_regular`]), read as one stable version
+    /// ([`read_stable`]). Returns the version the entry describes, or None when the file kept
+    /// changing (the entry says so and the next scan analyses it again).
+    fn analyse_file(
+        &mut self,
+        path: &Path,
+        version: FileVersion,
+    ) -> Option<(Option<FileVersion>, CatalogueEntry)> {
         self.analyses += 1;
         let rel = path.strip_prefix(&self.root).ok()?;
         let url = url_path(rel);
-        let file = std::fs::File::open(path).ok()?;
-        let mut entry = match analyse(&url, &file) {
-            Ok(e) => e,
-            Err(e) => return Some(io_entry(&url, version.size, &e)),
-        };
-        // A file rewritten while it was read: describe it as such; the next scan sees a new
-        // version and analyses it again.
-        let now = file.metadata().map(|m| FileVersion::of(&m)).ok();
-        if now != Some(version) {
-            entry.kind = EntryKind::Unknown;
-            entry.error = Some("the file changed while it was analysed".to_string());
+        if version.size > MAX_ANALYSED_BYTES {
+            let mut entry = io_entry(&url, version.size, &io::Error::other("too large"));
+            entry.error = Some(format!(
+                "{} bytes: larger than any flash ({} MiB), not analysed",
+                version.size,
+                MAX_ANALYSED_BYTES >> 20
+            ));
+            return Some((Some(version), entry));
         }
-        Some(entry)
+        // Links are followed (walk() kept only those that stay inside the root); the target
+        // is opened, and only if it is a regular file (any more).
+        let real = path.canonicalize().ok()?;
+        if !real.starts_with(&self.root) {
+            return None;
+        }
+        let (file, _) = open_regular(&real).ok()?;
+        match read_stable(&file, STABLE_DEADLINE, |r, _| analyse(&url, r)) {
+            Ok((entry, v, _)) => Some((Some(v), entry)),
+            Err(StableError::Io(e)) => Some((None, io_entry(&url, version.size, &e))),
+            Err(StableError::Changing) => {
+                let mut entry = io_entry(&url, version.size, &io::Error::other("changing"));
+                entry.error = Some(format!(
+                    "the file kept changing for {} s while it was analysed; analysed again at the next scan",
+                    STABLE_DEADLINE.as_secs()
+                ));
+                Some((None, entry))
+            }
+        }
     }
 }
 
@@ -528,6 +559,103 @@ mod tests {
             .collect();
         assert_eq!(versions, [Some("v1.0.1".to_string()), None]);
         assert!(doc.catalogue.entries[1].error.is_some());
+    }
+
+    #[test]
+    fn dir_catalogue_notices_a_same_size_rewrite_with_the_mtime_put_back() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let path = root.join("a.bin");
+        let v1 = image(Chip::Esp32, "a", "v1.0.0");
+        let v2 = image(Chip::Esp32, "a", "v9.0.0");
+        assert_eq!(v1.len(), v2.len());
+        std::fs::write(&path, &v1).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        let handle = c.handle();
+        c.rescan();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&v2, 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        c.rescan();
+        let doc = handle.read().unwrap().clone();
+        assert_eq!(doc.catalogue.entries[0].version.as_deref(), Some("v9.0.0"));
+        assert_eq!(
+            doc.catalogue.entries[0].sha256,
+            Hex(&Sha256::digest(&v2)).to_string()
+        );
+    }
+
+    #[test]
+    fn dir_catalogue_skips_fifos_and_sockets() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let c = std::ffi::CString::new(root.join("fifo.bin").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink("fifo.bin", root.join("link.bin")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(root.join("sock.bin")).unwrap();
+        std::fs::write(root.join("a.bin"), image(Chip::Esp32, "a", "v1")).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        c.rescan();
+        let doc = c.handle().read().unwrap().clone();
+        let paths: Vec<&str> = doc
+            .catalogue
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(paths, ["/a.bin"]);
+    }
+
+    #[test]
+    fn dir_catalogue_lists_a_file_larger_than_any_flash_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        // Sparse: a terabyte that costs nothing on disk, and would take minutes to hash.
+        let f = std::fs::File::create(root.join("huge.bin")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        let t = std::time::Instant::now();
+        c.rescan();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        let doc = c.handle().read().unwrap().clone();
+        let e = &doc.catalogue.entries[0];
+        assert_eq!(e.kind, EntryKind::Unknown);
+        assert!(
+            e.error
+                .as_deref()
+                .unwrap()
+                .contains("larger than any flash"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn dir_catalogue_lists_links_to_images_inside_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("fw")).unwrap();
+        std::fs::write(root.join("fw/a-1.0.bin"), image(Chip::Esp32, "a", "v1.0")).unwrap();
+        std::os::unix::fs::symlink("fw/a-1.0.bin", root.join("latest.bin")).unwrap();
+        let mut c = DirCatalogue::new(root.clone());
+        c.rescan();
+        let doc = c.handle().read().unwrap().clone();
+        let found: Vec<(&str, Option<&str>)> = doc
+            .catalogue
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.version.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("/fw/a-1.0.bin", Some("v1.0")),
+                ("/latest.bin", Some("v1.0"))
+            ]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::catalogue::CatalogueDoc;
-use crate::local::{FileBody, LocalDir, OpenError, OpenFile};
+use crate::local::{Facts, FileBody, LocalDir, OpenError, OpenFile, PathError};
 use crate::range::{self, RangeRequest};
 use crate::s3::{S3Error, S3Object, S3Store};
 use ota_core::image::Hex;
@@ -38,6 +38,7 @@ pub enum Backend {
 pub struct Stats {
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
+    pub conns: Arc<crate::conns::ConnStats>,
 }
 
 /// Everything a request needs.
@@ -59,11 +60,13 @@ struct Rep {
 }
 
 enum Source {
-    File(OpenFile),
+    File(OpenFile, Arc<Facts>),
     Bytes(Bytes),
     S3(S3Object),
 }
 
+/// Longest request target written to the access log (a target can be as long as the head).
+const MAX_LOGGED_TARGET: usize = 1024;
 const OCTET_STREAM: &str = "application/octet-stream";
 const JSON: &str = "application/json";
 
@@ -96,17 +99,24 @@ fn get(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Handle one request; never fails (errors are responses).
-pub async fn handle<B>(state: Arc<State>, req: Request<B>, peer: SocketAddr) -> Response<RespBody> {
+/// Handle one request; never fails (errors are responses). `busy` marks the connection busy
+/// until the response body is done.
+pub async fn handle<B>(
+    state: Arc<State>,
+    req: Request<B>,
+    peer: SocketAddr,
+    busy: Option<crate::conns::Busy>,
+) -> Response<RespBody> {
     let start = Instant::now();
-    let line = format!(
-        "{} {} {:?}",
-        req.method(),
-        req.uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().to_string(), |p| p.to_string()),
-        req.version()
-    );
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().to_string(), |p| p.to_string());
+    let target = match target.char_indices().nth(MAX_LOGGED_TARGET) {
+        Some((i, _)) => format!("{}…({} bytes)", &target[..i], target.len()),
+        None => target,
+    };
+    let line = format!("{} {} {:?}", req.method(), target, req.version());
     let resp = respond(&state, &req).await;
     let status = resp.status();
     let (parts, body) = resp.into_parts();
@@ -119,6 +129,7 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>, peer: SocketAddr) -> 
         status: status.as_u16(),
         state: state.clone(),
         done: false,
+        busy,
     };
     Response::from_parts(parts, logged.boxed_unsync())
 }
@@ -175,16 +186,7 @@ async fn lookup(state: &State, path: &str) -> Result<Rep, Response<RespBody>> {
             let opened = tokio::task::spawn_blocking(move || d.open(&p))
                 .await
                 .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let f = opened.map_err(|e| match e {
-                OpenError::NotFound => text(StatusCode::NOT_FOUND, format!("{path}: not found")),
-                OpenError::Path(crate::local::PathError::BadEncoding(_)) => {
-                    text(StatusCode::BAD_REQUEST, e.to_string())
-                }
-                OpenError::Path(_) | OpenError::Outside(_) => {
-                    text(StatusCode::FORBIDDEN, e.to_string())
-                }
-                OpenError::Io(_) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}")),
-            })?;
+            let f = opened.map_err(|e| open_error_response(path, e))?;
             let facts = dir.facts(&f).await.map_err(|e| {
                 let mut r = text(StatusCode::SERVICE_UNAVAILABLE, e);
                 r.headers_mut()
@@ -192,14 +194,14 @@ async fn lookup(state: &State, path: &str) -> Result<Rep, Response<RespBody>> {
                 r
             })?;
             Ok(Rep {
-                len: f.version.size,
+                len: facts.version.size,
                 etag: format!("\"{}\"", Hex(&facts.sha256)),
-                modified: f.modified,
+                modified: facts.modified,
                 content_type: OCTET_STREAM,
                 cache_control: None,
                 source: match &facts.content {
                     Some(b) => Source::Bytes(b.clone()),
-                    None => Source::File(f),
+                    None => Source::File(f, facts.clone()),
                 },
             })
         }
@@ -214,6 +216,39 @@ async fn lookup(state: &State, path: &str) -> Result<Rep, Response<RespBody>> {
                 source: Source::S3(obj),
             })
         }
+    }
+}
+
+/// The response for a file that cannot be served: 404 for missing files and anything that is
+/// not a regular file, 403 for paths that leave the folder or that we may not read, 414 for a
+/// path too long, 400 for bad encoding, 503 when out of descriptors, 500 otherwise.
+fn open_error_response(path: &str, e: OpenError) -> Response<RespBody> {
+    let shown = || {
+        let mut p: String = path.chars().take(80).collect();
+        if p.len() < path.len() {
+            p.push('…');
+        }
+        p
+    };
+    match e {
+        OpenError::NotFound => text(StatusCode::NOT_FOUND, format!("{}: not found", shown())),
+        OpenError::NotRegular(_) => text(StatusCode::NOT_FOUND, format!("{}: {e}", shown())),
+        OpenError::Path(PathError::BadEncoding(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        OpenError::Path(PathError::TooLong(_)) => text(StatusCode::URI_TOO_LONG, e.to_string()),
+        OpenError::Path(_) | OpenError::Outside(_) => text(StatusCode::FORBIDDEN, e.to_string()),
+        OpenError::Denied => text(StatusCode::FORBIDDEN, format!("{}: {e}", shown())),
+        OpenError::Io(ref io)
+            if matches!(io.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) =>
+        {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("{}: {e}", shown()));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        OpenError::Io(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: {e}", shown()),
+        ),
     }
 }
 
@@ -323,7 +358,7 @@ async fn conditional_response(rep: Rep, h: &HeaderMap, head: bool) -> Response<R
 
 async fn open_body(rep: &Rep, start: u64, end: u64) -> Result<RespBody, Response<RespBody>> {
     Ok(match &rep.source {
-        Source::File(f) => FileBody::new(f, start, end).boxed_unsync(),
+        Source::File(f, facts) => FileBody::new(f, facts, start, end).boxed_unsync(),
         Source::Bytes(b) => {
             let slice = b.slice(start as usize..end as usize);
             Full::new(slice)
@@ -345,6 +380,7 @@ struct LoggedBody {
     status: u16,
     state: Arc<State>,
     done: bool,
+    busy: Option<crate::conns::Busy>,
 }
 
 impl LoggedBody {
@@ -353,6 +389,7 @@ impl LoggedBody {
             return;
         }
         self.done = true;
+        self.busy = None;
         self.state.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.state
             .stats

@@ -5,6 +5,7 @@
 //! app image and tone bin at `/manifest.json` (see `ota_service::items::manifest`).
 
 pub mod catalogue;
+pub mod conns;
 pub mod http;
 pub mod local;
 pub mod range;
@@ -33,12 +34,16 @@ pub use crate::s3::{S3Options, S3Store};
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Default catalogue rescan interval.
 pub const DEFAULT_RESCAN: Duration = Duration::from_secs(2);
-/// A client must send its request head within this time (slowloris guard).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TLS handshake must finish within this time.
+/// A client must send its request head within this time by default (slowloris guard).
+pub const HEADER_TIMEOUT: Duration = conns::DEFAULT_HEADER_TIMEOUT;
+/// A TLS handshake must finish within this time, or the header timeout when that is shorter.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted (hyper's read buffer limit).
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest request head accepted by default (request line and headers).
+pub const MAX_HEAD_BYTES: usize = conns::DEFAULT_MAX_HEAD;
+pub use crate::conns::ConnLimits;
+/// Connections the kernel queues for us while all `--max-connections` are busy (the `listen`
+/// backlog; Linux caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 1024;
 /// Threads for blocking file reads and hashing.
 pub const MAX_BLOCKING_THREADS: usize = 64;
 
@@ -79,9 +84,11 @@ pub enum Tls {
         cert: PathBuf,
         key: PathBuf,
     },
-    /// Generate a CA and a certificate for the bind address into this folder.
+    /// A certificate for the bind address and `sans`, issued by the CA kept in this folder
+    /// (created there the first time; reused afterwards, as devices pin it).
     SelfSigned {
         dir: PathBuf,
+        sans: Vec<String>,
     },
 }
 
@@ -98,6 +105,8 @@ pub struct ServeOptions {
     pub access_log: bool,
     /// Folder store: which file versions are kept in memory.
     pub cache: local::CacheLimits,
+    /// Connections: cap, head limit and deadlines.
+    pub limits: ConnLimits,
 }
 
 impl ServeOptions {
@@ -111,6 +120,7 @@ impl ServeOptions {
             rescan: DEFAULT_RESCAN,
             access_log: true,
             cache: local::DEFAULT_CACHE,
+            limits: ConnLimits::default(),
         }
     }
 }
@@ -123,6 +133,8 @@ pub struct ServerInfo {
     pub base_url: String,
     /// With `--tls-self-signed`: the CA certificate devices should pin.
     pub ca_pem: Option<PathBuf>,
+    /// With `--tls-self-signed`: whether the CA was reused and which names the certificate has.
+    pub tls_note: Option<String>,
     /// What is served, for messages.
     pub source: String,
     /// Catalogue entries found at start (folder stores).
@@ -137,18 +149,17 @@ pub struct Server {
     state: Arc<State>,
     scanner: Option<Arc<Mutex<catalogue::DirCatalogue>>>,
     rescan: Duration,
+    registry: Arc<conns::Registry>,
     info: ServerInfo,
 }
 
 impl Server {
     /// Bind, set up TLS and scan the catalogue once (call inside a tokio runtime).
     pub async fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
-        let listener = TcpListener::bind(opts.bind)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: opts.bind,
-                source,
-            })?;
+        let listener = listen(opts.bind).map_err(|source| ServeError::Bind {
+            addr: opts.bind,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: opts.bind,
             source,
@@ -158,9 +169,19 @@ impl Server {
             Tls::Files { cert, key } => {
                 (Some(TlsAcceptor::from(tls::from_files(cert, key)?)), None)
             }
-            Tls::SelfSigned { dir } => {
-                let s = tls::self_signed(addr.ip(), dir)?;
-                (Some(TlsAcceptor::from(s.config)), Some(s.ca_pem))
+            Tls::SelfSigned { dir, sans } => {
+                let s = tls::self_signed(addr.ip(), dir, sans)?;
+                let note = format!(
+                    "{} CA {}; certificate for {}",
+                    if s.ca_reused {
+                        "reusing the"
+                    } else {
+                        "created a new"
+                    },
+                    s.ca_pem.display(),
+                    s.names.join(", ")
+                );
+                (Some(TlsAcceptor::from(s.config)), Some((s.ca_pem, note)))
             }
         };
         let stats = Arc::new(Stats::default());
@@ -204,11 +225,17 @@ impl Server {
                 (Backend::S3(Arc::new(store)), empty, None, source, None)
             }
         };
+        let registry = Arc::new(conns::Registry::new(opts.limits, stats.conns.clone()));
         let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let (ca_pem, tls_note) = match ca_pem {
+            Some((p, n)) => (Some(p), Some(n)),
+            None => (None, None),
+        };
         let info = ServerInfo {
             addr,
             base_url: format!("{scheme}://{addr}"),
             ca_pem,
+            tls_note,
             source,
             entries,
             stats: stats.clone(),
@@ -224,6 +251,7 @@ impl Server {
             }),
             scanner,
             rescan: opts.rescan,
+            registry,
             info,
         })
     }
@@ -234,9 +262,10 @@ impl Server {
 
     /// Serve until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut tasks = tokio::task::JoinSet::new();
         if let Some(scanner) = self.scanner.clone() {
             let every = self.rescan;
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     let sc = scanner.clone();
@@ -247,22 +276,44 @@ impl Server {
                 }
             });
         }
+        tasks.spawn(self.registry.clone().sweep_forever());
         tokio::pin!(shutdown);
         loop {
+            // At the cap: close the longest-idle connections, or wait for one to end; new
+            // connections wait in the listen backlog meanwhile.
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.registry.make_room() => {}
+            }
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let reg = self.registry.register();
                         let state = self.state.clone();
                         let acceptor = self.acceptor.clone();
-                        tokio::spawn(connection(stream, peer, acceptor, state));
+                        let limits = self.registry.limits;
+                        tokio::spawn(connection(stream, peer, acceptor, state, reg, limits));
                     }
                     // Out of descriptors or similar: back off instead of spinning.
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 },
             }
         }
+        tasks.abort_all();
     }
+}
+
+/// Bind and listen with [`LISTEN_BACKLOG`] (address reuse on, as `TcpListener::bind` does).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn connection(
@@ -270,30 +321,47 @@ async fn connection(
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
     state: Arc<State>,
+    reg: conns::Registration,
+    limits: ConnLimits,
 ) {
     let _ = stream.set_nodelay(true);
+    let conn = reg.conn.clone();
+    let stream = conns::TrackedIo::new(stream, conn.clone());
+    let svc_conn = conn.clone();
     let svc = service_fn(move |req| {
         let st = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(http::handle(st, req, peer).await) }
+        let busy = conns::Busy::new(&svc_conn);
+        async move { Ok::<_, std::convert::Infallible>(http::handle(st, req, peer, Some(busy)).await) }
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_head)
+        .max_buf_size(limits.max_head.max(conns::HYPER_MIN_BUF))
         .keep_alive(true);
-    match acceptor {
-        None => {
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        }
-        Some(acc) => {
-            if let Ok(Ok(tls)) =
-                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
-            {
-                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+    let serve = async {
+        match acceptor {
+            None => {
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            }
+            Some(acc) => {
+                if let Ok(Ok(tls)) = tokio::time::timeout(
+                    limits.header_timeout.min(TLS_HANDSHAKE_TIMEOUT),
+                    acc.accept(stream),
+                )
+                .await
+                {
+                    let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                }
             }
         }
+    };
+    tokio::select! {
+        _ = serve => {}
+        _ = conn.killed() => {}
     }
+    drop(reg);
 }
 
 /// The runtime `ota serve` uses: one worker per core, a bounded blocking pool.

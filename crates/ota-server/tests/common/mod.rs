@@ -11,10 +11,16 @@ use std::time::Duration;
 use ota_server::{Background, ServeOptions};
 
 pub fn serve(dir: &Path) -> Background {
+    serve_with(dir, |_| {})
+}
+
+/// A server with options changed by `f` (on top of the test defaults).
+pub fn serve_with(dir: &Path, f: impl FnOnce(&mut ServeOptions)) -> Background {
     let mut o = ServeOptions::dir(dir);
     o.bind = "127.0.0.1:0".parse().unwrap();
     o.access_log = false;
     o.rescan = Duration::from_millis(50);
+    f(&mut o);
     Background::start(o).expect("server starts")
 }
 
