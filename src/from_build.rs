@@ -119,4 +119,3 @@ pub fn partitions_csv(path: &Path) -> Result<String> {
         )
     })
 }
-
