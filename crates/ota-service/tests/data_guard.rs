@@ -213,3 +213,68 @@ fn tone_item_writing_pass_stops_at_the_first_block_that_differs_from_the_verifie
     assert!(run_sd(&mut dev, &sd).is_success());
     assert!(tone_bytes(&dev)[..new.len()] == new[..]);
 }
+
+/// A loopback server for two requests: the first gets `body` with a strong ETag, the second
+/// 412 (its file changed). Returns the URL and the request heads it saw.
+fn etag_then_412(body: Vec<u8>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/tone.bin", listener.local_addr().unwrap());
+    let t = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        for i in 0..2 {
+            let Ok((mut c, _)) = listener.accept() else {
+                break;
+            };
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            heads.push(String::from_utf8_lossy(&req).to_string());
+            let _ = if i == 0 {
+                c.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"sha-1\"\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .and_then(|_| c.write_all(&body))
+            } else {
+                c.write_all(
+                    b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+            };
+        }
+        heads
+    });
+    (url, t)
+}
+
+#[test]
+fn tone_item_writing_pass_sends_if_match_and_a_412_leaves_the_partition_untouched() {
+    let old = bin("v1.0.0", 1);
+    let new = bin("v1.2.0", 2);
+    let (url, server) = etag_then_412(new);
+    let mut dev = device_with(&old);
+    let before = tone_bytes(&dev);
+    let item = DataItem::new(url, "flash_tone", DataFormat::Tone);
+    let (report, _) = run_items(&mut dev, vec![Box::new(item)], Duration::from_secs(5));
+    let msg = failed_with(&outcome(&report), "412");
+    assert!(msg.contains("partition flash_tone is unchanged"), "{msg}");
+    assert!(tone_bytes(&dev) == before);
+    let heads = server.join().unwrap();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(
+        heads[1]
+            .to_ascii_lowercase()
+            .contains("if-match: \"sha-1\""),
+        "{}",
+        heads[1]
+    );
+}
