@@ -278,3 +278,22 @@ fn tone_item_writing_pass_sends_if_match_and_a_412_leaves_the_partition_untouche
         heads[1]
     );
 }
+
+#[test]
+fn tone_item_skips_a_bin_that_is_not_newer_after_reading_its_header_only() {
+    let current = bin("v1.2.0", 1);
+    let older = bin("v1.0.0", 2);
+    let server = FlakyServer::start(older, Faults::default()).unwrap();
+    let mut dev = device_with(&current);
+    let before = tone_bytes(&dev);
+    let item = DataItem::new(server.url("tone.bin"), "flash_tone", DataFormat::Tone);
+    let (report, log) = run_items(&mut dev, vec![Box::new(item)], Duration::from_secs(5));
+    assert!(
+        matches!(outcome(&report), Outcome::Skipped { .. }),
+        "{:?}",
+        log.lines
+    );
+    assert!(!log.has("verified http"), "{:?}", log.lines);
+    assert_eq!(server.requests().len(), 1);
+    assert!(tone_bytes(&dev) == before);
+}

@@ -74,8 +74,6 @@ struct Verified {
     len: u64,
     /// SHA-256 of each [`BLOCK`] of the file (the last one may be shorter).
     blocks: Vec<[u8; 32]>,
-    /// The first bytes (tone header and descriptor) for the upgrade policy.
-    head: Vec<u8>,
 }
 
 struct Run {
@@ -297,6 +295,7 @@ impl DataItem {
         env: &mut Env<'_>,
         src: &mut dyn Source,
         part: &Partition,
+        prefix: &[u8],
     ) -> Result<Verified, ItemError> {
         let announced = src.content_length();
         let mut check =
@@ -310,14 +309,22 @@ impl DataItem {
         };
         let mut blocks = Vec::new();
         let mut block: Vec<u8> = Vec::with_capacity(BLOCK);
-        let mut head = Vec::new();
         let mut total = 0u64;
         let mut buf = vec![0u8; CHUNK];
+        // The bytes need_upgrade already read come first.
+        let mut first = Some(prefix).filter(|p| !p.is_empty());
         loop {
-            let n = src.read(&mut buf).map_err(|e| {
-                let r = Reason::from_code(e.adf_reason());
-                ItemError::new(r, kept(&format!("verifying pass: {}", e)))
-            })?;
+            let n = match first.take() {
+                Some(p) => {
+                    buf.resize(buf.len().max(p.len()), 0);
+                    buf[..p.len()].copy_from_slice(p);
+                    p.len()
+                }
+                None => src.read(&mut buf[..CHUNK]).map_err(|e| {
+                    let r = Reason::from_code(e.adf_reason());
+                    ItemError::new(r, kept(&format!("verifying pass: {}", e)))
+                })?,
+            };
             if n == 0 {
                 break;
             }
@@ -337,8 +344,6 @@ impl DataItem {
             if let Some(c) = check.as_mut() {
                 c.feed(bytes).map_err(|e| self.tone_fault(env, &e, &kept))?;
             }
-            let room = (TONE_HEADER_SIZE + TONE_DESC_SIZE).saturating_sub(head.len());
-            head.extend_from_slice(&bytes[..room.min(n)]);
             let mut rest = bytes;
             while !rest.is_empty() {
                 let take = (BLOCK - block.len()).min(rest.len());
@@ -383,11 +388,7 @@ impl DataItem {
                 format!("verified {}: {} bytes read", self.uri, total),
             );
         }
-        Ok(Verified {
-            len: total,
-            blocks,
-            head,
-        })
+        Ok(Verified { len: total, blocks })
     }
 
     /// An item error for a tone bin that fails the structural check.
@@ -413,7 +414,7 @@ impl DataItem {
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let part = *run.engine.partition();
         let result = if self.verify_first(&run) {
-            self.verify_pass(env, run.source.as_mut(), &part)
+            self.verify_pass(env, run.source.as_mut(), &part, &[])
                 .map(|v| run.verified = Some(v))
         } else if self.staging.is_none() && run.source.content_length().is_none() {
             Err(ItemError::new(
@@ -486,13 +487,10 @@ impl DataItem {
                 None
             }
         };
-        // The incoming header (and descriptor): from the verifying pass, or read now.
-        let head: Vec<u8> = if self.verify_first(run) {
-            let v = self.verify_pass(env, run.source.as_mut(), &part)?;
-            let head = v.head.clone();
-            run.verified = Some(v);
-            head
-        } else {
+        // The incoming header (and descriptor), checked as they arrive: a file that is not a
+        // tone bin is refused here. The rest is read by the verifying pass only if the policy
+        // says the bin is wanted.
+        let head: Vec<u8> = {
             let unchecked = |what: &str| {
                 format!(
                     "{}; nothing was written: partition {} is unchanged",
@@ -520,7 +518,7 @@ impl DataItem {
             }
             let incoming = ToneHeader::parse(&hdr)
                 .map_err(|e| ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e)))?;
-            if current.is_some() && tone::incoming_needs_desc(&incoming) {
+            if tone::incoming_needs_desc(&incoming) {
                 let mut d = [0u8; TONE_DESC_SIZE];
                 let got = read_full(run.source.as_mut(), &mut d).map_err(source_error)?;
                 run.pending.extend_from_slice(&d[..got]);
@@ -546,7 +544,7 @@ impl DataItem {
         let Some(current) = current else {
             // Not a valid tone partition now: rewrite it whole from the stream (the write pass
             // checks every byte; the header is programmed only if the whole bin is valid).
-            return Ok(Need::Yes);
+            return self.wanted(env, run, &part);
         };
         env.info(
             TAG_EXAMPLE,
@@ -582,7 +580,7 @@ impl DataItem {
         }
         match tone::decide_upgrade(Some(&current), &incoming, desc.as_ref(), true) {
             ToneDecision::WriteAll | ToneDecision::Write { .. } => {
-                if self.staging.is_none() && run.verified.is_none() {
+                if self.staging.is_none() && !self.verify_first(run) {
                     env.error(
                         TAG_DEFAULT,
                         "the incoming tone bin cannot be verified before the valid partition is erased",
@@ -610,7 +608,7 @@ impl DataItem {
                         format!("write_offset {}, size {}", TONE_HEADER_SIZE, TONE_DESC_SIZE),
                     );
                 }
-                Ok(Need::Yes)
+                self.wanted(env, run, &part)
             }
             ToneDecision::Reject(r) => {
                 let reason = Reason::from_code(r.adf_reason());
@@ -627,6 +625,21 @@ impl DataItem {
                 }
             }
         }
+    }
+
+    /// The policy wants the incoming bin: when the source can be read twice, the verifying
+    /// pass reads the rest of it now (after the bytes already read), before anything is erased.
+    fn wanted(
+        &self,
+        env: &mut Env<'_>,
+        run: &mut Run,
+        part: &Partition,
+    ) -> Result<Need, ItemError> {
+        if self.verify_first(run) {
+            let prefix = std::mem::take(&mut run.pending);
+            run.verified = Some(self.verify_pass(env, run.source.as_mut(), part, &prefix)?);
+        }
+        Ok(Need::Yes)
     }
 
     /// The writing pass's source after a verifying pass: the same file, or an error (nothing
