@@ -191,11 +191,13 @@ impl WritePass<'_> {
     }
 }
 
-/// The reason a tone structure fault is reported with: ADF's "not audio tone bin" (UNKNOWN)
-/// for a file without the tone tag, else `ESP_ERR_OTA_VALIDATE_FAILED`.
+/// The reason a tone structure fault is reported with: ADF's own where the example has one
+/// ("not audio tone bin" is UNKNOWN, a bad descriptor magic ERROR_MAGIC_WORD;
+/// adf-ota-service.md §7), else `ESP_ERR_OTA_VALIDATE_FAILED`.
 fn tone_fault_reason(e: &ToneError) -> Reason {
     match e {
         ToneError::BadHeaderTag { .. } => Reason::Unknown,
+        ToneError::BadDescMagic { .. } => Reason::ErrorMagicWord,
         _ => Reason::OtaValidateFailed,
     }
 }
