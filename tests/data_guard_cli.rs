@@ -308,22 +308,28 @@ impl Served {
             .spawn()
             .expect("spawn ota serve");
         let out = BufReader::new(child.stdout.take().unwrap());
+        // Keep reading stdout (one access-log line per request) for as long as it runs.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut base = None;
-        for line in out.lines().map_while(Result::ok) {
-            if let Some(b) = line
+        while base.is_none() && Instant::now() < deadline {
+            let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            base = line
                 .strip_prefix("Serving")
                 .and_then(|l| l.split(" (").nth(1))
                 .and_then(|r| r.split(')').next())
-            {
-                base = Some(b.trim_end_matches('/').to_string());
-                break;
-            }
-            assert!(Instant::now() < deadline, "no banner from ota serve");
+                .map(|b| b.trim_end_matches('/').to_string());
         }
         Served {
             child,
-            base: base.expect("ota serve banner"),
+            base: base.expect("no banner from ota serve"),
         }
     }
 }
