@@ -8,13 +8,24 @@ use clap::Subcommand;
 use ota_core::tone::{self, ToneBin, ToneEntry};
 use serde_json::json;
 
+/// mk_audio_tone.py's default names for the C table (`-c`, `-H`), ESP-ADF
+/// `tools/audio_tone/mk_audio_tone.py` `SRC_FILE_NAME` / `HEADER_FILE_NAME`.
+const C_FILE_NAME: &str = "audio_tone_uri.c";
+const H_FILE_NAME: &str = "audio_tone_uri.h";
+/// The URI prefix ADF's `tone_stream` plays from (`flash://tone/<index>_<name>`), as the
+/// generator writes it.
+const TONE_URI_PREFIX: &str = "flash://tone/";
+/// Line ending of the generated C files: the generator writes `\r\n`.
+const CRLF: &str = "\r\n";
+
 #[derive(Subcommand)]
 pub enum ToneCmd {
     /// Pack every *.mp3 and *.wav of DIR (sorted by name) into a tone bin, like mk_audio_tone.py.
+    /// Lists each index with its file name, and warns about the entries it skips.
     Pack {
-        /// Folder holding the *.mp3 / *.wav files.
+        /// The folder of voice prompts (not searched recursively, like mk_audio_tone.py's -r).
         dir: PathBuf,
-        /// Output tone bin.
+        /// The tone bin to write.
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
         /// 0: header + table + files; 1: adds the descriptor, CRC and tail (mk_audio_tone.py's default).
@@ -29,22 +40,76 @@ pub enum ToneCmd {
         /// Build date in the descriptor, YYYY-MM-DD (default: today, UTC).
         #[arg(long)]
         date: Option<String>,
+        /// Also write mk_audio_tone.py's C table into this folder (created if needed): the
+        /// `tone_uri[]` array of `flash://tone/N_name` URIs and the `TONE_TYPE_*` enum that
+        /// ADF firmware uses to play tones by name, byte for byte as the script writes them.
+        #[arg(long, value_name = "DIR")]
+        c_table: Option<PathBuf>,
+        /// Name of the C source in the --c-table folder (mk_audio_tone.py's -c).
+        #[arg(long, value_name = "NAME", default_value = C_FILE_NAME, requires = "c_table")]
+        c_file: String,
+        /// Name of the C header in the --c-table folder (mk_audio_tone.py's -H).
+        #[arg(long, value_name = "NAME", default_value = H_FILE_NAME, requires = "c_table")]
+        h_file: String,
     },
-    /// Show a tone bin's header, descriptor, CRC and files.
+    /// Show a tone bin's header, descriptor, CRC and files. Also reads a partition dump
+    /// (`ota partition read flash_tone ...`): 0xFF bytes after the bin are ignored.
     Info {
-        /// Tone bin file.
+        /// The tone bin, or a dump of a tone partition.
         bin: PathBuf,
-        /// Print JSON (keys documented in README).
+        /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Extract the files of a tone bin into DIR as NNN.mp3 / NNN.wav (names are not stored in the bin).
+    /// Extract the files of a tone bin (or of a partition dump) into DIR as NNN.mp3 / NNN.wav
+    /// (names are not stored in the bin).
     Unpack {
-        /// Tone bin file.
+        /// The tone bin, or a dump of a tone partition.
         bin: PathBuf,
-        /// Folder to write the files into (created if missing).
+        /// The folder to write the files into (created if needed).
         dir: PathBuf,
     },
+}
+
+/// mk_audio_tone.py's `gen_c_file(file_list)`: the `tone_uri[]` array, CRLF line endings.
+pub fn c_source(names: &[String]) -> String {
+    let mut c = format!("/*This is tone file*/{CRLF}{CRLF}const char* tone_uri[] = {{{CRLF}");
+    for (i, n) in names.iter().enumerate() {
+        c += &format!("   \"{TONE_URI_PREFIX}{i}_{n}\",{CRLF}");
+    }
+    c += &format!("}};{CRLF}{CRLF}");
+    c += &format!(
+        "int get_tone_uri_num(){CRLF}{{{CRLF}    return sizeof(tone_uri) / sizeof(char *) - 1;{CRLF}}}{CRLF}"
+    );
+    c
+}
+
+/// The enum constant the generator derives from a file name: `TONE_TYPE_` + the name up to
+/// its first '.', upper-cased (`name.split(".")[0].upper()`).
+pub fn enum_name(name: &str) -> String {
+    let stem = name.split('.').next().unwrap_or(name);
+    format!("TONE_TYPE_{}", stem.to_uppercase())
+}
+
+/// mk_audio_tone.py's `gen_h_file(file_list)`: the `tone_type_t` enum, CRLF line endings.
+pub fn c_header(names: &[String]) -> String {
+    let mut h = format!("#ifndef __AUDIO_TONEURI_H__{CRLF}#define __AUDIO_TONEURI_H__{CRLF}{CRLF}");
+    h += &format!("extern const char* tone_uri[];{CRLF}{CRLF}");
+    h += &format!("typedef enum {{{CRLF}");
+    for n in names {
+        h += &format!("    {},{CRLF}", enum_name(n));
+    }
+    h += &format!(
+        "    TONE_TYPE_MAX,{CRLF}}} tone_type_t;{CRLF}{CRLF}int get_tone_uri_num();{CRLF}{CRLF}#endif{CRLF}"
+    );
+    h
+}
+
+/// A C identifier: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_c_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// UTC now as ("HH:MM:SS", "YYYY-MM-DD").
@@ -71,40 +136,135 @@ fn now_utc() -> (String, String) {
     )
 }
 
-fn pack(
-    dir: &Path,
-    output: &Path,
-    format: u32,
-    version: &str,
-    time: &str,
-    date: &str,
-) -> Result<(u32, crate::output::Wrote)> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading folder {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".mp3") || n.ends_with(".wav"))
-        .collect();
-    names.sort();
-    if names.is_empty() {
+/// The files mk_audio_tone.py packs from `dir`: regular files whose name ends in `.mp3` or
+/// `.wav` (case-sensitive, as its `endswith`), sorted by name (Python's order: by code point).
+/// Everything else is skipped with a warning on stderr, saying why.
+fn select(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+        let e = e.with_context(|| format!("reading folder {}", dir.display()))?;
+        let path = e.path();
+        let Ok(name) = e.file_name().into_string() else {
+            skipped.push(format!(
+                "{}: the name is not UTF-8 (mk_audio_tone.py writes names into the C table as UTF-8)",
+                path.display()
+            ));
+            continue;
+        };
+        let selected = name.ends_with(".mp3") || name.ends_with(".wav");
+        // Follows symbolic links, as Python's open() does.
+        let meta = std::fs::metadata(&path);
+        if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+            skipped.push(format!(
+                "{}: a folder (sub-folders are not packed)",
+                path.display()
+            ));
+            continue;
+        }
+        if !selected {
+            let lower = name.to_ascii_lowercase();
+            let why = if lower.ends_with(".mp3") || lower.ends_with(".wav") {
+                "the extension must be lower-case .mp3 or .wav (mk_audio_tone.py selects case-sensitively)"
+            } else {
+                "not a .mp3 or .wav file"
+            };
+            skipped.push(format!("{}: {}", path.display(), why));
+            continue;
+        }
+        match meta {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                skipped.push(format!("{}: not a regular file", path.display()));
+                continue;
+            }
+            Err(err) => {
+                skipped.push(format!("{}: unreadable ({})", path.display(), err));
+                continue;
+            }
+        }
+        match crate::input::read_bounded(&path, crate::input::FLASH_LIMIT, "tone file") {
+            Ok(data) => found.push((name, data)),
+            Err(err) => skipped.push(format!("{}: unreadable ({})", path.display(), err)),
+        }
+    }
+    skipped.sort();
+    for w in &skipped {
+        eprintln!("warning: skipped {}", w);
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    if found.is_empty() {
         bail!("no *.mp3 or *.wav files in {}", dir.display());
     }
-    let datas: Vec<Vec<u8>> = names
+    Ok(found)
+}
+
+struct PackArgs<'a> {
+    dir: &'a Path,
+    output: &'a Path,
+    format: u32,
+    version: &'a str,
+    time: &'a str,
+    date: &'a str,
+    c_table: Option<(&'a Path, &'a str, &'a str)>,
+}
+
+fn pack(a: &PackArgs<'_>) -> Result<(u32, crate::output::Wrote)> {
+    let files = select(a.dir)?;
+    let entries: Vec<ToneEntry<'_>> = files
         .iter()
-        .map(|n| crate::input::read_bounded(&dir.join(n), crate::input::FLASH_LIMIT, "tone file"))
-        .collect::<Result<_>>()?;
-    let entries: Vec<ToneEntry<'_>> = names
-        .iter()
-        .zip(&datas)
         .map(|(n, d)| ToneEntry { name: n, data: d })
         .collect();
     let mut out = Vec::new();
-    let n = tone::pack(&entries, format, version, time, date, &mut |b: &[u8]| {
-        out.extend_from_slice(b)
-    })
-    .map_err(|e| anyhow!("{}", e))?;
-    let wrote = crate::output::write_output(output, &out, "tone bin")?;
+    let n = tone::pack(
+        &entries,
+        a.format,
+        a.version,
+        a.time,
+        a.date,
+        &mut |b: &[u8]| out.extend_from_slice(b),
+    )
+    .map_err(|e| anyhow!("{}: {}", a.dir.display(), e))?;
+    let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    if let Some((dir, c_name, h_name)) = a.c_table {
+        let mut seen = std::collections::BTreeMap::new();
+        for n in &names {
+            let e = enum_name(n);
+            if !is_c_identifier(&e) {
+                eprintln!(
+                    "warning: {}: the enum constant {} is not a C identifier (the header will not compile; rename the file)",
+                    n, e
+                );
+            }
+            if let Some(first) = seen.insert(e.clone(), n.clone()) {
+                eprintln!(
+                    "warning: {} and {} both give the enum constant {} (the header will not compile)",
+                    first, n, e
+                );
+            }
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, text) in [(c_name, c_source(&names)), (h_name, c_header(&names))] {
+            let path = dir.join(name);
+            crate::output::write_regular(&path, text.as_bytes(), "C table file")?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    let wrote = crate::output::write_output(a.output, &out, "tone bin")?;
+    for (i, (name, data)) in files.iter().enumerate() {
+        crate::output::say(
+            wrote,
+            format_args!(
+                "  {:3} {} ({} bytes) {}{}_{}",
+                i,
+                name,
+                data.len(),
+                TONE_URI_PREFIX,
+                i,
+                name
+            ),
+        );
+    }
     Ok((n, wrote))
 }
 
@@ -117,16 +277,22 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
             version,
             time,
             date,
+            c_table,
+            c_file,
+            h_file,
         } => {
             let (t, d) = now_utc();
-            let (n, wrote) = pack(
-                &dir,
-                &output,
+            let (n, wrote) = pack(&PackArgs {
+                dir: &dir,
+                output: &output,
                 format,
-                &version,
-                time.as_deref().unwrap_or(&t),
-                date.as_deref().unwrap_or(&d),
-            )?;
+                version: &version,
+                time: time.as_deref().unwrap_or(&t),
+                date: date.as_deref().unwrap_or(&d),
+                c_table: c_table
+                    .as_deref()
+                    .map(|p| (p, c_file.as_str(), h_file.as_str())),
+            })?;
             crate::output::say(
                 wrote,
                 format_args!(
@@ -139,8 +305,9 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
         }
         ToneCmd::Info { bin, json: as_json } => {
             let bytes = crate::input::read_bounded(&bin, crate::input::FLASH_LIMIT, "tone bin")?;
-            let t = ToneBin::parse(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
+            let t = ToneBin::parse_dump(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
             let h = t.header();
+            let trailing = bytes.len() - t.total_size() as usize;
             let files: Vec<_> = t
                 .files()
                 .map(|(f, _)| json!({"index": f.song_index, "type": if f.file_type == 1 { "wav" } else { "mp3" },
@@ -149,7 +316,8 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
             let desc = t.desc();
             if as_json {
                 let v = json!({
-                    "format": h.format, "total": h.total_num, "size": bytes.len(),
+                    "format": h.format, "total": h.total_num, "size": t.total_size(),
+                    "trailing_erased": trailing,
                     "version": desc.as_ref().map(|d| d.version_str().to_string()),
                     "project_name": desc.as_ref().map(|d| d.project_name_str().to_string()),
                     "time": desc.as_ref().map(|d| d.time_str().to_string()),
@@ -161,11 +329,16 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{}: tone bin format {}, {} files, {} bytes",
+                    "{}: tone bin format {}, {} files, {} bytes{}",
                     bin.display(),
                     h.format,
                     h.total_num,
-                    bytes.len()
+                    t.total_size(),
+                    if trailing > 0 {
+                        format!(" (then {} erased 0xff bytes, ignored)", trailing)
+                    } else {
+                        String::new()
+                    }
                 );
                 if let Some(d) = &desc {
                     println!(
@@ -196,7 +369,7 @@ pub fn run(cmd: ToneCmd) -> Result<ExitCode> {
         }
         ToneCmd::Unpack { bin, dir } => {
             let bytes = crate::input::read_bounded(&bin, crate::input::FLASH_LIMIT, "tone bin")?;
-            let t = ToneBin::parse(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
+            let t = ToneBin::parse_dump(&bytes).map_err(|e| anyhow!("{}: {}", bin.display(), e))?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut n = 0;
             for (f, data) in t.files() {

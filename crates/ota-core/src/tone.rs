@@ -141,6 +141,14 @@ pub enum ToneError {
     TooManyFiles { count: usize },
     /// The bin would be (or is) larger than u32 offsets allow; entry `index` overflows.
     TooLarge { index: usize },
+    /// Format 1 without files: ADF's `tone_partition_init` computes the tail address 4 and
+    /// rejects it (adf-ota-service.md §8.3), so such a bin could never be read on the device.
+    NoFiles,
+    /// A byte other than 0xFF at `offset`, after the end of the bin at `end`.
+    TrailingData { end: u32, offset: u64, found: u8 },
+    /// The source announced `announced` bytes (file size, `Content-Length`) but the bin, and
+    /// so the stream, holds `received`.
+    LengthMismatch { announced: u64, received: u64 },
 }
 
 impl fmt::Display for ToneError {
@@ -233,6 +241,20 @@ impl fmt::Display for ToneError {
             ToneError::TooLarge { index } => {
                 write!(f, "tone entry {}: the bin would exceed 4 GiB (u32 offsets)", index)
             }
+            ToneError::NoFiles => write!(
+                f,
+                "tone bin format 1 with 0 files at offset 2: ADF's tone_partition_init cannot read it (tail address 4)"
+            ),
+            ToneError::TrailingData { end, offset, found } => write!(
+                f,
+                "tone bin ends at 0x{:x} but byte 0x{:02x} at offset 0x{:x} follows (only erased 0xff bytes may follow a bin)",
+                end, found, offset
+            ),
+            ToneError::LengthMismatch { announced, received } => write!(
+                f,
+                "the source announced {} bytes but sent {} (the tone bin's header and table say where it ends)",
+                announced, received
+            ),
         }
     }
 }
@@ -686,6 +708,28 @@ impl<'a> ToneBin<'a> {
         Ok(ToneBin { crc, ..bin })
     }
 
+    /// A bin followed by anything but 0xFF is refused; trailing 0xFF bytes (the erased rest of
+    /// a partition dump, e.g. `ota partition read flash_tone`) are ignored. CRC checked.
+    pub fn parse_dump(bytes: &'a [u8]) -> Result<ToneBin<'a>, ToneError> {
+        let bin = Self::parse_with(
+            bytes,
+            ParseOptions {
+                allow_trailing: true,
+                check_crc: true,
+            },
+        )?;
+        let end = bin.total_size();
+        let rest = bytes.get(end as usize..).unwrap_or(&[]);
+        if let Some(k) = rest.iter().position(|&b| b != TONE_PAD_BYTE) {
+            return Err(ToneError::TrailingData {
+                end,
+                offset: end as u64 + k as u64,
+                found: rest.get(k).copied().unwrap_or(0),
+            });
+        }
+        Ok(bin)
+    }
+
     pub fn header(&self) -> ToneHeader {
         self.header
     }
@@ -900,6 +944,14 @@ pub fn tone_partition_check<F: ReadNorFlash>(
     flash: &mut F,
     part: &Partition,
 ) -> Result<ToneInfo, crate::Error> {
+    tone_partition_check_size(flash, part).map(|(info, _)| info)
+}
+
+/// [`tone_partition_check`], also giving the size of the bin (`D`, or `D + 6` for format 1).
+pub fn tone_partition_check_size<F: ReadNorFlash>(
+    flash: &mut F,
+    part: &Partition,
+) -> Result<(ToneInfo, u32), crate::Error> {
     let region = part.region();
     let header = read_header(flash, &region)?;
     let desc = match header.format {
@@ -960,7 +1012,12 @@ pub fn tone_partition_check<F: ReadNorFlash>(
             .into());
         }
     }
-    Ok(ToneInfo { header, desc })
+    let size = if header.format == TONE_FORMAT_1 {
+        data_end + TONE_TRAILER_SIZE as u32
+    } else {
+        data_end
+    };
+    Ok((ToneInfo { header, desc }, size))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1241,6 +1298,527 @@ pub fn pack(
         sink(&FLASH_TONE_TAIL.to_le_bytes());
     }
     Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming check of an incoming bin (before anything is erased), and a partition summary
+// ---------------------------------------------------------------------------------------------
+
+/// What a complete, valid incoming bin turned out to be ([`ToneStreamCheck::finish`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToneStreamSummary {
+    pub header: ToneHeader,
+    /// Format 1: the descriptor (its magic checked).
+    pub desc: Option<ToneDesc>,
+    /// The bin's own size: `D` (format 0) or `D + 6` (format 1).
+    pub size: u32,
+    /// Bytes after the bin, all 0xFF (a partition dump's erased rest).
+    pub trailing_erased: u64,
+}
+
+/// Where the checker is in the bin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Header,
+    Desc,
+    Table,
+    Data,
+    Trailer,
+    /// Past the end of the bin: only 0xFF may follow.
+    After,
+}
+
+/// Checks a tone bin fed in chunks of any size, in constant memory (about 1.7 KiB, no
+/// allocation), with every structural rule [`ToneBin::parse`] applies: header tag, format 0 or
+/// 1, descriptor magic, each table entry (tag, index, contiguity, inside `capacity` and inside
+/// the announced length), 0xFF padding after each file, and for format 1 the CRC-32 of
+/// `[0, D)` and the tail 0xDFAC. Also what ADF's `tone_partition_init` needs to accept the
+/// result (a format-1 bin has at least one file: adf-ota-service.md §8.3, "format 1 with N =
+/// 0"). [`finish`](Self::finish) then requires the input to have ended exactly where the
+/// header and table say (a truncated bin is an error); bytes after the bin must be 0xFF (an
+/// erased flash rest, harmless to write). The first fault is kept: every later call returns it.
+#[derive(Clone)]
+pub struct ToneStreamCheck {
+    capacity: u32,
+    announced: Option<u64>,
+    pos: u64,
+    stage: Stage,
+    head: [u8; TONE_HEADER_SIZE + TONE_DESC_SIZE],
+    header: ToneHeader,
+    desc: Option<ToneDesc>,
+    entry: [u8; TONE_FILE_INFO_SIZE],
+    entry_len: usize,
+    /// Entries checked so far.
+    entries: u16,
+    /// Where the next file's data must start (contiguity), then D.
+    expected: u64,
+    /// `song_adr + song_len` of each file (padding runs from there to the next multiple of 4).
+    song_ends: [u32; TONE_MAX_FILES],
+    /// Data region: the file whose data or padding `pos` is in.
+    file: usize,
+    digest: crc::Digest<'static, u32>,
+    trailer: [u8; TONE_TRAILER_SIZE],
+    trailer_len: usize,
+    trailing: u64,
+    error: Option<ToneError>,
+}
+
+/// The CRC-32 of [`CRC32`] as a static, so a streaming digest can borrow it for `'static`.
+static CRC32_STREAM: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
+
+impl fmt::Debug for ToneStreamCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToneStreamCheck")
+            .field("pos", &self.pos)
+            .field("stage", &self.stage)
+            .field("header", &self.header)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `x` rounded up to a multiple of [`TONE_DATA_ALIGN`] (as u64: no overflow).
+fn up4(x: u32) -> u64 {
+    x as u64 + pad4(x) as u64
+}
+
+impl ToneStreamCheck {
+    /// A checker for a bin that must fit in `capacity` bytes (the target partition), of
+    /// `announced` bytes when the source says (a file's size, an HTTP `Content-Length`).
+    pub fn new(capacity: u32, announced: Option<u64>) -> ToneStreamCheck {
+        ToneStreamCheck {
+            capacity,
+            announced,
+            pos: 0,
+            stage: Stage::Header,
+            head: [0; TONE_HEADER_SIZE + TONE_DESC_SIZE],
+            header: ToneHeader {
+                header_tag: 0,
+                total_num: 0,
+                format: 0,
+            },
+            desc: None,
+            entry: [0; TONE_FILE_INFO_SIZE],
+            entry_len: 0,
+            entries: 0,
+            expected: 0,
+            song_ends: [0; TONE_MAX_FILES],
+            file: 0,
+            digest: CRC32_STREAM.digest(),
+            trailer: [0; TONE_TRAILER_SIZE],
+            trailer_len: 0,
+            trailing: 0,
+            error: None,
+        }
+    }
+
+    /// Bytes taken so far.
+    pub fn consumed(&self) -> u64 {
+        self.pos
+    }
+
+    /// The header, once its 8 bytes were taken and passed (tag and format).
+    pub fn header(&self) -> Option<ToneHeader> {
+        (self.stage != Stage::Header && self.error.is_none()).then_some(self.header)
+    }
+
+    /// The first fault found so far, if any.
+    pub fn error(&self) -> Option<&ToneError> {
+        self.error.as_ref()
+    }
+
+    /// The size every limit is checked against: the partition, and the announced length.
+    fn limit(&self) -> u64 {
+        match self.announced {
+            Some(a) => a.min(self.capacity as u64),
+            None => self.capacity as u64,
+        }
+    }
+
+    fn limit_u32(&self) -> u32 {
+        self.limit().min(u32::MAX as u64) as u32
+    }
+
+    /// Take the next `data` bytes of the bin.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), ToneError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let r = self.feed_inner(data);
+        if let Err(e) = &r {
+            self.error = Some(e.clone());
+        }
+        r
+    }
+
+    fn feed_inner(&mut self, mut data: &[u8]) -> Result<(), ToneError> {
+        while !data.is_empty() {
+            let before_d = matches!(
+                self.stage,
+                Stage::Header | Stage::Desc | Stage::Table | Stage::Data
+            );
+            let n = match self.stage {
+                Stage::Header | Stage::Desc => self.take_head(data)?,
+                Stage::Table => self.take_entry(data)?,
+                Stage::Data => self.take_data(data)?,
+                Stage::Trailer => self.take_trailer(data)?,
+                Stage::After => {
+                    if let Some(k) = data.iter().position(|&b| b != TONE_PAD_BYTE) {
+                        return Err(ToneError::TrailingData {
+                            end: self.end().min(u32::MAX as u64) as u32,
+                            offset: self.pos.saturating_add(k as u64),
+                            found: data.get(k).copied().unwrap_or(0),
+                        });
+                    }
+                    self.trailing = self.trailing.saturating_add(data.len() as u64);
+                    data.len()
+                }
+            };
+            let (taken, rest) = data.split_at(n.min(data.len()));
+            // The CRC covers every byte before D; no handler takes bytes across D.
+            if before_d {
+                self.digest.update(taken);
+            }
+            self.pos = self.pos.saturating_add(taken.len() as u64);
+            data = rest;
+        }
+        Ok(())
+    }
+
+    /// End of the bin (D, or D + 6 for format 1); valid from the data stage on.
+    fn end(&self) -> u64 {
+        if self.header.format == TONE_FORMAT_1 {
+            self.expected + TONE_TRAILER_SIZE as u64
+        } else {
+            self.expected
+        }
+    }
+
+    fn take_head(&mut self, data: &[u8]) -> Result<usize, ToneError> {
+        let want = match self.stage {
+            Stage::Header => TONE_HEADER_SIZE,
+            _ => TONE_HEADER_SIZE + TONE_DESC_SIZE,
+        };
+        let at = self.pos as usize;
+        let n = (want - at).min(data.len());
+        if let (Some(d), Some(s)) = (self.head.get_mut(at..at + n), data.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        if at + n < want {
+            return Ok(n);
+        }
+        if self.stage == Stage::Header {
+            let h = ToneHeader::parse(&self.head)?;
+            if !h.tag_ok() {
+                return Err(ToneError::BadHeaderTag {
+                    found: h.header_tag,
+                });
+            }
+            if h.format != TONE_FORMAT_0 && h.format != TONE_FORMAT_1 {
+                return Err(ToneError::UnsupportedFormat { format: h.format });
+            }
+            if h.format == TONE_FORMAT_1 && h.total_num == 0 {
+                return Err(ToneError::NoFiles);
+            }
+            self.header = h;
+            if h.format == TONE_FORMAT_1 {
+                self.stage = Stage::Desc;
+                return Ok(n);
+            }
+        } else {
+            let d = ToneDesc::parse(self.head.get(TONE_HEADER_SIZE..).unwrap_or(&[]))?;
+            if !d.magic_ok() {
+                return Err(ToneError::BadDescMagic {
+                    found: d.magic_word,
+                });
+            }
+            self.desc = Some(d);
+        }
+        self.start_table()?;
+        Ok(n)
+    }
+
+    fn start_table(&mut self) -> Result<(), ToneError> {
+        let t = table_offset(self.header.format);
+        let table_end = t as u64 + TONE_FILE_INFO_SIZE as u64 * self.header.total_num as u64;
+        if table_end > self.limit() {
+            return Err(ToneError::TableOutside {
+                table_offset: t,
+                table_end,
+                size: self.limit_u32(),
+            });
+        }
+        self.expected = table_end;
+        if self.header.total_num == 0 {
+            self.finish_data();
+        } else {
+            self.stage = Stage::Table;
+        }
+        Ok(())
+    }
+
+    fn take_entry(&mut self, data: &[u8]) -> Result<usize, ToneError> {
+        let n = (TONE_FILE_INFO_SIZE - self.entry_len).min(data.len());
+        let at = self.entry_len;
+        if let (Some(d), Some(s)) = (self.entry.get_mut(at..at + n), data.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        self.entry_len += n;
+        if self.entry_len < TONE_FILE_INFO_SIZE {
+            return Ok(n);
+        }
+        self.entry_len = 0;
+        let i = self.entries;
+        let off = table_offset(self.header.format) + TONE_FILE_INFO_SIZE as u32 * i as u32;
+        let e = ToneFileInfo::parse(&self.entry)?;
+        if e.file_tag != FLASH_TONE_FILE_TAG {
+            return Err(ToneError::BadFileTag {
+                index: i,
+                offset: off,
+                found: e.file_tag,
+            });
+        }
+        if e.song_index as u16 != i {
+            return Err(ToneError::BadSongIndex {
+                index: i,
+                offset: off,
+                found: e.song_index,
+            });
+        }
+        if e.song_adr as u64 != self.expected {
+            return Err(ToneError::NotContiguous {
+                index: i,
+                expected_adr: self.expected,
+                found_adr: e.song_adr,
+            });
+        }
+        let trailer = if self.header.format == TONE_FORMAT_1 {
+            TONE_TRAILER_SIZE as u64
+        } else {
+            0
+        };
+        if e.padded_end() + trailer > self.limit() {
+            return Err(ToneError::FileOutside {
+                index: i,
+                song_adr: e.song_adr,
+                song_len: e.song_len,
+                size: self.limit_u32(),
+            });
+        }
+        // song_index is one byte and must equal i: i < 256 here.
+        if let Some(slot) = self.song_ends.get_mut(i as usize) {
+            *slot = e.song_adr + e.song_len; // ≤ limit ≤ u32::MAX: checked above
+        }
+        self.expected = e.padded_end();
+        self.entries += 1;
+        if self.entries == self.header.total_num {
+            let table_end = off as u64 + TONE_FILE_INFO_SIZE as u64;
+            if self.expected == table_end {
+                self.finish_data(); // every file is empty
+            } else {
+                self.stage = Stage::Data;
+            }
+        }
+        Ok(n)
+    }
+
+    fn finish_data(&mut self) {
+        self.stage = if self.header.format == TONE_FORMAT_1 {
+            Stage::Trailer
+        } else {
+            Stage::After
+        };
+    }
+
+    fn take_data(&mut self, data: &[u8]) -> Result<usize, ToneError> {
+        let d = self.expected;
+        let mut taken = 0usize;
+        let mut pos = self.pos;
+        while taken < data.len() && pos < d {
+            let Some(&end) = self.song_ends.get(self.file) else {
+                return Err(ToneError::Invalid {
+                    offset: pos.min(u32::MAX as u64) as u32,
+                });
+            };
+            let (song_end, padded) = (end as u64, up4(end));
+            if pos >= padded {
+                self.file += 1;
+                continue;
+            }
+            let room = (data.len() - taken) as u64;
+            if pos < song_end {
+                let n = (song_end - pos).min(room) as usize;
+                taken += n;
+                pos += n as u64;
+            } else {
+                let n = (padded - pos).min(room) as usize;
+                let pad = data.get(taken..taken + n).unwrap_or(&[]);
+                if let Some(k) = pad.iter().position(|&b| b != TONE_PAD_BYTE) {
+                    return Err(ToneError::BadPadding {
+                        index: self.file as u16,
+                        offset: (pos + k as u64) as u32,
+                        found: pad.get(k).copied().unwrap_or(0),
+                    });
+                }
+                taken += n;
+                pos += n as u64;
+            }
+        }
+        if pos >= d {
+            self.finish_data();
+        }
+        Ok(taken)
+    }
+
+    fn take_trailer(&mut self, data: &[u8]) -> Result<usize, ToneError> {
+        let n = (TONE_TRAILER_SIZE - self.trailer_len).min(data.len());
+        let at = self.trailer_len;
+        if let (Some(d), Some(s)) = (self.trailer.get_mut(at..at + n), data.get(..n)) {
+            d.copy_from_slice(s);
+        }
+        self.trailer_len += n;
+        if self.trailer_len == TONE_TRAILER_SIZE {
+            let d = self.expected as u32;
+            let tail = le16(&self.trailer, 4);
+            if tail != FLASH_TONE_TAIL {
+                return Err(ToneError::TailMismatch {
+                    offset: d + 4,
+                    found: tail,
+                });
+            }
+            let stored = le32(&self.trailer, 0);
+            let computed = self.digest.clone().finalize();
+            if stored != computed {
+                return Err(ToneError::CrcMismatch {
+                    offset: d,
+                    stored,
+                    computed,
+                });
+            }
+            self.stage = Stage::After;
+        }
+        Ok(n)
+    }
+
+    /// The input has ended: it must have held the whole bin (and, if announced, exactly the
+    /// announced number of bytes).
+    pub fn finish(&self) -> Result<ToneStreamSummary, ToneError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let have = self.pos.min(u32::MAX as u64) as u32;
+        let missing = |what: &'static str, offset: u64, need: u64| ToneError::Truncated {
+            what,
+            offset: offset.min(u32::MAX as u64) as u32,
+            need: need.min(u32::MAX as u64) as u32,
+            have,
+        };
+        match self.stage {
+            Stage::Header => return Err(missing("header", 0, TONE_HEADER_SIZE as u64)),
+            Stage::Desc => {
+                return Err(missing(
+                    "descriptor",
+                    TONE_HEADER_SIZE as u64,
+                    TONE_DESC_SIZE as u64,
+                ))
+            }
+            Stage::Table => {
+                let t = table_offset(self.header.format) as u64;
+                return Err(missing(
+                    "file table",
+                    t,
+                    TONE_FILE_INFO_SIZE as u64 * self.header.total_num as u64,
+                ));
+            }
+            Stage::Data => {
+                let t = table_offset(self.header.format) as u64
+                    + TONE_FILE_INFO_SIZE as u64 * self.header.total_num as u64;
+                return Err(missing("file data", t, self.expected - t));
+            }
+            Stage::Trailer => {
+                return Err(missing(
+                    "CRC and tail",
+                    self.expected,
+                    TONE_TRAILER_SIZE as u64,
+                ))
+            }
+            Stage::After => {}
+        }
+        if let Some(a) = self.announced {
+            if a != self.pos {
+                return Err(ToneError::LengthMismatch {
+                    announced: a,
+                    received: self.pos,
+                });
+            }
+        }
+        Ok(ToneStreamSummary {
+            header: self.header,
+            desc: self.desc,
+            size: self.end() as u32,
+            trailing_erased: self.trailing,
+        })
+    }
+}
+
+/// A tone partition at a glance, for `device info`: what its header says, and the verdicts
+/// of ADF's reader and of our full check. From [`summarize`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToneSummary {
+    /// `format` and `total_num` as stored (even when the checks fail).
+    pub header: ToneHeader,
+    /// Format 1: the descriptor at offset 8 (`version_str()` is the bin's version).
+    pub desc: Option<ToneDesc>,
+    /// ADF's [`tone_partition_init`] accepts the partition: `Ok`, or why not.
+    pub adf_init: Result<(), ToneError>,
+    /// Our [`tone_partition_check`]: `Ok(size of the bin in bytes)`, or the first fault.
+    pub check: Result<u32, ToneError>,
+}
+
+impl ToneSummary {
+    /// The bin's version (format 1 with a descriptor), as text.
+    pub fn version(&self) -> Option<&str> {
+        self.desc.as_ref().map(|d| d.version_str())
+    }
+
+    /// Both ADF's reader and our check accept it: the tone item would keep it.
+    pub fn is_valid(&self) -> bool {
+        self.adf_init.is_ok() && self.check.is_ok()
+    }
+}
+
+/// Tone errors out of a crate error; a flash error stays an error of the whole call.
+fn tone_verdict<T>(r: Result<T, crate::Error>) -> Result<Result<T, ToneError>, crate::Error> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(crate::Error::Tone(e)) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read the tone partition `part` for a report: the header (tag 0x2053 required, else
+/// `Err(BadHeaderTag)`: not a tone partition, e.g. erased), the format-1 descriptor, and the
+/// verdicts of ADF's `tone_partition_init` and of [`tone_partition_check`] (with the bin's
+/// size). Read-only; flash errors are returned as errors.
+pub fn summarize<F: ReadNorFlash>(
+    flash: &mut F,
+    part: &Partition,
+) -> Result<ToneSummary, crate::Error> {
+    let region = part.region();
+    let header = read_header(flash, &region)?;
+    let desc = if header.format == TONE_FORMAT_1 {
+        Some(read_desc(flash, &region)?)
+    } else {
+        None
+    };
+    let adf_init = tone_verdict(tone_partition_init(flash, part).map(|_| ()))?;
+    let check = tone_verdict(tone_partition_check_size(flash, part).map(|(_, size)| size))?;
+    Ok(ToneSummary {
+        header,
+        desc,
+        adf_init,
+        check,
+    })
 }
 
 #[cfg(test)]
@@ -2367,5 +2945,283 @@ mod tests {
         let info = tone_partition_init(&mut f, &part).unwrap();
         assert_eq!(info.desc.unwrap().adf_version_number(), Some(0x010203));
         assert_eq!(tone_partition_check(&mut f, &part).unwrap(), info);
+    }
+
+    // ---- the streaming check --------------------------------------------------------------
+
+    /// Feed `bin` in pieces whose sizes come from `seed` (1..=97 bytes), then finish.
+    fn stream_check(
+        bin: &[u8],
+        capacity: u32,
+        announced: Option<u64>,
+        seed: u64,
+    ) -> Result<ToneStreamSummary, ToneError> {
+        let mut c = ToneStreamCheck::new(capacity, announced);
+        let mut x = seed | 1;
+        let mut at = 0;
+        while at < bin.len() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (1 + (x % 97) as usize).min(bin.len() - at);
+            if let Err(e) = c.feed(&bin[at..at + n]) {
+                assert_eq!(c.finish().unwrap_err(), e, "the first fault is kept");
+                return Err(e);
+            }
+            at += n;
+        }
+        c.finish()
+    }
+
+    /// The reference verdict: the whole-bin reader (trailing 0xFF allowed), plus what ADF's
+    /// reader needs (format 1 has files) and the partition bound.
+    fn reference_ok(bin: &[u8], capacity: u32) -> bool {
+        match ToneBin::parse_dump(bin) {
+            Ok(b) => {
+                !(b.header().format == TONE_FORMAT_1 && b.header().total_num == 0)
+                    && b.total_size() <= capacity
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn stream_check_accepts_every_real_vector_in_any_chunking() {
+        for v in VECTORS {
+            let Some(bin) = vector(v.name) else { return };
+            for seed in [1u64, 7, 0xDEAD] {
+                let s = stream_check(&bin, part_size_for(bin.len()), Some(bin.len() as u64), seed)
+                    .unwrap_or_else(|e| panic!("{}: {}", v.name, e));
+                assert_eq!(s.size as usize, v.size, "{}", v.name);
+                assert_eq!(s.header.total_num, v.files);
+            }
+            // A partition dump: the bin then erased flash.
+            let mut dump = bin.clone();
+            dump.resize(part_size_for(bin.len()) as usize, 0xFF);
+            let s = stream_check(&dump, dump.len() as u32, Some(dump.len() as u64), 3).unwrap();
+            assert_eq!(s.size as usize, v.size);
+            assert_eq!(s.trailing_erased as usize, dump.len() - v.size);
+        }
+    }
+
+    #[test]
+    fn stream_check_rejects_what_the_whole_bin_reader_rejects() {
+        let f1 = small_f1("v1.0.0");
+        let f0 = pack_vec(
+            &[
+                ToneEntry {
+                    name: "a.mp3",
+                    data: &[1, 2, 3],
+                },
+                ToneEntry {
+                    name: "b.wav",
+                    data: &[4; 6],
+                },
+            ],
+            0,
+            "",
+        );
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let (mut agree_ok, mut agree_bad) = (0, 0);
+        for base in [&f1, &f0] {
+            for _ in 0..4000 {
+                let mut m = base.clone();
+                match rnd(5) {
+                    0 => {
+                        let p = rnd(m.len());
+                        m[p] ^= 1 << rnd(8);
+                    }
+                    1 => {
+                        let p = rnd(m.len());
+                        m[p] = rnd(256) as u8;
+                    }
+                    2 => m.truncate(rnd(m.len())),
+                    3 => m.extend(std::iter::repeat_n(
+                        if rnd(2) == 0 { 0xFF } else { 0 },
+                        1 + rnd(9),
+                    )),
+                    _ => {
+                        let p = rnd(m.len() - 4);
+                        m[p..p + 4].copy_from_slice(&(rnd(400) as u32).to_le_bytes());
+                    }
+                }
+                let cap = if rnd(4) == 0 {
+                    (m.len() as u32).saturating_sub(3)
+                } else {
+                    0x1000
+                };
+                let want = reference_ok(&m, cap);
+                let announced = if rnd(2) == 0 {
+                    Some(m.len() as u64)
+                } else {
+                    None
+                };
+                let got = stream_check(&m, cap, announced, rnd(1000) as u64);
+                assert_eq!(got.is_ok(), want, "{:?} cap {} {:02x?}", got, cap, m);
+                if want {
+                    agree_ok += 1;
+                } else {
+                    agree_bad += 1;
+                }
+            }
+        }
+        assert!(agree_ok > 100 && agree_bad > 4000, "{agree_ok} {agree_bad}");
+    }
+
+    #[test]
+    fn stream_check_names_truncation_length_and_format_faults() {
+        let f1 = small_f1("v1.0.0");
+        let cap = 0x1000;
+        // Truncated: finish says which part is missing.
+        let e = stream_check(&f1[..f1.len() - 3], cap, None, 1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ToneError::Truncated {
+                    what: "CRC and tail",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = stream_check(&f1[..100], cap, None, 1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ToneError::Truncated {
+                    what: "descriptor",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The source announced more bytes than the bin holds, or fewer.
+        let mut longer = f1.clone();
+        longer.extend([0xFF; 4]);
+        assert!(stream_check(&longer, cap, Some(longer.len() as u64), 1).is_ok());
+        let e = stream_check(&f1, cap, Some(f1.len() as u64 + 10), 1).unwrap_err();
+        assert_eq!(
+            e,
+            ToneError::LengthMismatch {
+                announced: f1.len() as u64 + 10,
+                received: f1.len() as u64
+            }
+        );
+        let e = stream_check(&f1, cap, Some(f1.len() as u64 - 2), 1).unwrap_err();
+        assert!(matches!(e, ToneError::FileOutside { .. }), "{e}");
+        // Anything but 0xFF after the bin.
+        let mut tail = f1.clone();
+        tail.extend([0xFF, 0x00]);
+        let e = stream_check(&tail, cap, None, 1).unwrap_err();
+        assert_eq!(
+            e,
+            ToneError::TrailingData {
+                end: f1.len() as u32,
+                offset: f1.len() as u64 + 1,
+                found: 0
+            }
+        );
+        assert!(e.to_string().contains("0xff"), "{e}");
+        // Not a tone bin at all: refused at byte 8, whatever follows.
+        let mut c = ToneStreamCheck::new(cap, None);
+        let e = c.feed(b"\x7fELF\x02\x01\x01\x00rest").unwrap_err();
+        assert!(
+            matches!(e, ToneError::BadHeaderTag { found: 0x457f }),
+            "{e}"
+        );
+        // A tone tag with a bad format, or format 1 without files.
+        let mut h = f1[..8].to_vec();
+        h[4] = 2;
+        let e = stream_check(&h, cap, None, 1).unwrap_err();
+        assert_eq!(e, ToneError::UnsupportedFormat { format: 2 });
+        let e = stream_check(&pack_vec(&[], 1, "v1.0.0"), cap, None, 1).unwrap_err();
+        assert_eq!(e, ToneError::NoFiles);
+        assert!(stream_check(&pack_vec(&[], 0, ""), cap, None, 1).is_ok());
+        // Bigger than the partition.
+        let e = stream_check(&f1, f1.len() as u32 - 1, None, 1).unwrap_err();
+        assert!(matches!(e, ToneError::FileOutside { .. }), "{e}");
+    }
+
+    #[test]
+    fn stream_check_allows_empty_files_and_checks_padding() {
+        let bin = pack_vec(
+            &[
+                ToneEntry {
+                    name: "a.mp3",
+                    data: &[],
+                },
+                ToneEntry {
+                    name: "b.mp3",
+                    data: &[7],
+                },
+                ToneEntry {
+                    name: "c.mp3",
+                    data: &[],
+                },
+            ],
+            0,
+            "",
+        );
+        assert!(stream_check(&bin, 0x1000, Some(bin.len() as u64), 5).is_ok());
+        let mut bad = bin.clone();
+        let last = bad.len() - 1;
+        bad[last] = 0;
+        let e = stream_check(&bad, 0x1000, None, 5).unwrap_err();
+        assert_eq!(
+            e,
+            ToneError::BadPadding {
+                index: 1,
+                offset: last as u32,
+                found: 0
+            }
+        );
+    }
+
+    #[test]
+    fn parse_dump_ignores_trailing_erased_bytes_only() {
+        let f1 = small_f1("v1.0.0");
+        let mut dump = f1.clone();
+        dump.resize(0x2000, 0xFF);
+        let b = ToneBin::parse_dump(&dump).unwrap();
+        assert_eq!(b.total_size() as usize, f1.len());
+        assert!(ToneBin::parse(&dump).is_err());
+        dump[0x1FFF] = 0;
+        assert_eq!(
+            ToneBin::parse_dump(&dump).unwrap_err(),
+            ToneError::TrailingData {
+                end: f1.len() as u32,
+                offset: 0x1FFF,
+                found: 0
+            }
+        );
+    }
+
+    #[test]
+    fn summarize_reports_format_count_version_and_verdicts() {
+        let f1 = small_f1("v1.2.3");
+        let (mut f, part) = flash_with::<4>(&f1, 0x2000);
+        let s = summarize(&mut f, &part).unwrap();
+        assert_eq!((s.header.format, s.header.total_num), (1, 2));
+        assert_eq!(s.version(), Some("v1.2.3"));
+        assert_eq!(s.check, Ok(f1.len() as u32));
+        assert!(s.is_valid());
+        // A flipped data byte: ADF's reader still accepts it, our check does not.
+        let mut bad = f1.clone();
+        bad[f1.len() - 10] ^= 1;
+        let (mut f, part) = flash_with::<4>(&bad, 0x2000);
+        let s = summarize(&mut f, &part).unwrap();
+        assert!(s.adf_init.is_ok());
+        assert!(matches!(s.check, Err(ToneError::CrcMismatch { .. })));
+        assert!(!s.is_valid());
+        // Erased: not a tone partition.
+        let (mut f, part) = flash_with::<4>(&[], 0x2000);
+        let e = summarize(&mut f, &part).unwrap_err();
+        assert_eq!(tone_err(e), ToneError::BadHeaderTag { found: 0xFFFF });
     }
 }

@@ -569,7 +569,26 @@ pub fn open_range_if(
 ) -> Result<RangeOpen, SourceError> {
     match Scheme::of(uri) {
         Some(Scheme::File) => open_file(uri, start, sd, opts),
-        Some(Scheme::Http) | Some(Scheme::Https) => open_http(uri, start, if_range, opts),
+        Some(Scheme::Http) | Some(Scheme::Https) => open_http(uri, start, if_range, None, opts),
+        None => Err(SourceError::UnsupportedScheme {
+            uri: uri.to_string(),
+        }),
+    }
+}
+
+/// The whole file again, on condition that it is still the version whose strong `ETag` is
+/// `etag` (`If-Match: <etag>`, RFC 9110 §13.1.1): a server whose file changed answers 412,
+/// which is [`SourceError::HttpStatus`] with status 412. Used by a data item's writing pass
+/// after a verifying pass. Files are simply opened again (the SD card has no validators).
+pub fn open_if_match(
+    uri: &str,
+    etag: &str,
+    sd: Option<&dyn SdCardFs>,
+    opts: &SourceOptions,
+) -> Result<RangeOpen, SourceError> {
+    match Scheme::of(uri) {
+        Some(Scheme::File) => open_file(uri, 0, sd, opts),
+        Some(Scheme::Http) | Some(Scheme::Https) => open_http(uri, 0, None, Some(etag), opts),
         None => Err(SourceError::UnsupportedScheme {
             uri: uri.to_string(),
         }),
@@ -729,9 +748,13 @@ fn open_http(
     uri: &str,
     start: u64,
     if_range: Option<&str>,
+    if_match: Option<&str>,
     opts: &SourceOptions,
 ) -> Result<RangeOpen, SourceError> {
     let mut extra = Vec::new();
+    if let Some(tag) = if_match {
+        extra.push(("If-Match", tag.to_string()));
+    }
     if start > 0 {
         extra.push(("Range", format!("bytes={start}-")));
         if let Some(v) = if_range {

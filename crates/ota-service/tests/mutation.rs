@@ -14,7 +14,7 @@ use ota_core::boot::{self, BootConfig};
 use ota_core::image::{build_bootloader, ImageVerifier};
 use ota_core::otadata::OtaData;
 use ota_core::partition::{PartitionTable, ReadRule, TABLE_MAX_LEN, TABLE_OFFSET};
-use ota_core::tone::{self, ParseOptions, ToneBin, ToneEntry};
+use ota_core::tone::{self, ToneBin, ToneEntry};
 use ota_core::Chip;
 use ota_emu::device::layout;
 use ota_emu::{Device as EmuDevice, EmuFlash};
@@ -369,8 +369,21 @@ fn corrupted_otadata_always_boots_a_valid_app_and_failed_updates_leave_it_alone(
     );
 }
 
+/// The reference verdict on an incoming tone bin: the whole-bin reader (a partition dump's
+/// trailing 0xFF allowed, CRC checked), plus what ADF's `tone_partition_init` needs (a format-1
+/// bin has files) and the partition's size.
+fn tone_reference_ok(m: &[u8], capacity: u32) -> bool {
+    match ToneBin::parse_dump(m) {
+        Ok(b) => {
+            !(b.header().format == tone::TONE_FORMAT_1 && b.header().total_num == 0)
+                && b.total_size() <= capacity
+        }
+        Err(_) => false,
+    }
+}
+
 #[test]
-fn corrupted_tone_bins_are_never_taken_as_valid() {
+fn corrupted_tone_bins_never_replace_a_valid_partition_nor_fill_an_erased_one() {
     let start = Instant::now();
     let mut rng = Rng(SEED ^ 3);
     let a = vec![0x11u8; 3000];
@@ -400,56 +413,69 @@ fn corrupted_tone_bins_are_never_taken_as_valid() {
     };
     let old = pack("v1.0.0");
     let new = pack("v1.2.0");
-    let mut base = device(EXAMPLE_CSV);
-    let tone_part = *base.table.find_data("flash_tone").unwrap();
-    layout::write_raw(&mut base.flash, tone_part.offset, &old).unwrap();
-    let (mut refused, mut written_detected, mut valid) = (0, 0, 0);
+    // Two devices: flash_tone holds the valid older bin, or is erased.
+    let mut valid_base = device(EXAMPLE_CSV);
+    let tone_part = *valid_base.table.find_data("flash_tone").unwrap();
+    layout::write_raw(&mut valid_base.flash, tone_part.offset, &old).unwrap();
+    let erased_base = device(EXAMPLE_CSV);
+    let part_bytes = |dev: &Dev| {
+        dev.flash.contents()
+            [tone_part.offset as usize..(tone_part.offset + tone_part.size) as usize]
+            .to_vec()
+    };
+    let (mut refused, mut valid, mut replaced, mut filled) = (0, 0, 0, 0);
     for i in 0..TONES {
-        let case = format!("tone #{i} (seed {:#x})", SEED ^ 3);
         let m = mutate(&mut rng, &new, 96);
-        // The reference: the whole-bin reader; bytes after the end of a bin are not part of it
-        // (in a partition they never are).
-        let lenient = ParseOptions {
-            allow_trailing: true,
-            check_crc: true,
-        };
-        let reference_ok = ToneBin::parse_with(&m, lenient).is_ok();
-        let mut dev = Dev {
-            flash: base.flash.clone_in_memory(),
-            table: base.table.clone(),
-        };
-        let before = snapshot(&mut dev);
-        let running = *dev.table.ota(0).unwrap();
-        let item = DataItem::new(URI, "flash_tone", ota_service::items::DataFormat::Tone);
-        let o = run_one(
-            &mut dev.flash,
-            &dev.table,
-            running,
-            Box::new(item),
-            m.clone(),
-        );
-        assert_unchanged(&mut dev, &before, &case);
-        let check = tone::tone_partition_check(&mut dev.flash, &tone_part);
-        match (&o, reference_ok) {
-            (Outcome::Success, true) => {
-                assert!(check.is_ok(), "{case}: a valid bin reads back invalid");
-                valid += 1;
-            }
-            (Outcome::Success, false) => {
-                // Written as ADF writes it; the next run's check must see it is not valid.
-                let e = check.expect_err(&format!("{case}: a corrupted bin passes the check"));
-                assert!(!e.to_string().is_empty());
-                written_detected += 1;
-            }
-            _ => {
-                failure_message(&o, &case);
-                refused += 1;
+        let reference_ok = tone_reference_ok(&m, tone_part.size);
+        for (base, what) in [(&valid_base, "valid"), (&erased_base, "erased")] {
+            let case = format!("tone #{i} over the {what} partition (seed {:#x})", SEED ^ 3);
+            let mut dev = Dev {
+                flash: base.flash.clone_in_memory(),
+                table: base.table.clone(),
+            };
+            let before = snapshot(&mut dev);
+            let tone_before = part_bytes(&dev);
+            let running = *dev.table.ota(0).unwrap();
+            let item = DataItem::new(URI, "flash_tone", ota_service::items::DataFormat::Tone);
+            let o = run_one(
+                &mut dev.flash,
+                &dev.table,
+                running,
+                Box::new(item),
+                m.clone(),
+            );
+            assert_unchanged(&mut dev, &before, &case);
+            let tone_after = part_bytes(&dev);
+            match (&o, reference_ok) {
+                (Outcome::Success, true) => {
+                    let check = tone::tone_partition_check(&mut dev.flash, &tone_part);
+                    assert!(check.is_ok(), "{case}: a valid bin reads back invalid");
+                    assert!(tone_after[..m.len()] == m[..], "{case}: not the bin sent");
+                    valid += 1;
+                }
+                _ => {
+                    if !reference_ok {
+                        assert!(!o.is_success(), "{case}: a corrupt bin was accepted");
+                    }
+                    failure_message(&o, &case);
+                    if tone_after != tone_before {
+                        if what == "valid" {
+                            replaced += 1;
+                        } else {
+                            filled += 1;
+                        }
+                    }
+                    refused += 1;
+                }
             }
         }
     }
     println!(
-        "mutation: {TONES} corrupted tone bins: {refused} refused with a clear error, {written_detected} written (as ADF does) and then caught by tone_partition_check, {valid} still valid; the running app never changed ({:.1} s)",
+        "mutation: {TONES} corrupted tone bins, each over a valid and over an erased flash_tone: {refused} refusals with a clear error, {valid} still valid (written); {replaced} valid partitions replaced by a corrupt bin, {filled} erased partitions written; the running app never changed ({:.1} s)",
         start.elapsed().as_secs_f64()
     );
-    assert_eq!(refused + written_detected + valid, TONES);
+    assert_eq!(replaced, 0, "valid partitions replaced by a corrupt bin");
+    assert_eq!(filled, 0, "erased partitions written with a corrupt bin");
+    assert_eq!(refused + valid, 2 * TONES);
+    assert!(refused > TONES, "the mutations must mostly corrupt the bin");
 }

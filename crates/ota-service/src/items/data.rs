@@ -2,23 +2,42 @@
 //! the example's policy (adf-ota-service.md §6, §7), with the size checked before any erase.
 //! In place (header written last, so a torn rewrite reads as invalid and is redone), or staged
 //! through a spare partition with a resumable copy (`ota_core::staging`).
+//!
+//! Bad data never replaces good data. In place, when the source can be read twice (`file://`
+//! always, `http(s)://` with a strong `ETag`), a *verifying pass* reads the whole file first:
+//! its length, and for a tone bin every structural rule ([`ToneStreamCheck`]). Only then does the
+//! *writing pass* open it again (`If-Match` on the ETag) and write it, comparing each 4 KiB
+//! block with the verifying pass before the block reaches flash. When the source cannot be read
+//! twice, a tone bin is written in place only over a partition that is already invalid (its
+//! header is programmed only if the whole stream passed the check), and refused otherwise with a
+//! pointer to `staging`, which checks the bin in the spare partition before the target is
+//! touched.
 
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::partition::Partition;
 use ota_core::staging::{StagedCopy, StagedWrite, StagingError};
-use ota_core::tone::{self, ToneDecision, ToneDesc, ToneHeader, TONE_DESC_SIZE, TONE_HEADER_SIZE};
+use ota_core::tone::{
+    self, ToneDecision, ToneDesc, ToneError, ToneHeader, ToneStreamCheck, TONE_DESC_SIZE,
+    TONE_FORMAT_1, TONE_HEADER_SIZE,
+};
 use ota_core::update::{DataUpdate, UpdateError};
+use sha2::{Digest, Sha256};
 
 use super::{core_error, read_full, source_error, Progress};
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
-use crate::source::{self, Source, TransferLimits};
+use crate::source::{self, Source, SourceError, TransferLimits};
 
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
 const TAG_EXAMPLE: &str = "HTTPS_OTA_EXAMPLE";
 const TAG_TONE: &str = "TONE_PARTITION";
 /// ADF's data read size (adf-ota-service.md §6: `read_buf[2048]`).
 const CHUNK: usize = 2048;
+/// The writing pass compares the stream with the verifying pass block by block, one flash
+/// sector at a time (`ota_core::flash::SECTOR_SIZE`), before the block is written.
+const BLOCK: usize = ota_core::flash::SECTOR_SIZE as usize;
+/// HTTP 412 Precondition Failed: the `If-Match` ETag no longer names the server's file.
+const HTTP_PRECONDITION_FAILED: u16 = 412;
 
 pub use crate::config::DataFormat;
 
@@ -43,11 +62,146 @@ enum Sink {
     Staged(StagedWrite),
 }
 
+/// How the source can be read a second time (for a verifying pass before the writing pass).
+#[derive(Clone, Debug)]
+enum Reread {
+    /// A file on the SD card: opened again.
+    File,
+    /// An HTTP(S) file with a strong ETag: fetched again with `If-Match`.
+    Http { etag: String },
+}
+
+/// What the verifying pass read.
+struct Verified {
+    len: u64,
+    /// SHA-256 of each [`BLOCK`] of the file (the last one may be shorter).
+    blocks: Vec<[u8; 32]>,
+}
+
 struct Run {
     source: Box<dyn Source>,
     engine: DataUpdate,
     /// Bytes already read from the source by need_upgrade, to be written first.
     pending: Vec<u8>,
+    reread: Option<Reread>,
+    verified: Option<Verified>,
+}
+
+fn block_digest(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// The writing pass: each piece of the stream is checked (tone structure, and after a
+/// verifying pass its block's SHA-256) before it reaches flash.
+struct WritePass<'v> {
+    check: Option<ToneStreamCheck>,
+    verified: Option<&'v Verified>,
+    /// Bytes waiting for their block's comparison with the verifying pass.
+    block: Vec<u8>,
+    next_block: usize,
+    written: u64,
+    /// What a failure after the first write leaves behind (appended to the error).
+    aftermath: String,
+    /// The partition being written (the staging partition when staged).
+    label: ota_core::partition::Label,
+    target: Partition,
+}
+
+impl WritePass<'_> {
+    /// The sentence to append to an error now: "nothing was written" or the aftermath.
+    fn left(&self) -> String {
+        if self.written == 0 {
+            format!(
+                "; nothing was written: partition {} is unchanged",
+                self.target.label.as_str()
+            )
+        } else {
+            self.aftermath.clone()
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn feed<F: NorFlash>(
+        &mut self,
+        item: &DataItem,
+        sink: &mut Sink,
+        flash: &mut F,
+        env: &mut Env<'_>,
+        progress: &mut Progress,
+        bytes: &[u8],
+        last: bool,
+    ) -> Result<(), ItemError> {
+        let left = self.left();
+        if let Some(c) = self.check.as_mut() {
+            // Checked before the bytes reach flash: a file that is not a tone bin is refused
+            // before the first erase.
+            c.feed(bytes)
+                .map_err(|e| item.tone_fault(env, &e, &|m: &str| format!("{}{}", m, left)))?;
+        }
+        let ready: Vec<u8> = match self.verified {
+            None => bytes.to_vec(),
+            Some(v) => {
+                self.block.extend_from_slice(bytes);
+                let full = if last {
+                    self.block.len()
+                } else {
+                    self.block.len() / BLOCK * BLOCK
+                };
+                let mut at = 0;
+                while at < full {
+                    let end = (at + BLOCK).min(full);
+                    if v.blocks.get(self.next_block) != Some(&block_digest(&self.block[at..end])) {
+                        return Err(ItemError::new(
+                            Reason::StreamRdFail,
+                            format!(
+                                "{}: the writing pass differs from the verifying pass in bytes \
+                                 {}..{}{}",
+                                item.uri,
+                                self.next_block * BLOCK,
+                                self.next_block * BLOCK + (end - at),
+                                left
+                            ),
+                        ));
+                    }
+                    self.next_block += 1;
+                    at = end;
+                }
+                self.block.drain(..full).collect()
+            }
+        };
+        if ready.is_empty() {
+            return Ok(());
+        }
+        match sink {
+            Sink::Direct(d) => d.write(flash, &ready),
+            Sink::Staged(w) => w.write(flash, &ready),
+        }
+        .map_err(|e| {
+            ItemError::new(
+                Reason::PartitionWtFail,
+                format!(
+                    "writing partition {}: {}{}",
+                    self.label.as_str(),
+                    e,
+                    self.aftermath
+                ),
+            )
+        })?;
+        self.written += ready.len() as u64;
+        progress.add(env, ready.len());
+        Ok(())
+    }
+}
+
+/// The reason a tone structure fault is reported with: ADF's own where the example has one
+/// ("not audio tone bin" is UNKNOWN, a bad descriptor magic ERROR_MAGIC_WORD;
+/// adf-ota-service.md §7), else `ESP_ERR_OTA_VALIDATE_FAILED`.
+fn tone_fault_reason(e: &ToneError) -> Reason {
+    match e {
+        ToneError::BadHeaderTag { .. } => Reason::Unknown,
+        ToneError::BadDescMagic { .. } => Reason::ErrorMagicWord,
+        _ => Reason::OtaValidateFailed,
+    }
 }
 
 impl DataItem {
@@ -135,15 +289,178 @@ impl DataItem {
         }
     }
 
+    /// In place (no staging) and the source can be read twice: verify it first.
+    fn verify_first(&self, run: &Run) -> bool {
+        self.staging.is_none() && run.reread.is_some()
+    }
+
+    /// The verifying pass: read the whole source (bounded by the partition), check its length
+    /// and, for a tone bin, its whole structure. Nothing is written.
+    fn verify_pass(
+        &self,
+        env: &mut Env<'_>,
+        src: &mut dyn Source,
+        part: &Partition,
+        prefix: &[u8],
+    ) -> Result<Verified, ItemError> {
+        let announced = src.content_length();
+        let mut check =
+            (self.format == DataFormat::Tone).then(|| ToneStreamCheck::new(part.size, announced));
+        let kept = |what: &str| {
+            format!(
+                "{}; checked before anything was erased: partition {} is unchanged",
+                what,
+                part.label.as_str()
+            )
+        };
+        let mut blocks = Vec::new();
+        let mut block: Vec<u8> = Vec::with_capacity(BLOCK);
+        let mut total = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        // The bytes need_upgrade already read come first.
+        let mut first = Some(prefix).filter(|p| !p.is_empty());
+        loop {
+            let n = match first.take() {
+                Some(p) => {
+                    buf.resize(buf.len().max(p.len()), 0);
+                    buf[..p.len()].copy_from_slice(p);
+                    p.len()
+                }
+                None => src.read(&mut buf[..CHUNK]).map_err(|e| {
+                    let r = Reason::from_code(e.adf_reason());
+                    ItemError::new(r, kept(&format!("verifying pass: {}", e)))
+                })?,
+            };
+            if n == 0 {
+                break;
+            }
+            let bytes = &buf[..n];
+            total += n as u64;
+            if total > part.size as u64 {
+                return Err(ItemError::new(
+                    Reason::PartitionWtFail,
+                    kept(&format!(
+                        "{}: more than the {} bytes of partition {}",
+                        self.uri,
+                        part.size,
+                        part.label.as_str()
+                    )),
+                ));
+            }
+            if let Some(c) = check.as_mut() {
+                c.feed(bytes).map_err(|e| self.tone_fault(env, &e, &kept))?;
+            }
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let take = (BLOCK - block.len()).min(rest.len());
+                block.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if block.len() == BLOCK {
+                    blocks.push(block_digest(&block));
+                    block.clear();
+                }
+            }
+        }
+        if !block.is_empty() {
+            blocks.push(block_digest(&block));
+        }
+        if total == 0 {
+            return Err(ItemError::new(
+                Reason::StreamRdFail,
+                kept(&format!("{}: the file is empty", self.uri)),
+            ));
+        }
+        if let Some(c) = check.as_ref() {
+            let summary = c.finish().map_err(|e| self.tone_fault(env, &e, &kept))?;
+            env.info(
+                TAG_DEFAULT,
+                format!(
+                    "verified {} ({} bytes): tone bin format {}, {} files, {} bytes{}",
+                    self.uri,
+                    total,
+                    summary.header.format,
+                    summary.header.total_num,
+                    summary.size,
+                    if summary.trailing_erased > 0 {
+                        format!(" + {} erased (0xff) bytes", summary.trailing_erased)
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        } else {
+            env.info(
+                TAG_DEFAULT,
+                format!("verified {}: {} bytes read", self.uri, total),
+            );
+        }
+        Ok(Verified { len: total, blocks })
+    }
+
+    /// An item error for a tone bin that fails the structural check.
+    fn tone_fault(
+        &self,
+        env: &mut Env<'_>,
+        e: &ToneError,
+        context: &dyn Fn(&str) -> String,
+    ) -> ItemError {
+        if matches!(e, ToneError::BadHeaderTag { .. }) {
+            env.error(TAG_EXAMPLE, "not audio tone bin");
+        }
+        ItemError::new(
+            tone_fault_reason(e),
+            context(&format!("{}: not a valid tone bin: {}", self.uri, e)),
+        )
+    }
+
+    fn raw_need_upgrade(&mut self, env: &mut Env<'_>) -> Result<Need, ItemError> {
+        let mut run = self
+            .run
+            .take()
+            .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        let part = *run.engine.partition();
+        let result = if self.verify_first(&run) {
+            self.verify_pass(env, run.source.as_mut(), &part, &[])
+                .map(|v| run.verified = Some(v))
+        } else if self.staging.is_none() && run.source.content_length().is_none() {
+            Err(ItemError::new(
+                Reason::StreamRdFail,
+                format!(
+                    "{}: the server sent neither a strong ETag nor a Content-Length, so the size \
+                     cannot be checked before partition {} is erased; nothing was written. Set \
+                     `staging = \"<spare data partition>\"` on this item to receive it in a \
+                     spare partition first",
+                    self.uri,
+                    part.label.as_str()
+                ),
+            ))
+        } else {
+            Ok(())
+        };
+        self.run = Some(run);
+        result.map(|_| Need::Yes)
+    }
+
     fn tone_need_upgrade<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
     ) -> Result<Need, ItemError> {
-        let run = self
+        let mut run = self
             .run
-            .as_mut()
+            .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+        let r = self.tone_decide(dev, env, &mut run);
+        self.run = Some(run);
+        r
+    }
+
+    fn tone_decide<F: NorFlash>(
+        &self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        run: &mut Run,
+    ) -> Result<Need, ItemError> {
         let part = *run.engine.partition();
         let current = match tone::tone_partition_init(dev.flash, &part) {
             Ok(info) => {
@@ -176,29 +493,64 @@ impl DataItem {
                 None
             }
         };
-        let mut hdr = [0u8; TONE_HEADER_SIZE];
-        let got = read_full(run.source.as_mut(), &mut hdr).map_err(source_error)?;
-        if got < hdr.len() {
-            return Err(ItemError::new(
-                Reason::StreamRdFail,
+        // The incoming header (and descriptor), checked as they arrive: a file that is not a
+        // tone bin is refused here. The rest is read by the verifying pass only if the policy
+        // says the bin is wanted.
+        let head: Vec<u8> = {
+            let unchecked = |what: &str| {
                 format!(
-                    "{}: only {} bytes, a tone bin header needs {}",
-                    self.uri,
-                    got,
-                    hdr.len()
-                ),
-            ));
-        }
-        run.pending.extend_from_slice(&hdr);
-        // Unlike ADF, the incoming tag is checked even when the current partition is invalid:
-        // a file that is not a tone bin never replaces one.
-        let incoming = ToneHeader::parse(&hdr).map_err(|e| {
-            env.error(TAG_EXAMPLE, "not audio tone bin");
-            ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e))
-        })?;
+                    "{}; nothing was written: partition {} is unchanged",
+                    what,
+                    part.label.as_str()
+                )
+            };
+            let mut check = ToneStreamCheck::new(part.size, run.source.content_length());
+            let mut hdr = [0u8; TONE_HEADER_SIZE];
+            let got = read_full(run.source.as_mut(), &mut hdr).map_err(source_error)?;
+            run.pending.extend_from_slice(&hdr[..got]);
+            check
+                .feed(&hdr[..got])
+                .map_err(|e| self.tone_fault(env, &e, &unchecked))?;
+            if got < hdr.len() {
+                return Err(ItemError::new(
+                    Reason::StreamRdFail,
+                    unchecked(&format!(
+                        "{}: only {} bytes, a tone bin header needs {}",
+                        self.uri,
+                        got,
+                        hdr.len()
+                    )),
+                ));
+            }
+            let incoming = ToneHeader::parse(&hdr)
+                .map_err(|e| ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e)))?;
+            if tone::incoming_needs_desc(&incoming) {
+                let mut d = [0u8; TONE_DESC_SIZE];
+                let got = read_full(run.source.as_mut(), &mut d).map_err(source_error)?;
+                run.pending.extend_from_slice(&d[..got]);
+                check
+                    .feed(&d[..got])
+                    .map_err(|e| self.tone_fault(env, &e, &unchecked))?;
+                if got < d.len() {
+                    return Err(ItemError::new(
+                        Reason::StreamRdFail,
+                        unchecked(&format!(
+                            "{}: the tone descriptor is cut short ({} of {} bytes)",
+                            self.uri,
+                            got,
+                            d.len()
+                        )),
+                    ));
+                }
+            }
+            run.pending.clone()
+        };
+        let incoming = ToneHeader::parse(&head)
+            .map_err(|e| ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e)))?;
         let Some(current) = current else {
-            // Not a valid tone partition now: rewrite it whole from the stream.
-            return Ok(Need::Yes);
+            // Not a valid tone partition now: rewrite it whole from the stream (the write pass
+            // checks every byte; the header is programmed only if the whole bin is valid).
+            return self.wanted(env, run, &part);
         };
         env.info(
             TAG_EXAMPLE,
@@ -206,21 +558,10 @@ impl DataItem {
         );
         let mut desc = None;
         if tone::incoming_needs_desc(&incoming) {
-            let mut d = [0u8; TONE_DESC_SIZE];
-            let got = read_full(run.source.as_mut(), &mut d).map_err(source_error)?;
-            if got < d.len() {
-                return Err(ItemError::new(
-                    Reason::StreamRdFail,
-                    format!(
-                        "{}: the tone descriptor is cut short ({} of {} bytes)",
-                        self.uri,
-                        got,
-                        d.len()
-                    ),
-                ));
-            }
-            run.pending.extend_from_slice(&d);
-            let parsed = ToneDesc::parse(&d).map_err(|e| {
+            let d = head
+                .get(TONE_HEADER_SIZE..TONE_HEADER_SIZE + TONE_DESC_SIZE)
+                .unwrap_or(&[]);
+            let parsed = ToneDesc::parse(d).map_err(|e| {
                 ItemError::new(Reason::StreamRdFail, format!("{}: {}", self.uri, e))
             })?;
             env.info(
@@ -245,17 +586,35 @@ impl DataItem {
         }
         match tone::decide_upgrade(Some(&current), &incoming, desc.as_ref(), true) {
             ToneDecision::WriteAll | ToneDecision::Write { .. } => {
+                if self.staging.is_none() && !self.verify_first(run) {
+                    env.error(
+                        TAG_DEFAULT,
+                        "the incoming tone bin cannot be verified before the valid partition is erased",
+                    );
+                    return Err(ItemError::new(
+                        Reason::PartitionWtFail,
+                        format!(
+                            "{}: refused: the server sent no strong ETag, so this tone bin cannot \
+                             be read twice and verified before the valid tone partition {} is \
+                             erased (nothing was written). Set `staging = \"<spare data \
+                             partition>\"` on this item: a staged bin is verified in the spare \
+                             partition before the target is touched",
+                            self.uri,
+                            part.label.as_str()
+                        ),
+                    ));
+                }
                 env.info(
                     TAG_DEFAULT,
                     format!("write_offset 0, size {}", TONE_HEADER_SIZE),
                 );
-                if desc.is_some() {
+                if incoming.format == TONE_FORMAT_1 {
                     env.info(
                         TAG_DEFAULT,
                         format!("write_offset {}, size {}", TONE_HEADER_SIZE, TONE_DESC_SIZE),
                     );
                 }
-                Ok(Need::Yes)
+                self.wanted(env, run, &part)
             }
             ToneDecision::Reject(r) => {
                 let reason = Reason::from_code(r.adf_reason());
@@ -271,6 +630,74 @@ impl DataItem {
                     Err(ItemError::new(reason, message))
                 }
             }
+        }
+    }
+
+    /// The policy wants the incoming bin: when the source can be read twice, the verifying
+    /// pass reads the rest of it now (after the bytes already read), before anything is erased.
+    fn wanted(
+        &self,
+        env: &mut Env<'_>,
+        run: &mut Run,
+        part: &Partition,
+    ) -> Result<Need, ItemError> {
+        if self.verify_first(run) {
+            let prefix = std::mem::take(&mut run.pending);
+            run.verified = Some(self.verify_pass(env, run.source.as_mut(), part, &prefix)?);
+        }
+        Ok(Need::Yes)
+    }
+
+    /// The writing pass's source after a verifying pass: the same file, or an error (nothing
+    /// written yet) when it is not the one verified.
+    fn reopen(
+        &self,
+        env: &mut Env<'_>,
+        reread: &Reread,
+        verified: &Verified,
+        label: &str,
+    ) -> Result<Box<dyn Source>, ItemError> {
+        let opts = super::item_source_options(env, &self.ca_pem, self.limits);
+        let changed = |what: String| {
+            ItemError::new(
+                Reason::StreamRdFail,
+                format!(
+                    "{}: the file changed between the verifying pass and the writing pass ({}); \
+                     nothing was written: partition {} is unchanged",
+                    self.uri, what, label
+                ),
+            )
+        };
+        let src = match reread {
+            Reread::File => source::open(&self.uri, env.sd, &opts).map_err(source_error)?,
+            Reread::Http { etag } => {
+                let r = match source::open_if_match(&self.uri, etag, env.sd, &opts) {
+                    Ok(r) => r,
+                    Err(SourceError::HttpStatus { status, .. })
+                        if status == HTTP_PRECONDITION_FAILED =>
+                    {
+                        return Err(changed(format!(
+                            "the server answers 412 to If-Match: {}",
+                            etag
+                        )));
+                    }
+                    Err(e) => return Err(source_error(e)),
+                };
+                if r.etag.as_deref() != Some(etag.as_str()) {
+                    return Err(changed(format!(
+                        "ETag {} then {}",
+                        etag,
+                        r.etag.as_deref().unwrap_or("none")
+                    )));
+                }
+                r.source
+            }
+        };
+        match src.content_length() {
+            Some(len) if len != verified.len => {
+                Err(changed(format!("{} bytes then {}", verified.len, len)))
+            }
+            _ => Ok(src),
         }
     }
 }
@@ -299,10 +726,30 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let src = source::open(&self.uri, env.sd, &opts).map_err(|e| {
+        let opened = source::open_range(&self.uri, 0, env.sd, &opts).map_err(|e| {
             env.error(TAG_DEFAULT, "reader stream init failed");
             source_error(e)
         })?;
+        let reread = if self.uri.starts_with("file://") {
+            Some(Reread::File)
+        } else {
+            match &opened.etag {
+                Some(e) if !e.starts_with("W/") && !e.is_empty() => {
+                    Some(Reread::Http { etag: e.clone() })
+                }
+                _ => None,
+            }
+        };
+        let src = opened.source;
+        if src.content_length() == Some(0) {
+            return Err(ItemError::new(
+                Reason::StreamRdFail,
+                format!(
+                    "{}: the file is empty; an empty file never replaces partition {} (nothing was written)",
+                    self.uri, self.label
+                ),
+            ));
+        }
         if self.uri.starts_with("file://") {
             if let Some(len) = src.content_length() {
                 env.info(
@@ -328,6 +775,8 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             source: src,
             engine,
             pending: Vec::new(),
+            reread,
+            verified: None,
         });
         Ok(())
     }
@@ -339,7 +788,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         _id: usize,
     ) -> Result<Need, ItemError> {
         match self.format {
-            DataFormat::Raw => Ok(Need::Yes),
+            DataFormat::Raw => self.raw_need_upgrade(env),
             DataFormat::Tone => self.tone_need_upgrade(dev, env),
         }
     }
@@ -351,15 +800,22 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         id: usize,
     ) -> Result<(), ItemError> {
         let Run {
-            mut source,
+            source,
             engine,
             pending,
+            reread,
+            verified,
         } = self
             .run
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let target = *engine.partition();
         let map = dev.flash_map();
+        // After a verifying pass the writing pass reads the source again from byte 0.
+        let (mut source, pending) = match (&reread, &verified) {
+            (Some(r), Some(v)) => (self.reopen(env, r, v, target.label.as_str())?, Vec::new()),
+            _ => (source, pending),
+        };
         let mut sink = match self.staging_partition(dev)? {
             None => Sink::Direct(Box::new(engine)),
             Some(staging) => Sink::Staged(
@@ -371,29 +827,92 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             Sink::Direct(_) => target.label,
             Sink::Staged(w) => w.staging().label,
         };
-        let mut progress = Progress::new(id, TAG_DEFAULT, "data", source.content_length());
-        let write = |sink: &mut Sink, flash: &mut F, bytes: &[u8]| {
-            match sink {
-                Sink::Direct(d) => d.write(flash, bytes),
-                Sink::Staged(w) => w.write(flash, bytes),
-            }
-            .map_err(|e| {
-                ItemError::new(
-                    Reason::PartitionWtFail,
-                    format!("writing partition {}: {}", label.as_str(), e),
-                )
-            })
+        // What a failure after the first write leaves behind.
+        let aftermath = match &sink {
+            Sink::Direct(_) if self.format == DataFormat::Tone => format!(
+                "; partition {} was being rewritten and reads as invalid (its header is not \
+                 written): the next run rewrites it",
+                target.label.as_str()
+            ),
+            Sink::Direct(_) => format!(
+                "; partition {} was being rewritten and holds part of the new data",
+                target.label.as_str()
+            ),
+            Sink::Staged(_) => format!(
+                "; only the staging partition {} was written: {} is unchanged",
+                label.as_str(),
+                target.label.as_str()
+            ),
         };
-        write(&mut sink, dev.flash, &pending)?;
-        progress.add(env, pending.len());
+        let mut pass = WritePass {
+            check: (self.format == DataFormat::Tone)
+                .then(|| ToneStreamCheck::new(target.size, source.content_length())),
+            verified: verified.as_ref(),
+            block: Vec::with_capacity(BLOCK),
+            next_block: 0,
+            written: 0,
+            aftermath,
+            label,
+            target,
+        };
+        let mut progress = Progress::new(id, TAG_DEFAULT, "data", source.content_length());
+        pass.feed(
+            self,
+            &mut sink,
+            dev.flash,
+            env,
+            &mut progress,
+            &pending,
+            false,
+        )?;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = source.read(&mut buf).map_err(source_error)?;
+            let n = source.read(&mut buf).map_err(|e| {
+                let mut err = source_error(e);
+                err.message.push_str(&pass.left());
+                err
+            })?;
             if n == 0 {
                 break;
             }
-            write(&mut sink, dev.flash, &buf[..n])?;
-            progress.add(env, n);
+            pass.feed(
+                self,
+                &mut sink,
+                dev.flash,
+                env,
+                &mut progress,
+                &buf[..n],
+                false,
+            )?;
+        }
+        pass.feed(self, &mut sink, dev.flash, env, &mut progress, &[], true)?;
+        let lost = pass.left();
+        let written = pass.written;
+        if let Some(v) = &verified {
+            if written != v.len || pass.next_block != v.blocks.len() {
+                return Err(ItemError::new(
+                    Reason::StreamRdFail,
+                    format!(
+                        "{}: the writing pass sent {} bytes, the verifying pass {}{}",
+                        self.uri, written, v.len, lost
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &pass.check {
+            c.finish()
+                .map_err(|e| self.tone_fault(env, &e, &|m: &str| format!("{}{}", m, lost)))?;
+        }
+        if written == 0 {
+            return Err(ItemError::new(
+                Reason::StreamRdFail,
+                format!(
+                    "{}: the file is empty; an empty file never replaces partition {} (nothing \
+                     was written)",
+                    self.uri,
+                    target.label.as_str()
+                ),
+            ));
         }
         match sink {
             Sink::Direct(engine) => {
