@@ -935,13 +935,23 @@ mod tests {
                         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
                     }
                     std::fs::rename(&tmp, d.join("x.bin")).unwrap();
+                    // Leave each version in place for a moment, so that the opener sees both
+                    // kinds (a rename between its checks is refused, never served).
+                    std::thread::sleep(Duration::from_micros(200));
                 }
             })
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let opener = std::thread::spawn(move || {
             let (mut files, mut refused) = (0, 0);
-            for _ in 0..3000 {
+            let start = std::time::Instant::now();
+            // At least 3,000 opens; more (for at most 20 s) until both outcomes were seen.
+            for n in 0.. {
+                if n >= 3000
+                    && ((files > 0 && refused > 0) || start.elapsed() > Duration::from_secs(20))
+                {
+                    break;
+                }
                 match open_regular(&target) {
                     Ok((f, m)) => {
                         assert!(m.is_file() && f.metadata().unwrap().is_file());
@@ -953,7 +963,7 @@ mod tests {
             }
             let _ = tx.send((files, refused));
         });
-        let got = rx.recv_timeout(Duration::from_secs(60));
+        let got = rx.recv_timeout(Duration::from_secs(90));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         swapper.join().unwrap();
         let (files, refused) = got.expect("open_regular blocked on a FIFO");
