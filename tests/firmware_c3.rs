@@ -480,18 +480,26 @@ fn reboot(f: &mut CutFlash) -> String {
     out.partition.label.as_str().to_string()
 }
 
-/// The firmware's life on `f`: boots until it has installed v2 and confirmed it, the power cut
-/// after `cut` flash operations of the first update (None: no cut). Returns the boots it took.
-fn firmware_life(cut: Option<usize>) -> usize {
+type OnBoot = fn(&mut CutFlash) -> Result<fw_update::BootReport, ota_core::Error>;
+
+/// One boot of the firmware: its `on_boot` with the table buffer on the stack, as on the chip.
+fn firmware_boot(f: &mut CutFlash) -> Result<fw_update::BootReport, ota_core::Error> {
+    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
+    fw_update::on_boot(f, &mut buf)
+}
+
+/// The firmware's life: boots (each one `on_boot`) until it has installed v2 and confirmed it,
+/// the power cut after `cut` flash operations of the first update (None: no cut), with the
+/// bootloader between boots. Returns the boots it took.
+fn firmware_life(cut: Option<usize>, on_boot: OnBoot) -> usize {
     let mut f = c3_device();
     assert_eq!(reboot(&mut f), "ota_0");
-    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
     f.budget = cut;
     let mut boots = 0;
     loop {
         boots += 1;
         assert!(boots <= 4, "no progress after {boots} boots (cut {cut:?})");
-        let report = fw_update::on_boot(&mut f, &mut buf);
+        let report = on_boot(&mut f);
         let was_cut = f.cut;
         f.power_on();
         let slot = reboot(&mut f);
@@ -503,7 +511,7 @@ fn firmware_life(cut: Option<usize>) -> usize {
             Ok(r) if r.confirmed => {
                 assert_eq!(r.running.unwrap().label.as_str(), "ota_1");
                 // Confirmed: the next boot finds the image installed and valid.
-                let again = fw_update::on_boot(&mut f, &mut buf).unwrap();
+                let again = on_boot(&mut f).unwrap();
                 assert!(again.installed.is_none() && !again.confirmed);
                 assert_eq!(again.state, Some(OtaState::Valid));
                 assert_eq!(reboot(&mut f), "ota_1");
@@ -519,7 +527,7 @@ fn firmware_life(cut: Option<usize>) -> usize {
 #[test]
 fn firmware_update_path_installs_confirms_and_survives_every_power_cut() {
     // Boot 1 installs and restarts, boot 2 confirms.
-    assert_eq!(firmware_life(None), 2);
+    assert_eq!(firmware_life(None, firmware_boot), 2);
     // How many flash operations one clean update makes.
     let ops = {
         let mut f = c3_device();
@@ -533,7 +541,7 @@ fn firmware_update_path_installs_confirms_and_survives_every_power_cut() {
     // A cut at every operation: the next boot runs the old app and installs again.
     let mut extra = 0;
     for cut in 0..ops {
-        extra += firmware_life(Some(cut)) - 2;
+        extra += firmware_life(Some(cut), firmware_boot) - 2;
     }
     println!("power cut at each of {ops} flash operations of the update: every run recovered ({extra} extra boots in all)");
     assert!(extra > 0, "no cut interrupted the update");
@@ -548,13 +556,22 @@ fn firmware_update_path_stack_need() {
     // Largest stack that fails, smallest that passes; a too-small stack overflows the thread,
     // so each probe runs in a child process (`--exact` this test with FW_STACK_PROBE set).
     if let Ok(size) = std::env::var("FW_STACK_PROBE") {
+        // Each boot's `on_boot` runs on a thread with this stack; the bootloader between boots
+        // (not firmware code) runs on the test's own thread.
         let size: usize = size.parse().unwrap();
-        std::thread::Builder::new()
-            .stack_size(size)
-            .spawn(|| firmware_life(Some(STACK_PROBE_CUT)))
-            .unwrap()
-            .join()
-            .unwrap();
+        fn limited(f: &mut CutFlash) -> Result<fw_update::BootReport, ota_core::Error> {
+            let size: usize = std::env::var("FW_STACK_PROBE").unwrap().parse().unwrap();
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .stack_size(size)
+                    .spawn_scoped(s, || firmware_boot(f))
+                    .unwrap()
+                    .join()
+                    .unwrap()
+            })
+        }
+        assert!(size > 0);
+        firmware_life(Some(STACK_PROBE_CUT), limited);
         return;
     }
     let probe = |size: usize| -> bool {
@@ -584,8 +601,8 @@ fn firmware_update_path_stack_need() {
         }
     }
     println!(
-        "stack: the firmware's update path (install with a power cut, reboot, install, confirm) \
-         needs {hi} bytes of host thread stack ({} build, x86_64; RISC-V use differs)",
+        "stack: the firmware's on_boot (install cut by a power cut, install, confirm; the table \
+         buffer included) needs {hi} bytes of host thread stack ({} build, x86_64; RISC-V use differs)",
         if cfg!(debug_assertions) {
             "debug"
         } else {
