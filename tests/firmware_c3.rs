@@ -140,6 +140,105 @@ fn firmware_c3_image_converts_and_boots_on_emulated_device() {
     );
 }
 
+#[test]
+fn firmware_c3_update_logic_installs_its_own_image_on_the_emulated_device() {
+    // The firmware's first two boots, played on the emulated ESP32-C3 with the converted
+    // firmware itself: its update logic (this very source) runs against the device's flash
+    // file, the emulator's bootloader (`ota device boot`) boots between them.
+    let (Some(elf), Some(py)) = (firmware_elf(), python()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Two conversions of the ELF that differ in the header's flash frequency only, so the one
+    // in `ota_image` is not the running image.
+    let convert = |out: &Path, freq: &str| {
+        run(Command::new(&py).args([
+            "-m",
+            "esptool",
+            "--chip",
+            "esp32c3",
+            "elf2image",
+            "--flash-size",
+            "4MB",
+            "--flash-freq",
+            freq,
+            "-o",
+            s(out),
+            s(&elf),
+        ]));
+    };
+    let (v1, v2) = (dir.path().join("v1.bin"), dir.path().join("v2.bin"));
+    convert(&v1, "80m");
+    convert(&v2, "40m");
+    assert_ne!(std::fs::read(&v1).unwrap(), std::fs::read(&v2).unwrap());
+    let flash = dir.path().join("c3.flash");
+    let csv = example_dir().join("partitions.csv");
+    let args = [
+        "device",
+        "create",
+        "--flash",
+        s(&flash),
+        "--chip",
+        "esp32c3",
+    ];
+    ok(&[
+        &args[..],
+        &["--partitions", s(&csv), "--app", s(&v1), "--rollback"],
+    ]
+    .concat());
+    ok(&[
+        "partition",
+        "write",
+        fw_update::IMAGE_LABEL,
+        "--flash",
+        s(&flash),
+        s(&v2),
+    ]);
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x10000"),
+        "{boot}"
+    );
+
+    let on_boot = || {
+        let mut f = ota_emu::flash::EmuFlash::open(&flash).unwrap();
+        let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
+        fw_update::on_boot(&mut f, &mut buf).unwrap()
+    };
+    let first = on_boot();
+    assert_eq!(first.running.unwrap().label.as_str(), "ota_0");
+    let installed = first
+        .installed
+        .expect("the image in ota_image was not installed");
+    assert_eq!(installed.slot.label.as_str(), "ota_1");
+    assert_eq!(
+        installed.summary.image_len as usize,
+        std::fs::read(&v2).unwrap().len()
+    );
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x110000"),
+        "{boot}"
+    );
+    assert!(
+        boot.contains(&format!("Project name:     {}", package_field("name"))),
+        "{boot}"
+    );
+
+    let second = on_boot();
+    assert_eq!(second.running.unwrap().label.as_str(), "ota_1");
+    assert_eq!(second.state, Some(OtaState::PendingVerify));
+    assert!(second.confirmed && second.installed.is_none(), "{second:?}");
+    let third = on_boot();
+    assert_eq!(third.state, Some(OtaState::Valid));
+    assert!(!third.confirmed && third.installed.is_none(), "{third:?}");
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x110000"),
+        "{boot}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Footprint: ELF32 section headers and symbol table, read here (no binutils needed).
 
