@@ -53,7 +53,7 @@ use embedded_storage::nor_flash::{
 
 use crate::boot::{self, BootConfig};
 use crate::chip::Chip;
-use crate::flash::{FlashError, FlashErrorKind};
+use crate::flash::{FlashError, FlashErrorKind, FlashOp};
 use crate::image::{AppDesc, ImageSummary};
 use crate::otadata::{OtaData, OtaState, OTADATA_SECTOR_SIZE};
 use crate::partition::{
@@ -455,7 +455,8 @@ impl NorFlashError for Noted {
 /// be handed back in [`UpdaterError::Flash`]. `dry_run`: erases and writes do nothing.
 struct Io<'f, F: ErrorType> {
     flash: &'f mut F,
-    driver: Option<F::Error>,
+    /// The last driver error, with the access that raised it.
+    driver: Option<(FlashError, F::Error)>,
     dry_run: bool,
     /// Absolute `[start, end)` that reads as erased (0xFF), whatever the flash holds.
     hide: Option<(u32, u32)>,
@@ -478,10 +479,30 @@ impl<'f, F: NorFlash> Io<'f, F> {
         }
     }
 
-    fn note(&mut self, e: F::Error) -> Noted {
+    fn note(&mut self, op: FlashOp, offset: u32, len: usize, e: F::Error) -> Noted {
         let kind = e.kind();
-        self.driver = Some(e);
+        let error = FlashError {
+            op,
+            offset,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            kind: match kind {
+                NorFlashErrorKind::NotAligned => FlashErrorKind::NotAligned,
+                NorFlashErrorKind::OutOfBounds => FlashErrorKind::OutOfBounds,
+                _ => FlashErrorKind::Other,
+            },
+        };
+        self.driver = Some((error, e));
         Noted(kind)
+    }
+
+    /// Some core helpers take a failed read for "nothing there" (an app descriptor, an image
+    /// the bootloader would skip). Where that would make the updater guess — which app runs,
+    /// the running version — a driver error met on the way fails the call instead.
+    fn check_no_driver_error(&mut self) -> Res<(), F> {
+        match self.driver.take() {
+            Some((error, driver)) => Err(UpdaterError::Flash { error, driver }),
+            None => Ok(()),
+        }
     }
 
     /// A core error as the updater's: a flash error the driver raised carries that error.
@@ -489,7 +510,7 @@ impl<'f, F: NorFlash> Io<'f, F> {
         match e {
             Error::Flash(error) if !matches!(error.kind, FlashErrorKind::OutsideRegion { .. }) => {
                 match self.driver.take() {
-                    Some(driver) => UpdaterError::Flash { error, driver },
+                    Some((_, driver)) => UpdaterError::Flash { error, driver },
                     None => UpdaterError::Core(Error::Flash(error)),
                 }
             }
@@ -506,7 +527,9 @@ impl<F: NorFlash> ReadNorFlash for Io<'_, F> {
     const READ_SIZE: usize = F::READ_SIZE;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Noted> {
-        self.flash.read(offset, bytes).map_err(|e| self.note(e))?;
+        self.flash
+            .read(offset, bytes)
+            .map_err(|e| self.note(FlashOp::Read, offset, bytes.len(), e))?;
         if let Some((start, end)) = self.hide {
             for (at, b) in (offset..).zip(bytes.iter_mut()) {
                 if (start..end).contains(&at) {
@@ -530,14 +553,18 @@ impl<F: NorFlash> NorFlash for Io<'_, F> {
         if self.dry_run {
             return Ok(());
         }
-        self.flash.erase(from, to).map_err(|e| self.note(e))
+        self.flash
+            .erase(from, to)
+            .map_err(|e| self.note(FlashOp::Erase, from, to.saturating_sub(from) as usize, e))
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Noted> {
         if self.dry_run {
             return Ok(());
         }
-        self.flash.write(offset, bytes).map_err(|e| self.note(e))
+        self.flash
+            .write(offset, bytes)
+            .map_err(|e| self.note(FlashOp::Write, offset, bytes.len(), e))
     }
 }
 
@@ -598,6 +625,8 @@ impl<'a, F: NorFlash> OtaUpdater<'a, F> {
         }
         let booted = boot::boot(&mut io, &table, cfg.chip, &boot_cfg, &mut |_| {})
             .map_err(|e| io.lift(e))?;
+        // A slot the dry run skipped for a read error may be the one running.
+        io.check_no_driver_error()?;
         Self::open(flash, cfg, table, booted.partition)
     }
 
@@ -686,6 +715,7 @@ impl<'a, F: NorFlash> OtaUpdater<'a, F> {
             VersionPolicy::None => None,
             _ => boot::partition_app_desc(&mut io, &self.running),
         };
+        io.check_no_driver_error()?;
         if self.cfg.rollback {
             let map = cfg.flash_map(&self.table, running);
             update::begin_with_rollback(&mut io, &map).map_err(|e| io.lift(e))?;

@@ -784,3 +784,78 @@ at_sizes!(
     a_bad_table_or_one_without_otadata_is_refused_at_write_size_1,
     a_bad_table_or_one_without_otadata_is_refused_at_write_size_4
 );
+
+/// A flash whose reads inside `[bad, bad + 4096)` fail (a worn cell, a bus error).
+struct BadReads<'m, const W: usize> {
+    flash: MemFlash<'m, W, W>,
+    bad: u32,
+}
+
+impl<const W: usize> ErrorType for BadReads<'_, W> {
+    type Error = PowerLost;
+}
+
+impl<const W: usize> ReadNorFlash for BadReads<'_, W> {
+    const READ_SIZE: usize = W;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), PowerLost> {
+        let end = offset + bytes.len() as u32;
+        if offset < self.bad + 4096 && end > self.bad {
+            return Err(PowerLost);
+        }
+        self.flash.read(offset, bytes).map_err(|_| PowerLost)
+    }
+    fn capacity(&self) -> usize {
+        self.flash.capacity()
+    }
+}
+
+impl<const W: usize> NorFlash for BadReads<'_, W> {
+    const WRITE_SIZE: usize = W;
+    const ERASE_SIZE: usize = 4096;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), PowerLost> {
+        self.flash.erase(from, to).map_err(|_| PowerLost)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), PowerLost> {
+        self.flash.write(offset, bytes).map_err(|_| PowerLost)
+    }
+}
+
+fn a_read_error_while_finding_the_running_app_fails_instead_of_guessing<const W: usize>() {
+    // ota_0 runs; ota_1 holds a good older app that otadata does not select.
+    let mut dev = Device::rollback();
+    dev.mem[OTA_1..][..IMAGE_SIZE as usize].copy_from_slice(&image("v0.5.0", 0));
+    let before = dev.mem.clone();
+    let mut buf = [0u8; TABLE_MAX_LEN];
+    let mut f = BadReads {
+        flash: MemFlash::<W, W>::new(&mut dev.mem),
+        bad: OTA_0 as u32 + 0x8000,
+    };
+    // The dry-run boot cannot read ota_0 and would settle on ota_1, the slot `begin` must never
+    // touch while ota_0 runs: the read error is reported instead.
+    let e = OtaUpdater::new(&mut f, cfg(), &mut buf).err().unwrap();
+    match e {
+        UpdaterError::Flash { error, driver } => {
+            assert_eq!(driver, PowerLost);
+            assert!(error.to_string().contains("flash read"), "{error}");
+        }
+        e => panic!("{e:?}"),
+    }
+    // Told where it runs, the updater needs no such guess.
+    let mut ota = OtaUpdater::new_running_at(&mut f, cfg(), &mut buf, OTA_0 as u32).unwrap();
+    assert_eq!(ota.running().unwrap().kind, AppKind::Ota(slot(0)));
+    // With a version policy, the running version must be readable: reading the descriptor at
+    // 0x20 fails here, so begin refuses rather than compare with nothing.
+    f.bad = OTA_0 as u32;
+    let mut ota = OtaUpdater::new_running_at(&mut f, cfg(), &mut buf, OTA_0 as u32).unwrap();
+    assert!(matches!(
+        ota.begin(None, VersionPolicy::Semver),
+        Err(UpdaterError::Flash { .. })
+    ));
+    assert_eq!(ota.begin(None, VersionPolicy::None).unwrap(), slot(1));
+    assert!(dev.mem[..OTA_1] == before[..OTA_1]);
+}
+at_sizes!(
+    a_read_error_while_finding_the_running_app_fails_instead_of_guessing,
+    a_read_error_while_finding_the_running_app_fails_at_write_size_1,
+    a_read_error_while_finding_the_running_app_fails_at_write_size_4
+);
