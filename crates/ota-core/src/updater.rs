@@ -302,6 +302,7 @@ impl UpdaterConfig {
 
 /// The running app, as [`OtaUpdater::running`] reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RunningApp {
     pub kind: AppKind,
     pub partition: Partition,
@@ -313,6 +314,7 @@ pub struct RunningApp {
 
 /// What [`OtaUpdater::finish`] installed: the slot that boots after the restart.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Installed {
     pub slot: Slot,
     pub partition: Partition,
@@ -531,10 +533,11 @@ impl<F: NorFlash> ReadNorFlash for Io<'_, F> {
             .read(offset, bytes)
             .map_err(|e| self.note(FlashOp::Read, offset, bytes.len(), e))?;
         if let Some((start, end)) = self.hide {
-            for (at, b) in (offset..).zip(bytes.iter_mut()) {
-                if (start..end).contains(&at) {
-                    *b = 0xFF;
-                }
+            // The part of `[offset, offset + len)` inside `[start, end)`, relative to `offset`.
+            let from = start.saturating_sub(offset) as usize;
+            let to = (end.saturating_sub(offset) as usize).min(bytes.len());
+            if let Some(hidden) = bytes.get_mut(from..to) {
+                hidden.fill(0xFF);
             }
         }
         Ok(())

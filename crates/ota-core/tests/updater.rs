@@ -859,3 +859,31 @@ at_sizes!(
     a_read_error_while_finding_the_running_app_fails_at_write_size_1,
     a_read_error_while_finding_the_running_app_fails_at_write_size_4
 );
+
+fn an_update_committed_since_boot_is_not_the_running_app<const W: usize>() {
+    // A previous updater committed v2 to ota_1 (NEW); the device has not restarted.
+    let mut dev = Device::rollback();
+    dev.stage::<W>(&image("v2.0.0", 0));
+    let before = dev.mem.clone();
+    let mut buf = [0u8; TABLE_MAX_LEN];
+    let mut f = MemFlash::<W, W>::new(&mut dev.mem);
+    let mut ota = OtaUpdater::new(&mut f, cfg(), &mut buf).unwrap();
+    // otadata selects ota_1, but a rollback bootloader would have made its entry
+    // PENDING_VERIFY had it booted it: ota_0 runs.
+    let me = ota.running().unwrap();
+    assert_eq!(me.kind, AppKind::Ota(slot(0)));
+    assert_eq!(me.state, Some(OtaState::Valid));
+    assert!(matches!(
+        ota.mark_valid(),
+        Err(UpdaterError::NotSelected { selected: Some(s), .. }) if s == slot(1)
+    ));
+    // An update now goes to ota_1 again, never over the running ota_0.
+    assert_eq!(ota.begin(None, VersionPolicy::None).unwrap(), slot(1));
+    assert!(dev.mem == before);
+    assert_eq!(Device::version(&dev.restart::<W>()), "v2.0.0");
+}
+at_sizes!(
+    an_update_committed_since_boot_is_not_the_running_app,
+    an_update_committed_since_boot_is_not_the_running_app_at_write_size_1,
+    an_update_committed_since_boot_is_not_the_running_app_at_write_size_4
+);
