@@ -1331,7 +1331,7 @@ impl<'a> Plan<'a> {
             let digest = w.sha.clone().finalize();
             w.put(&digest)?;
         }
-        let pad = self.total_len - w.pos;
+        let pad = self.total_len.saturating_sub(w.pos);
         w.fill(0xFF, pad)?;
         Ok(w.pos)
     }
@@ -1416,6 +1416,131 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> Writer<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small RISC-V ELF: `.flash.appdesc` + `.flash.rodata` in DROM, `.flash.text` in IROM,
+    /// `.dram0.data`, one PT_LOAD per section.
+    fn small_elf(out: &mut [u8; 2048]) -> usize {
+        let put = |o: &mut [u8; 2048], at: usize, v: &[u8]| o[at..at + v.len()].copy_from_slice(v);
+        let names = b"\0.flash.appdesc\0.flash.rodata\0.flash.text\0.dram0.data\0.shstrtab\0";
+        // (name offset, addr, size)
+        let secs: [(u32, u32, u32); 4] = [
+            (1, 0x3C00_0020, 256),
+            (16, 0x3C00_0120, 0x40),
+            (30, 0x4200_0020, 0x80),
+            (42, 0x3FC8_0000, 0x3E),
+        ];
+        let phoff = 52usize;
+        let mut data_at = phoff + 4 * 32;
+        let mut offs = [0usize; 4];
+        for (i, s) in secs.iter().enumerate() {
+            offs[i] = data_at;
+            for k in 0..s.2 as usize {
+                out[data_at + k] = (k as u8).wrapping_mul(7).wrapping_add(i as u8);
+            }
+            data_at += (s.2 as usize).div_ceil(4) * 4;
+        }
+        // The descriptor: magic, zero SHA-256 field.
+        put(out, offs[0], &APP_DESC_MAGIC.to_le_bytes());
+        out[offs[0] + 0x90..offs[0] + 0xB0].fill(0);
+        out[offs[0] + 180] = 0;
+        let str_at = data_at;
+        put(out, str_at, names);
+        let shoff = (str_at + names.len()).div_ceil(4) * 4;
+        put(out, 0, b"\x7fELF\x01\x01\x01");
+        put(out, 16, &2u16.to_le_bytes());
+        put(out, 18, &EM_RISCV.to_le_bytes());
+        put(out, 24, &0x4200_0020u32.to_le_bytes());
+        put(out, 28, &(phoff as u32).to_le_bytes());
+        put(out, 32, &(shoff as u32).to_le_bytes());
+        put(out, 42, &32u16.to_le_bytes());
+        put(out, 44, &4u16.to_le_bytes());
+        put(out, 46, &40u16.to_le_bytes());
+        put(out, 48, &6u16.to_le_bytes());
+        put(out, 50, &5u16.to_le_bytes());
+        for (i, s) in secs.iter().enumerate() {
+            let ph = [PT_LOAD, offs[i] as u32, s.1, s.1, s.2, s.2, 5, 4];
+            for (k, w) in ph.iter().enumerate() {
+                put(out, phoff + i * 32 + k * 4, &w.to_le_bytes());
+            }
+            let sh = [s.0, SHT_PROGBITS, 2, s.1, offs[i] as u32, s.2, 0, 0, 4, 0];
+            for (k, w) in sh.iter().enumerate() {
+                put(out, shoff + (i + 1) * 40 + k * 4, &w.to_le_bytes());
+            }
+        }
+        let sh = [
+            55u32,
+            SHT_STRTAB,
+            0,
+            0,
+            str_at as u32,
+            names.len() as u32,
+            0,
+            0,
+            1,
+            0,
+        ];
+        for (k, w) in sh.iter().enumerate() {
+            put(out, shoff + 5 * 40 + k * 4, &w.to_le_bytes());
+        }
+        shoff + 6 * 40
+    }
+
+    fn emit_len(p: &Plan) -> u64 {
+        let mut n = 0u64;
+        let got = p
+            .emit(&mut |b: &[u8]| {
+                n += b.len() as u64;
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(got, n);
+        n
+    }
+
+    #[test]
+    fn a_small_elf_converts_and_every_mutation_of_it_is_handled_without_panic() {
+        let mut buf = [0u8; 2048];
+        let len = small_elf(&mut buf);
+        let elf = &buf[..len];
+        let mut opts = Options::new(Chip::Esp32c3);
+        let p = Plan::new(elf, &opts).unwrap();
+        assert_eq!(emit_len(&p), p.image_len());
+        // desc+rodata merge; text; data: 3 segments plus the pads that align the text.
+        assert_eq!(p.merged(), (4, 3));
+        assert_eq!(p.elf_sha256_offset(), Some(APPDESC_SHA256_OFFSET));
+        let mut x = 0x1234_5678u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for round in 0..3_000u32 {
+            let mut m = [0u8; 2048];
+            m[..len].copy_from_slice(elf);
+            for _ in 0..1 + next() % 4 {
+                let at = next() as usize % len;
+                m[at] = next() as u8;
+            }
+            let cut = if round % 7 == 0 {
+                next() as usize % len
+            } else {
+                len
+            };
+            let bits = next();
+            opts.use_segments = bits & 1 != 0;
+            opts.ram_only_header = bits & 2 != 0;
+            opts.append_digest = bits & 4 == 0;
+            opts.secure_pad = if bits & 8 != 0 {
+                SecurePad::V2
+            } else {
+                SecurePad::None
+            };
+            if let Ok(p) = Plan::new(&m[..cut], &opts) {
+                assert_eq!(emit_len(&p), p.image_len(), "round {round}");
+            }
+        }
+    }
 
     #[test]
     fn garbage_and_truncated_elfs_are_refused_without_panic() {
