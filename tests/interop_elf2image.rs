@@ -517,3 +517,56 @@ fn from_elf_refuses_corrupt_and_foreign_elfs_naming_what_is_wrong() {
     );
     assert!(!d.join("x.bin").exists());
 }
+
+#[test]
+fn from_elf_pads_esp32_flash_segments_that_end_just_past_a_page_as_esptool_does() {
+    let Some(py) = python() else { return };
+    use elfgen::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = interop::rng(interop::seed("elf2image esp32 page tail"));
+    let mut cases = Vec::new();
+    // The rodata segment's data starts at file offset 0x20: it ends `d` bytes past the first
+    // 64 KB page boundary of the file when its length is 0x10000 - 0x20 + d.
+    let ds = [-8i32, -4, 0, 4, 0x10, 0x20, 0x24, 0x28];
+    for (i, d) in ds.iter().enumerate() {
+        let len = (0x1_0000 - 0x20 + d) as usize;
+        let secs = vec![
+            Sec::new(".flash.rodata", 0x3F40_0020, SHF_ALLOC, fill(&mut rng, len)),
+            Sec::new(
+                ".flash.text",
+                0x400E_0020 + 0x1_0000 * (i as u32 % 2),
+                SHF_ALLOC | SHF_EXECINSTR,
+                fill(&mut rng, 0x1_0000 - 0x40 + 8 * i),
+            ),
+            Sec::new(
+                ".dram0.data",
+                0x3FFB_0000,
+                SHF_ALLOC | SHF_WRITE,
+                fill(&mut rng, 0x200),
+            ),
+            Sec::new(
+                ".iram0.text",
+                0x4008_0000,
+                SHF_ALLOC | SHF_EXECINSTR,
+                fill(&mut rng, 0x8000),
+            ),
+        ];
+        let path = dir.path().join(format!("tail{i}.elf"));
+        std::fs::write(&path, write_elf(0x5E, 0x4008_0000, &secs, false)).unwrap();
+        for args in [vec![], vec!["--secure-pad"], vec!["--ram-only-header"]] {
+            cases.push(Case {
+                chip: "esp32".into(),
+                elf: path.clone(),
+                args: strings(&args),
+                label: format!("ESP32 rodata ending {d:+} past a page {args:?}"),
+            });
+        }
+    }
+    let t = judge(&py, dir.path(), &cases);
+    eprintln!("ESP32 page tail: {} cases: {t:?}", cases.len());
+    assert_eq!(t.identical, cases.len(), "{t:?}");
+    // The workaround did apply: the rodata segment ending 0x10 past the page grew to 0x24.
+    let img = std::fs::read(dir.path().join("c12.ota.bin")).unwrap();
+    let first_len = u32::from_le_bytes(img[0x1C..0x20].try_into().unwrap());
+    assert_eq!(first_len, 0x1_0000 - 0x20 + 0x24, "{first_len:#x}");
+}
