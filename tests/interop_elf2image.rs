@@ -388,6 +388,14 @@ fn from_elf_refuses_corrupt_and_foreign_elfs_naming_what_is_wrong() {
         "--chip",
         "esp32c3",
     ]);
+    // Without -o: the ELF's name with .bin, as esptool; the same bytes.
+    let other = d.join("other.elf");
+    std::fs::write(&other, &good).unwrap();
+    ok(&["image", "from-elf", s(&other), "--chip", "esp32c3"]);
+    assert_eq!(
+        std::fs::read(d.join("other.bin")).unwrap(),
+        std::fs::read(d.join("good.bin")).unwrap()
+    );
     // Truncated anywhere: in the header, the program headers, the data, the section headers.
     for cut in [0, 20, 51, 60, good.len() / 2, good.len() - 1] {
         let o = ota(&[

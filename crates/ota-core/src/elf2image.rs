@@ -60,6 +60,29 @@ const SHT_INIT_ARRAY: u32 = 0x0E;
 const SHT_FINI_ARRAY: u32 = 0x0F;
 const SHT_PREINIT_ARRAY: u32 = 0x10;
 const PT_LOAD: u32 = 0x01;
+/// `Elf32_Ehdr` field offsets (gABI; esptool's `"<16sHHLLLLLHHHHHH"`).
+const E_MACHINE: usize = 18;
+const E_ENTRY: usize = 24;
+const E_PHOFF: usize = 28;
+const E_SHOFF: usize = 32;
+const E_PHENTSIZE: usize = 42;
+const E_PHNUM: usize = 44;
+const E_SHENTSIZE: usize = 46;
+const E_SHNUM: usize = 48;
+const E_SHSTRNDX: usize = 50;
+/// `Elf32_Shdr` words: sh_name, sh_type, sh_addr, sh_offset, sh_size, sh_addralign.
+const SH_NAME: usize = 0;
+const SH_TYPE: usize = 1;
+const SH_ADDR: usize = 3;
+const SH_OFFSET: usize = 4;
+const SH_SIZE: usize = 5;
+const SH_ADDRALIGN: usize = 8;
+/// `Elf32_Phdr` words: p_type, p_offset, p_paddr, p_filesz, p_align.
+const P_TYPE: usize = 0;
+const P_OFFSET: usize = 1;
+const P_PADDR: usize = 3;
+const P_FILESZ: usize = 4;
+const P_ALIGN: usize = 7;
 
 /// Section names esptool treats specially (`ESP32FirmwareImage.save`, `elf2image`).
 const APPDESC_SECTION: &str = ".flash.appdesc";
@@ -84,7 +107,8 @@ const SECURE_PAD_V1_AFTER: u64 = 32 + 4 + 64 + 12;
 const SECURE_PAD_V2_AFTER: u64 = 32;
 /// The checksum sits in the last byte of a 16-byte block (esptool `append_checksum`).
 const CHECKSUM_BLOCK: u64 = 16;
-/// Image header byte 0x17: 1 = SHA-256 appended.
+/// The extended image header (`esp_image_header_t` bytes 8..24; its last byte: 1 = SHA-256
+/// appended), esp-idf `components/bootloader_support/include/esp_app_format.h`.
 const EXT_HEADER_LEN: usize = 16;
 
 /// Secure Boot padding (esptool `--secure-pad` / `--secure-pad-v2`).
@@ -642,21 +666,21 @@ impl<'a> Plan<'a> {
         if elf[EI_DATA] != ELFDATA2LSB {
             return Err(E::Encoding(elf[EI_DATA]));
         }
-        let machine = u16_at(elf, 18);
+        let machine = u16_at(elf, E_MACHINE);
         if machine != EM_XTENSA && machine != EM_RISCV {
             return Err(E::Machine(machine));
         }
         if machine != chip_machine(chip) {
             return Err(E::WrongArch { chip, machine });
         }
-        p.entry = u32_at(elf, 24);
-        let phoff = u32_at(elf, 28) as u64;
-        let shoff = u32_at(elf, 32) as u64;
-        let phentsize = u16_at(elf, 42);
-        let phnum = u16_at(elf, 44);
-        let shentsize = u16_at(elf, 46);
-        let shnum = u16_at(elf, 48);
-        let shstrndx = u16_at(elf, 50);
+        p.entry = u32_at(elf, E_ENTRY);
+        let phoff = u32_at(elf, E_PHOFF) as u64;
+        let shoff = u32_at(elf, E_SHOFF) as u64;
+        let phentsize = u16_at(elf, E_PHENTSIZE);
+        let phnum = u16_at(elf, E_PHNUM);
+        let shentsize = u16_at(elf, E_SHENTSIZE);
+        let shnum = u16_at(elf, E_SHNUM);
+        let shstrndx = u16_at(elf, E_SHSTRNDX);
         if shentsize as usize != SHDR_LEN {
             return Err(E::SectionHeaderSize(shentsize));
         }
@@ -677,11 +701,11 @@ impl<'a> Plan<'a> {
         }
         let sh =
             |i: u16, field: usize| u32_at(elf, shoff as usize + i as usize * SHDR_LEN + field * 4);
-        let (str_off, str_size) = (sh(shstrndx, 4) as u64, sh(shstrndx, 5) as u64);
+        let (str_off, str_size) = (sh(shstrndx, SH_OFFSET) as u64, sh(shstrndx, SH_SIZE) as u64);
         need(elf, "section name table", str_off, str_size)?;
         let strtab = &elf[str_off as usize..(str_off + str_size) as usize];
         let name_of = |i: u16| -> Result<&'a str, Elf2ImageError<'a>> {
-            let n = sh(i, 0);
+            let n = sh(i, SH_NAME);
             let bad = E::SectionName {
                 index: i,
                 name_offset: n,
@@ -695,7 +719,13 @@ impl<'a> Plan<'a> {
         let mut npieces = 0usize;
         let mut appdesc: Option<(u32, u32, u32)> = None; // addr, off, size
         for i in 0..shnum {
-            let (ty, addr, off, size, align) = (sh(i, 1), sh(i, 3), sh(i, 4), sh(i, 5), sh(i, 8));
+            let (ty, addr, off, size, align) = (
+                sh(i, SH_TYPE),
+                sh(i, SH_ADDR),
+                sh(i, SH_OFFSET),
+                sh(i, SH_SIZE),
+                sh(i, SH_ADDRALIGN),
+            );
             if addr == 0 || size == 0 {
                 continue;
             }
@@ -760,7 +790,13 @@ impl<'a> Plan<'a> {
             for i in 0..phnum {
                 let ph =
                     |field: usize| u32_at(elf, phoff as usize + i as usize * PHDR_LEN + field * 4);
-                let (ty, off, paddr, filesz, align) = (ph(0), ph(1), ph(3), ph(4), ph(7));
+                let (ty, off, paddr, filesz, align) = (
+                    ph(P_TYPE),
+                    ph(P_OFFSET),
+                    ph(P_PADDR),
+                    ph(P_FILESZ),
+                    ph(P_ALIGN),
+                );
                 if ty != PT_LOAD || paddr == 0 || filesz == 0 {
                     continue;
                 }
@@ -1300,6 +1336,8 @@ impl<'a> Plan<'a> {
         hdr[3] = (o.flash_size_code << 4).wrapping_add(o.flash_freq_code);
         hdr[4..8].copy_from_slice(&self.entry.to_le_bytes());
         let ext = &mut hdr[8..8 + EXT_HEADER_LEN];
+        // wp_pin, 3 SPI drive bytes, chip_id, min_chip_rev, min_chip_rev_full,
+        // max_chip_rev_full, 4 reserved, hash_appended (esp_app_format.h).
         ext[0] = WP_PIN_DISABLED;
         ext[4..6].copy_from_slice(&o.chip.id().to_le_bytes());
         ext[6] = o.min_rev;
