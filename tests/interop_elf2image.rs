@@ -578,3 +578,55 @@ fn from_elf_pads_esp32_flash_segments_that_end_just_past_a_page_as_esptool_does(
     let first_len = u32::from_le_bytes(img[0x1C..0x20].try_into().unwrap());
     assert_eq!(first_len, 0x1_0000 - 0x20 + 0x24, "{first_len:#x}");
 }
+
+#[test]
+fn an_image_made_by_from_elf_installs_and_boots_on_the_emulated_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The descriptor records the page (ESP-IDF v5.4+) or not (older: from its address).
+    for (chip, record) in [("esp32c6", true), ("esp32h2", false)] {
+        let (page, size) = (0x1_0000u32, "4MB");
+        let elf = d.join(format!("{chip}.elf"));
+        std::fs::write(
+            &elf,
+            idf::c6_app_elf(page, if record { 16 } else { 0 }, "from_elf", "v3.2.1"),
+        )
+        .unwrap();
+        let app = d.join(format!("{chip}.bin"));
+        ok(&[
+            "image",
+            "from-elf",
+            s(&elf),
+            "-o",
+            s(&app),
+            "--chip",
+            chip,
+            "--flash-mode",
+            "dio",
+            "--flash-size",
+            size,
+        ]);
+        let flash = d.join(format!("{chip}.flash"));
+        ok(&[
+            "device",
+            "create",
+            "--flash",
+            s(&flash),
+            "--chip",
+            chip,
+            "--flash-size",
+            size,
+            "--app",
+            s(&app),
+        ]);
+        let out = ok(&["device", "boot", "--flash", s(&flash), "--json"]);
+        let j: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["project_name"], "from_elf", "{chip}: {out}");
+        let info = ok(&["image", "info", s(&app), "--json"]);
+        let j: Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(j["checksum_valid"], true, "{info}");
+        assert_eq!(j["hash_valid"], true, "{info}");
+        assert_eq!(j["mmu_aligned"], true, "{info}");
+        assert_eq!(j["app"]["version"], "v3.2.1", "{info}");
+    }
+}
