@@ -68,6 +68,9 @@ pub enum ImageCmd {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
     },
+    /// Convert an ELF into an app image, byte for byte as `esptool --chip C elf2image` does
+    /// (same options, same defaults).
+    FromElf(FromElfArgs),
     /// Show an image's header, segments, checksum, hash and app descriptor (like esptool image-info).
     Info {
         /// App or bootloader image file (esptool elf2image output, not an ELF).
@@ -164,6 +167,7 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        ImageCmd::FromElf(args) => from_elf(args),
         ImageCmd::Info {
             image: path,
             json: as_json,
@@ -453,4 +457,162 @@ pub fn app_json(d: &ota_core::image::AppDesc) -> Value {
         "max_efuse_blk_rev_full": d.max_efuse_blk_rev_full,
         "mmu_page_size": d.mmu_page_size,
     })
+}
+
+/// `ota image from-elf`: esptool elf2image's options, names and defaults (esptool 5.6
+/// `esptool/__init__.py` `elf2image_cli`); the conversion itself is `ota_core::elf2image`.
+#[derive(clap::Args)]
+pub struct FromElfArgs {
+    /// The ELF file (`cargo build` / `idf.py build` output).
+    elf: PathBuf,
+    /// Output image file (default: the ELF's name with `.bin`, as esptool).
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Chip (esptool's name: esp32, esp32s2, esp32c3, esp32s3, esp32c6, ...).
+    #[arg(long)]
+    chip: String,
+    /// SPI flash mode in the header: qio, qout, dio, dout.
+    #[arg(long, default_value = "qio")]
+    flash_mode: String,
+    /// Flash size in the header: 1MB .. 128MB.
+    #[arg(long, default_value = "1MB")]
+    flash_size: String,
+    /// Flash frequency as esptool names it for the chip (default: the chip's code 0).
+    #[arg(long)]
+    flash_freq: Option<String>,
+    /// Legacy minimum chip revision byte (esptool --min-rev).
+    #[arg(long, default_value_t = 0)]
+    min_rev: u8,
+    /// Minimum chip revision, major*100+minor.
+    #[arg(long, default_value_t = 0)]
+    min_rev_full: u16,
+    /// Maximum chip revision, major*100+minor (65535 = not set).
+    #[arg(long, default_value_t = 65535)]
+    max_rev_full: u16,
+    /// Pad so that, once signed with Secure Boot v1, the image ends on an MMU page (ESP32).
+    #[arg(long)]
+    secure_pad: bool,
+    /// Pad so that the Secure Boot v2 signature sector starts on the next MMU page.
+    #[arg(long)]
+    secure_pad_v2: bool,
+    /// Patch the ELF's SHA-256 at this image offset (default: 0xB0 when the ELF has a
+    /// `.flash.appdesc` section in flash).
+    #[arg(long, value_name = "OFFSET")]
+    elf_sha256_offset: Option<String>,
+    /// Leave out the appended SHA-256 of the image.
+    #[arg(long)]
+    dont_append_digest: bool,
+    /// Use the ELF's program headers (PT_LOAD) instead of its sections.
+    #[arg(long)]
+    use_segments: bool,
+    /// MMU page size for the flash-mapped segments: 8KB, 16KB, 32KB, 64KB (default: the app
+    /// descriptor's, else guessed from its address, else 64KB).
+    #[arg(long, value_name = "SIZE")]
+    flash_mmu_page_size: Option<String>,
+    /// Pad the image with 0xFF to a multiple of this size (e.g. 64KB, 4MB).
+    #[arg(long, value_name = "SIZE")]
+    pad_to_size: Option<String>,
+    /// RAM segments first, the header counts only them; implies --dont-append-digest.
+    #[arg(long)]
+    ram_only_header: bool,
+}
+
+fn from_elf(a: FromElfArgs) -> Result<ExitCode> {
+    use ota_core::elf2image::{MmuPageFrom, Options, Plan, SecurePad};
+    let chip = Chip::from_name(&a.chip).ok_or_else(|| anyhow!("unknown chip '{}'", a.chip))?;
+    let mut o = Options::new(chip);
+    o.flash_mode = image::flash_mode_from_name(&a.flash_mode).ok_or_else(|| {
+        anyhow!(
+            "unknown flash mode '{}' (qio, qout, dio, dout)",
+            a.flash_mode
+        )
+    })?;
+    o.flash_size_code = image::flash_size_code_from_name(&a.flash_size).ok_or_else(|| {
+        anyhow!(
+            "unknown flash size '{}' (1MB, 2MB, 4MB, ... 128MB)",
+            a.flash_size
+        )
+    })?;
+    if let Some(f) = &a.flash_freq {
+        o.flash_freq_code = image::flash_freq_code_from_name(chip, f).ok_or_else(|| {
+            let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
+            anyhow!(
+                "flash frequency '{}' is not one {} knows ({})",
+                f,
+                chip.display_name(),
+                names.join(", ")
+            )
+        })?;
+    }
+    o.min_rev = a.min_rev;
+    o.min_rev_full = a.min_rev_full;
+    o.max_rev_full = a.max_rev_full;
+    o.secure_pad = match (a.secure_pad, a.secure_pad_v2) {
+        (true, true) => bail!("--secure-pad and --secure-pad-v2: pick one"),
+        (true, false) => SecurePad::V1,
+        (false, true) => SecurePad::V2,
+        (false, false) => SecurePad::None,
+    };
+    if let Some(off) = &a.elf_sha256_offset {
+        o.elf_sha256_offset = Some(
+            crate::glue::parse_size(off).with_context(|| format!("--elf-sha256-offset {off}"))?,
+        );
+    }
+    o.append_digest = !a.dont_append_digest;
+    o.use_segments = a.use_segments;
+    if let Some(p) = &a.flash_mmu_page_size {
+        o.mmu_page_size =
+            Some(crate::glue::parse_size(p).with_context(|| format!("--flash-mmu-page-size {p}"))?);
+    }
+    if let Some(p) = &a.pad_to_size {
+        o.pad_to_size = crate::glue::parse_size(p).with_context(|| format!("--pad-to-size {p}"))?;
+    }
+    o.ram_only_header = a.ram_only_header;
+
+    let elf = crate::input::read_bounded(&a.elf, crate::input::FLASH_LIMIT, "ELF")?;
+    let plan = Plan::new(&elf, &o).map_err(|e| anyhow!("{}: {}", a.elf.display(), e))?;
+    let mut out = Vec::with_capacity(plan.image_len() as usize);
+    plan.emit(&mut |b: &[u8]| {
+        out.extend_from_slice(b);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|e: std::convert::Infallible| match e {});
+    let output = a.output.unwrap_or_else(|| a.elf.with_extension("bin"));
+    let (page, from) = plan.mmu_page();
+    if from == MmuPageFrom::DefaultUnaligned {
+        eprintln!(
+            "warning: the .flash.appdesc section is not aligned to any MMU page size (a linker \
+             script issue or a wrong page size?): using 64KB; set --flash-mmu-page-size"
+        );
+    }
+    if plan.unknown_sections() > 0 {
+        eprintln!(
+            "note: skipped {} section(s) of a type esptool does not know",
+            plan.unknown_sections()
+        );
+    }
+    let wrote = crate::output::write_output(&output, &out, "app image")?;
+    let (sections, segments) = plan.merged();
+    crate::output::say(
+        wrote,
+        format_args!(
+            "wrote {} ({} bytes, {} segments from {} ELF {}, {} KB MMU pages{}) for {}",
+            output.display(),
+            out.len(),
+            plan.segment_count(),
+            if a.use_segments { segments } else { sections },
+            if a.use_segments {
+                "segments"
+            } else {
+                "sections"
+            },
+            page / 1024,
+            match plan.elf_sha256_offset() {
+                Some(off) => format!(", ELF SHA-256 at {off:#x}"),
+                None => String::new(),
+            },
+            chip.name()
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -37,8 +37,9 @@ impl SdCardFs for SdAdapter {
 pub fn refuse_elf(bytes: &[u8], path: &Path, what: &str) -> Result<()> {
     if ota_core::image::is_elf(bytes) {
         bail!(
-            "{} is an ELF file, not {}: convert it with `esptool --chip CHIP elf2image {}` \
-             (or use the .bin that `idf.py build` writes next to the .elf)",
+            "{} is an ELF file, not {}: convert it with `ota image from-elf {} --chip CHIP` \
+             (the bytes `esptool --chip CHIP elf2image` writes), or use the .bin that \
+             `idf.py build` writes next to the .elf",
             path.display(),
             what,
             path.display()

@@ -7,6 +7,12 @@ Reads one JSON request on stdin, writes one JSON answer on stdout.
   {"op": "elf2image", "chip": "esp32c6", "elf": path, "cases": [{"args": [...], "out": path}, ...]}
       -> {"reports": [...]}: runs `esptool --chip CHIP elf2image ARGS -o OUT ELF` in-process
          (the real CLI entry point), then image-info on OUT.
+  {"op": "elf2image_cases", "cases": [{"chip": str, "elf": path, "args": [...], "out": path}, ...]}
+      -> {"results": [{"ok": bool, "error": str|null}, ...]}: `esptool --chip CHIP elf2image ARGS
+         -o OUT ELF` per case, nothing else (the caller compares the bytes).
+  {"op": "memory_map", "chips": [str, ...]}
+      -> {"maps": [[[start, end, name], ...], ...]}: each chip's `MEMORY_MAP` (esptool targets/*.py),
+         what elf2image's merging compares and image-info prints.
   {"op": "merge_bin", "cases": [{"chip": str, "args": [...], "out": path}, ...]}
       -> {"results": [{"ok": bool, "error": str|null}, ...]}: `esptool --chip CHIP merge-bin -o OUT ARGS`.
 """
@@ -58,6 +64,17 @@ def main():
             r = info(case["out"]) if ok else {"ok": False, "stdout": "", "error": log}
             reports.append(r)
         ans = {"reports": reports}
+    elif op == "elf2image_cases":
+        results = []
+        for case in req["cases"]:
+            argv = ["--chip", case["chip"], "elf2image", *case["args"], "-o", case["out"], case["elf"]]
+            ok, log = run_cli(argv)
+            results.append({"ok": ok, "error": None if ok else log})
+        ans = {"results": results}
+    elif op == "memory_map":
+        from esptool.targets import CHIP_DEFS
+
+        ans = {"maps": [[list(r) for r in CHIP_DEFS[c].MEMORY_MAP] for c in req["chips"]]}
     elif op == "merge_bin":
         results = []
         for case in req["cases"]:

@@ -84,6 +84,7 @@
 
 pub mod boot;
 pub mod chip;
+pub mod elf2image;
 pub mod error;
 pub mod flash;
 pub mod guard;
