@@ -25,6 +25,8 @@ pub mod update;
 pub mod version;
 
 #[cfg(test)]
+mod granularity_tests;
+#[cfg(test)]
 mod testutil;
 
 pub use chip::Chip;

@@ -442,12 +442,6 @@ impl StagedWrite {
         Ok(())
     }
 
-    /// The staged image as written so far: partition-relative region and length. A caller may
-    /// check its format there before committing (e.g. a tone bin's CRC).
-    pub fn staged_region(&self) -> Region {
-        Region::new(self.staging.offset, self.writer.written())
-    }
-
     /// Verify the staged image by reading it back, then write the progress record (the commit
     /// point: from here on the copy finishes, now or at the next run).
     pub fn commit<F: NorFlash>(mut self, flash: &mut F) -> Result<StagedCopy, Error> {

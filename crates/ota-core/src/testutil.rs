@@ -36,6 +36,10 @@ pub struct RamFlash<const RS: usize = 4, const WS: usize = 4> {
     pub reprogrammed_words: usize,
     /// Reads and writes handed a buffer that is not 4-byte aligned in memory.
     pub unaligned_buffers: usize,
+    /// Every write that reached the flash: (offset, length).
+    pub writes: Vec<(u32, u32)>,
+    /// Writes that touch `[start, end)` fail with `Other` and change nothing (a fault).
+    pub fail_writes_in: Option<(u32, u32)>,
     /// Erases per 4 KiB sector.
     pub erases: Vec<u32>,
     pub bytes_written: u64,
@@ -50,6 +54,8 @@ impl<const RS: usize, const WS: usize> RamFlash<RS, WS> {
             programmed: vec![false; size.div_ceil(WS)],
             reprogrammed_words: 0,
             unaligned_buffers: 0,
+            writes: Vec::new(),
+            fail_writes_in: None,
             erases: vec![0; size.div_ceil(4096)],
             bytes_written: 0,
             erase_ops: 0,
@@ -120,9 +126,15 @@ impl<const RS: usize, const WS: usize> NorFlash for RamFlash<RS, WS> {
         if end > self.data.len() {
             return Err(RamError(NorFlashErrorKind::OutOfBounds));
         }
+        if let Some((a, b)) = self.fail_writes_in {
+            if (offset as usize) < b as usize && end > a as usize {
+                return Err(RamError(NorFlashErrorKind::Other));
+            }
+        }
         if !(bytes.as_ptr() as usize).is_multiple_of(4) {
             self.unaligned_buffers += 1;
         }
+        self.writes.push((offset, bytes.len() as u32));
         for w in offset as usize / WS..end / WS {
             if self.programmed[w] {
                 self.reprogrammed_words += 1;
