@@ -55,7 +55,7 @@ impl ErrorType for Rec<'_> {
 }
 
 impl ReadNorFlash for Rec<'_> {
-    const READ_SIZE: usize = 1;
+    const READ_SIZE: usize = <EmuFlash as ReadNorFlash>::READ_SIZE;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), EmuError> {
         self.inner.read(offset, bytes)
     }
@@ -65,7 +65,7 @@ impl ReadNorFlash for Rec<'_> {
 }
 
 impl NorFlash for Rec<'_> {
-    const WRITE_SIZE: usize = 1;
+    const WRITE_SIZE: usize = <EmuFlash as NorFlash>::WRITE_SIZE;
     const ERASE_SIZE: usize = 4096;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), EmuError> {
         let start = self.inner.bytes_since_plan();

@@ -293,7 +293,10 @@ fn four_byte_flash_takes_the_writes_that_failed_before() {
     let mut d = DataUpdate::begin(&map, "flash_tone", None).unwrap();
     d.write(&mut f, &tone_like(5000)).unwrap();
     d.finish(&mut f).unwrap();
-    assert!(f.writes.iter().all(|&(o, l)| o.is_multiple_of(4) && l.is_multiple_of(4)));
+    assert!(f
+        .writes
+        .iter()
+        .all(|&(o, l)| o.is_multiple_of(4) && l.is_multiple_of(4)));
 
     let (mut f, t) = device::<4>();
     let target = *t.find_data("flash_tone").unwrap();
@@ -302,7 +305,10 @@ fn four_byte_flash_takes_the_writes_that_failed_before() {
     let mut w = StagedWrite::begin(&mut f, &map, &staging_part, &target, None).unwrap();
     w.write(&mut f, &tone_like(5000)).unwrap();
     w.commit(&mut f).unwrap().run(&mut f).unwrap();
-    assert!(f.writes.iter().all(|&(o, l)| o.is_multiple_of(4) && l.is_multiple_of(4)));
+    assert!(f
+        .writes
+        .iter()
+        .all(|&(o, l)| o.is_multiple_of(4) && l.is_multiple_of(4)));
     clean(&f);
 }
 
