@@ -442,6 +442,13 @@ impl StagedWrite {
         Ok(())
     }
 
+    /// Program the partial last word of the staged image (padded with 0xFF), so the whole image
+    /// can be read back from the staging partition, e.g. to check its format before
+    /// [`StagedWrite::commit`]. Nothing can be written after it.
+    pub fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+        self.writer.flush(flash)
+    }
+
     /// Verify the staged image by reading it back, then write the progress record (the commit
     /// point: from here on the copy finishes, now or at the next run).
     pub fn commit<F: NorFlash>(mut self, flash: &mut F) -> Result<StagedCopy, Error> {

@@ -920,8 +920,10 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
                     .finish(dev.flash)
                     .map_err(|e| core_error(e, &self.uri))?;
             }
-            Sink::Staged(w) => {
+            Sink::Staged(mut w) => {
                 let staging = *w.staging();
+                // The last partial flash word is still in RAM: program it before reading back.
+                w.flush(dev.flash).map_err(|e| core_error(e, &self.uri))?;
                 if self.format == DataFormat::Tone {
                     // The staged bin must be a whole, valid tone bin before the target is touched.
                     let mut view = staging;
