@@ -959,13 +959,14 @@ impl AppUpdate {
 /// adf-ota-service.md §8.2).
 pub const DATA_HEADER_LAST_LEN: usize = 8;
 /// Of those, the bytes programmed in the very last write: the tone header's u16 tag 0x2053
-/// (adf-ota-service.md §8.2). Until it is complete the tag reads 0xFFFF or 0xFF53, which even
+/// (adf-ota-service.md §8.2), rounded up to the flash's write unit ([`header_last_cuts`]). Until it is complete the tag reads 0xFFFF or 0xFF53, which even
 /// ADF's lenient `tone_partition_init` rejects; a torn count or format behind a missing tag
 /// never shows.
 pub const DATA_TAG_LAST_LEN: usize = 2;
 
-/// Program the first-sector bytes `first` of `region` from the end towards the start, in three
-/// writes: `[8, len)`, `[2, 8)`, `[0, 2)` (see [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]).
+/// Program the first-sector bytes `first` of `region` from the end towards the start, in up to
+/// three writes cut by [`header_last_cuts`]: at write unit 1 `[8, len)`, `[2, 8)`, `[0, 2)` (see
+/// [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]); the word holding the tag is always last.
 pub(crate) fn write_first_sector_last<F: NorFlash>(
     flash: &mut F,
     region: &Region,
@@ -1000,7 +1001,7 @@ pub(crate) fn header_last_cuts(ws: u32, len: u32) -> [u32; 3] {
 ///
 /// Power-loss rule: the first sector is erased by the first write, buffered (at most 4 KiB, a
 /// fixed array: no allocation) and programmed only after everything else, from its end towards
-/// its start with the 2-byte tag of the header last of all ([`DATA_TAG_LAST_LEN`]). So a
+/// its start with the word holding the header's tag last of all ([`DATA_TAG_LAST_LEN`]). So a
 /// rewrite that is cut at any byte leaves a partition whose header tag is erased or torn, and
 /// the next run sees it as invalid and rewrites it, instead of taking a half-new partition for
 /// a valid one.

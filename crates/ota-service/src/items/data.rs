@@ -59,7 +59,8 @@ pub struct DataItem {
 enum Sink {
     /// Boxed: the engine buffers the first sector (4 KiB).
     Direct(Box<DataUpdate>),
-    Staged(StagedWrite),
+    /// Boxed: the writer keeps a partial flash word (up to 256 bytes).
+    Staged(Box<StagedWrite>),
 }
 
 /// How the source can be read a second time (for a verifying pass before the writing pass).
@@ -818,10 +819,10 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         };
         let mut sink = match self.staging_partition(dev)? {
             None => Sink::Direct(Box::new(engine)),
-            Some(staging) => Sink::Staged(
+            Some(staging) => Sink::Staged(Box::new(
                 StagedWrite::begin(dev.flash, &map, &staging, &target, source.content_length())
                     .map_err(|e| core_error(e, &self.uri))?,
-            ),
+            )),
         };
         let label = match &sink {
             Sink::Direct(_) => target.label,
