@@ -16,9 +16,9 @@ use ota_core::partition::{self, CsvOptions, Partition, PartitionTable, TABLE_OFF
 use ota_core::update;
 use ota_core::Chip;
 use ota_emu::device::{layout, Device};
-use ota_emu::flash::{EmuFlash, FaultPlan};
+use ota_emu::flash::{EmuFlash, EmuFlashN, FaultPlan};
 use ota_emu::sdcard::SdCard;
-use ota_emu::settings::{BootloaderSettings, DeviceSettings, EfuseSettings};
+use ota_emu::settings::{BootloaderSettings, DeviceSettings, EfuseSettings, FlashSettings};
 use ota_service::config::Config;
 use serde_json::{json, Value};
 
@@ -126,7 +126,7 @@ fn parse_addr(s: &str) -> std::result::Result<u32, String> {
 impl FaultArgs {
     /// Arm the plan on `flash`. With a power cut, the process ends at the cut, as a chip whose
     /// power is gone runs no more code: nothing after it can print success or touch the file.
-    pub fn arm(&self, flash: &mut EmuFlash) {
+    pub fn arm<const W: usize>(&self, flash: &mut EmuFlashN<W>) {
         if self.power_cut_after_bytes.is_none()
             && self.fail_write_at.is_none()
             && self.fail_erase_at.is_none()
@@ -159,7 +159,7 @@ impl FaultArgs {
 impl FaultArgs {
     /// After a command that was given a cut it never reached: say on stderr how far it got, so
     /// a replay can pick N in `0..=bytes` (every such N cuts the power during this command).
-    pub fn report(&self, flash: &EmuFlash) {
+    pub fn report<const W: usize>(&self, flash: &EmuFlashN<W>) {
         if let Some(n) = self.power_cut_after_bytes {
             if !flash.power_cut_happened() {
                 eprintln!(
@@ -214,16 +214,81 @@ impl Stored {
     }
 }
 
-/// A device opened from its flash file, with the settings stored beside it.
-pub struct Session {
-    pub dev: Device<EmuFlash>,
+/// Run `$body` with `$w` a `const usize` equal to the write unit `$n` (one of
+/// `ota_emu::flash::WRITE_SIZES`): the emulated flash's unit is a type parameter, as a flash
+/// driver's `WRITE_SIZE` is.
+macro_rules! at_write_size {
+    ($n:expr, $w:ident => $body:expr) => {
+        match $n {
+            1 => {
+                const $w: usize = 1;
+                $body
+            }
+            2 => {
+                const $w: usize = 2;
+                $body
+            }
+            4 => {
+                const $w: usize = 4;
+                $body
+            }
+            8 => {
+                const $w: usize = 8;
+                $body
+            }
+            16 => {
+                const $w: usize = 16;
+                $body
+            }
+            32 => {
+                const $w: usize = 32;
+                $body
+            }
+            64 => {
+                const $w: usize = 64;
+                $body
+            }
+            128 => {
+                const $w: usize = 128;
+                $body
+            }
+            256 => {
+                const $w: usize = 256;
+                $body
+            }
+            n => bail!("flash write size {} is not a power of two from 1 to 256", n),
+        }
+    };
+}
+
+/// The flash write unit of the device in `path` (its settings', 4 without settings).
+pub fn write_size_of(path: &Path) -> Result<u32> {
+    let file = DeviceSettings::path_for(path);
+    if std::fs::symlink_metadata(&file).is_ok() {
+        crate::input::check_input(&file, crate::input::TEXT_LIMIT, "settings file")?;
+    }
+    Ok(DeviceSettings::write_size_for(path)?)
+}
+
+/// A device opened from its flash file, with the settings stored beside it; `W` is the flash's
+/// read and write unit (the settings' `flash.write_size`).
+pub struct Session<const W: usize = 4> {
+    pub dev: Device<EmuFlashN<W>>,
     pub stored: Stored,
 }
 
-impl Session {
-    pub fn open(path: &Path) -> Result<Session> {
-        let dev = glue::open_device(path)?;
+impl<const W: usize> Session<W> {
+    pub fn open(path: &Path) -> Result<Session<W>> {
+        let dev = glue::open_device_at::<W>(path)?;
         let stored = Stored::load(path, dev.chip())?;
+        if stored.settings.write_size() as usize != W {
+            bail!(
+                "{}: the device's flash write size is {}, not {}",
+                path.display(),
+                stored.settings.write_size(),
+                W
+            );
+        }
         Ok(Session { dev, stored })
     }
 
@@ -234,8 +299,8 @@ impl Session {
 }
 
 /// Boot with the stored options and keep what the bootloader burnt.
-fn boot_stored(
-    dev: &mut Device<EmuFlash>,
+fn boot_stored<const W: usize>(
+    dev: &mut Device<EmuFlashN<W>>,
     stored: &mut Stored,
     quiet: bool,
 ) -> Result<BootOutcome> {
@@ -277,6 +342,11 @@ pub struct CreateArgs {
     /// Initial eFuse secure-version counter (number of burnt bits).
     #[arg(long, value_name = "N", default_value_t = 0)]
     efuse_secure_version: u32,
+    /// The flash driver's read and write unit in bytes (a power of two from 1 to 256; 4 is
+    /// esp-storage's, the ESP32 chips' flash driver): every command then reads and writes the
+    /// device's flash in whole units, as the chip's driver does.
+    #[arg(long, value_name = "N", default_value_t = ota_emu::flash::DEFAULT_WRITE_SIZE)]
+    flash_write_size: u32,
     /// Replace the flash file (and its settings file) if it exists; without it an existing
     /// file is refused.
     #[arg(long)]
@@ -485,7 +555,18 @@ fn check_image(
 
 fn create(a: CreateArgs) -> Result<()> {
     if let Some(build) = &a.from_build {
-        return crate::from_build::create_from_build(&a.flash.flash, build, a.efuse_secure_version);
+        return crate::from_build::create_from_build(
+            &a.flash.flash,
+            build,
+            a.efuse_secure_version,
+            a.flash_write_size,
+        );
+    }
+    if !ota_emu::flash::WRITE_SIZES.contains(&a.flash_write_size) {
+        bail!(
+            "--flash-write-size {} is not a power of two from 1 to 256",
+            a.flash_write_size
+        );
     }
     let chip = Chip::from_name(&a.chip).ok_or_else(|| {
         anyhow!(
@@ -537,6 +618,9 @@ fn create(a: CreateArgs) -> Result<()> {
             efuse: EfuseSettings {
                 secure_version: a.efuse_secure_version,
             },
+            flash: FlashSettings {
+                write_size: Some(a.flash_write_size),
+            },
         },
     )?;
     println!(
@@ -582,7 +666,7 @@ struct ToneView {
 
 /// The tone bin in data partition `p`, if its header carries the tone tag. Uses
 /// `ota_core::tone::{tone_partition_check, tone_partition_init}` directly.
-fn tone_view(flash: &mut EmuFlash, p: &Partition) -> Option<ToneView> {
+fn tone_view<const W: usize>(flash: &mut EmuFlashN<W>, p: &Partition) -> Option<ToneView> {
     use ota_core::tone::{self, ToneHeader, TONE_HEADER_SIZE};
     if p.ptype != partition::TYPE_DATA || p.size < TONE_HEADER_SIZE as u32 {
         return None;
@@ -638,8 +722,8 @@ struct TableRead {
 }
 
 impl InfoView {
-    fn gather(
-        flash: &mut EmuFlash,
+    fn gather<const W: usize>(
+        flash: &mut EmuFlashN<W>,
         chip: Chip,
         flash_size: u32,
         read: TableRead,
@@ -736,7 +820,11 @@ fn rejected_table_view(path: &Path) -> Option<InfoView> {
 }
 
 fn info(path: &Path, as_json: bool) -> Result<ExitCode> {
-    let view = match Session::open(path) {
+    at_write_size!(write_size_of(path)?, W => info_at::<W>(path, as_json))
+}
+
+fn info_at<const W: usize>(path: &Path, as_json: bool) -> Result<ExitCode> {
+    let view = match Session::<W>::open(path) {
         Ok(mut session) => {
             {
                 let table = session.dev.table().clone();
@@ -830,6 +918,7 @@ fn info_json(v: &InfoView) -> Value {
         "rollback": v.settings.bootloader.rollback,
         "anti_rollback": v.settings.bootloader.anti_rollback,
         "mmu_page_size": v.settings.bootloader.mmu_page_size,
+        "flash_write_size": v.settings.write_size(),
         "file": v.settings_file.as_ref().map(|p| p.display().to_string()),
     },
     "efuse": {
@@ -867,6 +956,10 @@ fn print_info(v: &InfoView) {
     if let Some(p) = settings.bootloader.mmu_page_size {
         println!("Bootloader: MMU page size {} KB", p / 1024);
     }
+    println!(
+        "Flash: read/write unit {} bytes (the flash driver's READ_SIZE/WRITE_SIZE)",
+        settings.write_size()
+    );
     println!(
         "eFuse: secure_version {} (of {} bits)",
         settings.efuse.secure_version,
@@ -1186,7 +1279,11 @@ fn print_loaded(out: &BootOutcome) {
 }
 
 fn boot_cmd(path: &Path, as_json: bool, faults: &FaultArgs) -> Result<ExitCode> {
-    let mut session = Session::open(path)?;
+    at_write_size!(write_size_of(path)?, W => boot_cmd_at::<W>(path, as_json, faults))
+}
+
+fn boot_cmd_at<const W: usize>(path: &Path, as_json: bool, faults: &FaultArgs) -> Result<ExitCode> {
+    let mut session = Session::<W>::open(path)?;
     let table = session.dev.table().clone();
     warn_rollback_state(session.dev.flash_mut(), &table, &session.stored);
     faults.arm(session.dev.flash_mut());
@@ -1274,19 +1371,22 @@ fn run_cmd_inner(a: &RunArgs) -> Result<(u8, ota_service::RunReport, Option<Stri
         Some(p) => Some(SdAdapter(SdCard::open(p)?)),
         None => None,
     };
-    let mut session = Session::open(&a.flash.flash)?;
+    at_write_size!(write_size_of(&a.flash.flash)?, W => run_session::<W>(a, &config, sd.as_ref()))
+}
+
+/// `device run` on a flash of unit `W`, once the config and the SD card are loaded.
+fn run_session<const W: usize>(
+    a: &RunArgs,
+    config: &Config,
+    sd: Option<&SdAdapter>,
+) -> Result<(u8, ota_service::RunReport, Option<String>)> {
+    let mut session = Session::<W>::open(&a.flash.flash)?;
     a.faults.arm(session.dev.flash_mut());
     let opts = ota_service::source::SourceOptions {
         timeout: std::time::Duration::from_millis(a.timeout_ms),
         ..Default::default()
     };
-    let report = run_device_with(
-        &mut session.dev,
-        &mut session.stored,
-        &config,
-        sd.as_ref(),
-        opts,
-    );
+    let report = run_device_with(&mut session.dev, &mut session.stored, config, sd, opts);
     a.faults.report(session.dev.flash());
     let (report, running) = report?;
     let running = Some(running.partition.label.as_str().to_string());
@@ -1322,8 +1422,8 @@ fn run_cmd_inner(a: &RunArgs) -> Result<(u8, ota_service::RunReport, Option<Stri
 /// bootloader (no rollback). `app_main` runs once the bootloader has started the app, before
 /// the OTA service starts (the demo prints the example's own lines there). Returns the report
 /// and what runs at the end.
-pub fn run_device(
-    dev: &mut Device<EmuFlash>,
+pub fn run_device<const W: usize>(
+    dev: &mut Device<EmuFlashN<W>>,
     config: &Config,
     sd: Option<&SdAdapter>,
     opts: ota_service::source::SourceOptions,
@@ -1335,8 +1435,8 @@ pub fn run_device(
 /// [`run_device`] with the device's stored settings: every boot uses its bootloader options,
 /// the items commit as NEW with rollback and check the eFuse with anti-rollback. Returns the
 /// report and what runs at the end (after the restart, if there was one).
-pub fn run_device_with(
-    dev: &mut Device<EmuFlash>,
+pub fn run_device_with<const W: usize>(
+    dev: &mut Device<EmuFlashN<W>>,
     stored: &mut Stored,
     config: &Config,
     sd: Option<&SdAdapter>,
@@ -1346,8 +1446,8 @@ pub fn run_device_with(
 }
 
 /// [`run_device_with`] with an `app_main` hook (see [`run_device`]).
-fn run_device_hooked(
-    dev: &mut Device<EmuFlash>,
+fn run_device_hooked<const W: usize>(
+    dev: &mut Device<EmuFlashN<W>>,
     stored: &mut Stored,
     config: &Config,
     sd: Option<&SdAdapter>,
@@ -1482,7 +1582,11 @@ const PROGRESS_EVENT_STEP: u64 = 64 * 1024;
 
 /// `esp_ota_mark_app_valid_cancel_rollback` (esp-idf `esp_ota_ops.c`) by the running app.
 fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
-    let mut session = Session::open(path)?;
+    at_write_size!(write_size_of(path)?, W => confirm_cmd_at::<W>(path, faults))
+}
+
+fn confirm_cmd_at<const W: usize>(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
+    let mut session = Session::<W>::open(path)?;
     faults.arm(session.dev.flash_mut());
     let table = session.dev.table().clone();
     let chip = session.dev.chip();
@@ -1537,7 +1641,11 @@ fn confirm_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
 
 /// `esp_ota_mark_app_invalid_rollback_and_reboot` (esp-idf `esp_ota_ops.c`), then the restart.
 fn rollback_cmd(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
-    let mut session = Session::open(path)?;
+    at_write_size!(write_size_of(path)?, W => rollback_cmd_at::<W>(path, faults))
+}
+
+fn rollback_cmd_at<const W: usize>(path: &Path, faults: &FaultArgs) -> Result<ExitCode> {
+    let mut session = Session::<W>::open(path)?;
     faults.arm(session.dev.flash_mut());
     let table = session.dev.table().clone();
     let chip = session.dev.chip();

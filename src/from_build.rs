@@ -11,11 +11,21 @@ use ota_emu::Device;
 
 /// Lay out the device of build folder `build` in `flash` (and its settings file beside it),
 /// byte-identical to `esptool merge-bin --pad-to-size <flash size> @flash_args` run in the
-/// build folder. Nothing is written unless everything checks out.
-pub fn create_from_build(flash: &Path, build: &Path, efuse_secure_version: u32) -> Result<()> {
+/// build folder. Nothing is written unless everything checks out. `write_size`: the flash
+/// driver's unit recorded in the settings.
+pub fn create_from_build(
+    flash: &Path,
+    build: &Path,
+    efuse_secure_version: u32,
+    write_size: u32,
+) -> Result<()> {
     let b = IdfBuild::read(build)?;
     let mut settings = b.settings()?;
     settings.efuse.secure_version = efuse_secure_version;
+    settings.flash.write_size = Some(write_size);
+    settings
+        .check()
+        .map_err(|e| anyhow!("--flash-write-size: {}", e))?;
     settings
         .check_for_chip(b.chip)
         .map_err(|e| anyhow!("--efuse-secure-version: {}", e))?;

@@ -51,9 +51,15 @@ pub fn refuse_elf(bytes: &[u8], path: &Path, what: &str) -> Result<()> {
 /// Open the device held by a flash image file: a regular file of at most 128 MB
 /// (`input::FLASH_LIMIT`), checked before the emulator reads it.
 pub fn open_device(path: &Path) -> Result<Device<EmuFlash>> {
+    open_device_at::<4>(path)
+}
+
+/// [`open_device`] with a flash of read and write unit `W` (the device settings'
+/// `flash.write_size`).
+pub fn open_device_at<const W: usize>(path: &Path) -> Result<Device<ota_emu::flash::EmuFlashN<W>>> {
     crate::input::check_input(path, crate::input::FLASH_LIMIT, "flash image")?;
-    let flash =
-        EmuFlash::open(path).with_context(|| format!("opening flash image {}", path.display()))?;
+    let flash = ota_emu::flash::EmuFlashN::<W>::open(path)
+        .with_context(|| format!("opening flash image {}", path.display()))?;
     Device::open(flash).with_context(|| format!("reading device from {}", path.display()))
 }
 

@@ -1,5 +1,5 @@
-//! Power-cut sweep over a staged data-partition update (`staging = "tone_stage"`): the tone bin
-//! is written and verified in the spare partition, then copied into `flash_tone` under a
+//! Power-cut sweep over a staged data-partition update (`staging = "tone_stage"`), on a 4-byte
+//! and a 1-byte flash: the tone bin is written and verified in the spare partition, then copied into `flash_tone` under a
 //! progress record. A cut before the record exists leaves the old bin in place; a cut during
 //! the copy is resumed by the next run (not downloaded again); the partition never reads valid
 //! while it holds a mix.
@@ -75,8 +75,18 @@ fn staged_tone_update_resumes_its_copy_after_a_power_cut_at_every_sampled_byte()
         }),
         final_efuse: None,
     };
-    let r = sweep(&scenario);
-    assert_eq!(r.adf_init_fooled, 0, "{r:?}");
-    assert!(r.resumed_copies > 0, "no cut point fell in the copy: {r:?}");
-    assert_clean(&scenario, &r);
+    // On the 4-byte flash (esp-storage's unit), then on a 1-byte flash: there the staging
+    // record's progress marks are single bytes and the tone header's tag a 2-byte write.
+    let mut scenario = scenario;
+    for unit in [4, 1] {
+        let r = if unit == 4 {
+            sweep(&scenario)
+        } else {
+            scenario.name += " on a 1-byte flash";
+            sweep_at::<1>(&scenario)
+        };
+        assert_eq!(r.adf_init_fooled, 0, "{r:?}");
+        assert!(r.resumed_copies > 0, "no cut point fell in the copy: {r:?}");
+        assert_clean(&scenario, &r);
+    }
 }

@@ -50,10 +50,10 @@ fuzz_target!(|data: &[u8]| {
     let mut f = device();
     let t = table();
     let v2 = app("v2.0.0", 20_000);
-    f.write(OTA_1, &v2).unwrap();
+    ota_core::flash::write(&mut f, OTA_1, &v2).unwrap();
     f.erase(OTADATA, OTADATA + 0x2000).unwrap();
-    f.write(OTADATA, &s0).unwrap();
-    f.write(OTADATA + 0x1000, &s1).unwrap();
+    ota_core::flash::write(&mut f, OTADATA, &s0).unwrap();
+    ota_core::flash::write(&mut f, OTADATA + 0x1000, &s1).unwrap();
     let cfg = BootConfig {
         rollback: ctl & 2 != 0,
         ..BootConfig::default()

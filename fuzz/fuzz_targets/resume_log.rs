@@ -3,7 +3,6 @@
 //! within its slot's limits; a failed resume changes neither otadata nor the running slot.
 #![no_main]
 
-use embedded_storage::nor_flash::NorFlash;
 use libfuzzer_sys::fuzz_target;
 use ota_core::resume::{ResumeLog, HEADER_SIZE};
 use ota_core::update::{AppUpdate, AppUpdateConfig};
@@ -22,9 +21,9 @@ fuzz_target!(|data: &[u8]| {
     let slot = *t.ota(1).unwrap();
     let log = ResumeLog::locate(&t, &slot).unwrap();
     let at = log.region().offset;
-    f.write(at, &sector[..sector.len().min(4096)]).unwrap();
+    ota_core::flash::write(&mut f, at, &sector[..sector.len().min(4096)]).unwrap();
     let n = slot_bytes.len().min((SLOT_SIZE - 4096) as usize);
-    f.write(OTA_1, &slot_bytes[..n]).unwrap();
+    ota_core::flash::write(&mut f, OTA_1, &slot_bytes[..n]).unwrap();
     let before = f.contents()[OTADATA as usize..(OTA_0 + SLOT_SIZE) as usize].to_vec();
     let Ok(Some(mut rec)) = log.read(&mut f) else {
         if sector.len() >= HEADER_SIZE {

@@ -1,4 +1,5 @@
-//! Shared by the fuzz targets: a small emulated ESP32 (in-memory `EmuFlash`, a table with two
+//! Shared by the fuzz targets: a small emulated ESP32 (in-memory `EmuFlash`: esp-storage's
+//! 4-byte read/write unit, refusing unaligned access as the chip's driver does; a table with two
 //! 256 KiB OTA slots, otadata and a tone partition, `v1.0.0` running from ota_0) and a
 //! deterministic chunker so a target can feed its input in fuzzer-chosen pieces.
 
@@ -73,9 +74,14 @@ pub fn base_image() -> &'static [u8] {
     })
 }
 
-/// A fresh copy of the base device.
+/// A fresh copy of the base device (4-byte flash unit).
 pub fn device() -> EmuFlash {
-    EmuFlash::from_image(base_image().to_vec()).expect("flash")
+    device_at::<4>()
+}
+
+/// A fresh copy of the base device on a flash whose read and write unit is `W`.
+pub fn device_at<const W: usize>() -> ota_emu::flash::EmuFlashN<W> {
+    ota_emu::flash::EmuFlashN::<W>::from_image(base_image().to_vec()).expect("flash")
 }
 
 /// Splits a byte string into pieces whose sizes come from `seed` (xorshift), 1..=max bytes.

@@ -30,7 +30,7 @@ use ota_core::boot::{self, BootConfig, BootOutcome};
 use ota_core::otadata::OtaState;
 use ota_core::partition::PartitionTable;
 use ota_core::{tone, update, Chip};
-use ota_emu::flash::{EmuFlash, FaultPlan};
+use ota_emu::flash::{EmuFlash, EmuFlashN, FaultPlan};
 use ota_emu::EmuError;
 use ota_service::config::Config;
 use ota_service::source::{Phase, SdCardFs, SourceError};
@@ -44,18 +44,19 @@ pub struct OpRec {
     pub start: u64,
 }
 
-/// The emulated flash, optionally logging every program/erase (the reference run).
-pub struct Rec<'a> {
-    pub inner: &'a mut EmuFlash,
+/// The emulated flash (read/write unit `W`), optionally logging every program/erase (the
+/// reference run).
+pub struct Rec<'a, const W: usize = 4> {
+    pub inner: &'a mut EmuFlashN<W>,
     pub log: Option<&'a mut Vec<OpRec>>,
 }
 
-impl ErrorType for Rec<'_> {
+impl<const W: usize> ErrorType for Rec<'_, W> {
     type Error = EmuError;
 }
 
-impl ReadNorFlash for Rec<'_> {
-    const READ_SIZE: usize = 1;
+impl<const W: usize> ReadNorFlash for Rec<'_, W> {
+    const READ_SIZE: usize = W;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), EmuError> {
         self.inner.read(offset, bytes)
     }
@@ -64,8 +65,8 @@ impl ReadNorFlash for Rec<'_> {
     }
 }
 
-impl NorFlash for Rec<'_> {
-    const WRITE_SIZE: usize = 1;
+impl<const W: usize> NorFlash for Rec<'_, W> {
+    const WRITE_SIZE: usize = W;
     const ERASE_SIZE: usize = 4096;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), EmuError> {
         let start = self.inner.bytes_since_plan();
@@ -212,8 +213,8 @@ fn image_hash(out: &BootOutcome) -> Option<[u8; 32]> {
 }
 
 /// Power-on: the bootloader, then (with `self_confirm`) the app confirming itself.
-fn power_on(
-    flash: &mut Rec<'_>,
+fn power_on<const W: usize>(
+    flash: &mut Rec<'_, W>,
     s: &Scenario,
     cfg: &mut BootConfig,
     self_confirm: bool,
@@ -227,7 +228,11 @@ fn power_on(
 }
 
 /// `ota device confirm`.
-fn confirm(flash: &mut Rec<'_>, s: &Scenario, cfg: &mut BootConfig) -> Result<(), String> {
+fn confirm<const W: usize>(
+    flash: &mut Rec<'_, W>,
+    s: &Scenario,
+    cfg: &mut BootConfig,
+) -> Result<(), String> {
     let anti = cfg.anti_rollback.then_some(cfg.efuse_secure_version);
     let done = update::mark_app_valid_cancel_rollback(flash, &s.table, s.chip, anti)
         .map_err(|e| e.to_string())?;
@@ -239,8 +244,8 @@ fn confirm(flash: &mut Rec<'_>, s: &Scenario, cfg: &mut BootConfig) -> Result<()
 
 /// `ota device run` (cmd_device::run_device) through the library. Returns the first boot and
 /// whether a staged copy was resumed.
-fn device_run(
-    flash: &mut Rec<'_>,
+fn device_run<const W: usize>(
+    flash: &mut Rec<'_, W>,
     s: &Scenario,
     cfg: &mut BootConfig,
     self_confirm: bool,
@@ -280,8 +285,8 @@ fn device_run(
     Ok((first, resumed))
 }
 
-fn run_op(
-    flash: &mut Rec<'_>,
+fn run_op<const W: usize>(
+    flash: &mut Rec<'_, W>,
     s: &Scenario,
     cfg: &mut BootConfig,
     sd: Option<&Sd>,
@@ -371,7 +376,7 @@ enum CutVerdict {
 }
 
 /// One cut point: the faulted operation, then the second run and the checks.
-fn one_cut(
+fn one_cut<const W: usize>(
     s: &Scenario,
     n: u64,
     seed: Option<u64>,
@@ -379,7 +384,7 @@ fn one_cut(
     record_end: u64,
     sd: Option<&Sd>,
 ) -> CutVerdict {
-    let mut flash = EmuFlash::from_image(s.base.clone()).expect("base image");
+    let mut flash = EmuFlashN::<W>::from_image(s.base.clone()).expect("base image");
     flash.set_fault_plan(FaultPlan {
         power_cut_after_bytes: Some(n),
         torn_erase_random: seed,
@@ -499,9 +504,14 @@ fn one_cut(
 /// Sweep `s`: the reference run, then every chosen cut point (on all cores). Prints the summary
 /// line to the test's stderr (not captured) and returns the report; the caller asserts.
 pub fn sweep(s: &Scenario) -> Report {
+    sweep_at::<4>(s)
+}
+
+/// [`sweep`] on a flash whose read/write unit is `W`.
+pub fn sweep_at<const W: usize>(s: &Scenario) -> Report {
     let sd = open_sd(s);
     // Reference run: no cut, every operation logged with its byte count.
-    let mut flash = EmuFlash::from_image(s.base.clone()).expect("base image");
+    let mut flash = EmuFlashN::<W>::from_image(s.base.clone()).expect("base image");
     flash.set_fault_plan(FaultPlan::default());
     let mut log = Vec::new();
     let mut cfg = s.boot;
@@ -584,7 +594,7 @@ pub fn sweep(s: &Scenario) -> Report {
                     chunk
                         .into_iter()
                         .map(|(n, seed)| {
-                            let v = one_cut(s, n, seed, commit_end, record_end, sd.as_ref());
+                            let v = one_cut::<W>(s, n, seed, commit_end, record_end, sd.as_ref());
                             (n, seed, v)
                         })
                         .collect::<Vec<_>>()

@@ -1464,7 +1464,7 @@ pub fn verify_flash_with<F: embedded_storage::nor_flash::ReadNorFlash>(
 ) -> Result<ImageSummary, crate::Error> {
     v.set_size_limit(Some(region.size));
     v.set_flash_offset(region.offset);
-    let mut buf = [0u8; VERIFY_CHUNK];
+    let mut buf = crate::flash::Aligned::<VERIFY_CHUNK>::filled(0);
     let mut rel: u32 = 0;
     while !v.is_complete() && rel < region.size {
         let n = (region.size - rel).min(VERIFY_CHUNK as u32) as usize;

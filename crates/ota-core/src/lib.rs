@@ -101,6 +101,8 @@ pub mod updater;
 pub mod version;
 
 #[cfg(test)]
+mod granularity_tests;
+#[cfg(test)]
 mod testutil;
 
 pub use chip::Chip;

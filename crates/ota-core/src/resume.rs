@@ -29,6 +29,11 @@
 //! | 124 | 4 | CRC-32 (ISO-HDLC) of bytes 0..124 |
 //! | 128 + 8·i | 8 | checkpoint i: offset u32, CRC-32 of (header CRC ‖ offset) |
 //!
+//! On a flash whose write unit `W` is larger than a record ([`crate::flash`]), each record
+//! starts on its own word and the rest of the word stays 0xFF: the header takes
+//! `round_up(128, W)` bytes and checkpoint `i` is at `round_up(128, W) + i·max(8, W)`
+//! ([`entry_offset`]). At `W` ≤ 8 (esp-storage's 4 included) the layout is the one above.
+//!
 //! Power safety: the sector is erased and the header written *before* the first byte of a new
 //! download reaches the slot; a checkpoint is appended only after the bytes below it were
 //! written and read back; entries are never rewritten (a torn entry fails its CRC and is
@@ -38,7 +43,7 @@
 use core::fmt;
 
 use crc::{Crc, CRC_32_ISO_HDLC};
-use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
 use crate::flash::{Region, SECTOR_SIZE};
@@ -58,6 +63,37 @@ pub const ENTRY_SIZE: usize = 8;
 pub const MAX_ENTRIES: usize = (SECTOR_SIZE as usize - HEADER_SIZE) / ENTRY_SIZE;
 /// Entries kept free for checkpoints torn by power cuts when choosing the step.
 pub const TORN_RESERVE: usize = 16;
+
+/// Where checkpoint `index` lies in the sector on a flash with write unit `ws`.
+pub const fn entry_offset(ws: u32, index: usize) -> u32 {
+    let stride = if ws as usize > ENTRY_SIZE {
+        ws as usize
+    } else {
+        ENTRY_SIZE
+    };
+    crate::flash::round_up(HEADER_SIZE as u32, ws) + (index * stride) as u32
+}
+
+/// Checkpoint records that fit after the header with write unit `ws` ([`MAX_ENTRIES`] up to 8).
+pub const fn max_entries(ws: u32) -> usize {
+    let stride = if ws as usize > ENTRY_SIZE {
+        ws as usize
+    } else {
+        ENTRY_SIZE
+    };
+    (SECTOR_SIZE - crate::flash::round_up(HEADER_SIZE as u32, ws)) as usize / stride
+}
+
+/// Records kept free for torn checkpoints with write unit `ws`: [`TORN_RESERVE`], or a quarter
+/// of a small log.
+const fn torn_reserve(ws: u32) -> usize {
+    let quarter = max_entries(ws) / 4;
+    if quarter < TORN_RESERVE {
+        quarter
+    } else {
+        TORN_RESERVE
+    }
+}
 /// Longest ETag / Last-Modified value the header stores.
 pub const MAX_VALIDATOR_LEN: usize = 84;
 /// Bytes of the URI digest stored in the header.
@@ -133,8 +169,13 @@ pub fn uri_hash(uri: &str) -> [u8; URI_HASH_LEN] {
 /// The checkpoint step for an image of `len` bytes: 4 KiB, or a multiple of it when the image
 /// has more sectors than the log has entries (minus [`TORN_RESERVE`]).
 pub fn step_for(len: u32) -> u32 {
+    step_for_write_size(len, 1)
+}
+
+/// [`step_for`] on a flash with write unit `ws`, whose log holds [`max_entries`]`(ws)` records.
+pub fn step_for_write_size(len: u32, ws: u32) -> u32 {
     let sectors = len.div_ceil(SECTOR_SIZE).max(1);
-    let usable = (MAX_ENTRIES - TORN_RESERVE) as u32;
+    let usable = (max_entries(ws) - torn_reserve(ws)).max(1) as u32;
     sectors.div_ceil(usable) * SECTOR_SIZE
 }
 
@@ -318,12 +359,14 @@ pub struct ResumeRecord {
     pub progress: u32,
     /// Index of the first unused checkpoint record (after any torn one).
     next_entry: usize,
+    /// Records the sector holds on this flash ([`max_entries`]).
+    capacity: usize,
 }
 
 impl ResumeRecord {
     /// Whether every checkpoint record is used.
     pub fn is_full(&self) -> bool {
-        self.next_entry >= MAX_ENTRIES
+        self.next_entry >= self.capacity
     }
 }
 
@@ -401,44 +444,69 @@ impl ResumeLog {
 
     /// Read the log: `None` when the sector holds no intact header. Checkpoints that are torn,
     /// not sector-aligned, or beyond the usable area are ignored.
-    pub fn read<F: ReadNorFlash>(
-        &self,
-        flash: &mut F,
-    ) -> Result<Option<ResumeRecord>, crate::Error> {
+    pub fn read<F: NorFlash>(&self, flash: &mut F) -> Result<Option<ResumeRecord>, crate::Error> {
         let mut hb = [0u8; HEADER_SIZE];
         self.region.read(flash, 0, &mut hb)?;
         let Some(header) = ResumeHeader::parse(&hb) else {
             return Ok(None);
         };
+        let ws = crate::flash::write_size::<F>();
+        let capacity = max_entries(ws);
         let mut progress = 0u32;
         let mut next_entry = 0usize;
-        let mut buf = [0u8; ENTRY_SIZE * 16];
         let mut index = 0usize;
-        while index < MAX_ENTRIES {
-            let n = (MAX_ENTRIES - index).min(16);
-            let chunk = &mut buf[..n * ENTRY_SIZE];
-            self.region
-                .read(flash, (HEADER_SIZE + index * ENTRY_SIZE) as u32, chunk)?;
-            for (k, raw) in chunk.chunks_exact(ENTRY_SIZE).enumerate() {
-                if raw.iter().all(|&b| b == ERASED) {
-                    continue;
-                }
-                next_entry = index + k + 1;
-                let mut e = [0u8; ENTRY_SIZE];
-                e.copy_from_slice(raw);
-                if let Some(off) = header.parse_entry(&e) {
-                    if off.is_multiple_of(SECTOR_SIZE) && off <= self.image_limit {
-                        progress = progress.max(off);
+        if ws as usize <= ENTRY_SIZE {
+            let mut buf = crate::flash::Aligned::<{ ENTRY_SIZE * 16 }>::filled(0);
+            while index < capacity {
+                let n = (capacity - index).min(16);
+                let chunk = &mut buf[..n * ENTRY_SIZE];
+                self.region.read(flash, entry_offset(ws, index), chunk)?;
+                for (k, raw) in chunk.chunks_exact(ENTRY_SIZE).enumerate() {
+                    let mut e = [0u8; ENTRY_SIZE];
+                    e.copy_from_slice(raw);
+                    if let Some(used) = self.take_entry(&header, &e, &mut progress) {
+                        if used {
+                            next_entry = index + k + 1;
+                        }
                     }
                 }
+                index += n;
             }
-            index += n;
+        } else {
+            while index < capacity {
+                let mut e = [0u8; ENTRY_SIZE];
+                self.region.read(flash, entry_offset(ws, index), &mut e)?;
+                if let Some(true) = self.take_entry(&header, &e, &mut progress) {
+                    next_entry = index + 1;
+                }
+                index += 1;
+            }
         }
         Ok(Some(ResumeRecord {
             header,
             progress,
             next_entry,
+            capacity,
         }))
+    }
+
+    /// One checkpoint record read back: `Some(false)` if erased, `Some(true)` if used (its
+    /// offset, when intact, sector-aligned and inside the usable area, raises `progress`).
+    fn take_entry(
+        &self,
+        header: &ResumeHeader,
+        e: &[u8; ENTRY_SIZE],
+        progress: &mut u32,
+    ) -> Option<bool> {
+        if e.iter().all(|&b| b == ERASED) {
+            return Some(false);
+        }
+        if let Some(off) = header.parse_entry(e) {
+            if off.is_multiple_of(SECTOR_SIZE) && off <= self.image_limit {
+                *progress = (*progress).max(off);
+            }
+        }
+        Some(true)
     }
 
     /// Start a new log for `header`: erase the sector (unless blank), then write the header.
@@ -453,6 +521,7 @@ impl ResumeLog {
             header: *header,
             progress: 0,
             next_entry: 0,
+            capacity: max_entries(crate::flash::write_size::<F>()),
         })
     }
 
@@ -467,7 +536,7 @@ impl ResumeLog {
         if record.is_full() || offset <= record.progress {
             return Ok(false);
         }
-        let at = (HEADER_SIZE + record.next_entry * ENTRY_SIZE) as u32;
+        let at = entry_offset(crate::flash::write_size::<F>(), record.next_entry);
         // The slot is used (even if the write tears) so that a later append never reprograms it.
         record.next_entry += 1;
         self.region.write(flash, at, &record.header.entry(offset))?;
@@ -477,10 +546,10 @@ impl ResumeLog {
 
     /// Forget any record: erase the sector unless it is already blank.
     pub fn clear<F: NorFlash>(&self, flash: &mut F) -> Result<(), crate::Error> {
-        let mut buf = [0u8; 256];
+        let mut buf = crate::flash::Aligned::<256>::filled(0);
         let mut off = 0;
         while off < SECTOR_SIZE {
-            self.region.read(flash, off, &mut buf)?;
+            self.region.read(flash, off, &mut buf.0)?;
             if buf.iter().any(|&b| b != ERASED) {
                 self.region.erase(flash, 0, SECTOR_SIZE)?;
                 return Ok(());

@@ -17,9 +17,16 @@
 //! | 0x34 | 4 | CRC-32 (zlib) of bytes 0x00..0x34 |
 //! | 0x40 | n+2 | one progress byte per copy step: 0xFF = not done, anything else = done |
 //!
+//! On a flash whose write unit `W` is larger than 1 ([`crate::flash`]), every progress mark
+//! is one whole word (programmed `00 FF FF ..`; done when any of its bytes is not 0xFF) at
+//! `round_up(0x40, W) + s·W`, so the record tracks [`max_steps`]`(W)` steps: 4030 at 1, 1008
+//! at 4 (esp-storage), 252 at 16, 15 at 256. The header is padded to whole words with 0xFF.
+//!
 //! Steps, for an image of n sectors (n ≥ 1): step 0 erases target sector 0; steps 1..n-1 copy
 //! sector j; step n erases the target's stale sectors beyond the image; step n+1 copies sector 0
-//! backwards, the header's 2-byte tag last (as [`crate::update::DataUpdate`] writes it). A progress byte is programmed
+//! backwards, the header's tag word last (as [`crate::update::DataUpdate`] writes it), after erasing
+//! target sector 0 again if a torn earlier run left bytes there (no word is programmed twice).
+//! A progress mark is programmed
 //! (0xFF → 0x00, one byte, no erase) only after its step completed and read back equal, so even
 //! a torn progress write means "done"; a step that is redone is idempotent. The header is
 //! written once, after the staged image verified, in one write covered by its CRC: torn, it is
@@ -32,11 +39,11 @@ use crc::{Crc, CRC_32_ISO_HDLC};
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
-use crate::flash::{Region, SECTOR_SIZE};
+use crate::flash::{Aligned, Region, SECTOR_SIZE};
 use crate::guard::{AreaKind, FlashMap};
 use crate::partition::{Label, Partition};
 use crate::tone::read_rel;
-use crate::update::{SequentialWriter, UpdateError, DATA_HEADER_LAST_LEN, DATA_TAG_LAST_LEN};
+use crate::update::{header_last_cuts, SequentialWriter, UpdateError};
 use crate::Error;
 
 /// `"OTSG"` as a little-endian u32: marks a staging progress record.
@@ -49,8 +56,19 @@ pub const RECORD_HEADER_LEN: usize = 0x34;
 const OFF_CRC: usize = 0x34;
 /// Offset of the first progress byte.
 pub const PROGRESS_OFFSET: u32 = 0x40;
-/// Most copy steps one record sector can track (an image of up to 4030 sectors, ~15.7 MiB).
+/// Most copy steps one record sector can track at write unit 1 (an image of up to 4030
+/// sectors, ~15.7 MiB); see [`max_steps`].
 pub const MAX_STEPS: u32 = SECTOR_SIZE - PROGRESS_OFFSET;
+
+/// Where the progress marks start on a flash with write unit `ws`.
+pub const fn progress_offset(ws: u32) -> u32 {
+    crate::flash::round_up(PROGRESS_OFFSET, ws)
+}
+
+/// Most copy steps one record sector tracks with write unit `ws` (one word per mark).
+pub const fn max_steps(ws: u32) -> u32 {
+    (SECTOR_SIZE - progress_offset(ws)) / ws
+}
 /// Value of a progress byte whose step is not done (erased flash).
 const NOT_DONE: u8 = 0xFF;
 /// Progress byte programmed when a step is done.
@@ -71,7 +89,12 @@ pub enum StagingError {
         capacity: u32,
     },
     /// The image has more sectors than one record sector can track.
-    TooManySectors { staging: Label, sectors: u32 },
+    TooManySectors {
+        staging: Label,
+        sectors: u32,
+        /// The most the record tracks on this flash ([`max_steps`] - 2).
+        max_sectors: u32,
+    },
     /// Staging and target are the same partition or overlap.
     Overlap { staging: Label, target: Label },
     /// The staged image does not read back with the hash it was written with.
@@ -102,13 +125,17 @@ impl fmt::Display for StagingError {
                 staging.as_str(),
                 capacity
             ),
-            StagingError::TooManySectors { staging, sectors } => write!(
+            StagingError::TooManySectors {
+                staging,
+                sectors,
+                max_sectors,
+            } => write!(
                 f,
                 "image of {} sectors is too large for the progress record of staging partition {} \
                  (at most {} sectors)",
                 sectors,
                 staging.as_str(),
-                MAX_STEPS - 2
+                max_sectors
             ),
             StagingError::Overlap { staging, target } => write!(
                 f,
@@ -254,22 +281,28 @@ pub fn read_record<F: NorFlash>(flash: &mut F, staging: &Partition) -> Result<Re
         return Ok(RecordState::None);
     };
     let steps = record.steps();
-    if steps > MAX_STEPS {
+    let ws = crate::flash::write_size::<F>();
+    if steps > max_steps(ws) {
         return Ok(RecordState::None);
     }
-    let mut buf = [0u8; CHUNK];
+    let mut buf = Aligned::<CHUNK>::filled(0);
+    // Marks per chunk: CHUNK is a multiple of every supported write unit.
+    let per = CHUNK as u32 / ws;
     let mut step = 0u32;
     while step < steps {
-        let n = ((steps - step) as usize).min(CHUNK);
-        let chunk = &mut buf[..n];
-        read_rel(flash, &region, PROGRESS_OFFSET + step, chunk)?;
-        if let Some(i) = chunk.iter().position(|&b| b == NOT_DONE) {
+        let n = (steps - step).min(per);
+        let chunk = &mut buf[..(n * ws) as usize];
+        read_rel(flash, &region, progress_offset(ws) + step * ws, chunk)?;
+        if let Some(i) = chunk
+            .chunks_exact(ws as usize)
+            .position(|m| m.iter().all(|&b| b == NOT_DONE))
+        {
             return Ok(RecordState::InProgress {
                 record,
                 next_step: step + i as u32,
             });
         }
-        step += n as u32;
+        step += n;
     }
     Ok(RecordState::Complete { record })
 }
@@ -286,10 +319,24 @@ fn check_pair(staging: &Partition, target: &Partition) -> Result<(), StagingErro
     Ok(())
 }
 
+/// Whether the sector at `rel` of `region` is all 0xFF.
+fn sector_blank<F: NorFlash>(flash: &mut F, region: &Region, rel: u32) -> Result<bool, Error> {
+    let mut buf = Aligned::<CHUNK>::filled(0);
+    let mut off = 0u32;
+    while off < SECTOR_SIZE {
+        read_rel(flash, region, rel + off, &mut buf.0)?;
+        if buf.iter().any(|&b| b != NOT_DONE) {
+            return Ok(false);
+        }
+        off += CHUNK as u32;
+    }
+    Ok(true)
+}
+
 /// SHA-256 of `len` bytes of `region` from offset 0, streamed in small chunks.
 fn hash_region<F: NorFlash>(flash: &mut F, region: Region, len: u32) -> Result<[u8; 32], Error> {
     let mut h = Sha256::new();
-    let mut buf = [0u8; CHUNK];
+    let mut buf = Aligned::<CHUNK>::filled(0);
     let mut pos = 0u32;
     while pos < len {
         let n = ((len - pos) as usize).min(CHUNK);
@@ -395,15 +442,17 @@ impl StagedWrite {
         Ok(())
     }
 
-    /// The staged image as written so far: partition-relative region and length. A caller may
-    /// check its format there before committing (e.g. a tone bin's CRC).
-    pub fn staged_region(&self) -> Region {
-        Region::new(self.staging.offset, self.writer.written())
+    /// Program the partial last word of the staged image (padded with 0xFF), so the whole image
+    /// can be read back from the staging partition, e.g. to check its format before
+    /// [`StagedWrite::commit`]. Nothing can be written after it.
+    pub fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+        self.writer.flush(flash)
     }
 
     /// Verify the staged image by reading it back, then write the progress record (the commit
     /// point: from here on the copy finishes, now or at the next run).
-    pub fn commit<F: NorFlash>(self, flash: &mut F) -> Result<StagedCopy, Error> {
+    pub fn commit<F: NorFlash>(mut self, flash: &mut F) -> Result<StagedCopy, Error> {
+        self.writer.flush(flash)?;
         let len = self.writer.written();
         let sha256: [u8; 32] = self.hasher.finalize().into();
         if hash_region(flash, self.writer.region(), len)? != sha256 {
@@ -418,10 +467,12 @@ impl StagedWrite {
             image_len: len,
             sha256,
         };
-        if record.steps() > MAX_STEPS {
+        let max = max_steps(crate::flash::write_size::<F>());
+        if record.steps() > max {
             return Err(StagingError::TooManySectors {
                 staging: self.staging.label,
                 sectors: record.sectors(),
+                max_sectors: max - 2,
             }
             .into());
         }
@@ -511,8 +562,8 @@ impl StagedCopy {
     /// Copy `len` bytes at `rel` from staging to target (both partition-relative), then compare.
     fn copy_range<F: NorFlash>(&self, flash: &mut F, rel: u32, len: u32) -> Result<(), Error> {
         let (s, t) = (self.staging.region(), self.target.region());
-        let mut buf = [0u8; CHUNK];
-        let mut back = [0u8; CHUNK];
+        let mut buf = Aligned::<CHUNK>::filled(0);
+        let mut back = Aligned::<CHUNK>::filled(0);
         let mut pos = 0u32;
         while pos < len {
             let n = ((len - pos) as usize).min(CHUNK);
@@ -562,20 +613,23 @@ impl StagedCopy {
             );
             rest.clear_rest(flash)?;
         } else {
-            // Sector 0 was erased by step 0 (and, if this step is redone, holds a prefix of the
-            // same bytes, which NOR lets us program again).
+            // Sector 0 was erased by step 0; if this step is redone after a cut, it may hold
+            // some of the same bytes: erase it again rather than program a word twice.
+            if !sector_blank(flash, &t, 0)? {
+                t.erase(flash, 0, SECTOR_SIZE)?;
+            }
             // Backwards, tag last, exactly as `DataUpdate` writes it.
             let len0 = self.sector_len(0);
             let mut end = len0;
-            for start in [DATA_HEADER_LAST_LEN as u32, DATA_TAG_LAST_LEN as u32, 0] {
-                let start = start.min(len0);
+            for start in header_last_cuts(crate::flash::write_size::<F>(), len0) {
                 if end > start {
                     self.copy_range(flash, start, end - start)?;
                 }
                 end = end.min(start);
             }
         }
-        record_region(&self.staging).write(flash, PROGRESS_OFFSET + s, &[DONE])?;
+        let ws = crate::flash::write_size::<F>();
+        record_region(&self.staging).write(flash, progress_offset(ws) + s * ws, &[DONE])?;
         self.next_step = s + 1;
         Ok(self.next_step < steps)
     }

@@ -23,9 +23,23 @@ impl NorFlashError for RamError {
 }
 
 /// NOR flash in RAM: erase sets 0xFF per 4 KiB sector, writes may only clear bits (a 0 bit
-/// programmed back to 1 is an error). Reads must be `RS`-aligned (esp-storage needs 4).
-pub struct RamFlash<const RS: usize = 1> {
+/// programmed back to 1 is an error). Reads must be `RS`-aligned and writes `WS`-aligned in
+/// offset and length, or they fail with `NotAligned` as esp-storage's do; the default is
+/// esp-storage's 4 and 4 (`esp-storage/src/nor_flash.rs`). It also counts what esp-storage
+/// tolerates but a strict NOR flash would not: a word programmed twice between erases, and
+/// buffers that are not 4-byte aligned in memory (esp-storage bounces those).
+pub struct RamFlash<const RS: usize = 4, const WS: usize = 4> {
     pub data: Vec<u8>,
+    /// Per `WS` word: programmed since its sector was last erased.
+    pub programmed: Vec<bool>,
+    /// Writes that programmed a word already programmed since its erase.
+    pub reprogrammed_words: usize,
+    /// Reads and writes handed a buffer that is not 4-byte aligned in memory.
+    pub unaligned_buffers: usize,
+    /// Every write that reached the flash: (offset, length).
+    pub writes: Vec<(u32, u32)>,
+    /// Writes that touch `[start, end)` fail with `Other` and change nothing (a fault).
+    pub fail_writes_in: Option<(u32, u32)>,
     /// Erases per 4 KiB sector.
     pub erases: Vec<u32>,
     pub bytes_written: u64,
@@ -33,10 +47,15 @@ pub struct RamFlash<const RS: usize = 1> {
     pub write_ops: usize,
 }
 
-impl<const RS: usize> RamFlash<RS> {
+impl<const RS: usize, const WS: usize> RamFlash<RS, WS> {
     pub fn new(size: usize) -> Self {
         RamFlash {
             data: vec![0xFF; size],
+            programmed: vec![false; size.div_ceil(WS)],
+            reprogrammed_words: 0,
+            unaligned_buffers: 0,
+            writes: Vec::new(),
+            fail_writes_in: None,
             erases: vec![0; size.div_ceil(4096)],
             bytes_written: 0,
             erase_ops: 0,
@@ -56,11 +75,11 @@ impl<const RS: usize> RamFlash<RS> {
     }
 }
 
-impl<const RS: usize> ErrorType for RamFlash<RS> {
+impl<const RS: usize, const WS: usize> ErrorType for RamFlash<RS, WS> {
     type Error = RamError;
 }
 
-impl<const RS: usize> ReadNorFlash for RamFlash<RS> {
+impl<const RS: usize, const WS: usize> ReadNorFlash for RamFlash<RS, WS> {
     const READ_SIZE: usize = RS;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), RamError> {
         if !(offset as usize).is_multiple_of(RS) || !bytes.len().is_multiple_of(RS) {
@@ -70,6 +89,9 @@ impl<const RS: usize> ReadNorFlash for RamFlash<RS> {
         if end > self.data.len() {
             return Err(RamError(NorFlashErrorKind::OutOfBounds));
         }
+        if !(bytes.as_ptr() as usize).is_multiple_of(4) {
+            self.unaligned_buffers += 1;
+        }
         bytes.copy_from_slice(&self.data[offset as usize..end]);
         Ok(())
     }
@@ -78,8 +100,8 @@ impl<const RS: usize> ReadNorFlash for RamFlash<RS> {
     }
 }
 
-impl<const RS: usize> NorFlash for RamFlash<RS> {
-    const WRITE_SIZE: usize = 1;
+impl<const RS: usize, const WS: usize> NorFlash for RamFlash<RS, WS> {
+    const WRITE_SIZE: usize = WS;
     const ERASE_SIZE: usize = 4096;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), RamError> {
         if !from.is_multiple_of(4096) || !to.is_multiple_of(4096) || from > to {
@@ -93,12 +115,31 @@ impl<const RS: usize> NorFlash for RamFlash<RS> {
         }
         self.erase_ops += 1;
         self.data[from as usize..to as usize].fill(0xFF);
+        self.programmed[from as usize / WS..to as usize / WS].fill(false);
         Ok(())
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), RamError> {
+        if !(offset as usize).is_multiple_of(WS) || !bytes.len().is_multiple_of(WS) {
+            return Err(RamError(NorFlashErrorKind::NotAligned));
+        }
         let end = offset as usize + bytes.len();
         if end > self.data.len() {
             return Err(RamError(NorFlashErrorKind::OutOfBounds));
+        }
+        if let Some((a, b)) = self.fail_writes_in {
+            if (offset as usize) < b as usize && end > a as usize {
+                return Err(RamError(NorFlashErrorKind::Other));
+            }
+        }
+        if !(bytes.as_ptr() as usize).is_multiple_of(4) {
+            self.unaligned_buffers += 1;
+        }
+        self.writes.push((offset, bytes.len() as u32));
+        for w in offset as usize / WS..end / WS {
+            if self.programmed[w] {
+                self.reprogrammed_words += 1;
+            }
+            self.programmed[w] = true;
         }
         for (d, &b) in self.data[offset as usize..end].iter_mut().zip(bytes) {
             if b & !*d != 0 {

@@ -1912,12 +1912,12 @@ mod tests {
     const PART_OFFSET: u32 = 0x10000;
 
     /// A flash with a data partition at 0x10000 of `part_size` bytes, erased, then `bin` written
-    /// at its start (through the NorFlash trait).
+    /// at its start (through the aligned layer).
     fn flash_with<const RS: usize>(bin: &[u8], part_size: u32) -> (RamFlash<RS>, Partition) {
         let mut f = RamFlash::<RS>::new((PART_OFFSET + part_size) as usize);
         f.erase(PART_OFFSET, PART_OFFSET + part_size).unwrap();
         let n = bin.len().min(part_size as usize);
-        f.write(PART_OFFSET, &bin[..n]).unwrap();
+        crate::flash::write(&mut f, PART_OFFSET, &bin[..n]).unwrap();
         let part = Partition {
             ptype: TYPE_DATA,
             subtype: 0x27,

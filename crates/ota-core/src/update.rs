@@ -13,7 +13,7 @@ use core::fmt;
 use embedded_storage::nor_flash::NorFlash;
 
 use crate::chip::Chip;
-use crate::flash::{Region, SECTOR_SIZE};
+use crate::flash::{self, Aligned, Region, MAX_WORD, SECTOR_SIZE};
 use crate::guard::{FlashMap, GuardError};
 use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAGE_PREFIX_LEN};
 use crate::otadata::OtaData;
@@ -218,12 +218,23 @@ pub fn next_update_slot(table: &PartitionTable, running: Option<&Partition>) -> 
 
 /// Sequential writer into a region: erases each 4 KiB sector just before the first write into
 /// it (never the whole region), and refuses to leave the region.
+///
+/// Flash granularity ([`crate::flash`]): it programs whole `WRITE_SIZE` words only, each once.
+/// The bytes of a partial last word wait in RAM until the word is full, or until
+/// [`SequentialWriter::flush`] programs them padded with 0xFF (after which no byte may follow).
+/// [`SequentialWriter::written`] counts the bytes taken, [`SequentialWriter::flushed`] the bytes
+/// on flash.
 #[derive(Clone, Copy, Debug)]
 pub struct SequentialWriter {
     region: Region,
     label: Label,
     written: u32,
     erased_to: u32,
+    /// The bytes `[written - pending_len, written)`, not yet programmed.
+    pending: Aligned<MAX_WORD>,
+    pending_len: u16,
+    /// A padded partial word was programmed: nothing may be appended.
+    sealed: bool,
 }
 
 impl SequentialWriter {
@@ -233,16 +244,22 @@ impl SequentialWriter {
 
     /// A writer over any region; `label` names it in errors.
     pub fn for_region(region: Region, label: Label) -> Self {
-        SequentialWriter {
-            region,
-            label,
-            written: 0,
-            erased_to: 0,
-        }
+        Self::at(region, label, 0)
     }
 
+    /// Bytes taken so far (some may still wait in RAM for their word to fill).
     pub fn written(&self) -> u32 {
         self.written
+    }
+
+    /// Bytes programmed so far (whole words, or everything after [`SequentialWriter::flush`]).
+    pub fn flushed(&self) -> u32 {
+        self.written - self.pending_len as u32
+    }
+
+    /// The bytes of the partial last word not yet programmed.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending[..self.pending_len as usize]
     }
 
     pub fn region(&self) -> Region {
@@ -257,7 +274,16 @@ impl SequentialWriter {
             label,
             written,
             erased_to: written,
+            pending: Aligned::filled(0xFF),
+            pending_len: 0,
+            sealed: false,
         }
+    }
+
+    /// The same writer over a region that starts at the same offset but is `size` bytes long.
+    pub(crate) fn with_size(mut self, size: u32) -> Self {
+        self.region = Region::new(self.region.offset, size);
+        self
     }
 
     /// Append `data`, erasing the sectors it reaches first.
@@ -274,26 +300,70 @@ impl SequentialWriter {
             }
             .into());
         }
+        if self.sealed {
+            return Err(UpdateError::WrongState {
+                expected: "no write after the last word was flushed",
+            }
+            .into());
+        }
         let end = end as u32;
         while self.erased_to < end {
             self.region.erase(flash, self.erased_to, SECTOR_SIZE)?;
             self.erased_to += SECTOR_SIZE;
         }
-        self.region.write(flash, self.written, data)?;
+        let ws = flash::write_size::<F>() as usize;
+        let mut data = data;
+        let have = self.pending_len as usize;
+        if have > 0 {
+            // Complete the partial word first.
+            let take = (ws - have).min(data.len());
+            self.pending[have..have + take].copy_from_slice(&data[..take]);
+            self.pending_len += take as u16;
+            data = &data[take..];
+            if self.pending_len as usize == ws {
+                let at = self.written - have as u32;
+                self.region.write(flash, at, &self.pending[..ws])?;
+                self.pending_len = 0;
+            }
+        }
+        if self.pending_len == 0 {
+            let full = data.len() - data.len() % ws;
+            if full > 0 {
+                self.region
+                    .write(flash, end - data.len() as u32, &data[..full])?;
+            }
+            let rest = &data[full..];
+            self.pending[..rest.len()].copy_from_slice(rest);
+            self.pending_len = rest.len() as u16;
+        }
         self.written = end;
         Ok(())
     }
 
-    /// Erase what is left of the region after the written bytes, skipping sectors that are
-    /// already blank, so the region ends as it would after a whole-partition erase + write.
+    /// Program the partial last word, padded with 0xFF (nothing can be appended after).
+    pub fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+        if self.pending_len > 0 {
+            let at = self.flushed();
+            let n = self.pending_len as usize;
+            self.region.write(flash, at, &self.pending[..n])?;
+            self.pending_len = 0;
+            self.sealed = true;
+        }
+        Ok(())
+    }
+
+    /// Flush, then erase what is left of the region after the written bytes, skipping sectors
+    /// that are already blank, so the region ends as it would after a whole-partition erase +
+    /// write.
     pub fn clear_rest<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
-        let mut buf = [0u8; 256];
+        self.flush(flash)?;
+        let mut buf = Aligned::<256>::filled(0);
         let mut sector = self.erased_to;
         while sector < self.region.size {
             let mut blank = true;
             let mut off = 0;
             while off < SECTOR_SIZE && blank {
-                self.region.read(flash, sector + off, &mut buf)?;
+                self.region.read(flash, sector + off, &mut buf.0)?;
                 blank = buf.iter().all(|&b| b == 0xFF);
                 off += buf.len() as u32;
             }
@@ -546,7 +616,7 @@ impl AppUpdate {
         let mut prefix = [0u8; IMAGE_PREFIX_LEN];
         region.read(flash, 0, &mut prefix)?;
         u.feed_prefix(&prefix)?;
-        let mut buf = [0u8; image::VERIFY_CHUNK];
+        let mut buf = Aligned::<{ image::VERIFY_CHUNK }>::filled(0);
         let mut off = 0u32;
         while off < n {
             let k = (n - off).min(image::VERIFY_CHUNK as u32);
@@ -584,11 +654,7 @@ impl AppUpdate {
     /// Limit the image to the first `limit` bytes of the slot (the rest holds the resume log).
     fn limit_to(&mut self, limit: u32) {
         let limit = limit.min(self.slot.size);
-        self.writer = SequentialWriter::at(
-            Region::new(self.slot.offset, limit),
-            self.slot.label,
-            self.writer.written(),
-        );
+        self.writer = self.writer.with_size(limit);
         self.verifier.set_size_limit(Some(limit));
     }
 
@@ -601,8 +667,16 @@ impl AppUpdate {
         }
     }
 
-    /// After `data` was written at `from`: read it back, then checkpoint whole steps.
-    fn persist<F: NorFlash>(&mut self, flash: &mut F, from: u32, data: &[u8]) -> Result<(), Error> {
+    /// After a write: read back the bytes programmed since `from` (they are `old` followed by
+    /// the start of `data`: the writer keeps a partial last word in RAM), then checkpoint whole
+    /// steps of the programmed bytes.
+    fn persist<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        from: u32,
+        old: &[u8],
+        data: &[u8],
+    ) -> Result<(), Error> {
         let Some(Journal {
             log,
             record: Some(mut rec),
@@ -612,9 +686,15 @@ impl AppUpdate {
             return Ok(());
         };
         let region = self.writer.region();
-        let mut buf = [0u8; image::VERIFY_CHUNK];
-        for (i, piece) in data.chunks(image::VERIFY_CHUNK).enumerate() {
-            let at = from + (i * image::VERIFY_CHUNK) as u32;
+        let to = self.writer.flushed();
+        let mut buf = Aligned::<{ image::VERIFY_CHUNK }>::filled(0);
+        let mut at = from;
+        let mut sources = [old, data]
+            .into_iter()
+            .flat_map(|p| p.chunks(image::VERIFY_CHUNK));
+        while at < to {
+            let Some(piece) = sources.next() else { break };
+            let piece = &piece[..piece.len().min((to - at) as usize)];
             let got = &mut buf[..piece.len()];
             region.read(flash, at, got)?;
             if got != piece {
@@ -624,9 +704,10 @@ impl AppUpdate {
                 }
                 .into());
             }
+            at += piece.len() as u32;
         }
         let step = rec.header.step;
-        let cp = self.writer.written() / step * step;
+        let cp = to / step * step;
         let r = log.checkpoint(flash, &mut rec, cp);
         if let Some(j) = &mut self.journal {
             j.record = Some(rec);
@@ -756,7 +837,21 @@ impl AppUpdate {
                 if let Some(j) = &mut self.journal {
                     // Before the first byte reaches the slot: the old record no longer holds.
                     match j.header {
-                        Some(h) => j.record = Some(j.log.start(flash, &h)?),
+                        Some(mut h) => {
+                            // Fewer checkpoint records fit a sector when they are padded to
+                            // a large write unit: a longer step keeps the log from filling.
+                            let basis = if h.total_len > 0 {
+                                h.total_len
+                            } else {
+                                j.log.image_limit()
+                            };
+                            h.step = h.step.max(crate::resume::step_for_write_size(
+                                basis,
+                                flash::write_size::<F>(),
+                            ));
+                            j.header = Some(h);
+                            j.record = Some(j.log.start(flash, &h)?);
+                        }
                         None => {
                             j.log.clear(flash)?;
                             self.journal = None;
@@ -765,7 +860,7 @@ impl AppUpdate {
                 }
                 self.writer.write(flash, &prefix)?;
                 self.state = AppState::Writing;
-                self.persist(flash, 0, &prefix)?;
+                self.persist(flash, 0, &[], &prefix)?;
             }
             AppState::Writing => {}
         }
@@ -774,9 +869,12 @@ impl AppUpdate {
             self.drop_journal(flash);
             return Err(e.into());
         }
-        let from = self.writer.written();
+        let from = self.writer.flushed();
+        let mut old = Aligned::<MAX_WORD>::filled(0xFF);
+        let n = self.writer.pending().len();
+        old[..n].copy_from_slice(self.writer.pending());
         self.writer.write(flash, data)?;
-        self.persist(flash, from, data)
+        self.persist(flash, from, &old[..n], data)
     }
 
     /// Whether the stream so far holds a complete image.
@@ -794,6 +892,8 @@ impl AppUpdate {
         if self.state != AppState::Writing {
             return Err(UpdateError::Incomplete { written: 0 }.into());
         }
+        // The partial last word, padded with 0xFF (the image ends here).
+        self.writer.flush(flash)?;
         let summary = match self.verify_written(flash) {
             Ok(s) => s,
             Err(e) => {
@@ -859,31 +959,41 @@ impl AppUpdate {
 /// adf-ota-service.md §8.2).
 pub const DATA_HEADER_LAST_LEN: usize = 8;
 /// Of those, the bytes programmed in the very last write: the tone header's u16 tag 0x2053
-/// (adf-ota-service.md §8.2). Until it is complete the tag reads 0xFFFF or 0xFF53, which even
+/// (adf-ota-service.md §8.2), rounded up to the flash's write unit ([`header_last_cuts`]). Until it is complete the tag reads 0xFFFF or 0xFF53, which even
 /// ADF's lenient `tone_partition_init` rejects; a torn count or format behind a missing tag
 /// never shows.
 pub const DATA_TAG_LAST_LEN: usize = 2;
 
-/// Program the first-sector bytes `first` of `region` from the end towards the start, in three
-/// writes: `[8, len)`, `[2, 8)`, `[0, 2)` (see [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]).
+/// Program the first-sector bytes `first` of `region` from the end towards the start, in up to
+/// three writes cut by [`header_last_cuts`]: at write unit 1 `[8, len)`, `[2, 8)`, `[0, 2)` (see
+/// [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]); the word holding the tag is always last.
 pub(crate) fn write_first_sector_last<F: NorFlash>(
     flash: &mut F,
     region: &Region,
     first: &[u8],
 ) -> Result<(), Error> {
-    let cuts = [
-        DATA_HEADER_LAST_LEN.min(first.len()),
-        DATA_TAG_LAST_LEN.min(first.len()),
-        0,
-    ];
-    let mut end = first.len();
+    let cuts = header_last_cuts(flash::write_size::<F>(), first.len() as u32);
+    let mut end = first.len() as u32;
     for start in cuts {
         if end > start {
-            region.write(flash, start as u32, &first[start..end])?;
+            region.write(flash, start, &first[start as usize..end as usize])?;
         }
         end = end.min(start);
     }
     Ok(())
+}
+
+/// Where [`write_first_sector_last`] cuts the first `len` bytes for a flash whose write unit is
+/// `ws`: `[c0, len)`, then `[c1, c0)`, then `[0, c1)`, with `c0` = [`DATA_HEADER_LAST_LEN`] and
+/// `c1` = [`DATA_TAG_LAST_LEN`] each rounded up to a whole word. At `ws` 1: 8 and 2 (the tag's
+/// two bytes last); at 4: 8 and 4 (the word holding the tag and the count last); from 8 on the
+/// header is the first word, written last in one piece. Each cut is also capped at `len`.
+pub(crate) fn header_last_cuts(ws: u32, len: u32) -> [u32; 3] {
+    [
+        flash::round_up(DATA_HEADER_LAST_LEN as u32, ws).min(len),
+        flash::round_up(DATA_TAG_LAST_LEN as u32, ws).min(len),
+        0,
+    ]
 }
 
 /// The data-partition engine: a partition found by label, a size check before any erase,
@@ -891,7 +1001,7 @@ pub(crate) fn write_first_sector_last<F: NorFlash>(
 ///
 /// Power-loss rule: the first sector is erased by the first write, buffered (at most 4 KiB, a
 /// fixed array: no allocation) and programmed only after everything else, from its end towards
-/// its start with the 2-byte tag of the header last of all ([`DATA_TAG_LAST_LEN`]). So a
+/// its start with the word holding the header's tag last of all ([`DATA_TAG_LAST_LEN`]). So a
 /// rewrite that is cut at any byte leaves a partition whose header tag is erased or torn, and
 /// the next run sees it as invalid and rewrites it, instead of taking a half-new partition for
 /// a valid one.
@@ -899,7 +1009,7 @@ pub struct DataUpdate {
     part: Partition,
     /// Sectors 1.. of the partition, erase-ahead.
     rest: SequentialWriter,
-    first: [u8; SECTOR_SIZE as usize],
+    first: Aligned<{ SECTOR_SIZE as usize }>,
     first_len: usize,
     /// Sector 0 has been erased.
     started: bool,
@@ -949,7 +1059,7 @@ impl DataUpdate {
         Ok(DataUpdate {
             part,
             rest: SequentialWriter::for_region(rest_region, part.label),
-            first: [0xFF; SECTOR_SIZE as usize],
+            first: Aligned::filled(0xFF),
             first_len: 0,
             started: false,
         })

@@ -469,6 +469,7 @@ impl IdfBuild {
                 ),
             },
             efuse: EfuseSettings { secure_version: 0 },
+            flash: Default::default(),
         };
         let place = self
             .sdkconfig

@@ -8,7 +8,7 @@ use ota_core::partition::{PartitionTable, ReadRule, TABLE_MAX_LEN, TABLE_OFFSET}
 use ota_core::Chip;
 
 use crate::error::EmuError;
-use crate::flash::{EmuFlash, SECTOR_SIZE};
+use crate::flash::{EmuFlash, EmuFlashN, SECTOR_SIZE};
 
 pub mod layout;
 
@@ -63,9 +63,7 @@ where
             continue;
         }
         let mut header = [0u8; IMAGE_HEADER_LEN];
-        flash
-            .read(offset, &mut header)
-            .map_err(|e| EmuError::from_flash(e, FlashOp::Read, offset, IMAGE_HEADER_LEN as u32))?;
+        read_units(flash, offset, &mut header)?;
         if header[0] != IMAGE_MAGIC {
             found.push(format!("0x{:02x} at 0x{offset:x}", header[0]));
             continue;
@@ -109,6 +107,28 @@ where
     })
 }
 
+/// Read `buf.len()` bytes at `offset` from a flash that reads in units of `READ_SIZE`: the
+/// whole units around them are read and the driver's own error is kept.
+pub fn read_units<F: ReadNorFlash>(
+    flash: &mut F,
+    offset: u32,
+    buf: &mut [u8],
+) -> Result<(), EmuError>
+where
+    F::Error: 'static,
+{
+    let unit = F::READ_SIZE.max(1) as u64;
+    let from = u64::from(offset) / unit * unit;
+    let to = (u64::from(offset) + buf.len() as u64).div_ceil(unit) * unit;
+    let mut words = vec![0u8; (to - from) as usize];
+    flash
+        .read(from as u32, &mut words)
+        .map_err(|e| EmuError::from_flash(e, FlashOp::Read, from as u32, (to - from) as u32))?;
+    let skip = (u64::from(offset) - from) as usize;
+    buf.copy_from_slice(&words[skip..skip + buf.len()]);
+    Ok(())
+}
+
 /// An emulated ESP32-class device: its flash, and what the flash says about it.
 #[derive(Debug)]
 pub struct Device<F = EmuFlash> {
@@ -119,9 +139,9 @@ pub struct Device<F = EmuFlash> {
     flash: F,
 }
 
-impl Device<EmuFlash> {
+impl<const W: usize> Device<EmuFlashN<W>> {
     /// Open the device held by an emulated flash (see [`Device::open_named`]).
-    pub fn open(flash: EmuFlash) -> Result<Self, EmuError> {
+    pub fn open(flash: EmuFlashN<W>) -> Result<Self, EmuError> {
         let name = flash.name();
         Device::open_named(flash, name)
     }

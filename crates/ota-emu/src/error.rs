@@ -28,6 +28,18 @@ pub enum EmuError {
     #[error("flash {op} of {len} bytes at 0x{offset:x} is not aligned to 4096-byte sectors")]
     NotAligned { op: FlashOp, offset: u32, len: u32 },
 
+    /// A read or write whose offset or length is not a multiple of the flash's unit (as
+    /// esp-storage refuses it).
+    #[error(
+        "flash {op} of {len} bytes at 0x{offset:x} is not aligned to the flash's {unit}-byte unit"
+    )]
+    NotWordAligned {
+        op: FlashOp,
+        offset: u32,
+        len: u32,
+        unit: u32,
+    },
+
     /// The access runs past the end of the flash.
     #[error(
         "flash {op} of {len} bytes at 0x{offset:x} is beyond the end of the {capacity}-byte flash"
@@ -153,7 +165,9 @@ pub enum EmuError {
 impl NorFlashError for EmuError {
     fn kind(&self) -> NorFlashErrorKind {
         match self {
-            EmuError::NotAligned { .. } => NorFlashErrorKind::NotAligned,
+            EmuError::NotAligned { .. } | EmuError::NotWordAligned { .. } => {
+                NorFlashErrorKind::NotAligned
+            }
             EmuError::OutOfBounds { .. } => NorFlashErrorKind::OutOfBounds,
             EmuError::Flash { kind, .. } => *kind,
             _ => NorFlashErrorKind::Other,

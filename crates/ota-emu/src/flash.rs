@@ -4,6 +4,16 @@
 //! backing file at once, so whenever the process stops the file holds exactly what a chip's
 //! flash would hold. NOR rules (esp-idf `components/spi_flash`): 4 KiB erase sectors, erase sets
 //! 0xFF, programming can only clear bits.
+//!
+//! Granularity: [`EmuFlashN<W>`] takes reads and writes in units of `W` bytes (offset and length
+//! multiples of `W`) and refuses anything else with `NotAligned`, as esp-storage does
+//! (`esp-storage/src/nor_flash.rs`: `READ_SIZE = WRITE_SIZE = 4`). [`EmuFlash`] is the ESP32
+//! driver's `W` = 4; a device's write unit is in its settings (`flash_write_size`).
+//!
+//! Power cuts tear the write in progress *inside* a word: a write cut after `k` of its bytes
+//! has programmed exactly its first `k` bytes (whatever the word boundaries), so the word in
+//! progress holds a prefix of its new bytes followed by its old ones. This is the harsher of
+//! the two models (a cut at a word boundary is the special case `k % W == 0`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -105,9 +115,20 @@ struct FaultState {
     done: u64,
 }
 
-/// An emulated NOR flash chip, optionally backed by a file (see the module docs).
+/// Write units an emulated flash can have: the powers of two up to
+/// [`ota_core::flash::MAX_WORD`].
+pub const WRITE_SIZES: [u32; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// The write unit of esp-storage, the flash driver of esp-hal (`esp-storage/src/nor_flash.rs`).
+pub const DEFAULT_WRITE_SIZE: u32 = 4;
+
+/// The emulated flash with esp-storage's 4-byte granularity.
+pub type EmuFlash = EmuFlashN<4>;
+
+/// An emulated NOR flash chip with read and write unit `W`, optionally backed by a file (see
+/// the module docs).
 #[derive(Debug)]
-pub struct EmuFlash {
+pub struct EmuFlashN<const W: usize> {
     mem: Vec<u8>,
     backing: Option<Backing>,
     stats: FlashStats,
@@ -149,7 +170,7 @@ fn sectors_for(size: usize) -> usize {
     size.div_ceil(SECTOR_SIZE as usize)
 }
 
-impl EmuFlash {
+impl<const W: usize> EmuFlashN<W> {
     /// Create (or truncate) `path` as an erased flash of `size` bytes (all 0xFF).
     /// `size` must be a non-zero multiple of [`SECTOR_SIZE`].
     pub fn create(path: impl AsRef<Path>, size: u32) -> Result<Self, EmuError> {
@@ -173,7 +194,7 @@ impl EmuFlash {
                 .map_err(io_err("write flash file", path))?;
         }
         let mem = vec![ERASED; size as usize];
-        Ok(EmuFlash::with_parts(
+        Ok(Self::with_parts(
             mem,
             Some(Backing {
                 file,
@@ -210,7 +231,7 @@ impl EmuFlash {
                 size: mem.len() as u64,
             });
         }
-        Ok(EmuFlash::with_parts(
+        Ok(Self::with_parts(
             mem,
             Some(Backing {
                 file,
@@ -223,7 +244,7 @@ impl EmuFlash {
     /// whole number of sectors.
     pub fn in_memory(size: u32) -> Self {
         let size = sectors_for(size as usize) * SECTOR_SIZE as usize;
-        EmuFlash::with_parts(vec![ERASED; size], None)
+        Self::with_parts(vec![ERASED; size], None)
     }
 
     /// A flash with no file behind it holding `image` (e.g. a dump); its length must be a
@@ -236,13 +257,23 @@ impl EmuFlash {
                 size: len,
             });
         }
-        Ok(EmuFlash::with_parts(image, None))
+        Ok(Self::with_parts(image, None))
     }
 
     /// A copy of the contents as a new in-memory flash (no file, fresh counters, no fault
     /// plan): e.g. one laid-out device image copied for each device of a fleet simulation.
-    pub fn clone_in_memory(&self) -> EmuFlash {
-        EmuFlash::with_parts(self.mem.clone(), None)
+    pub fn clone_in_memory(&self) -> Self {
+        Self::with_parts(self.mem.clone(), None)
+    }
+
+    /// The same contents as a flash with another write unit (no file, fresh counters).
+    pub fn regranulated<const V: usize>(&self) -> EmuFlashN<V> {
+        EmuFlashN::<V>::with_parts(self.mem.clone(), None)
+    }
+
+    /// The read and write unit `W`.
+    pub const fn write_size(&self) -> u32 {
+        W as u32
     }
 
     fn with_parts(mem: Vec<u8>, backing: Option<Backing>) -> Self {
@@ -250,7 +281,7 @@ impl EmuFlash {
             erase_counts: vec![0; sectors_for(mem.len())],
             ..FlashStats::default()
         };
-        EmuFlash {
+        EmuFlashN {
             mem,
             backing,
             stats,
@@ -466,8 +497,22 @@ impl EmuFlash {
         EmuError::PowerCut { after_bytes }
     }
 
+    /// esp-storage's rule: offset and length multiples of the unit.
+    fn check_unit(op: FlashOp, offset: u32, len: usize) -> Result<(), EmuError> {
+        if (offset as usize).is_multiple_of(W) && len.is_multiple_of(W) {
+            return Ok(());
+        }
+        Err(EmuError::NotWordAligned {
+            op,
+            offset,
+            len: len as u32,
+            unit: W as u32,
+        })
+    }
+
     fn do_read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), EmuError> {
         self.check_power()?;
+        Self::check_unit(FlashOp::Read, offset, buf.len())?;
         let r = self.check_bounds(FlashOp::Read, offset, buf.len())?;
         buf.copy_from_slice(&self.mem[r]);
         self.stats.read_ops += 1;
@@ -477,6 +522,7 @@ impl EmuFlash {
 
     fn do_write(&mut self, offset: u32, data: &[u8]) -> Result<(), EmuError> {
         self.check_power()?;
+        Self::check_unit(FlashOp::Write, offset, data.len())?;
         let r = self.check_bounds(FlashOp::Write, offset, data.len())?;
         if let Some(at) = self.fault.and_then(|f| f.plan.fail_write_at) {
             if r.contains(&(at as usize)) {
@@ -571,13 +617,13 @@ impl EmuFlash {
     }
 }
 
-impl ErrorType for EmuFlash {
+impl<const W: usize> ErrorType for EmuFlashN<W> {
     type Error = EmuError;
 }
 
-impl ReadNorFlash for EmuFlash {
-    /// Any byte can be read.
-    const READ_SIZE: usize = 1;
+impl<const W: usize> ReadNorFlash for EmuFlashN<W> {
+    /// Reads in units of `W` (esp-storage: 4).
+    const READ_SIZE: usize = W;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), EmuError> {
         let r = self.do_read(offset, bytes);
@@ -589,9 +635,9 @@ impl ReadNorFlash for EmuFlash {
     }
 }
 
-impl NorFlash for EmuFlash {
-    /// Any byte can be programmed (SPI flash page program has byte granularity).
-    const WRITE_SIZE: usize = 1;
+impl<const W: usize> NorFlash for EmuFlashN<W> {
+    /// Writes in units of `W` (esp-storage: 4).
+    const WRITE_SIZE: usize = W;
     /// One sector (`SPI_FLASH_SEC_SIZE`).
     const ERASE_SIZE: usize = SECTOR_SIZE as usize;
 
@@ -607,5 +653,5 @@ impl NorFlash for EmuFlash {
 }
 
 /// NOR flash may program a location again as long as bits only go from 1 to 0, which
-/// [`EmuFlash`] checks on every write.
-impl MultiwriteNorFlash for EmuFlash {}
+/// [`EmuFlashN`] checks on every write (esp-storage implements it too).
+impl<const W: usize> MultiwriteNorFlash for EmuFlashN<W> {}

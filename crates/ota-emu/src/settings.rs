@@ -44,6 +44,16 @@ pub struct EfuseSettings {
     pub secure_version: u32,
 }
 
+/// The flash chip as its driver sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlashSettings {
+    /// The driver's read and write unit in bytes (`READ_SIZE` = `WRITE_SIZE`), a power of two
+    /// up to 256. Absent: 4, esp-storage's (`esp-storage/src/nor_flash.rs`).
+    #[serde(default)]
+    pub write_size: Option<u32>,
+}
+
 /// Everything stored beside a flash image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +62,8 @@ pub struct DeviceSettings {
     pub bootloader: BootloaderSettings,
     #[serde(default)]
     pub efuse: EfuseSettings,
+    #[serde(default)]
+    pub flash: FlashSettings,
 }
 
 fn settings_error(path: &Path, detail: impl Into<String>) -> EmuError {
@@ -97,8 +109,29 @@ impl DeviceSettings {
         Ok(Some(s))
     }
 
-    /// The rules Kconfig enforces.
+    /// The flash driver's read and write unit ([`FlashSettings::write_size`], default 4).
+    pub fn write_size(&self) -> u32 {
+        self.flash
+            .write_size
+            .unwrap_or(crate::flash::DEFAULT_WRITE_SIZE)
+    }
+
+    /// The write unit of the device in `flash`: its settings', or 4 without settings (a bare
+    /// flash dump).
+    pub fn write_size_for(flash: &Path) -> Result<u32, EmuError> {
+        Ok(Self::load_for(flash)?
+            .map(|s| s.write_size())
+            .unwrap_or(crate::flash::DEFAULT_WRITE_SIZE))
+    }
+
+    /// The rules Kconfig enforces, and a write unit the emulator has.
     pub fn check(&self) -> Result<(), String> {
+        if !crate::flash::WRITE_SIZES.contains(&self.write_size()) {
+            return Err(format!(
+                "flash write_size {} is not a power of two from 1 to 256",
+                self.write_size()
+            ));
+        }
         if self.bootloader.anti_rollback && !self.bootloader.rollback {
             return Err("anti_rollback = true needs rollback = true \
                  (CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK depends on CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE)"
@@ -164,6 +197,11 @@ impl DeviceSettings {
         t += &line(
             format!("secure_version = {}", self.efuse.secure_version),
             "SECURE_VERSION eFuse: number of bits burnt, only ever goes up",
+        );
+        t += "\n[flash]\n";
+        t += &line(
+            format!("write_size = {}", self.write_size()),
+            "flash driver READ_SIZE/WRITE_SIZE in bytes (esp-storage: 4)",
         );
         t
     }
@@ -238,6 +276,9 @@ mod tests {
                 mmu_page_size: Some(0x4000),
             },
             efuse: EfuseSettings { secure_version: 3 },
+            flash: FlashSettings {
+                write_size: Some(16),
+            },
         };
         s.save_for(&flash).unwrap();
         assert_eq!(DeviceSettings::load_for(&flash).unwrap(), Some(s));
@@ -251,6 +292,24 @@ mod tests {
                 flash_size: None,
             }
         );
+    }
+
+    #[test]
+    fn flash_write_size_defaults_to_4_and_must_be_a_power_of_two_up_to_256() {
+        let dir = tempfile::tempdir().unwrap();
+        let flash = dir.path().join("f.bin");
+        // No settings (a bare dump): esp-storage's 4.
+        assert_eq!(DeviceSettings::write_size_for(&flash).unwrap(), 4);
+        let p = DeviceSettings::path_for(&flash);
+        std::fs::write(&p, "[bootloader]\nrollback = false\n").unwrap();
+        assert_eq!(DeviceSettings::write_size_for(&flash).unwrap(), 4);
+        std::fs::write(&p, "[flash]\nwrite_size = 1\n").unwrap();
+        assert_eq!(DeviceSettings::write_size_for(&flash).unwrap(), 1);
+        for bad in [0u32, 3, 12, 512] {
+            std::fs::write(&p, format!("[flash]\nwrite_size = {bad}\n")).unwrap();
+            let e = DeviceSettings::load_for(&flash).unwrap_err().to_string();
+            assert!(e.contains("write_size"), "{e}");
+        }
     }
 
     #[test]

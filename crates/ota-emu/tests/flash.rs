@@ -3,8 +3,12 @@
 use embedded_storage::nor_flash::{
     MultiwriteNorFlash, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
-use ota_emu::flash::{EmuFlash, FaultPlan, SECTOR_SIZE};
+use ota_emu::flash::{EmuFlashN, FaultPlan, SECTOR_SIZE};
 use ota_emu::EmuError;
+
+/// These tests check byte-level NOR rules: a flash with a 1-byte unit. The unit rules
+/// (esp-storage's 4 and larger) have their own tests at the end.
+type EmuFlash = EmuFlashN<1>;
 
 const S: usize = SECTOR_SIZE as usize;
 
@@ -28,6 +32,10 @@ fn trait_constants_match_spi_flash() {
     let f = EmuFlash::in_memory(0x4000);
     assert_eq!(<EmuFlash as ReadNorFlash>::READ_SIZE, 1);
     assert_eq!(<EmuFlash as NorFlash>::WRITE_SIZE, 1);
+    // The default emulated flash has esp-storage's units.
+    type Default = ota_emu::flash::EmuFlash;
+    assert_eq!(<Default as ReadNorFlash>::READ_SIZE, 4);
+    assert_eq!(<Default as NorFlash>::WRITE_SIZE, 4);
     assert_eq!(<EmuFlash as NorFlash>::ERASE_SIZE, 4096);
     assert_eq!(f.capacity(), 0x4000);
     assert_multiwrite(&f);
@@ -540,4 +548,39 @@ fn the_power_cut_hook_runs_once_after_the_torn_state_reached_the_file() {
     assert!(f.write(0x100, &[0x5A; 10]).is_err());
     assert!(f.write(0x200, &[0; 1]).is_err());
     assert_eq!(*seen.lock().unwrap(), vec![(3, 0x5A)]);
+}
+
+#[test]
+fn four_byte_flash_refuses_unaligned_access_like_esp_storage() {
+    let mut f = ota_emu::flash::EmuFlash::in_memory(0x2000);
+    for (off, len) in [(1u32, 4usize), (0, 3), (2, 6), (4, 1)] {
+        let e = f.write(off, &vec![0u8; len]).unwrap_err();
+        assert_eq!(e.kind(), NorFlashErrorKind::NotAligned, "write {off} {len}");
+        let mut buf = vec![0u8; len];
+        let e = f.read(off, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), NorFlashErrorKind::NotAligned, "read {off} {len}");
+        assert!(e.to_string().contains("4-byte unit"), "{e}");
+    }
+    assert!(f.contents().iter().all(|&b| b == 0xFF));
+    f.write(4, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    let mut buf = [0u8; 4];
+    f.read(8, &mut buf).unwrap();
+    assert_eq!(buf, [5, 6, 7, 8]);
+    let mut g = EmuFlashN::<256>::in_memory(0x2000);
+    assert!(g.write(128, &[0; 256]).is_err());
+    g.write(256, &[0; 256]).unwrap();
+}
+
+#[test]
+fn power_cut_tears_a_four_byte_write_inside_a_word() {
+    // The tear model: a write cut after k bytes programmed exactly its first k bytes, even in
+    // the middle of a word.
+    let mut f = ota_emu::flash::EmuFlash::in_memory(0x2000);
+    f.set_fault_plan(FaultPlan {
+        power_cut_after_bytes: Some(6),
+        ..FaultPlan::default()
+    });
+    let e = f.write(0, &[0u8; 8]).unwrap_err();
+    assert!(matches!(e, EmuError::PowerCut { after_bytes: 6 }), "{e}");
+    assert_eq!(&f.contents()[..8], &[0, 0, 0, 0, 0, 0, 0xFF, 0xFF]);
 }

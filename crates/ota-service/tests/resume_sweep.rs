@@ -40,7 +40,7 @@ impl ErrorType for Recorder<'_> {
 }
 
 impl ReadNorFlash for Recorder<'_> {
-    const READ_SIZE: usize = 1;
+    const READ_SIZE: usize = <EmuFlash as ReadNorFlash>::READ_SIZE;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), EmuError> {
         self.inner.read(offset, bytes)
     }
@@ -50,7 +50,7 @@ impl ReadNorFlash for Recorder<'_> {
 }
 
 impl NorFlash for Recorder<'_> {
-    const WRITE_SIZE: usize = 1;
+    const WRITE_SIZE: usize = <EmuFlash as NorFlash>::WRITE_SIZE;
     const ERASE_SIZE: usize = 4096;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), EmuError> {
         let len = to.saturating_sub(from);

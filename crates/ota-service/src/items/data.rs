@@ -59,7 +59,8 @@ pub struct DataItem {
 enum Sink {
     /// Boxed: the engine buffers the first sector (4 KiB).
     Direct(Box<DataUpdate>),
-    Staged(StagedWrite),
+    /// Boxed: the writer keeps a partial flash word (up to 256 bytes).
+    Staged(Box<StagedWrite>),
 }
 
 /// How the source can be read a second time (for a verifying pass before the writing pass).
@@ -818,10 +819,10 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         };
         let mut sink = match self.staging_partition(dev)? {
             None => Sink::Direct(Box::new(engine)),
-            Some(staging) => Sink::Staged(
+            Some(staging) => Sink::Staged(Box::new(
                 StagedWrite::begin(dev.flash, &map, &staging, &target, source.content_length())
                     .map_err(|e| core_error(e, &self.uri))?,
-            ),
+            )),
         };
         let label = match &sink {
             Sink::Direct(_) => target.label,
@@ -920,8 +921,10 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
                     .finish(dev.flash)
                     .map_err(|e| core_error(e, &self.uri))?;
             }
-            Sink::Staged(w) => {
+            Sink::Staged(mut w) => {
                 let staging = *w.staging();
+                // The last partial flash word is still in RAM: program it before reading back.
+                w.flush(dev.flash).map_err(|e| core_error(e, &self.uri))?;
                 if self.format == DataFormat::Tone {
                     // The staged bin must be a whole, valid tone bin before the target is touched.
                     let mut view = staging;
