@@ -22,9 +22,9 @@ use embedded_storage::nor_flash::{
 use ota_core::image::{build_image, ImageSpec};
 use ota_core::otadata::OtaState;
 use ota_core::partition::{
-    Label, Partition, PartitionTable, TABLE_MAX_LEN, TABLE_OFFSET, TYPE_APP, TYPE_DATA,
+    Label, Partition, PartitionTable, ReadRule, TABLE_MAX_LEN, TABLE_OFFSET, TYPE_APP, TYPE_DATA,
 };
-use ota_core::Chip;
+use ota_core::{Chip, Slot, UpdaterError};
 
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/esp32c3-ota")
@@ -206,11 +206,12 @@ fn firmware_c3_update_logic_installs_its_own_image_on_the_emulated_device() {
         fw_update::on_boot(&mut f, &mut buf).unwrap()
     };
     let first = on_boot();
-    assert_eq!(first.running.unwrap().label.as_str(), "ota_0");
+    assert_eq!(first.running.partition.label.as_str(), "ota_0");
     let installed = first
         .installed
         .expect("the image in ota_image was not installed");
-    assert_eq!(installed.slot.label.as_str(), "ota_1");
+    assert_eq!(installed.slot, Slot::new(1).unwrap());
+    assert_eq!(installed.partition.label.as_str(), "ota_1");
     assert_eq!(
         installed.summary.image_len as usize,
         std::fs::read(&v2).unwrap().len()
@@ -226,11 +227,11 @@ fn firmware_c3_update_logic_installs_its_own_image_on_the_emulated_device() {
     );
 
     let second = on_boot();
-    assert_eq!(second.running.unwrap().label.as_str(), "ota_1");
-    assert_eq!(second.state, Some(OtaState::PendingVerify));
+    assert_eq!(second.running.partition.label.as_str(), "ota_1");
+    assert_eq!(second.running.state, Some(OtaState::PendingVerify));
     assert!(second.confirmed && second.installed.is_none(), "{second:?}");
     let third = on_boot();
-    assert_eq!(third.state, Some(OtaState::Valid));
+    assert_eq!(third.running.state, Some(OtaState::Valid));
     assert!(!third.confirmed && third.installed.is_none(), "{third:?}");
     let boot = ok(&["device", "boot", "--flash", s(&flash)]);
     assert!(
@@ -295,7 +296,8 @@ fn sections(elf: &[u8]) -> Vec<Section> {
 
 /// The crate a Rust symbol comes from. Legacy mangling (`_ZN8ota_core5image...`): the first
 /// path segment, or the first path inside `<...>` of a trait impl
-/// (`_ZN61_$LT$ota_core..error..Error$u20$as$u20$...`). v0 mangling (`_RNv...Cs<hash>_4core...`,
+/// (`_ZN61_$LT$ota_core..error..Error$u20$as$u20$...`), or the trait's path for a bare type
+/// parameter (`<&T as core::fmt::Debug>`). v0 mangling (`_RNv...Cs<hash>_4core...`,
 /// the precompiled `core`): the name after the first crate root `C`.
 fn crate_of(sym: &str) -> Option<String> {
     let ident = |s: &str| -> Option<String> {
@@ -306,6 +308,12 @@ fn crate_of(sym: &str) -> Option<String> {
     if let Some(rest) = sym.strip_prefix("_ZN") {
         let first = ident(rest)?;
         let first = first.strip_prefix("_$LT$").unwrap_or(&first);
+        // `<&T as core::fmt::Debug>`: a blanket impl for a bare type parameter belongs to the
+        // trait's crate.
+        let first = match first.split_once("$u20$as$u20$") {
+            Some((ty, tr)) if !ty.contains("..") => tr,
+            _ => first,
+        };
         let mut path = first.split("..").next()?;
         // `$RF$T`, `$u5b$T$u5d$`...: skip the escapes before the type's path.
         while let Some(r) = path.strip_prefix('$') {
@@ -569,8 +577,9 @@ fn c3_device() -> CutFlash {
 
 /// The 2nd-stage bootloader (rollback enabled) between two boots: returns the booted slot.
 fn reboot(f: &mut CutFlash) -> String {
-    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
-    let table = fw_update::read_table(f, &mut buf).unwrap();
+    let mut buf = [0u8; TABLE_MAX_LEN];
+    ota_core::flash::read(f, TABLE_OFFSET, &mut buf).unwrap();
+    let table = PartitionTable::parse(&buf, ReadRule::App).unwrap();
     let cfg = ota_core::boot::BootConfig {
         rollback: true,
         ..Default::default()
@@ -579,10 +588,11 @@ fn reboot(f: &mut CutFlash) -> String {
     out.partition.label.as_str().to_string()
 }
 
-type OnBoot = fn(&mut CutFlash) -> Result<fw_update::BootReport, ota_core::Error>;
+type BootResult = Result<fw_update::BootReport, UpdaterError<CutError>>;
+type OnBoot = fn(&mut CutFlash) -> BootResult;
 
 /// One boot of the firmware: its `on_boot` with the table buffer on the stack, as on the chip.
-fn firmware_boot(f: &mut CutFlash) -> Result<fw_update::BootReport, ota_core::Error> {
+fn firmware_boot(f: &mut CutFlash) -> BootResult {
     let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
     fw_update::on_boot(f, &mut buf)
 }
@@ -608,11 +618,11 @@ fn firmware_life(cut: Option<usize>, on_boot: OnBoot) -> usize {
                 assert_eq!(slot, "ota_1", "the installed slot did not boot");
             }
             Ok(r) if r.confirmed => {
-                assert_eq!(r.running.unwrap().label.as_str(), "ota_1");
+                assert_eq!(r.running.partition.label.as_str(), "ota_1");
                 // Confirmed: the next boot finds the image installed and valid.
                 let again = on_boot(&mut f).unwrap();
                 assert!(again.installed.is_none() && !again.confirmed);
-                assert_eq!(again.state, Some(OtaState::Valid));
+                assert_eq!(again.running.state, Some(OtaState::Valid));
                 assert_eq!(reboot(&mut f), "ota_1");
                 return boots;
             }
@@ -658,7 +668,7 @@ fn firmware_update_path_stack_need() {
         // Each boot's `on_boot` runs on a thread with this stack; the bootloader between boots
         // (not firmware code) runs on the test's own thread.
         let size: usize = size.parse().unwrap();
-        fn limited(f: &mut CutFlash) -> Result<fw_update::BootReport, ota_core::Error> {
+        fn limited(f: &mut CutFlash) -> BootResult {
             let size: usize = std::env::var("FW_STACK_PROBE").unwrap().parse().unwrap();
             std::thread::scope(|s| {
                 std::thread::Builder::new()

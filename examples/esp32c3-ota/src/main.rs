@@ -2,8 +2,9 @@
 //!
 //! On every boot: read the partition table through the flash driver, confirm this app if it is
 //! on trial (rollback), install the image found in the `ota_image` data partition into the
-//! other OTA slot, switch otadata and restart. The logic is in [`update`] (no hardware in it);
-//! this file is the chip glue: esp-hal start-up, the flash driver, the console and the reset.
+//! other OTA slot, switch otadata and restart. The logic is in [`update`] (no hardware in it,
+//! written on `ota-core`'s front door `OtaUpdater`); this file is the chip glue: esp-hal
+//! start-up, the flash driver, the console and the reset.
 #![no_std]
 #![no_main]
 
@@ -31,23 +32,21 @@ fn main() -> ! {
     );
     match update::on_boot(&mut flash, &mut table_buf) {
         Ok(report) => {
-            if let Some(p) = report.running {
-                let state = report.state.map(|s| s.name()).unwrap_or("no otadata entry");
-                println!(
-                    "running from {} at 0x{:x} ({})",
-                    p.label.as_str(),
-                    p.offset,
-                    state
-                );
-            }
+            let me = report.running;
+            let state = me.state.map(|s| s.name()).unwrap_or("no otadata entry");
+            println!(
+                "running from {} at 0x{:x} ({})",
+                me.partition.label.as_str(),
+                me.partition.offset,
+                state
+            );
             if report.confirmed {
                 println!("first boot after an update: app marked valid, rollback cancelled");
             }
             if let Some(c) = report.installed {
                 println!(
                     "installed {} bytes into {}, otadata switched: restarting",
-                    c.summary.image_len,
-                    c.slot.label.as_str()
+                    c.summary.image_len, c.slot
                 );
                 esp_hal::system::software_reset();
             }

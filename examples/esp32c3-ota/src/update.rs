@@ -1,30 +1,28 @@
 //! The firmware's update logic, free of any hardware: it talks to flash only through the
 //! `embedded-storage` `NorFlash` traits, so on the chip it drives esp-storage's `FlashStorage`
 //! and on a PC the very same source runs against a RAM flash (the root crate's
-//! `tests/firmware_c3.rs` includes this file to measure the stack the update path needs).
+//! `tests/firmware_c3.rs` includes this file to run it on the emulated device and to measure
+//! the stack the update path needs).
 //!
-//! One boot does, in order:
-//! 1. read the partition table at `CONFIG_PARTITION_TABLE_OFFSET` (0x8000) through the flash
-//!    driver and parse it with the application's rules (`esp_partition` `load_partitions`);
-//! 2. find the running slot (what otadata selects, as the 2nd-stage bootloader does);
-//! 3. rollback: if the running app is still `PENDING_VERIFY` (first boot after an update, with
-//!    a rollback-enabled bootloader), confirm it (`esp_ota_mark_app_valid_cancel_rollback`);
-//! 4. if the data partition [`IMAGE_LABEL`] holds a valid app image for this chip that is not
-//!    the running one, install it into the other OTA slot and switch otadata; the caller then
-//!    restarts.
-//!
-//! TODO(issue 9, front door): steps 2–4 move to `ota_core::updater::OtaUpdater`
-//! (`begin(len, policy)` -> `write(chunk)` -> `finish()`, `state()`, `mark_valid()`) when it
-//! lands; until then this is written against the lower layer (`AppUpdate`,
-//! `begin_with_rollback`, `mark_app_valid_cancel_rollback`).
+//! One boot does, in order, with `ota-core`'s front door [`OtaUpdater`]:
+//! 1. `OtaUpdater::new` reads the partition table at `CONFIG_PARTITION_TABLE_OFFSET` (0x8000)
+//!    through the flash driver and finds the running app (the one the bootloader selected);
+//! 2. rollback: if the running app is still `PENDING_VERIFY` (first boot after an update, with
+//!    a rollback-enabled bootloader), `mark_valid` confirms it
+//!    (`esp_ota_mark_app_valid_cancel_rollback`);
+//! 3. if the data partition [`IMAGE_LABEL`] holds a valid app image for this chip that is not
+//!    the running one, `begin` -> `write`… -> `finish` installs it into the other OTA slot and
+//!    switches otadata; the caller then restarts.
 
-use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use core::cell::RefCell;
+
+use embedded_storage::nor_flash::{ErrorType, MultiwriteNorFlash, NorFlash, ReadNorFlash};
 use ota_core::image::{self, ImageSummary};
-use ota_core::otadata::{OtaData, OtaState};
-use ota_core::partition::{Partition, PartitionTable, ReadRule, TABLE_OFFSET, TABLE_SECTOR_SIZE};
-use ota_core::update::{self, AppUpdate, AppUpdateConfig, Committed};
+use ota_core::otadata::OtaState;
+use ota_core::partition::{Partition, TABLE_MAX_LEN};
+use ota_core::updater::{Installed, RunningApp};
 use ota_core::version::VersionPolicy;
-use ota_core::{Chip, Error};
+use ota_core::{Chip, Error, OtaUpdater, UpdaterConfig, UpdaterError};
 
 /// The data partition (any subtype) the firmware installs from (this issue's byte source; the
 /// network comes with the next one).
@@ -32,6 +30,10 @@ pub const IMAGE_LABEL: &str = "ota_image";
 
 /// The chip this firmware runs on: an image for another chip is refused.
 pub const CHIP: Chip = Chip::Esp32c3;
+
+/// How the bootloader was built: with `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE`, so a new app
+/// boots on trial and confirms itself.
+pub const CONFIG: UpdaterConfig = UpdaterConfig::new(CHIP).with_rollback(true);
 
 /// Bytes read from the source partition per step. A multiple of esp-storage's `READ_SIZE` and
 /// `WRITE_SIZE` (4, `FlashStorage::WORD_SIZE`), so every access the firmware itself makes is
@@ -43,108 +45,72 @@ pub const CHUNK: usize = 1024;
 #[repr(C, align(4))]
 pub struct Aligned<const N: usize>(pub [u8; N]);
 
-/// The table sector, read whole (the app-side reader walks up to one 4 KiB sector).
-pub const TABLE_BUF_LEN: usize = TABLE_SECTOR_SIZE as usize;
+/// The buffer `OtaUpdater::new` reads the partition table into (3 KiB).
+pub const TABLE_BUF_LEN: usize = TABLE_MAX_LEN;
 pub type TableBuf = Aligned<TABLE_BUF_LEN>;
 
 /// What one boot did.
 #[derive(Debug)]
 pub struct BootReport {
-    pub running: Option<Partition>,
-    /// The running app's otadata state before this boot touched it.
-    pub state: Option<OtaState>,
+    /// The running app and its otadata state before this boot touched it.
+    pub running: RunningApp,
     /// The running app was PENDING_VERIFY and is now VALID.
     pub confirmed: bool,
     /// An image was installed: restart to boot it.
-    pub installed: Option<Committed>,
+    pub installed: Option<Installed>,
 }
 
-/// Read and parse the partition table through the flash driver.
-pub fn read_table<F: ReadNorFlash>(
+/// One boot's update work (steps 1–3 above). `table_buf` holds the table while it is parsed.
+pub fn on_boot<F: NorFlash>(
     flash: &mut F,
-    buf: &mut TableBuf,
-) -> Result<PartitionTable, Error> {
-    ota_core::flash::read(flash, TABLE_OFFSET, &mut buf.0)?;
-    Ok(PartitionTable::parse(&buf.0, ReadRule::App)?)
-}
-
-/// The slot otadata selects (`(seq - 1) % count` of the active entry), else the factory app,
-/// else ota_0: the bootloader's choice when every image verifies.
-pub fn running_slot<F: ReadNorFlash>(flash: &mut F, table: &PartitionTable) -> Option<Partition> {
-    let selected = table
-        .otadata()
-        .and_then(|p| OtaData::read(flash, p).ok())
-        .and_then(|od| od.boot_slot(table.ota_count()))
-        .and_then(|n| table.ota(n));
-    selected.or(table.factory()).or(table.ota(0)).copied()
-}
-
-/// One boot's update work (steps 1–4 above). `table_buf` holds the table sector.
-pub fn on_boot<F: NorFlash>(flash: &mut F, table_buf: &mut TableBuf) -> Result<BootReport, Error> {
-    let table = read_table(flash, table_buf)?;
-    let running = running_slot(flash, &table);
-    let state = running.and_then(|p| ota_core::boot::ota_state_of(flash, &table, &p));
-    let mut confirmed = false;
-    if state == Some(OtaState::PendingVerify) {
+    table_buf: &mut TableBuf,
+) -> Result<BootReport, UpdaterError<F::Error>> {
+    // The updater writes the slot while this code reads the image from `ota_image`: two
+    // handles on the one flash driver.
+    let flash = RefCell::new(flash);
+    let mut ota_flash = Shared(&flash);
+    let mut ota = OtaUpdater::new(&mut ota_flash, CONFIG, &mut table_buf.0)?;
+    let running = ota.running()?;
+    let confirmed = running.state == Some(OtaState::PendingVerify);
+    if confirmed {
         // The app reached this point, so it works: cancel the rollback.
-        update::mark_app_valid_cancel_rollback(flash, &table, CHIP, None)?;
-        confirmed = true;
+        ota.mark_valid()?;
     }
-    let installed = match table.find_data(IMAGE_LABEL).copied() {
-        Some(source) => install_from(flash, &table, running.as_ref(), &source)?,
+    let installed = match ota.table().find_data(IMAGE_LABEL).copied() {
+        Some(source) => install_from(&mut ota, &mut Shared(&flash), &source, &running.partition)?,
         None => None,
     };
     Ok(BootReport {
         running,
-        state,
         confirmed,
         installed,
     })
 }
 
-/// Install the app image in `source` into the next OTA slot and switch otadata to it. `None`:
-/// nothing to install (no valid image for this chip there, or it is the running image).
-pub fn install_from<F: NorFlash>(
+/// Install the app image in `source` (read through `flash`) into the next OTA slot and switch
+/// otadata to it. `None`: nothing to install (no app image there, or it is the running image).
+pub fn install_from<U: NorFlash, F: ReadNorFlash>(
+    ota: &mut OtaUpdater<'_, U>,
     flash: &mut F,
-    table: &PartitionTable,
-    running: Option<&Partition>,
     source: &Partition,
-) -> Result<Option<Committed>, Error> {
+    running: &Partition,
+) -> Result<Option<Installed>, UpdaterError<U::Error>> {
     let Some(incoming) = source_image(flash, source, running)? else {
         return Ok(None);
     };
     let len = incoming.image_len;
-    let cfg = AppUpdateConfig {
-        rollback: true,
-        ..AppUpdateConfig::new(CHIP)
-    };
-    // TODO(issue 9, front door): from here to `finish` becomes
-    // `let mut u = OtaUpdater::new(flash, &mut table_buf)?; u.begin(len, policy)?;`
-    // `u.write(chunk)?` per chunk; `u.finish()?`.
-    update::begin_with_rollback(flash, &cfg.flash_map(table, running))?;
-    let mut u = AppUpdate::begin(table, running, cfg, Some(len as u64))?;
+    ota.begin(Some(len), VersionPolicy::None)?;
     let mut buf = Aligned([0u8; CHUNK]);
-    let mut at = 0u32;
+    let mut at = 0;
     while at < len {
         let n = (len - at).min(CHUNK as u32) as usize;
         // Read whole words; the image length is a multiple of 16 (esptool pads it).
-        let word = n.next_multiple_of(4);
-        let data = &mut buf.0[..word];
-        source.region().read(flash, at, data)?;
-        let mut data = &data[..n];
-        if !u.prefix_complete() {
-            let k = u.feed_prefix(data)?;
-            data = &data[k..];
-            if u.prefix_complete() {
-                u.check_version(VersionPolicy::None, None)?;
-            }
-        }
-        if u.prefix_complete() {
-            u.write(flash, data)?;
-        }
+        let data = &mut buf.0[..n.next_multiple_of(4)];
+        source.region().read(flash, at, data).map_err(Error::from)?;
+        ota.write(&data[..n])?;
         at += n as u32;
     }
-    Ok(Some(u.finish(flash)?))
+    Ok(Some(ota.finish()?))
 }
 
 /// The source's image if it is a valid app image for [`CHIP`] that differs from the running
@@ -152,7 +118,7 @@ pub fn install_from<F: NorFlash>(
 fn source_image<F: ReadNorFlash>(
     flash: &mut F,
     source: &Partition,
-    running: Option<&Partition>,
+    running: &Partition,
 ) -> Result<Option<ImageSummary>, Error> {
     let mut magic = Aligned([0u8; 4]);
     source.region().read(flash, 0, &mut magic.0)?;
@@ -160,8 +126,42 @@ fn source_image<F: ReadNorFlash>(
         return Ok(None);
     }
     let incoming = image::verify_flash(flash, source.region(), Some(CHIP))?;
-    let same = running
-        .and_then(|p| image::verify_flash(flash, p.region(), Some(CHIP)).ok())
-        .is_some_and(|r| r.hash_calc == incoming.hash_calc && r.image_len == incoming.image_len);
+    let same = image::verify_flash(flash, running.region(), Some(CHIP))
+        .is_ok_and(|r| r.hash_calc == incoming.hash_calc && r.image_len == incoming.image_len);
     Ok((!same).then_some(incoming))
 }
+
+/// A handle on a flash driver shared by several users in one thread (the updater and the
+/// image source here): each call borrows the driver for its own duration only.
+pub struct Shared<'a, F>(pub &'a RefCell<F>);
+
+impl<F: ErrorType> ErrorType for Shared<'_, F> {
+    type Error = F::Error;
+}
+
+impl<F: ReadNorFlash> ReadNorFlash for Shared<'_, F> {
+    const READ_SIZE: usize = F::READ_SIZE;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), F::Error> {
+        self.0.borrow_mut().read(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.borrow().capacity()
+    }
+}
+
+impl<F: NorFlash> NorFlash for Shared<'_, F> {
+    const WRITE_SIZE: usize = F::WRITE_SIZE;
+    const ERASE_SIZE: usize = F::ERASE_SIZE;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), F::Error> {
+        self.0.borrow_mut().erase(from, to)
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), F::Error> {
+        self.0.borrow_mut().write(offset, bytes)
+    }
+}
+
+impl<F: MultiwriteNorFlash> MultiwriteNorFlash for Shared<'_, F> {}
