@@ -77,9 +77,20 @@ fn firmware_c3_image_converts_and_boots_on_emulated_device() {
     };
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("esp32c3-ota.bin");
-    // TODO(issue 9, `ota image from-elf`): convert with
-    // `ota image from-elf ELF -o APP --chip esp32c3 --flash-size 4MB` once it lands, and keep
-    // esptool's output as the byte-for-byte judge. Until then esptool converts.
+    // `ota image from-elf` converts; esptool's elf2image of the same ELF is the byte-for-byte
+    // judge, and esptool image-info must accept the result.
+    ok(&[
+        "image",
+        "from-elf",
+        s(&elf),
+        "-o",
+        s(&app),
+        "--chip",
+        "esp32c3",
+        "--flash-size",
+        "4MB",
+    ]);
+    let judge = dir.path().join("esptool.bin");
     run(Command::new(&py).args([
         "-m",
         "esptool",
@@ -89,9 +100,13 @@ fn firmware_c3_image_converts_and_boots_on_emulated_device() {
         "--flash-size",
         "4MB",
         "-o",
-        s(&app),
+        s(&judge),
         s(&elf),
     ]));
+    assert!(
+        std::fs::read(&app).unwrap() == std::fs::read(&judge).unwrap(),
+        "ota image from-elf and esptool elf2image differ on the firmware ELF"
+    );
     let (name, version) = (package_field("name"), package_field("version"));
     let info = run(Command::new(&py).args(["-m", "esptool", "image-info", s(&app)]));
     assert!(
@@ -145,27 +160,26 @@ fn firmware_c3_update_logic_installs_its_own_image_on_the_emulated_device() {
     // The firmware's first two boots, played on the emulated ESP32-C3 with the converted
     // firmware itself: its update logic (this very source) runs against the device's flash
     // file, the emulator's bootloader (`ota device boot`) boots between them.
-    let (Some(elf), Some(py)) = (firmware_elf(), python()) else {
+    let Some(elf) = firmware_elf() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     // Two conversions of the ELF that differ in the header's flash frequency only, so the one
     // in `ota_image` is not the running image.
     let convert = |out: &Path, freq: &str| {
-        run(Command::new(&py).args([
-            "-m",
-            "esptool",
+        ok(&[
+            "image",
+            "from-elf",
+            s(&elf),
+            "-o",
+            s(out),
             "--chip",
             "esp32c3",
-            "elf2image",
             "--flash-size",
             "4MB",
             "--flash-freq",
             freq,
-            "-o",
-            s(out),
-            s(&elf),
-        ]));
+        ]);
     };
     let (v1, v2) = (dir.path().join("v1.bin"), dir.path().join("v2.bin"));
     convert(&v1, "80m");
@@ -415,9 +429,8 @@ fn firmware_c3_footprint_by_section_and_crate() {
 /// esp-storage's granularity (`FlashStorage::WORD_SIZE`, esp-storage `src/common.rs`): reads
 /// are 4-byte words.
 const READ_SIZE: usize = 4;
-/// TODO(issue 9, granularity): 4 like esp-storage once ota-core writes in aligned words (today
-/// `AppUpdate` writes the 289-byte image prefix in one piece, which a 4-byte flash refuses).
-const WRITE_SIZE: usize = 1;
+/// esp-storage writes 4-byte words too (`WRITE_SIZE = WORD_SIZE`).
+const WRITE_SIZE: usize = 4;
 const SECTOR: usize = 4096;
 const FLASH_SIZE: usize = 4 << 20;
 

@@ -48,7 +48,7 @@
 //! mem[TABLE_OFFSET as usize..][..TABLE_MAX_LEN].copy_from_slice(&bin);
 //! mem[0x10000..][..v1.len()].copy_from_slice(&v1);
 //! // <READ, WRITE> granularity in bytes: esp-storage reads and writes 4-byte words.
-//! let mut flash = MemFlash::<1, 1>::new(&mut mem);
+//! let mut flash = MemFlash::<4, 4>::new(&mut mem);
 //! // Power on: the bootloader (built with rollback) starts ota_0.
 //! let bootloader = BootConfig { rollback: true, ..BootConfig::default() };
 //! boot(&mut flash, &table, chip, &bootloader, &mut |_| {})?;

@@ -2,9 +2,7 @@
 //! granularity of the chip's flash driver (1-byte and 4-byte words, like esp-storage), the
 //! 2nd-stage bootloader emulated by `ota_core::boot` at every restart.
 //!
-//! Every scenario runs at write/read sizes 1 and 4. The size-4 runs of the scenarios that
-//! stream an image through `write` are ignored until `AppUpdate` writes word-aligned (issue 9
-//! item 1, branch i9-gran): today its 289-byte image-prefix write is refused as unaligned.
+//! Every scenario runs at write/read sizes 1 and 4 (esp-storage's word).
 
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
@@ -144,7 +142,6 @@ macro_rules! at_sizes {
             $scenario::<1>();
         }
         #[test]
-        #[ignore = "needs word-granular AppUpdate (i9-gran)"]
         fn $w4() {
             $scenario::<4>();
         }
