@@ -24,9 +24,9 @@ pub struct ImageSpec<'a> {
     pub elf_sha256: [u8; 32],
     /// Header byte 2 (0 QIO, 1 QOUT, 2 DIO, 3 DOUT).
     pub flash_mode: u8,
-    /// Size nibble 0..=7 (1MB..128MB), see [`flash_size_code_from_name`].
+    /// Size nibble 0..=7 (1MB..128MB), see [`flash_size_code_from_name`](super::flash_size_code_from_name).
     pub flash_size_code: u8,
-    /// Frequency nibble, see [`flash_freq_code_from_name`].
+    /// Frequency nibble, see [`flash_freq_code_from_name`](super::flash_freq_code_from_name).
     pub flash_freq_code: u8,
     pub entry_addr: u32,
     /// Approximate size of the file; segment data grows to reach it (None = tiny image).

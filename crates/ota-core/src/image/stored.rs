@@ -9,7 +9,7 @@ use crate::chip::Chip;
 use sha2::{Digest, Sha256};
 
 /// Parse the first [`IMAGE_PREFIX_LEN`] bytes: header (magic checked) and, when the first
-/// segment's data starts with [`APP_DESC_MAGIC`], the app descriptor.
+/// segment's data starts with [`APP_DESC_MAGIC`](super::APP_DESC_MAGIC), the app descriptor.
 pub fn parse_prefix(bytes: &[u8]) -> Result<(ImageHeader, Option<AppDesc>), ImageError> {
     if let Some(&b) = bytes.first() {
         if b != IMAGE_MAGIC {

@@ -113,7 +113,7 @@ fn project_name_ok(field: &[u8; 32], strict: bool) -> bool {
 
 /// The example's `audio_tone_need_upgrade` (adf-ota-service.md §7) as a pure decision.
 ///
-/// * `current == None` (the current partition fails [`tone_partition_init`]): `WriteAll`,
+/// * `current == None` (the current partition fails [`tone_partition_init`](super::tone_partition_init)): `WriteAll`,
 ///   whatever the incoming data is — ADF reads nothing from the stream and does not check the
 ///   incoming tag (quirk; kept in both modes). Callers may skip reading the header then.
 /// * Incoming tag ≠ 0x2053: `Reject(NotToneBin)`.

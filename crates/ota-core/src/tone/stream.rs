@@ -34,7 +34,7 @@ enum Stage {
 }
 
 /// Checks a tone bin fed in chunks of any size, in constant memory (about 1.7 KiB, no
-/// allocation), with every structural rule [`ToneBin::parse`] applies: header tag, format 0 or
+/// allocation), with every structural rule [`ToneBin::parse`](super::ToneBin::parse) applies: header tag, format 0 or
 /// 1, descriptor magic, each table entry (tag, index, contiguity, inside `capacity` and inside
 /// the announced length), 0xFF padding after each file, and for format 1 the CRC-32 of
 /// `[0, D)` and the tail 0xDFAC. Also what ADF's `tone_partition_init` needs to accept the
