@@ -290,38 +290,20 @@ impl FlashParams {
 /// The header values `--flash-mode/--flash-freq/--flash-size` ask for on `chip` (None = keep).
 fn flash_param_codes(chip: Chip, p: &FlashParams) -> Result<(Option<u8>, Option<u8>, Option<u8>)> {
     let keep = |v: &str| v.eq_ignore_ascii_case("keep");
-    let mode = if keep(&p.mode) {
-        None
-    } else {
-        Some(
-            ota_core::image::flash_mode_from_name(&p.mode).ok_or_else(|| {
-                anyhow!("--flash-mode {}: not qio, qout, dio, dout or keep", p.mode)
-            })?,
-        )
+    let code = |opt: &str, v: &str, parse: &dyn Fn(&str) -> Result<u8>| -> Result<Option<u8>> {
+        if keep(v) {
+            Ok(None)
+        } else {
+            parse(v)
+                .map(Some)
+                .map_err(|e| anyhow!("--{}: {} (or keep)", opt, e))
+        }
     };
-    let freq = if keep(&p.freq) {
-        None
-    } else {
-        Some(
-            ota_core::image::flash_freq_code_from_name(chip, &p.freq).ok_or_else(|| {
-                let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
-                anyhow!(
-                    "--flash-freq {}: not a frequency {} knows ({}, keep)",
-                    p.freq,
-                    chip.display_name(),
-                    names.join(", ")
-                )
-            })?,
-        )
-    };
-    let size = if keep(&p.size) {
-        None
-    } else {
-        Some(
-            ota_core::image::flash_size_code_from_name(&p.size)
-                .ok_or_else(|| anyhow!("--flash-size {}: not 1MB .. 128MB or keep", p.size))?,
-        )
-    };
+    let mode = code("flash-mode", &p.mode, &crate::glue::parse_flash_mode)?;
+    let freq = code("flash-freq", &p.freq, &|v| {
+        crate::glue::parse_flash_freq(chip, v)
+    })?;
+    let size = code("flash-size", &p.size, &crate::glue::parse_flash_size)?;
     Ok((mode, size, freq))
 }
 

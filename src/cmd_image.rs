@@ -105,27 +105,10 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             spec.secure_version = secure_version;
             spec.segments = segments;
             spec.hash_appended = !no_hash;
-            spec.flash_mode = image::flash_mode_from_name(&flash_mode).ok_or_else(|| {
-                anyhow!("unknown flash mode '{}' (qio, qout, dio, dout)", flash_mode)
-            })?;
-            spec.flash_size_code =
-                image::flash_size_code_from_name(&flash_size).ok_or_else(|| {
-                    anyhow!(
-                        "unknown flash size '{}' (1MB, 2MB, 4MB, ... 128MB)",
-                        flash_size
-                    )
-                })?;
+            spec.flash_mode = crate::glue::parse_flash_mode(&flash_mode)?;
+            spec.flash_size_code = crate::glue::parse_flash_size(&flash_size)?;
             if let Some(f) = flash_freq {
-                spec.flash_freq_code =
-                    image::flash_freq_code_from_name(chip, &f).ok_or_else(|| {
-                        let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
-                        anyhow!(
-                            "flash frequency '{}' is not one {} knows ({})",
-                            f,
-                            chip.display_name(),
-                            names.join(", ")
-                        )
-                    })?;
+                spec.flash_freq_code = crate::glue::parse_flash_freq(chip, &f)?;
             }
             spec.mmu_page_size = match &mmu_page_size {
                 Some(p) => {
@@ -521,28 +504,10 @@ fn from_elf(a: FromElfArgs) -> Result<ExitCode> {
     use ota_core::elf2image::{MmuPageFrom, Options, Plan, SecurePad};
     let chip = Chip::from_name(&a.chip).ok_or_else(|| anyhow!("unknown chip '{}'", a.chip))?;
     let mut o = Options::new(chip);
-    o.flash_mode = image::flash_mode_from_name(&a.flash_mode).ok_or_else(|| {
-        anyhow!(
-            "unknown flash mode '{}' (qio, qout, dio, dout)",
-            a.flash_mode
-        )
-    })?;
-    o.flash_size_code = image::flash_size_code_from_name(&a.flash_size).ok_or_else(|| {
-        anyhow!(
-            "unknown flash size '{}' (1MB, 2MB, 4MB, ... 128MB)",
-            a.flash_size
-        )
-    })?;
+    o.flash_mode = crate::glue::parse_flash_mode(&a.flash_mode)?;
+    o.flash_size_code = crate::glue::parse_flash_size(&a.flash_size)?;
     if let Some(f) = &a.flash_freq {
-        o.flash_freq_code = image::flash_freq_code_from_name(chip, f).ok_or_else(|| {
-            let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
-            anyhow!(
-                "flash frequency '{}' is not one {} knows ({})",
-                f,
-                chip.display_name(),
-                names.join(", ")
-            )
-        })?;
+        o.flash_freq_code = crate::glue::parse_flash_freq(chip, f)?;
     }
     o.min_rev = a.min_rev;
     o.min_rev_full = a.min_rev_full;

@@ -63,6 +63,31 @@ pub fn open_device_at<const W: usize>(path: &Path) -> Result<Device<ota_emu::fla
     Device::open(flash).with_context(|| format!("reading device from {}", path.display()))
 }
 
+/// `--flash-mode` by esptool's name (`qio`, `qout`, `dio`, `dout`): the image header's code.
+pub fn parse_flash_mode(name: &str) -> Result<u8> {
+    ota_core::image::flash_mode_from_name(name)
+        .ok_or_else(|| anyhow::anyhow!("unknown flash mode '{}' (qio, qout, dio, dout)", name))
+}
+
+/// `--flash-size` by esptool's name (`1MB` ... `128MB`): the image header's code.
+pub fn parse_flash_size(name: &str) -> Result<u8> {
+    ota_core::image::flash_size_code_from_name(name)
+        .ok_or_else(|| anyhow::anyhow!("unknown flash size '{}' (1MB, 2MB, 4MB, ... 128MB)", name))
+}
+
+/// `--flash-freq` by the name esptool gives it for `chip` (`80m`, `40m`, ...): the header's code.
+pub fn parse_flash_freq(chip: ota_core::Chip, name: &str) -> Result<u8> {
+    ota_core::image::flash_freq_code_from_name(chip, name).ok_or_else(|| {
+        let names: Vec<&str> = chip.flash_freqs().iter().map(|(n, _)| *n).collect();
+        anyhow::anyhow!(
+            "flash frequency '{}' is not one {} knows ({})",
+            name,
+            chip.display_name(),
+            names.join(", ")
+        )
+    })
+}
+
 /// Parse a size: `4MB`, `4M`, `512K`, `0x400000`, `4194304`.
 pub fn parse_size(s: &str) -> Result<u32> {
     let t = s.trim();
