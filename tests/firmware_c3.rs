@@ -1,7 +1,9 @@
 //! The ESP32-C3 firmware example (`examples/esp32c3-ota`): its image boots on the emulated
-//! device, its footprint (sections, the share from ota-core), and the stack its update path
-//! needs. The firmware's update logic (`examples/esp32c3-ota/src/update.rs`) is compiled into
-//! this test as it is, and run against a RAM flash with esp-storage's granularity.
+//! device, it links the Wi-Fi and IP stacks, its footprint (sections, the shares of ota-core,
+//! esp-radio and embassy-net, the heap), and the stack its update path needs. The firmware's
+//! update logic (`examples/esp32c3-ota/src/update.rs`: the data-partition source and the
+//! installer the HTTP download feeds) is compiled into this test as it is, and run against a
+//! RAM flash with esp-storage's granularity.
 //!
 //! The tests that need the firmware ELF say `SKIP: ...` when it has not been built;
 //! `scripts/test.sh` builds it first (`cargo build --release` in the example's folder).
@@ -11,6 +13,12 @@ mod common;
 #[path = "../examples/esp32c3-ota/src/update.rs"]
 #[allow(dead_code)]
 mod fw_update;
+
+// The firmware's compiled-in settings (Wi-Fi network, update URL), built here with the same
+// environment as the firmware's build.
+#[path = "../examples/esp32c3-ota/src/config.rs"]
+#[allow(dead_code)]
+mod fw_config;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -348,6 +356,121 @@ fn crate_of(sym: &str) -> Option<String> {
     ident(r)
 }
 
+/// A sized OBJECT or FUNC symbol of `.symtab`.
+struct Sym {
+    name: String,
+    size: u32,
+    /// `STT_FUNC` (2) or `STT_OBJECT` (1).
+    kind: u8,
+}
+
+fn sized_symbols(elf: &[u8], secs: &[Section]) -> Vec<Sym> {
+    let symtab = secs.iter().find(|x| x.kind == SHT_SYMTAB).expect(".symtab");
+    let strtab = &secs[symtab.link as usize];
+    elf[symtab.offset as usize..(symtab.offset + symtab.size) as usize]
+        .chunks_exact(16)
+        .filter_map(|e| {
+            let (name, size, info) = (u32_at(e, 0), u32_at(e, 8), e[12]);
+            let kind = info & 0xF;
+            (size > 0 && matches!(kind, 1 | 2)).then(|| Sym {
+                name: cstr_at(elf, (strtab.offset + name) as usize),
+                size,
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// The sizes of the firmware's heap regions: the `HEAP` statics `esp_alloc::heap_allocator!`
+/// makes inside the firmware's `main` (legacy mangling `..4HEAP17h<hash>E`).
+fn heap_regions(syms: &[Sym]) -> Vec<u32> {
+    syms.iter()
+        .filter(|x| {
+            x.kind == 1
+                && crate_of(&x.name).as_deref() == Some("esp32c3_ota")
+                && x.name.contains("4HEAP17h")
+        })
+        .map(|x| x.size)
+        .collect()
+}
+
+#[test]
+fn firmware_c3_links_wifi_ip_stack_http_client_and_compiled_in_url() {
+    // The build CI makes is the Wi-Fi one: esp-radio and its blobs, embassy-net on smoltcp
+    // with DHCP and DNS, reqwless, a heap, and the compiled-in network and URL.
+    let Some(elf_path) = firmware_elf() else {
+        return;
+    };
+    let elf = std::fs::read(&elf_path).unwrap();
+    let secs = sections(&elf);
+    let syms = sized_symbols(&elf, &secs);
+    let crates: std::collections::BTreeSet<String> =
+        syms.iter().filter_map(|x| crate_of(&x.name)).collect();
+    for krate in [
+        "esp_radio",
+        "esp_rtos",
+        "embassy_net",
+        "smoltcp",
+        "reqwless",
+        "esp_alloc",
+    ] {
+        assert!(
+            crates.contains(krate),
+            "no {krate} symbol in {}: not the Wi-Fi build (`cargo build --release` with the \
+             default features)",
+            elf_path.display()
+        );
+    }
+    let has = |pred: &dyn Fn(&Sym) -> bool| syms.iter().any(pred);
+    // The vendor Wi-Fi library (esp-wifi-sys' libnet80211): initialised, started, connected.
+    for f in [
+        "esp_wifi_init_internal",
+        "esp_wifi_start",
+        "esp_wifi_connect_internal",
+    ] {
+        assert!(
+            has(&|x| x.kind == 2 && x.name == f),
+            "the Wi-Fi blob's {f} is not linked"
+        );
+    }
+    assert!(
+        has(&|x| x.name.contains("smoltcp") && x.name.contains("dhcpv4")),
+        "smoltcp's DHCPv4 is not linked"
+    );
+    assert!(
+        has(&|x| x.name.contains("embassy_net") && x.name.contains("DnsSocket")),
+        "embassy-net's DNS socket is not linked"
+    );
+    assert!(
+        has(&|x| x.name.contains("esp32c3_ota") && x.name.contains("8download")),
+        "the firmware's net::download is not in the image"
+    );
+    let heap = heap_regions(&syms);
+    assert!(
+        heap.iter().sum::<u32>() >= 64 * 1024,
+        "heap regions {heap:?}: esp-radio needs a heap"
+    );
+    // The compiled-in settings, in the read-only data.
+    let rodata = secs.iter().find(|x| x.name == ".rodata").expect(".rodata");
+    let rodata = &elf[rodata.offset as usize..(rodata.offset + rodata.size) as usize];
+    let find = |needle: &str| rodata.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        find(fw_config::UPDATE_URL),
+        "the update URL {:?} is not in .rodata (was the firmware built with another OTA_UPDATE_URL?)",
+        fw_config::UPDATE_URL
+    );
+    assert!(
+        find(fw_config::WIFI_SSID),
+        "the SSID {:?} is not in .rodata (built with another OTA_WIFI_SSID?)",
+        fw_config::WIFI_SSID
+    );
+    println!(
+        "Wi-Fi build: joins {:?}, downloads {}; heap {heap:?}",
+        fw_config::WIFI_SSID,
+        fw_config::UPDATE_URL
+    );
+}
+
 #[test]
 fn firmware_c3_footprint_by_section_and_crate() {
     let Some(elf_path) = firmware_elf() else {
@@ -379,39 +502,77 @@ fn firmware_c3_footprint_by_section_and_crate() {
         text + rodata + data, data + bss);
 
     // Symbols by crate (function and object sizes from .symtab).
-    let symtab = secs.iter().find(|x| x.kind == SHT_SYMTAB).expect(".symtab");
-    let strtab = &secs[symtab.link as usize];
     let mut by_crate: std::collections::BTreeMap<String, u64> = Default::default();
     let mut total = 0u64;
-    for e in elf[symtab.offset as usize..(symtab.offset + symtab.size) as usize].chunks_exact(16) {
-        let (name, size, info) = (u32_at(e, 0), u32_at(e, 8), e[12]);
-        if size == 0 || !matches!(info & 0xF, 1 | 2) {
-            continue; // only OBJECT and FUNC symbols
-        }
-        let name = cstr_at(&elf, (strtab.offset + name) as usize);
-        let krate = match crate_of(&name) {
+    let syms = sized_symbols(&elf, &secs);
+    for sym in &syms {
+        let krate = match crate_of(&sym.name) {
             Some(k) => k,
-            None if name == "main" => {
+            None if sym.name == "main" => {
                 "main (the firmware's glue and what LTO inlined into it)".into()
             }
             None => "(not Rust-mangled)".into(),
         };
-        *by_crate.entry(krate).or_default() += size as u64;
-        total += size as u64;
+        *by_crate.entry(krate).or_default() += sym.size as u64;
+        total += sym.size as u64;
     }
-    let ota_core = by_crate.get("ota_core").copied().unwrap_or(0);
+    let share = |k: &str| by_crate.get(k).copied().unwrap_or(0);
+    let ota_core = share("ota_core");
     let mut top: Vec<_> = by_crate.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1));
     println!("symbol bytes by crate (of {total} in sized symbols):");
-    for (k, v) in top.iter().take(10) {
+    for (k, v) in top.iter().take(12) {
         println!("  {k:<58} {v:>7}");
     }
+    let code = (text + rodata) as f64;
+    let pct = |n: u64| 100.0 * n as f64 / code;
     println!(
         "ota-core share: {ota_core} bytes = {:.1}% of .text+.rodata ({}); a lower bound: with LTO, \
          ota-core code inlined into its callers counts to them (main)",
-        100.0 * ota_core as f64 / (text + rodata) as f64,
+        pct(ota_core),
         text + rodata
     );
+    // The Wi-Fi build: esp-radio's Rust side, the vendor blobs (C, in the `.wifi` sections and
+    // among the symbols that are not Rust-mangled), the IP stack and the HTTP client.
+    let wifi_secs: u32 = secs
+        .iter()
+        .filter(|x| x.flags & SHF_ALLOC != 0 && x.name.ends_with(".wifi"))
+        .map(|x| x.size)
+        .sum();
+    let net = share("embassy_net") + share("smoltcp");
+    let rtos = share("esp_rtos") + share("embassy_executor");
+    println!(
+        "esp-radio share: {} bytes of Rust symbols ({:.1}%); .wifi sections (blob code and data in \
+         IRAM/DRAM): {wifi_secs} bytes; symbols that are not Rust-mangled (mostly the Wi-Fi/PHY \
+         blobs): {} bytes ({:.1}%)",
+        share("esp_radio"),
+        pct(share("esp_radio")),
+        share("(not Rust-mangled)"),
+        pct(share("(not Rust-mangled)"))
+    );
+    println!(
+        "embassy-net share: {net} bytes ({:.1}%: embassy_net {}, smoltcp {}); reqwless {}; \
+         esp-rtos + embassy-executor {rtos}",
+        pct(net),
+        share("embassy_net"),
+        share("smoltcp"),
+        share("reqwless")
+    );
+    let heap = heap_regions(&syms);
+    if !heap.is_empty() {
+        println!(
+            "heap given to esp-alloc: {} bytes in {} regions ({:?})",
+            heap.iter().sum::<u32>(),
+            heap.len(),
+            heap
+        );
+    }
+    if let Some(pool) = syms.iter().find(|x| x.name.contains("__embassy_main4POOL")) {
+        println!(
+            "the main task's future (esp-rtos' executor pool, static): {} bytes",
+            pool.size
+        );
+    }
     assert!(text > 0 && rodata > 0, "no code or read-only data found");
     assert!(
         ota_core > 0,
@@ -562,6 +723,11 @@ fn c3_image(version: &str) -> Vec<u8> {
 /// The firmware's table (`examples/esp32c3-ota/partitions.csv`) at 0x8000, v1 in ota_0, v2 in
 /// `ota_image`, otadata erased.
 fn c3_device() -> CutFlash {
+    c3_device_with("v1", "v2")
+}
+
+/// The same with `running` in ota_0 and `staged` in `ota_image`.
+fn c3_device_with(running: &str, staged: &str) -> CutFlash {
     let mut t = PartitionTable::new();
     for p in [
         part("nvs", TYPE_DATA, 0x02, 0x9000, 0x4000),
@@ -583,8 +749,8 @@ fn c3_device() -> CutFlash {
     t.to_binary(true, &mut bin).unwrap();
     let mut f = CutFlash::new();
     f.put(TABLE_OFFSET, &bin);
-    f.put(OTA_0, &c3_image("v1"));
-    f.put(IMAGE_PART, &c3_image("v2"));
+    f.put(OTA_0, &c3_image(running));
+    f.put(IMAGE_PART, &c3_image(staged));
     f
 }
 
@@ -731,4 +897,223 @@ fn firmware_update_path_stack_need() {
             "release"
         }
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Wi-Fi build's update path: an HTTP body, chunk by chunk, into the firmware's `Installer`.
+
+/// What the firmware's `net::download` does with a 200 response, over a body held in memory:
+/// `begin` with the `Content-Length` (`content_length`), then the body in `chunk`-byte pieces
+/// until its end or `Flow::NotNewer`. Returns the bytes delivered.
+fn serve_body<S: fw_update::BodySink>(
+    body: &[u8],
+    content_length: Option<u32>,
+    chunk: usize,
+    sink: &mut S,
+) -> Result<u64, S::Error> {
+    sink.begin(content_length)?;
+    let mut sent = 0u64;
+    for piece in body.chunks(chunk) {
+        sent += piece.len() as u64;
+        if sink.chunk(piece)? == fw_update::Flow::NotNewer {
+            break;
+        }
+    }
+    Ok(sent)
+}
+
+/// One boot of the Wi-Fi build (`main` with the `wifi` feature): the updater on the table,
+/// confirm, then the download of `body` into an `Installer` and its `finish`. Also returns the
+/// body bytes delivered.
+fn download_boot_with(
+    f: &mut CutFlash,
+    body: &[u8],
+    content_length: Option<u32>,
+    chunk: usize,
+) -> (BootResult, u64) {
+    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
+    let mut sent = 0;
+    let result = (|| {
+        let mut ota = ota_core::OtaUpdater::new(f, fw_update::CONFIG, &mut buf.0)?;
+        let (running, confirmed) = fw_update::confirm(&mut ota)?;
+        let mut installer = fw_update::Installer::new(&mut ota);
+        sent = serve_body(body, content_length, chunk, &mut installer)?;
+        let installed = installer.finish()?;
+        Ok(fw_update::BootReport {
+            running,
+            confirmed,
+            installed,
+        })
+    })();
+    (result, sent)
+}
+
+/// The server's image in the download tests: v2, while the device runs v1.
+fn served_v2() -> &'static [u8] {
+    static V2: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    V2.get_or_init(|| c3_image("v2"))
+}
+
+/// A boot of the Wi-Fi build against a server with v2, TCP-segment-sized chunks.
+fn download_boot(f: &mut CutFlash) -> BootResult {
+    let body = served_v2();
+    download_boot_with(f, body, Some(body.len() as u32), 1460).0
+}
+
+#[test]
+fn firmware_download_path_installs_newer_confirms_and_survives_every_power_cut() {
+    // Boot 1 downloads v2 and installs it, boot 2 confirms it and finds v2 not newer, boot 3
+    // does nothing (`firmware_life`).
+    assert_eq!(firmware_life(None, download_boot), 2);
+    let ops = {
+        let mut f = c3_device();
+        reboot(&mut f);
+        f.budget = Some(usize::MAX);
+        download_boot(&mut f).unwrap();
+        usize::MAX - f.budget.unwrap()
+    };
+    assert!(ops > 20, "suspiciously few flash operations: {ops}");
+    let mut extra = 0;
+    for cut in 0..ops {
+        extra += firmware_life(Some(cut), download_boot) - 2;
+    }
+    println!("download path: power cut at each of {ops} flash operations: every run recovered ({extra} extra boots in all)");
+    assert!(extra > 0, "no cut interrupted the update");
+}
+
+#[test]
+fn firmware_download_path_installs_the_same_bytes_whatever_the_chunking() {
+    let body = served_v2();
+    let len = body.len() as u32;
+    // 1 byte at a time, around the 289-byte prefix the version check needs, odd sizes that
+    // break every word and sector boundary, a whole sector, the whole body; with and without
+    // Content-Length (a chunked or read-to-close response).
+    for chunk in [1, 3, 288, 289, 290, 1000, 1460, 4096, 4097, body.len()] {
+        for content_length in [Some(len), None] {
+            let mut f = c3_device();
+            assert_eq!(reboot(&mut f), "ota_0");
+            let (r, sent) = download_boot_with(&mut f, body, content_length, chunk);
+            let r = r.unwrap_or_else(|e| panic!("chunk {chunk}, {content_length:?}: {e}"));
+            let c = r.installed.expect("v2 not installed");
+            assert_eq!(c.partition.label.as_str(), "ota_1");
+            assert_eq!(sent, body.len() as u64);
+            let slot = c.partition.offset as usize;
+            assert!(
+                f.data[slot..slot + body.len()] == *body,
+                "chunk {chunk}: the slot does not hold the served image"
+            );
+            assert_eq!(reboot(&mut f), "ota_1", "chunk {chunk}");
+        }
+    }
+}
+
+#[test]
+fn firmware_download_path_stops_at_the_descriptor_when_not_newer_and_writes_nothing() {
+    // The device runs v2 (confirmed); servers offer the same and an older version.
+    for (served, why) in [("v2", "the same"), ("v1.9", "an older")] {
+        let mut f = c3_device_with("v2", "v1");
+        assert_eq!(reboot(&mut f), "ota_0");
+        let body = c3_image(served);
+        let before = f.data.clone();
+        let (r, sent) = download_boot_with(&mut f, &body, Some(body.len() as u32), 64);
+        let r = r.unwrap_or_else(|e| panic!("{why} version: {e}"));
+        assert!(r.installed.is_none(), "{why} version was installed");
+        // Stopped as soon as the header and descriptor (289 bytes) were in.
+        assert!(
+            sent <= 320,
+            "{why} version: {sent} bytes taken before stopping"
+        );
+        let changed: Vec<usize> = (0..f.data.len())
+            .step_by(SECTOR)
+            .filter(|&s| f.data[s..s + SECTOR] != before[s..s + SECTOR])
+            .collect();
+        assert!(
+            changed.iter().all(|&s| !(0x110000..0x210000).contains(&s)),
+            "{why} version: the ota_1 slot was written: sectors {changed:x?}"
+        );
+        assert_eq!(reboot(&mut f), "ota_0");
+        // Booting again changes nothing at all.
+        let before = f.data.clone();
+        let (r, _) = download_boot_with(&mut f, &body, Some(body.len() as u32), 64);
+        assert!(r.unwrap().installed.is_none());
+        assert!(
+            f.data == before,
+            "{why} version: a boot that installs nothing wrote to flash"
+        );
+    }
+}
+
+#[test]
+fn firmware_download_path_refuses_bad_bodies_and_keeps_the_running_app() {
+    let v2 = served_v2();
+    let len = v2.len() as u32;
+    let mut other_chip = ImageSpec::new(Chip::Esp32s3, "esp32c3-ota", "v2");
+    other_chip.total_size = Some(96 * 1024);
+    let mut s3 = Vec::new();
+    build_image(&other_chip, &mut |b: &[u8]| s3.extend_from_slice(b)).unwrap();
+    let mut corrupt = v2.to_vec();
+    corrupt[50_000] ^= 0x40;
+    let mut not_an_image = v2.to_vec();
+    not_an_image[0] = b'<'; // an HTML error page served as 200
+                            // (what, body, Content-Length, facts the error must name: expected and found)
+    let short = format!("{}", len - 100);
+    type Case<'a> = (&'a str, &'a [u8], Option<u32>, [&'a str; 2]);
+    let cases: [Case; 6] = [
+        (
+            "body shorter than its Content-Length",
+            &v2[..v2.len() - 100],
+            Some(len),
+            [&format!("{len}"), &short],
+        ),
+        (
+            "body cut mid-image, no Content-Length",
+            &v2[..40_000],
+            None,
+            ["40000", "truncated"],
+        ),
+        (
+            "Content-Length beyond the slot",
+            v2,
+            Some(0x100000 + 16),
+            ["1048592", "ota_1"],
+        ),
+        (
+            "an ESP32-S3 image",
+            &s3,
+            Some(s3.len() as u32),
+            ["ESP32-S3", "ESP32-C3"],
+        ),
+        (
+            "a flipped bit in a segment",
+            &corrupt,
+            Some(len),
+            ["hecksum", "0x"],
+        ),
+        (
+            "not an app image",
+            &not_an_image,
+            Some(len),
+            ["0x3c", "0xe9"],
+        ),
+    ];
+    for (what, body, content_length, facts) in cases {
+        let mut f = c3_device();
+        assert_eq!(reboot(&mut f), "ota_0");
+        let (r, _) = download_boot_with(&mut f, body, content_length, 1460);
+        let e = match r {
+            Ok(r) => panic!("{what}: accepted ({r:?})"),
+            Err(e) => e.to_string(),
+        };
+        println!("{what}: {e}");
+        for fact in facts {
+            assert!(
+                e.contains(fact),
+                "{what}: the error does not say {fact:?}: {e}"
+            );
+        }
+        assert_eq!(reboot(&mut f), "ota_0", "{what}: otadata was switched");
+        // The next boot, against a good server, still installs v2.
+        let (r, _) = download_boot_with(&mut f, v2, Some(len), 1460);
+        assert!(r.unwrap().installed.is_some(), "{what}: no recovery");
+    }
 }
