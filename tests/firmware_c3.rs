@@ -847,19 +847,28 @@ fn firmware_update_path_stack_need() {
         // Each boot's `on_boot` runs on a thread with this stack; the bootloader between boots
         // (not firmware code) runs on the test's own thread.
         let size: usize = size.parse().unwrap();
-        fn limited(f: &mut CutFlash) -> BootResult {
+        fn on_limited_stack(f: &mut CutFlash, boot: OnBoot) -> BootResult {
             let size: usize = std::env::var("FW_STACK_PROBE").unwrap().parse().unwrap();
             std::thread::scope(|s| {
                 std::thread::Builder::new()
                     .stack_size(size)
-                    .spawn_scoped(s, || firmware_boot(f))
+                    .spawn_scoped(s, || boot(f))
                     .unwrap()
                     .join()
                     .unwrap()
             })
         }
+        fn limited(f: &mut CutFlash) -> BootResult {
+            on_limited_stack(f, firmware_boot)
+        }
+        fn limited_download(f: &mut CutFlash) -> BootResult {
+            on_limited_stack(f, download_boot)
+        }
         assert!(size > 0);
+        // Both sources: the data partition's `on_boot`, and the Wi-Fi build's boot (confirm,
+        // then the installer fed with the body).
         firmware_life(Some(STACK_PROBE_CUT), limited);
+        firmware_life(Some(STACK_PROBE_CUT), limited_download);
         return;
     }
     let probe = |size: usize| -> bool {
@@ -889,8 +898,9 @@ fn firmware_update_path_stack_need() {
         }
     }
     println!(
-        "stack: the firmware's on_boot (install cut by a power cut, install, confirm; the table \
-         buffer included) needs {hi} bytes of host thread stack ({} build, x86_64; RISC-V use differs)",
+        "stack: the firmware's boots (install cut by a power cut, install, confirm; from the data \
+         partition and from a download; the table buffer included) need {hi} bytes of host thread \
+         stack ({} build, x86_64; RISC-V use differs)",
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -1116,4 +1126,144 @@ fn firmware_download_path_refuses_bad_bodies_and_keeps_the_running_app() {
         let (r, _) = download_boot_with(&mut f, v2, Some(len), 1460);
         assert!(r.unwrap().installed.is_some(), "{what}: no recovery");
     }
+}
+
+#[test]
+fn firmware_config_accepts_good_settings_and_refuses_bad_ones_at_build_time() {
+    // `config::check` runs while the firmware compiles (a const assertion): a bad environment
+    // variable stops the build with the message that names it.
+    let ok = |ssid, pass, url| fw_config::check(ssid, pass, url);
+    assert_eq!(
+        ok(
+            fw_config::WIFI_SSID,
+            fw_config::WIFI_PASSWORD,
+            fw_config::UPDATE_URL
+        ),
+        Ok(())
+    );
+    for url in [
+        "http://192.168.0.3:8080/esp32c3-ota.bin",
+        "http://ota.example.com/fw/app.bin",
+        "http://h:1/",
+        "http://h:65535/a?b=c",
+    ] {
+        assert_eq!(ok("net", "", url), Ok(()), "{url}");
+    }
+    let long_url = format!("http://h/{}", "a".repeat(fw_config::URL_MAX));
+    let cases: [(&str, &str, &str, &str); 13] = [
+        ("", "mypassword", "http://h/a", "OTA_WIFI_SSID"),
+        (
+            "0123456789abcdef0123456789abcdef!",
+            "",
+            "http://h/a",
+            "OTA_WIFI_SSID",
+        ),
+        ("net", "short", "http://h/a", "OTA_WIFI_PASSWORD"),
+        ("net", &"p".repeat(64), "http://h/a", "OTA_WIFI_PASSWORD"),
+        ("net", "", "https://h/a", "http://"),
+        ("net", "", "ftp://h/a", "http://"),
+        ("net", "", "http:///a", "no host"),
+        ("net", "", "http://h", "path"),
+        ("net", "", "http://h:0/a", "port"),
+        ("net", "", "http://h:65536/a", "port"),
+        ("net", "", "http://h:/a", "port"),
+        ("net", "", "http://h/a b", "space"),
+        ("net", "", &long_url, "256"),
+    ];
+    for (ssid, pass, url, says) in cases {
+        let e = ok(ssid, pass, url).expect_err(url);
+        assert!(
+            e.contains(says),
+            "({ssid:?}, {pass:?}, {url:?}): {e:?} does not say {says:?}"
+        );
+    }
+}
+
+#[test]
+fn firmware_c3_download_path_installs_the_real_firmware_on_the_emulated_device() {
+    // The Wi-Fi build's boots on the emulated ESP32-C3: the device runs an older app (0.0.1)
+    // of the same project; the "server" offers the firmware's own converted image (its
+    // Cargo.toml version). Boot 1 downloads and installs it, `ota device boot` loads it from
+    // ota_1, boot 2 confirms it and stops the next download at the descriptor (same version).
+    let Some(elf) = firmware_elf() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (name, version) = (package_field("name"), package_field("version"));
+    let real = dir.path().join("fw.bin");
+    ok(&[
+        "image",
+        "from-elf",
+        s(&elf),
+        "-o",
+        s(&real),
+        "--chip",
+        "esp32c3",
+        "--flash-size",
+        "4MB",
+    ]);
+    let old = dir.path().join("old.bin");
+    let mut spec = ImageSpec::new(Chip::Esp32c3, &name, "0.0.1");
+    spec.total_size = Some(64 * 1024);
+    let mut bytes = Vec::new();
+    build_image(&spec, &mut |b: &[u8]| bytes.extend_from_slice(b)).unwrap();
+    std::fs::write(&old, &bytes).unwrap();
+    let flash = dir.path().join("c3.flash");
+    let csv = example_dir().join("partitions.csv");
+    ok(&[
+        "device",
+        "create",
+        "--flash",
+        s(&flash),
+        "--chip",
+        "esp32c3",
+        "--partitions",
+        s(&csv),
+        "--app",
+        s(&old),
+        "--rollback",
+    ]);
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x10000"),
+        "{boot}"
+    );
+    let body = std::fs::read(&real).unwrap();
+    let download_boot = || {
+        let mut f = ota_emu::flash::EmuFlash::open(&flash).unwrap();
+        let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
+        let mut ota = ota_core::OtaUpdater::new(&mut f, fw_update::CONFIG, &mut buf.0).unwrap();
+        let (running, confirmed) = fw_update::confirm(&mut ota).unwrap();
+        let mut installer = fw_update::Installer::new(&mut ota);
+        let sent = serve_body(&body, Some(body.len() as u32), 1460, &mut installer).unwrap();
+        (running, confirmed, installer.finish().unwrap(), sent)
+    };
+    let (running, confirmed, installed, sent) = download_boot();
+    assert_eq!(running.partition.label.as_str(), "ota_0");
+    assert!(!confirmed);
+    let installed = installed.expect("the newer firmware was not installed");
+    assert_eq!(installed.partition.label.as_str(), "ota_1");
+    assert_eq!(sent, body.len() as u64);
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x110000"),
+        "{boot}"
+    );
+    assert!(
+        boot.contains(&format!("App version:      {version}")),
+        "{boot}"
+    );
+    let (running, confirmed, installed, sent) = download_boot();
+    assert_eq!(running.partition.label.as_str(), "ota_1");
+    assert_eq!(running.state, Some(OtaState::PendingVerify));
+    assert!(confirmed && installed.is_none());
+    assert!(
+        sent < 2 * 1460,
+        "{sent} bytes fetched of a version not newer"
+    );
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x110000"),
+        "{boot}"
+    );
 }

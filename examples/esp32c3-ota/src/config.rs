@@ -47,14 +47,13 @@ const fn env_or(value: Option<&'static str>, default: &'static str) -> &'static 
     }
 }
 
-const fn starts_with(s: &str, prefix: &str) -> bool {
-    let (s, p) = (s.as_bytes(), prefix.as_bytes());
-    if s.len() < p.len() {
+const fn starts_with(s: &[u8], prefix: &[u8]) -> bool {
+    if s.len() < prefix.len() {
         return false;
     }
     let mut i = 0;
-    while i < p.len() {
-        if s[i] != p[i] {
+    while i < prefix.len() {
+        if s[i] != prefix[i] {
             return false;
         }
         i += 1;
@@ -62,54 +61,67 @@ const fn starts_with(s: &str, prefix: &str) -> bool {
     true
 }
 
-/// Printable ASCII only, no space (what a URL may hold unescaped, RFC 3986).
-const fn url_chars_ok(s: &str) -> bool {
-    let b = s.as_bytes();
+/// Why `(ssid, password, url)` cannot be built in, or `Ok`. The rules: an SSID of 1 to 32
+/// bytes; a password that is empty (open network) or 8 to 63 bytes; a URL of at most
+/// [`URL_MAX`] bytes, `http://HOST[:PORT]/PATH`, HOST a DNS name or IPv4 address (letters,
+/// digits, `.`, `-`), PORT 1 to 65535, only printable ASCII without spaces. Evaluated while
+/// compiling the firmware (a bad value stops the build with this message).
+pub const fn check(ssid: &str, password: &str, url: &str) -> Result<(), &'static str> {
+    if ssid.is_empty() || ssid.len() > SSID_MAX {
+        return Err("OTA_WIFI_SSID must be 1 to 32 bytes");
+    }
+    if !password.is_empty() && (password.len() < PASSWORD_MIN || password.len() > PASSWORD_MAX) {
+        return Err("OTA_WIFI_PASSWORD must be empty (open network) or 8 to 63 bytes");
+    }
+    let u = url.as_bytes();
+    if u.len() > URL_MAX {
+        return Err("OTA_UPDATE_URL is longer than 256 bytes");
+    }
+    if !starts_with(u, URL_SCHEME.as_bytes()) {
+        return Err("OTA_UPDATE_URL must start with http:// (this build has no TLS)");
+    }
     let mut i = 0;
-    while i < b.len() {
-        if b[i] <= b' ' || b[i] > b'~' {
-            return false;
+    while i < u.len() {
+        if u[i] <= b' ' || u[i] > b'~' {
+            return Err("OTA_UPDATE_URL holds a space, a control character or a non-ASCII byte");
         }
         i += 1;
     }
-    true
-}
-
-/// After `http://`: a host before the first `/`, and that `/` (the path) present.
-const fn url_has_host_and_path(s: &str) -> bool {
-    let b = s.as_bytes();
-    let start = URL_SCHEME.len();
-    let mut i = start;
-    while i < b.len() && b[i] != b'/' {
+    // HOST
+    let mut i = URL_SCHEME.len();
+    let host = i;
+    while i < u.len() && (u[i].is_ascii_alphanumeric() || u[i] == b'.' || u[i] == b'-') {
         i += 1;
     }
-    i > start && i < b.len() && b[start] != b':'
+    if i == host {
+        return Err("OTA_UPDATE_URL has no host: http://HOST[:PORT]/PATH");
+    }
+    // [:PORT]
+    if i < u.len() && u[i] == b':' {
+        i += 1;
+        let (digits, mut port) = (i, 0u32);
+        while i < u.len() && u[i].is_ascii_digit() {
+            port = port * 10 + (u[i] - b'0') as u32;
+            if port > u16::MAX as u32 {
+                return Err("OTA_UPDATE_URL: the port must be 1 to 65535");
+            }
+            i += 1;
+        }
+        if i == digits || port == 0 {
+            return Err("OTA_UPDATE_URL: the port must be 1 to 65535");
+        }
+    }
+    // /PATH
+    if i == u.len() || u[i] != b'/' {
+        return Err(
+            "OTA_UPDATE_URL: after the host (letters, digits, '.', '-') and port comes the path: http://HOST[:PORT]/PATH",
+        );
+    }
+    Ok(())
 }
 
 const _: () = {
-    assert!(
-        !WIFI_SSID.is_empty() && WIFI_SSID.len() <= SSID_MAX,
-        "OTA_WIFI_SSID must be 1 to 32 bytes"
-    );
-    assert!(
-        WIFI_PASSWORD.is_empty()
-            || (WIFI_PASSWORD.len() >= PASSWORD_MIN && WIFI_PASSWORD.len() <= PASSWORD_MAX),
-        "OTA_WIFI_PASSWORD must be empty (open network) or 8 to 63 bytes"
-    );
-    assert!(
-        starts_with(UPDATE_URL, URL_SCHEME),
-        "OTA_UPDATE_URL must start with http:// (this build has no TLS)"
-    );
-    assert!(
-        UPDATE_URL.len() <= URL_MAX,
-        "OTA_UPDATE_URL is longer than 256 bytes"
-    );
-    assert!(
-        url_chars_ok(UPDATE_URL),
-        "OTA_UPDATE_URL holds a space, a control or a non-ASCII byte"
-    );
-    assert!(
-        url_has_host_and_path(UPDATE_URL),
-        "OTA_UPDATE_URL needs a host and a path: http://HOST[:PORT]/PATH"
-    );
+    if let Err(why) = check(WIFI_SSID, WIFI_PASSWORD, UPDATE_URL) {
+        panic!("{}", why);
+    }
 };
