@@ -362,6 +362,8 @@ struct Sym {
     size: u32,
     /// `STT_FUNC` (2) or `STT_OBJECT` (1).
     kind: u8,
+    /// Index of its section (`st_shndx`).
+    section: u16,
 }
 
 fn sized_symbols(elf: &[u8], secs: &[Section]) -> Vec<Sym> {
@@ -376,6 +378,7 @@ fn sized_symbols(elf: &[u8], secs: &[Section]) -> Vec<Sym> {
                 name: cstr_at(elf, (strtab.offset + name) as usize),
                 size,
                 kind,
+                section: u16_at(e, 14),
             })
         })
         .collect()
@@ -501,11 +504,17 @@ fn firmware_c3_footprint_by_section_and_crate() {
     println!("footprint: .text {text}  .rodata {rodata}  .data {data}  .bss {bss}  (flash {}, RAM {} + stack reserve {stack})",
         text + rodata + data, data + bss);
 
-    // Symbols by crate (function and object sizes from .symtab).
+    // Symbols by crate (function and object sizes from .symtab), those with bytes in the image
+    // only: not the zero-initialised or uninitialised RAM (heap regions, task pools) of NOBITS
+    // sections.
     let mut by_crate: std::collections::BTreeMap<String, u64> = Default::default();
     let mut total = 0u64;
     let syms = sized_symbols(&elf, &secs);
-    for sym in &syms {
+    let in_image = |x: &&Sym| {
+        secs.get(x.section as usize)
+            .is_some_and(|sec| sec.kind != SHT_NOBITS && sec.flags & SHF_ALLOC != 0)
+    };
+    for sym in syms.iter().filter(in_image) {
         let krate = match crate_of(&sym.name) {
             Some(k) => k,
             None if sym.name == "main" => {
@@ -520,7 +529,7 @@ fn firmware_c3_footprint_by_section_and_crate() {
     let ota_core = share("ota_core");
     let mut top: Vec<_> = by_crate.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1));
-    println!("symbol bytes by crate (of {total} in sized symbols):");
+    println!("symbol bytes by crate (of {total} in sized symbols with bytes in the image):");
     for (k, v) in top.iter().take(12) {
         println!("  {k:<58} {v:>7}");
     }
