@@ -20,6 +20,12 @@ mod fw_update;
 #[allow(dead_code)]
 mod fw_config;
 
+// The firmware's HTTP download (reqwless), run here over std::net; it names the update logic
+// `crate::update`, as in the firmware.
+#[path = "../examples/esp32c3-ota/src/http.rs"]
+mod fw_http;
+use fw_update as update;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -1275,4 +1281,315 @@ fn firmware_c3_download_path_installs_the_real_firmware_on_the_emulated_device()
         boot.contains("Loaded app from partition at offset 0x110000"),
         "{boot}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The firmware's HTTP download (`src/http.rs`, reqwless) on the PC, against real servers.
+
+/// What embassy-net gives the firmware, on the PC: TCP connections (std::net) whose reads and
+/// writes have a deadline (the firmware's `net::IDLE_TIMEOUT`; shorter here), and names
+/// resolved by the system.
+struct StdNet {
+    idle: Duration,
+}
+
+struct StdConn(std::net::TcpStream);
+
+impl embedded_io_async::ErrorType for StdConn {
+    type Error = std::io::Error;
+}
+
+impl embedded_io_async::Read for StdConn {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, std::io::Error> {
+        std::io::Read::read(&mut self.0, buf)
+    }
+}
+
+impl embedded_io_async::Write for StdConn {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, std::io::Error> {
+        std::io::Write::write(&mut self.0, buf)
+    }
+    async fn flush(&mut self) -> Result<(), std::io::Error> {
+        std::io::Write::flush(&mut self.0)
+    }
+}
+
+impl embedded_nal_async::TcpConnect for StdNet {
+    type Error = std::io::Error;
+    type Connection<'a> = StdConn;
+
+    async fn connect(&self, remote: std::net::SocketAddr) -> Result<StdConn, std::io::Error> {
+        let s = std::net::TcpStream::connect_timeout(&remote, self.idle)?;
+        s.set_read_timeout(Some(self.idle))?;
+        s.set_write_timeout(Some(self.idle))?;
+        Ok(StdConn(s))
+    }
+}
+
+impl embedded_nal_async::Dns for StdNet {
+    type Error = std::io::Error;
+
+    async fn get_host_by_name(
+        &self,
+        host: &str,
+        addr_type: embedded_nal_async::AddrType,
+    ) -> Result<std::net::IpAddr, std::io::Error> {
+        use embedded_nal_async::AddrType;
+        use std::net::ToSocketAddrs;
+        (host, 0)
+            .to_socket_addrs()?
+            .map(|a| a.ip())
+            .find(|ip| match addr_type {
+                AddrType::IPv4 => ip.is_ipv4(),
+                AddrType::IPv6 => ip.is_ipv6(),
+                AddrType::Either => true,
+            })
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, host.to_string()))
+    }
+
+    async fn get_host_by_address(
+        &self,
+        _addr: std::net::IpAddr,
+        _result: &mut [u8],
+    ) -> Result<usize, std::io::Error> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Run a future whose I/O blocks (StdNet's): it completes within one poll; a future still
+/// pending after many polls waits for something nothing here wakes.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..1_000_000 {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+    panic!("the download future never completed");
+}
+
+use std::time::Duration;
+
+/// Deadline of each network wait in these tests.
+const TEST_IDLE: Duration = Duration::from_secs(1);
+
+/// One attempt of the Wi-Fi build's boot (its `main`): open the updater, confirm, download
+/// `url` into an `Installer`; on a download error abort the update (otadata untouched), else
+/// `finish`. Returns the report and the body bytes delivered, or the error as the firmware
+/// prints it.
+fn http_boot(f: &mut CutFlash, url: &str) -> Result<(fw_update::BootReport, u64), String> {
+    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
+    let mut ota =
+        ota_core::OtaUpdater::new(f, fw_update::CONFIG, &mut buf.0).map_err(|e| e.to_string())?;
+    let (running, confirmed) = fw_update::confirm(&mut ota).map_err(|e| e.to_string())?;
+    let net = StdNet { idle: TEST_IDLE };
+    let mut installer = fw_update::Installer::new(&mut ota);
+    match block_on(fw_http::download(&net, &net, url, &mut installer)) {
+        Ok(bytes) => {
+            let installed = installer.finish().map_err(|e| e.to_string())?;
+            Ok((
+                fw_update::BootReport {
+                    running,
+                    confirmed,
+                    installed,
+                },
+                bytes,
+            ))
+        }
+        Err(e) => {
+            installer.abort();
+            Err(e.to_string())
+        }
+    }
+}
+
+/// `ota serve DIR --bind 127.0.0.1:0 --quiet`, killed (by its own pid) when dropped.
+struct OtaServe {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OtaServe {
+    fn start(dir: &Path) -> OtaServe {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+            .args(["serve", s(dir), "--bind", "127.0.0.1:0", "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ota serve");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        // "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) from DIR"
+        let port = loop {
+            let l = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("ota serve printed no banner within 20 s");
+            if let Some(rest) = l.strip_prefix("Serving HTTP on 127.0.0.1 port ") {
+                break rest.split(' ').next().unwrap().parse().unwrap();
+            }
+        };
+        OtaServe { child, port }
+    }
+}
+
+impl Drop for OtaServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn firmware_http_download_from_ota_serve_installs_newer_then_stops_at_the_same() {
+    // The firmware's own download code (reqwless) against `ota serve`, by address and by
+    // name: boot 1 installs v2 over v1, boot 2 confirms it and stops the download of v2 at
+    // its descriptor.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("esp32c3-ota.bin"), served_v2()).unwrap();
+    let server = OtaServe::start(dir.path());
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("http://{host}:{}/esp32c3-ota.bin", server.port);
+        let mut f = c3_device();
+        assert_eq!(reboot(&mut f), "ota_0");
+        let (r, bytes) = http_boot(&mut f, &url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let c = r.installed.expect("v2 not installed");
+        assert_eq!(bytes, served_v2().len() as u64);
+        let slot = c.partition.offset as usize;
+        assert!(f.data[slot..slot + served_v2().len()] == *served_v2());
+        assert_eq!(reboot(&mut f), "ota_1");
+        let (r, bytes) = http_boot(&mut f, &url).unwrap();
+        assert!(r.confirmed && r.installed.is_none(), "{r:?}");
+        assert!(
+            bytes < 4096,
+            "{bytes} body bytes read of an image not newer"
+        );
+        assert_eq!(reboot(&mut f), "ota_1");
+    }
+    // 404 from the real server: an error naming the status; nothing changes.
+    let mut f = c3_device();
+    reboot(&mut f);
+    let before = f.data.clone();
+    let e = http_boot(
+        &mut f,
+        &format!("http://127.0.0.1:{}/none.bin", server.port),
+    )
+    .unwrap_err();
+    assert!(e.contains("404"), "{e}");
+    assert!(f.data == before, "a 404 wrote to flash");
+}
+
+#[test]
+fn firmware_http_download_refuses_a_misbehaving_server_and_keeps_the_running_app() {
+    use ota_testsrv::{Faults, FlakyServer, Stall};
+    let v2 = served_v2().to_vec();
+    let good = || Faults::default();
+    // (what, faults, what the error must say)
+    let cases: Vec<(&str, Faults, &str)> = vec![
+        (
+            "404",
+            Faults {
+                status_first: Some((404, 1)),
+                ..good()
+            },
+            "404",
+        ),
+        (
+            "a redirect (not followed)",
+            Faults {
+                redirect_to: Some("http://127.0.0.1:1/x".into()),
+                ..good()
+            },
+            "302",
+        ),
+        (
+            "the connection dropped mid-body",
+            Faults {
+                drop_at: vec![40_000],
+                ..good()
+            },
+            "after 40000 of the 98304 body bytes",
+        ),
+        (
+            "a Content-Length 100 bytes longer than the body",
+            Faults {
+                content_length_delta: 100,
+                ..good()
+            },
+            "after 98304 of the 98404 body bytes",
+        ),
+        (
+            "a Content-Length 100 bytes shorter than the image",
+            Faults {
+                content_length_delta: -100,
+                ..good()
+            },
+            "truncated at offset 98204",
+        ),
+        (
+            "a server that never answers",
+            Faults {
+                never_answer: true,
+                ..good()
+            },
+            "reading the response head failed",
+        ),
+        (
+            "a body that stalls past the deadline",
+            Faults {
+                stall: Some(Stall {
+                    at: 30_000,
+                    duration: Duration::from_secs(3),
+                }),
+                ..good()
+            },
+            "reading the body at byte 30",
+        ),
+    ];
+    for (what, faults, says) in cases {
+        let server = FlakyServer::start(v2.clone(), faults).unwrap();
+        let mut f = c3_device();
+        assert_eq!(reboot(&mut f), "ota_0");
+        let started = std::time::Instant::now();
+        let e = match http_boot(&mut f, &server.url("esp32c3-ota.bin")) {
+            Ok((r, n)) => panic!("{what}: accepted ({n} bytes, {r:?})"),
+            Err(e) => e,
+        };
+        println!("{what}: {e} ({} ms)", started.elapsed().as_millis());
+        assert!(e.contains(says), "{what}: {e:?} does not say {says:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: the download did not give up within its deadlines"
+        );
+        assert_eq!(reboot(&mut f), "ota_0", "{what}: otadata was switched");
+        // The next attempt, against a good server, installs (the aborted update left the
+        // updater ready for another).
+        let ok = FlakyServer::start(v2.clone(), good()).unwrap();
+        let (r, _) = http_boot(&mut f, &ok.url("esp32c3-ota.bin"))
+            .unwrap_or_else(|e| panic!("{what}, then a good server: {e}"));
+        assert!(r.installed.is_some(), "{what}: no recovery");
+        assert_eq!(reboot(&mut f), "ota_1");
+    }
+    // A head trickled a byte at a time is slow, not wrong.
+    let slow = FlakyServer::start(
+        v2.clone(),
+        Faults {
+            trickle_head: Some(Duration::from_millis(1)),
+            ..good()
+        },
+    )
+    .unwrap();
+    let mut f = c3_device();
+    reboot(&mut f);
+    let (r, _) = http_boot(&mut f, &slow.url("esp32c3-ota.bin")).unwrap();
+    assert!(r.installed.is_some());
 }

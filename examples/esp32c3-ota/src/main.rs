@@ -4,7 +4,7 @@
 //! on trial (rollback), then fetch an app image and install it into the other OTA slot, switch
 //! otadata and restart. Where the image comes from is chosen at build time:
 //! - feature `wifi` (default): join the Wi-Fi network compiled in ([`config`]), get an address
-//!   by DHCP and download the image from the compiled-in URL over HTTP ([`net::download`]),
+//!   by DHCP and download the image from the compiled-in URL over HTTP ([`http::download`]),
 //!   streamed chunk by chunk into the front door; installed only when its version is newer;
 //! - without it: the image placed in the `ota_image` data partition.
 //!
@@ -20,6 +20,8 @@ use esp_storage::FlashStorage;
 
 #[cfg(feature = "wifi")]
 mod config;
+#[cfg(feature = "wifi")]
+mod http;
 #[cfg(feature = "wifi")]
 mod net;
 // Each build uses one of its two image sources (`on_boot`'s data partition without `wifi`,
