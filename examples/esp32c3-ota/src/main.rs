@@ -111,7 +111,10 @@ async fn main(spawner: embassy_executor::Spawner) -> ! {
     use esp_hal::timer::timg::TimerGroup;
     use ota_core::OtaUpdater;
 
-    let peripherals = esp_hal::init(esp_hal::Config::default());
+    // 160 MHz, ESP-IDF's default for the ESP32-C3 (`CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ`); esp-hal
+    // starts at 80 MHz otherwise.
+    let config = esp_hal::Config::default().with_cpu_clock(esp_hal::clock::CpuClock::max());
+    let peripherals = esp_hal::init(config);
     esp_alloc::heap_allocator!(#[esp_hal::ram(reclaimed)] size: HEAP_RECLAIMED);
     esp_alloc::heap_allocator!(size: HEAP_MAIN);
     let timg0 = TimerGroup::new(peripherals.TIMG0);
