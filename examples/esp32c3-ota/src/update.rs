@@ -33,8 +33,7 @@ use ota_core::updater::{Installed, RunningApp};
 use ota_core::version::{VersionPolicy, VersionVerdict};
 use ota_core::{Chip, Error, OtaUpdater, UpdaterConfig, UpdaterError};
 
-/// The data partition (any subtype) the firmware installs from (this byte source; the
-/// network comes with the next one).
+/// The data partition (any subtype) the build without the `wifi` feature installs from.
 pub const IMAGE_LABEL: &str = "ota_image";
 
 /// The chip this firmware runs on: an image for another chip is refused.
