@@ -156,11 +156,12 @@ pub enum Error {
     TooLarge {
         limit: u64,
     },
-    /// The connection closed in the middle of the body: `got` bytes of `expected` (`None` when
-    /// the total was unknown: a chunked body cut inside a chunk).
+    /// The connection ended (closed, or `reset`) in the middle of the body: `got` bytes of
+    /// `expected` (`None` when the total was unknown: a chunked body cut inside a chunk).
     ShortBody {
         expected: Option<u64>,
         got: u64,
+        reset: bool,
     },
     /// A malformed chunk-size line, chunk end or trailer, after `got` body bytes.
     BadChunk {
@@ -219,16 +220,19 @@ impl fmt::Display for Error {
             ),
             Error::TooLarge { limit } => write!(f, "the body is longer than {limit} bytes"),
             Error::ShortBody {
-                expected: Some(e),
+                expected,
                 got,
-            } => write!(f, "the connection closed after {got} of {e} body bytes"),
-            Error::ShortBody {
-                expected: None,
-                got,
-            } => write!(
-                f,
-                "the connection closed inside a chunk after {got} body bytes"
-            ),
+                reset,
+            } => {
+                let how = if *reset { "was reset" } else { "closed" };
+                match expected {
+                    Some(e) => write!(f, "the connection {how} after {got} of {e} body bytes"),
+                    None => write!(
+                        f,
+                        "the connection {how} inside a chunk after {got} body bytes"
+                    ),
+                }
+            }
             Error::BadChunk { got } => {
                 write!(f, "malformed chunked encoding after {got} body bytes")
             }
@@ -721,11 +725,12 @@ impl<T: Read> Body<'_, T> {
                 }
                 Framing::Length(left) => {
                     let want = out.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let n = self.wire.read_some(&mut out[..want]).await?;
+                    let n = self.data(&mut out[..want], self.expected).await?;
                     if n == 0 {
                         return Err(Error::ShortBody {
                             expected: self.expected,
                             got: self.got,
+                            reset: false,
                         });
                     }
                     self.framing = Framing::Length(left - n as u64);
@@ -765,11 +770,12 @@ impl<T: Read> Body<'_, T> {
                 }
                 Framing::Chunked(Some(left)) => {
                     let want = out.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let n = self.wire.read_some(&mut out[..want]).await?;
+                    let n = self.data(&mut out[..want], None).await?;
                     if n == 0 {
                         return Err(Error::ShortBody {
                             expected: None,
                             got: self.got,
+                            reset: false,
                         });
                     }
                     self.framing = Framing::Chunked(Some(left - n as u64));
@@ -779,10 +785,30 @@ impl<T: Read> Body<'_, T> {
         }
     }
 
+    /// Body data; a reset connection is a short body too (with the bytes that came).
+    async fn data(&mut self, out: &mut [u8], expected: Option<u64>) -> Result<usize, Error> {
+        match self.wire.read_some(out).await {
+            Err(Error::Io {
+                kind:
+                    ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::NotConnected,
+                ..
+            }) => Err(Error::ShortBody {
+                expected,
+                got: self.got,
+                reset: true,
+            }),
+            r => r,
+        }
+    }
+
     async fn need_byte(&mut self) -> Result<u8, Error> {
         self.wire.byte().await?.ok_or(Error::ShortBody {
             expected: None,
             got: self.got,
+            reset: false,
         })
     }
 

@@ -1,0 +1,259 @@
+//! Downloads through embassy-net on the PC: the device's frames cross the link model to the
+//! user-space gateway, which relays them to `ota serve` on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ota_net::http::{ConnectError, Error, GetOptions, Options, Phase};
+use ota_testsrv::{Faults, FlakyServer, Stall};
+
+#[test]
+fn unshaped_link_downloads_the_file_byte_for_byte() {
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    println!(
+        "unshaped: {} bytes in {:?}, {:?}",
+        got.body.len(),
+        got.elapsed,
+        dev.stats()
+    );
+    assert_eq!(got.status, 200);
+    assert_eq!(got.content_length, Some(data.len() as u64));
+    assert!(got.body == data, "body differs");
+    assert_eq!(dev.stats().gateway.connections, 1);
+}
+
+#[test]
+fn rate_limited_link_takes_size_over_rate() {
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("rate=56kB/s,seed=3");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    assert!(got.body == data, "body differs");
+    let expected = Duration::from_secs_f64(data.len() as f64 / 56_000.0);
+    let ratio = got.elapsed.as_secs_f64() / expected.as_secs_f64();
+    println!(
+        "rate=56kB/s: {} bytes in {:.3} s, size/rate = {:.3} s, ratio {ratio:.3}",
+        data.len(),
+        got.elapsed.as_secs_f64(),
+        expected.as_secs_f64()
+    );
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "elapsed {:?} vs {expected:?}",
+        got.elapsed
+    );
+}
+
+#[test]
+fn lossy_link_still_delivers_every_byte() {
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("loss=5%,seed=1");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    let st = dev.stats();
+    println!("loss=5%,seed=1: {:?}, {st:?}", got.elapsed);
+    assert!(got.body == data, "body differs");
+    assert!(
+        st.down.lost + st.up.lost > 0,
+        "the link lost nothing: {st:?}"
+    );
+}
+
+#[test]
+fn reordering_and_latency_do_not_corrupt_the_body() {
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("rtt=20ms,reorder=3%,loss=1%,seed=9");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    let st = dev.stats();
+    println!("rtt=20ms,reorder=3%,loss=1%: {:?}, {st:?}", got.elapsed);
+    assert!(got.body == data, "body differs");
+    assert!(
+        st.down.reordered + st.up.reordered > 0,
+        "nothing reordered: {st:?}"
+    );
+}
+
+#[test]
+fn range_from_the_middle_returns_the_rest_and_a_stale_if_range_the_whole_file() {
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let from = 123_457u64;
+    let first = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    let etag = first.etag.expect("ota serve sends an ETag");
+    assert!(!etag.is_weak());
+
+    let get = GetOptions {
+        range_from: Some(from),
+        if_range: Some(etag.as_str()),
+        ..GetOptions::default()
+    };
+    let part = download(&mut dev, &url, get, Options::default()).unwrap();
+    assert_eq!(part.status, 206);
+    assert_eq!(
+        part.content_range,
+        Some(ota_net::http::ContentRange::Bytes {
+            first: from,
+            last: data.len() as u64 - 1,
+            complete_length: Some(data.len() as u64)
+        })
+    );
+    assert_eq!(part.content_length, Some(data.len() as u64 - from));
+    assert!(part.body == data[from as usize..], "the rest differs");
+
+    let stale = GetOptions {
+        range_from: Some(from),
+        if_range: Some("\"not-the-current-version\""),
+        ..GetOptions::default()
+    };
+    let whole = download(&mut dev, &url, stale, Options::default()).unwrap();
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.content_range, None);
+    assert!(whole.body == data, "the whole file differs");
+}
+
+#[test]
+fn host_ota_resolves_to_the_gateway_and_unknown_names_fail_as_dns() {
+    let data = file(10_000);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("");
+    let port = srv.info.addr.port();
+    let url = format!("http://host.ota:{port}/fw.bin");
+    let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    assert!(got.body == data);
+    assert!(dev.stats().gateway.dns_answers >= 1);
+    let bad = format!("http://nowhere.invalid:{port}/fw.bin");
+    let e = download(&mut dev, &bad, GetOptions::default(), Options::default()).unwrap_err();
+    assert_eq!(e.0, Error::Connect(ConnectError::Dns), "{}", e.0);
+}
+
+#[test]
+fn closed_host_port_is_refused_quickly() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut dev = device("");
+    let t0 = Instant::now();
+    let e = download(
+        &mut dev,
+        &device_url(port, "/fw.bin"),
+        GetOptions::default(),
+        Options::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.0, Error::Connect(ConnectError::Refused), "{}", e.0);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(dev.stats().gateway.refused, 1);
+}
+
+#[test]
+fn server_that_stalls_mid_body_gives_a_stall_error_within_the_read_timeout() {
+    let data = file(FILE_LEN);
+    let faults = Faults {
+        stall: Some(Stall {
+            at: 50_000,
+            duration: Duration::from_secs(8),
+        }),
+        ..Faults::default()
+    };
+    let srv = FlakyServer::start(data.clone(), faults).unwrap();
+    let mut dev = device("");
+    let options = Options {
+        read_timeout: embassy_time::Duration::from_millis(800),
+        ..Options::default()
+    };
+    let t0 = Instant::now();
+    let (e, partial) = download(
+        &mut dev,
+        &device_url(srv.addr().port(), "/fw.bin"),
+        GetOptions::default(),
+        options,
+    )
+    .unwrap_err();
+    println!(
+        "stall: {e} after {:?}, {} bytes",
+        t0.elapsed(),
+        partial.len()
+    );
+    assert_eq!(
+        e,
+        Error::Stalled {
+            phase: Phase::Body,
+            after: options.read_timeout
+        }
+    );
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(partial == data[..partial.len()] && partial.len() as u64 >= 50_000 - 16 * 1024);
+}
+
+#[test]
+fn server_that_stalls_before_answering_gives_a_head_stall_and_a_deadline_wins_when_sooner() {
+    let faults = Faults {
+        never_answer: true,
+        lifetime: Duration::from_secs(10),
+        ..Faults::default()
+    };
+    let srv = FlakyServer::start(file(1000), faults).unwrap();
+    let mut dev = device("");
+    let url = device_url(srv.addr().port(), "/fw.bin");
+    let options = Options {
+        head_timeout: embassy_time::Duration::from_millis(500),
+        ..Options::default()
+    };
+    let (e, _) = download(&mut dev, &url, GetOptions::default(), options).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Stalled {
+            phase: Phase::Head,
+            after: embassy_time::Duration::from_millis(500)
+        }
+    );
+    let get = GetOptions {
+        deadline: Some(embassy_time::Instant::now() + embassy_time::Duration::from_millis(300)),
+        ..GetOptions::default()
+    };
+    let t0 = Instant::now();
+    let (e, _) = download(&mut dev, &url, get, Options::default()).unwrap_err();
+    assert_eq!(e, Error::Deadline { phase: Phase::Head });
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn server_that_drops_mid_body_gives_a_short_body_error_with_the_bytes_that_came() {
+    let data = file(FILE_LEN);
+    let faults = Faults {
+        drop_at: vec![60_000],
+        ..Faults::default()
+    };
+    let srv = FlakyServer::start(data.clone(), faults).unwrap();
+    let mut dev = device("rate=500kB/s,rtt=10ms,seed=2");
+    let (e, partial) = download(
+        &mut dev,
+        &device_url(srv.addr().port(), "/fw.bin"),
+        GetOptions::default(),
+        Options::default(),
+    )
+    .unwrap_err();
+    println!("drop: {e}");
+    match e {
+        Error::ShortBody { expected, got, .. } => {
+            assert_eq!(expected, Some(data.len() as u64));
+            assert_eq!(got, 60_000);
+        }
+        other => panic!("expected ShortBody, got {other:?}"),
+    }
+    assert!(e.to_string().contains("60000 of 204800"), "{e}");
+    assert!(partial == data[..60_000]);
+}
