@@ -82,6 +82,18 @@ pub trait Connect {
     async fn connect(&mut self, host: &str, port: u16) -> Result<Self::Conn<'_>, ConnectError>;
 }
 
+/// A borrowed connector connects too (so a client can use one it does not own).
+impl<C: Connect> Connect for &mut C {
+    type Conn<'a>
+        = C::Conn<'a>
+    where
+        Self: 'a;
+
+    async fn connect(&mut self, host: &str, port: u16) -> Result<C::Conn<'_>, ConnectError> {
+        (**self).connect(host, port).await
+    }
+}
+
 /// What the client was doing when something went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
