@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ota_net::http::{ConnectError, Error, GetOptions, Options, Phase};
+use embedded_io_async::Read;
+use ota_net::http::{Client, ConnectError, Error, GetOptions, Options, Phase};
 use ota_testsrv::{Faults, FlakyServer, Stall};
 
 #[test]
@@ -256,4 +257,61 @@ fn server_that_drops_mid_body_gives_a_short_body_error_with_the_bytes_that_came(
     }
     assert!(e.to_string().contains("60000 of 204800"), "{e}");
     assert!(partial == data[..60_000]);
+}
+
+#[test]
+fn download_cut_mid_body_resumes_with_range_and_if_range_to_the_same_bytes() {
+    let data = file(FILE_LEN);
+    let faults = Faults {
+        drop_at: vec![90_000],
+        ..Faults::default()
+    };
+    let srv = FlakyServer::start(data.clone(), faults).unwrap();
+    let url = device_url(srv.addr().port(), "/fw.bin");
+    let mut dev = device("rate=1MB/s,rtt=30ms,loss=1%,seed=4");
+    let mut client: Client<_> = Client::new(dev.connector());
+    let (kept, etag) = dev.block_on(async {
+        let mut r = client.get(&url, GetOptions::default()).await.unwrap();
+        let etag = r.etag.unwrap();
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 4096];
+        let e = loop {
+            match r.body.read(&mut buf).await {
+                Ok(0) => panic!("the server was to drop the connection"),
+                Ok(n) => kept.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(e, Error::ShortBody { got: 90_000, .. }), "{e:?}");
+        (kept, etag)
+    });
+    let get = GetOptions {
+        range_from: Some(kept.len() as u64),
+        if_range: Some(etag.as_str()),
+        ..GetOptions::default()
+    };
+    let rest = download(&mut dev, &url, get, Options::default()).unwrap();
+    assert_eq!(rest.status, 206);
+    assert_eq!(srv.resumed_from(), vec![90_000]);
+    let mut whole = kept;
+    whole.extend_from_slice(&rest.body);
+    assert!(whole == data, "resumed bytes differ");
+}
+
+#[test]
+fn the_issues_wifi_link_downloads_at_about_its_rate() {
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("rate=56kB/s,rtt=60ms,loss=1%,seed=5");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    let ideal = data.len() as f64 / 56_000.0;
+    println!(
+        "rate=56kB/s,rtt=60ms,loss=1%,seed=5: {:.3} s (size/rate {ideal:.3} s), {:?}",
+        got.elapsed.as_secs_f64(),
+        dev.stats()
+    );
+    assert!(got.body == data, "body differs");
+    // Loss only slows a download down: never faster than the rate allows.
+    assert!(got.elapsed.as_secs_f64() >= ideal * 0.95);
 }

@@ -21,9 +21,10 @@ pub mod url;
 
 use core::fmt;
 
-use embassy_time::{with_deadline, Duration, Instant};
+use embassy_time::with_deadline;
 use embedded_io_async::{ErrorKind, Read, Write};
 
+pub use embassy_time::{Duration, Instant};
 pub use head::{ContentRange, ETag, Head, HeadError, Text};
 pub use url::{Url, UrlError};
 

@@ -102,7 +102,7 @@ pub struct LinkStats {
 /// A device on the simulated network: an embassy-net stack at [`DEVICE`] whose gateway
 /// ([`GATEWAY`]) leads to the host's 127.0.0.1.
 ///
-/// The stack's socket table (`StackResources`, well under 1 KiB) is leaked so that the stack
+/// The stack's socket table (`StackResources`, a few KiB) is leaked so that the stack
 /// can be `'static` and live in this struct; a process makes few devices.
 pub struct Device {
     stack: Stack<'static>,
