@@ -513,3 +513,43 @@ fn hostile_answers_end_in_errors_never_panics_or_hangs() {
         Err(Error::Head(HeadError::ConflictingContentLength { line: 3 }))
     ));
 }
+
+#[test]
+fn redirects_come_back_with_their_location_and_read_to_fills_a_buffer() {
+    let mut s = Script::new(
+        vec![Step::Data(
+            b"HTTP/1.1 302 Found\r\nLocation: http://10.0.2.2:9000/new.bin\r\nContent-Length: 3\r\n\r\nabc"
+                .to_vec(),
+        )],
+        7,
+    );
+    let mut client: Client<&mut Script, 1024> = Client::with_options(&mut s, quick());
+    let (status, location, n, buf) = block_on(async {
+        let mut r = client.get(URL, GetOptions::default()).await.unwrap();
+        let mut buf = [0u8; 3];
+        let n = r.read_to(&mut buf).await.unwrap();
+        (r.status, r.location.map(|l| l.to_string()), n, buf)
+    });
+    assert_eq!(status, 302);
+    assert_eq!(location.as_deref(), Some("http://10.0.2.2:9000/new.bin"));
+    assert_eq!((n, &buf), (3, b"abc"));
+
+    let mut s = Script::new(
+        vec![Step::Data(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+        )],
+        7,
+    );
+    let mut client: Client<&mut Script, 1024> = Client::with_options(&mut s, quick());
+    let e = block_on(async {
+        let mut r = client.get(URL, GetOptions::default()).await.unwrap();
+        let mut small = [0u8; 3];
+        r.read_to(&mut small).await.unwrap_err()
+    });
+    assert_eq!(e, Error::TooLarge { limit: 3 });
+    let e = fetch(b"HTTP/1.1 200 OK\r\nGood: 1\r\nBad Name: 2\r\n\r\n", 5).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "bad response head: head line 3: bad header name"
+    );
+}

@@ -42,8 +42,10 @@ const CONN_BUF: usize = 64 * 1024;
 pub const CONN_IDLE: Duration = Duration::from_secs(120);
 /// Connecting to the host's loopback port.
 const HOST_CONNECT: Duration = Duration::from_secs(2);
-/// The gateway looks at the host sockets at least this often.
+/// With connections open, the gateway looks at the host sockets at least this often.
 const TICK: Duration = Duration::from_millis(1);
+/// Without connections it sleeps until the device sends a frame, or this long.
+const IDLE: Duration = Duration::from_millis(100);
 
 /// What the gateway has done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,12 +205,13 @@ impl Gateway {
             self.answer_dns();
             let t = self.now();
             self.iface.poll(t, &mut self.phy, &mut self.sockets);
+            let most = if self.conns.is_empty() { IDLE } else { TICK };
             let delay = self
                 .iface
                 .poll_delay(t, &self.sockets)
                 .map(|d| Duration::from_micros(d.total_micros()))
-                .unwrap_or(TICK)
-                .min(TICK);
+                .unwrap_or(most)
+                .min(most);
             let mut st = self.shared.lock();
             let now = Instant::now();
             for f in self.phy.tx.drain(..) {
@@ -400,8 +403,20 @@ fn relay_one(c: &mut Conn, sock: &mut tcp::Socket, buf: &mut [u8]) -> Result<(u6
 
 /// DNS header length (RFC 1035 §4.1.1).
 const DNS_HEADER: usize = 12;
-/// Longest name in a question (RFC 1035 §2.3.4).
+/// Longest name in a question, longest label, longest UDP message (RFC 1035 §2.3.4).
 const DNS_MAX_NAME: usize = 255;
+const DNS_MAX_LABEL: usize = 63;
+const DNS_MAX_UDP: usize = 512;
+/// Header flag bits (RFC 1035 §4.1.1): QR (a response), AA, RD, RA; the OPCODE field; RCODE 3.
+const DNS_QR: u16 = 0x8000;
+const DNS_AA: u16 = 0x0400;
+const DNS_RD: u16 = 0x0100;
+const DNS_RA: u16 = 0x0080;
+const DNS_OPCODE_SHIFT: u16 = 11;
+const DNS_OPCODE_MASK: u16 = 0xf;
+const DNS_NXDOMAIN: u16 = 3;
+/// A compression pointer's top bits (RFC 1035 §4.1.4).
+const DNS_POINTER: u8 = 0xc0;
 /// Query type A and class IN (RFC 1035 §3.2.2, §3.2.4).
 const DNS_TYPE_A: u16 = 1;
 const DNS_CLASS_IN: u16 = 1;
@@ -411,13 +426,13 @@ const DNS_TTL: u32 = 60;
 /// The answer to a standard query for [`HOST_NAME`] (an A record for [`GATEWAY`]); any other
 /// name gets NXDOMAIN, any other type an empty answer. `None`: not a query we can parse.
 pub fn dns_reply(q: &[u8]) -> Option<Vec<u8>> {
-    if q.len() < DNS_HEADER || q.len() > 512 {
+    if q.len() < DNS_HEADER || q.len() > DNS_MAX_UDP {
         return None;
     }
     let flags = u16::from_be_bytes([q[2], q[3]]);
     let qdcount = u16::from_be_bytes([q[4], q[5]]);
     // QR=0 (query), OPCODE=0 (standard), exactly one question.
-    if flags & 0x8000 != 0 || (flags >> 11) & 0xf != 0 || qdcount != 1 {
+    if flags & DNS_QR != 0 || (flags >> DNS_OPCODE_SHIFT) & DNS_OPCODE_MASK != 0 || qdcount != 1 {
         return None;
     }
     let mut i = DNS_HEADER;
@@ -428,7 +443,7 @@ pub fn dns_reply(q: &[u8]) -> Option<Vec<u8>> {
         if len == 0 {
             break;
         }
-        if len > 63 || name.len() + len + 1 > DNS_MAX_NAME {
+        if len > DNS_MAX_LABEL || name.len() + len + 1 > DNS_MAX_NAME {
             return None;
         }
         let label = q.get(i..i + len)?;
@@ -445,16 +460,16 @@ pub fn dns_reply(q: &[u8]) -> Option<Vec<u8>> {
     let answer = known && qtype == DNS_TYPE_A && qclass == DNS_CLASS_IN;
     let mut r = Vec::with_capacity(question_end + 16);
     r.extend_from_slice(&q[0..2]); // ID
-    let rd = flags & 0x0100;
-    // QR=1, AA=1, RD copied, RA=1; RCODE 3 (NXDOMAIN) for names we do not know.
-    let rflags: u16 = 0x8000 | 0x0400 | rd | 0x0080 | if known { 0 } else { 3 };
+                                   // A response, authoritative, RD copied, RA; NXDOMAIN for names we do not know.
+    let rcode = if known { 0 } else { DNS_NXDOMAIN };
+    let rflags: u16 = DNS_QR | DNS_AA | (flags & DNS_RD) | DNS_RA | rcode;
     r.extend_from_slice(&rflags.to_be_bytes());
     r.extend_from_slice(&1u16.to_be_bytes());
     r.extend_from_slice(&u16::from(answer).to_be_bytes());
     r.extend_from_slice(&[0, 0, 0, 0]);
     r.extend_from_slice(&q[DNS_HEADER..question_end]);
     if answer {
-        r.extend_from_slice(&[0xc0, DNS_HEADER as u8]); // pointer to the question's name
+        r.extend_from_slice(&[DNS_POINTER, DNS_HEADER as u8]); // the question's name
         r.extend_from_slice(&DNS_TYPE_A.to_be_bytes());
         r.extend_from_slice(&DNS_CLASS_IN.to_be_bytes());
         r.extend_from_slice(&DNS_TTL.to_be_bytes());
