@@ -315,3 +315,61 @@ fn the_issues_wifi_link_downloads_at_about_its_rate() {
     // Loss only slows a download down: never faster than the rate allows.
     assert!(got.elapsed.as_secs_f64() >= ideal * 0.95);
 }
+
+#[test]
+fn addresses_other_than_the_gateway_are_never_relayed() {
+    let mut dev = device("");
+    let options = Options {
+        connect_timeout: embassy_time::Duration::from_millis(400),
+        ..Options::default()
+    };
+    // Another host on the simulated subnet (nobody answers ARP) and one behind the gateway:
+    // the gateway relays only its own address, so both connects time out.
+    for url in ["http://10.0.2.99:80/x", "http://203.0.113.7:80/x"] {
+        let (e, _) = download(&mut dev, url, GetOptions::default(), options).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Stalled {
+                phase: Phase::Connect,
+                after: options.connect_timeout
+            },
+            "{url}"
+        );
+    }
+    let st = dev.stats().gateway;
+    assert_eq!((st.connections, st.refused), (0, 0), "{st:?}");
+}
+
+#[test]
+fn server_that_resets_mid_body_gives_a_short_body_marked_reset() {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // The request is left unread, so closing the socket sends a reset (RFC 1122 4.2.2.13).
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n")
+            .unwrap();
+        s.write_all(&[0x5a; 1000]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let mut dev = device("");
+    let (e, partial) = download(
+        &mut dev,
+        &device_url(port, "/x"),
+        GetOptions::default(),
+        Options::default(),
+    )
+    .unwrap_err();
+    server.join().unwrap();
+    println!("reset: {e}");
+    assert_eq!(
+        e,
+        Error::ShortBody {
+            expected: Some(50_000),
+            got: 1000,
+            reset: true
+        }
+    );
+    assert_eq!(partial, vec![0x5a; 1000]);
+}
