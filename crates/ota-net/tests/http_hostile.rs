@@ -151,6 +151,7 @@ fn request_carries_host_range_if_range_and_if_match() {
         if_range: Some("\"abc\""),
         if_match: Some("\"abc\""),
         deadline: None,
+        headers: &[("Authorization", "TargetToken a1b2"), ("X-Device", "c3 01")],
     };
     assert_eq!(fetch_with(&mut s, get, quick()).unwrap(), (204, vec![]));
     let req = String::from_utf8(s.sent.clone()).unwrap();
@@ -158,7 +159,8 @@ fn request_carries_host_range_if_range_and_if_match() {
         req,
         "GET /fw/app.bin HTTP/1.1\r\nHost: 10.0.2.2:8070\r\nUser-Agent: ota-net/0.1\r\n\
          Accept-Encoding: identity\r\nConnection: close\r\nRange: bytes=4096-\r\n\
-         If-Range: \"abc\"\r\nIf-Match: \"abc\"\r\n\r\n"
+         If-Range: \"abc\"\r\nIf-Match: \"abc\"\r\nAuthorization: TargetToken a1b2\r\n\
+         X-Device: c3 01\r\n\r\n"
     );
 }
 
@@ -175,6 +177,18 @@ fn bad_request_fields_are_refused_before_connecting() {
         },
         GetOptions {
             if_range: Some(""),
+            ..GetOptions::default()
+        },
+        GetOptions {
+            headers: &[("Bad Name", "x")],
+            ..GetOptions::default()
+        },
+        GetOptions {
+            headers: &[("X-Ok", "a\r\nHost: evil")],
+            ..GetOptions::default()
+        },
+        GetOptions {
+            headers: &[("range", "bytes=0-")],
             ..GetOptions::default()
         },
     ] {

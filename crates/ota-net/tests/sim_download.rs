@@ -373,3 +373,24 @@ fn server_that_resets_mid_body_gives_a_short_body_marked_reset() {
     );
     assert_eq!(partial, vec![0x5a; 1000]);
 }
+
+#[test]
+fn dhcp_gives_the_device_its_address_and_the_download_works() {
+    let data = file(20_000);
+    let (_dir, srv) = serve(&data);
+    let spec = ota_net::sim::LinkSpec::parse("rtt=10ms").unwrap();
+    let mut dev =
+        ota_net::sim::Device::with_addressing(spec, ota_net::sim::Addressing::Dhcp).unwrap();
+    let got = dev.wait_config_up(Duration::from_secs(5));
+    assert_eq!(got, Some((ota_net::sim::DEVICE, ota_net::sim::PREFIX_LEN)));
+    let cfg = dev.stack().config_v4().unwrap();
+    assert_eq!(cfg.gateway, Some(ota_net::sim::GATEWAY));
+    assert_eq!(cfg.dns_servers.as_slice(), &[ota_net::sim::DNS_SERVER]);
+    assert!(
+        dev.stats().gateway.dhcp_answers >= 2,
+        "an OFFER and an ACK at least"
+    );
+    let url = format!("http://host.ota:{}/fw.bin", srv.info.addr.port());
+    let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
+    assert!(got.body == data);
+}

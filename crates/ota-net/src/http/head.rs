@@ -135,6 +135,13 @@ impl ContentRange {
     }
 }
 
+/// token = 1*tchar (RFC 9110 §5.6.2): visible ASCII without delimiters.
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|&b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b))
+}
+
 /// Decimal digits only (no sign, no spaces), at most 19 so that it fits in a u64.
 pub(crate) fn number(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
@@ -301,12 +308,7 @@ pub fn parse(head: &mut [u8]) -> Result<Head, HeadError> {
             .position(|&b| b == b':')
             .ok_or(HeadError::NoColon { line: line_no })?;
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        // token = 1*tchar (RFC 9110 §5.6.2): visible ASCII without delimiters.
-        if name.is_empty()
-            || !name
-                .iter()
-                .all(|&b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b))
-        {
+        if !is_token(name) {
             return Err(HeadError::BadName { line: line_no });
         }
         fields += 1;

@@ -315,7 +315,24 @@ pub struct GetOptions<'a> {
     pub if_match: Option<&'a str>,
     /// Everything (connect, head, body) must be done by then.
     pub deadline: Option<Instant>,
+    /// More header fields, e.g. `("Authorization", "TargetToken abc")`. Names must be tokens,
+    /// values free of control characters, and none of the fields the client writes itself
+    /// ([`RESERVED_FIELDS`]).
+    pub headers: &'a [(&'a str, &'a str)],
 }
+
+/// Fields the client writes itself; [`GetOptions::headers`] may not repeat them.
+pub const RESERVED_FIELDS: [&str; 9] = [
+    "Host",
+    "Connection",
+    "Range",
+    "If-Range",
+    "If-Match",
+    "Accept-Encoding",
+    "Content-Length",
+    "Transfer-Encoding",
+    "User-Agent",
+];
 
 /// The client: a connector and a buffer of `BUF` bytes for the request and the response head.
 pub struct Client<C, const BUF: usize = DEFAULT_BUF> {
@@ -429,6 +446,15 @@ fn write_request(buf: &mut [u8], u: &Url<'_>, opts: &GetOptions<'_>) -> Result<u
     if opts.if_range.is_some_and(|v| v.starts_with("W/")) {
         return Err(Error::BadRequestField { field: "If-Range" });
     }
+    for (name, value) in opts.headers {
+        let token = head::is_token(name.as_bytes());
+        let reserved = RESERVED_FIELDS.iter().any(|r| r.eq_ignore_ascii_case(name));
+        if !token || reserved || value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(Error::BadRequestField {
+                field: "an extra header",
+            });
+        }
+    }
     let mut w = Cursor { buf, len: 0 };
     w.put(b"GET ");
     // The URL has no spaces or controls (checked by Url::parse); non-ASCII is percent-encoded.
@@ -468,6 +494,12 @@ fn write_request(buf: &mut [u8], u: &Url<'_>, opts: &GetOptions<'_>) -> Result<u
     if let Some(v) = opts.if_match {
         w.put(b"If-Match: ");
         w.put(v.as_bytes());
+        w.put(b"\r\n");
+    }
+    for (name, value) in opts.headers {
+        w.put(name.as_bytes());
+        w.put(b": ");
+        w.put(value.trim().as_bytes());
         w.put(b"\r\n");
     }
     w.put(b"\r\n");

@@ -14,8 +14,8 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
-    IpListenEndpoint, IpProtocol, Ipv4Packet, TcpPacket,
+    DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, TcpPacket,
 };
 
 use super::driver::MTU;
@@ -34,6 +34,12 @@ pub const HOST_NAME: &str = "host.ota";
 pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
 /// DNS port (RFC 1035 §4.2).
 const DNS_PORT: u16 = 53;
+/// DHCP server and client ports (RFC 2131 §4.1).
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+/// The lease the DHCP server gives: a day (slirp's default, `LEASE_TIME` in libslirp
+/// `bootp.c`).
+pub const DHCP_LEASE_SECS: u32 = 24 * 3600;
 /// Connections relayed at once; more SYNs are answered with a reset.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Buffers of each relayed connection, per direction.
@@ -56,6 +62,8 @@ pub struct GatewayStats {
     pub bytes_to_host: u64,
     pub bytes_to_device: u64,
     pub dns_answers: u64,
+    /// DHCP OFFERs, ACKs and NAKs sent.
+    pub dhcp_answers: u64,
 }
 
 struct Phy {
@@ -136,6 +144,7 @@ pub(crate) struct Gateway {
     iface: Interface,
     sockets: SocketSet<'static>,
     dns: SocketHandle,
+    dhcp: SocketHandle,
     conns: HashMap<Key, Conn>,
     buf: Vec<u8>,
 }
@@ -161,6 +170,9 @@ impl Gateway {
         // Binding a fresh socket to a fixed port cannot fail.
         let _ = dns_socket.bind((IpAddress::Ipv4(DNS_SERVER), DNS_PORT));
         let dns = sockets.add(dns_socket);
+        let mut dhcp_socket = udp::Socket::new(udp_buf(), udp_buf());
+        let _ = dhcp_socket.bind(DHCP_SERVER_PORT);
+        let dhcp = sockets.add(dhcp_socket);
         Gateway {
             shared,
             start,
@@ -168,6 +180,7 @@ impl Gateway {
             iface,
             sockets,
             dns,
+            dhcp,
             conns: HashMap::new(),
             buf: vec![0u8; CONN_BUF],
         }
@@ -203,6 +216,7 @@ impl Gateway {
             self.iface.poll(t, &mut self.phy, &mut self.sockets);
             self.relay();
             self.answer_dns();
+            self.answer_dhcp();
             let t = self.now();
             self.iface.poll(t, &mut self.phy, &mut self.sockets);
             let most = if self.conns.is_empty() { IDLE } else { TICK };
@@ -336,6 +350,69 @@ impl Gateway {
         }
         self.shared.lock().gateway.dns_answers += answered;
     }
+}
+
+impl Gateway {
+    fn answer_dhcp(&mut self) {
+        let sock = self.sockets.get_mut::<udp::Socket>(self.dhcp);
+        let mut answered = 0;
+        while let Ok((n, _)) = sock.recv_slice(&mut self.buf) {
+            if let Some(reply) = dhcp_reply(&self.buf[..n]) {
+                let to = (IpAddress::Ipv4(Ipv4Addr::BROADCAST), DHCP_CLIENT_PORT);
+                if sock.send_slice(&reply, to).is_ok() {
+                    answered += 1;
+                }
+            }
+        }
+        self.shared.lock().gateway.dhcp_answers += answered;
+    }
+}
+
+/// The DHCP server's answer (RFC 2131 §4.3) to a DISCOVER (an OFFER of [`DEVICE`]) or a
+/// REQUEST (an ACK for [`DEVICE`], a NAK for any other address); `None` for anything else.
+pub fn dhcp_reply(request: &[u8]) -> Option<Vec<u8>> {
+    let packet = DhcpPacket::new_checked(request).ok()?;
+    let req = DhcpRepr::parse(&packet).ok()?;
+    let asked = req.requested_ip.unwrap_or(req.client_ip);
+    let message_type = match req.message_type {
+        DhcpMessageType::Discover => DhcpMessageType::Offer,
+        DhcpMessageType::Request if asked == DEVICE || asked.is_unspecified() => {
+            DhcpMessageType::Ack
+        }
+        DhcpMessageType::Request => DhcpMessageType::Nak,
+        _ => return None,
+    };
+    let nak = message_type == DhcpMessageType::Nak;
+    let mut dns_servers = heapless::Vec::new();
+    let _ = dns_servers.push(DNS_SERVER);
+    let mask = Ipv4Addr::from(u32::MAX << (32 - PREFIX_LEN));
+    let reply = DhcpRepr {
+        message_type,
+        transaction_id: req.transaction_id,
+        secs: 0,
+        client_hardware_address: req.client_hardware_address,
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: if nak { Ipv4Addr::UNSPECIFIED } else { DEVICE },
+        server_ip: GATEWAY,
+        router: (!nak).then_some(GATEWAY),
+        subnet_mask: (!nak).then_some(mask),
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: req.broadcast,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: Some(GATEWAY),
+        parameter_request_list: None,
+        dns_servers: (!nak).then_some(dns_servers),
+        max_size: None,
+        lease_duration: (!nak).then_some(DHCP_LEASE_SECS),
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut out = vec![0u8; reply.buffer_len()];
+    let mut p = DhcpPacket::new_unchecked(&mut out[..]);
+    reply.emit(&mut p).ok()?;
+    Some(out)
 }
 
 /// Moves bytes both ways; returns (to host, to device), or `Err` when the host side failed.
@@ -493,6 +570,72 @@ mod tests {
         q.extend_from_slice(&qtype.to_be_bytes());
         q.extend_from_slice(&1u16.to_be_bytes());
         q
+    }
+
+    fn dhcp(message_type: DhcpMessageType, requested_ip: Option<Ipv4Addr>) -> Vec<u8> {
+        let req = DhcpRepr {
+            message_type,
+            transaction_id: 0xfeed,
+            secs: 0,
+            client_hardware_address: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            your_ip: Ipv4Addr::UNSPECIFIED,
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            router: None,
+            subnet_mask: None,
+            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+            broadcast: false,
+            requested_ip,
+            client_identifier: None,
+            server_identifier: None,
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: None,
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        };
+        let mut out = vec![0u8; req.buffer_len()];
+        req.emit(&mut DhcpPacket::new_unchecked(&mut out[..]))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn dhcp_offers_and_acks_the_device_address_and_naks_others() {
+        let offer = dhcp_reply(&dhcp(DhcpMessageType::Discover, None)).unwrap();
+        let p = DhcpPacket::new_checked(&offer[..]).unwrap();
+        let r = DhcpRepr::parse(&p).unwrap();
+        assert_eq!(r.message_type, DhcpMessageType::Offer);
+        assert_eq!((r.transaction_id, r.your_ip), (0xfeed, DEVICE));
+        assert_eq!(
+            (r.router, r.server_identifier),
+            (Some(GATEWAY), Some(GATEWAY))
+        );
+        assert_eq!(r.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(r.dns_servers.unwrap().as_slice(), &[DNS_SERVER]);
+        assert_eq!(r.lease_duration, Some(DHCP_LEASE_SECS));
+        let ack = dhcp_reply(&dhcp(DhcpMessageType::Request, Some(DEVICE))).unwrap();
+        let p = DhcpPacket::new_checked(&ack[..]).unwrap();
+        assert_eq!(
+            DhcpRepr::parse(&p).unwrap().message_type,
+            DhcpMessageType::Ack
+        );
+        let other = Some(Ipv4Addr::new(10, 0, 2, 77));
+        let nak = dhcp_reply(&dhcp(DhcpMessageType::Request, other)).unwrap();
+        let p = DhcpPacket::new_checked(&nak[..]).unwrap();
+        assert_eq!(
+            DhcpRepr::parse(&p).unwrap().message_type,
+            DhcpMessageType::Nak
+        );
+        // Answers and garbage get nothing; truncations never panic.
+        assert_eq!(dhcp_reply(&offer), None);
+        let d = dhcp(DhcpMessageType::Discover, None);
+        for n in 0..d.len() {
+            let _ = dhcp_reply(&d[..n]);
+        }
+        assert_eq!(dhcp_reply(&[0xff; 300]), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use embassy_net::{Config, Ipv4Cidr, Runner, Stack, StackResources, StaticConfigV4};
 
 pub use driver::SimDriver;
-pub use gateway::{GatewayStats, DEVICE, DNS_SERVER, GATEWAY, HOST_NAME};
+pub use gateway::{GatewayStats, DEVICE, DNS_SERVER, GATEWAY, HOST_NAME, PREFIX_LEN};
 pub use link::{LinkSpec, LinkSpecError, PipeStats};
 
 use crate::embassy::StackConnector;
@@ -112,10 +112,26 @@ pub struct Device {
     pub spec: LinkSpec,
 }
 
+/// How the device gets its address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Addressing {
+    /// 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3, set at once.
+    #[default]
+    Static,
+    /// From the gateway's DHCP server (the same address), as on a Wi-Fi network; wait for it
+    /// with [`Device::wait_config_up`].
+    Dhcp,
+}
+
 impl Device {
     /// A device with a static address (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3) behind a
     /// link shaped by `spec`.
     pub fn new(spec: LinkSpec) -> std::io::Result<Device> {
+        Self::with_addressing(spec, Addressing::Static)
+    }
+
+    /// A device whose address is static or comes from the gateway's DHCP server.
+    pub fn with_addressing(spec: LinkSpec, addressing: Addressing) -> std::io::Result<Device> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 up: link::Pipe::new(spec, UP_SALT),
@@ -132,11 +148,14 @@ impl Device {
             .spawn(move || gw.run())?;
         let mut dns_servers = heapless::Vec::new();
         let _ = dns_servers.push(DNS_SERVER);
-        let config = Config::ipv4_static(StaticConfigV4 {
-            address: Ipv4Cidr::new(DEVICE, gateway::PREFIX_LEN),
-            gateway: Some(GATEWAY),
-            dns_servers,
-        });
+        let config = match addressing {
+            Addressing::Static => Config::ipv4_static(StaticConfigV4 {
+                address: Ipv4Cidr::new(DEVICE, gateway::PREFIX_LEN),
+                gateway: Some(GATEWAY),
+                dns_servers,
+            }),
+            Addressing::Dhcp => Config::dhcpv4(Default::default()),
+        };
         let driver = SimDriver {
             shared: shared.clone(),
             mac: DEVICE_MAC,
@@ -155,6 +174,17 @@ impl Device {
 
     pub fn stack(&self) -> Stack<'static> {
         self.stack
+    }
+
+    /// Runs the stack until it has an IPv4 address; `None` if that takes longer than
+    /// `timeout`, else the address and prefix length it got.
+    pub fn wait_config_up(&mut self, timeout: Duration) -> Option<(std::net::Ipv4Addr, u8)> {
+        let stack = self.stack;
+        let t = embassy_time::Duration::from_micros(timeout.as_micros().try_into().ok()?);
+        self.block_on(embassy_time::with_timeout(t, stack.wait_config_up()))
+            .ok()?;
+        let c = stack.config_v4()?;
+        Some((c.address.address(), c.address.prefix_len()))
     }
 
     /// A connector for the HTTP client over this device's stack.
