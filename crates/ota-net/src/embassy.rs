@@ -6,7 +6,7 @@ use embassy_net::tcp::{ConnectError as TcpConnectError, TcpSocket};
 use embassy_net::{IpAddress, IpEndpoint, Stack};
 use embassy_time::Duration;
 
-use crate::http::{Connect, ConnectError};
+use crate::http::{Connect, ConnectError, Connection};
 
 /// Default socket buffer sizes: a receive window of 8 KiB keeps a 56 kB/s link busy at
 /// 100+ ms round trips; requests are small.
@@ -82,5 +82,13 @@ impl<const RX: usize, const TX: usize> Connect for StackConnector<'_, RX, TX> {
                 TcpConnectError::InvalidState => ConnectError::Local,
             })?;
         Ok(sock)
+    }
+}
+
+impl Connection for TcpSocket<'_> {
+    /// Sends our FIN and waits until the server has acknowledged it (`flush` waits for that).
+    async fn close(&mut self) {
+        TcpSocket::close(self);
+        let _ = embedded_io_async::Write::flush(self).await;
     }
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
 use ota_net::http::{
-    Client, Connect, ConnectError, ContentRange, Error, GetOptions, HeadError, Options, Phase,
-    MAX_CHUNK_LINE,
+    Client, Connect, ConnectError, Connection, ContentRange, Error, GetOptions, HeadError, Options,
+    Phase, MAX_CHUNK_LINE,
 };
 use ota_net::sim::block_on;
 
@@ -65,6 +65,8 @@ impl Write for MemConn<'_> {
         Ok(())
     }
 }
+
+impl Connection for MemConn<'_> {}
 
 struct Script {
     steps: Vec<Step>,

@@ -394,3 +394,29 @@ fn dhcp_gives_the_device_its_address_and_the_download_works() {
     let got = download(&mut dev, &url, GetOptions::default(), Options::default()).unwrap();
     assert!(got.body == data);
 }
+
+#[test]
+fn complete_downloads_close_their_connections_so_many_in_a_row_fit() {
+    let data = file(3000);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    // More downloads than the gateway relays at once: each must close behind itself.
+    let n = ota_net::sim::gateway::MAX_CONNECTIONS + 6;
+    for i in 0..n {
+        let got = download(&mut dev, &url, GetOptions::default(), Options::default())
+            .unwrap_or_else(|e| panic!("download {i}: {}", e.0));
+        assert!(got.body == data);
+    }
+    // The last FIN exchange may still be in flight: give the gateway a moment.
+    let t0 = Instant::now();
+    while dev.stats().gateway.open > 0 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = dev.stats().gateway;
+    assert_eq!(
+        (st.connections, st.open, st.refused),
+        (n as u64, 0, 0),
+        "{st:?}"
+    );
+}

@@ -43,6 +43,9 @@ pub const MAX_TRAILER: usize = 4096;
 pub const DEFAULT_MAX_BODY: u64 = 128 << 20;
 /// The `User-Agent` sent.
 pub const USER_AGENT: &str = "ota-net/0.1";
+/// After the last body byte the client closes its side and waits this long at most for the
+/// server to acknowledge (so that no half-open connection is left behind).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a connection could not be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,10 +75,18 @@ impl fmt::Display for ConnectError {
     }
 }
 
+/// A connection the client can close when a body is complete.
+#[allow(async_fn_in_trait)]
+pub trait Connection: Read + Write {
+    /// Closes the sending side and waits (bounded by the client) until the peer has seen it;
+    /// a connection that needs nothing for that keeps the default.
+    async fn close(&mut self) {}
+}
+
 /// Opens connections: the embassy-net stack on the chip, a test double on a PC.
 #[allow(async_fn_in_trait)]
 pub trait Connect {
-    type Conn<'a>: Read + Write
+    type Conn<'a>: Connection
     where
         Self: 'a;
     /// Opens a TCP connection to `host` (a name, an IPv4 literal or an IPv6 literal without
@@ -429,6 +440,7 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
                 expected: content_length,
                 got: 0,
                 max_body: o.max_body,
+                closed: false,
             },
         })
     }
@@ -575,7 +587,7 @@ struct Wire<'b, T> {
     deadline: Option<Instant>,
 }
 
-impl<T: Read> Wire<'_, T> {
+impl<T: Connection> Wire<'_, T> {
     /// One read from the connection into `out` within the read timeout; 0 at end of stream.
     async fn recv(
         conn: &mut T,
@@ -752,9 +764,11 @@ pub struct Body<'c, T> {
     expected: Option<u64>,
     got: u64,
     max_body: u64,
+    /// The connection was closed after the last byte.
+    closed: bool,
 }
 
-impl<T: Read> Body<'_, T> {
+impl<T: Connection> Body<'_, T> {
     /// Body bytes delivered so far.
     pub fn bytes_read(&self) -> u64 {
         self.got
@@ -900,16 +914,20 @@ impl<T: Read> Body<'_, T> {
     }
 }
 
-impl<T: Read> embedded_io_async::ErrorType for Body<'_, T> {
+impl<T: Connection> embedded_io_async::ErrorType for Body<'_, T> {
     type Error = Error;
 }
 
-impl<T: Read> Read for Body<'_, T> {
+impl<T: Connection> Read for Body<'_, T> {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         if buf.is_empty() {
             return Ok(0);
         }
         let n = self.read_inner(buf).await?;
+        if n == 0 && !self.closed {
+            self.closed = true;
+            let _ = embassy_time::with_timeout(CLOSE_WAIT, self.wire.conn.close()).await;
+        }
         self.got += n as u64;
         if self.got > self.max_body {
             self.framing = Framing::Done;
@@ -921,7 +939,7 @@ impl<T: Read> Read for Body<'_, T> {
     }
 }
 
-impl<T: Read> Response<'_, T> {
+impl<T: Connection> Response<'_, T> {
     /// Reads the whole body into `out`; returns its length. Fails with [`Error::TooLarge`]
     /// when `out` is too small.
     pub async fn read_to(&mut self, out: &mut [u8]) -> Result<usize, Error> {

@@ -46,6 +46,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 const CONN_BUF: usize = 64 * 1024;
 /// A relayed connection with no byte moved for this long is reset.
 pub const CONN_IDLE: Duration = Duration::from_secs(120);
+/// A connection whose host side has closed, and whose FIN the device acknowledged without
+/// closing its own side, is reset after this long (a device that dropped its socket sends no
+/// FIN; Linux waits `tcp_fin_timeout`, 60 s, for the same case).
+pub const FIN_WAIT2_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting to the host's loopback port.
 const HOST_CONNECT: Duration = Duration::from_secs(2);
 /// With connections open, the gateway looks at the host sockets at least this often.
@@ -57,6 +61,8 @@ const IDLE: Duration = Duration::from_millis(100);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayStats {
     pub connections: u64,
+    /// Connections being relayed now.
+    pub open: u64,
     /// SYNs answered with a reset because the host port refused (or too many connections).
     pub refused: u64,
     pub bytes_to_host: u64,
@@ -317,7 +323,9 @@ impl Gateway {
                     continue;
                 }
             }
-            let idle = c.last_activity.elapsed() > CONN_IDLE;
+            let quiet = c.last_activity.elapsed();
+            let idle = quiet > CONN_IDLE
+                || (sock.state() == tcp::State::FinWait2 && quiet > FIN_WAIT2_TIMEOUT);
             if idle {
                 sock.abort();
             }
@@ -334,6 +342,7 @@ impl Gateway {
             }
         }
         let mut st = self.shared.lock();
+        st.gateway.open = self.conns.len() as u64;
         st.gateway.bytes_to_host += to_host;
         st.gateway.bytes_to_device += to_device;
     }
