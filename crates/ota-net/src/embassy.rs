@@ -91,4 +91,10 @@ impl Connection for TcpSocket<'_> {
         TcpSocket::close(self);
         let _ = embedded_io_async::Write::flush(self).await;
     }
+
+    /// Sends a reset and waits until it is out (`flush` waits for that after `abort`).
+    async fn abort(&mut self) {
+        TcpSocket::abort(self);
+        let _ = embedded_io_async::Write::flush(self).await;
+    }
 }

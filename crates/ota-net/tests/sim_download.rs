@@ -420,3 +420,59 @@ fn complete_downloads_close_their_connections_so_many_in_a_row_fit() {
         "{st:?}"
     );
 }
+
+#[test]
+fn downloads_given_up_after_the_first_bytes_are_reset_and_leave_nothing_open() {
+    // The OTA flow reads an image's header, finds no newer version and stops.
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let mut client: Client<_> = Client::new(dev.connector());
+    let n = ota_net::sim::gateway::MAX_CONNECTIONS + 6;
+    for i in 0..n {
+        let head = dev.block_on(async {
+            let mut r = client.get(&url, GetOptions::default()).await?;
+            let mut head = [0u8; 300];
+            let k = r.body.read(&mut head).await?;
+            r.body.abort().await;
+            Ok::<_, Error>(head[..k].to_vec())
+        });
+        let head = head.unwrap_or_else(|e| panic!("download {i}: {e}"));
+        assert!(!head.is_empty() && head == data[..head.len()]);
+    }
+    let t0 = Instant::now();
+    while dev.stats().gateway.open > 0 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = dev.stats().gateway;
+    assert_eq!((st.open, st.refused), (0, 0), "{st:?}");
+}
+
+#[test]
+fn a_response_dropped_mid_body_is_cleaned_up_by_the_gateway_soon() {
+    let data = file(FILE_LEN);
+    let (_dir, srv) = serve(&data);
+    let mut dev = device("");
+    let url = device_url(srv.info.addr.port(), "/fw.bin");
+    let mut client: Client<_> = Client::new(dev.connector());
+    for _ in 0..5 {
+        dev.block_on(async {
+            let mut r = client.get(&url, GetOptions::default()).await.unwrap();
+            let mut head = [0u8; 300];
+            r.body.read(&mut head).await.unwrap();
+        });
+    }
+    assert!(
+        dev.stats().gateway.open > 0,
+        "nothing left open: the test shows nothing"
+    );
+    // The gateway's zero-window probes (smoltcp, after its retransmission timeout) reach a
+    // socket that is gone, and the device's stack answers with a reset.
+    let t0 = Instant::now();
+    while dev.stats().gateway.open > 0 && t0.elapsed() < Duration::from_secs(6) {
+        dev.block_on(embassy_time::Timer::after_millis(20));
+    }
+    println!("cleaned up after {:?}", t0.elapsed());
+    assert_eq!(dev.stats().gateway.open, 0, "{:?}", dev.stats().gateway);
+}

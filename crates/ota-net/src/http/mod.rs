@@ -81,6 +81,10 @@ pub trait Connection: Read + Write {
     /// Closes the sending side and waits (bounded by the client) until the peer has seen it;
     /// a connection that needs nothing for that keeps the default.
     async fn close(&mut self) {}
+
+    /// Resets the connection (a download given up before its end) and waits (bounded by the
+    /// client) until the reset is sent.
+    async fn abort(&mut self) {}
 }
 
 /// Opens connections: the embassy-net stack on the chip, a test double on a PC.
@@ -772,6 +776,18 @@ impl<T: Connection> Body<'_, T> {
     /// Body bytes delivered so far.
     pub fn bytes_read(&self) -> u64 {
         self.got
+    }
+
+    /// Gives the download up before its end: resets the connection (waiting at most
+    /// [`CLOSE_WAIT`] for the reset to go out), so the server stops sending at once. A body just
+    /// dropped leaves the server to find out by itself. After the end of the body it does
+    /// nothing (the connection is already closed).
+    pub async fn abort(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.framing = Framing::Done;
+            let _ = embassy_time::with_timeout(CLOSE_WAIT, self.wire.conn.abort()).await;
+        }
     }
 
     async fn read_inner(&mut self, out: &mut [u8]) -> Result<usize, Error> {
