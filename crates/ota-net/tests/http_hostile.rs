@@ -139,6 +139,7 @@ fn quick() -> Options {
         head_timeout: embassy_time::Duration::from_millis(300),
         read_timeout: embassy_time::Duration::from_millis(300),
         max_body: 1 << 20,
+        ..Options::default()
     }
 }
 

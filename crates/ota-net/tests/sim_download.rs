@@ -476,3 +476,37 @@ fn a_response_dropped_mid_body_is_cleaned_up_by_the_gateway_soon() {
     println!("cleaned up after {:?}", t0.elapsed());
     assert_eq!(dev.stats().gateway.open, 0, "{:?}", dev.stats().gateway);
 }
+
+#[test]
+fn server_that_trickles_the_body_fails_the_rate_rule_instead_of_holding_the_download() {
+    let faults = Faults {
+        trickle_body: Some(Duration::from_millis(20)),
+        ..Faults::default()
+    };
+    let srv = FlakyServer::start(file(FILE_LEN), faults).unwrap();
+    let mut dev = device("");
+    let options = Options {
+        low_speed_limit: 1000,
+        low_speed_time: embassy_time::Duration::from_millis(700),
+        ..Options::default()
+    };
+    let t0 = Instant::now();
+    let (e, partial) = download(
+        &mut dev,
+        &device_url(srv.addr().port(), "/fw.bin"),
+        GetOptions::default(),
+        options,
+    )
+    .unwrap_err();
+    println!("trickle: {e} after {:?}", t0.elapsed());
+    match e {
+        Error::TooSlow {
+            got, limit, total, ..
+        } => {
+            assert!(got < 700, "{got}");
+            assert_eq!((limit, total), (1000, partial.len() as u64));
+        }
+        other => panic!("expected TooSlow, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}

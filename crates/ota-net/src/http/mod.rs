@@ -41,6 +41,10 @@ pub const MAX_CHUNK_LINE: usize = 1024;
 pub const MAX_TRAILER: usize = 4096;
 /// Default body bound: the std client's `MAX_SOURCE_LEN` (128 MiB), far above any ESP32 flash.
 pub const DEFAULT_MAX_BODY: u64 = 128 << 20;
+/// Default minimum average body rate and its window: the std client's `low_speed_limit` and
+/// `low_speed_time` defaults (curl's `--speed-limit` / `--speed-time`), 1024 B/s over 30 s.
+pub const DEFAULT_LOW_SPEED_LIMIT: u64 = 1024;
+pub const DEFAULT_LOW_SPEED_TIME: Duration = Duration::from_secs(30);
 /// The `User-Agent` sent.
 pub const USER_AGENT: &str = "ota-net/0.1";
 /// After the last body byte the client closes its side and waits this long at most for the
@@ -184,6 +188,14 @@ pub enum Error {
     TooLarge {
         limit: u64,
     },
+    /// Only `got` body bytes came in a window of `window`: below `limit` bytes per second
+    /// ([`Options::low_speed_limit`]); `total` bytes had come before it ended.
+    TooSlow {
+        got: u64,
+        window: Duration,
+        limit: u64,
+        total: u64,
+    },
     /// The connection ended (closed, or `reset`) in the middle of the body: `got` bytes of
     /// `expected` (`None` when the total was unknown: a chunked body cut inside a chunk).
     ShortBody {
@@ -247,6 +259,17 @@ impl fmt::Display for Error {
                 "Content-Range covers {range} bytes but Content-Length is {content_length}"
             ),
             Error::TooLarge { limit } => write!(f, "the body is longer than {limit} bytes"),
+            Error::TooSlow {
+                got,
+                window,
+                limit,
+                total,
+            } => write!(
+                f,
+                "transfer too slow: {got} bytes in {} ms, below {limit} bytes/s \
+                 (after {total} body bytes)",
+                window.as_millis()
+            ),
             Error::ShortBody {
                 expected,
                 got,
@@ -274,7 +297,9 @@ impl embedded_io_async::Error for Error {
     fn kind(&self) -> ErrorKind {
         match self {
             Error::Io { kind, .. } => *kind,
-            Error::Stalled { .. } | Error::Deadline { .. } => ErrorKind::TimedOut,
+            Error::Stalled { .. } | Error::Deadline { .. } | Error::TooSlow { .. } => {
+                ErrorKind::TimedOut
+            }
             Error::Connect(ConnectError::Refused) => ErrorKind::ConnectionRefused,
             Error::Connect(ConnectError::TimedOut) => ErrorKind::TimedOut,
             Error::Connect(_) => ErrorKind::NotConnected,
@@ -304,6 +329,11 @@ pub struct Options {
     /// Each body read: a server silent this long is stalled.
     pub read_timeout: Duration,
     pub max_body: u64,
+    /// A body slower than this many bytes per second on average over a whole
+    /// [`Options::low_speed_time`] window fails with [`Error::TooSlow`] (0: no rate rule), so
+    /// that a server trickling a byte now and then cannot hold a download forever.
+    pub low_speed_limit: u64,
+    pub low_speed_time: Duration,
 }
 
 impl Default for Options {
@@ -314,6 +344,8 @@ impl Default for Options {
             head_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(10),
             max_body: DEFAULT_MAX_BODY,
+            low_speed_limit: DEFAULT_LOW_SPEED_LIMIT,
+            low_speed_time: DEFAULT_LOW_SPEED_TIME,
         }
     }
 }
@@ -445,6 +477,8 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
                 got: 0,
                 max_body: o.max_body,
                 closed: false,
+                rate: (o.low_speed_limit, o.low_speed_time),
+                window: (Instant::now(), 0),
             },
         })
     }
@@ -770,12 +804,38 @@ pub struct Body<'c, T> {
     max_body: u64,
     /// The connection was closed after the last byte.
     closed: bool,
+    /// The rate rule: bytes per second, window.
+    rate: (u64, Duration),
+    /// The current window: when it began, bytes since.
+    window: (Instant, u64),
 }
 
 impl<T: Connection> Body<'_, T> {
     /// Body bytes delivered so far.
     pub fn bytes_read(&self) -> u64 {
         self.got
+    }
+
+    /// The rate rule, checked once per window (as the std client's `check_rate`).
+    fn check_rate(&mut self) -> Result<(), Error> {
+        let (limit, window) = self.rate;
+        let (since, got) = self.window;
+        let elapsed = Instant::now().saturating_duration_since(since);
+        if limit == 0 || elapsed < window || self.framing == Framing::Done {
+            return Ok(());
+        }
+        let needed = u128::from(limit) * u128::from(elapsed.as_millis()) / 1000;
+        if u128::from(got) < needed {
+            self.framing = Framing::Done;
+            return Err(Error::TooSlow {
+                got,
+                window: elapsed,
+                limit,
+                total: self.got,
+            });
+        }
+        self.window = (Instant::now(), 0);
+        Ok(())
     }
 
     /// Gives the download up before its end: resets the connection (waiting at most
@@ -939,12 +999,15 @@ impl<T: Connection> Read for Body<'_, T> {
         if buf.is_empty() {
             return Ok(0);
         }
+        // Before reading, so that bytes handed out are never taken back by an error.
+        self.check_rate()?;
         let n = self.read_inner(buf).await?;
         if n == 0 && !self.closed {
             self.closed = true;
             let _ = embassy_time::with_timeout(CLOSE_WAIT, self.wire.conn.close()).await;
         }
         self.got += n as u64;
+        self.window.1 += n as u64;
         if self.got > self.max_body {
             self.framing = Framing::Done;
             return Err(Error::TooLarge {
