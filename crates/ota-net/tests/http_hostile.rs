@@ -296,6 +296,24 @@ fn range_answers_are_checked_against_the_request() {
         run("HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 100-109/110\r\nContent-Length: 11\r\n\r\n", b""),
         Err(Error::RangeLength { range: 10, content_length: 11 })
     );
+    // A chunked 206 must carry exactly its range: no more, no less.
+    let chunked_206 = "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 100-104/110\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(
+        run(chunked_206, b"5\r\n01234\r\n0\r\n\r\n").unwrap(),
+        (206, b"01234".to_vec())
+    );
+    assert_eq!(
+        run(chunked_206, b"3\r\n012\r\n0\r\n\r\n"),
+        Err(Error::ShortBody {
+            expected: Some(5),
+            got: 3,
+            reset: false
+        })
+    );
+    assert_eq!(
+        run(chunked_206, b"7\r\n0123456\r\n0\r\n\r\n"),
+        Err(Error::TooLarge { limit: 5 })
+    );
     let e = run("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */50\r\nContent-Length: 0\r\n\r\n", b"");
     assert_eq!(e.unwrap().0, 416);
     let mut s = Script::new(

@@ -462,6 +462,15 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
             Framing::Length(n) => Some(n),
             _ => None,
         };
+        // A chunked 206 must still carry exactly its range.
+        let range_len = match (head.status, head.content_range) {
+            (206, Some(ContentRange::Bytes { first, last, .. })) if head.chunked => {
+                Some(last - first + 1)
+            }
+            _ => None,
+        };
+        let expected = content_length.or(range_len);
+        let max_body = range_len.map_or(o.max_body, |r| r.min(o.max_body));
         Ok(Response {
             status: head.status,
             content_length,
@@ -473,9 +482,9 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
             body: Body {
                 wire,
                 framing,
-                expected: content_length,
+                expected,
                 got: 0,
-                max_body: o.max_body,
+                max_body,
                 closed: false,
                 rate: (o.low_speed_limit, o.low_speed_time),
                 window: (Instant::now(), 0),
@@ -881,6 +890,13 @@ impl<T: Connection> Body<'_, T> {
                 Framing::Chunked(None) => {
                     let size = self.chunk_size().await?;
                     if size == 0 {
+                        if let Some(e) = self.expected.filter(|&e| e != self.got) {
+                            return Err(Error::ShortBody {
+                                expected: Some(e),
+                                got: self.got,
+                                reset: false,
+                            });
+                        }
                         self.trailer().await?;
                         self.framing = Framing::Done;
                         return Ok(0);
