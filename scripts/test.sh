@@ -22,6 +22,10 @@ rustup component add clippy rustfmt >/dev/null 2>&1 || true
 step "ota-core builds no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-core --target riscv32imc-unknown-none-elf
 
+step "ota-net's HTTP client (and its embassy-net connector) build no_std for riscv32imc-unknown-none-elf"
+cargo build -p ota-net --no-default-features --target riscv32imc-unknown-none-elf
+cargo build -p ota-net --no-default-features --features embassy --target riscv32imc-unknown-none-elf
+
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build (Wi-Fi)"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.
 # The build tested is the default one, with the `wifi` feature (esp-radio, esp-rtos, embassy-net,
