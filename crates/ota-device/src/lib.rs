@@ -97,7 +97,7 @@ pub trait Hooks {
     fn self_test(&mut self, _out: &BootOutcome) -> SelfTest {
         SelfTest::Undecided
     }
-    /// The app confirmed itself (`efuse` as the confirmation left it).
+    /// The app confirmed itself (`board.boot` already holds the eFuse the confirmation left).
     fn confirmed(&mut self, _done: &update::MarkedValid) {}
     /// The app marked itself invalid (otadata entry `index`); the board restarts.
     fn rolled_back(&mut self, _index: usize) {}
