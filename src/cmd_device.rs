@@ -1205,14 +1205,7 @@ pub fn boot_device_with<F: NorFlash>(
     quiet: bool,
 ) -> Result<BootOutcome> {
     if !quiet {
-        logger::info(
-            "boot",
-            &format!(
-                "ota-service 2nd stage bootloader emulation, chip {}",
-                chip.display_name()
-            ),
-        );
-        print_table(table);
+        print_boot_banner(table, chip);
     }
     let mut on_event = |ev: BootEvent| {
         if !quiet {
@@ -1227,6 +1220,18 @@ pub fn boot_device_with<F: NorFlash>(
         print_loaded(&out);
     }
     Ok(out)
+}
+
+/// The emulated bootloader's first lines: its banner and the partition table.
+fn print_boot_banner(table: &PartitionTable, chip: Chip) {
+    logger::info(
+        "boot",
+        &format!(
+            "ota-service 2nd stage bootloader emulation, chip {}",
+            chip.display_name()
+        ),
+    );
+    print_table(table);
 }
 
 fn print_loaded(out: &BootOutcome) {
@@ -1445,7 +1450,8 @@ pub fn run_device_with<const W: usize>(
     run_device_hooked(dev, stored, config, sd, opts, &mut || {})
 }
 
-/// [`run_device_with`] with an `app_main` hook (see [`run_device`]).
+/// [`run_device_with`] with an `app_main` hook (see [`run_device`]): the device's life is
+/// `ota_device::run`; what the CLI prints around it is [`CliHooks`].
 fn run_device_hooked<const W: usize>(
     dev: &mut Device<EmuFlashN<W>>,
     stored: &mut Stored,
@@ -1454,49 +1460,99 @@ fn run_device_hooked<const W: usize>(
     opts: ota_service::source::SourceOptions,
     app_main: &mut dyn FnMut(),
 ) -> Result<(ota_service::RunReport, BootOutcome)> {
-    let chip = dev.chip();
-    let flash_size = dev.flash_size();
     let table = dev.table().clone();
     warn_rollback_state(dev.flash_mut(), &table, stored);
-    let booted = boot_stored(dev, stored, false)?;
-    emit_boot(&booted);
-    app_main();
-    let mut items = ota_service::items::from_config(config).map_err(|e| anyhow!("{}", e))?;
-    logger::info("HTTPS_OTA_EXAMPLE", "[2.2] Start OTA service");
-    let settings = stored.settings;
-    let mut device = ota_service::Device {
-        flash: dev.flash_mut(),
-        table: &table,
-        chip,
-        running: Some(booted.partition),
-        rollback: settings.bootloader.rollback,
-        anti_rollback: settings.anti_rollback(),
-        // The emulated bootloader reads the table at the default offset (ota-emu's Device).
-        table_offset: TABLE_OFFSET,
-        flash_size: Some(flash_size),
+    let mut board = ota_device::Board::new(
+        table,
+        dev.chip(),
+        stored.settings.boot_config_for(dev.flash_size()),
+    );
+    // The emulated bootloader reads the table at the default offset (ota-emu's Device).
+    board.table_offset = TABLE_OFFSET;
+    board.flash_size = Some(dev.flash_size());
+    let mut hooks = CliHooks {
+        stored,
+        config,
+        progress: ProgressEvents::default(),
+        app_main,
     };
-    let mut progress = ProgressEvents::default();
-    let mut on_event = |ev: ota_service::Event| print_event(&ev, config, &mut progress);
-    let mut env = ota_service::Env {
+    let sources = ota_device::Sources {
         sd: sd.map(|s| s as &dyn ota_service::source::SdCardFs),
-        source: opts,
-        events: &mut on_event,
+        options: opts,
     };
-    let report = ota_service::run_list(&mut items, &mut device, &mut env);
-    logger::progress_done();
-    let running = if report.restart {
+    let run = ota_device::run(
+        dev.flash_mut(),
+        &mut board,
+        ota_device::UpgradeList::Config(config),
+        sources,
+        &mut hooks,
+    )
+    .map_err(device_error)?;
+    let running = run.after_restart.unwrap_or(run.first);
+    Ok((run.report, running))
+}
+
+/// What `ota device run` (and the demo) print around the device's life: the bootloader's
+/// lines, the service's log or JSON events, and the eFuse the bootloader burns, stored.
+struct CliHooks<'a> {
+    stored: &'a mut Stored,
+    config: &'a Config,
+    progress: ProgressEvents,
+    app_main: &'a mut dyn FnMut(),
+}
+
+impl ota_device::Hooks for CliHooks<'_> {
+    type Error = anyhow::Error;
+
+    fn powering_on(&mut self, board: &ota_device::Board) -> Result<()> {
+        print_boot_banner(&board.table, board.chip);
+        Ok(())
+    }
+    fn boot_event(&mut self, ev: &BootEvent) {
+        print_boot_event(ev);
+    }
+    fn booted(&mut self, out: &BootOutcome, _board: &ota_device::Board) -> Result<()> {
+        print_loaded(out);
+        self.stored.store_efuse(out.efuse_secure_version)?;
+        emit_boot(out);
+        Ok(())
+    }
+    fn app_main(&mut self) -> Result<()> {
+        (self.app_main)();
+        Ok(())
+    }
+    fn service_start(&mut self) {
+        logger::info("HTTPS_OTA_EXAMPLE", "[2.2] Start OTA service");
+    }
+    fn event(&mut self, ev: ota_service::Event) {
+        print_event(&ev, self.config, &mut self.progress);
+    }
+    fn service_done(&mut self, report: &ota_service::RunReport) {
+        logger::progress_done();
+        if !report.restart {
+            logger::info("HTTPS_OTA_EXAMPLE", "[2.3] Finish OTA service");
+        }
+    }
+    fn restarting(&mut self) {
         logger::info("system", "Restarting...");
         if logger::output() == logger::Output::Json {
             logger::json_event(&json!({"event": "restart"}));
         }
-        let out = boot_stored(dev, stored, false)?;
-        emit_boot(&out);
-        out
-    } else {
-        logger::info("HTTPS_OTA_EXAMPLE", "[2.3] Finish OTA service");
-        booted
-    };
-    Ok((report, running))
+    }
+}
+
+/// A device run's error as the CLI reports it: nothing to boot is [`Unbootable`] (exit
+/// status [`EXIT_UNBOOTABLE`]).
+pub fn device_error(e: ota_device::Error<anyhow::Error>) -> anyhow::Error {
+    match e {
+        ota_device::Error::Boot(ota_core::Error::Boot(b)) => {
+            anyhow::Error::new(Unbootable(b.to_string()))
+        }
+        ota_device::Error::Boot(other) => anyhow!("boot: {}", other),
+        ota_device::Error::Config(m) => anyhow!("{}", m),
+        ota_device::Error::Hook(e) => e,
+        other => anyhow!("{}", other),
+    }
 }
 
 /// otadata entries whose state only a bootloader with rollback acts on (NEW, PENDING_VERIFY),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use ota_core::boot::BootConfig;
 use ota_core::image::{self, ImageSpec};
 use ota_core::version::VersionPolicy;
 use ota_core::Chip;
@@ -98,50 +99,37 @@ fn run_one(
     let chip = dev.chip();
     let flash_size = dev.flash_size();
     let table = dev.table().clone();
-    let booted = cmd_device::boot_device(dev.flash_mut(), &table, chip, true)?;
     let mut item = ManifestItem::new(catalogue, project);
     item.policy = policy;
     item.ca_pem = ca.cloned();
-    let mut items: Vec<Box<dyn UpgradeItem<EmuFlash>>> = vec![Box::new(item)];
-    let mut bytes = 0u64;
-    let mut failure = String::new();
-    let mut on_event = |ev: Event| match ev {
-        Event::Progress { bytes: b, .. } => bytes = b,
-        Event::Result {
-            outcome: Outcome::Failed { message, .. } | Outcome::Skipped { message, .. },
-            ..
-        } => failure = message,
-        _ => {}
-    };
-    let mut device = ota_service::Device {
-        flash: dev.flash_mut(),
-        table: &table,
-        chip,
-        running: Some(booted.partition),
-        rollback: false,
-        anti_rollback: None,
-        // The emulated bootloader reads the table at the default offset.
-        table_offset: ota_core::partition::TABLE_OFFSET,
-        flash_size: Some(flash_size),
-    };
-    let mut env = ota_service::Env {
+    let items: Vec<Box<dyn UpgradeItem<EmuFlash>>> = vec![Box::new(item)];
+    // ESP-IDF's default bootloader (no rollback), quiet; the table at the default offset,
+    // where the emulated bootloader reads it.
+    let mut board = ota_device::Board::new(table, chip, BootConfig::default());
+    board.flash_size = Some(flash_size);
+    let mut hooks = FleetHooks::default();
+    let sources = ota_device::Sources {
         sd: None,
-        source: ota_service::source::SourceOptions {
+        options: ota_service::source::SourceOptions {
             timeout,
             ..Default::default()
         },
-        events: &mut on_event,
     };
-    let report = ota_service::run_list(&mut items, &mut device, &mut env);
-    drop(env);
-    if !report.results.iter().all(|(_, o)| o.is_success()) {
-        bail!("{failure}");
+    let run = ota_device::run(
+        dev.flash_mut(),
+        &mut board,
+        ota_device::UpgradeList::Items(items),
+        sources,
+        &mut hooks,
+    )
+    .map_err(cmd_device::device_error)?;
+    if !run.report.results.iter().all(|(_, o)| o.is_success()) {
+        bail!("{}", hooks.failure);
     }
-    if !report.restart {
+    let Some(after) = run.after_restart else {
         bail!("the update succeeded but asked for no restart");
-    }
-    let after = cmd_device::boot_device(dev.flash_mut(), &table, chip, true)?;
-    if after.partition.offset == booted.partition.offset {
+    };
+    if after.partition.offset == run.first.partition.offset {
         bail!(
             "after the restart the device still boots {}",
             after.partition.label.as_str()
@@ -152,7 +140,29 @@ fn run_one(
         .app_desc
         .map(|d| d.version_str().to_string())
         .unwrap_or_default();
-    Ok((bytes, version))
+    Ok((hooks.bytes, version))
+}
+
+/// A simulated device prints nothing: it counts the bytes and keeps the failure message.
+#[derive(Default)]
+struct FleetHooks {
+    bytes: u64,
+    failure: String,
+}
+
+impl ota_device::Hooks for FleetHooks {
+    type Error = anyhow::Error;
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Progress { bytes, .. } => self.bytes = bytes,
+            Event::Result {
+                outcome: Outcome::Failed { message, .. } | Outcome::Skipped { message, .. },
+                ..
+            } => self.failure = message,
+            _ => {}
+        }
+    }
 }
 
 pub fn run(a: FleetArgs) -> Result<ExitCode> {

@@ -39,7 +39,7 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
         a.file.display(),
         report.key,
         match e.kind {
-            ota_service::items::manifest::EntryKind::App => "app",
+            ota_catalogue::EntryKind::App => "app",
             _ => "tone bin",
         },
         e.project.as_deref().unwrap_or("-"),

@@ -13,7 +13,7 @@ use ota_core::Chip;
 use ota_emu::sdcard::SdCard;
 
 use crate::cmd_device::{self, CreateSpec, EXAMPLE_CSV};
-use crate::glue::{self, FileServer, SdAdapter};
+use crate::glue::{self, SdAdapter};
 use crate::logger;
 
 #[derive(Args)]
@@ -171,8 +171,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     crate::output::write_regular(&sd_dir.join("flash_tone.bin"), &new_tone, "SD card file")?;
     let new_app = app_image(NEW_PROJECT, NEW_VERSION, 620 * 1024, 2)?;
     crate::output::write_regular(&www.join("play_mp3_control.bin"), &new_app, "served file")?;
-    let server = FileServer::start(www.clone())?;
-    let host = format!("127.0.0.1:{}", server.addr.port());
+    let server = serve_demo_files(&www)?;
+    let host = format!("127.0.0.1:{}", server.info.addr.port());
 
     // The upgrade list, as a config file left in the folder: the demo runs exactly what
     // `ota device run --config DIR/ota.toml` replays.
@@ -270,6 +270,17 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         NEW_PROJECT, NEW_VERSION
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's firmware server: `ota serve DIR` (the `ota-server` crate) on an ephemeral
+/// loopback port, without its access log (the demo's output is the device's log); it stops
+/// when dropped.
+fn serve_demo_files(www: &std::path::Path) -> Result<ota_server::Background> {
+    let mut opts = ota_server::ServeOptions::dir(www);
+    opts.bind = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+    opts.access_log = false;
+    ota_server::Background::start(opts)
+        .map_err(|e| anyhow!("starting the demo's server for {}: {}", www.display(), e))
 }
 
 /// The demo's config file, left in its folder.

@@ -1,11 +1,8 @@
 //! Glue between the crates: the emulator's SD card as the service's `file://` source, opening
-//! a device from a flash file, sizes, and a small loopback HTTP file server for the demo.
+//! a device from a flash file, sizes.
 
 use std::io::Read;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ota_emu::device::Device;
@@ -133,77 +130,5 @@ pub fn flash_size_name(size: u32) -> String {
         format!("{}KB", size >> 10)
     } else {
         format!("{}B", size)
-    }
-}
-
-/// A loopback HTTP server that serves the files of one folder (GET and HEAD), on an ephemeral port.
-pub struct FileServer {
-    pub addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl FileServer {
-    pub fn start(dir: PathBuf) -> Result<FileServer> {
-        let server = tiny_http::Server::http("127.0.0.1:0")
-            .map_err(|e| anyhow::anyhow!("starting the HTTP server on 127.0.0.1: {}", e))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .context("the HTTP server has no IP address")?;
-        let server = Arc::new(server);
-        let srv = server.clone();
-        let thread = std::thread::spawn(move || {
-            for req in srv.incoming_requests() {
-                let name = req.url().trim_start_matches('/').to_string();
-                let ok_name = !name.is_empty()
-                    && !name.contains("..")
-                    && !name.contains('/')
-                    && !name.contains('\\');
-                let path = dir.join(&name);
-                let resp = if ok_name && path.is_file() {
-                    match std::fs::File::open(&path) {
-                        Ok(f) => {
-                            // Like the `python -m http.server` of the ADF example: Content-Length
-                            // and the file's Last-Modified (a validator for resumable
-                            // downloads), no ranges.
-                            let modified = f.metadata().and_then(|m| m.modified()).ok();
-                            // Content-Length, not chunked (tiny_http's default above 32 KiB).
-                            let mut resp = tiny_http::Response::from_file(f)
-                                .with_chunked_threshold(usize::MAX);
-                            if let Some(h) = modified.and_then(|t| {
-                                tiny_http::Header::from_bytes(
-                                    "Last-Modified",
-                                    httpdate::fmt_http_date(t),
-                                )
-                                .ok()
-                            }) {
-                                resp.add_header(h);
-                            }
-                            let _ = req.respond(resp);
-                            continue;
-                        }
-                        Err(_) => tiny_http::Response::from_string("error").with_status_code(500),
-                    }
-                } else {
-                    tiny_http::Response::from_string("File not found").with_status_code(404)
-                };
-                let _ = req.respond(resp);
-            }
-        });
-        Ok(FileServer {
-            addr,
-            server,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

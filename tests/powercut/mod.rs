@@ -26,10 +26,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
-use ota_core::boot::{self, BootConfig, BootOutcome};
+use ota_core::boot::{BootConfig, BootOutcome};
 use ota_core::otadata::OtaState;
 use ota_core::partition::PartitionTable;
-use ota_core::{tone, update, Chip};
+use ota_core::{tone, Chip};
+use ota_device::Board;
 use ota_emu::flash::{EmuFlash, EmuFlashN, FaultPlan};
 use ota_emu::EmuError;
 use ota_service::config::Config;
@@ -212,88 +213,90 @@ fn image_hash(out: &BootOutcome) -> Option<[u8; 32]> {
     out.summary.hash_calc
 }
 
+/// The harness's device: no output; with `self_confirm` the app confirms itself after every
+/// boot that left it PENDING_VERIFY; it notes a resumed staged copy.
+struct Harness {
+    self_confirm: bool,
+    resumed: bool,
+}
+
+impl ota_device::Hooks for Harness {
+    type Error = std::convert::Infallible;
+
+    fn self_test(&mut self, _out: &BootOutcome) -> ota_device::SelfTest {
+        if self.self_confirm {
+            ota_device::SelfTest::Confirm
+        } else {
+            ota_device::SelfTest::Undecided
+        }
+    }
+    fn event(&mut self, ev: ota_service::Event) {
+        if let ota_service::Event::Log { message, .. } = &ev {
+            if message.starts_with("resuming the staged copy") {
+                self.resumed = true;
+            }
+        }
+    }
+}
+
+/// The scenario's board before the operation (its bootloader options and eFuse).
+fn board(s: &Scenario) -> Board {
+    Board::new(s.table.clone(), s.chip, s.boot)
+}
+
 /// Power-on: the bootloader, then (with `self_confirm`) the app confirming itself.
 fn power_on<const W: usize>(
     flash: &mut Rec<'_, W>,
-    s: &Scenario,
-    cfg: &mut BootConfig,
+    board: &mut Board,
     self_confirm: bool,
 ) -> Result<BootOutcome, String> {
-    let out = boot::boot(flash, &s.table, s.chip, cfg, &mut |_| {}).map_err(|e| e.to_string())?;
-    cfg.efuse_secure_version = out.efuse_secure_version;
-    if self_confirm && out.ota_state == Some(OtaState::PendingVerify) {
-        confirm(flash, s, cfg)?;
-    }
-    Ok(out)
+    let mut hooks = Harness {
+        self_confirm,
+        resumed: false,
+    };
+    ota_device::power_on(flash, board, &mut hooks).map_err(|e| e.to_string())
 }
 
-/// `ota device confirm`.
-fn confirm<const W: usize>(
-    flash: &mut Rec<'_, W>,
-    s: &Scenario,
-    cfg: &mut BootConfig,
-) -> Result<(), String> {
-    let anti = cfg.anti_rollback.then_some(cfg.efuse_secure_version);
-    let done = update::mark_app_valid_cancel_rollback(flash, &s.table, s.chip, anti)
-        .map_err(|e| e.to_string())?;
-    if let Some(v) = done.efuse_secure_version {
-        cfg.efuse_secure_version = v;
-    }
-    Ok(())
-}
-
-/// `ota device run` (cmd_device::run_device) through the library. Returns the first boot and
-/// whether a staged copy was resumed.
+/// `ota device run` (cmd_device::run_device) through the same library (`ota_device::run`).
+/// Returns the first boot and whether a staged copy was resumed.
 fn device_run<const W: usize>(
     flash: &mut Rec<'_, W>,
     s: &Scenario,
-    cfg: &mut BootConfig,
+    board: &mut Board,
     self_confirm: bool,
     sd: Option<&Sd>,
 ) -> Result<(BootOutcome, bool), String> {
-    let first = power_on(flash, s, cfg, self_confirm)?;
-    let mut items = ota_service::items::from_config(&s.config)?;
-    let mut resumed = false;
-    let report = {
-        let mut dev = ota_service::Device {
-            flash: &mut *flash,
-            table: &s.table,
-            chip: s.chip,
-            running: Some(first.partition),
-            rollback: cfg.rollback,
-            anti_rollback: cfg.anti_rollback.then_some(cfg.efuse_secure_version),
-            table_offset: ota_core::partition::TABLE_OFFSET,
-            flash_size: None,
-        };
-        let mut on_event = |ev: ota_service::Event| {
-            if let ota_service::Event::Log { message, .. } = &ev {
-                if message.starts_with("resuming the staged copy") {
-                    resumed = true;
-                }
-            }
-        };
-        let mut env = ota_service::Env {
-            sd: sd.map(|s| s as &dyn SdCardFs),
-            source: Default::default(),
-            events: &mut on_event,
-        };
-        ota_service::run_list(&mut items, &mut dev, &mut env)
+    let mut hooks = Harness {
+        self_confirm,
+        resumed: false,
     };
-    if report.restart {
-        power_on(flash, s, cfg, self_confirm)?;
-    }
-    Ok((first, resumed))
+    let sources = ota_device::Sources {
+        sd: sd.map(|s| s as &dyn SdCardFs),
+        options: Default::default(),
+    };
+    let run = ota_device::run(
+        flash,
+        board,
+        ota_device::UpgradeList::Config(&s.config),
+        sources,
+        &mut hooks,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((run.first, hooks.resumed))
 }
 
 fn run_op<const W: usize>(
     flash: &mut Rec<'_, W>,
     s: &Scenario,
-    cfg: &mut BootConfig,
+    board: &mut Board,
     sd: Option<&Sd>,
 ) -> Result<(), String> {
     match s.op {
-        Op::Run { self_confirm } => device_run(flash, s, cfg, self_confirm, sd).map(|_| ()),
-        Op::Confirm => confirm(flash, s, cfg),
+        Op::Run { self_confirm } => device_run(flash, s, board, self_confirm, sd).map(|_| ()),
+        // `ota device confirm`.
+        Op::Confirm => ota_device::confirm(flash, board, &mut ota_device::Quiet)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -390,7 +393,7 @@ fn one_cut<const W: usize>(
         torn_erase_random: seed,
         ..Default::default()
     });
-    let mut cfg = s.boot;
+    let mut cfg = board(s);
     let _ = run_op(
         &mut Rec {
             inner: &mut flash,
@@ -458,7 +461,7 @@ fn one_cut<const W: usize>(
         ));
     }
     // After the second run: the new app, confirmed with rollback, and the new data.
-    let last = match power_on(&mut f, s, &mut cfg, false) {
+    let last = match power_on(&mut f, &mut cfg, false) {
         Ok(o) => o,
         Err(e) => return CutVerdict::Unbootable(format!("after the second run: {e}")),
     };
@@ -468,7 +471,7 @@ fn one_cut<const W: usize>(
             last.partition.label.as_str()
         ));
     }
-    if cfg.rollback && last.ota_state != Some(OtaState::Valid) {
+    if cfg.boot.rollback && last.ota_state != Some(OtaState::Valid) {
         return CutVerdict::Failed(format!(
             "after the second run the new app is {:?}, not VALID",
             last.ota_state
@@ -487,10 +490,10 @@ fn one_cut<const W: usize>(
         }
     }
     if let Some(want) = s.final_efuse {
-        if cfg.efuse_secure_version != want {
+        if cfg.boot.efuse_secure_version != want {
             return CutVerdict::Failed(format!(
                 "eFuse secure_version {} after the second run, expected {want}",
-                cfg.efuse_secure_version
+                cfg.boot.efuse_secure_version
             ));
         }
     }
@@ -514,7 +517,7 @@ pub fn sweep_at<const W: usize>(s: &Scenario) -> Report {
     let mut flash = EmuFlashN::<W>::from_image(s.base.clone()).expect("base image");
     flash.set_fault_plan(FaultPlan::default());
     let mut log = Vec::new();
-    let mut cfg = s.boot;
+    let mut cfg = board(s);
     run_op(
         &mut Rec {
             inner: &mut flash,

@@ -11,9 +11,9 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use ota_catalogue::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use ota_core::image::{ImageVerifier, IMAGE_MAGIC};
 use ota_core::tone::{ToneBin, ToneHeader, TONE_HEADER_SIZE};
-use ota_service::items::manifest::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use sha2::{Digest, Sha256};
 
 use crate::local::{open_regular, read_stable, FileVersion, StableError, CHUNK};

@@ -22,8 +22,8 @@ use crate::catalogue::CatalogueDoc;
 use crate::local::{Facts, FileBody, LocalDir, OpenError, OpenFile, PathError};
 use crate::range::{self, RangeRequest};
 use crate::s3::{S3Error, S3Object, S3Store};
+use ota_catalogue::CATALOGUE_PATH;
 use ota_core::image::Hex;
-use ota_service::items::manifest::CATALOGUE_PATH;
 
 pub type RespBody = UnsyncBoxBody<Bytes, io::Error>;
 

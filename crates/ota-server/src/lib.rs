@@ -2,7 +2,7 @@
 //!
 //! Async (tokio + hyper 1). It serves one folder, or an S3-compatible bucket, over HTTP or
 //! HTTPS with ranges, strong ETags and conditional requests, and publishes a catalogue of every
-//! app image and tone bin at `/manifest.json` (see `ota_service::items::manifest`).
+//! app image and tone bin at `/manifest.json` (its JSON types: the `ota-catalogue` crate).
 
 pub mod catalogue;
 pub mod conns;

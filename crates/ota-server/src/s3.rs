@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::header::{HeaderMap, HeaderValue};
-use ota_service::items::manifest::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
+use ota_catalogue::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use s3::creds::Credentials;
 use s3::{Bucket, Region};
 use tokio::sync::mpsc;

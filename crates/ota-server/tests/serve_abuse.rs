@@ -118,7 +118,7 @@ fn fifos_sockets_and_device_nodes_are_404_and_never_wedge_downloads() {
     }
     assert!(wait_for(5, || {
         let r = get(a, "/manifest.json", &[]);
-        let cat = ota_service::items::manifest::Catalogue::from_json(&r.body).unwrap();
+        let cat = ota_catalogue::Catalogue::from_json(&r.body).unwrap();
         cat.entries
             .iter()
             .map(|e| e.path.as_str())

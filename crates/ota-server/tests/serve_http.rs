@@ -352,7 +352,7 @@ fn catalogue_is_served_with_etag_and_revalidates_with_304() {
     let r = get(a, "/manifest.json", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.h("content-type"), Some("application/json"));
-    let cat = ota_service::items::manifest::Catalogue::from_json(&r.body).unwrap();
+    let cat = ota_catalogue::Catalogue::from_json(&r.body).unwrap();
     assert_eq!(cat.entries.len(), 1);
     assert_eq!(cat.entries[0].sha256, sha256_hex(&img));
     let etag = r.h("etag").unwrap().to_string();

@@ -1,21 +1,23 @@
 //! Interop, otadata: random sequences of set-boot-partition / mark-valid / mark-invalid on
 //! 2..16 OTA slots, run by ota-core (`OtaData::set_boot` / `mark_valid` / `mark_invalid` on an
-//! emulated NOR flash, rollback-enabled build: new entries are NEW) and judged step by step by
+//! in-memory NOR flash (`mem_flash::MemFlash`, 4-byte words), rollback-enabled build: new entries are NEW) and judged step by step by
 //! two models in one Python process: ESP-IDF v6 as esp-idf `bootloader_common_loader.c`, `esp_ota_ops.c` states it (must be
 //! equal on every step: sector bytes, sector written, active slot), and esp-idf-defs' otadata
 //! logic (equal wherever its rules are ESP-IDF's; every step where they differ must differ in
 //! exactly one of the documented ways — see README "Coming from ESP-IDF", otadata).
 
-mod common;
 mod interop;
 
 use std::collections::BTreeMap;
 
-use common::*;
 use embedded_storage::nor_flash::ReadNorFlash;
+use interop::python;
+use ota_core::mem_flash::MemFlash;
 use ota_core::otadata::{OtaData, OtaState, RollbackCandidate, ENTRY_SIZE, OTADATA_SECTOR_SIZE};
 use ota_core::partition::{Label, Partition, SUBTYPE_DATA_OTA, TYPE_DATA};
-use ota_emu::flash::EmuFlash;
+
+/// The otadata partition's flash: 4-byte reads and writes, as the emulator's and esp-storage's.
+type Flash<'a> = MemFlash<'a, 4, 4>;
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -40,7 +42,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{:02x}", x)).collect()
 }
 
-fn sectors(flash: &mut EmuFlash) -> [[u8; ENTRY_SIZE]; 2] {
+fn sectors(flash: &mut Flash<'_>) -> [[u8; ENTRY_SIZE]; 2] {
     let mut s = [[0u8; ENTRY_SIZE]; 2];
     for (i, e) in s.iter_mut().enumerate() {
         flash.read(i as u32 * OTADATA_SECTOR_SIZE, e).unwrap();
@@ -59,7 +61,8 @@ fn run_sequence(rng: &mut impl Rng, steps: &mut Vec<Step>) {
         label: Label::new("otadata"),
         flags: 0,
     };
-    let mut flash = EmuFlash::in_memory(0x2000);
+    let mut mem = vec![0u8; 0x2000];
+    let mut flash = Flash::erased(&mut mem);
     let len = rng.gen_range(1..=16);
     for _ in 0..len {
         let op = match rng.gen_range(0..10) {
@@ -84,7 +87,7 @@ fn run_sequence(rng: &mut impl Rng, steps: &mut Vec<Step>) {
         };
         let after = sectors(&mut flash);
         // NOR: every otadata write erased its whole sector first.
-        let c = flash.contents();
+        let c = flash.memory();
         for i in 0..2 {
             let base = i * OTADATA_SECTOR_SIZE as usize;
             assert!(c[base + ENTRY_SIZE..base + OTADATA_SECTOR_SIZE as usize]
