@@ -1451,7 +1451,7 @@ pub fn run_device_with<const W: usize>(
 }
 
 /// [`run_device_with`] with an `app_main` hook (see [`run_device`]): the device's life is
-/// `ota_device::run`; what the CLI prints around it is [`CliHooks`].
+/// `ota_sim::run`; what the CLI prints around it is [`CliHooks`].
 fn run_device_hooked<const W: usize>(
     dev: &mut Device<EmuFlashN<W>>,
     stored: &mut Stored,
@@ -1462,7 +1462,7 @@ fn run_device_hooked<const W: usize>(
 ) -> Result<(ota_service::RunReport, BootOutcome)> {
     let table = dev.table().clone();
     warn_rollback_state(dev.flash_mut(), &table, stored);
-    let mut board = ota_device::Board::new(
+    let mut board = ota_sim::Board::new(
         table,
         dev.chip(),
         stored.settings.boot_config_for(dev.flash_size()),
@@ -1476,14 +1476,14 @@ fn run_device_hooked<const W: usize>(
         progress: ProgressEvents::default(),
         app_main,
     };
-    let sources = ota_device::Sources {
+    let sources = ota_sim::Sources {
         sd: sd.map(|s| s as &dyn ota_service::source::SdCardFs),
         options: opts,
     };
-    let run = ota_device::run(
+    let run = ota_sim::run(
         dev.flash_mut(),
         &mut board,
-        ota_device::UpgradeList::Config(config),
+        ota_sim::UpgradeList::Config(config),
         sources,
         &mut hooks,
     )
@@ -1501,17 +1501,17 @@ struct CliHooks<'a> {
     app_main: &'a mut dyn FnMut(),
 }
 
-impl ota_device::Hooks for CliHooks<'_> {
+impl ota_sim::Hooks for CliHooks<'_> {
     type Error = anyhow::Error;
 
-    fn powering_on(&mut self, board: &ota_device::Board) -> Result<()> {
+    fn powering_on(&mut self, board: &ota_sim::Board) -> Result<()> {
         print_boot_banner(&board.table, board.chip);
         Ok(())
     }
     fn boot_event(&mut self, ev: &BootEvent) {
         print_boot_event(ev);
     }
-    fn booted(&mut self, out: &BootOutcome, _board: &ota_device::Board) -> Result<()> {
+    fn booted(&mut self, out: &BootOutcome, _board: &ota_sim::Board) -> Result<()> {
         print_loaded(out);
         self.stored.store_efuse(out.efuse_secure_version)?;
         emit_boot(out);
@@ -1543,14 +1543,14 @@ impl ota_device::Hooks for CliHooks<'_> {
 
 /// A device run's error as the CLI reports it: nothing to boot is [`Unbootable`] (exit
 /// status [`EXIT_UNBOOTABLE`]).
-pub fn device_error(e: ota_device::Error<anyhow::Error>) -> anyhow::Error {
+pub fn device_error(e: ota_sim::Error<anyhow::Error>) -> anyhow::Error {
     match e {
-        ota_device::Error::Boot(ota_core::Error::Boot(b)) => {
+        ota_sim::Error::Boot(ota_core::Error::Boot(b)) => {
             anyhow::Error::new(Unbootable(b.to_string()))
         }
-        ota_device::Error::Boot(other) => anyhow!("boot: {}", other),
-        ota_device::Error::Config(m) => anyhow!("{}", m),
-        ota_device::Error::Hook(e) => e,
+        ota_sim::Error::Boot(other) => anyhow!("boot: {}", other),
+        ota_sim::Error::Config(m) => anyhow!("{}", m),
+        ota_sim::Error::Hook(e) => e,
         other => anyhow!("{}", other),
     }
 }

@@ -105,20 +105,20 @@ fn run_one(
     let items: Vec<Box<dyn UpgradeItem<EmuFlash>>> = vec![Box::new(item)];
     // ESP-IDF's default bootloader (no rollback), quiet; the table at the default offset,
     // where the emulated bootloader reads it.
-    let mut board = ota_device::Board::new(table, chip, BootConfig::default());
+    let mut board = ota_sim::Board::new(table, chip, BootConfig::default());
     board.flash_size = Some(flash_size);
     let mut hooks = FleetHooks::default();
-    let sources = ota_device::Sources {
+    let sources = ota_sim::Sources {
         sd: None,
         options: ota_service::source::SourceOptions {
             timeout,
             ..Default::default()
         },
     };
-    let run = ota_device::run(
+    let run = ota_sim::run(
         dev.flash_mut(),
         &mut board,
-        ota_device::UpgradeList::Items(items),
+        ota_sim::UpgradeList::Items(items),
         sources,
         &mut hooks,
     )
@@ -150,7 +150,7 @@ struct FleetHooks {
     failure: String,
 }
 
-impl ota_device::Hooks for FleetHooks {
+impl ota_sim::Hooks for FleetHooks {
     type Error = anyhow::Error;
 
     fn event(&mut self, ev: Event) {

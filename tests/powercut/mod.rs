@@ -30,7 +30,7 @@ use ota_core::boot::{BootConfig, BootOutcome};
 use ota_core::otadata::OtaState;
 use ota_core::partition::PartitionTable;
 use ota_core::{tone, Chip};
-use ota_device::Board;
+use ota_sim::Board;
 use ota_emu::flash::{EmuFlash, EmuFlashN, FaultPlan};
 use ota_emu::EmuError;
 use ota_service::config::Config;
@@ -220,14 +220,14 @@ struct Harness {
     resumed: bool,
 }
 
-impl ota_device::Hooks for Harness {
+impl ota_sim::Hooks for Harness {
     type Error = std::convert::Infallible;
 
-    fn self_test(&mut self, _out: &BootOutcome) -> ota_device::SelfTest {
+    fn self_test(&mut self, _out: &BootOutcome) -> ota_sim::SelfTest {
         if self.self_confirm {
-            ota_device::SelfTest::Confirm
+            ota_sim::SelfTest::Confirm
         } else {
-            ota_device::SelfTest::Undecided
+            ota_sim::SelfTest::Undecided
         }
     }
     fn event(&mut self, ev: ota_service::Event) {
@@ -254,10 +254,10 @@ fn power_on<const W: usize>(
         self_confirm,
         resumed: false,
     };
-    ota_device::power_on(flash, board, &mut hooks).map_err(|e| e.to_string())
+    ota_sim::power_on(flash, board, &mut hooks).map_err(|e| e.to_string())
 }
 
-/// `ota device run` (cmd_device::run_device) through the same library (`ota_device::run`).
+/// `ota device run` (cmd_device::run_device) through the same library (`ota_sim::run`).
 /// Returns the first boot and whether a staged copy was resumed.
 fn device_run<const W: usize>(
     flash: &mut Rec<'_, W>,
@@ -270,14 +270,14 @@ fn device_run<const W: usize>(
         self_confirm,
         resumed: false,
     };
-    let sources = ota_device::Sources {
+    let sources = ota_sim::Sources {
         sd: sd.map(|s| s as &dyn SdCardFs),
         options: Default::default(),
     };
-    let run = ota_device::run(
+    let run = ota_sim::run(
         flash,
         board,
-        ota_device::UpgradeList::Config(&s.config),
+        ota_sim::UpgradeList::Config(&s.config),
         sources,
         &mut hooks,
     )
@@ -294,7 +294,7 @@ fn run_op<const W: usize>(
     match s.op {
         Op::Run { self_confirm } => device_run(flash, s, board, self_confirm, sd).map(|_| ()),
         // `ota device confirm`.
-        Op::Confirm => ota_device::confirm(flash, board, &mut ota_device::Quiet)
+        Op::Confirm => ota_sim::confirm(flash, board, &mut ota_sim::Quiet)
             .map(|_| ())
             .map_err(|e| e.to_string()),
     }

@@ -1,4 +1,4 @@
-//! `ota-device`: an emulated device running the OTA service, the life of a board in one place.
+//! `ota-sim`: an emulated device running the OTA service, the life of a board in one place.
 //!
 //! Power-on is the 2nd-stage bootloader's selection ([`ota_core::boot::boot`], esp-idf
 //! `components/bootloader_support/src/bootloader_utility.c`) with the board's options; the app

@@ -1,4 +1,4 @@
-//! A device's life through `ota_device::run`: power-on, the upgrade list, the restart, and the
+//! A device's life through `ota_sim::run`: power-on, the upgrade list, the restart, and the
 //! new app confirming itself, waiting, or rolling back, on an emulated ESP32 with the ESP-ADF
 //! example's table.
 
@@ -11,7 +11,7 @@ use ota_core::image::{build_image, ImageSpec};
 use ota_core::otadata::OtaState;
 use ota_core::partition::{CsvOptions, PartitionTable, TABLE_MAX_LEN, TABLE_OFFSET};
 use ota_core::Chip;
-use ota_device::{Board, Error, Hooks, Quiet, SelfTest, Sources, UpgradeList};
+use ota_sim::{Board, Error, Hooks, Quiet, SelfTest, Sources, UpgradeList};
 use ota_emu::device::layout;
 use ota_emu::EmuFlash;
 use ota_service::config::Config;
@@ -171,7 +171,7 @@ fn rollback_device_updates_restarts_and_the_new_app_confirms_itself() {
     let (mut flash, mut board) = device(true, false);
     let card = card(image("v2.0.0", 0));
     let mut log = Log::new(SelfTest::Confirm);
-    let run = ota_device::run(
+    let run = ota_sim::run(
         &mut flash,
         &mut board,
         update_list(),
@@ -203,7 +203,7 @@ fn rollback_device_updates_restarts_and_the_new_app_confirms_itself() {
         "{steps:#?}"
     );
     // Confirmed: the next power-on boots it again, VALID.
-    let again = ota_device::power_on(&mut flash, &mut board, &mut Quiet).expect("boots");
+    let again = ota_sim::power_on(&mut flash, &mut board, &mut Quiet).expect("boots");
     assert_eq!(again.partition.label.as_str(), "ota_1");
     assert_eq!(again.ota_state, Some(OtaState::Valid));
 }
@@ -213,7 +213,7 @@ fn rollback_device_whose_new_app_never_confirms_boots_the_old_app_next_time() {
     let (mut flash, mut board) = device(true, false);
     let card = card(image("v2.0.0", 0));
     let mut log = Log::new(SelfTest::Undecided);
-    let run = ota_device::run(
+    let run = ota_sim::run(
         &mut flash,
         &mut board,
         update_list(),
@@ -229,7 +229,7 @@ fn rollback_device_whose_new_app_never_confirms_boots_the_old_app_next_time() {
     );
     // The bootloader finds it still PENDING_VERIFY: ABORTED, and the old app runs.
     let mut log = Log::new(SelfTest::Undecided);
-    let next = ota_device::power_on(&mut flash, &mut board, &mut log).expect("boots");
+    let next = ota_sim::power_on(&mut flash, &mut board, &mut log).expect("boots");
     assert_eq!(next.partition.label.as_str(), "ota_0", "{:?}", log.steps);
     assert_eq!(version(&next), "v1.0.0");
     assert!(log.steps.iter().any(|s| s == "aborted"), "{:?}", log.steps);
@@ -240,7 +240,7 @@ fn rollback_device_whose_new_app_fails_its_self_test_rolls_back_and_reboots_the_
     let (mut flash, mut board) = device(true, false);
     let card = card(image("v2.0.0", 0));
     let mut log = Log::new(SelfTest::RollBack);
-    let run = ota_device::run(
+    let run = ota_sim::run(
         &mut flash,
         &mut board,
         update_list(),
@@ -268,7 +268,7 @@ fn rollback_device_whose_new_app_fails_its_self_test_rolls_back_and_reboots_the_
         log.steps
     );
     // And it stays rolled back.
-    let next = ota_device::power_on(&mut flash, &mut board, &mut Quiet).expect("boots");
+    let next = ota_sim::power_on(&mut flash, &mut board, &mut Quiet).expect("boots");
     assert_eq!(next.partition.label.as_str(), "ota_0");
 }
 
@@ -278,7 +278,7 @@ fn device_without_rollback_never_runs_the_self_test() {
     let card = card(image("v2.0.0", 0));
     // RollBack would undo the update if it were asked: it is not, the app is not PENDING_VERIFY.
     let mut log = Log::new(SelfTest::RollBack);
-    let run = ota_device::run(
+    let run = ota_sim::run(
         &mut flash,
         &mut board,
         update_list(),
@@ -300,7 +300,7 @@ fn device_without_rollback_never_runs_the_self_test() {
 fn anti_rollback_device_burns_the_efuse_when_the_new_app_confirms_itself() {
     let (mut flash, mut board) = device(true, true);
     let card = card(image("v2.0.0", 3));
-    let run = ota_device::run(
+    let run = ota_sim::run(
         &mut flash,
         &mut board,
         update_list(),
@@ -319,7 +319,7 @@ fn failed_item_leaves_the_device_running_the_old_app_without_restart() {
     let before = flash.contents().to_vec();
     let card = Card(HashMap::new());
     let mut log = Log::new(SelfTest::Confirm);
-    let run = ota_device::run(
+    let run = ota_sim::run(
         &mut flash,
         &mut board,
         update_list(),
@@ -333,7 +333,7 @@ fn failed_item_leaves_the_device_running_the_old_app_without_restart() {
     assert_eq!(run.running().partition.label.as_str(), "ota_0");
     // Only the first boot's otadata write (seq 1 for ota_0) happened.
     let mut reference = EmuFlash::from_image(before).unwrap();
-    ota_device::power_on(&mut reference, &mut board.clone(), &mut Quiet).unwrap();
+    ota_sim::power_on(&mut reference, &mut board.clone(), &mut Quiet).unwrap();
     assert_eq!(flash.contents(), reference.contents());
 }
 
@@ -348,7 +348,7 @@ fn config_whose_list_cannot_be_built_fails_after_the_first_boot_before_the_servi
     // The pinned CA is read when the list is built: gone by then.
     config.upgrade[0].cert = Some("no-such-dir/ca.pem".into());
     let mut log = Log::new(SelfTest::Confirm);
-    let e = ota_device::run(
+    let e = ota_sim::run(
         &mut flash,
         &mut board,
         UpgradeList::Config(&config),
@@ -367,7 +367,7 @@ fn config_whose_list_cannot_be_built_fails_after_the_first_boot_before_the_servi
 fn blank_flash_is_unbootable_and_says_so() {
     let (_, mut board) = device(true, false);
     let mut flash = EmuFlash::in_memory(FLASH_SIZE);
-    let e = ota_device::power_on(&mut flash, &mut board, &mut Quiet).unwrap_err();
+    let e = ota_sim::power_on(&mut flash, &mut board, &mut Quiet).unwrap_err();
     assert!(e.boot_error().is_some(), "{e}");
     assert!(!e.to_string().is_empty());
 }
@@ -386,7 +386,7 @@ fn hook_errors_stop_the_run_before_the_service() {
     }
     let (mut flash, mut board) = device(false, false);
     let card = card(image("v2.0.0", 0));
-    let e = ota_device::run(
+    let e = ota_sim::run(
         &mut flash,
         &mut board,
         update_list(),
