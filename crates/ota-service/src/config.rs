@@ -40,16 +40,9 @@ pub enum ItemKind {
     Data,
 }
 
-/// How a data item's bytes are checked before they are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    /// Any bytes (ADF's default data procedure, adf-ota-service.md §6).
-    #[default]
-    Raw,
-    /// An ADF tone bin (adf-ota-service.md §7, §8).
-    Tone,
-}
+/// How a data item's bytes are checked before they are written (defined with the data item,
+/// which builds without `std`).
+pub use crate::items::DataFormat;
 
 /// One item of the upgrade list (ADF `ota_upgrade_ops_t`, adf-ota-service.md §2.4).
 #[derive(Clone, Debug, PartialEq, Eq)]

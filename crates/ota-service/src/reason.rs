@@ -5,7 +5,7 @@
 //! Kept so results can be reported exactly as ADF applications expect, while our [`Outcome`]
 //! (crate::service) says what really happened: success, skipped (not newer) or failed.
 
-use std::fmt;
+use core::fmt;
 
 /// `OTA_SERVICE_ERR_REASON_BASE` (esp-adf `components/ota_service/include/ota_service.h`).
 pub const REASON_BASE: i32 = 0x90000;

@@ -13,10 +13,12 @@ use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig, UpdateError
 use ota_core::version::VersionPolicy;
 
 use super::{core_error, source_error, Progress};
+use crate::io::{Body, BoxFuture, Opened, Request};
+use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
 use crate::source::{
-    self, RangeOpen, RetryPolicy, Scheme, Source, SourceError, SourceOptions, TransferLimits,
+    duration_ms, RetryPolicy, Scheme, SourceError, SourceOptions, TransferLimits,
     HTTP_RANGE_NOT_SATISFIABLE,
 };
 
@@ -53,7 +55,7 @@ pub struct AppItem {
 }
 
 /// See [`AppItem::wrap_source`].
-pub type SourceWrapper = Box<dyn Fn(Box<dyn Source>) -> Box<dyn Source>>;
+pub type SourceWrapper = Box<dyn Fn(Box<dyn Body>) -> Box<dyn Body>>;
 
 struct Run {
     fetch: Fetch,
@@ -158,14 +160,14 @@ impl AppItem {
 
     /// A fresh engine for the file `fetch` now serves from byte 0: read and check the prefix,
     /// apply the version policy, start the resume log.
-    fn start_over<F: NorFlash>(
+    async fn start_over<F: NorFlash>(
         &self,
         dev: &mut Device<'_, F>,
         fetch: &mut Fetch,
         log: Option<ResumeLog>,
         env: &mut Env<'_>,
     ) -> Result<AppUpdate, ItemError> {
-        let prefix = read_prefix(fetch, env, &self.uri)?;
+        let prefix = read_prefix(fetch, env, &self.uri).await?;
         let mut engine = self.begin(dev, fetch, log, env)?;
         engine
             .feed_prefix(&prefix)
@@ -201,7 +203,7 @@ impl AppItem {
     /// whole file instead (it ignored `Range`, or the file changed): start over with it.
     /// `Ok(Ok(None))`: the record cannot be used; start over with a new request.
     #[allow(clippy::too_many_arguments)]
-    fn try_resume<F: NorFlash>(
+    async fn try_resume<F: NorFlash>(
         &self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -231,7 +233,8 @@ impl AppItem {
             self.retry_policy(),
             used,
             env,
-        );
+        )
+        .await;
         let r = match opened {
             Ok(r) => r,
             Err(
@@ -353,7 +356,7 @@ pub fn running_desc<F: NorFlash>(dev: &mut Device<'_, F>) -> Option<AppDesc> {
 }
 
 /// Open `uri` at `start`, trying again after transient failures while `used < retries`.
-fn open_with_retries(
+async fn open_with_retries(
     uri: &str,
     start: u64,
     if_range: Option<&str>,
@@ -361,20 +364,27 @@ fn open_with_retries(
     retry: RetryPolicy,
     used: &mut u32,
     env: &mut Env<'_>,
-) -> Result<RangeOpen, SourceError> {
+) -> Result<Opened, SourceError> {
     loop {
-        match source::open_range_if(uri, start, if_range, env.sd, opts) {
+        let req = Request {
+            uri,
+            start,
+            if_range,
+            if_match: None,
+            opts,
+        };
+        match env.open(req).await {
             Ok(r) => return Ok(r),
             Err(e) if e.is_transient() && *used < retry.retries => {
                 *used += 1;
-                backoff(env, &e, *used, retry, start);
+                backoff(env, &e, *used, retry, start).await;
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-fn backoff(env: &mut Env<'_>, e: &SourceError, n: u32, retry: RetryPolicy, at: u64) {
+async fn backoff(env: &mut Env<'_>, e: &SourceError, n: u32, retry: RetryPolicy, at: u64) {
     let d = retry.delay(n);
     env.warn(
         TAG_OTA,
@@ -387,7 +397,7 @@ fn backoff(env: &mut Env<'_>, e: &SourceError, n: u32, retry: RetryPolicy, at: u
             at
         ),
     );
-    std::thread::sleep(d);
+    env.sleep_ms(duration_ms(d)).await;
 }
 
 /// What [`Fetch::read`] got.
@@ -407,7 +417,7 @@ struct Fetch {
     retry: RetryPolicy,
     /// Retries used so far by this item.
     used: u32,
-    source: Box<dyn Source>,
+    source: Box<dyn Body>,
     /// File offset of the next byte `source` yields.
     pos: u64,
     validator: Option<Validator>,
@@ -421,7 +431,7 @@ struct Fetch {
     restarts: u32,
 }
 
-fn validator_of(r: &RangeOpen) -> Option<Validator> {
+fn validator_of(r: &Opened) -> Option<Validator> {
     r.validator().and_then(|(k, v)| Validator::new(k, v))
 }
 
@@ -430,15 +440,15 @@ impl Fetch {
     fn new(
         item: &AppItem,
         opts: SourceOptions,
-        r: RangeOpen,
+        r: Opened,
         start: u64,
         known: Option<Validator>,
         used: u32,
     ) -> Fetch {
         let seen = validator_of(&r);
         let source = match &item.wrap_source {
-            Some(wrap) => wrap(r.source),
-            None => r.source,
+            Some(wrap) => wrap(r.body),
+            None => r.body,
         };
         let mut fetch = Fetch {
             uri: item.uri.clone(),
@@ -463,13 +473,14 @@ impl Fetch {
         fetch
     }
 
-    fn open(
+    async fn open(
         item: &AppItem,
         opts: SourceOptions,
         used: &mut u32,
         env: &mut Env<'_>,
     ) -> Result<Fetch, SourceError> {
-        let r = open_with_retries(&item.uri, 0, None, &opts, item.retry_policy(), used, env)?;
+        let r =
+            open_with_retries(&item.uri, 0, None, &opts, item.retry_policy(), used, env).await?;
         Ok(Fetch::new(item, opts, r, 0, None, *used))
     }
 
@@ -477,9 +488,9 @@ impl Fetch {
         self.used < self.retry.retries
     }
 
-    fn read(&mut self, buf: &mut [u8], env: &mut Env<'_>) -> Result<Next, ItemError> {
+    async fn read(&mut self, buf: &mut [u8], env: &mut Env<'_>) -> Result<Next, ItemError> {
         loop {
-            let err = match self.source.read(buf) {
+            let err = match self.source.read(buf).await {
                 Ok(0) => return Ok(Next::End),
                 Ok(n) => {
                     self.pos += n as u64;
@@ -491,8 +502,8 @@ impl Fetch {
                 return Err(source_error(err));
             }
             self.used += 1;
-            backoff(env, &err, self.used, self.retry, self.pos);
-            match self.reconnect(env)? {
+            backoff(env, &err, self.used, self.retry, self.pos).await;
+            match self.reconnect(env).await? {
                 Next::Data(_) => continue,
                 other => return Ok(other),
             }
@@ -502,7 +513,7 @@ impl Fetch {
     /// Ask again from `pos` (after a failure, or after the stream ended before the image was
     /// complete). `Data`: carry on reading; `End`: the server has nothing after `pos`;
     /// `Restart`: the new source starts at byte 0.
-    fn reconnect(&mut self, env: &mut Env<'_>) -> Result<Next, ItemError> {
+    async fn reconnect(&mut self, env: &mut Env<'_>) -> Result<Next, ItemError> {
         let if_range = self.validator.map(|v| v.as_str().to_string());
         let r = match open_with_retries(
             &self.uri,
@@ -512,7 +523,9 @@ impl Fetch {
             self.retry,
             &mut self.used,
             env,
-        ) {
+        )
+        .await
+        {
             Ok(r) => r,
             // The file is exactly as long as what we have: nothing more to come.
             Err(SourceError::RangeNotSatisfiable { length, .. }) if length == self.pos => {
@@ -524,7 +537,7 @@ impl Fetch {
                     status: HTTP_RANGE_NOT_SATISFIABLE,
                     ..
                 }),
-            ) => return self.restart_after_416(e, env),
+            ) => return self.restart_after_416(e, env).await,
             Err(e) => return Err(source_error(e)),
         };
         let honoured = r.honoured && self.pos > 0;
@@ -538,7 +551,7 @@ impl Fetch {
                 (None, _) => matches!((self.total, new_total), (Some(a), Some(b)) if a != b),
             };
             if !other_file {
-                self.source = r.source;
+                self.source = r.body;
                 if new_total.is_some() {
                     self.total = new_total;
                 }
@@ -554,6 +567,7 @@ impl Fetch {
             );
             let mut used = self.used;
             let r = open_with_retries(&self.uri, 0, None, &self.opts, self.retry, &mut used, env)
+                .await
                 .map_err(source_error)?;
             self.used = used;
             self.take_from_zero(r);
@@ -574,7 +588,11 @@ impl Fetch {
 
     /// A 416 to `bytes=pos-` (the file changed and is shorter now, or a server that checks
     /// `Range` before `If-Range`): download the file again from byte 0, as one of the retries.
-    fn restart_after_416(&mut self, e: SourceError, env: &mut Env<'_>) -> Result<Next, ItemError> {
+    async fn restart_after_416(
+        &mut self,
+        e: SourceError,
+        env: &mut Env<'_>,
+    ) -> Result<Next, ItemError> {
         if !self.can_retry() {
             return Err(source_error(e));
         }
@@ -588,16 +606,17 @@ impl Fetch {
         );
         let mut used = self.used;
         let r = open_with_retries(&self.uri, 0, None, &self.opts, self.retry, &mut used, env)
+            .await
             .map_err(source_error)?;
         self.used = used;
         self.take_from_zero(r);
         Ok(Next::Restart)
     }
 
-    fn take_from_zero(&mut self, r: RangeOpen) {
+    fn take_from_zero(&mut self, r: Opened) {
         self.validator = validator_of(&r);
         self.total = r.total_length;
-        self.source = r.source;
+        self.source = r.body;
         self.pos = 0;
         self.honoured = true;
         self.changed = false;
@@ -607,7 +626,7 @@ impl Fetch {
 
 /// Read the first [`IMAGE_PREFIX_LEN`] bytes (from byte 0; starting again if the server
 /// restarts the file). Fewer bytes mean the file is too short to be an app.
-fn read_prefix(
+async fn read_prefix(
     fetch: &mut Fetch,
     env: &mut Env<'_>,
     uri: &str,
@@ -615,7 +634,7 @@ fn read_prefix(
     let mut prefix = [0u8; IMAGE_PREFIX_LEN];
     let mut got = 0;
     while got < prefix.len() {
-        match fetch.read(&mut prefix[got..], env)? {
+        match fetch.read(&mut prefix[got..], env).await? {
             Next::Data(n) => got += n,
             Next::Restart => got = 0,
             Next::End => {
@@ -635,12 +654,8 @@ fn read_prefix(
     Ok(prefix)
 }
 
-impl<F: NorFlash> UpgradeItem<F> for AppItem {
-    fn describe(&self) -> String {
-        self.uri.clone()
-    }
-
-    fn prepare(
+impl AppItem {
+    async fn prepare_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -668,7 +683,10 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         if let (Some(log), Some(slot), true) = (log, slot, self.is_http()) {
             match log.read(dev.flash) {
                 Ok(Some(rec)) if rec.header.is_for(&self.uri, &slot) && rec.progress > 0 => {
-                    match self.try_resume(dev, env, &opts, log, rec, &mut used)? {
+                    match self
+                        .try_resume(dev, env, &opts, log, rec, &mut used)
+                        .await?
+                    {
                         Ok(Some(run)) => {
                             env.info(TAG_OTA, "Starting OTA...");
                             self.run = Some(run);
@@ -687,7 +705,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         }
         let fetch = match from_zero {
             Some(f) => f,
-            None => Fetch::open(self, opts, &mut used, env).map_err(|e| {
+            None => Fetch::open(self, opts, &mut used, env).await.map_err(|e| {
                 env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
                 source_error(e)
             })?,
@@ -706,7 +724,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         Ok(())
     }
 
-    fn need_upgrade(
+    async fn need_upgrade_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -718,7 +736,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         if !run.engine.prefix_complete() {
             let restarts = run.fetch.restarts;
-            let prefix = read_prefix(&mut run.fetch, env, &self.uri)?;
+            let prefix = read_prefix(&mut run.fetch, env, &self.uri).await?;
             if run.fetch.restarts != restarts {
                 // The server restarted the file while the prefix came in: its length may differ.
                 run.engine = self.begin(dev, &run.fetch, run.log, env)?;
@@ -769,7 +787,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         }
     }
 
-    fn execute(
+    async fn execute_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -801,7 +819,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         }
         let mut buf = vec![0u8; CHUNK];
         'download: loop {
-            let mut progress = Progress::new(id, TAG_DEFAULT, "app", fetch.total);
+            let mut progress = Progress::new(env, id, TAG_DEFAULT, "app", fetch.total);
             if engine.resumed_from() > 0 {
                 progress.add(env, engine.resumed_from() as usize);
             } else {
@@ -816,7 +834,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             loop {
                 let at = engine.written() as usize + fill;
                 let want = CHUNK - at % CHUNK;
-                let next = fetch.read(&mut buf[fill..fill + want], env)?;
+                let next = fetch.read(&mut buf[fill..fill + want], env).await?;
                 let end = match next {
                     Next::Data(n) => {
                         fill += n;
@@ -827,7 +845,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                     }
                     Next::End => true,
                     Next::Restart => {
-                        engine = self.start_over(dev, &mut fetch, log, env)?;
+                        engine = self.start_over(dev, &mut fetch, log, env).await?;
                         continue 'download;
                     }
                 };
@@ -854,12 +872,13 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                         fetch.pos, fetch.used, fetch.retry.retries
                     ),
                 );
-                std::thread::sleep(fetch.retry.delay(fetch.used));
-                match fetch.reconnect(env)? {
+                env.sleep_ms(duration_ms(fetch.retry.delay(fetch.used)))
+                    .await;
+                match fetch.reconnect(env).await? {
                     Next::Data(_) => continue,
                     Next::End => break,
                     Next::Restart => {
-                        engine = self.start_over(dev, &mut fetch, log, env)?;
+                        engine = self.start_over(dev, &mut fetch, log, env).await?;
                         continue 'download;
                     }
                 }
@@ -905,11 +924,14 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                             e, fetch.used, fetch.retry.retries
                         ),
                     );
-                    std::thread::sleep(fetch.retry.delay(fetch.used));
+                    env.sleep_ms(duration_ms(fetch.retry.delay(fetch.used)))
+                        .await;
                     let opts = fetch.opts.clone();
                     let mut used = fetch.used;
-                    fetch = Fetch::open(self, opts, &mut used, env).map_err(source_error)?;
-                    engine = self.start_over(dev, &mut fetch, log, env)?;
+                    fetch = Fetch::open(self, opts, &mut used, env)
+                        .await
+                        .map_err(source_error)?;
+                    engine = self.start_over(dev, &mut fetch, log, env).await?;
                 }
                 Err(e) => {
                     env.error(TAG_DEFAULT, "Image validation failed, image is corrupted");
@@ -917,6 +939,39 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                 }
             }
         }
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for AppItem {
+    fn describe(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.prepare_hook(dev, env, id))
+    }
+
+    fn need_upgrade<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<Need, ItemError>> {
+        Box::pin(self.need_upgrade_hook(dev, env, id))
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.execute_hook(dev, env, id))
     }
 
     fn reboot(&self) -> bool {

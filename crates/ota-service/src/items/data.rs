@@ -24,9 +24,11 @@ use ota_core::update::{DataUpdate, UpdateError};
 use sha2::{Digest, Sha256};
 
 use super::{core_error, read_full, source_error, Progress};
+use crate::io::{Body, BoxFuture, Request};
+use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
-use crate::source::{self, Source, SourceError, TransferLimits};
+use crate::source::{SourceError, TransferLimits};
 
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
 const TAG_EXAMPLE: &str = "HTTPS_OTA_EXAMPLE";
@@ -39,7 +41,16 @@ const BLOCK: usize = ota_core::flash::SECTOR_SIZE as usize;
 /// HTTP 412 Precondition Failed: the `If-Match` ETag no longer names the server's file.
 const HTTP_PRECONDITION_FAILED: u16 = 412;
 
-pub use crate::config::DataFormat;
+/// How a data item's bytes are checked before they are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Any bytes (ADF's default data procedure, adf-ota-service.md §6).
+    #[default]
+    Raw,
+    /// An ADF tone bin (adf-ota-service.md §7, §8).
+    Tone,
+}
 
 pub struct DataItem {
     pub uri: String,
@@ -80,7 +91,7 @@ struct Verified {
 }
 
 struct Run {
-    source: Box<dyn Source>,
+    source: Box<dyn Body>,
     engine: DataUpdate,
     /// Bytes already read from the source by need_upgrade, to be written first.
     pending: Vec<u8>,
@@ -297,10 +308,10 @@ impl DataItem {
 
     /// The verifying pass: read the whole source (bounded by the partition), check its length
     /// and, for a tone bin, its whole structure. Nothing is written.
-    fn verify_pass(
+    async fn verify_pass(
         &self,
         env: &mut Env<'_>,
-        src: &mut dyn Source,
+        src: &mut dyn Body,
         part: &Partition,
         prefix: &[u8],
     ) -> Result<Verified, ItemError> {
@@ -327,7 +338,7 @@ impl DataItem {
                     buf[..p.len()].copy_from_slice(p);
                     p.len()
                 }
-                None => src.read(&mut buf[..CHUNK]).map_err(|e| {
+                None => src.read(&mut buf[..CHUNK]).await.map_err(|e| {
                     let r = Reason::from_code(e.adf_reason());
                     ItemError::new(r, kept(&format!("verifying pass: {}", e)))
                 })?,
@@ -414,7 +425,7 @@ impl DataItem {
         )
     }
 
-    fn raw_need_upgrade(&mut self, env: &mut Env<'_>) -> Result<Need, ItemError> {
+    async fn raw_need_upgrade(&mut self, env: &mut Env<'_>) -> Result<Need, ItemError> {
         let mut run = self
             .run
             .take()
@@ -422,6 +433,7 @@ impl DataItem {
         let part = *run.engine.partition();
         let result = if self.verify_first(&run) {
             self.verify_pass(env, run.source.as_mut(), &part, &[])
+                .await
                 .map(|v| run.verified = Some(v))
         } else if self.staging.is_none() && run.source.content_length().is_none() {
             Err(ItemError::new(
@@ -442,7 +454,7 @@ impl DataItem {
         result.map(|_| Need::Yes)
     }
 
-    fn tone_need_upgrade<F: NorFlash>(
+    async fn tone_need_upgrade<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -451,12 +463,12 @@ impl DataItem {
             .run
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
-        let r = self.tone_decide(dev, env, &mut run);
+        let r = self.tone_decide(dev, env, &mut run).await;
         self.run = Some(run);
         r
     }
 
-    fn tone_decide<F: NorFlash>(
+    async fn tone_decide<F: NorFlash>(
         &self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -507,7 +519,9 @@ impl DataItem {
             };
             let mut check = ToneStreamCheck::new(part.size, run.source.content_length());
             let mut hdr = [0u8; TONE_HEADER_SIZE];
-            let got = read_full(run.source.as_mut(), &mut hdr).map_err(source_error)?;
+            let got = read_full(run.source.as_mut(), &mut hdr)
+                .await
+                .map_err(source_error)?;
             run.pending.extend_from_slice(&hdr[..got]);
             check
                 .feed(&hdr[..got])
@@ -527,7 +541,9 @@ impl DataItem {
                 .map_err(|e| ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e)))?;
             if tone::incoming_needs_desc(&incoming) {
                 let mut d = [0u8; TONE_DESC_SIZE];
-                let got = read_full(run.source.as_mut(), &mut d).map_err(source_error)?;
+                let got = read_full(run.source.as_mut(), &mut d)
+                    .await
+                    .map_err(source_error)?;
                 run.pending.extend_from_slice(&d[..got]);
                 check
                     .feed(&d[..got])
@@ -551,7 +567,7 @@ impl DataItem {
         let Some(current) = current else {
             // Not a valid tone partition now: rewrite it whole from the stream (the write pass
             // checks every byte; the header is programmed only if the whole bin is valid).
-            return self.wanted(env, run, &part);
+            return self.wanted(env, run, &part).await;
         };
         env.info(
             TAG_EXAMPLE,
@@ -615,7 +631,7 @@ impl DataItem {
                         format!("write_offset {}, size {}", TONE_HEADER_SIZE, TONE_DESC_SIZE),
                     );
                 }
-                self.wanted(env, run, &part)
+                self.wanted(env, run, &part).await
             }
             ToneDecision::Reject(r) => {
                 let reason = Reason::from_code(r.adf_reason());
@@ -636,28 +652,31 @@ impl DataItem {
 
     /// The policy wants the incoming bin: when the source can be read twice, the verifying
     /// pass reads the rest of it now (after the bytes already read), before anything is erased.
-    fn wanted(
+    async fn wanted(
         &self,
         env: &mut Env<'_>,
         run: &mut Run,
         part: &Partition,
     ) -> Result<Need, ItemError> {
         if self.verify_first(run) {
-            let prefix = std::mem::take(&mut run.pending);
-            run.verified = Some(self.verify_pass(env, run.source.as_mut(), part, &prefix)?);
+            let prefix = core::mem::take(&mut run.pending);
+            run.verified = Some(
+                self.verify_pass(env, run.source.as_mut(), part, &prefix)
+                    .await?,
+            );
         }
         Ok(Need::Yes)
     }
 
     /// The writing pass's source after a verifying pass: the same file, or an error (nothing
     /// written yet) when it is not the one verified.
-    fn reopen(
+    async fn reopen(
         &self,
         env: &mut Env<'_>,
         reread: &Reread,
         verified: &Verified,
         label: &str,
-    ) -> Result<Box<dyn Source>, ItemError> {
+    ) -> Result<Box<dyn Body>, ItemError> {
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
         let changed = |what: String| {
             ItemError::new(
@@ -670,9 +689,18 @@ impl DataItem {
             )
         };
         let src = match reread {
-            Reread::File => source::open(&self.uri, env.sd, &opts).map_err(source_error)?,
+            Reread::File => {
+                env.open(Request::whole(&self.uri, &opts))
+                    .await
+                    .map_err(source_error)?
+                    .body
+            }
             Reread::Http { etag } => {
-                let r = match source::open_if_match(&self.uri, etag, env.sd, &opts) {
+                let req = Request {
+                    if_match: Some(etag),
+                    ..Request::whole(&self.uri, &opts)
+                };
+                let r = match env.open(req).await {
                     Ok(r) => r,
                     Err(SourceError::HttpStatus { status, .. })
                         if status == HTTP_PRECONDITION_FAILED =>
@@ -691,7 +719,7 @@ impl DataItem {
                         r.etag.as_deref().unwrap_or("none")
                     )));
                 }
-                r.source
+                r.body
             }
         };
         match src.content_length() {
@@ -703,12 +731,8 @@ impl DataItem {
     }
 }
 
-impl<F: NorFlash> UpgradeItem<F> for DataItem {
-    fn describe(&self) -> String {
-        self.uri.clone()
-    }
-
-    fn prepare(
+impl DataItem {
+    async fn prepare_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -727,10 +751,13 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let opened = source::open_range(&self.uri, 0, env.sd, &opts).map_err(|e| {
-            env.error(TAG_DEFAULT, "reader stream init failed");
-            source_error(e)
-        })?;
+        let opened = match env.open(Request::whole(&self.uri, &opts)).await {
+            Ok(o) => o,
+            Err(e) => {
+                env.error(TAG_DEFAULT, "reader stream init failed");
+                return Err(source_error(e));
+            }
+        };
         let reread = if self.uri.starts_with("file://") {
             Some(Reread::File)
         } else {
@@ -741,7 +768,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
                 _ => None,
             }
         };
-        let src = opened.source;
+        let src = opened.body;
         if src.content_length() == Some(0) {
             return Err(ItemError::new(
                 Reason::StreamRdFail,
@@ -782,19 +809,19 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         Ok(())
     }
 
-    fn need_upgrade(
+    async fn need_upgrade_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         _id: usize,
     ) -> Result<Need, ItemError> {
         match self.format {
-            DataFormat::Raw => self.raw_need_upgrade(env),
-            DataFormat::Tone => self.tone_need_upgrade(dev, env),
+            DataFormat::Raw => self.raw_need_upgrade(env).await,
+            DataFormat::Tone => self.tone_need_upgrade(dev, env).await,
         }
     }
 
-    fn execute(
+    async fn execute_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -814,7 +841,10 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         let map = dev.flash_map();
         // After a verifying pass the writing pass reads the source again from byte 0.
         let (mut source, pending) = match (&reread, &verified) {
-            (Some(r), Some(v)) => (self.reopen(env, r, v, target.label.as_str())?, Vec::new()),
+            (Some(r), Some(v)) => (
+                self.reopen(env, r, v, target.label.as_str()).await?,
+                Vec::new(),
+            ),
             _ => (source, pending),
         };
         let mut sink = match self.staging_partition(dev)? {
@@ -856,7 +886,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             label,
             target,
         };
-        let mut progress = Progress::new(id, TAG_DEFAULT, "data", source.content_length());
+        let mut progress = Progress::new(env, id, TAG_DEFAULT, "data", source.content_length());
         pass.feed(
             self,
             &mut sink,
@@ -868,7 +898,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         )?;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = source.read(&mut buf).map_err(|e| {
+            let n = source.read(&mut buf).await.map_err(|e| {
                 let mut err = source_error(e);
                 err.message.push_str(&pass.left());
                 err
@@ -960,6 +990,39 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             format!("partition {} upgrade successes", target.label.as_str()),
         );
         Ok(())
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for DataItem {
+    fn describe(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.prepare_hook(dev, env, id))
+    }
+
+    fn need_upgrade<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<Need, ItemError>> {
+        Box::pin(self.need_upgrade_hook(dev, env, id))
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.execute_hook(dev, env, id))
     }
 
     fn reboot(&self) -> bool {

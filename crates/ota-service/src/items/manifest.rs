@@ -6,20 +6,22 @@
 //! size and SHA-256 as they stream, and a mismatch fails the item before the engine's `finish`,
 //! so otadata is never switched to an image the catalogue does not vouch for.
 
+use alloc::rc::Rc;
+use core::cell::RefCell;
+use core::cmp::Ordering;
 use ota_core::image::Hex;
-use std::cmp::Ordering;
-use std::io;
-use std::sync::{Arc, Mutex};
 
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::version::{self, VersionPolicy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{read_full, source_error, AppItem};
+use super::{source_error, AppItem};
+use crate::io::{Body, BoxFuture, Request};
+use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, Outcome, UpgradeItem};
-use crate::source::{self, Phase, Source, SourceError, TransferLimits};
+use crate::source::{self, SourceError, TransferLimits};
 
 /// The catalogue format this code writes and reads (`"format"` key).
 pub const CATALOGUE_FORMAT: u32 = 1;
@@ -27,6 +29,8 @@ pub const CATALOGUE_FORMAT: u32 = 1;
 pub const CATALOGUE_PATH: &str = "/manifest.json";
 /// The largest catalogue a device reads (a bigger one is refused, not truncated).
 pub const MAX_CATALOGUE_BYTES: usize = 8 << 20;
+/// The catalogue is read this many bytes at a time.
+const CATALOGUE_CHUNK: usize = 4096;
 const TAG: &str = "OTA_MANIFEST";
 
 /// What a catalogue entry holds.
@@ -120,8 +124,8 @@ pub enum PickError {
     NoVersion { policy: VersionPolicy, count: usize },
 }
 
-impl std::fmt::Display for PickError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for PickError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             PickError::NoImage {
                 chip,
@@ -240,7 +244,7 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     }
     let mut out = [0u8; 32];
     for (i, pair) in b.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
+        let s = core::str::from_utf8(pair).ok()?;
         out[i] = u8::from_str_radix(s, 16).ok()?;
     }
     Some(out)
@@ -249,34 +253,25 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
 /// Wraps the download: counts and hashes the bytes, and fails the read that would end the
 /// stream (or the one that goes past the size) when they differ from the catalogue's.
 struct CheckedSource {
-    inner: Box<dyn Source>,
+    inner: Box<dyn Body>,
     size: u64,
     sha256: [u8; 32],
     hasher: Sha256,
     got: u64,
     started: bool,
-    mismatch: Arc<Mutex<Option<String>>>,
+    mismatch: Rc<RefCell<Option<String>>>,
 }
 
 impl CheckedSource {
     fn fail(&self, detail: String) -> SourceError {
-        if let Ok(mut m) = self.mismatch.lock() {
-            *m = Some(detail.clone());
-        }
-        SourceError::Io {
+        *self.mismatch.borrow_mut() = Some(detail.clone());
+        SourceError::Mismatch {
             uri: self.inner.uri().to_string(),
-            phase: Phase::Read,
-            source: io::Error::new(io::ErrorKind::InvalidData, detail),
+            detail,
         }
     }
-}
 
-impl Source for CheckedSource {
-    fn content_length(&self) -> Option<u64> {
-        self.inner.content_length()
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
+    async fn read_checked(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
         if !self.started {
             self.started = true;
             if let Some(n) = self.inner.content_length() {
@@ -291,7 +286,7 @@ impl Source for CheckedSource {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).await?;
         if n == 0 {
             if self.got != self.size {
                 return Err(self.fail(format!(
@@ -319,6 +314,16 @@ impl Source for CheckedSource {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
+}
+
+impl Body for CheckedSource {
+    fn content_length(&self) -> Option<u64> {
+        self.inner.content_length()
+    }
+
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
+        Box::pin(self.read_checked(buf))
+    }
 
     fn uri(&self) -> &str {
         self.inner.uri()
@@ -339,7 +344,7 @@ pub struct ManifestItem {
     pub reboot: bool,
     pub break_after_fail: bool,
     inner: Option<AppItem>,
-    mismatch: Arc<Mutex<Option<String>>>,
+    mismatch: Rc<RefCell<Option<String>>>,
 }
 
 impl ManifestItem {
@@ -353,13 +358,17 @@ impl ManifestItem {
             reboot: true,
             break_after_fail: false,
             inner: None,
-            mismatch: Arc::new(Mutex::new(None)),
+            mismatch: Rc::new(RefCell::new(None)),
         }
     }
 
-    fn fetch(&self, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
+    async fn fetch(&self, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let mut src = source::open(&self.uri, env.sd, &opts).map_err(source_error)?;
+        let mut src = env
+            .open(Request::whole(&self.uri, &opts))
+            .await
+            .map_err(source_error)?
+            .body;
         if src
             .content_length()
             .is_some_and(|n| n > MAX_CATALOGUE_BYTES as u64)
@@ -372,9 +381,20 @@ impl ManifestItem {
                 ),
             ));
         }
-        let mut buf = vec![0u8; MAX_CATALOGUE_BYTES + 1];
-        let n = read_full(src.as_mut(), &mut buf).map_err(source_error)?;
-        if n > MAX_CATALOGUE_BYTES {
+        // Grown as the bytes arrive (a device has no room for the bound up front).
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; CATALOGUE_CHUNK];
+        loop {
+            let n = src.read(&mut chunk).await.map_err(source_error)?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > MAX_CATALOGUE_BYTES {
+                break;
+            }
+        }
+        if buf.len() > MAX_CATALOGUE_BYTES {
             return Err(ItemError::new(
                 Reason::StreamRdFail,
                 format!(
@@ -383,7 +403,6 @@ impl ManifestItem {
                 ),
             ));
         }
-        buf.truncate(n);
         Catalogue::from_json(&buf).map_err(|e| {
             ItemError::new(
                 Reason::StreamRdFail,
@@ -394,7 +413,7 @@ impl ManifestItem {
 
     /// The inner item's error, or the catalogue mismatch it was caused by.
     fn explain(&self, e: ItemError) -> ItemError {
-        let detail = self.mismatch.lock().ok().and_then(|m| m.clone());
+        let detail = self.mismatch.borrow().clone();
         match (detail, &self.inner) {
             (Some(d), Some(inner)) => ItemError::new(
                 Reason::OtaValidateFailed,
@@ -408,18 +427,14 @@ impl ManifestItem {
     }
 }
 
-impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
-    fn describe(&self) -> String {
-        format!("{} (project {})", self.uri, self.project)
-    }
-
-    fn prepare(
+impl ManifestItem {
+    async fn prepare_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         id: usize,
     ) -> Result<(), ItemError> {
-        let cat = self.fetch(env)?;
+        let cat = self.fetch(env).await?;
         let chip = dev.chip.name();
         let entry = pick(&cat, chip, &self.project, self.policy)
             .map_err(|e| ItemError::new(Reason::FileNotFound, format!("{}: {e}", self.uri)))?;
@@ -454,9 +469,7 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
         inner.reboot = self.reboot;
         inner.break_after_fail = self.break_after_fail;
         let (size, mismatch) = (entry.size, self.mismatch.clone());
-        if let Ok(mut m) = mismatch.lock() {
-            *m = None;
-        }
+        *mismatch.borrow_mut() = None;
         inner.wrap_source = Some(Box::new(move |src| {
             Box::new(CheckedSource {
                 inner: src,
@@ -472,11 +485,11 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
         let inner = self.inner.as_mut().ok_or_else(|| {
             ItemError::new(Reason::NullPointer, "manifest item lost its app item")
         })?;
-        let r = UpgradeItem::<F>::prepare(inner, dev, env, id);
+        let r = UpgradeItem::<F>::prepare(inner, dev, env, id).await;
         r.map_err(|e| self.explain(e))
     }
 
-    fn need_upgrade(
+    async fn need_upgrade_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -486,11 +499,11 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
             .inner
             .as_mut()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
-        let r = UpgradeItem::<F>::need_upgrade(inner, dev, env, id);
+        let r = UpgradeItem::<F>::need_upgrade(inner, dev, env, id).await;
         r.map_err(|e| self.explain(e))
     }
 
-    fn execute(
+    async fn execute_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -500,11 +513,11 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
             .inner
             .as_mut()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
-        let r = UpgradeItem::<F>::execute(inner, dev, env, id);
+        let r = UpgradeItem::<F>::execute(inner, dev, env, id).await;
         r.map_err(|e| self.explain(e))
     }
 
-    fn finished_check(
+    async fn finished_check_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -512,9 +525,52 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
         result: Outcome,
     ) -> Outcome {
         match self.inner.as_mut() {
-            Some(inner) => UpgradeItem::<F>::finished_check(inner, dev, env, id, result),
+            Some(inner) => UpgradeItem::<F>::finished_check(inner, dev, env, id, result).await,
             None => result,
         }
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
+    fn describe(&self) -> String {
+        format!("{} (project {})", self.uri, self.project)
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.prepare_hook(dev, env, id))
+    }
+
+    fn need_upgrade<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<Need, ItemError>> {
+        Box::pin(self.need_upgrade_hook(dev, env, id))
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.execute_hook(dev, env, id))
+    }
+
+    fn finished_check<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+        result: Outcome,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.finished_check_hook(dev, env, id, result))
     }
 
     fn reboot(&self) -> bool {
@@ -683,13 +739,14 @@ mod tests {
         assert_eq!(parse_sha256(&"zz".repeat(32)), None);
     }
 
-    struct Mem(io::Cursor<Vec<u8>>, Option<u64>);
-    impl Source for Mem {
+    /// Bytes in memory that announce `len` (or nothing) as their length.
+    struct Mem(crate::io::MemBody, Option<u64>);
+    impl Body for Mem {
         fn content_length(&self) -> Option<u64> {
             self.1
         }
-        fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
-            Ok(io::Read::read(&mut self.0, buf).unwrap_or(0))
+        fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
+            self.0.read(buf)
         }
         fn uri(&self) -> &str {
             "mem://x"
@@ -698,13 +755,13 @@ mod tests {
 
     fn checked(data: &[u8], len: Option<u64>, size: u64, sha: [u8; 32]) -> CheckedSource {
         CheckedSource {
-            inner: Box::new(Mem(io::Cursor::new(data.to_vec()), len)),
+            inner: Box::new(Mem(crate::io::MemBody::new("mem://x", data.to_vec()), len)),
             size,
             sha256: sha,
             hasher: Sha256::new(),
             got: 0,
             started: false,
-            mismatch: Arc::new(Mutex::new(None)),
+            mismatch: Rc::new(RefCell::new(None)),
         }
     }
 
@@ -712,7 +769,7 @@ mod tests {
         let mut buf = [0u8; 7];
         let mut total = 0;
         loop {
-            match s.read(&mut buf)? {
+            match crate::io::block_on(s.read(&mut buf))? {
                 0 => return Ok(total),
                 n => total += n as u64,
             }
@@ -731,7 +788,7 @@ mod tests {
         let mut bad = checked(&flipped, None, data.len() as u64, sha);
         let e = drain(&mut bad).unwrap_err().to_string();
         assert!(e.contains("SHA-256 of the download"), "{e}");
-        assert!(bad.mismatch.lock().unwrap().is_some());
+        assert!(bad.mismatch.borrow().is_some());
 
         let mut short = checked(&data[..5], None, data.len() as u64, sha);
         assert!(drain(&mut short)

@@ -8,14 +8,15 @@ pub use app::{AppItem, SourceWrapper, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
 pub use manifest::ManifestItem;
 
-use std::time::Instant;
-
 use ota_core::Error as CoreError;
 
+#[cfg(feature = "std")]
 use crate::config::{Config, ItemKind};
+use crate::io::Body;
+use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Env, Event, ItemError};
-use crate::source::{Source, SourceError};
+use crate::source::SourceError;
 
 /// The run's source options with an item's pinned CA (ADF's per-item `cert_pem`), if it has one,
 /// and its transfer limits; the item's overall deadline (`max_time`) starts now.
@@ -24,7 +25,7 @@ pub(crate) fn item_source_options(
     ca_pem: &Option<Vec<u8>>,
     limits: Option<crate::source::TransferLimits>,
 ) -> crate::source::SourceOptions {
-    let mut opts = env.source.for_item(limits);
+    let mut opts = env.source.for_item_at(limits, env.clock.now_ms());
     if ca_pem.is_some() {
         opts.ca_pem = ca_pem.clone();
     }
@@ -32,10 +33,10 @@ pub(crate) fn item_source_options(
 }
 
 /// Read until `buf` is full or the source ends; returns the bytes read.
-pub(crate) fn read_full(src: &mut dyn Source, buf: &mut [u8]) -> Result<usize, SourceError> {
+pub(crate) async fn read_full(src: &mut dyn Body, buf: &mut [u8]) -> Result<usize, SourceError> {
     let mut got = 0;
     while got < buf.len() {
-        let n = src.read(&mut buf[got..])?;
+        let n = src.read(&mut buf[got..]).await?;
         if n == 0 {
             break;
         }
@@ -93,6 +94,9 @@ pub const ESP_ERR_OTA_SMALL_SEC_VER: i32 = 0x1504;
 /// is still PENDING_VERIFY.
 pub const ESP_ERR_OTA_ROLLBACK_INVALID_STATE: i32 = 0x1506;
 
+/// ADF logs progress once a second (`ota_proc_default.c`).
+const PROGRESS_LOG_MS: u64 = 1000;
+
 /// ADF's once-a-second progress line (`%s process_size: %d KB, cur_size: %d bytes,
 /// total_speed: %d KB/s`, esp-adf `ota_proc_default.c`) plus a Progress event per chunk.
 pub(crate) struct Progress {
@@ -101,18 +105,20 @@ pub(crate) struct Progress {
     kind: &'static str,
     total: Option<u64>,
     bytes: u64,
-    start: Instant,
-    last_log: Instant,
+    /// When it started and when it last logged, in ms of the run's clock.
+    start: u64,
+    last_log: u64,
 }
 
 impl Progress {
     pub(crate) fn new(
+        env: &Env<'_>,
         id: usize,
         tag: &'static str,
         kind: &'static str,
         total: Option<u64>,
     ) -> Self {
-        let now = Instant::now();
+        let now = env.clock.now_ms();
         Progress {
             id,
             tag,
@@ -131,10 +137,10 @@ impl Progress {
             bytes: self.bytes,
             total: self.total,
         });
-        let now = Instant::now();
-        if now.duration_since(self.last_log).as_micros() > 1_000_000 {
+        let now = env.clock.now_ms();
+        if now.saturating_sub(self.last_log) > PROGRESS_LOG_MS {
             self.last_log = now;
-            let ms = now.duration_since(self.start).as_millis().max(1) as u64;
+            let ms = now.saturating_sub(self.start).max(1);
             env.info(
                 self.tag,
                 format!(
@@ -150,6 +156,7 @@ impl Progress {
 }
 
 /// Build the upgrade list a config describes. Reads pinned CA files.
+#[cfg(feature = "std")]
 pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
     config: &Config,
 ) -> Result<Vec<Box<dyn crate::service::UpgradeItem<F>>>, String> {
