@@ -84,12 +84,49 @@ pub enum Event {
         bytes: u64,
         total: Option<u64>,
     },
+    /// The download of item `id` continues at byte `at` of its file instead of starting over.
+    Resume {
+        id: usize,
+        at: u64,
+        from: ResumeFrom,
+    },
+    /// The download of item `id` starts over from byte 0, after `at` bytes.
+    StartOver {
+        id: usize,
+        at: u64,
+        why: StartOverWhy,
+    },
+    /// A staged copy into item `id`'s target that a power cut interrupted is finished from
+    /// step `step` of `steps` (before the item downloads anything).
+    StagedCopyResume { id: usize, step: u32, steps: u32 },
     /// Item `id` finished (ADF's `OTA_SERV_EVENT_TYPE_RESULT`).
     Result { id: usize, outcome: Outcome },
     /// The list finished and no restart is due (ADF's `OTA_SERV_EVENT_TYPE_FINISH`).
     Finish,
     /// The list finished and a successful item asked for a restart.
     Restart,
+}
+
+/// Why a download continues in the middle of its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The connection failed or ended early; the same run asked again with `Range`/`If-Range`.
+    Reconnect,
+    /// A resume record in flash, left by an earlier run that was interrupted.
+    Record,
+}
+
+/// Why a download starts over from byte 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOverWhy {
+    /// The server answered 200 to a `Range` request (it does not do ranges).
+    RangeIgnored,
+    /// The file changed (another validator or length) since the download started.
+    FileChanged,
+    /// The server has no byte at the requested start (416).
+    RangeNotSatisfiable,
+    /// The image put together from a resumed download does not verify.
+    ResumedImageInvalid,
 }
 
 /// An item's failure or refusal: the ADF reason and what went wrong, with context.

@@ -39,16 +39,18 @@ fn show_path(p: &SdPath) -> &str {
 }
 
 /// ADF's numeric failure reasons that a source error can turn into
-/// (`ota_service_err_reason_t`, adf-ota-service.md §2.3; base `0x90000`, §2.1).
+/// (`ota_service_err_reason_t`, adf-ota-service.md §2.3): the codes of [`crate::Reason`], their
+/// one home.
 pub mod reason {
+    use crate::Reason;
     /// `OTA_SERV_ERR_REASON_URL_PARSE_FAIL`: the URI has no supported scheme (§2.3).
-    pub const URL_PARSE_FAIL: i32 = 0x9_0002;
+    pub const URL_PARSE_FAIL: i32 = Reason::UrlParseFail.code();
     /// `OTA_SERV_ERR_REASON_FILE_NOT_FOUND`: the SD card file is missing (§2.3).
-    pub const FILE_NOT_FOUND: i32 = 0x9_0007;
+    pub const FILE_NOT_FOUND: i32 = Reason::FileNotFound.code();
     /// `OTA_SERV_ERR_REASON_STREAM_INIT_FAIL`: the source could not be opened (§2.3, §6.1 step 5).
-    pub const STREAM_INIT_FAIL: i32 = 0x9_000B;
+    pub const STREAM_INIT_FAIL: i32 = Reason::StreamInitFail.code();
     /// `OTA_SERV_ERR_REASON_STREAM_RD_FAIL`: a read failed or the data ended early (§2.3, §6.3).
-    pub const STREAM_RD_FAIL: i32 = 0x9_000C;
+    pub const STREAM_RD_FAIL: i32 = Reason::StreamRdFail.code();
 }
 
 /// `file://` prefix: the SD card back-end (adf-ota-service.md §4.1, §6.1 step 4).

@@ -8,15 +8,16 @@
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::image::{AppDesc, APP_DESC_SIZE, IMAGE_PREFIX_LEN};
 use ota_core::partition::Partition;
-use ota_core::resume::{self, LogPlace, ResumeHeader, ResumeLog, ResumeRecord, Validator};
+use ota_core::resume::{self, LogPlace, ResumeHeader, ResumeLog, ResumeRecord};
 use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig, UpdateError};
 use ota_core::version::VersionPolicy;
 
+use super::download::{open_with_retries, Fetch, FetchSpec, Next, StreamCheck};
 use super::{core_error, source_error, Progress};
-use crate::io::{Body, BoxFuture, Opened, Request};
+use crate::io::BoxFuture;
 use crate::prelude::*;
 use crate::reason::Reason;
-use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
+use crate::service::{Device, Env, Event, ItemError, Need, ResumeFrom, StartOverWhy, UpgradeItem};
 use crate::source::{
     duration_ms, RetryPolicy, Scheme, SourceError, SourceOptions, TransferLimits,
     HTTP_RANGE_NOT_SATISFIABLE,
@@ -46,16 +47,17 @@ pub struct AppItem {
     /// Keep a resume record in flash so that an interrupted HTTP(S) download continues where
     /// it stopped on the next run (default: on).
     pub resume: bool,
-    /// Wraps the source once it is opened (the catalogue item checks size and SHA-256 this
-    /// way: its wrapper fails the read that would end the stream, so `finish` never runs).
-    /// A wrapped download sees the whole stream from byte 0, so it is neither retried from the
-    /// middle nor resumed.
-    pub wrap_source: Option<SourceWrapper>,
+    /// Makes the check the downloaded bytes must pass as they stream (the catalogue item checks
+    /// size and SHA-256 this way), before the engine's `finish` switches otadata. A checked
+    /// download is retried and reconnected like any other (the check follows the stream and
+    /// starts over with it), but not resumed from a record: the bytes already in flash were
+    /// not seen by the check.
+    pub check: Option<CheckFactory>,
     run: Option<Run>,
 }
 
-/// See [`AppItem::wrap_source`].
-pub type SourceWrapper = Box<dyn Fn(Box<dyn Body>) -> Box<dyn Body>>;
+/// See [`AppItem::check`].
+pub type CheckFactory = Box<dyn Fn() -> Box<dyn StreamCheck>>;
 
 struct Run {
     fetch: Fetch,
@@ -74,25 +76,44 @@ impl AppItem {
             break_after_fail: false,
             retry: RetryPolicy::default(),
             resume: true,
-            wrap_source: None,
+            check: None,
             run: None,
         }
     }
 
-    /// The retry policy in force: none for a wrapped source (see [`AppItem::wrap_source`]).
-    fn retry_policy(&self) -> RetryPolicy {
-        match self.wrap_source {
-            Some(_) => RetryPolicy {
-                retries: 0,
-                ..self.retry
-            },
-            None => self.retry,
+    /// How this item's downloads start.
+    fn spec(&self, id: usize) -> FetchSpec<'_> {
+        FetchSpec {
+            uri: &self.uri,
+            id,
+            tag: TAG_OTA,
+            retry: self.retry,
+        }
+    }
+
+    /// The whole image from byte 0, with the item's check when it has one.
+    async fn open_fetch(
+        &self,
+        id: usize,
+        opts: SourceOptions,
+        used: &mut u32,
+        env: &mut Env<'_>,
+    ) -> Result<Fetch, ItemError> {
+        let fetch = Fetch::open(self.spec(id), opts, None, used, env)
+            .await
+            .map_err(|e| {
+                env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
+                source_error(e)
+            })?;
+        match &self.check {
+            Some(make) => fetch.with_check(make()),
+            None => Ok(fetch),
         }
     }
 
     /// Whether this download keeps and uses a resume record.
     fn resumable(&self) -> bool {
-        self.resume && self.wrap_source.is_none()
+        self.resume && self.check.is_none()
     }
 
     fn options(&self, env: &Env<'_>) -> SourceOptions {
@@ -205,6 +226,7 @@ impl AppItem {
     #[allow(clippy::too_many_arguments)]
     async fn try_resume<F: NorFlash>(
         &self,
+        id: usize,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         opts: &SourceOptions,
@@ -229,10 +251,12 @@ impl AppItem {
             &self.uri,
             n,
             Some(v.as_str()),
+            None,
             opts,
-            self.retry_policy(),
+            self.retry,
             used,
             env,
+            TAG_OTA,
         )
         .await;
         let r = match opened {
@@ -255,7 +279,7 @@ impl AppItem {
                 return Err(source_error(e));
             }
         };
-        let mut fetch = Fetch::new(self, opts.clone(), r, n, Some(v), *used);
+        let mut fetch = Fetch::new(self.spec(id), opts.clone(), r, n, Some(v), *used);
         if !fetch.honoured {
             env.warn(
                 TAG_OTA,
@@ -281,6 +305,11 @@ impl AppItem {
                         n, n
                     ),
                 );
+                env.emit(Event::Resume {
+                    id,
+                    at: n,
+                    from: ResumeFrom::Record,
+                });
                 fetch.used = *used;
                 Ok(Ok(Some(Run {
                     fetch,
@@ -355,275 +384,6 @@ pub fn running_desc<F: NorFlash>(dev: &mut Device<'_, F>) -> Option<AppDesc> {
     AppDesc::parse(&buf).ok()
 }
 
-/// Open `uri` at `start`, trying again after transient failures while `used < retries`.
-async fn open_with_retries(
-    uri: &str,
-    start: u64,
-    if_range: Option<&str>,
-    opts: &SourceOptions,
-    retry: RetryPolicy,
-    used: &mut u32,
-    env: &mut Env<'_>,
-) -> Result<Opened, SourceError> {
-    loop {
-        let req = Request {
-            uri,
-            start,
-            if_range,
-            if_match: None,
-            opts,
-        };
-        match env.open(req).await {
-            Ok(r) => return Ok(r),
-            Err(e) if e.is_transient() && *used < retry.retries => {
-                *used += 1;
-                backoff(env, &e, *used, retry, start).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn backoff(env: &mut Env<'_>, e: &SourceError, n: u32, retry: RetryPolicy, at: u64) {
-    let d = retry.delay(n);
-    env.warn(
-        TAG_OTA,
-        format!(
-            "{}; retry {} of {} in {} ms, from byte {}",
-            e,
-            n,
-            retry.retries,
-            d.as_millis(),
-            at
-        ),
-    );
-    env.sleep_ms(duration_ms(d)).await;
-}
-
-/// What [`Fetch::read`] got.
-enum Next {
-    Data(usize),
-    /// The source ended (or has nothing after the current byte).
-    End,
-    /// The server now sends the file from byte 0 (it ignored `Range`, or the file changed).
-    Restart,
-}
-
-/// A download that reconnects: after a network failure it asks again from the byte where it
-/// stopped (`Range`, `If-Range` with the validator seen first), within the retry policy.
-struct Fetch {
-    uri: String,
-    opts: SourceOptions,
-    retry: RetryPolicy,
-    /// Retries used so far by this item.
-    used: u32,
-    source: Box<dyn Body>,
-    /// File offset of the next byte `source` yields.
-    pos: u64,
-    validator: Option<Validator>,
-    /// Length of the whole file, when known.
-    total: Option<u64>,
-    /// The last answer honoured the requested start.
-    honoured: bool,
-    /// The last answer was a 206 whose validator or length shows another file.
-    changed: bool,
-    /// How many times the server started the file over from byte 0.
-    restarts: u32,
-}
-
-fn validator_of(r: &Opened) -> Option<Validator> {
-    r.validator().and_then(|(k, v)| Validator::new(k, v))
-}
-
-impl Fetch {
-    /// Wrap an answer to a request for the bytes from `start`, made with `known` as `If-Range`.
-    fn new(
-        item: &AppItem,
-        opts: SourceOptions,
-        r: Opened,
-        start: u64,
-        known: Option<Validator>,
-        used: u32,
-    ) -> Fetch {
-        let seen = validator_of(&r);
-        let source = match &item.wrap_source {
-            Some(wrap) => wrap(r.body),
-            None => r.body,
-        };
-        let mut fetch = Fetch {
-            uri: item.uri.clone(),
-            opts,
-            retry: item.retry_policy(),
-            used,
-            source,
-            pos: 0,
-            validator: seen,
-            total: r.total_length,
-            honoured: r.honoured,
-            changed: false,
-            restarts: 0,
-        };
-        if r.honoured && start > 0 {
-            fetch.pos = start;
-            // A 206 for a file other than the one we started: the server ignored If-Range.
-            fetch.changed = matches!((known, seen), (Some(k), Some(s))
-                if k.kind() == s.kind() && k.as_str() != s.as_str());
-            fetch.validator = known.or(seen);
-        }
-        fetch
-    }
-
-    async fn open(
-        item: &AppItem,
-        opts: SourceOptions,
-        used: &mut u32,
-        env: &mut Env<'_>,
-    ) -> Result<Fetch, SourceError> {
-        let r =
-            open_with_retries(&item.uri, 0, None, &opts, item.retry_policy(), used, env).await?;
-        Ok(Fetch::new(item, opts, r, 0, None, *used))
-    }
-
-    fn can_retry(&self) -> bool {
-        self.used < self.retry.retries
-    }
-
-    async fn read(&mut self, buf: &mut [u8], env: &mut Env<'_>) -> Result<Next, ItemError> {
-        loop {
-            let err = match self.source.read(buf).await {
-                Ok(0) => return Ok(Next::End),
-                Ok(n) => {
-                    self.pos += n as u64;
-                    return Ok(Next::Data(n));
-                }
-                Err(e) => e,
-            };
-            if !err.is_transient() || !self.can_retry() {
-                return Err(source_error(err));
-            }
-            self.used += 1;
-            backoff(env, &err, self.used, self.retry, self.pos).await;
-            match self.reconnect(env).await? {
-                Next::Data(_) => continue,
-                other => return Ok(other),
-            }
-        }
-    }
-
-    /// Ask again from `pos` (after a failure, or after the stream ended before the image was
-    /// complete). `Data`: carry on reading; `End`: the server has nothing after `pos`;
-    /// `Restart`: the new source starts at byte 0.
-    async fn reconnect(&mut self, env: &mut Env<'_>) -> Result<Next, ItemError> {
-        let if_range = self.validator.map(|v| v.as_str().to_string());
-        let r = match open_with_retries(
-            &self.uri,
-            self.pos,
-            if_range.as_deref(),
-            &self.opts,
-            self.retry,
-            &mut self.used,
-            env,
-        )
-        .await
-        {
-            Ok(r) => r,
-            // The file is exactly as long as what we have: nothing more to come.
-            Err(SourceError::RangeNotSatisfiable { length, .. }) if length == self.pos => {
-                return Ok(Next::End)
-            }
-            Err(
-                e @ (SourceError::RangeNotSatisfiable { .. }
-                | SourceError::HttpStatus {
-                    status: HTTP_RANGE_NOT_SATISFIABLE,
-                    ..
-                }),
-            ) => return self.restart_after_416(e, env).await,
-            Err(e) => return Err(source_error(e)),
-        };
-        let honoured = r.honoured && self.pos > 0;
-        let new_total = r.total_length;
-        let seen = validator_of(&r);
-        if honoured {
-            let other_file = match (self.validator, seen) {
-                (Some(k), Some(s)) if k.kind() == s.kind() => k.as_str() != s.as_str(),
-                (Some(_), _) => false,
-                // No validator: only the length can tell.
-                (None, _) => matches!((self.total, new_total), (Some(a), Some(b)) if a != b),
-            };
-            if !other_file {
-                self.source = r.body;
-                if new_total.is_some() {
-                    self.total = new_total;
-                }
-                env.info(
-                    TAG_OTA,
-                    format!("Reconnected: continuing at byte {}", self.pos),
-                );
-                return Ok(Next::Data(0));
-            }
-            env.warn(
-                TAG_OTA,
-                "The file changed during the download: starting over from byte 0",
-            );
-            let mut used = self.used;
-            let r = open_with_retries(&self.uri, 0, None, &self.opts, self.retry, &mut used, env)
-                .await
-                .map_err(source_error)?;
-            self.used = used;
-            self.take_from_zero(r);
-            return Ok(Next::Restart);
-        }
-        if self.pos > 0 {
-            env.warn(
-                TAG_OTA,
-                format!(
-                    "The server answered 200 to bytes={}- (Range not supported, or the file changed): starting over from byte 0",
-                    self.pos
-                ),
-            );
-        }
-        self.take_from_zero(r);
-        Ok(Next::Restart)
-    }
-
-    /// A 416 to `bytes=pos-` (the file changed and is shorter now, or a server that checks
-    /// `Range` before `If-Range`): download the file again from byte 0, as one of the retries.
-    async fn restart_after_416(
-        &mut self,
-        e: SourceError,
-        env: &mut Env<'_>,
-    ) -> Result<Next, ItemError> {
-        if !self.can_retry() {
-            return Err(source_error(e));
-        }
-        self.used += 1;
-        env.warn(
-            TAG_OTA,
-            format!(
-                "{}: starting over from byte 0, retry {} of {}",
-                e, self.used, self.retry.retries
-            ),
-        );
-        let mut used = self.used;
-        let r = open_with_retries(&self.uri, 0, None, &self.opts, self.retry, &mut used, env)
-            .await
-            .map_err(source_error)?;
-        self.used = used;
-        self.take_from_zero(r);
-        Ok(Next::Restart)
-    }
-
-    fn take_from_zero(&mut self, r: Opened) {
-        self.validator = validator_of(&r);
-        self.total = r.total_length;
-        self.source = r.body;
-        self.pos = 0;
-        self.honoured = true;
-        self.changed = false;
-        self.restarts += 1;
-    }
-}
-
 /// Read the first [`IMAGE_PREFIX_LEN`] bytes (from byte 0; starting again if the server
 /// restarts the file). Fewer bytes mean the file is too short to be an app.
 async fn read_prefix(
@@ -659,7 +419,7 @@ impl AppItem {
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
-        _id: usize,
+        id: usize,
     ) -> Result<(), ItemError> {
         if dev.rollback {
             // ESP-IDF v5.5+ esp_ota_begin: no update while the running app is unconfirmed.
@@ -684,7 +444,7 @@ impl AppItem {
             match log.read(dev.flash) {
                 Ok(Some(rec)) if rec.header.is_for(&self.uri, &slot) && rec.progress > 0 => {
                     match self
-                        .try_resume(dev, env, &opts, log, rec, &mut used)
+                        .try_resume(id, dev, env, &opts, log, rec, &mut used)
                         .await?
                     {
                         Ok(Some(run)) => {
@@ -705,10 +465,7 @@ impl AppItem {
         }
         let fetch = match from_zero {
             Some(f) => f,
-            None => Fetch::open(self, opts, &mut used, env).await.map_err(|e| {
-                env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
-                source_error(e)
-            })?,
+            None => self.open_fetch(id, opts, &mut used, env).await?,
         };
         env.info(TAG_OTA, "Starting OTA...");
         let engine = self.begin(dev, &fetch, log, env)?;
@@ -883,6 +640,8 @@ impl AppItem {
                     }
                 }
             }
+            // What the item's check says about the whole stream, before otadata is switched.
+            fetch.check_end()?;
             let slot = *engine.slot();
             let resumed = engine.resumed_from();
             match engine.finish(dev.flash) {
@@ -926,11 +685,14 @@ impl AppItem {
                     );
                     env.sleep_ms(duration_ms(fetch.retry.delay(fetch.used)))
                         .await;
+                    env.emit(Event::StartOver {
+                        id,
+                        at: resumed as u64,
+                        why: StartOverWhy::ResumedImageInvalid,
+                    });
                     let opts = fetch.opts.clone();
                     let mut used = fetch.used;
-                    fetch = Fetch::open(self, opts, &mut used, env)
-                        .await
-                        .map_err(source_error)?;
+                    fetch = self.open_fetch(id, opts, &mut used, env).await?;
                     engine = self.start_over(dev, &mut fetch, log, env).await?;
                 }
                 Err(e) => {

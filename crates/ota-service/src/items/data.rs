@@ -23,12 +23,13 @@ use ota_core::tone::{
 use ota_core::update::{DataUpdate, UpdateError};
 use sha2::{Digest, Sha256};
 
-use super::{core_error, read_full, source_error, Progress};
-use crate::io::{Body, BoxFuture, Request};
+use super::download::{Fetch, FetchSpec, Next};
+use super::{core_error, source_error, Progress};
+use crate::io::BoxFuture;
 use crate::prelude::*;
 use crate::reason::Reason;
-use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
-use crate::source::{SourceError, TransferLimits};
+use crate::service::{Device, Env, Event, ItemError, Need, UpgradeItem};
+use crate::source::{RetryPolicy, SourceError, TransferLimits, ValidatorKind};
 
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
 const TAG_EXAMPLE: &str = "HTTPS_OTA_EXAMPLE";
@@ -63,6 +64,9 @@ pub struct DataItem {
     pub break_after_fail: bool,
     /// A spare data partition (by label) to stage the image in; None: write in place.
     pub staging: Option<String>,
+    /// How often a failed download is tried again (and reconnected from the byte it reached),
+    /// and the backoff between attempts.
+    pub retry: RetryPolicy,
     run: Option<Run>,
 }
 
@@ -91,7 +95,7 @@ struct Verified {
 }
 
 struct Run {
-    source: Box<dyn Body>,
+    source: Fetch,
     engine: DataUpdate,
     /// Bytes already read from the source by need_upgrade, to be written first.
     pending: Vec<u8>,
@@ -227,6 +231,7 @@ impl DataItem {
             reboot: false,
             break_after_fail: false,
             staging: None,
+            retry: RetryPolicy::default(),
             run: None,
         }
     }
@@ -262,6 +267,7 @@ impl DataItem {
     /// discarded: the target then reads as invalid and this run rewrites it.
     fn resume_staged_copy<F: NorFlash>(
         &self,
+        id: usize,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         staging: &Partition,
@@ -281,6 +287,11 @@ impl DataItem {
                         copy.record().steps()
                     ),
                 );
+                env.emit(Event::StagedCopyResume {
+                    id,
+                    step: copy.next_step(),
+                    steps: copy.record().steps(),
+                });
                 copy.run(dev.flash).map_err(|e| core_error(e, &self.uri))?;
                 env.info(
                     TAG_DEFAULT,
@@ -301,6 +312,16 @@ impl DataItem {
         }
     }
 
+    /// How this item's downloads start.
+    fn spec(&self, id: usize) -> FetchSpec<'_> {
+        FetchSpec {
+            uri: &self.uri,
+            id,
+            tag: TAG_DEFAULT,
+            retry: self.retry,
+        }
+    }
+
     /// In place (no staging) and the source can be read twice: verify it first.
     fn verify_first(&self, run: &Run) -> bool {
         self.staging.is_none() && run.reread.is_some()
@@ -311,7 +332,7 @@ impl DataItem {
     async fn verify_pass(
         &self,
         env: &mut Env<'_>,
-        src: &mut dyn Body,
+        src: &mut Fetch,
         part: &Partition,
         prefix: &[u8],
     ) -> Result<Verified, ItemError> {
@@ -338,10 +359,26 @@ impl DataItem {
                     buf[..p.len()].copy_from_slice(p);
                     p.len()
                 }
-                None => src.read(&mut buf[..CHUNK]).await.map_err(|e| {
-                    let r = Reason::from_code(e.adf_reason());
-                    ItemError::new(r, kept(&format!("verifying pass: {}", e)))
-                })?,
+                None => match src.read(&mut buf[..CHUNK], env).await {
+                    Ok(Next::Data(n)) => n,
+                    Ok(Next::End) => 0,
+                    Ok(Next::Restart) => {
+                        return Err(ItemError::new(
+                            Reason::StreamRdFail,
+                            kept(&format!(
+                                "verifying pass: {}: the server started the file over (it \
+                                 changed, or ignores Range)",
+                                self.uri
+                            )),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ItemError::new(
+                            e.reason,
+                            kept(&format!("verifying pass: {}", e.message)),
+                        ))
+                    }
+                },
             };
             if n == 0 {
                 break;
@@ -432,7 +469,7 @@ impl DataItem {
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let part = *run.engine.partition();
         let result = if self.verify_first(&run) {
-            self.verify_pass(env, run.source.as_mut(), &part, &[])
+            self.verify_pass(env, &mut run.source, &part, &[])
                 .await
                 .map(|v| run.verified = Some(v))
         } else if self.staging.is_none() && run.source.content_length().is_none() {
@@ -519,9 +556,16 @@ impl DataItem {
             };
             let mut check = ToneStreamCheck::new(part.size, run.source.content_length());
             let mut hdr = [0u8; TONE_HEADER_SIZE];
-            let got = read_full(run.source.as_mut(), &mut hdr)
-                .await
-                .map_err(source_error)?;
+            let restarted = || {
+                ItemError::new(
+                    Reason::StreamRdFail,
+                    unchecked(&format!(
+                        "{}: the server started the file over while its header was read",
+                        self.uri
+                    )),
+                )
+            };
+            let got = run.source.read_full(&mut hdr, env, &restarted).await?;
             run.pending.extend_from_slice(&hdr[..got]);
             check
                 .feed(&hdr[..got])
@@ -541,9 +585,7 @@ impl DataItem {
                 .map_err(|e| ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e)))?;
             if tone::incoming_needs_desc(&incoming) {
                 let mut d = [0u8; TONE_DESC_SIZE];
-                let got = read_full(run.source.as_mut(), &mut d)
-                    .await
-                    .map_err(source_error)?;
+                let got = run.source.read_full(&mut d, env, &restarted).await?;
                 run.pending.extend_from_slice(&d[..got]);
                 check
                     .feed(&d[..got])
@@ -661,7 +703,7 @@ impl DataItem {
         if self.verify_first(run) {
             let prefix = core::mem::take(&mut run.pending);
             run.verified = Some(
-                self.verify_pass(env, run.source.as_mut(), part, &prefix)
+                self.verify_pass(env, &mut run.source, part, &prefix)
                     .await?,
             );
         }
@@ -672,11 +714,12 @@ impl DataItem {
     /// written yet) when it is not the one verified.
     async fn reopen(
         &self,
+        id: usize,
         env: &mut Env<'_>,
         reread: &Reread,
         verified: &Verified,
         label: &str,
-    ) -> Result<Box<dyn Body>, ItemError> {
+    ) -> Result<Fetch, ItemError> {
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
         let changed = |what: String| {
             ItemError::new(
@@ -688,19 +731,13 @@ impl DataItem {
                 ),
             )
         };
+        let mut used = 0;
         let src = match reread {
-            Reread::File => {
-                env.open(Request::whole(&self.uri, &opts))
-                    .await
-                    .map_err(source_error)?
-                    .body
-            }
+            Reread::File => Fetch::open(self.spec(id), opts, None, &mut used, env)
+                .await
+                .map_err(source_error)?,
             Reread::Http { etag } => {
-                let req = Request {
-                    if_match: Some(etag),
-                    ..Request::whole(&self.uri, &opts)
-                };
-                let r = match env.open(req).await {
+                let r = match Fetch::open(self.spec(id), opts, Some(etag), &mut used, env).await {
                     Ok(r) => r,
                     Err(SourceError::HttpStatus { status, .. })
                         if status == HTTP_PRECONDITION_FAILED =>
@@ -712,14 +749,18 @@ impl DataItem {
                     }
                     Err(e) => return Err(source_error(e)),
                 };
-                if r.etag.as_deref() != Some(etag.as_str()) {
+                let now = r
+                    .validator
+                    .filter(|v| v.kind() == ValidatorKind::ETag)
+                    .map(|v| v.as_str().to_string());
+                if now.as_deref() != Some(etag.as_str()) {
                     return Err(changed(format!(
                         "ETag {} then {}",
                         etag,
-                        r.etag.as_deref().unwrap_or("none")
+                        now.as_deref().unwrap_or("none")
                     )));
                 }
-                r.body
+                r
             }
         };
         match src.content_length() {
@@ -736,7 +777,7 @@ impl DataItem {
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
-        _id: usize,
+        id: usize,
     ) -> Result<(), ItemError> {
         if dev.table.find_data(&self.label).is_none() {
             env.error(TAG_DEFAULT, format!("partition [{}] not found", self.label));
@@ -747,11 +788,12 @@ impl DataItem {
         if let Some(staging) = self.staging_partition(dev)? {
             StagedWrite::check(&dev.flash_map(), &staging, &target, None)
                 .map_err(|e| core_error(e, &self.uri))?;
-            self.resume_staged_copy(dev, env, &staging, &target)?;
+            self.resume_staged_copy(id, dev, env, &staging, &target)?;
         }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let opened = match env.open(Request::whole(&self.uri, &opts)).await {
+        let mut used = 0;
+        let src = match Fetch::open(self.spec(id), opts, None, &mut used, env).await {
             Ok(o) => o,
             Err(e) => {
                 env.error(TAG_DEFAULT, "reader stream init failed");
@@ -761,14 +803,13 @@ impl DataItem {
         let reread = if self.uri.starts_with("file://") {
             Some(Reread::File)
         } else {
-            match &opened.etag {
-                Some(e) if !e.starts_with("W/") && !e.is_empty() => {
-                    Some(Reread::Http { etag: e.clone() })
-                }
+            match src.validator {
+                Some(v) if v.kind() == ValidatorKind::ETag => Some(Reread::Http {
+                    etag: v.as_str().to_string(),
+                }),
                 _ => None,
             }
         };
-        let src = opened.body;
         if src.content_length() == Some(0) {
             return Err(ItemError::new(
                 Reason::StreamRdFail,
@@ -842,7 +883,7 @@ impl DataItem {
         // After a verifying pass the writing pass reads the source again from byte 0.
         let (mut source, pending) = match (&reread, &verified) {
             (Some(r), Some(v)) => (
-                self.reopen(env, r, v, target.label.as_str()).await?,
+                self.reopen(id, env, r, v, target.label.as_str()).await?,
                 Vec::new(),
             ),
             _ => (source, pending),
@@ -898,14 +939,25 @@ impl DataItem {
         )?;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = source.read(&mut buf).await.map_err(|e| {
-                let mut err = source_error(e);
-                err.message.push_str(&pass.left());
-                err
-            })?;
-            if n == 0 {
-                break;
-            }
+            let n = match source.read(&mut buf, env).await {
+                Ok(Next::Data(n)) => n,
+                Ok(Next::End) => break,
+                Ok(Next::Restart) => {
+                    return Err(ItemError::new(
+                        Reason::StreamRdFail,
+                        format!(
+                            "{}: the server started the file over during the download (it \
+                             changed, or ignores Range){}",
+                            self.uri,
+                            pass.left()
+                        ),
+                    ))
+                }
+                Err(mut err) => {
+                    err.message.push_str(&pass.left());
+                    return Err(err);
+                }
+            };
             pass.feed(
                 self,
                 &mut sink,

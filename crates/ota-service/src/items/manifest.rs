@@ -16,12 +16,13 @@ use ota_core::version::{self, VersionPolicy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::download::{Fetch, FetchSpec, Next, StreamCheck};
 use super::{source_error, AppItem};
-use crate::io::{Body, BoxFuture, Request};
+use crate::io::BoxFuture;
 use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, Outcome, UpgradeItem};
-use crate::source::{self, SourceError, TransferLimits};
+use crate::source::{self, RetryPolicy, TransferLimits};
 
 /// The catalogue format this code writes and reads (`"format"` key).
 pub const CATALOGUE_FORMAT: u32 = 1;
@@ -250,83 +251,75 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Wraps the download: counts and hashes the bytes, and fails the read that would end the
-/// stream (or the one that goes past the size) when they differ from the catalogue's.
-struct CheckedSource {
-    inner: Box<dyn Body>,
+/// The catalogue's word on the download: counts and hashes the bytes as they stream, and fails
+/// the stream's end (or the byte past the size) when they differ from the catalogue's. It
+/// follows the download through reconnects and starts over with it.
+struct CatalogueCheck {
     size: u64,
     sha256: [u8; 32],
     hasher: Sha256,
     got: u64,
-    started: bool,
     mismatch: Rc<RefCell<Option<String>>>,
 }
 
-impl CheckedSource {
-    fn fail(&self, detail: String) -> SourceError {
-        *self.mismatch.borrow_mut() = Some(detail.clone());
-        SourceError::Mismatch {
-            uri: self.inner.uri().to_string(),
-            detail,
+impl CatalogueCheck {
+    fn new(size: u64, sha256: [u8; 32], mismatch: Rc<RefCell<Option<String>>>) -> Self {
+        CatalogueCheck {
+            size,
+            sha256,
+            hasher: Sha256::new(),
+            got: 0,
+            mismatch,
         }
     }
 
-    async fn read_checked(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
-        if !self.started {
-            self.started = true;
-            if let Some(n) = self.inner.content_length() {
-                if n != self.size {
-                    return Err(self.fail(format!(
-                        "the server sends {n} bytes, the catalogue says {}",
-                        self.size
-                    )));
-                }
-            }
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = self.inner.read(buf).await?;
-        if n == 0 {
-            if self.got != self.size {
-                return Err(self.fail(format!(
-                    "the download has {} bytes, the catalogue says {}",
-                    self.got, self.size
-                )));
-            }
-            let digest: [u8; 32] = self.hasher.clone().finalize().into();
-            if digest != self.sha256 {
-                return Err(self.fail(format!(
-                    "SHA-256 of the download is {}, the catalogue says {}",
-                    Hex(&digest),
-                    Hex(&self.sha256)
-                )));
-            }
-            return Ok(0);
-        }
-        self.got += n as u64;
-        if self.got > self.size {
-            return Err(self.fail(format!(
-                "the download is longer than the {} bytes the catalogue says",
-                self.size
-            )));
-        }
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+    fn fail(&self, detail: String) -> Result<(), String> {
+        *self.mismatch.borrow_mut() = Some(detail.clone());
+        Err(detail)
     }
 }
 
-impl Body for CheckedSource {
-    fn content_length(&self) -> Option<u64> {
-        self.inner.content_length()
+impl StreamCheck for CatalogueCheck {
+    fn restart(&mut self, total: Option<u64>) -> Result<(), String> {
+        self.hasher = Sha256::new();
+        self.got = 0;
+        match total {
+            Some(n) if n != self.size => self.fail(format!(
+                "the server sends {n} bytes, the catalogue says {}",
+                self.size
+            )),
+            _ => Ok(()),
+        }
     }
 
-    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
-        Box::pin(self.read_checked(buf))
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.got += bytes.len() as u64;
+        if self.got > self.size {
+            return self.fail(format!(
+                "the download is longer than the {} bytes the catalogue says",
+                self.size
+            ));
+        }
+        self.hasher.update(bytes);
+        Ok(())
     }
 
-    fn uri(&self) -> &str {
-        self.inner.uri()
+    fn finish(&mut self) -> Result<(), String> {
+        if self.got != self.size {
+            return self.fail(format!(
+                "the download has {} bytes, the catalogue says {}",
+                self.got, self.size
+            ));
+        }
+        let digest: [u8; 32] = self.hasher.clone().finalize().into();
+        if digest != self.sha256 {
+            return self.fail(format!(
+                "SHA-256 of the download is {}, the catalogue says {}",
+                Hex(&digest),
+                Hex(&self.sha256)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -343,6 +336,8 @@ pub struct ManifestItem {
     pub limits: Option<TransferLimits>,
     pub reboot: bool,
     pub break_after_fail: bool,
+    /// How often a failed download (of the catalogue, then of the image) is tried again.
+    pub retry: RetryPolicy,
     inner: Option<AppItem>,
     mismatch: Rc<RefCell<Option<String>>>,
 }
@@ -357,18 +352,24 @@ impl ManifestItem {
             limits: None,
             reboot: true,
             break_after_fail: false,
+            retry: RetryPolicy::default(),
             inner: None,
             mismatch: Rc::new(RefCell::new(None)),
         }
     }
 
-    async fn fetch(&self, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
+    async fn fetch(&self, id: usize, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let mut src = env
-            .open(Request::whole(&self.uri, &opts))
+        let spec = FetchSpec {
+            uri: &self.uri,
+            id,
+            tag: TAG,
+            retry: self.retry,
+        };
+        let mut used = 0;
+        let mut src = Fetch::open(spec, opts, None, &mut used, env)
             .await
-            .map_err(source_error)?
-            .body;
+            .map_err(source_error)?;
         if src
             .content_length()
             .is_some_and(|n| n > MAX_CATALOGUE_BYTES as u64)
@@ -385,10 +386,15 @@ impl ManifestItem {
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; CATALOGUE_CHUNK];
         loop {
-            let n = src.read(&mut chunk).await.map_err(source_error)?;
-            if n == 0 {
-                break;
-            }
+            let n = match src.read(&mut chunk, env).await? {
+                Next::Data(n) => n,
+                Next::End => break,
+                // The server sends the catalogue from its start again.
+                Next::Restart => {
+                    buf.clear();
+                    continue;
+                }
+            };
             buf.extend_from_slice(&chunk[..n]);
             if buf.len() > MAX_CATALOGUE_BYTES {
                 break;
@@ -434,7 +440,7 @@ impl ManifestItem {
         env: &mut Env<'_>,
         id: usize,
     ) -> Result<(), ItemError> {
-        let cat = self.fetch(env).await?;
+        let cat = self.fetch(id, env).await?;
         let chip = dev.chip.name();
         let entry = pick(&cat, chip, &self.project, self.policy)
             .map_err(|e| ItemError::new(Reason::FileNotFound, format!("{}: {e}", self.uri)))?;
@@ -470,16 +476,9 @@ impl ManifestItem {
         inner.break_after_fail = self.break_after_fail;
         let (size, mismatch) = (entry.size, self.mismatch.clone());
         *mismatch.borrow_mut() = None;
-        inner.wrap_source = Some(Box::new(move |src| {
-            Box::new(CheckedSource {
-                inner: src,
-                size,
-                sha256,
-                hasher: Sha256::new(),
-                got: 0,
-                started: false,
-                mismatch: mismatch.clone(),
-            })
+        inner.retry = self.retry;
+        inner.check = Some(Box::new(move || {
+            Box::new(CatalogueCheck::new(size, sha256, mismatch.clone()))
         }));
         self.inner = Some(inner);
         let inner = self.inner.as_mut().ok_or_else(|| {
@@ -739,73 +738,47 @@ mod tests {
         assert_eq!(parse_sha256(&"zz".repeat(32)), None);
     }
 
-    /// Bytes in memory that announce `len` (or nothing) as their length.
-    struct Mem(crate::io::MemBody, Option<u64>);
-    impl Body for Mem {
-        fn content_length(&self) -> Option<u64> {
-            self.1
-        }
-        fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
-            self.0.read(buf)
-        }
-        fn uri(&self) -> &str {
-            "mem://x"
-        }
+    fn checked(size: u64, sha: [u8; 32]) -> CatalogueCheck {
+        CatalogueCheck::new(size, sha, Rc::new(RefCell::new(None)))
     }
 
-    fn checked(data: &[u8], len: Option<u64>, size: u64, sha: [u8; 32]) -> CheckedSource {
-        CheckedSource {
-            inner: Box::new(Mem(crate::io::MemBody::new("mem://x", data.to_vec()), len)),
-            size,
-            sha256: sha,
-            hasher: Sha256::new(),
-            got: 0,
-            started: false,
-            mismatch: Rc::new(RefCell::new(None)),
+    /// Feed `data` in 7-byte pieces, then end the stream.
+    fn drain(c: &mut CatalogueCheck, len: Option<u64>, data: &[u8]) -> Result<(), String> {
+        c.restart(len)?;
+        for piece in data.chunks(7) {
+            c.feed(piece)?;
         }
-    }
-
-    fn drain(s: &mut CheckedSource) -> Result<u64, SourceError> {
-        let mut buf = [0u8; 7];
-        let mut total = 0;
-        loop {
-            match crate::io::block_on(s.read(&mut buf))? {
-                0 => return Ok(total),
-                n => total += n as u64,
-            }
-        }
+        c.finish()
     }
 
     #[test]
-    fn checked_source_passes_matching_bytes_and_fails_the_end_on_mismatch() {
+    fn catalogue_check_passes_matching_bytes_and_fails_the_end_on_mismatch() {
         let data = b"hello, firmware".to_vec();
         let sha: [u8; 32] = Sha256::digest(&data).into();
-        let mut ok = checked(&data, Some(data.len() as u64), data.len() as u64, sha);
-        assert_eq!(drain(&mut ok).unwrap(), data.len() as u64);
+        let n = data.len() as u64;
+        assert_eq!(drain(&mut checked(n, sha), Some(n), &data), Ok(()));
 
         let mut flipped = data.clone();
         flipped[3] ^= 1;
-        let mut bad = checked(&flipped, None, data.len() as u64, sha);
-        let e = drain(&mut bad).unwrap_err().to_string();
+        let mut bad = checked(n, sha);
+        let e = drain(&mut bad, None, &flipped).unwrap_err();
         assert!(e.contains("SHA-256 of the download"), "{e}");
         assert!(bad.mismatch.borrow().is_some());
 
-        let mut short = checked(&data[..5], None, data.len() as u64, sha);
-        assert!(drain(&mut short)
+        assert!(drain(&mut checked(n, sha), None, &data[..5])
             .unwrap_err()
-            .to_string()
             .contains("has 5 bytes"));
-
-        let mut long = checked(&data, None, 5, sha);
-        assert!(drain(&mut long)
+        assert!(drain(&mut checked(5, sha), None, &data)
             .unwrap_err()
-            .to_string()
             .contains("longer than"));
-
-        let mut wrong_len = checked(&data, Some(99), data.len() as u64, sha);
-        assert!(drain(&mut wrong_len)
+        assert!(drain(&mut checked(n, sha), Some(99), &data)
             .unwrap_err()
-            .to_string()
             .contains("sends 99 bytes"));
+
+        // A download that starts over is checked from its new start.
+        let mut again = checked(n, sha);
+        again.restart(Some(n)).unwrap();
+        again.feed(&flipped[..9]).unwrap();
+        assert_eq!(drain(&mut again, Some(n), &data), Ok(()));
     }
 }

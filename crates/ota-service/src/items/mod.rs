@@ -2,17 +2,18 @@
 
 mod app;
 mod data;
+mod download;
 pub mod manifest;
 
-pub use app::{AppItem, SourceWrapper, CHUNK as APP_CHUNK};
+pub use app::{AppItem, CheckFactory, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
+pub use download::StreamCheck;
 pub use manifest::ManifestItem;
 
 use ota_core::Error as CoreError;
 
 #[cfg(feature = "std")]
 use crate::config::{Config, ItemKind};
-use crate::io::Body;
 use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Env, Event, ItemError};
@@ -30,19 +31,6 @@ pub(crate) fn item_source_options(
         opts.ca_pem = ca_pem.clone();
     }
     opts
-}
-
-/// Read until `buf` is full or the source ends; returns the bytes read.
-pub(crate) async fn read_full(src: &mut dyn Body, buf: &mut [u8]) -> Result<usize, SourceError> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = src.read(&mut buf[got..]).await?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    Ok(got)
 }
 
 pub(crate) fn source_error(e: SourceError) -> ItemError {
@@ -81,18 +69,11 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
     ItemError::new(reason, format!("{}: {}", context, e))
 }
 
-/// `ESP_ERR_INVALID_VERSION` (0x10A): what IDF reports for an image of another chip.
-pub const ESP_ERR_INVALID_VERSION: i32 = 0x10A;
-/// `ESP_ERR_OTA_PARTITION_CONFLICT` (ESP-IDF `components/app_update/include/esp_ota_ops.h`:
-/// `ESP_ERR_OTA_BASE` 0x1500 + 0x01, "request was to write or erase the current running
-/// partition"): an item would write outside its own target ([`ota_core::guard`]).
-pub const ESP_ERR_OTA_PARTITION_CONFLICT: i32 = 0x1501;
-/// `ESP_ERR_OTA_SMALL_SEC_VER` (esp-idf `esp_ota_ops.h`: base 0x1500 + 4): anti-rollback refused an
-/// image whose `secure_version` is below the eFuse counter.
-pub const ESP_ERR_OTA_SMALL_SEC_VER: i32 = 0x1504;
-/// `ESP_ERR_OTA_ROLLBACK_INVALID_STATE` (esp-idf `esp_ota_ops.h`: base 0x1500 + 6): the running app
-/// is still PENDING_VERIFY.
-pub const ESP_ERR_OTA_ROLLBACK_INVALID_STATE: i32 = 0x1506;
+/// The ESP-IDF codes items report (their one home is [`crate::reason`]).
+pub use crate::reason::{
+    ESP_ERR_INVALID_VERSION, ESP_ERR_OTA_PARTITION_CONFLICT, ESP_ERR_OTA_ROLLBACK_INVALID_STATE,
+    ESP_ERR_OTA_SMALL_SEC_VER,
+};
 
 /// ADF logs progress once a second (`ota_proc_default.c`).
 const PROGRESS_LOG_MS: u64 = 1000;
@@ -178,6 +159,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.limits = Some(spec.limits);
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
+                item.retry = spec.retry;
                 items.push(Box::new(item));
             }
             ItemKind::App => {
@@ -199,6 +181,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 let mut item = DataItem::new(spec.uri.clone(), label, spec.format);
                 item.staging = spec.staging.clone();
                 item.limits = Some(spec.limits);
+                item.retry = spec.retry;
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
