@@ -366,3 +366,182 @@ fn data_item_verifies_then_rereads_with_if_match_through_the_transport() {
         .unwrap();
     assert_eq!(back, data);
 }
+
+/// A transport written the way a client on embassy-net would write one (`io::request_headers`
+/// for the request, `io::judge_http_answer` for the answer, the rest of the connection as the
+/// body), over a "connection" that is a function from request text to response bytes.
+struct RawHttp<S: Fn(&str) -> Vec<u8>> {
+    server: S,
+}
+
+/// The body of a raw HTTP answer: what came after the head, held to its `Content-Length`.
+struct RawBody {
+    uri: String,
+    rest: Vec<u8>,
+    pos: usize,
+    length: Option<u64>,
+}
+
+impl Body for RawBody {
+    fn content_length(&self) -> Option<u64> {
+        self.length
+    }
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
+        let n = (self.rest.len() - self.pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.rest[self.pos..self.pos + n]);
+        self.pos += n;
+        let short = n == 0 && !buf.is_empty() && self.length.is_some_and(|l| (self.pos as u64) < l);
+        Box::pin(std::future::ready(if short {
+            Err(SourceError::ShortBody {
+                uri: self.uri.clone(),
+                expected: self.length.unwrap_or(0),
+                got: self.pos as u64,
+            })
+        } else {
+            Ok(n)
+        }))
+    }
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+}
+
+impl<S: Fn(&str) -> Vec<u8>> Transport for RawHttp<S> {
+    fn open<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Opened, SourceError>> {
+        let mut text = format!("GET {} HTTP/1.1\r\n", req.uri);
+        for (name, value) in ota_service::io::request_headers(&req) {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let answer = (self.server)(&text);
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n");
+        let bad = |detail: &str| SourceError::BadResponse {
+            uri: req.uri.to_string(),
+            detail: detail.to_string(),
+        };
+        let Some(split) = split else {
+            return Box::pin(std::future::ready(Err(bad("no end of head"))));
+        };
+        let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let fields: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let length = field("content-length").and_then(|v| v.parse().ok());
+        let verdict = ota_service::io::judge_http_answer(
+            &req,
+            &ota_service::io::HttpHead {
+                status,
+                reason: "",
+                content_length: length,
+                content_range: field("content-range"),
+                etag: field("etag"),
+                last_modified: field("last-modified"),
+                location: field("location").is_some(),
+            },
+        );
+        let body = RawBody {
+            uri: req.uri.to_string(),
+            rest: answer[split + 4..].to_vec(),
+            pos: 0,
+            length,
+        };
+        Box::pin(std::future::ready(
+            verdict.map(|v| v.with_body(Box::new(body))),
+        ))
+    }
+}
+
+#[test]
+fn a_raw_http_client_needs_only_the_io_helpers_to_resume_an_app_download() {
+    let file = image("v2.0.0", 120_000);
+    let etag = "\"raw-1\"";
+    let answers = Cell::new(0u32);
+    let requests = RefCell::new(Vec::<String>::new());
+    let server = |req: &str| {
+        requests.borrow_mut().push(req.to_string());
+        let start: usize = req
+            .lines()
+            .find_map(|l| l.strip_prefix("Range: bytes="))
+            .and_then(|r| r.trim_end_matches('-').parse().ok())
+            .unwrap_or(0);
+        let n = answers.get();
+        answers.set(n + 1);
+        let body = &file[start..];
+        let mut out = if start > 0 {
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {}-{}/{}\r\n",
+                start,
+                file.len() - 1,
+                file.len()
+            )
+        } else {
+            "HTTP/1.1 200 OK\r\n".to_string()
+        };
+        out.push_str(&format!(
+            "Content-Length: {}\r\nETag: {etag}\r\n\r\n",
+            body.len()
+        ));
+        let mut out = out.into_bytes();
+        // The first answer breaks off after 45 000 bytes of body.
+        let sent = if n == 0 { 45_000 } else { body.len() };
+        out.extend_from_slice(&body[..sent]);
+        out
+    };
+    let transport = RawHttp { server };
+    let mut dev = device(EXAMPLE_CSV);
+    let booted = boot::boot(
+        &mut dev.flash,
+        &dev.table,
+        Chip::Esp32,
+        &BootConfig::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let clock = FakeClock::default();
+    let mut events = Vec::new();
+    let mut on_event = |ev: Event| events.push(ev);
+    let mut device = Device {
+        flash: &mut dev.flash,
+        table: &dev.table,
+        chip: Chip::Esp32,
+        running: Some(booted.partition),
+        rollback: false,
+        anti_rollback: None,
+        table_offset: ota_core::partition::TABLE_OFFSET,
+        flash_size: None,
+    };
+    let mut env = AsyncEnv {
+        transport: &transport,
+        clock: &clock,
+        source: SourceOptions::default(),
+        events: &mut on_event,
+    };
+    let mut items: Vec<Box<dyn UpgradeItem<EmuFlash>>> =
+        vec![Box::new(app("http://raw.test/app.bin", 3, 100))];
+    let report = block_on_with(run_list_async(&mut items, &mut device, &mut env), || {});
+    assert_eq!(report.results, vec![(0, Outcome::Success)]);
+    let reqs = requests.borrow();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(reqs[1].contains("Range: bytes=45000-"), "{}", reqs[1]);
+    assert!(
+        reqs[1].contains(&format!("If-Range: {etag}")),
+        "{}",
+        reqs[1]
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Resume {
+            id: 0,
+            at: 45_000,
+            from: ota_service::ResumeFrom::Reconnect
+        }
+    )));
+    assert_eq!(support::boot(&mut dev).1, "v2.0.0");
+}
