@@ -319,6 +319,74 @@ impl Body for MemBody {
     }
 }
 
+/// A [`Body`] over any `embedded_io_async::Read` (a TCP socket of embassy-net, the body reader
+/// of an async HTTP client), holding it to the answer's `Content-Length`: never more bytes than
+/// promised, and an end before them is [`SourceError::ShortBody`]. Read errors are
+/// [`SourceError::Network`] (transient) with the `embedded_io` error kind.
+pub struct ReadBody<R> {
+    uri: String,
+    reader: R,
+    length: Option<u64>,
+    got: u64,
+}
+
+impl<R: embedded_io_async::Read> ReadBody<R> {
+    /// The body of `uri`, `length` bytes when the answer said (`Content-Length`).
+    pub fn new(uri: impl Into<String>, reader: R, length: Option<u64>) -> Self {
+        ReadBody {
+            uri: uri.into(),
+            reader,
+            length,
+            got: 0,
+        }
+    }
+
+    async fn read_bounded(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
+        let want = match self.length {
+            Some(l) => {
+                let left = l.saturating_sub(self.got);
+                buf.len().min(usize::try_from(left).unwrap_or(usize::MAX))
+            }
+            None => buf.len(),
+        };
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self
+            .reader
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| SourceError::Network {
+                uri: self.uri.clone(),
+                phase: crate::source::Phase::Read,
+                detail: format!("{:?}", embedded_io_async::Error::kind(&e)),
+            })?;
+        match self.length {
+            Some(expected) if n == 0 => Err(SourceError::ShortBody {
+                uri: self.uri.clone(),
+                expected,
+                got: self.got,
+            }),
+            _ => {
+                self.got += n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl<R: embedded_io_async::Read + 'static> Body for ReadBody<R> {
+    fn content_length(&self) -> Option<u64> {
+        self.length.map(|l| l.saturating_sub(self.got))
+    }
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
+        Box::pin(self.read_bounded(buf))
+    }
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +431,32 @@ mod tests {
         assert!(v.honoured);
         assert_eq!(v.total_length, Some(200));
         assert_eq!(v.etag.as_deref(), Some("\"e1\""));
+    }
+
+    #[test]
+    fn read_body_holds_a_reader_to_its_content_length() {
+        static DATA: [u8; 10] = [7; 10];
+        let mut buf = [0u8; 64];
+        // More bytes than promised: only the promised ones.
+        let mut b = ReadBody::new("http://h/x", &DATA[..], Some(6));
+        assert_eq!(block_on(b.read(&mut buf)).unwrap(), 6);
+        assert_eq!(block_on(b.read(&mut buf)).unwrap(), 0);
+        // Fewer: a short body, not an end.
+        let mut b = ReadBody::new("http://h/x", &DATA[..], Some(20));
+        assert_eq!(block_on(b.read(&mut buf)).unwrap(), 10);
+        assert_eq!(b.content_length(), Some(10));
+        assert!(matches!(
+            block_on(b.read(&mut buf)),
+            Err(SourceError::ShortBody {
+                expected: 20,
+                got: 10,
+                ..
+            })
+        ));
+        // No length: the reader's end is the end.
+        let mut b = ReadBody::new("http://h/x", &DATA[..], None);
+        assert_eq!(block_on(b.read(&mut buf)).unwrap(), 10);
+        assert_eq!(block_on(b.read(&mut buf)).unwrap(), 0);
     }
 
     #[test]
