@@ -105,6 +105,13 @@ pub(crate) fn validator_of<'v>(
 
 /// Opens sources for the items: `file://`, `http://`, `https://` or whatever the driver knows.
 /// A URI it cannot open is [`SourceError::UnsupportedScheme`].
+///
+/// The service checks the item's deadline before every open and retries what
+/// [`SourceError::is_transient`] says may pass; the transport bounds every wait itself, as the
+/// std client does: connecting and each read within `opts.timeout` ([`SourceError::Timeout`]),
+/// the body's average rate (`opts.low_speed_limit` over `opts.low_speed_time`,
+/// [`SourceError::TooSlow`]) and its end by `opts.deadline` on the run's clock
+/// ([`SourceError::DeadlineExceeded`]).
 pub trait Transport {
     fn open<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Opened, SourceError>>;
 }
