@@ -2,8 +2,8 @@
 //! `components/ota_service/include/ota_service.h`), and the ESP-IDF `esp_err_t` codes that ADF
 //! passes through the same field.
 //!
-//! Kept so results can be reported exactly as ADF applications expect, while our [`Outcome`](crate::Outcome)
-//! (crate::service) says what really happened: success, skipped (not newer) or failed.
+//! Kept so results can be reported exactly as ADF applications expect, while our
+//! [`Outcome`](crate::Outcome) says what really happened: success, skipped (not newer) or failed.
 
 use core::fmt;
 
