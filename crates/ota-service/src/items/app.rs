@@ -272,6 +272,11 @@ impl AppItem {
                     TAG_OTA,
                     format!("The server has no byte {}: starting over from byte 0", n),
                 );
+                env.emit(Event::StartOver {
+                    id,
+                    at: n,
+                    why: StartOverWhy::RangeNotSatisfiable,
+                });
                 return Ok(Ok(None));
             }
             Err(e) => {
@@ -285,6 +290,11 @@ impl AppItem {
                 TAG_OTA,
                 "The server answered 200 to the Range request (Range not supported, or the file changed): starting over from byte 0",
             );
+            let why = match fetch.validator {
+                Some(seen) if seen != v => StartOverWhy::FileChanged,
+                _ => StartOverWhy::RangeIgnored,
+            };
+            env.emit(Event::StartOver { id, at: n, why });
             return Ok(Err(fetch));
         }
         if fetch.changed {
@@ -292,6 +302,11 @@ impl AppItem {
                 TAG_OTA,
                 "The file changed since the download started: starting over from byte 0",
             );
+            env.emit(Event::StartOver {
+                id,
+                at: n,
+                why: StartOverWhy::FileChanged,
+            });
             return Ok(Ok(None));
         }
         let cfg = app_config(dev);
@@ -329,6 +344,11 @@ impl AppItem {
                         e
                     ),
                 );
+                env.emit(Event::StartOver {
+                    id,
+                    at: n,
+                    why: StartOverWhy::ResumedImageInvalid,
+                });
                 Ok(Ok(None))
             }
         }
