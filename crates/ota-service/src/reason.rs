@@ -179,6 +179,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_code_has_one_home_that_the_other_modules_reexport() {
+        assert_eq!(crate::items::ESP_ERR_OTA_PARTITION_CONFLICT, 0x1501);
+        assert_eq!(
+            crate::items::ESP_ERR_OTA_SMALL_SEC_VER,
+            ESP_ERR_OTA_SMALL_SEC_VER
+        );
+        assert_eq!(
+            crate::source::reason::STREAM_RD_FAIL,
+            Reason::StreamRdFail.code()
+        );
+        assert_eq!(crate::source::reason::URL_PARSE_FAIL, 0x90002);
+        assert_eq!(
+            Reason::OtaValidateFailed.code(),
+            ESP_ERR_OTA_VALIDATE_FAILED
+        );
+        assert_eq!(
+            Reason::Other(ESP_ERR_OTA_ROLLBACK_FAILED).to_string(),
+            "0x1505 ESP_ERR_OTA_ROLLBACK_FAILED"
+        );
+        assert_eq!(
+            esp_err_name(ESP_ERR_INVALID_VERSION),
+            Some("ESP_ERR_INVALID_VERSION")
+        );
+    }
+
+    #[test]
     fn codes_match_adf() {
         assert_eq!(Reason::NoHigherVersion.code(), 589828);
         assert_eq!(Reason::NullPointer.code(), 589825);
