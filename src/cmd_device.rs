@@ -1710,8 +1710,9 @@ fn rollback_cmd_at<const W: usize>(path: &Path, faults: &FaultArgs) -> Result<Ex
     let idx = update::mark_app_invalid_rollback(flash, &table, chip, anti).map_err(|e| {
         anyhow!(
             "esp_ota_mark_app_invalid_rollback_and_reboot failed on {} \
-             (0x1505 ESP_ERR_OTA_ROLLBACK_FAILED, nothing written): {}",
+             ({}, nothing written): {}",
             path.display(),
+            ota_service::Reason::Other(ota_service::reason::ESP_ERR_OTA_ROLLBACK_FAILED),
             e
         )
     })?;
@@ -1734,6 +1735,8 @@ fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut Progress
     if logger::output() == logger::Output::Json {
         let v = match ev {
             Event::Log { .. } | Event::Finish | Event::Restart => None,
+            // Typed for tests and embedders; the log lines say the same to a person.
+            Event::Resume { .. } | Event::StartOver { .. } | Event::StagedCopyResume { .. } => None,
             Event::Start { id, item } => {
                 let spec = config.upgrade.get(*id);
                 Some(json!({"event": "item_start", "id": id, "item": item,
@@ -1814,5 +1817,6 @@ fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut Progress
         }
         Event::Finish => {}
         Event::Restart => {}
+        Event::Resume { .. } | Event::StartOver { .. } | Event::StagedCopyResume { .. } => {}
     }
 }

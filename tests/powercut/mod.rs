@@ -30,11 +30,11 @@ use ota_core::boot::{BootConfig, BootOutcome};
 use ota_core::otadata::OtaState;
 use ota_core::partition::PartitionTable;
 use ota_core::{tone, Chip};
-use ota_sim::Board;
 use ota_emu::flash::{EmuFlash, EmuFlashN, FaultPlan};
 use ota_emu::EmuError;
 use ota_service::config::Config;
 use ota_service::source::{Phase, SdCardFs, SourceError};
+use ota_sim::Board;
 
 /// One program or erase of the reference run, with the byte count before it.
 #[derive(Clone, Copy, Debug)]

@@ -40,16 +40,9 @@ pub enum ItemKind {
     Data,
 }
 
-/// How a data item's bytes are checked before they are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    /// Any bytes (ADF's default data procedure, adf-ota-service.md §6).
-    #[default]
-    Raw,
-    /// An ADF tone bin (adf-ota-service.md §7, §8).
-    Tone,
-}
+/// How a data item's bytes are checked before they are written (defined with the data item,
+/// which builds without `std`).
+pub use crate::items::DataFormat;
 
 /// One item of the upgrade list (ADF `ota_upgrade_ops_t`, adf-ota-service.md §2.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +60,7 @@ pub struct UpgradeSpec {
     pub break_after_fail: bool,
     /// A pinned CA in PEM (ADF `cert_pem`), resolved against the config file's folder.
     pub cert: Option<PathBuf>,
-    /// App items: how often a failed download is tried again (`retries`, `retry_backoff_ms`).
+    /// How often a failed download is tried again (`retries`, `retry_backoff_ms`).
     pub retry: RetryPolicy,
     /// App items: keep a resume record in flash for HTTP(S) downloads (`resume`).
     pub resume: bool,
@@ -442,37 +435,19 @@ fn explicit_item(
 ) -> Result<UpgradeSpec, ConfigError> {
     let raw = item.get_ref();
     check_uri(loc, &raw.uri)?;
-    if raw.kind == ItemKind::Data {
-        let app_only = [
-            raw.retries.as_ref().map(|v| ("retries", v.span())),
-            raw.retry_backoff_ms
-                .as_ref()
-                .map(|v| ("retry_backoff_ms", v.span())),
-            raw.resume.as_ref().map(|v| ("resume", v.span())),
-        ];
-        if let Some((key, span)) = app_only.into_iter().flatten().next() {
-            return Err(loc.at(
-                Some(span),
-                format!("`{key}` is for app items (resumable downloads)"),
-            ));
-        }
+    // Every item retries and reconnects (`retries`, `retry_backoff_ms`); only a plain app item
+    // keeps a resume record in flash across runs.
+    if let (ItemKind::Data, Some(r)) = (raw.kind, raw.resume.as_ref()) {
+        return Err(loc.at(
+            Some(r.span()),
+            "`resume` is for app items (a resume record in flash): a data item is verified and written within one run".to_string(),
+        ));
     }
-    if raw.project.is_some() {
-        let keys = [
-            raw.retries.as_ref().map(|v| ("retries", v.span())),
-            raw.retry_backoff_ms
-                .as_ref()
-                .map(|v| ("retry_backoff_ms", v.span())),
-            raw.resume.as_ref().map(|v| ("resume", v.span())),
-        ];
-        if let Some((key, span)) = keys.into_iter().flatten().next() {
-            return Err(loc.at(
-                Some(span),
-                format!(
-                    "`{key}` does not apply to a catalogue item (`project`): its download is checked whole against the catalogue's SHA-256, so it is not resumed"
-                ),
-            ));
-        }
+    if let (Some(_), Some(r)) = (raw.project.as_ref(), raw.resume.as_ref()) {
+        return Err(loc.at(
+            Some(r.span()),
+            "`resume` does not apply to a catalogue item (`project`): its download is checked whole against the catalogue's SHA-256, so it is not resumed from a record (it still retries and reconnects)".to_string(),
+        ));
     }
     let retry = retry_policy(
         loc,

@@ -2,10 +2,10 @@
 //! `components/ota_service/include/ota_service.h`), and the ESP-IDF `esp_err_t` codes that ADF
 //! passes through the same field.
 //!
-//! Kept so results can be reported exactly as ADF applications expect, while our [`Outcome`]
-//! (crate::service) says what really happened: success, skipped (not newer) or failed.
+//! Kept so results can be reported exactly as ADF applications expect, while our
+//! [`Outcome`](crate::Outcome) says what really happened: success, skipped (not newer) or failed.
 
-use std::fmt;
+use core::fmt;
 
 /// `OTA_SERVICE_ERR_REASON_BASE` (esp-adf `components/ota_service/include/ota_service.h`).
 pub const REASON_BASE: i32 = 0x90000;
@@ -37,7 +37,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn code(self) -> i32 {
+    pub const fn code(self) -> i32 {
         match self {
             Reason::Unknown => -1,
             Reason::Success => 0,
@@ -54,7 +54,7 @@ impl Reason {
             Reason::StreamInitFail => REASON_BASE + 0xB,
             Reason::StreamRdFail => REASON_BASE + 0xC,
             Reason::GetNewAppDescFail => REASON_BASE + 0xD,
-            Reason::OtaValidateFailed => 0x1503,
+            Reason::OtaValidateFailed => ESP_ERR_OTA_VALIDATE_FAILED,
             Reason::Other(c) => c,
         }
     }
@@ -111,6 +111,27 @@ impl Reason {
 pub const ESP_ERR_OTA_BASE: i32 = 0x1500;
 /// `ESP_ERR_HTTPS_OTA_BASE` (esp-idf `components/esp_https_ota/include/esp_https_ota.h`).
 pub const ESP_ERR_HTTPS_OTA_BASE: i32 = 0x9000;
+/// `ESP_ERR_INVALID_VERSION` (esp-idf `components/esp_common/include/esp_err.h`): what IDF
+/// reports for an image of another chip.
+pub const ESP_ERR_INVALID_VERSION: i32 = 0x10A;
+/// `ESP_ERR_OTA_PARTITION_CONFLICT` (`esp_ota_ops.h`: base + 1, "request was to write or erase
+/// the current running partition"): an item would write outside its own target
+/// (`ota_core::guard`).
+pub const ESP_ERR_OTA_PARTITION_CONFLICT: i32 = ESP_ERR_OTA_BASE + 1;
+/// `ESP_ERR_OTA_SELECT_INFO_INVALID` (`esp_ota_ops.h`: base + 2).
+pub const ESP_ERR_OTA_SELECT_INFO_INVALID: i32 = ESP_ERR_OTA_BASE + 2;
+/// `ESP_ERR_OTA_VALIDATE_FAILED` (`esp_ota_ops.h`: base + 3): the image did not verify.
+pub const ESP_ERR_OTA_VALIDATE_FAILED: i32 = ESP_ERR_OTA_BASE + 3;
+/// `ESP_ERR_OTA_SMALL_SEC_VER` (`esp_ota_ops.h`: base + 4): anti-rollback refused an image
+/// whose `secure_version` is below the eFuse counter.
+pub const ESP_ERR_OTA_SMALL_SEC_VER: i32 = ESP_ERR_OTA_BASE + 4;
+/// `ESP_ERR_OTA_ROLLBACK_FAILED` (`esp_ota_ops.h`: base + 5): no app to roll back to.
+pub const ESP_ERR_OTA_ROLLBACK_FAILED: i32 = ESP_ERR_OTA_BASE + 5;
+/// `ESP_ERR_OTA_ROLLBACK_INVALID_STATE` (`esp_ota_ops.h`: base + 6): the running app is still
+/// PENDING_VERIFY.
+pub const ESP_ERR_OTA_ROLLBACK_INVALID_STATE: i32 = ESP_ERR_OTA_BASE + 6;
+/// `ESP_ERR_HTTPS_OTA_IN_PROGRESS` (`esp_https_ota.h`: base + 1).
+pub const ESP_ERR_HTTPS_OTA_IN_PROGRESS: i32 = ESP_ERR_HTTPS_OTA_BASE + 1;
 
 /// The `esp_err_to_name` name of the ESP-IDF codes an OTA can report (esp-idf
 /// `components/esp_common/include/esp_err.h`, `components/app_update/include/esp_ota_ops.h`,
@@ -128,17 +149,17 @@ pub fn esp_err_name(code: i32) -> Option<&'static str> {
         0x107 => "ESP_ERR_TIMEOUT",
         0x108 => "ESP_ERR_INVALID_RESPONSE",
         0x109 => "ESP_ERR_INVALID_CRC",
-        0x10A => "ESP_ERR_INVALID_VERSION",
+        ESP_ERR_INVALID_VERSION => "ESP_ERR_INVALID_VERSION",
         0x10D => "ESP_ERR_NOT_ALLOWED",
-        c if c == ESP_ERR_OTA_BASE => "ESP_ERR_OTA_BASE",
-        c if c == ESP_ERR_OTA_BASE + 1 => "ESP_ERR_OTA_PARTITION_CONFLICT",
-        c if c == ESP_ERR_OTA_BASE + 2 => "ESP_ERR_OTA_SELECT_INFO_INVALID",
-        c if c == ESP_ERR_OTA_BASE + 3 => "ESP_ERR_OTA_VALIDATE_FAILED",
-        c if c == ESP_ERR_OTA_BASE + 4 => "ESP_ERR_OTA_SMALL_SEC_VER",
-        c if c == ESP_ERR_OTA_BASE + 5 => "ESP_ERR_OTA_ROLLBACK_FAILED",
-        c if c == ESP_ERR_OTA_BASE + 6 => "ESP_ERR_OTA_ROLLBACK_INVALID_STATE",
-        c if c == ESP_ERR_HTTPS_OTA_BASE => "ESP_ERR_HTTPS_OTA_BASE",
-        c if c == ESP_ERR_HTTPS_OTA_BASE + 1 => "ESP_ERR_HTTPS_OTA_IN_PROGRESS",
+        ESP_ERR_OTA_BASE => "ESP_ERR_OTA_BASE",
+        ESP_ERR_OTA_PARTITION_CONFLICT => "ESP_ERR_OTA_PARTITION_CONFLICT",
+        ESP_ERR_OTA_SELECT_INFO_INVALID => "ESP_ERR_OTA_SELECT_INFO_INVALID",
+        ESP_ERR_OTA_VALIDATE_FAILED => "ESP_ERR_OTA_VALIDATE_FAILED",
+        ESP_ERR_OTA_SMALL_SEC_VER => "ESP_ERR_OTA_SMALL_SEC_VER",
+        ESP_ERR_OTA_ROLLBACK_FAILED => "ESP_ERR_OTA_ROLLBACK_FAILED",
+        ESP_ERR_OTA_ROLLBACK_INVALID_STATE => "ESP_ERR_OTA_ROLLBACK_INVALID_STATE",
+        ESP_ERR_HTTPS_OTA_BASE => "ESP_ERR_HTTPS_OTA_BASE",
+        ESP_ERR_HTTPS_OTA_IN_PROGRESS => "ESP_ERR_HTTPS_OTA_IN_PROGRESS",
         _ => return None,
     })
 }
@@ -156,6 +177,32 @@ impl fmt::Display for Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_has_one_home_that_the_other_modules_reexport() {
+        assert_eq!(crate::items::ESP_ERR_OTA_PARTITION_CONFLICT, 0x1501);
+        assert_eq!(
+            crate::items::ESP_ERR_OTA_SMALL_SEC_VER,
+            ESP_ERR_OTA_SMALL_SEC_VER
+        );
+        assert_eq!(
+            crate::source::reason::STREAM_RD_FAIL,
+            Reason::StreamRdFail.code()
+        );
+        assert_eq!(crate::source::reason::URL_PARSE_FAIL, 0x90002);
+        assert_eq!(
+            Reason::OtaValidateFailed.code(),
+            ESP_ERR_OTA_VALIDATE_FAILED
+        );
+        assert_eq!(
+            Reason::Other(ESP_ERR_OTA_ROLLBACK_FAILED).to_string(),
+            "0x1505 ESP_ERR_OTA_ROLLBACK_FAILED"
+        );
+        assert_eq!(
+            esp_err_name(ESP_ERR_INVALID_VERSION),
+            Some("ESP_ERR_INVALID_VERSION")
+        );
+    }
 
     #[test]
     fn codes_match_adf() {

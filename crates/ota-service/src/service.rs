@@ -7,8 +7,10 @@ use embedded_storage::nor_flash::NorFlash;
 use ota_core::partition::{Partition, PartitionTable};
 use ota_core::Chip;
 
+use crate::io::{BoxFuture, Clock, Opened, Request, Transport};
+use crate::prelude::*;
 use crate::reason::Reason;
-use crate::source::{SdCardFs, SourceOptions};
+use crate::source::{SourceError, SourceOptions};
 
 /// Log level, as in ESP-IDF's `I (ms) TAG: msg` lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,12 +84,49 @@ pub enum Event {
         bytes: u64,
         total: Option<u64>,
     },
+    /// The download of item `id` continues at byte `at` of its file instead of starting over.
+    Resume {
+        id: usize,
+        at: u64,
+        from: ResumeFrom,
+    },
+    /// The download of item `id` starts over from byte 0, after `at` bytes.
+    StartOver {
+        id: usize,
+        at: u64,
+        why: StartOverWhy,
+    },
+    /// A staged copy into item `id`'s target that a power cut interrupted is finished from
+    /// step `step` of `steps` (before the item downloads anything).
+    StagedCopyResume { id: usize, step: u32, steps: u32 },
     /// Item `id` finished (ADF's `OTA_SERV_EVENT_TYPE_RESULT`).
     Result { id: usize, outcome: Outcome },
     /// The list finished and no restart is due (ADF's `OTA_SERV_EVENT_TYPE_FINISH`).
     Finish,
     /// The list finished and a successful item asked for a restart.
     Restart,
+}
+
+/// Why a download continues in the middle of its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The connection failed or ended early; the same run asked again with `Range`/`If-Range`.
+    Reconnect,
+    /// A resume record in flash, left by an earlier run that was interrupted.
+    Record,
+}
+
+/// Why a download starts over from byte 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOverWhy {
+    /// The server answered 200 to a `Range` request (it does not do ranges).
+    RangeIgnored,
+    /// The file changed (another validator or length) since the download started.
+    FileChanged,
+    /// The server has no byte at the requested start (416).
+    RangeNotSatisfiable,
+    /// The image put together from a resumed download does not verify.
+    ResumedImageInvalid,
 }
 
 /// An item's failure or refusal: the ADF reason and what went wrong, with context.
@@ -106,8 +145,8 @@ impl ItemError {
     }
 }
 
-impl std::fmt::Display for ItemError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for ItemError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{} [{}]", self.message, self.reason)
     }
 }
@@ -148,14 +187,34 @@ impl<'a, F: NorFlash> Device<'a, F> {
     }
 }
 
-/// Everything else an item needs: SD card, source options, the event sink.
+/// Everything else an item needs: the driver's transport and clock, the source options, the
+/// event sink. The transport and the clock are the service's only I/O.
 pub struct Env<'a> {
-    pub sd: Option<&'a dyn SdCardFs>,
+    pub transport: &'a dyn Transport,
+    pub clock: &'a dyn Clock,
     pub source: SourceOptions,
     pub events: &'a mut dyn FnMut(Event),
 }
 
 impl Env<'_> {
+    /// Opens what `req` asks for through the transport. Past the item's deadline nothing is
+    /// opened: [`SourceError::DeadlineExceeded`].
+    pub async fn open(&self, req: Request<'_>) -> Result<Opened, SourceError> {
+        if let Some(d) = req.opts.deadline {
+            if self.clock.now_ms() >= d {
+                return Err(SourceError::DeadlineExceeded {
+                    uri: req.uri.to_string(),
+                    phase: crate::source::Phase::Open,
+                    max_time: req.opts.max_time,
+                });
+            }
+        }
+        self.transport.open(req).await
+    }
+    /// Waits `ms` on the driver's clock.
+    pub async fn sleep_ms(&self, ms: u64) {
+        self.clock.sleep_ms(ms).await
+    }
     pub fn log(&mut self, level: Level, tag: &'static str, message: impl Into<String>) {
         (self.events)(Event::Log {
             level,
@@ -178,40 +237,43 @@ impl Env<'_> {
 }
 
 /// One entry of the upgrade list: ADF's `ota_upgrade_ops_t` as a trait (esp-adf `ota_service.h`).
+///
+/// The hooks are async (boxed futures, so that a list holds items of any kind as
+/// `Box<dyn UpgradeItem<F>>`): their I/O goes through `env.transport` and `env.clock` only.
 pub trait UpgradeItem<F: NorFlash> {
     /// A short description (the URI) for logs.
     fn describe(&self) -> String;
     /// Open the source, find the target. Nothing is written.
-    fn prepare(
-        &mut self,
-        dev: &mut Device<'_, F>,
-        env: &mut Env<'_>,
+    fn prepare<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
         id: usize,
-    ) -> Result<(), ItemError>;
+    ) -> BoxFuture<'a, Result<(), ItemError>>;
     /// Decide from the first bytes whether to go on. Nothing is erased before this says yes.
-    fn need_upgrade(
-        &mut self,
-        dev: &mut Device<'_, F>,
-        env: &mut Env<'_>,
+    fn need_upgrade<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
         id: usize,
-    ) -> Result<Need, ItemError>;
+    ) -> BoxFuture<'a, Result<Need, ItemError>>;
     /// Copy the data.
-    fn execute(
-        &mut self,
-        dev: &mut Device<'_, F>,
-        env: &mut Env<'_>,
+    fn execute<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
         id: usize,
-    ) -> Result<(), ItemError>;
+    ) -> BoxFuture<'a, Result<(), ItemError>>;
     /// Clean up and give the verdict; called on every path after the hooks ran. The default keeps
     /// the result it is given (fixing ADF's app finish, which ignored it).
-    fn finished_check(
-        &mut self,
-        _dev: &mut Device<'_, F>,
-        _env: &mut Env<'_>,
+    fn finished_check<'a>(
+        &'a mut self,
+        _dev: &'a mut Device<'_, F>,
+        _env: &'a mut Env<'_>,
         _id: usize,
         result: Outcome,
-    ) -> Outcome {
-        result
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(core::future::ready(result))
     }
     /// Restart after the list when this item succeeded (ADF `reboot_flag`).
     fn reboot(&self) -> bool;
@@ -231,13 +293,13 @@ pub struct RunReport {
 }
 
 /// `ota_service_process` for one item (esp-adf `ota_service.c`).
-pub fn process_item<F: NorFlash>(
+pub async fn process_item<F: NorFlash>(
     item: &mut dyn UpgradeItem<F>,
     dev: &mut Device<'_, F>,
     env: &mut Env<'_>,
     id: usize,
 ) -> Outcome {
-    let result = match item.prepare(dev, env, id) {
+    let result = match item.prepare(dev, env, id).await {
         Err(e) => {
             env.error(TAG, "OTA prepared fail");
             Outcome::Failed {
@@ -245,7 +307,7 @@ pub fn process_item<F: NorFlash>(
                 message: e.message,
             }
         }
-        Ok(()) => match item.need_upgrade(dev, env, id) {
+        Ok(()) => match item.need_upgrade(dev, env, id).await {
             Err(e) => {
                 env.error(TAG, "No need to upgrade");
                 Outcome::Failed {
@@ -257,7 +319,7 @@ pub fn process_item<F: NorFlash>(
                 env.warn(TAG, format!("No need to upgrade: {}", message));
                 Outcome::Skipped { reason, message }
             }
-            Ok(Need::Yes) => match item.execute(dev, env, id) {
+            Ok(Need::Yes) => match item.execute(dev, env, id).await {
                 Err(e) => {
                     env.error(TAG, "Fail to execute upgrade");
                     Outcome::Failed {
@@ -269,13 +331,14 @@ pub fn process_item<F: NorFlash>(
             },
         },
     };
-    item.finished_check(dev, env, id, result)
+    item.finished_check(dev, env, id, result).await
 }
 
 /// Run the list in order (the service task's START state, esp-adf `ota_service.c`): a Result event
 /// per item, a break after a failed `break_after_fail` item, then Restart (a successful item
-/// with `reboot`) or Finish.
-pub fn run_list<F: NorFlash>(
+/// with `reboot`) or Finish. The std driver's blocking `run_list` runs this with
+/// [`crate::io::block_on`].
+pub async fn run_list_async<F: NorFlash>(
     items: &mut [Box<dyn UpgradeItem<F> + '_>],
     dev: &mut Device<'_, F>,
     env: &mut Env<'_>,
@@ -286,7 +349,7 @@ pub fn run_list<F: NorFlash>(
             id,
             item: item.describe(),
         });
-        let outcome = process_item(item.as_mut(), dev, env, id);
+        let outcome = process_item(item.as_mut(), dev, env, id).await;
         let failed = matches!(outcome, Outcome::Failed { .. });
         if outcome.is_success() && item.reboot() {
             report.restart = true;

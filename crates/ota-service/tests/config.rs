@@ -347,16 +347,23 @@ resume = false
 }
 
 #[test]
-fn retries_are_bounded_and_only_for_app_items() {
+fn retries_are_bounded_and_resume_is_only_for_app_items() {
     let e = err("firmware_upgrade_uri = \"http://h/a.bin\"\nretries = 1000\n");
     assert_eq!(e.line(), Some(2), "{e}");
     assert!(e.message.contains("retries must be at most 100"), "{e}");
     let e = err("firmware_upgrade_uri = \"http://h/a.bin\"\nretry_backoff_ms = 600000\n");
     assert!(e.message.contains("at most 60000"), "{e}");
-    let e =
-        err("[[upgrade]]\ntype = \"data\"\nlabel = \"x\"\nuri = \"http://h/a.bin\"\nretries = 2\n");
+    let c = ota_service::config::Config::from_str(
+        "[[upgrade]]\ntype = \"data\"\nlabel = \"x\"\nuri = \"http://h/a.bin\"\nretries = 2\n",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(c.upgrade[0].retry.retries, 2, "data items retry too");
+    let e = err(
+        "[[upgrade]]\ntype = \"data\"\nlabel = \"x\"\nuri = \"http://h/a.bin\"\nresume = true\n",
+    );
     assert_eq!(e.line(), Some(5), "{e}");
-    assert!(e.message.contains("`retries` is for app items"), "{e}");
+    assert!(e.message.contains("`resume` is for app items"), "{e}");
     let e = err(
         "[[upgrade]]\ntype = \"app\"\nuri = \"http://h/manifest.json\"\nproject = \"p\"\nresume = true\n",
     );

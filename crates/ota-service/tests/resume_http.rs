@@ -10,7 +10,7 @@ use std::time::Duration;
 use ota_core::resume::{LogPlace, ResumeLog};
 use ota_emu::FaultPlan;
 use ota_service::items::APP_CHUNK as CHUNK;
-use ota_service::Outcome;
+use ota_service::{Outcome, StartOverWhy};
 use ota_testsrv::{Faults, FlakyServer, Stall};
 use support::*;
 
@@ -122,7 +122,7 @@ fn server_that_ignores_range_makes_the_download_start_over_cleanly() {
     assert_eq!(reqs[1].range_start, Some(100_000));
     assert_eq!(reqs[1].status, 200);
     assert!(
-        log.has("starting over from byte 0"),
+        log.started_over(StartOverWhy::RangeIgnored),
         "{}",
         log.lines.join("\n")
     );
@@ -178,7 +178,7 @@ fn range_answer_for_another_file_version_is_caught_by_its_etag() {
     assert_eq!(reqs[1].status, 206);
     assert_eq!(reqs[2].range_start, None, "asked again from byte 0");
     assert!(
-        log.has("The file changed during the download"),
+        log.started_over(StartOverWhy::FileChanged),
         "{}",
         log.lines.join("\n")
     );
@@ -276,7 +276,7 @@ fn failed_run_leaves_a_record_that_the_next_run_resumes() {
     let (report, log) = run_app(&mut dev, app_item(&s.url("app.bin"), 0));
     assert_success(&report, &log);
     assert!(
-        log.has("Resuming download at byte 98304"),
+        log.resumed_from_record() == vec![98304],
         "{}",
         log.lines.join("\n")
     );
@@ -344,7 +344,11 @@ fn resumed_download_of_a_changed_file_starts_over_with_the_new_file() {
         Some(format!("\"v1-{}\"", img.len()).as_str())
     );
     assert_eq!(reqs[1].status, 200);
-    assert!(log.has("starting over from byte 0"));
+    assert!(
+        log.started_over(StartOverWhy::FileChanged),
+        "{}",
+        log.lines.join("\n")
+    );
     assert_eq!(boot(&mut dev).1, "v3.0.0");
 }
 

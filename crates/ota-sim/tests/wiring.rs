@@ -11,13 +11,13 @@ use ota_core::image::{build_image, ImageSpec};
 use ota_core::otadata::OtaState;
 use ota_core::partition::{CsvOptions, PartitionTable, TABLE_MAX_LEN, TABLE_OFFSET};
 use ota_core::Chip;
-use ota_sim::{Board, Error, Hooks, Quiet, SelfTest, Sources, UpgradeList};
 use ota_emu::device::layout;
 use ota_emu::EmuFlash;
 use ota_service::config::Config;
 use ota_service::items::AppItem;
 use ota_service::source::{Phase, SdCardFs, SourceError};
 use ota_service::{Event, RunReport, UpgradeItem};
+use ota_sim::{Board, Error, Hooks, Quiet, SelfTest, Sources, UpgradeList};
 
 const CSV: &str = "\
 nvs,      data, nvs,     ,        0x4000,

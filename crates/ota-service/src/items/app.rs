@@ -8,15 +8,18 @@
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::image::{AppDesc, APP_DESC_SIZE, IMAGE_PREFIX_LEN};
 use ota_core::partition::Partition;
-use ota_core::resume::{self, LogPlace, ResumeHeader, ResumeLog, ResumeRecord, Validator};
+use ota_core::resume::{self, LogPlace, ResumeHeader, ResumeLog, ResumeRecord};
 use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig, UpdateError};
 use ota_core::version::VersionPolicy;
 
+use super::download::{open_with_retries, Fetch, FetchSpec, Next, StreamCheck};
 use super::{core_error, source_error, Progress};
+use crate::io::BoxFuture;
+use crate::prelude::*;
 use crate::reason::Reason;
-use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
+use crate::service::{Device, Env, Event, ItemError, Need, ResumeFrom, StartOverWhy, UpgradeItem};
 use crate::source::{
-    self, RangeOpen, RetryPolicy, Scheme, Source, SourceError, SourceOptions, TransferLimits,
+    duration_ms, RetryPolicy, Scheme, SourceError, SourceOptions, TransferLimits,
     HTTP_RANGE_NOT_SATISFIABLE,
 };
 
@@ -44,16 +47,17 @@ pub struct AppItem {
     /// Keep a resume record in flash so that an interrupted HTTP(S) download continues where
     /// it stopped on the next run (default: on).
     pub resume: bool,
-    /// Wraps the source once it is opened (the catalogue item checks size and SHA-256 this
-    /// way: its wrapper fails the read that would end the stream, so `finish` never runs).
-    /// A wrapped download sees the whole stream from byte 0, so it is neither retried from the
-    /// middle nor resumed.
-    pub wrap_source: Option<SourceWrapper>,
+    /// Makes the check the downloaded bytes must pass as they stream (the catalogue item checks
+    /// size and SHA-256 this way), before the engine's `finish` switches otadata. A checked
+    /// download is retried and reconnected like any other (the check follows the stream and
+    /// starts over with it), but not resumed from a record: the bytes already in flash were
+    /// not seen by the check.
+    pub check: Option<CheckFactory>,
     run: Option<Run>,
 }
 
-/// See [`AppItem::wrap_source`].
-pub type SourceWrapper = Box<dyn Fn(Box<dyn Source>) -> Box<dyn Source>>;
+/// See [`AppItem::check`].
+pub type CheckFactory = Box<dyn Fn() -> Box<dyn StreamCheck>>;
 
 struct Run {
     fetch: Fetch,
@@ -72,25 +76,44 @@ impl AppItem {
             break_after_fail: false,
             retry: RetryPolicy::default(),
             resume: true,
-            wrap_source: None,
+            check: None,
             run: None,
         }
     }
 
-    /// The retry policy in force: none for a wrapped source (see [`AppItem::wrap_source`]).
-    fn retry_policy(&self) -> RetryPolicy {
-        match self.wrap_source {
-            Some(_) => RetryPolicy {
-                retries: 0,
-                ..self.retry
-            },
-            None => self.retry,
+    /// How this item's downloads start.
+    fn spec(&self, id: usize) -> FetchSpec<'_> {
+        FetchSpec {
+            uri: &self.uri,
+            id,
+            tag: TAG_OTA,
+            retry: self.retry,
+        }
+    }
+
+    /// The whole image from byte 0, with the item's check when it has one.
+    async fn open_fetch(
+        &self,
+        id: usize,
+        opts: SourceOptions,
+        used: &mut u32,
+        env: &mut Env<'_>,
+    ) -> Result<Fetch, ItemError> {
+        let fetch = Fetch::open(self.spec(id), opts, None, used, env)
+            .await
+            .map_err(|e| {
+                env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
+                source_error(e)
+            })?;
+        match &self.check {
+            Some(make) => fetch.with_check(make()),
+            None => Ok(fetch),
         }
     }
 
     /// Whether this download keeps and uses a resume record.
     fn resumable(&self) -> bool {
-        self.resume && self.wrap_source.is_none()
+        self.resume && self.check.is_none()
     }
 
     fn options(&self, env: &Env<'_>) -> SourceOptions {
@@ -158,14 +181,14 @@ impl AppItem {
 
     /// A fresh engine for the file `fetch` now serves from byte 0: read and check the prefix,
     /// apply the version policy, start the resume log.
-    fn start_over<F: NorFlash>(
+    async fn start_over<F: NorFlash>(
         &self,
         dev: &mut Device<'_, F>,
         fetch: &mut Fetch,
         log: Option<ResumeLog>,
         env: &mut Env<'_>,
     ) -> Result<AppUpdate, ItemError> {
-        let prefix = read_prefix(fetch, env, &self.uri)?;
+        let prefix = read_prefix(fetch, env, &self.uri).await?;
         let mut engine = self.begin(dev, fetch, log, env)?;
         engine
             .feed_prefix(&prefix)
@@ -201,8 +224,9 @@ impl AppItem {
     /// whole file instead (it ignored `Range`, or the file changed): start over with it.
     /// `Ok(Ok(None))`: the record cannot be used; start over with a new request.
     #[allow(clippy::too_many_arguments)]
-    fn try_resume<F: NorFlash>(
+    async fn try_resume<F: NorFlash>(
         &self,
+        id: usize,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         opts: &SourceOptions,
@@ -227,11 +251,14 @@ impl AppItem {
             &self.uri,
             n,
             Some(v.as_str()),
+            None,
             opts,
-            self.retry_policy(),
+            self.retry,
             used,
             env,
-        );
+            TAG_OTA,
+        )
+        .await;
         let r = match opened {
             Ok(r) => r,
             Err(
@@ -245,6 +272,11 @@ impl AppItem {
                     TAG_OTA,
                     format!("The server has no byte {}: starting over from byte 0", n),
                 );
+                env.emit(Event::StartOver {
+                    id,
+                    at: n,
+                    why: StartOverWhy::RangeNotSatisfiable,
+                });
                 return Ok(Ok(None));
             }
             Err(e) => {
@@ -252,12 +284,17 @@ impl AppItem {
                 return Err(source_error(e));
             }
         };
-        let mut fetch = Fetch::new(self, opts.clone(), r, n, Some(v), *used);
+        let mut fetch = Fetch::new(self.spec(id), opts.clone(), r, n, Some(v), *used);
         if !fetch.honoured {
             env.warn(
                 TAG_OTA,
                 "The server answered 200 to the Range request (Range not supported, or the file changed): starting over from byte 0",
             );
+            let why = match fetch.validator {
+                Some(seen) if seen != v => StartOverWhy::FileChanged,
+                _ => StartOverWhy::RangeIgnored,
+            };
+            env.emit(Event::StartOver { id, at: n, why });
             return Ok(Err(fetch));
         }
         if fetch.changed {
@@ -265,6 +302,11 @@ impl AppItem {
                 TAG_OTA,
                 "The file changed since the download started: starting over from byte 0",
             );
+            env.emit(Event::StartOver {
+                id,
+                at: n,
+                why: StartOverWhy::FileChanged,
+            });
             return Ok(Ok(None));
         }
         let cfg = app_config(dev);
@@ -278,6 +320,11 @@ impl AppItem {
                         n, n
                     ),
                 );
+                env.emit(Event::Resume {
+                    id,
+                    at: n,
+                    from: ResumeFrom::Record,
+                });
                 fetch.used = *used;
                 Ok(Ok(Some(Run {
                     fetch,
@@ -297,6 +344,11 @@ impl AppItem {
                         e
                     ),
                 );
+                env.emit(Event::StartOver {
+                    id,
+                    at: n,
+                    why: StartOverWhy::ResumedImageInvalid,
+                });
                 Ok(Ok(None))
             }
         }
@@ -352,262 +404,9 @@ pub fn running_desc<F: NorFlash>(dev: &mut Device<'_, F>) -> Option<AppDesc> {
     AppDesc::parse(&buf).ok()
 }
 
-/// Open `uri` at `start`, trying again after transient failures while `used < retries`.
-fn open_with_retries(
-    uri: &str,
-    start: u64,
-    if_range: Option<&str>,
-    opts: &SourceOptions,
-    retry: RetryPolicy,
-    used: &mut u32,
-    env: &mut Env<'_>,
-) -> Result<RangeOpen, SourceError> {
-    loop {
-        match source::open_range_if(uri, start, if_range, env.sd, opts) {
-            Ok(r) => return Ok(r),
-            Err(e) if e.is_transient() && *used < retry.retries => {
-                *used += 1;
-                backoff(env, &e, *used, retry, start);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn backoff(env: &mut Env<'_>, e: &SourceError, n: u32, retry: RetryPolicy, at: u64) {
-    let d = retry.delay(n);
-    env.warn(
-        TAG_OTA,
-        format!(
-            "{}; retry {} of {} in {} ms, from byte {}",
-            e,
-            n,
-            retry.retries,
-            d.as_millis(),
-            at
-        ),
-    );
-    std::thread::sleep(d);
-}
-
-/// What [`Fetch::read`] got.
-enum Next {
-    Data(usize),
-    /// The source ended (or has nothing after the current byte).
-    End,
-    /// The server now sends the file from byte 0 (it ignored `Range`, or the file changed).
-    Restart,
-}
-
-/// A download that reconnects: after a network failure it asks again from the byte where it
-/// stopped (`Range`, `If-Range` with the validator seen first), within the retry policy.
-struct Fetch {
-    uri: String,
-    opts: SourceOptions,
-    retry: RetryPolicy,
-    /// Retries used so far by this item.
-    used: u32,
-    source: Box<dyn Source>,
-    /// File offset of the next byte `source` yields.
-    pos: u64,
-    validator: Option<Validator>,
-    /// Length of the whole file, when known.
-    total: Option<u64>,
-    /// The last answer honoured the requested start.
-    honoured: bool,
-    /// The last answer was a 206 whose validator or length shows another file.
-    changed: bool,
-    /// How many times the server started the file over from byte 0.
-    restarts: u32,
-}
-
-fn validator_of(r: &RangeOpen) -> Option<Validator> {
-    r.validator().and_then(|(k, v)| Validator::new(k, v))
-}
-
-impl Fetch {
-    /// Wrap an answer to a request for the bytes from `start`, made with `known` as `If-Range`.
-    fn new(
-        item: &AppItem,
-        opts: SourceOptions,
-        r: RangeOpen,
-        start: u64,
-        known: Option<Validator>,
-        used: u32,
-    ) -> Fetch {
-        let seen = validator_of(&r);
-        let source = match &item.wrap_source {
-            Some(wrap) => wrap(r.source),
-            None => r.source,
-        };
-        let mut fetch = Fetch {
-            uri: item.uri.clone(),
-            opts,
-            retry: item.retry_policy(),
-            used,
-            source,
-            pos: 0,
-            validator: seen,
-            total: r.total_length,
-            honoured: r.honoured,
-            changed: false,
-            restarts: 0,
-        };
-        if r.honoured && start > 0 {
-            fetch.pos = start;
-            // A 206 for a file other than the one we started: the server ignored If-Range.
-            fetch.changed = matches!((known, seen), (Some(k), Some(s))
-                if k.kind() == s.kind() && k.as_str() != s.as_str());
-            fetch.validator = known.or(seen);
-        }
-        fetch
-    }
-
-    fn open(
-        item: &AppItem,
-        opts: SourceOptions,
-        used: &mut u32,
-        env: &mut Env<'_>,
-    ) -> Result<Fetch, SourceError> {
-        let r = open_with_retries(&item.uri, 0, None, &opts, item.retry_policy(), used, env)?;
-        Ok(Fetch::new(item, opts, r, 0, None, *used))
-    }
-
-    fn can_retry(&self) -> bool {
-        self.used < self.retry.retries
-    }
-
-    fn read(&mut self, buf: &mut [u8], env: &mut Env<'_>) -> Result<Next, ItemError> {
-        loop {
-            let err = match self.source.read(buf) {
-                Ok(0) => return Ok(Next::End),
-                Ok(n) => {
-                    self.pos += n as u64;
-                    return Ok(Next::Data(n));
-                }
-                Err(e) => e,
-            };
-            if !err.is_transient() || !self.can_retry() {
-                return Err(source_error(err));
-            }
-            self.used += 1;
-            backoff(env, &err, self.used, self.retry, self.pos);
-            match self.reconnect(env)? {
-                Next::Data(_) => continue,
-                other => return Ok(other),
-            }
-        }
-    }
-
-    /// Ask again from `pos` (after a failure, or after the stream ended before the image was
-    /// complete). `Data`: carry on reading; `End`: the server has nothing after `pos`;
-    /// `Restart`: the new source starts at byte 0.
-    fn reconnect(&mut self, env: &mut Env<'_>) -> Result<Next, ItemError> {
-        let if_range = self.validator.map(|v| v.as_str().to_string());
-        let r = match open_with_retries(
-            &self.uri,
-            self.pos,
-            if_range.as_deref(),
-            &self.opts,
-            self.retry,
-            &mut self.used,
-            env,
-        ) {
-            Ok(r) => r,
-            // The file is exactly as long as what we have: nothing more to come.
-            Err(SourceError::RangeNotSatisfiable { length, .. }) if length == self.pos => {
-                return Ok(Next::End)
-            }
-            Err(
-                e @ (SourceError::RangeNotSatisfiable { .. }
-                | SourceError::HttpStatus {
-                    status: HTTP_RANGE_NOT_SATISFIABLE,
-                    ..
-                }),
-            ) => return self.restart_after_416(e, env),
-            Err(e) => return Err(source_error(e)),
-        };
-        let honoured = r.honoured && self.pos > 0;
-        let new_total = r.total_length;
-        let seen = validator_of(&r);
-        if honoured {
-            let other_file = match (self.validator, seen) {
-                (Some(k), Some(s)) if k.kind() == s.kind() => k.as_str() != s.as_str(),
-                (Some(_), _) => false,
-                // No validator: only the length can tell.
-                (None, _) => matches!((self.total, new_total), (Some(a), Some(b)) if a != b),
-            };
-            if !other_file {
-                self.source = r.source;
-                if new_total.is_some() {
-                    self.total = new_total;
-                }
-                env.info(
-                    TAG_OTA,
-                    format!("Reconnected: continuing at byte {}", self.pos),
-                );
-                return Ok(Next::Data(0));
-            }
-            env.warn(
-                TAG_OTA,
-                "The file changed during the download: starting over from byte 0",
-            );
-            let mut used = self.used;
-            let r = open_with_retries(&self.uri, 0, None, &self.opts, self.retry, &mut used, env)
-                .map_err(source_error)?;
-            self.used = used;
-            self.take_from_zero(r);
-            return Ok(Next::Restart);
-        }
-        if self.pos > 0 {
-            env.warn(
-                TAG_OTA,
-                format!(
-                    "The server answered 200 to bytes={}- (Range not supported, or the file changed): starting over from byte 0",
-                    self.pos
-                ),
-            );
-        }
-        self.take_from_zero(r);
-        Ok(Next::Restart)
-    }
-
-    /// A 416 to `bytes=pos-` (the file changed and is shorter now, or a server that checks
-    /// `Range` before `If-Range`): download the file again from byte 0, as one of the retries.
-    fn restart_after_416(&mut self, e: SourceError, env: &mut Env<'_>) -> Result<Next, ItemError> {
-        if !self.can_retry() {
-            return Err(source_error(e));
-        }
-        self.used += 1;
-        env.warn(
-            TAG_OTA,
-            format!(
-                "{}: starting over from byte 0, retry {} of {}",
-                e, self.used, self.retry.retries
-            ),
-        );
-        let mut used = self.used;
-        let r = open_with_retries(&self.uri, 0, None, &self.opts, self.retry, &mut used, env)
-            .map_err(source_error)?;
-        self.used = used;
-        self.take_from_zero(r);
-        Ok(Next::Restart)
-    }
-
-    fn take_from_zero(&mut self, r: RangeOpen) {
-        self.validator = validator_of(&r);
-        self.total = r.total_length;
-        self.source = r.source;
-        self.pos = 0;
-        self.honoured = true;
-        self.changed = false;
-        self.restarts += 1;
-    }
-}
-
 /// Read the first [`IMAGE_PREFIX_LEN`] bytes (from byte 0; starting again if the server
 /// restarts the file). Fewer bytes mean the file is too short to be an app.
-fn read_prefix(
+async fn read_prefix(
     fetch: &mut Fetch,
     env: &mut Env<'_>,
     uri: &str,
@@ -615,7 +414,7 @@ fn read_prefix(
     let mut prefix = [0u8; IMAGE_PREFIX_LEN];
     let mut got = 0;
     while got < prefix.len() {
-        match fetch.read(&mut prefix[got..], env)? {
+        match fetch.read(&mut prefix[got..], env).await? {
             Next::Data(n) => got += n,
             Next::Restart => got = 0,
             Next::End => {
@@ -635,16 +434,12 @@ fn read_prefix(
     Ok(prefix)
 }
 
-impl<F: NorFlash> UpgradeItem<F> for AppItem {
-    fn describe(&self) -> String {
-        self.uri.clone()
-    }
-
-    fn prepare(
+impl AppItem {
+    async fn prepare_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
-        _id: usize,
+        id: usize,
     ) -> Result<(), ItemError> {
         if dev.rollback {
             // ESP-IDF v5.5+ esp_ota_begin: no update while the running app is unconfirmed.
@@ -668,7 +463,10 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         if let (Some(log), Some(slot), true) = (log, slot, self.is_http()) {
             match log.read(dev.flash) {
                 Ok(Some(rec)) if rec.header.is_for(&self.uri, &slot) && rec.progress > 0 => {
-                    match self.try_resume(dev, env, &opts, log, rec, &mut used)? {
+                    match self
+                        .try_resume(id, dev, env, &opts, log, rec, &mut used)
+                        .await?
+                    {
                         Ok(Some(run)) => {
                             env.info(TAG_OTA, "Starting OTA...");
                             self.run = Some(run);
@@ -687,10 +485,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         }
         let fetch = match from_zero {
             Some(f) => f,
-            None => Fetch::open(self, opts, &mut used, env).map_err(|e| {
-                env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
-                source_error(e)
-            })?,
+            None => self.open_fetch(id, opts, &mut used, env).await?,
         };
         env.info(TAG_OTA, "Starting OTA...");
         let engine = self.begin(dev, &fetch, log, env)?;
@@ -706,7 +501,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         Ok(())
     }
 
-    fn need_upgrade(
+    async fn need_upgrade_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -718,7 +513,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         if !run.engine.prefix_complete() {
             let restarts = run.fetch.restarts;
-            let prefix = read_prefix(&mut run.fetch, env, &self.uri)?;
+            let prefix = read_prefix(&mut run.fetch, env, &self.uri).await?;
             if run.fetch.restarts != restarts {
                 // The server restarted the file while the prefix came in: its length may differ.
                 run.engine = self.begin(dev, &run.fetch, run.log, env)?;
@@ -769,7 +564,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         }
     }
 
-    fn execute(
+    async fn execute_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -801,7 +596,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
         }
         let mut buf = vec![0u8; CHUNK];
         'download: loop {
-            let mut progress = Progress::new(id, TAG_DEFAULT, "app", fetch.total);
+            let mut progress = Progress::new(env, id, TAG_DEFAULT, "app", fetch.total);
             if engine.resumed_from() > 0 {
                 progress.add(env, engine.resumed_from() as usize);
             } else {
@@ -816,7 +611,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
             loop {
                 let at = engine.written() as usize + fill;
                 let want = CHUNK - at % CHUNK;
-                let next = fetch.read(&mut buf[fill..fill + want], env)?;
+                let next = fetch.read(&mut buf[fill..fill + want], env).await?;
                 let end = match next {
                     Next::Data(n) => {
                         fill += n;
@@ -827,7 +622,7 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                     }
                     Next::End => true,
                     Next::Restart => {
-                        engine = self.start_over(dev, &mut fetch, log, env)?;
+                        engine = self.start_over(dev, &mut fetch, log, env).await?;
                         continue 'download;
                     }
                 };
@@ -854,16 +649,19 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                         fetch.pos, fetch.used, fetch.retry.retries
                     ),
                 );
-                std::thread::sleep(fetch.retry.delay(fetch.used));
-                match fetch.reconnect(env)? {
+                env.sleep_ms(duration_ms(fetch.retry.delay(fetch.used)))
+                    .await;
+                match fetch.reconnect(env).await? {
                     Next::Data(_) => continue,
                     Next::End => break,
                     Next::Restart => {
-                        engine = self.start_over(dev, &mut fetch, log, env)?;
+                        engine = self.start_over(dev, &mut fetch, log, env).await?;
                         continue 'download;
                     }
                 }
             }
+            // What the item's check says about the whole stream, before otadata is switched.
+            fetch.check_end()?;
             let slot = *engine.slot();
             let resumed = engine.resumed_from();
             match engine.finish(dev.flash) {
@@ -905,11 +703,17 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                             e, fetch.used, fetch.retry.retries
                         ),
                     );
-                    std::thread::sleep(fetch.retry.delay(fetch.used));
+                    env.sleep_ms(duration_ms(fetch.retry.delay(fetch.used)))
+                        .await;
+                    env.emit(Event::StartOver {
+                        id,
+                        at: resumed as u64,
+                        why: StartOverWhy::ResumedImageInvalid,
+                    });
                     let opts = fetch.opts.clone();
                     let mut used = fetch.used;
-                    fetch = Fetch::open(self, opts, &mut used, env).map_err(source_error)?;
-                    engine = self.start_over(dev, &mut fetch, log, env)?;
+                    fetch = self.open_fetch(id, opts, &mut used, env).await?;
+                    engine = self.start_over(dev, &mut fetch, log, env).await?;
                 }
                 Err(e) => {
                     env.error(TAG_DEFAULT, "Image validation failed, image is corrupted");
@@ -917,6 +721,39 @@ impl<F: NorFlash> UpgradeItem<F> for AppItem {
                 }
             }
         }
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for AppItem {
+    fn describe(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.prepare_hook(dev, env, id))
+    }
+
+    fn need_upgrade<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<Need, ItemError>> {
+        Box::pin(self.need_upgrade_hook(dev, env, id))
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.execute_hook(dev, env, id))
     }
 
     fn reboot(&self) -> bool {

@@ -23,10 +23,13 @@ use ota_core::tone::{
 use ota_core::update::{DataUpdate, UpdateError};
 use sha2::{Digest, Sha256};
 
-use super::{core_error, read_full, source_error, Progress};
+use super::download::{Fetch, FetchSpec, Next};
+use super::{core_error, source_error, Progress};
+use crate::io::BoxFuture;
+use crate::prelude::*;
 use crate::reason::Reason;
-use crate::service::{Device, Env, ItemError, Need, UpgradeItem};
-use crate::source::{self, Source, SourceError, TransferLimits};
+use crate::service::{Device, Env, Event, ItemError, Need, UpgradeItem};
+use crate::source::{RetryPolicy, SourceError, TransferLimits, ValidatorKind};
 
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
 const TAG_EXAMPLE: &str = "HTTPS_OTA_EXAMPLE";
@@ -39,7 +42,16 @@ const BLOCK: usize = ota_core::flash::SECTOR_SIZE as usize;
 /// HTTP 412 Precondition Failed: the `If-Match` ETag no longer names the server's file.
 const HTTP_PRECONDITION_FAILED: u16 = 412;
 
-pub use crate::config::DataFormat;
+/// How a data item's bytes are checked before they are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Any bytes (ADF's default data procedure, adf-ota-service.md §6).
+    #[default]
+    Raw,
+    /// An ADF tone bin (adf-ota-service.md §7, §8).
+    Tone,
+}
 
 pub struct DataItem {
     pub uri: String,
@@ -52,6 +64,9 @@ pub struct DataItem {
     pub break_after_fail: bool,
     /// A spare data partition (by label) to stage the image in; None: write in place.
     pub staging: Option<String>,
+    /// How often a failed download is tried again (and reconnected from the byte it reached),
+    /// and the backoff between attempts.
+    pub retry: RetryPolicy,
     run: Option<Run>,
 }
 
@@ -80,7 +95,7 @@ struct Verified {
 }
 
 struct Run {
-    source: Box<dyn Source>,
+    source: Fetch,
     engine: DataUpdate,
     /// Bytes already read from the source by need_upgrade, to be written first.
     pending: Vec<u8>,
@@ -216,6 +231,7 @@ impl DataItem {
             reboot: false,
             break_after_fail: false,
             staging: None,
+            retry: RetryPolicy::default(),
             run: None,
         }
     }
@@ -251,6 +267,7 @@ impl DataItem {
     /// discarded: the target then reads as invalid and this run rewrites it.
     fn resume_staged_copy<F: NorFlash>(
         &self,
+        id: usize,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         staging: &Partition,
@@ -270,6 +287,11 @@ impl DataItem {
                         copy.record().steps()
                     ),
                 );
+                env.emit(Event::StagedCopyResume {
+                    id,
+                    step: copy.next_step(),
+                    steps: copy.record().steps(),
+                });
                 copy.run(dev.flash).map_err(|e| core_error(e, &self.uri))?;
                 env.info(
                     TAG_DEFAULT,
@@ -290,6 +312,16 @@ impl DataItem {
         }
     }
 
+    /// How this item's downloads start.
+    fn spec(&self, id: usize) -> FetchSpec<'_> {
+        FetchSpec {
+            uri: &self.uri,
+            id,
+            tag: TAG_DEFAULT,
+            retry: self.retry,
+        }
+    }
+
     /// In place (no staging) and the source can be read twice: verify it first.
     fn verify_first(&self, run: &Run) -> bool {
         self.staging.is_none() && run.reread.is_some()
@@ -297,10 +329,10 @@ impl DataItem {
 
     /// The verifying pass: read the whole source (bounded by the partition), check its length
     /// and, for a tone bin, its whole structure. Nothing is written.
-    fn verify_pass(
+    async fn verify_pass(
         &self,
         env: &mut Env<'_>,
-        src: &mut dyn Source,
+        src: &mut Fetch,
         part: &Partition,
         prefix: &[u8],
     ) -> Result<Verified, ItemError> {
@@ -327,10 +359,26 @@ impl DataItem {
                     buf[..p.len()].copy_from_slice(p);
                     p.len()
                 }
-                None => src.read(&mut buf[..CHUNK]).map_err(|e| {
-                    let r = Reason::from_code(e.adf_reason());
-                    ItemError::new(r, kept(&format!("verifying pass: {}", e)))
-                })?,
+                None => match src.read(&mut buf[..CHUNK], env).await {
+                    Ok(Next::Data(n)) => n,
+                    Ok(Next::End) => 0,
+                    Ok(Next::Restart) => {
+                        return Err(ItemError::new(
+                            Reason::StreamRdFail,
+                            kept(&format!(
+                                "verifying pass: {}: the server started the file over (it \
+                                 changed, or ignores Range)",
+                                self.uri
+                            )),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ItemError::new(
+                            e.reason,
+                            kept(&format!("verifying pass: {}", e.message)),
+                        ))
+                    }
+                },
             };
             if n == 0 {
                 break;
@@ -414,14 +462,15 @@ impl DataItem {
         )
     }
 
-    fn raw_need_upgrade(&mut self, env: &mut Env<'_>) -> Result<Need, ItemError> {
+    async fn raw_need_upgrade(&mut self, env: &mut Env<'_>) -> Result<Need, ItemError> {
         let mut run = self
             .run
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let part = *run.engine.partition();
         let result = if self.verify_first(&run) {
-            self.verify_pass(env, run.source.as_mut(), &part, &[])
+            self.verify_pass(env, &mut run.source, &part, &[])
+                .await
                 .map(|v| run.verified = Some(v))
         } else if self.staging.is_none() && run.source.content_length().is_none() {
             Err(ItemError::new(
@@ -442,7 +491,7 @@ impl DataItem {
         result.map(|_| Need::Yes)
     }
 
-    fn tone_need_upgrade<F: NorFlash>(
+    async fn tone_need_upgrade<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -451,12 +500,12 @@ impl DataItem {
             .run
             .take()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
-        let r = self.tone_decide(dev, env, &mut run);
+        let r = self.tone_decide(dev, env, &mut run).await;
         self.run = Some(run);
         r
     }
 
-    fn tone_decide<F: NorFlash>(
+    async fn tone_decide<F: NorFlash>(
         &self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -507,7 +556,16 @@ impl DataItem {
             };
             let mut check = ToneStreamCheck::new(part.size, run.source.content_length());
             let mut hdr = [0u8; TONE_HEADER_SIZE];
-            let got = read_full(run.source.as_mut(), &mut hdr).map_err(source_error)?;
+            let restarted = || {
+                ItemError::new(
+                    Reason::StreamRdFail,
+                    unchecked(&format!(
+                        "{}: the server started the file over while its header was read",
+                        self.uri
+                    )),
+                )
+            };
+            let got = run.source.read_full(&mut hdr, env, &restarted).await?;
             run.pending.extend_from_slice(&hdr[..got]);
             check
                 .feed(&hdr[..got])
@@ -527,7 +585,7 @@ impl DataItem {
                 .map_err(|e| ItemError::new(Reason::Unknown, format!("{}: {}", self.uri, e)))?;
             if tone::incoming_needs_desc(&incoming) {
                 let mut d = [0u8; TONE_DESC_SIZE];
-                let got = read_full(run.source.as_mut(), &mut d).map_err(source_error)?;
+                let got = run.source.read_full(&mut d, env, &restarted).await?;
                 run.pending.extend_from_slice(&d[..got]);
                 check
                     .feed(&d[..got])
@@ -551,7 +609,7 @@ impl DataItem {
         let Some(current) = current else {
             // Not a valid tone partition now: rewrite it whole from the stream (the write pass
             // checks every byte; the header is programmed only if the whole bin is valid).
-            return self.wanted(env, run, &part);
+            return self.wanted(env, run, &part).await;
         };
         env.info(
             TAG_EXAMPLE,
@@ -615,7 +673,7 @@ impl DataItem {
                         format!("write_offset {}, size {}", TONE_HEADER_SIZE, TONE_DESC_SIZE),
                     );
                 }
-                self.wanted(env, run, &part)
+                self.wanted(env, run, &part).await
             }
             ToneDecision::Reject(r) => {
                 let reason = Reason::from_code(r.adf_reason());
@@ -636,28 +694,32 @@ impl DataItem {
 
     /// The policy wants the incoming bin: when the source can be read twice, the verifying
     /// pass reads the rest of it now (after the bytes already read), before anything is erased.
-    fn wanted(
+    async fn wanted(
         &self,
         env: &mut Env<'_>,
         run: &mut Run,
         part: &Partition,
     ) -> Result<Need, ItemError> {
         if self.verify_first(run) {
-            let prefix = std::mem::take(&mut run.pending);
-            run.verified = Some(self.verify_pass(env, run.source.as_mut(), part, &prefix)?);
+            let prefix = core::mem::take(&mut run.pending);
+            run.verified = Some(
+                self.verify_pass(env, &mut run.source, part, &prefix)
+                    .await?,
+            );
         }
         Ok(Need::Yes)
     }
 
     /// The writing pass's source after a verifying pass: the same file, or an error (nothing
     /// written yet) when it is not the one verified.
-    fn reopen(
+    async fn reopen(
         &self,
+        id: usize,
         env: &mut Env<'_>,
         reread: &Reread,
         verified: &Verified,
         label: &str,
-    ) -> Result<Box<dyn Source>, ItemError> {
+    ) -> Result<Fetch, ItemError> {
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
         let changed = |what: String| {
             ItemError::new(
@@ -669,10 +731,13 @@ impl DataItem {
                 ),
             )
         };
+        let mut used = 0;
         let src = match reread {
-            Reread::File => source::open(&self.uri, env.sd, &opts).map_err(source_error)?,
+            Reread::File => Fetch::open(self.spec(id), opts, None, &mut used, env)
+                .await
+                .map_err(source_error)?,
             Reread::Http { etag } => {
-                let r = match source::open_if_match(&self.uri, etag, env.sd, &opts) {
+                let r = match Fetch::open(self.spec(id), opts, Some(etag), &mut used, env).await {
                     Ok(r) => r,
                     Err(SourceError::HttpStatus { status, .. })
                         if status == HTTP_PRECONDITION_FAILED =>
@@ -684,14 +749,18 @@ impl DataItem {
                     }
                     Err(e) => return Err(source_error(e)),
                 };
-                if r.etag.as_deref() != Some(etag.as_str()) {
+                let now = r
+                    .validator
+                    .filter(|v| v.kind() == ValidatorKind::ETag)
+                    .map(|v| v.as_str().to_string());
+                if now.as_deref() != Some(etag.as_str()) {
                     return Err(changed(format!(
                         "ETag {} then {}",
                         etag,
-                        r.etag.as_deref().unwrap_or("none")
+                        now.as_deref().unwrap_or("none")
                     )));
                 }
-                r.source
+                r
             }
         };
         match src.content_length() {
@@ -703,16 +772,12 @@ impl DataItem {
     }
 }
 
-impl<F: NorFlash> UpgradeItem<F> for DataItem {
-    fn describe(&self) -> String {
-        self.uri.clone()
-    }
-
-    fn prepare(
+impl DataItem {
+    async fn prepare_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
-        _id: usize,
+        id: usize,
     ) -> Result<(), ItemError> {
         if dev.table.find_data(&self.label).is_none() {
             env.error(TAG_DEFAULT, format!("partition [{}] not found", self.label));
@@ -723,25 +788,28 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         if let Some(staging) = self.staging_partition(dev)? {
             StagedWrite::check(&dev.flash_map(), &staging, &target, None)
                 .map_err(|e| core_error(e, &self.uri))?;
-            self.resume_staged_copy(dev, env, &staging, &target)?;
+            self.resume_staged_copy(id, dev, env, &staging, &target)?;
         }
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let opened = source::open_range(&self.uri, 0, env.sd, &opts).map_err(|e| {
-            env.error(TAG_DEFAULT, "reader stream init failed");
-            source_error(e)
-        })?;
+        let mut used = 0;
+        let src = match Fetch::open(self.spec(id), opts, None, &mut used, env).await {
+            Ok(o) => o,
+            Err(e) => {
+                env.error(TAG_DEFAULT, "reader stream init failed");
+                return Err(source_error(e));
+            }
+        };
         let reread = if self.uri.starts_with("file://") {
             Some(Reread::File)
         } else {
-            match &opened.etag {
-                Some(e) if !e.starts_with("W/") && !e.is_empty() => {
-                    Some(Reread::Http { etag: e.clone() })
-                }
+            match src.validator {
+                Some(v) if v.kind() == ValidatorKind::ETag => Some(Reread::Http {
+                    etag: v.as_str().to_string(),
+                }),
                 _ => None,
             }
         };
-        let src = opened.source;
         if src.content_length() == Some(0) {
             return Err(ItemError::new(
                 Reason::StreamRdFail,
@@ -782,19 +850,19 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         Ok(())
     }
 
-    fn need_upgrade(
+    async fn need_upgrade_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         _id: usize,
     ) -> Result<Need, ItemError> {
         match self.format {
-            DataFormat::Raw => self.raw_need_upgrade(env),
-            DataFormat::Tone => self.tone_need_upgrade(dev, env),
+            DataFormat::Raw => self.raw_need_upgrade(env).await,
+            DataFormat::Tone => self.tone_need_upgrade(dev, env).await,
         }
     }
 
-    fn execute(
+    async fn execute_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -814,7 +882,10 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         let map = dev.flash_map();
         // After a verifying pass the writing pass reads the source again from byte 0.
         let (mut source, pending) = match (&reread, &verified) {
-            (Some(r), Some(v)) => (self.reopen(env, r, v, target.label.as_str())?, Vec::new()),
+            (Some(r), Some(v)) => (
+                self.reopen(id, env, r, v, target.label.as_str()).await?,
+                Vec::new(),
+            ),
             _ => (source, pending),
         };
         let mut sink = match self.staging_partition(dev)? {
@@ -856,7 +927,7 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             label,
             target,
         };
-        let mut progress = Progress::new(id, TAG_DEFAULT, "data", source.content_length());
+        let mut progress = Progress::new(env, id, TAG_DEFAULT, "data", source.content_length());
         pass.feed(
             self,
             &mut sink,
@@ -868,14 +939,25 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
         )?;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = source.read(&mut buf).map_err(|e| {
-                let mut err = source_error(e);
-                err.message.push_str(&pass.left());
-                err
-            })?;
-            if n == 0 {
-                break;
-            }
+            let n = match source.read(&mut buf, env).await {
+                Ok(Next::Data(n)) => n,
+                Ok(Next::End) => break,
+                Ok(Next::Restart) => {
+                    return Err(ItemError::new(
+                        Reason::StreamRdFail,
+                        format!(
+                            "{}: the server started the file over during the download (it \
+                             changed, or ignores Range){}",
+                            self.uri,
+                            pass.left()
+                        ),
+                    ))
+                }
+                Err(mut err) => {
+                    err.message.push_str(&pass.left());
+                    return Err(err);
+                }
+            };
             pass.feed(
                 self,
                 &mut sink,
@@ -960,6 +1042,39 @@ impl<F: NorFlash> UpgradeItem<F> for DataItem {
             format!("partition {} upgrade successes", target.label.as_str()),
         );
         Ok(())
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for DataItem {
+    fn describe(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.prepare_hook(dev, env, id))
+    }
+
+    fn need_upgrade<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<Need, ItemError>> {
+        Box::pin(self.need_upgrade_hook(dev, env, id))
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.execute_hook(dev, env, id))
     }
 
     fn reboot(&self) -> bool {

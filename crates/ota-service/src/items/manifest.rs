@@ -6,18 +6,21 @@
 //! size and SHA-256 as they stream, and a mismatch fails the item before the engine's `finish`,
 //! so otadata is never switched to an image the catalogue does not vouch for.
 
+use alloc::rc::Rc;
+use core::cell::RefCell;
 use ota_core::image::Hex;
-use std::io;
-use std::sync::{Arc, Mutex};
 
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::version::VersionPolicy;
 use sha2::{Digest, Sha256};
 
-use super::{read_full, source_error, AppItem};
+use super::download::{Fetch, FetchSpec, Next, StreamCheck};
+use super::{source_error, AppItem};
+use crate::io::BoxFuture;
+use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Device, Env, ItemError, Need, Outcome, UpgradeItem};
-use crate::source::{self, Phase, Source, SourceError, TransferLimits};
+use crate::source::{self, RetryPolicy, TransferLimits};
 
 // The catalogue's format lives in `ota-catalogue` (no_std + alloc: the server and the chip
 // read it too); re-exported so `items::manifest::*` paths keep working.
@@ -26,6 +29,8 @@ pub use ota_catalogue::{
     CATALOGUE_PATH, MAX_CATALOGUE_BYTES,
 };
 
+/// The catalogue is read this many bytes at a time.
+const CATALOGUE_CHUNK: usize = 4096;
 const TAG: &str = "OTA_MANIFEST";
 
 /// The download URL of `entry_path` in the catalogue at `catalogue_uri`: absolute URLs as they
@@ -49,82 +54,75 @@ pub fn resolve(catalogue_uri: &str, entry_path: &str) -> String {
     }
 }
 
-/// Wraps the download: counts and hashes the bytes, and fails the read that would end the
-/// stream (or the one that goes past the size) when they differ from the catalogue's.
-struct CheckedSource {
-    inner: Box<dyn Source>,
+/// The catalogue's word on the download: counts and hashes the bytes as they stream, and fails
+/// the stream's end (or the byte past the size) when they differ from the catalogue's. It
+/// follows the download through reconnects and starts over with it.
+struct CatalogueCheck {
     size: u64,
     sha256: [u8; 32],
     hasher: Sha256,
     got: u64,
-    started: bool,
-    mismatch: Arc<Mutex<Option<String>>>,
+    mismatch: Rc<RefCell<Option<String>>>,
 }
 
-impl CheckedSource {
-    fn fail(&self, detail: String) -> SourceError {
-        if let Ok(mut m) = self.mismatch.lock() {
-            *m = Some(detail.clone());
+impl CatalogueCheck {
+    fn new(size: u64, sha256: [u8; 32], mismatch: Rc<RefCell<Option<String>>>) -> Self {
+        CatalogueCheck {
+            size,
+            sha256,
+            hasher: Sha256::new(),
+            got: 0,
+            mismatch,
         }
-        SourceError::Io {
-            uri: self.inner.uri().to_string(),
-            phase: Phase::Read,
-            source: io::Error::new(io::ErrorKind::InvalidData, detail),
-        }
+    }
+
+    fn fail(&self, detail: String) -> Result<(), String> {
+        *self.mismatch.borrow_mut() = Some(detail.clone());
+        Err(detail)
     }
 }
 
-impl Source for CheckedSource {
-    fn content_length(&self) -> Option<u64> {
-        self.inner.content_length()
+impl StreamCheck for CatalogueCheck {
+    fn restart(&mut self, total: Option<u64>) -> Result<(), String> {
+        self.hasher = Sha256::new();
+        self.got = 0;
+        match total {
+            Some(n) if n != self.size => self.fail(format!(
+                "the server sends {n} bytes, the catalogue says {}",
+                self.size
+            )),
+            _ => Ok(()),
+        }
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
-        if !self.started {
-            self.started = true;
-            if let Some(n) = self.inner.content_length() {
-                if n != self.size {
-                    return Err(self.fail(format!(
-                        "the server sends {n} bytes, the catalogue says {}",
-                        self.size
-                    )));
-                }
-            }
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = self.inner.read(buf)?;
-        if n == 0 {
-            if self.got != self.size {
-                return Err(self.fail(format!(
-                    "the download has {} bytes, the catalogue says {}",
-                    self.got, self.size
-                )));
-            }
-            let digest: [u8; 32] = self.hasher.clone().finalize().into();
-            if digest != self.sha256 {
-                return Err(self.fail(format!(
-                    "SHA-256 of the download is {}, the catalogue says {}",
-                    Hex(&digest),
-                    Hex(&self.sha256)
-                )));
-            }
-            return Ok(0);
-        }
-        self.got += n as u64;
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.got += bytes.len() as u64;
         if self.got > self.size {
-            return Err(self.fail(format!(
+            return self.fail(format!(
                 "the download is longer than the {} bytes the catalogue says",
                 self.size
-            )));
+            ));
         }
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        self.hasher.update(bytes);
+        Ok(())
     }
 
-    fn uri(&self) -> &str {
-        self.inner.uri()
+    fn finish(&mut self) -> Result<(), String> {
+        if self.got != self.size {
+            return self.fail(format!(
+                "the download has {} bytes, the catalogue says {}",
+                self.got, self.size
+            ));
+        }
+        let digest: [u8; 32] = self.hasher.clone().finalize().into();
+        if digest != self.sha256 {
+            return self.fail(format!(
+                "SHA-256 of the download is {}, the catalogue says {}",
+                Hex(&digest),
+                Hex(&self.sha256)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -141,8 +139,10 @@ pub struct ManifestItem {
     pub limits: Option<TransferLimits>,
     pub reboot: bool,
     pub break_after_fail: bool,
+    /// How often a failed download (of the catalogue, then of the image) is tried again.
+    pub retry: RetryPolicy,
     inner: Option<AppItem>,
-    mismatch: Arc<Mutex<Option<String>>>,
+    mismatch: Rc<RefCell<Option<String>>>,
 }
 
 impl ManifestItem {
@@ -155,14 +155,24 @@ impl ManifestItem {
             limits: None,
             reboot: true,
             break_after_fail: false,
+            retry: RetryPolicy::default(),
             inner: None,
-            mismatch: Arc::new(Mutex::new(None)),
+            mismatch: Rc::new(RefCell::new(None)),
         }
     }
 
-    fn fetch(&self, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
+    async fn fetch(&self, id: usize, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let mut src = source::open(&self.uri, env.sd, &opts).map_err(source_error)?;
+        let spec = FetchSpec {
+            uri: &self.uri,
+            id,
+            tag: TAG,
+            retry: self.retry,
+        };
+        let mut used = 0;
+        let mut src = Fetch::open(spec, opts, None, &mut used, env)
+            .await
+            .map_err(source_error)?;
         if src
             .content_length()
             .is_some_and(|n| n > MAX_CATALOGUE_BYTES as u64)
@@ -175,9 +185,25 @@ impl ManifestItem {
                 ),
             ));
         }
-        let mut buf = vec![0u8; MAX_CATALOGUE_BYTES + 1];
-        let n = read_full(src.as_mut(), &mut buf).map_err(source_error)?;
-        if n > MAX_CATALOGUE_BYTES {
+        // Grown as the bytes arrive (a device has no room for the bound up front).
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; CATALOGUE_CHUNK];
+        loop {
+            let n = match src.read(&mut chunk, env).await? {
+                Next::Data(n) => n,
+                Next::End => break,
+                // The server sends the catalogue from its start again.
+                Next::Restart => {
+                    buf.clear();
+                    continue;
+                }
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > MAX_CATALOGUE_BYTES {
+                break;
+            }
+        }
+        if buf.len() > MAX_CATALOGUE_BYTES {
             return Err(ItemError::new(
                 Reason::StreamRdFail,
                 format!(
@@ -186,7 +212,6 @@ impl ManifestItem {
                 ),
             ));
         }
-        buf.truncate(n);
         Catalogue::from_json(&buf).map_err(|e| {
             ItemError::new(
                 Reason::StreamRdFail,
@@ -197,7 +222,7 @@ impl ManifestItem {
 
     /// The inner item's error, or the catalogue mismatch it was caused by.
     fn explain(&self, e: ItemError) -> ItemError {
-        let detail = self.mismatch.lock().ok().and_then(|m| m.clone());
+        let detail = self.mismatch.borrow().clone();
         match (detail, &self.inner) {
             (Some(d), Some(inner)) => ItemError::new(
                 Reason::OtaValidateFailed,
@@ -211,18 +236,14 @@ impl ManifestItem {
     }
 }
 
-impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
-    fn describe(&self) -> String {
-        format!("{} (project {})", self.uri, self.project)
-    }
-
-    fn prepare(
+impl ManifestItem {
+    async fn prepare_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
         id: usize,
     ) -> Result<(), ItemError> {
-        let cat = self.fetch(env)?;
+        let cat = self.fetch(id, env).await?;
         let chip = dev.chip.name();
         let entry = pick(&cat, chip, &self.project, self.policy)
             .map_err(|e| ItemError::new(Reason::FileNotFound, format!("{}: {e}", self.uri)))?;
@@ -257,29 +278,20 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
         inner.reboot = self.reboot;
         inner.break_after_fail = self.break_after_fail;
         let (size, mismatch) = (entry.size, self.mismatch.clone());
-        if let Ok(mut m) = mismatch.lock() {
-            *m = None;
-        }
-        inner.wrap_source = Some(Box::new(move |src| {
-            Box::new(CheckedSource {
-                inner: src,
-                size,
-                sha256,
-                hasher: Sha256::new(),
-                got: 0,
-                started: false,
-                mismatch: mismatch.clone(),
-            })
+        *mismatch.borrow_mut() = None;
+        inner.retry = self.retry;
+        inner.check = Some(Box::new(move || {
+            Box::new(CatalogueCheck::new(size, sha256, mismatch.clone()))
         }));
         self.inner = Some(inner);
         let inner = self.inner.as_mut().ok_or_else(|| {
             ItemError::new(Reason::NullPointer, "manifest item lost its app item")
         })?;
-        let r = UpgradeItem::<F>::prepare(inner, dev, env, id);
+        let r = UpgradeItem::<F>::prepare(inner, dev, env, id).await;
         r.map_err(|e| self.explain(e))
     }
 
-    fn need_upgrade(
+    async fn need_upgrade_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -289,11 +301,11 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
             .inner
             .as_mut()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
-        let r = UpgradeItem::<F>::need_upgrade(inner, dev, env, id);
+        let r = UpgradeItem::<F>::need_upgrade(inner, dev, env, id).await;
         r.map_err(|e| self.explain(e))
     }
 
-    fn execute(
+    async fn execute_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -303,11 +315,11 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
             .inner
             .as_mut()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
-        let r = UpgradeItem::<F>::execute(inner, dev, env, id);
+        let r = UpgradeItem::<F>::execute(inner, dev, env, id).await;
         r.map_err(|e| self.explain(e))
     }
 
-    fn finished_check(
+    async fn finished_check_hook<F: NorFlash>(
         &mut self,
         dev: &mut Device<'_, F>,
         env: &mut Env<'_>,
@@ -315,9 +327,52 @@ impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
         result: Outcome,
     ) -> Outcome {
         match self.inner.as_mut() {
-            Some(inner) => UpgradeItem::<F>::finished_check(inner, dev, env, id, result),
+            Some(inner) => UpgradeItem::<F>::finished_check(inner, dev, env, id, result).await,
             None => result,
         }
+    }
+}
+
+impl<F: NorFlash> UpgradeItem<F> for ManifestItem {
+    fn describe(&self) -> String {
+        format!("{} (project {})", self.uri, self.project)
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.prepare_hook(dev, env, id))
+    }
+
+    fn need_upgrade<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<Need, ItemError>> {
+        Box::pin(self.need_upgrade_hook(dev, env, id))
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+    ) -> BoxFuture<'a, Result<(), ItemError>> {
+        Box::pin(self.execute_hook(dev, env, id))
+    }
+
+    fn finished_check<'a>(
+        &'a mut self,
+        dev: &'a mut Device<'_, F>,
+        env: &'a mut Env<'_>,
+        id: usize,
+        result: Outcome,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.finished_check_hook(dev, env, id, result))
     }
 
     fn reboot(&self) -> bool {
@@ -486,72 +541,47 @@ mod tests {
         assert_eq!(parse_sha256(&"zz".repeat(32)), None);
     }
 
-    struct Mem(io::Cursor<Vec<u8>>, Option<u64>);
-    impl Source for Mem {
-        fn content_length(&self) -> Option<u64> {
-            self.1
-        }
-        fn read(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
-            Ok(io::Read::read(&mut self.0, buf).unwrap_or(0))
-        }
-        fn uri(&self) -> &str {
-            "mem://x"
-        }
+    fn checked(size: u64, sha: [u8; 32]) -> CatalogueCheck {
+        CatalogueCheck::new(size, sha, Rc::new(RefCell::new(None)))
     }
 
-    fn checked(data: &[u8], len: Option<u64>, size: u64, sha: [u8; 32]) -> CheckedSource {
-        CheckedSource {
-            inner: Box::new(Mem(io::Cursor::new(data.to_vec()), len)),
-            size,
-            sha256: sha,
-            hasher: Sha256::new(),
-            got: 0,
-            started: false,
-            mismatch: Arc::new(Mutex::new(None)),
+    /// Feed `data` in 7-byte pieces, then end the stream.
+    fn drain(c: &mut CatalogueCheck, len: Option<u64>, data: &[u8]) -> Result<(), String> {
+        c.restart(len)?;
+        for piece in data.chunks(7) {
+            c.feed(piece)?;
         }
-    }
-
-    fn drain(s: &mut CheckedSource) -> Result<u64, SourceError> {
-        let mut buf = [0u8; 7];
-        let mut total = 0;
-        loop {
-            match s.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n as u64,
-            }
-        }
+        c.finish()
     }
 
     #[test]
-    fn checked_source_passes_matching_bytes_and_fails_the_end_on_mismatch() {
+    fn catalogue_check_passes_matching_bytes_and_fails_the_end_on_mismatch() {
         let data = b"hello, firmware".to_vec();
         let sha: [u8; 32] = Sha256::digest(&data).into();
-        let mut ok = checked(&data, Some(data.len() as u64), data.len() as u64, sha);
-        assert_eq!(drain(&mut ok).unwrap(), data.len() as u64);
+        let n = data.len() as u64;
+        assert_eq!(drain(&mut checked(n, sha), Some(n), &data), Ok(()));
 
         let mut flipped = data.clone();
         flipped[3] ^= 1;
-        let mut bad = checked(&flipped, None, data.len() as u64, sha);
-        let e = drain(&mut bad).unwrap_err().to_string();
+        let mut bad = checked(n, sha);
+        let e = drain(&mut bad, None, &flipped).unwrap_err();
         assert!(e.contains("SHA-256 of the download"), "{e}");
-        assert!(bad.mismatch.lock().unwrap().is_some());
+        assert!(bad.mismatch.borrow().is_some());
 
-        let mut short = checked(&data[..5], None, data.len() as u64, sha);
-        assert!(drain(&mut short)
+        assert!(drain(&mut checked(n, sha), None, &data[..5])
             .unwrap_err()
-            .to_string()
             .contains("has 5 bytes"));
-
-        let mut long = checked(&data, None, 5, sha);
-        assert!(drain(&mut long)
+        assert!(drain(&mut checked(5, sha), None, &data)
             .unwrap_err()
-            .to_string()
             .contains("longer than"));
-
-        let mut wrong_len = checked(&data, Some(99), data.len() as u64, sha);
-        assert!(drain(&mut wrong_len)
+        assert!(drain(&mut checked(n, sha), Some(99), &data)
             .unwrap_err()
-            .to_string()
             .contains("sends 99 bytes"));
+
+        // A download that starts over is checked from its new start.
+        let mut again = checked(n, sha);
+        again.restart(Some(n)).unwrap();
+        again.feed(&flipped[..9]).unwrap();
+        assert_eq!(drain(&mut again, Some(n), &data), Ok(()));
     }
 }

@@ -2,20 +2,22 @@
 
 mod app;
 mod data;
+mod download;
 pub mod manifest;
 
-pub use app::{AppItem, SourceWrapper, CHUNK as APP_CHUNK};
+pub use app::{AppItem, CheckFactory, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
+pub use download::StreamCheck;
 pub use manifest::ManifestItem;
-
-use std::time::Instant;
 
 use ota_core::Error as CoreError;
 
+#[cfg(feature = "std")]
 use crate::config::{Config, ItemKind};
+use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Env, Event, ItemError};
-use crate::source::{Source, SourceError};
+use crate::source::SourceError;
 
 /// The run's source options with an item's pinned CA (ADF's per-item `cert_pem`), if it has one,
 /// and its transfer limits; the item's overall deadline (`max_time`) starts now.
@@ -24,24 +26,11 @@ pub(crate) fn item_source_options(
     ca_pem: &Option<Vec<u8>>,
     limits: Option<crate::source::TransferLimits>,
 ) -> crate::source::SourceOptions {
-    let mut opts = env.source.for_item(limits);
+    let mut opts = env.source.for_item_at(limits, env.clock.now_ms());
     if ca_pem.is_some() {
         opts.ca_pem = ca_pem.clone();
     }
     opts
-}
-
-/// Read until `buf` is full or the source ends; returns the bytes read.
-pub(crate) fn read_full(src: &mut dyn Source, buf: &mut [u8]) -> Result<usize, SourceError> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = src.read(&mut buf[got..])?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    Ok(got)
 }
 
 pub(crate) fn source_error(e: SourceError) -> ItemError {
@@ -80,18 +69,14 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
     ItemError::new(reason, format!("{}: {}", context, e))
 }
 
-/// `ESP_ERR_INVALID_VERSION` (0x10A): what IDF reports for an image of another chip.
-pub const ESP_ERR_INVALID_VERSION: i32 = 0x10A;
-/// `ESP_ERR_OTA_PARTITION_CONFLICT` (ESP-IDF `components/app_update/include/esp_ota_ops.h`:
-/// `ESP_ERR_OTA_BASE` 0x1500 + 0x01, "request was to write or erase the current running
-/// partition"): an item would write outside its own target ([`ota_core::guard`]).
-pub const ESP_ERR_OTA_PARTITION_CONFLICT: i32 = 0x1501;
-/// `ESP_ERR_OTA_SMALL_SEC_VER` (esp-idf `esp_ota_ops.h`: base 0x1500 + 4): anti-rollback refused an
-/// image whose `secure_version` is below the eFuse counter.
-pub const ESP_ERR_OTA_SMALL_SEC_VER: i32 = 0x1504;
-/// `ESP_ERR_OTA_ROLLBACK_INVALID_STATE` (esp-idf `esp_ota_ops.h`: base 0x1500 + 6): the running app
-/// is still PENDING_VERIFY.
-pub const ESP_ERR_OTA_ROLLBACK_INVALID_STATE: i32 = 0x1506;
+/// The ESP-IDF codes items report (their one home is [`crate::reason`]).
+pub use crate::reason::{
+    ESP_ERR_INVALID_VERSION, ESP_ERR_OTA_PARTITION_CONFLICT, ESP_ERR_OTA_ROLLBACK_INVALID_STATE,
+    ESP_ERR_OTA_SMALL_SEC_VER,
+};
+
+/// ADF logs progress once a second (`ota_proc_default.c`).
+const PROGRESS_LOG_MS: u64 = 1000;
 
 /// ADF's once-a-second progress line (`%s process_size: %d KB, cur_size: %d bytes,
 /// total_speed: %d KB/s`, esp-adf `ota_proc_default.c`) plus a Progress event per chunk.
@@ -101,18 +86,20 @@ pub(crate) struct Progress {
     kind: &'static str,
     total: Option<u64>,
     bytes: u64,
-    start: Instant,
-    last_log: Instant,
+    /// When it started and when it last logged, in ms of the run's clock.
+    start: u64,
+    last_log: u64,
 }
 
 impl Progress {
     pub(crate) fn new(
+        env: &Env<'_>,
         id: usize,
         tag: &'static str,
         kind: &'static str,
         total: Option<u64>,
     ) -> Self {
-        let now = Instant::now();
+        let now = env.clock.now_ms();
         Progress {
             id,
             tag,
@@ -131,10 +118,10 @@ impl Progress {
             bytes: self.bytes,
             total: self.total,
         });
-        let now = Instant::now();
-        if now.duration_since(self.last_log).as_micros() > 1_000_000 {
+        let now = env.clock.now_ms();
+        if now.saturating_sub(self.last_log) > PROGRESS_LOG_MS {
             self.last_log = now;
-            let ms = now.duration_since(self.start).as_millis().max(1) as u64;
+            let ms = now.saturating_sub(self.start).max(1);
             env.info(
                 self.tag,
                 format!(
@@ -150,6 +137,7 @@ impl Progress {
 }
 
 /// Build the upgrade list a config describes. Reads pinned CA files.
+#[cfg(feature = "std")]
 pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
     config: &Config,
 ) -> Result<Vec<Box<dyn crate::service::UpgradeItem<F>>>, String> {
@@ -171,6 +159,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.limits = Some(spec.limits);
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
+                item.retry = spec.retry;
                 items.push(Box::new(item));
             }
             ItemKind::App => {
@@ -192,6 +181,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 let mut item = DataItem::new(spec.uri.clone(), label, spec.format);
                 item.staging = spec.staging.clone();
                 item.limits = Some(spec.limits);
+                item.retry = spec.retry;
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;

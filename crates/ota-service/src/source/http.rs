@@ -929,6 +929,7 @@ fn request(
         // Without an item deadline, this request's own: `max_time` from now.
         deadline: Some(
             opts.deadline
+                .map(crate::std_driver::instant_at)
                 .unwrap_or_else(|| Instant::now() + opts.max_time),
         ),
         max_time: opts.max_time,

@@ -15,7 +15,7 @@ use ota_emu::device::layout;
 use ota_emu::EmuFlash;
 use ota_service::items::AppItem;
 use ota_service::source::{RetryPolicy, SourceOptions};
-use ota_service::{run_list, Device, Env, Event, RunReport, UpgradeItem};
+use ota_service::{run_list, Device, Env, Event, ResumeFrom, RunReport, StartOverWhy, UpgradeItem};
 
 /// The ESP-ADF OTA example's table (1 MB slots; ota_1 at 0x110000).
 pub const EXAMPLE_CSV: &str = "\
@@ -110,11 +110,35 @@ pub struct RunLog {
     pub lines: Vec<String>,
     /// Bytes reported by the last Progress event.
     pub last_progress: u64,
+    /// The typed download events: `Resume`, `StartOver`, `StagedCopyResume`.
+    pub events: Vec<Event>,
 }
 
 impl RunLog {
     pub fn has(&self, needle: &str) -> bool {
         self.lines.iter().any(|l| l.contains(needle))
+    }
+
+    /// The bytes item 0 resumed at from a resume record in flash.
+    pub fn resumed_from_record(&self) -> Vec<u64> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Resume {
+                    id: 0,
+                    at,
+                    from: ResumeFrom::Record,
+                } => Some(*at),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether item 0's download started over from byte 0 for `why`.
+    pub fn started_over(&self, why: StartOverWhy) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::StartOver { id: 0, why: w, .. } if *w == why))
     }
 }
 
@@ -148,6 +172,9 @@ pub fn run_on<F: NorFlash>(
         let mut on_event = |ev: Event| match ev {
             Event::Log { tag, message, .. } => log.lines.push(format!("{tag}: {message}")),
             Event::Progress { bytes, .. } => log.last_progress = bytes,
+            e @ (Event::Resume { .. }
+            | Event::StartOver { .. }
+            | Event::StagedCopyResume { .. }) => log.events.push(e),
             _ => {}
         };
         let mut device = Device {
