@@ -39,11 +39,10 @@ use crc::{Crc, CRC_32_ISO_HDLC};
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
-use crate::flash::{Aligned, Region, SECTOR_SIZE};
+use crate::flash::{header_last_cuts, Aligned, Region, SequentialWriter, SECTOR_SIZE};
 use crate::guard::{AreaKind, FlashMap};
 use crate::partition::{Label, Partition};
 use crate::tone::read_rel;
-use crate::update::{header_last_cuts, SequentialWriter, UpdateError};
 use crate::Error;
 
 /// `"OTSG"` as a little-endian u32: marks a staging progress record.
@@ -95,6 +94,12 @@ pub enum StagingError {
         /// The most the record tracks on this flash ([`max_steps`] - 2).
         max_sectors: u32,
     },
+    /// The image is larger than the target partition (checked before anything is erased).
+    TargetTooSmall {
+        target: Label,
+        size: u64,
+        capacity: u32,
+    },
     /// Staging and target are the same partition or overlap.
     Overlap { staging: Label, target: Label },
     /// The staged image does not read back with the hash it was written with.
@@ -137,6 +142,17 @@ impl fmt::Display for StagingError {
                 staging.as_str(),
                 max_sectors
             ),
+            StagingError::TargetTooSmall {
+                target,
+                size,
+                capacity,
+            } => write!(
+                f,
+                "image of {} bytes does not fit in partition {} ({} bytes)",
+                size,
+                target.as_str(),
+                capacity
+            ),
             StagingError::Overlap { staging, target } => write!(
                 f,
                 "staging partition {} overlaps its target {}",
@@ -167,12 +183,6 @@ impl fmt::Display for StagingError {
                 offset
             ),
         }
-    }
-}
-
-impl From<StagingError> for Error {
-    fn from(e: StagingError) -> Self {
-        Error::Update(UpdateError::Staging(e))
     }
 }
 
@@ -370,10 +380,10 @@ impl StagedWrite {
         Ok(StagedWrite {
             staging: *staging,
             target: *target,
-            writer: SequentialWriter::for_region(
-                Region::new(staging.offset, image_capacity(staging).min(target.size)),
-                staging.label,
-            ),
+            writer: SequentialWriter::new(Region::new(
+                staging.offset,
+                image_capacity(staging).min(target.size),
+            )),
             hasher: Sha256::new(),
         })
     }
@@ -393,8 +403,8 @@ impl StagedWrite {
         let capacity = image_capacity(staging).min(target.size);
         if let Some(size) = expected_size {
             if size > target.size as u64 {
-                return Err(UpdateError::TooLarge {
-                    label: target.label,
+                return Err(StagingError::TargetTooSmall {
+                    target: target.label,
                     size,
                     capacity: target.size,
                 }
@@ -429,15 +439,26 @@ impl StagedWrite {
     }
 
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
-        self.writer.write(flash, data).map_err(|e| match e {
-            Error::Update(UpdateError::TooLarge { size, .. }) => StagingError::TooSmall {
-                staging: self.staging.label,
-                size,
-                capacity: self.writer.region().size,
+        let size = self.writer.written() as u64 + data.len() as u64;
+        let capacity = self.writer.region().size;
+        if size > capacity as u64 {
+            // The region is the staging partition's image part, capped at the target's size.
+            return Err(if size > self.target.size as u64 {
+                StagingError::TargetTooSmall {
+                    target: self.target.label,
+                    size,
+                    capacity: self.target.size,
+                }
+            } else {
+                StagingError::TooSmall {
+                    staging: self.staging.label,
+                    size,
+                    capacity,
+                }
             }
-            .into(),
-            other => other,
-        })?;
+            .into());
+        }
+        self.writer.write(flash, data)?;
         self.hasher.update(data);
         Ok(())
     }
@@ -446,7 +467,7 @@ impl StagedWrite {
     /// can be read back from the staging partition, e.g. to check its format before
     /// [`StagedWrite::commit`]. Nothing can be written after it.
     pub fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
-        self.writer.flush(flash)
+        Ok(self.writer.flush(flash)?)
     }
 
     /// Verify the staged image by reading it back, then write the progress record (the commit
@@ -604,13 +625,10 @@ impl StagedCopy {
             self.copy_range(flash, s * SECTOR_SIZE, self.sector_len(s))?;
         } else if s == n {
             // The stale rest, as a whole-partition erase would leave it.
-            let mut rest = SequentialWriter::for_region(
-                Region::new(
-                    self.target.offset + n * SECTOR_SIZE,
-                    self.target.size.saturating_sub(n * SECTOR_SIZE),
-                ),
-                self.target.label,
-            );
+            let mut rest = SequentialWriter::new(Region::new(
+                self.target.offset + n * SECTOR_SIZE,
+                self.target.size.saturating_sub(n * SECTOR_SIZE),
+            ));
             rest.clear_rest(flash)?;
         } else {
             // Sector 0 was erased by step 0; if this step is redone after a cut, it may hold
@@ -770,14 +788,14 @@ mod tests {
         let other = *t.find_data("nvs").unwrap();
         assert!(matches!(
             StagedCopy::resume(&mut f, &map(), &staging, &other),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::OtherTarget { .. }
             )))
         ));
         f.data[staging.offset as usize + 100] ^= 0xFF;
         assert!(matches!(
             StagedCopy::resume(&mut f, &map(), &staging, &target),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::StagedImageCorrupt { .. }
             )))
         ));
@@ -795,13 +813,13 @@ mod tests {
         // 1 MB target, 1 MB staging: at most 1 MB - 4 KiB can be staged.
         assert!(matches!(
             StagedWrite::begin(&mut f, &map(), &staging, &target, Some(0x100000)),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::TooSmall { .. }
             )))
         ));
         assert!(matches!(
             StagedWrite::begin(&mut f, &map(), &target, &target, Some(10)),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::Overlap { .. }
             )))
         ));
@@ -847,7 +865,10 @@ mod tests {
             "{e}"
         );
         let e = StagedCopy::resume(&mut f, &m, &staging, &target).unwrap_err();
-        assert!(matches!(e, Error::Update(UpdateError::Guard(_))), "{e:?}");
+        assert!(
+            matches!(e, Error::Update(crate::update::UpdateError::Guard(_))),
+            "{e:?}"
+        );
         staging.offset = 0x100000;
         staging.size = 0x20000;
         let e = StagedWrite::begin(&mut f, &m, &staging, &target, Some(10))

@@ -1,9 +1,9 @@
 //! The app update engine: picks the next OTA slot, checks the incoming image before erasing,
 //! writes it, verifies it and switches otadata (idf-formats.md §2.4, §2.8).
 
-use super::{SequentialWriter, UpdateError};
+use super::UpdateError;
 use crate::chip::Chip;
-use crate::flash::{self, Aligned, Region, MAX_WORD, SECTOR_SIZE};
+use crate::flash::{self, Aligned, Region, SequentialWriter, MAX_WORD, SECTOR_SIZE};
 use crate::guard::FlashMap;
 use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAGE_PREFIX_LEN};
 use crate::otadata::OtaData;
@@ -165,7 +165,7 @@ impl AppUpdate {
             header: None,
             desc: None,
             state: AppState::Prefix,
-            writer: SequentialWriter::new(&slot),
+            writer: SequentialWriter::new(slot.region()),
             verifier,
             efuse_secure_version: None,
             journal: None,
@@ -281,7 +281,7 @@ impl AppUpdate {
             u.verifier.feed(chunk)?;
             off += k;
         }
-        u.writer = SequentialWriter::at(Region::new(u.slot.offset, limit), u.slot.label, n);
+        u.writer = SequentialWriter::at(Region::new(u.slot.offset, limit), n);
         u.state = AppState::Writing;
         u.resumed_from = n;
         u.journal = Some(Journal {
@@ -514,7 +514,7 @@ impl AppUpdate {
                         }
                     }
                 }
-                self.writer.write(flash, &prefix)?;
+                self.put(flash, &prefix)?;
                 self.state = AppState::Writing;
                 self.persist(flash, 0, &[], &prefix)?;
             }
@@ -529,8 +529,24 @@ impl AppUpdate {
         let mut old = Aligned::<MAX_WORD>::filled(0xFF);
         let n = self.writer.pending().len();
         old[..n].copy_from_slice(self.writer.pending());
-        self.writer.write(flash, data)?;
+        self.put(flash, data)?;
         self.persist(flash, from, &old[..n], data)
+    }
+
+    /// Append to the slot: an image that outgrows it (or its part before the resume log) is
+    /// refused by name before anything is written.
+    fn put<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
+        let end = self.writer.written() as u64 + data.len() as u64;
+        let capacity = self.writer.region().size;
+        if end > capacity as u64 {
+            return Err(UpdateError::TooLarge {
+                label: self.slot.label,
+                size: end,
+                capacity,
+            }
+            .into());
+        }
+        Ok(self.writer.write(flash, data)?)
     }
 
     /// Whether the stream so far holds a complete image.

@@ -23,12 +23,12 @@ mod data;
 mod rollback;
 #[cfg(test)]
 mod tests;
-mod writer;
 
 pub use app::*;
 pub use data::*;
 pub use rollback::*;
-pub use writer::*;
+
+pub use crate::flash::{DATA_HEADER_LAST_LEN, DATA_TAG_LAST_LEN};
 
 /// Why an update was refused or failed (the engines' own errors; flash and format errors are
 /// wrapped by [`crate::Error`]).
@@ -82,6 +82,12 @@ pub enum UpdateError {
     /// The update would write outside its own target (see [`crate::guard`]); nothing was
     /// erased.
     Guard(GuardError),
+}
+
+impl From<crate::staging::StagingError> for Error {
+    fn from(e: crate::staging::StagingError) -> Self {
+        Error::Update(UpdateError::Staging(e))
+    }
 }
 
 impl From<GuardError> for Error {

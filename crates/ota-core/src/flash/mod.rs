@@ -15,7 +15,7 @@
 //!   (erased flash keeps its value under 0xFF). It never programs a word twice: a caller that
 //!   writes at an unaligned offset gets [`FlashErrorKind::NotAligned`] before the driver is
 //!   called. Sequential writers keep the partial last word in RAM until it is full
-//!   ([`crate::update::SequentialWriter`]);
+//!   ([`SequentialWriter`]);
 //! - every buffer handed to the driver is 4-byte aligned in memory ([`BUF_ALIGN`]; esp-storage
 //!   copies an unaligned buffer through a bounce buffer word by word): a caller's unaligned
 //!   buffer goes through an [`Aligned`] scratch.
@@ -23,6 +23,13 @@
 use core::fmt;
 
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+
+mod writer;
+
+pub use writer::{
+    header_last_cuts, write_first_sector_last, SequentialWriter, DATA_HEADER_LAST_LEN,
+    DATA_TAG_LAST_LEN,
+};
 
 /// Erase granularity of ESP32 SPI flash (`SPI_FLASH_SEC_SIZE`, esp-idf `components/spi_flash/include/spi_flash_mmap.h`).
 pub const SECTOR_SIZE: u32 = 0x1000;
@@ -140,6 +147,9 @@ pub enum FlashErrorKind {
     Other,
     /// The driver's `READ_SIZE` or `WRITE_SIZE` is not a power of two up to [`MAX_WORD`].
     UnsupportedGranularity { size: u32 },
+    /// A [`SequentialWriter`] was written to after [`SequentialWriter::flush`] programmed its
+    /// padded last word (the bytes would land in a word already programmed).
+    AfterFlush,
 }
 
 impl fmt::Display for FlashError {
@@ -164,6 +174,9 @@ impl fmt::Display for FlashError {
                 "the flash driver's access unit of {} bytes is not a power of two up to {}",
                 size, MAX_WORD
             ),
+            FlashErrorKind::AfterFlush => {
+                f.write_str("written after the last word was flushed (padded with 0xFF)")
+            }
         }
     }
 }
