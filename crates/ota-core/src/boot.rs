@@ -118,12 +118,15 @@ pub enum BootEvent {
 
 /// Why nothing boots.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BootError {
     /// The otadata partition is smaller than two sectors: the bootloader resets.
     OtaDataTooSmall { size: u32 },
     /// No partition holds a bootable app ("No bootable app partitions in the partition table").
     NoBootableApp,
 }
+
+impl core::error::Error for BootError {}
 
 impl fmt::Display for BootError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

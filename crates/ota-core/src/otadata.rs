@@ -255,6 +255,7 @@ pub enum RollbackCandidate {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OtaDataError {
     /// The otadata partition is smaller than two 4 KiB sectors (`esp_flash_partitions.h`).
     PartitionTooSmall { label: Label, size: u32 },
@@ -274,6 +275,8 @@ pub enum OtaDataError {
     /// would wrap around; this cannot happen before ~4 billion updates).
     SequenceExhausted { seq: u32, slot: u8 },
 }
+
+impl core::error::Error for OtaDataError {}
 
 impl fmt::Display for OtaDataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

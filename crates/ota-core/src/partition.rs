@@ -204,6 +204,7 @@ pub enum ReadRule {
 /// table is `index * 32`, see [`PartitionError::byte_offset`]). `Display` mirrors the message
 /// of the reader that rejects it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PartitionError {
     /// Bootloader: entry is neither a partition, the MD5 entry nor a terminator (an empty
     /// table is this error at index 0).
@@ -302,6 +303,8 @@ impl fmt::Display for PyBytesRepr<'_> {
         write!(f, "{}", quote)
     }
 }
+
+impl core::error::Error for PartitionError {}
 
 impl fmt::Display for PartitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

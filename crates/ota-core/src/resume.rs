@@ -181,6 +181,7 @@ pub fn step_for_write_size(len: u32, ws: u32) -> u32 {
 
 /// Why a resume record cannot be used or kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ResumeError {
     /// The record is for another slot than the one the update now targets.
     OtherSlot { record: u32, target: u32 },
@@ -196,6 +197,8 @@ pub enum ResumeError {
         home_offset: Option<u32>,
     },
 }
+
+impl core::error::Error for ResumeError {}
 
 impl fmt::Display for ResumeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

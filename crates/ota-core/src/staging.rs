@@ -80,6 +80,7 @@ const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
 /// Why a staged update cannot go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StagingError {
     /// The staging partition is too small: it needs the image plus one sector for the record.
     TooSmall {
@@ -114,6 +115,8 @@ pub enum StagingError {
     /// After the copy the target does not hold the staged image.
     CopyMismatch { target: Label, offset: u32 },
 }
+
+impl core::error::Error for StagingError {}
 
 impl fmt::Display for StagingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

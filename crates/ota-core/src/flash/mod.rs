@@ -24,8 +24,10 @@ use core::fmt;
 
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 
+mod driver;
 mod writer;
 
+pub use driver::{DriverError, DriverErrorKind, TrackedFlash};
 pub use writer::{
     header_last_cuts, write_first_sector_last, SequentialWriter, DATA_HEADER_LAST_LEN,
     DATA_TAG_LAST_LEN,
@@ -127,6 +129,7 @@ impl fmt::Display for FlashOp {
 
 /// A flash operation failed (or would leave its region).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlashError {
     pub op: FlashOp,
     /// Absolute flash offset of the operation.
@@ -136,6 +139,7 @@ pub struct FlashError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FlashErrorKind {
     /// The flash driver said the access was not aligned.
     NotAligned,
@@ -151,6 +155,8 @@ pub enum FlashErrorKind {
     /// padded last word (the bytes would land in a word already programmed).
     AfterFlush,
 }
+
+impl core::error::Error for FlashError {}
 
 impl fmt::Display for FlashError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -181,17 +187,21 @@ impl fmt::Display for FlashError {
     }
 }
 
-fn map_err<E: NorFlashError>(e: E, op: FlashOp, offset: u32, len: u32) -> FlashError {
-    let kind = match e.kind() {
+/// Our kind for the driver's.
+fn map_kind(kind: NorFlashErrorKind) -> FlashErrorKind {
+    match kind {
         NorFlashErrorKind::NotAligned => FlashErrorKind::NotAligned,
         NorFlashErrorKind::OutOfBounds => FlashErrorKind::OutOfBounds,
         _ => FlashErrorKind::Other,
-    };
+    }
+}
+
+fn map_err<E: NorFlashError>(e: E, op: FlashOp, offset: u32, len: u32) -> FlashError {
     FlashError {
         op,
         offset,
         len,
-        kind,
+        kind: map_kind(e.kind()),
     }
 }
 

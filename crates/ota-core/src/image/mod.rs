@@ -93,6 +93,7 @@ impl fmt::Display for ImagePart {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ImageError {
     /// A buffer given to a parser is shorter than the structure.
     TooShort {
@@ -152,6 +153,8 @@ pub enum ImageError {
         reason: &'static str,
     },
 }
+
+impl core::error::Error for ImageError {}
 
 impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

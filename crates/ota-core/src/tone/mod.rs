@@ -93,6 +93,7 @@ const ALIGN_SCRATCH: usize = 64;
 /// What was wrong with a tone bin / tone partition, and where (offsets are relative to the
 /// start of the bin, i.e. of the partition).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ToneError {
     /// Generic malformed data at `offset` (kept from the skeleton contract).
     Invalid { offset: u32 },
@@ -161,6 +162,8 @@ pub enum ToneError {
     /// so the stream, holds `received`.
     LengthMismatch { announced: u64, received: u64 },
 }
+
+impl core::error::Error for ToneError {}
 
 impl fmt::Display for ToneError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -18,6 +18,19 @@ use embedded_storage::nor_flash::NorFlash;
 /// rewrite that is cut at any byte leaves a partition whose header tag is erased or torn, and
 /// the next run sees it as invalid and rewrites it, instead of taking a half-new partition for
 /// a valid one.
+///
+/// Call order cannot go wrong: [`DataUpdate::begin`] makes the engine and
+/// [`DataUpdate::finish`] consumes it, so a second `finish` or a `write` after it does not
+/// compile:
+///
+/// ```compile_fail,E0382
+/// # use ota_core::update::DataUpdate;
+/// # use ota_core::mem_flash::MemFlash;
+/// fn twice(up: DataUpdate, flash: &mut MemFlash<'_, 4, 4>) {
+///     let _ = up.finish(flash);
+///     let _ = up.finish(flash); // use of moved value
+/// }
+/// ```
 pub struct DataUpdate {
     part: Partition,
     /// Sectors 1.. of the partition, erase-ahead.

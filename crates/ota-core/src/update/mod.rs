@@ -33,6 +33,7 @@ pub use crate::flash::{DATA_HEADER_LAST_LEN, DATA_TAG_LAST_LEN};
 /// Why an update was refused or failed (the engines' own errors; flash and format errors are
 /// wrapped by [`crate::Error`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UpdateError {
     /// No OTA app slot other than the running one (`esp_ota_get_next_update_partition`).
     NoUpdateSlot,
@@ -56,8 +57,10 @@ pub enum UpdateError {
     },
     /// The incoming image carries no app descriptor (needed for a version check).
     NoAppDesc,
-    /// `write`/`finish` called in the wrong state (a bug in the caller).
-    WrongState { expected: &'static str },
+    /// An [`AppUpdate`] call made out of order (a bug in the caller): `call` is not allowed
+    /// in `phase`; nothing was done. ([`DataUpdate`] cannot be misused so: `begin` makes it
+    /// and `finish` consumes it.)
+    WrongState { call: AppCall, phase: AppPhase },
     /// The stream ended before the image was complete.
     Incomplete { written: u32 },
     /// The bytes read back from flash differ from the bytes verified on the stream.
@@ -99,6 +102,8 @@ impl From<GuardError> for Error {
 fn show32(b: &[u8; 32]) -> &str {
     image::cstr(b)
 }
+
+impl core::error::Error for UpdateError {}
 
 impl fmt::Display for UpdateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -160,8 +165,8 @@ impl fmt::Display for UpdateError {
             UpdateError::NoAppDesc => f.write_str(
                 "the incoming image has no app descriptor (esp_app_desc_t) at offset 0x20",
             ),
-            UpdateError::WrongState { expected } => {
-                write!(f, "update engine used out of order: expected {}", expected)
+            UpdateError::WrongState { call, phase } => {
+                write!(f, "AppUpdate::{} called out of order: {}", call, phase)
             }
             UpdateError::Incomplete { written } => {
                 write!(
