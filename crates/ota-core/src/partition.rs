@@ -4,6 +4,8 @@
 
 use core::fmt;
 
+use crate::bytes::{array, le16, le32, Hex};
+
 use md5::{Digest, Md5};
 
 pub mod csv;
@@ -166,24 +168,13 @@ impl Partition {
 
     /// Decode an entry's fields (the magic is not checked here).
     pub fn from_bytes(e: &[u8; ENTRY_SIZE]) -> Partition {
-        let u32_at = |at: usize| {
-            let mut b = [0u8; 4];
-            if let Some(s) = e.get(at..at + 4) {
-                b.copy_from_slice(s);
-            }
-            u32::from_le_bytes(b)
-        };
-        let mut label = [0u8; 16];
-        if let Some(s) = e.get(12..28) {
-            label.copy_from_slice(s);
-        }
         Partition {
             ptype: e[2],
             subtype: e[3],
-            offset: u32_at(4),
-            size: u32_at(8),
-            label: Label(label),
-            flags: u32_at(28),
+            offset: le32(e, 4),
+            size: le32(e, 8),
+            label: Label(array(e, 12)),
+            flags: le32(e, 28),
         }
     }
 }
@@ -272,13 +263,6 @@ impl PartitionError {
     }
 }
 
-struct Hex16<'a>(&'a [u8; 16]);
-impl fmt::Display for Hex16<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{:02x}", b))
-    }
-}
-
 /// Python's `repr()` of a `bytes` object (`b'\xaa\x51'`), for gen_esp32part.py's messages.
 struct PyBytesRepr<'a>(&'a [u8]);
 impl fmt::Display for PyBytesRepr<'_> {
@@ -332,8 +316,8 @@ impl fmt::Display for PartitionError {
                 ReadRule::GenTool => write!(
                     f,
                     "MD5 checksums don't match! (computed: 0x{}, parsed: 0xb'{}')",
-                    Hex16(computed),
-                    Hex16(stored)
+                    Hex(computed),
+                    Hex(stored)
                 ),
             },
             PartitionError::NoTerminator { .. } => {
@@ -376,7 +360,7 @@ fn entry_at(bytes: &[u8], i: usize) -> Option<&[u8; ENTRY_SIZE]> {
 }
 
 fn magic_of(e: &[u8; ENTRY_SIZE]) -> u16 {
-    u16::from_le_bytes([e[0], e[1]])
+    le16(e, 0)
 }
 
 fn stored_md5(e: &[u8; ENTRY_SIZE]) -> [u8; 16] {

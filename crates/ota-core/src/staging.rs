@@ -39,6 +39,7 @@ use crc::{Crc, CRC_32_ISO_HDLC};
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
+use crate::bytes::le32;
 use crate::flash::{header_last_cuts, Aligned, Region, SequentialWriter, SECTOR_SIZE};
 use crate::guard::{AreaKind, FlashMap};
 use crate::partition::{Label, Partition};
@@ -196,14 +197,6 @@ pub struct StagingRecord {
     pub target_size: u32,
     pub image_len: u32,
     pub sha256: [u8; 32],
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        w.copy_from_slice(s);
-    }
-    u32::from_le_bytes(w)
 }
 
 impl StagingRecord {

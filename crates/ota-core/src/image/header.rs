@@ -2,7 +2,7 @@
 //! mode, size and frequency fields (idf-formats.md §3.2).
 
 use super::{
-    arr_at, put, u16_at, u32_at, ImageError, FLASH_MODE_NAMES, FLASH_SIZE_NAMES, HEADER_SIZE,
+    array, le16, le32, put, ImageError, FLASH_MODE_NAMES, FLASH_SIZE_NAMES, HEADER_SIZE,
     IMAGE_MAGIC,
 };
 use crate::chip::Chip;
@@ -39,14 +39,14 @@ impl ImageHeader {
             segment_count: b[1],
             spi_mode: b[2],
             spi_speed_size: b[3],
-            entry_addr: u32_at(b, 4),
+            entry_addr: le32(b, 4),
             wp_pin: b[8],
-            spi_pin_drv: arr_at(b, 9),
-            chip_id: u16_at(b, 12),
+            spi_pin_drv: array(b, 9),
+            chip_id: le16(b, 12),
             min_chip_rev: b[14],
-            min_chip_rev_full: u16_at(b, 15),
-            max_chip_rev_full: u16_at(b, 17),
-            reserved: arr_at(b, 19),
+            min_chip_rev_full: le16(b, 15),
+            max_chip_rev_full: le16(b, 17),
+            reserved: array(b, 19),
             hash_appended: b[23],
         };
         if h.magic != IMAGE_MAGIC {

@@ -6,6 +6,8 @@ use core::fmt;
 
 use crc::{Crc, CRC_32_ISO_HDLC};
 
+use crate::bytes::{array, le16, le32, put};
+
 mod format;
 mod packer;
 mod partition_check;
@@ -292,36 +294,6 @@ fn need<'a>(
             need: len as u32,
             have: bytes.len().min(u32::MAX as usize) as u32,
         })
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    let mut a = [0u8; 2];
-    if let Some(s) = b.get(at..at + 2) {
-        a.copy_from_slice(s);
-    }
-    u16::from_le_bytes(a)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut a = [0u8; N];
-    if let Some(s) = b.get(at..at + N) {
-        a.copy_from_slice(s);
-    }
-    a
-}
-
-fn put(out: &mut [u8], at: usize, src: &[u8]) {
-    if let Some(d) = out.get_mut(at..at + src.len()) {
-        d.copy_from_slice(src);
-    }
 }
 
 /// Copy `s` into a NUL-padded fixed field, truncating like Python's `struct.pack("<Ns")`.
