@@ -14,7 +14,7 @@ mod names;
 mod tests;
 
 pub use csv::{CsvError, CsvErrorKind, CsvOptions, Keywords, Snippet};
-pub use names::{subtype_name, type_name};
+pub use names::{bootloader_usage, subtype_name, type_name};
 
 /// Default offset of the partition table (`CONFIG_PARTITION_TABLE_OFFSET`, idf-formats.md §1.1).
 pub const TABLE_OFFSET: u32 = 0x8000;
@@ -65,6 +65,9 @@ pub const SUBTYPE_DATA_PHY: u8 = 0x01;
 pub const SUBTYPE_DATA_NVS: u8 = 0x02;
 pub const SUBTYPE_DATA_COREDUMP: u8 = 0x03;
 pub const SUBTYPE_DATA_NVS_KEYS: u8 = 0x04;
+/// `efuse` (`PART_SUBTYPE_DATA_EFUSE_EM`, esp-idf
+/// `components/bootloader_support/include/esp_flash_partitions.h`).
+pub const SUBTYPE_DATA_EFUSE: u8 = 0x05;
 /// What gen_esp32part.py puts for an empty non-app subtype (§1.6).
 pub const SUBTYPE_DATA_UNDEFINED: u8 = 0x06;
 pub const SUBTYPE_DATA_TEE_OTA: u8 = 0x90;

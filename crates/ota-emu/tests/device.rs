@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use embedded_storage::nor_flash::NorFlash;
+use ota_core::image::HEADER_SIZE;
 use ota_core::Chip;
-use ota_emu::device::{detect_bootloader, layout, Device, IMAGE_HEADER_LEN};
+use ota_emu::device::{detect_bootloader, layout, Device};
 use ota_emu::{EmuError, EmuFlash};
 
 const MB: u32 = 1024 * 1024;
@@ -26,8 +27,8 @@ fn vectors() -> Option<PathBuf> {
 }
 
 /// A 24-byte image header by hand (esp-idf `esp_app_format.h`): magic, 3 segments, DIO, byte 3, chip id.
-fn header(byte3: u8, chip_id: u16) -> [u8; IMAGE_HEADER_LEN] {
-    let mut h = [0u8; IMAGE_HEADER_LEN];
+fn header(byte3: u8, chip_id: u16) -> [u8; HEADER_SIZE] {
+    let mut h = [0u8; HEADER_SIZE];
     h[0] = 0xE9;
     h[1] = 3;
     h[2] = 2; // DIO
@@ -119,7 +120,7 @@ fn real_esp32_bootloader_at_0x1000_is_detected() {
         (b.chip, b.offset, b.flash_size),
         (Chip::Esp32, 0x1000, 2 * MB)
     );
-    assert_eq!(&b.header[..], &boot[..IMAGE_HEADER_LEN]);
+    assert_eq!(&b.header[..], &boot[..HEADER_SIZE]);
 }
 
 #[test]

@@ -94,9 +94,7 @@ impl ImageHeader {
     }
     /// `1MB` ... `128MB`; None for an unknown size code.
     pub fn flash_size_name(&self) -> Option<&'static str> {
-        FLASH_SIZE_NAMES
-            .get(self.flash_size_code() as usize)
-            .copied()
+        flash_size_name(self.flash_size_code())
     }
     /// Flash size in bytes; None for an unknown size code.
     pub fn flash_size_bytes(&self) -> Option<u32> {
@@ -126,6 +124,17 @@ pub fn flash_size_code_from_name(name: &str) -> Option<u8> {
         .iter()
         .position(|n| n.eq_ignore_ascii_case(name))
         .map(|p| p as u8)
+}
+
+/// esptool's name (`1MB` ... `128MB`) for a size nibble; None for an unknown code.
+pub fn flash_size_name(code: u8) -> Option<&'static str> {
+    FLASH_SIZE_NAMES.get(code as usize).copied()
+}
+
+/// The size nibble for a flash of `bytes` bytes (1 MiB => 0 ... 128 MiB => 7); None for a size
+/// the header cannot name.
+pub fn flash_size_code_for_bytes(bytes: u32) -> Option<u8> {
+    (0..FLASH_SIZE_NAMES.len() as u8).find(|&c| flash_size_bytes(c) == Some(bytes))
 }
 
 /// Bytes of flash for a size nibble (0 => 1 MiB ... 7 => 128 MiB).
