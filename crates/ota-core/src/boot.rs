@@ -188,17 +188,6 @@ fn blank_or_bad(e: &OtaSelectEntry) -> bool {
     e.seq == u32::MAX || !e.crc_ok()
 }
 
-fn rewrite<F: NorFlash>(
-    flash: &mut F,
-    part: &Partition,
-    od: &mut OtaData,
-    i: usize,
-    state: OtaState,
-) -> Result<(), Error> {
-    od.entries[i].state = state.to_u32();
-    OtaData::write_entry(flash, part, i, &od.entries[i])
-}
-
 /// `check_anti_rollback` (idf-formats.md §2.7): without anti-rollback always true; with it, the
 /// partition's app descriptor must be readable and its `secure_version` ≥ the eFuse counter.
 fn secure_version_ok<F: NorFlash>(
@@ -262,14 +251,12 @@ fn select<F: NorFlash>(
     let mut od = OtaData::read(flash, &otadata)?;
     let app_count = table.bootloader_app_count();
     if cfg.rollback {
-        for i in 0..2 {
-            if od.entries[i].state == OtaState::PendingVerify.to_u32() {
-                rewrite(flash, &otadata, &mut od, i, OtaState::Aborted)?;
-                events(BootEvent::Aborted {
-                    sector: i,
-                    seq: od.entries[i].seq,
-                });
-            }
+        let aborted = od.bootloader_pre_select(flash, &otadata, true)?;
+        for (i, _) in aborted.iter().enumerate().filter(|(_, &w)| w) {
+            events(BootEvent::Aborted {
+                sector: i,
+                seq: od.entries[i].seq,
+            });
         }
     }
     let active = if !cfg.anti_rollback {
@@ -312,8 +299,7 @@ fn select<F: NorFlash>(
     if let Some(a) = active {
         let e = od.entries[a];
         let idx = e.slot(app_count).unwrap_or(0);
-        if cfg.rollback && e.state == OtaState::New.to_u32() {
-            rewrite(flash, &otadata, &mut od, a, OtaState::PendingVerify)?;
+        if od.bootloader_mark_pending(flash, &otadata, a, cfg.rollback)? {
             events(BootEvent::PendingVerify {
                 sector: a,
                 seq: e.seq,

@@ -572,10 +572,6 @@ impl StagedCopy {
         self.next_step
     }
 
-    pub fn is_done(&self) -> bool {
-        self.next_step >= self.record.steps()
-    }
-
     /// Copy `len` bytes at `rel` from staging to target (both partition-relative), then compare.
     fn copy_range<F: NorFlash>(&self, flash: &mut F, rel: u32, len: u32) -> Result<(), Error> {
         let (s, t) = (self.staging.region(), self.target.region());

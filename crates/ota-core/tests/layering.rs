@@ -119,3 +119,78 @@ fn sequential_writer_is_part_of_the_flash_layer() {
         &[1, 2, 3, 4, 5, 0xFF, 0xFF, 0xFF, 0xFF]
     );
 }
+
+/// Every `.rs` and `.md` file of the workspace (the firmware example, fuzz targets and the
+/// README included), as text, without build output.
+fn workspace_texts() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut out = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    dirs.push(p);
+                }
+            } else if name.ends_with(".rs") || name.ends_with(".md") {
+                if let Ok(t) = std::fs::read_to_string(&p) {
+                    out.push((p, t));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `name` occurs as a whole word in `text` other than in `fn name`.
+fn used(text: &str, name: &str) -> bool {
+    let mut from = 0;
+    while let Some(i) = text[from..].find(name) {
+        let at = from + i;
+        let end = at + name.len();
+        let word = |c: char| c.is_alphanumeric() || c == '_';
+        let before = text[..at].chars().next_back();
+        let after = text[end..].chars().next();
+        if !before.is_some_and(word) && !after.is_some_and(word) && !text[..at].ends_with("fn ") {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
+#[test]
+fn every_public_function_of_ota_core_has_a_caller_or_a_mention() {
+    let texts = workspace_texts();
+    let mut unused = Vec::new();
+    for (path, text) in &texts {
+        if !path.to_string_lossy().contains("ota-core/src") {
+            continue;
+        }
+        for line in text.lines() {
+            let t = line.trim_start();
+            let Some(rest) = t
+                .strip_prefix("pub fn ")
+                .or_else(|| t.strip_prefix("pub const fn "))
+            else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !texts.iter().any(|(_, other)| used(other, &name)) {
+                unused.push(format!("{}: {name}", path.display()));
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "public functions nothing calls or documents: {unused:#?}"
+    );
+}

@@ -95,7 +95,7 @@ impl<'f, F: NorFlash> TrackedFlash<'f, F> {
     /// driver, such as an access outside its partition). Takes it out of the wrapper.
     pub fn driver_error(&mut self, e: &crate::Error) -> Option<DriverError<F::Error>> {
         match e {
-            crate::Error::Flash(f) if f.kind.from_driver() => {
+            crate::Error::Flash(f) if f.kind.raised_by_driver() => {
                 // The same access: not an older error some layer took for "nothing there".
                 let same =
                     |d: &DriverError<F::Error>| d.error.op == f.op && d.error.offset == f.offset;
@@ -126,7 +126,7 @@ impl<'f, F: NorFlash> TrackedFlash<'f, F> {
 
 impl FlashErrorKind {
     /// The kind is the driver's verdict (not a check `ota-core` made before calling it).
-    pub fn from_driver(&self) -> bool {
+    pub(crate) fn raised_by_driver(&self) -> bool {
         matches!(
             self,
             FlashErrorKind::NotAligned | FlashErrorKind::OutOfBounds | FlashErrorKind::Other
