@@ -43,7 +43,6 @@ use crate::bytes::le32;
 use crate::flash::{header_last_cuts, Aligned, Region, SequentialWriter, SECTOR_SIZE};
 use crate::guard::{AreaKind, FlashMap};
 use crate::partition::{Label, Partition};
-use crate::tone::read_rel;
 use crate::Error;
 
 /// `"OTSG"` as a little-endian u32: marks a staging progress record.
@@ -282,7 +281,7 @@ pub fn read_record<F: NorFlash>(flash: &mut F, staging: &Partition) -> Result<Re
     }
     let region = record_region(staging);
     let mut h = [0u8; OFF_CRC + 4];
-    read_rel(flash, &region, 0, &mut h)?;
+    region.read(flash, 0, &mut h)?;
     let Some(record) = StagingRecord::parse(&h) else {
         return Ok(RecordState::None);
     };
@@ -298,7 +297,7 @@ pub fn read_record<F: NorFlash>(flash: &mut F, staging: &Partition) -> Result<Re
     while step < steps {
         let n = (steps - step).min(per);
         let chunk = &mut buf[..(n * ws) as usize];
-        read_rel(flash, &region, progress_offset(ws) + step * ws, chunk)?;
+        region.read(flash, progress_offset(ws) + step * ws, chunk)?;
         if let Some(i) = chunk
             .chunks_exact(ws as usize)
             .position(|m| m.iter().all(|&b| b == NOT_DONE))
@@ -330,7 +329,7 @@ fn sector_blank<F: NorFlash>(flash: &mut F, region: &Region, rel: u32) -> Result
     let mut buf = Aligned::<CHUNK>::filled(0);
     let mut off = 0u32;
     while off < SECTOR_SIZE {
-        read_rel(flash, region, rel + off, &mut buf.0)?;
+        region.read(flash, rel + off, &mut buf.0)?;
         if buf.iter().any(|&b| b != NOT_DONE) {
             return Ok(false);
         }
@@ -346,7 +345,7 @@ fn hash_region<F: NorFlash>(flash: &mut F, region: Region, len: u32) -> Result<[
     let mut pos = 0u32;
     while pos < len {
         let n = ((len - pos) as usize).min(CHUNK);
-        read_rel(flash, &region, pos, &mut buf[..n])?;
+        region.read(flash, pos, &mut buf[..n])?;
         h.update(&buf[..n]);
         pos += n as u32;
     }
@@ -580,9 +579,9 @@ impl StagedCopy {
         let mut pos = 0u32;
         while pos < len {
             let n = ((len - pos) as usize).min(CHUNK);
-            read_rel(flash, &s, rel + pos, &mut buf[..n])?;
+            s.read(flash, rel + pos, &mut buf[..n])?;
             t.write(flash, rel + pos, &buf[..n])?;
-            read_rel(flash, &t, rel + pos, &mut back[..n])?;
+            t.read(flash, rel + pos, &mut back[..n])?;
             if back[..n] != buf[..n] {
                 return Err(StagingError::CopyMismatch {
                     target: self.target.label,

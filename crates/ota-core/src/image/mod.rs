@@ -16,11 +16,16 @@ mod stored;
 mod tests;
 mod verifier;
 
-pub use builder::*;
-pub use desc::*;
-pub use header::*;
-pub use stored::*;
-pub use verifier::*;
+pub use builder::{build_bootloader, build_image, ImageSpec};
+pub use desc::{cstr, cstr_field, AppDesc, BootloaderDesc};
+pub use header::{
+    flash_freq_code_from_name, flash_mode_from_name, flash_size_bytes, flash_size_code_for_bytes,
+    flash_size_code_from_name, flash_size_name, ImageHeader,
+};
+pub use stored::{
+    parse_prefix, set_image_flash_params, verify_flash, verify_flash_with, VERIFY_CHUNK,
+};
+pub use verifier::{ImageSummary, ImageVerifier, MmuPageRule, MmuPageSource, SegmentInfo};
 
 /// `ESP_IMAGE_HEADER_MAGIC` (idf-formats.md §3.2).
 pub const IMAGE_MAGIC: u8 = 0xE9;

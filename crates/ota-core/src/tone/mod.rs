@@ -17,12 +17,14 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use format::*;
-pub use packer::*;
-pub use partition_check::*;
-pub use policy::*;
-pub use reader::*;
-pub use stream::*;
+pub use format::{ToneDesc, ToneFileInfo, ToneHeader};
+pub use packer::{file_type_for_name, pack, ToneEntry};
+pub use partition_check::{
+    tone_partition_check, tone_partition_check_size, tone_partition_init, ToneInfo,
+};
+pub use policy::{decide_upgrade, incoming_needs_desc, ToneDecision, ToneReject};
+pub use reader::{ParseOptions, ToneBin, ToneFiles};
+pub use stream::{ToneStreamCheck, ToneStreamSummary};
 
 // ---------------------------------------------------------------------------------------------
 // Constants
@@ -85,8 +87,6 @@ const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
 /// Chunk size for streamed flash reads (CRC over the partition): constant stack memory.
 const CHUNK: usize = 256;
-/// Scratch window for reads that the flash driver needs aligned to `READ_SIZE`.
-const ALIGN_SCRATCH: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Errors

@@ -24,9 +24,12 @@ mod rollback;
 #[cfg(test)]
 mod tests;
 
-pub use app::*;
-pub use data::*;
-pub use rollback::*;
+pub use app::{next_update_slot, AppCall, AppPhase, AppUpdate, AppUpdateConfig, Committed};
+pub use data::DataUpdate;
+pub use rollback::{
+    begin_with_rollback, check_running_confirmed, mark_app_invalid_rollback,
+    mark_app_valid_cancel_rollback, MarkedValid,
+};
 
 pub use crate::flash::{DATA_HEADER_LAST_LEN, DATA_TAG_LAST_LEN};
 
