@@ -98,7 +98,7 @@ pub enum BootEvent {
     PendingVerify { sector: usize, seq: u32 },
     /// An image was tried and failed verification.
     LoadFailed { partition: Partition, error: Error },
-    /// `set_actual_ota_seq`: otadata[0] was written for the initial boot.
+    /// `set_actual_ota_seq`: otadata\[0\] was written for the initial boot.
     SetActualOtaSeq { seq: u32 },
     /// The image that boots.
     Loaded { partition: Partition },

@@ -56,7 +56,7 @@ impl<E: fmt::Debug> fmt::Display for DriverError<E> {
 impl<E: fmt::Debug> core::error::Error for DriverError<E> {}
 
 /// A flash as the core layers get it, that remembers the last error its driver returned, so
-/// it can be handed back after a call fails (see the [module documentation](self)).
+/// it can be handed back after a call fails (see [`crate::flash`]).
 ///
 /// ```
 /// use ota_core::flash::{self, TrackedFlash};

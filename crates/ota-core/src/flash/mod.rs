@@ -11,11 +11,13 @@
 //! esp-hal: 4 and 4, `esp-storage/src/nor_flash.rs`); this layer supports any power of two up
 //! to [`MAX_WORD`] for both:
 //! - [`read`] takes any offset and length: it reads the whole words around them;
-//! - [`write`] takes a word-aligned offset and any length: the last word is padded with 0xFF
+//! - [`write()`] takes a word-aligned offset and any length: the last word is padded with 0xFF
 //!   (erased flash keeps its value under 0xFF). It never programs a word twice: a caller that
 //!   writes at an unaligned offset gets [`FlashErrorKind::NotAligned`] before the driver is
 //!   called. Sequential writers keep the partial last word in RAM until it is full
 //!   ([`SequentialWriter`]);
+//! - the driver's own error value survives a failed call: [`TrackedFlash`] keeps it beside
+//!   the call (the layers' error, [`crate::Error`], cannot hold it without an allocator).
 //! - every buffer handed to the driver is 4-byte aligned in memory ([`BUF_ALIGN`]; esp-storage
 //!   copies an unaligned buffer through a bounce buffer word by word): a caller's unaligned
 //!   buffer goes through an [`Aligned`] scratch.
@@ -244,7 +246,7 @@ impl Region {
         read(flash, abs, buf)
     }
 
-    /// Program `data` at `rel` (see [`write`]: word-aligned offset, the last word padded with
+    /// Program `data` at `rel` (see [`write()`]: word-aligned offset, the last word padded with
     /// 0xFF; the padded length must stay inside the region).
     pub fn write<F: NorFlash>(
         &self,
