@@ -2,8 +2,8 @@
 //! flash size in the 2nd-stage bootloader's image header (idf-formats.md §1.1, §3.2) and reads
 //! the partition table the way the bootloader does (§1.4a). [`layout`] lays out a new image.
 
-use embedded_storage::nor_flash::ReadNorFlash;
-use ota_core::flash::FlashOp;
+use embedded_storage::nor_flash::{NorFlashErrorKind, ReadNorFlash};
+use ota_core::flash::TrackedFlash;
 use ota_core::image::{ImageHeader, HEADER_SIZE};
 use ota_core::partition::{PartitionTable, ReadRule, TABLE_MAX_LEN, TABLE_OFFSET};
 use ota_core::Chip;
@@ -92,8 +92,8 @@ where
     })
 }
 
-/// Read `buf.len()` bytes at `offset` from a flash that reads in units of `READ_SIZE`: the
-/// whole units around them are read and the driver's own error is kept.
+/// Read `buf.len()` bytes at `offset` from a flash that reads in units of `READ_SIZE`, through
+/// `ota_core::flash::read` (the whole units around them), keeping the driver's own error.
 pub fn read_units<F: ReadNorFlash>(
     flash: &mut F,
     offset: u32,
@@ -102,16 +102,20 @@ pub fn read_units<F: ReadNorFlash>(
 where
     F::Error: 'static,
 {
-    let unit = F::READ_SIZE.max(1) as u64;
-    let from = u64::from(offset) / unit * unit;
-    let to = (u64::from(offset) + buf.len() as u64).div_ceil(unit) * unit;
-    let mut words = vec![0u8; (to - from) as usize];
-    flash
-        .read(from as u32, &mut words)
-        .map_err(|e| EmuError::from_flash(e, FlashOp::Read, from as u32, (to - from) as u32))?;
-    let skip = (u64::from(offset) - from) as usize;
-    buf.copy_from_slice(&words[skip..skip + buf.len()]);
-    Ok(())
+    let mut tracked = TrackedFlash::new(flash);
+    ota_core::flash::read(&mut tracked, offset, buf).map_err(|f| {
+        match tracked.driver_error(&ota_core::Error::Flash(f)) {
+            Some(d) => EmuError::from_flash(d.driver, d.error.op, d.error.offset, d.error.len),
+            // Refused by ota-core before the driver was asked (e.g. an unsupported unit).
+            None => EmuError::Flash {
+                op: f.op,
+                offset: f.offset,
+                len: f.len,
+                kind: NorFlashErrorKind::Other,
+                detail: f.to_string(),
+            },
+        }
+    })
 }
 
 /// An emulated ESP32-class device: its flash, and what the flash says about it.
@@ -219,9 +223,7 @@ where
     // The whole sector when the file has it (the app reader wants 4 KiB), else the 0xC00 bytes.
     let len = (capacity - u64::from(TABLE_OFFSET)).min(u64::from(SECTOR_SIZE)) as usize;
     let mut sector = vec![0u8; len];
-    flash
-        .read(TABLE_OFFSET, &mut sector)
-        .map_err(|e| EmuError::from_flash(e, FlashOp::Read, TABLE_OFFSET, len as u32))?;
+    read_units(flash, TABLE_OFFSET, &mut sector)?;
     PartitionTable::parse(&sector, ReadRule::Bootloader { chip_size }).map_err(|e| {
         EmuError::PartitionTable {
             file: name.to_string(),

@@ -235,3 +235,54 @@ fn real_esp32_bootloader_and_singleapp_table_open() {
         Some((0x10000, 0x100000))
     );
 }
+
+/// A read-only flash whose reads fail with an error of its own (not an `EmuError`).
+struct FailingReads;
+
+#[derive(Debug)]
+struct BusFault {
+    #[allow(dead_code)] // shown through Debug
+    serial: u32,
+}
+
+impl embedded_storage::nor_flash::NorFlashError for BusFault {
+    fn kind(&self) -> embedded_storage::nor_flash::NorFlashErrorKind {
+        embedded_storage::nor_flash::NorFlashErrorKind::Other
+    }
+}
+
+impl embedded_storage::nor_flash::ErrorType for FailingReads {
+    type Error = BusFault;
+}
+
+impl embedded_storage::nor_flash::ReadNorFlash for FailingReads {
+    const READ_SIZE: usize = 4;
+    fn read(&mut self, _offset: u32, _bytes: &mut [u8]) -> Result<(), BusFault> {
+        Err(BusFault { serial: 0xC0FFEE })
+    }
+    fn capacity(&self) -> usize {
+        4 * MB as usize
+    }
+}
+
+#[test]
+fn a_failing_drivers_own_error_reaches_the_device_error() {
+    // An EmuFlash's own error comes back as it is, through ota-core's read layer.
+    let mut f = EmuFlash::in_memory(MB);
+    f.set_fault_plan(ota_emu::FaultPlan {
+        power_cut_after_bytes: Some(0),
+        ..Default::default()
+    });
+    assert!(f.write(0x3000, &[0; 4]).is_err(), "the power is cut");
+    let e = detect_bootloader(&mut f, "x").unwrap_err();
+    assert!(matches!(e, EmuError::PowerCut { .. }), "{e:?}");
+    // Any other driver: its error's detail, with the access that failed.
+    let e = detect_bootloader(&mut FailingReads, "x").unwrap_err();
+    match &e {
+        EmuError::Flash { offset, detail, .. } => {
+            assert_eq!(*offset, 0x1000, "{e}");
+            assert!(detail.contains("12648430"), "{e}"); // serial 0xC0FFEE
+        }
+        other => panic!("expected the driver's error, got {other:?}"),
+    }
+}

@@ -75,7 +75,7 @@ pub struct TrackedFlash<'f, F: ErrorType> {
     last: Option<DriverError<F::Error>>,
 }
 
-impl<'f, F: NorFlash> TrackedFlash<'f, F> {
+impl<'f, F: ReadNorFlash> TrackedFlash<'f, F> {
     pub fn new(flash: &'f mut F) -> Self {
         TrackedFlash { flash, last: None }
     }
@@ -134,11 +134,11 @@ impl FlashErrorKind {
     }
 }
 
-impl<F: NorFlash> ErrorType for TrackedFlash<'_, F> {
+impl<F: ErrorType> ErrorType for TrackedFlash<'_, F> {
     type Error = DriverErrorKind;
 }
 
-impl<F: NorFlash> ReadNorFlash for TrackedFlash<'_, F> {
+impl<F: ReadNorFlash> ReadNorFlash for TrackedFlash<'_, F> {
     const READ_SIZE: usize = F::READ_SIZE;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), DriverErrorKind> {
