@@ -10,6 +10,7 @@ use ota_core::boot::{self, BootConfig, BootEvent, BootOutcome};
 use ota_core::image::{self, ImageSummary};
 
 use crate::cmd_image::app_json;
+use crate::cmd_partition::{subtype_name, type_name};
 use ota_core::image::Hex;
 use ota_core::otadata::{OtaData, OtaState};
 use ota_core::partition::{self, CsvOptions, Partition, PartitionTable, TABLE_OFFSET};
@@ -636,18 +637,6 @@ fn create(a: CreateArgs) -> Result<()> {
     Ok(())
 }
 
-fn type_name(p: &Partition) -> String {
-    partition::type_name(p.ptype)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("0x{:02x}", p.ptype))
-}
-
-fn subtype_name(p: &Partition) -> String {
-    partition::subtype_name(p.ptype, p.subtype)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("0x{:02x}", p.subtype))
-}
-
 /// A tone bin found in a data partition (its first bytes carry the tone header tag): what
 /// `device info` shows about it.
 struct ToneView {
@@ -1074,23 +1063,6 @@ fn print_info(v: &InfoView) {
     }
 }
 
-/// ESP-IDF's bootloader "Usage" column (bootloader_utility.c).
-fn usage(p: &Partition) -> &'static str {
-    match (p.ptype, p.subtype) {
-        (0, 0x00) => "factory app",
-        (0, 0x20) => "test app",
-        (0, s) if (0x10..0x20).contains(&s) => "OTA app",
-        (0, _) => "Unknown app",
-        (1, 0x00) => "OTA data",
-        (1, 0x01) => "RF data",
-        (1, 0x02) => "WiFi data",
-        (1, 0x04) => "NVS keys",
-        (1, 0x05) => "efuse",
-        (1, _) => "Unknown data",
-        _ => "unknown",
-    }
-}
-
 /// Print the bootloader's partition table listing.
 pub fn print_table(table: &PartitionTable) {
     logger::info("boot", "Partition Table:");
@@ -1105,7 +1077,7 @@ pub fn print_table(table: &PartitionTable) {
                 "{:2} {:<16} {:<16} {:02x} {:02x} {:08x} {:08x}",
                 i,
                 p.label.as_str(),
-                usage(p),
+                partition::bootloader_usage(p.ptype, p.subtype),
                 p.ptype,
                 p.subtype,
                 p.offset,

@@ -377,7 +377,7 @@ fn merge(
         LayoutError::BeyondAddressSpace { index, .. } => {
             anyhow!("{}: {}", inputs[index].path.display(), e)
         }
-        LayoutError::TooLarge { .. } => anyhow!("{}", e),
+        _ => anyhow!("{}", e),
     })?;
     inputs.sort_by_key(|i| i.addr);
     let size = match fill {

@@ -110,10 +110,8 @@ pub fn parse_size(s: &str) -> Result<u32> {
 
 /// Header code of a flash size (esp-idf `esp_app_format.h`: byte 3 high nibble, 1MB..128MB).
 pub fn flash_size_code(size: u32) -> Result<u8> {
-    for code in 0..8u8 {
-        if size == (1u32 << 20) << code {
-            return Ok(code);
-        }
+    if let Some(code) = ota_core::image::flash_size_code_for_bytes(size) {
+        return Ok(code);
     }
     bail!(
         "flash size must be 1MB, 2MB, 4MB, 8MB, 16MB, 32MB, 64MB or 128MB, not {} bytes",
@@ -124,7 +122,11 @@ pub fn flash_size_code(size: u32) -> Result<u8> {
 /// A flash size as every JSON output and esptool write it: `4MB` (`512KB`, or bytes, for sizes
 /// that are not whole MiB).
 pub fn flash_size_name(size: u32) -> String {
-    if size != 0 && size.is_multiple_of(1 << 20) {
+    let header_name =
+        ota_core::image::flash_size_code_for_bytes(size).and_then(ota_core::image::flash_size_name);
+    if let Some(name) = header_name {
+        name.to_string()
+    } else if size != 0 && size.is_multiple_of(1 << 20) {
         format!("{}MB", size >> 20)
     } else if size != 0 && size.is_multiple_of(1024) {
         format!("{}KB", size >> 10)

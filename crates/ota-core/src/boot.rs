@@ -98,7 +98,7 @@ pub enum BootEvent {
     PendingVerify { sector: usize, seq: u32 },
     /// An image was tried and failed verification.
     LoadFailed { partition: Partition, error: Error },
-    /// `set_actual_ota_seq`: otadata[0] was written for the initial boot.
+    /// `set_actual_ota_seq`: otadata\[0\] was written for the initial boot.
     SetActualOtaSeq { seq: u32 },
     /// The image that boots.
     Loaded { partition: Partition },
@@ -118,12 +118,15 @@ pub enum BootEvent {
 
 /// Why nothing boots.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BootError {
     /// The otadata partition is smaller than two sectors: the bootloader resets.
     OtaDataTooSmall { size: u32 },
     /// No partition holds a bootable app ("No bootable app partitions in the partition table").
     NoBootableApp,
 }
+
+impl core::error::Error for BootError {}
 
 impl fmt::Display for BootError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -183,17 +186,6 @@ fn index_of(i: i32) -> BootIndex {
 
 fn blank_or_bad(e: &OtaSelectEntry) -> bool {
     e.seq == u32::MAX || !e.crc_ok()
-}
-
-fn rewrite<F: NorFlash>(
-    flash: &mut F,
-    part: &Partition,
-    od: &mut OtaData,
-    i: usize,
-    state: OtaState,
-) -> Result<(), Error> {
-    od.entries[i].state = state.to_u32();
-    OtaData::write_entry(flash, part, i, &od.entries[i])
 }
 
 /// `check_anti_rollback` (idf-formats.md §2.7): without anti-rollback always true; with it, the
@@ -259,14 +251,12 @@ fn select<F: NorFlash>(
     let mut od = OtaData::read(flash, &otadata)?;
     let app_count = table.bootloader_app_count();
     if cfg.rollback {
-        for i in 0..2 {
-            if od.entries[i].state == OtaState::PendingVerify.to_u32() {
-                rewrite(flash, &otadata, &mut od, i, OtaState::Aborted)?;
-                events(BootEvent::Aborted {
-                    sector: i,
-                    seq: od.entries[i].seq,
-                });
-            }
+        let aborted = od.bootloader_pre_select(flash, &otadata, true)?;
+        for (i, _) in aborted.iter().enumerate().filter(|(_, &w)| w) {
+            events(BootEvent::Aborted {
+                sector: i,
+                seq: od.entries[i].seq,
+            });
         }
     }
     let active = if !cfg.anti_rollback {
@@ -309,8 +299,7 @@ fn select<F: NorFlash>(
     if let Some(a) = active {
         let e = od.entries[a];
         let idx = e.slot(app_count).unwrap_or(0);
-        if cfg.rollback && e.state == OtaState::New.to_u32() {
-            rewrite(flash, &otadata, &mut od, a, OtaState::PendingVerify)?;
+        if od.bootloader_mark_pending(flash, &otadata, a, cfg.rollback)? {
             events(BootEvent::PendingVerify {
                 sector: a,
                 seq: e.seq,

@@ -27,6 +27,7 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::bytes::{le16, le32};
 use crate::chip::{Chip, DEFAULT_MMU_PAGE_SIZE};
 use crate::image::{
     APP_DESC_MAGIC, APP_DESC_SIZE, CHECKSUM_SEED, HASH_LEN, HEADER_SIZE, IMAGE_MAGIC, MAX_SEGMENTS,
@@ -589,16 +590,6 @@ pub struct Plan<'a> {
     unknown_sections: usize,
 }
 
-fn u16_at(d: &[u8], off: usize) -> u16 {
-    // Callers check bounds first; a missing byte reads as 0 (never a panic).
-    let b = |i: usize| d.get(off + i).copied().unwrap_or(0);
-    u16::from_le_bytes([b(0), b(1)])
-}
-fn u32_at(d: &[u8], off: usize) -> u32 {
-    let b = |i: usize| d.get(off + i).copied().unwrap_or(0);
-    u32::from_le_bytes([b(0), b(1), b(2), b(3)])
-}
-
 fn need<'a>(
     elf: &[u8],
     what: &'static str,
@@ -666,21 +657,21 @@ impl<'a> Plan<'a> {
         if elf[EI_DATA] != ELFDATA2LSB {
             return Err(E::Encoding(elf[EI_DATA]));
         }
-        let machine = u16_at(elf, E_MACHINE);
+        let machine = le16(elf, E_MACHINE);
         if machine != EM_XTENSA && machine != EM_RISCV {
             return Err(E::Machine(machine));
         }
         if machine != chip_machine(chip) {
             return Err(E::WrongArch { chip, machine });
         }
-        p.entry = u32_at(elf, E_ENTRY);
-        let phoff = u32_at(elf, E_PHOFF) as u64;
-        let shoff = u32_at(elf, E_SHOFF) as u64;
-        let phentsize = u16_at(elf, E_PHENTSIZE);
-        let phnum = u16_at(elf, E_PHNUM);
-        let shentsize = u16_at(elf, E_SHENTSIZE);
-        let shnum = u16_at(elf, E_SHNUM);
-        let shstrndx = u16_at(elf, E_SHSTRNDX);
+        p.entry = le32(elf, E_ENTRY);
+        let phoff = le32(elf, E_PHOFF) as u64;
+        let shoff = le32(elf, E_SHOFF) as u64;
+        let phentsize = le16(elf, E_PHENTSIZE);
+        let phnum = le16(elf, E_PHNUM);
+        let shentsize = le16(elf, E_SHENTSIZE);
+        let shnum = le16(elf, E_SHNUM);
+        let shstrndx = le16(elf, E_SHSTRNDX);
         if shentsize as usize != SHDR_LEN {
             return Err(E::SectionHeaderSize(shentsize));
         }
@@ -700,7 +691,7 @@ impl<'a> Plan<'a> {
             });
         }
         let sh =
-            |i: u16, field: usize| u32_at(elf, shoff as usize + i as usize * SHDR_LEN + field * 4);
+            |i: u16, field: usize| le32(elf, shoff as usize + i as usize * SHDR_LEN + field * 4);
         let (str_off, str_size) = (sh(shstrndx, SH_OFFSET) as u64, sh(shstrndx, SH_SIZE) as u64);
         need(elf, "section name table", str_off, str_size)?;
         let strtab = &elf[str_off as usize..(str_off + str_size) as usize];
@@ -789,7 +780,7 @@ impl<'a> Plan<'a> {
             }
             for i in 0..phnum {
                 let ph =
-                    |field: usize| u32_at(elf, phoff as usize + i as usize * PHDR_LEN + field * 4);
+                    |field: usize| le32(elf, phoff as usize + i as usize * PHDR_LEN + field * 4);
                 let (ty, off, paddr, filesz, align) = (
                     ph(P_TYPE),
                     ph(P_OFFSET),

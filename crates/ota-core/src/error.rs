@@ -14,6 +14,7 @@ use crate::tone::ToneError;
 use crate::update::UpdateError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     Flash(FlashError),
     Partition(PartitionError),
@@ -23,6 +24,8 @@ pub enum Error {
     Update(UpdateError),
     Boot(BootError),
 }
+
+impl core::error::Error for Error {}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

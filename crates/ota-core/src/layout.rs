@@ -30,6 +30,7 @@ impl Piece {
 
 /// Why a set of pieces cannot be merged. Indices are positions in the caller's list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LayoutError {
     /// Two pieces share a sector: `first` starts at or before `second`.
     Overlap {
@@ -43,6 +44,8 @@ pub enum LayoutError {
     /// The merged image would be larger than the size it must fit (`--fill-flash-size`).
     TooLarge { end: u32, size: u32 },
 }
+
+impl core::error::Error for LayoutError {}
 
 impl fmt::Display for LayoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -83,6 +83,7 @@
 #![forbid(unsafe_code)]
 
 pub mod boot;
+mod bytes;
 pub mod chip;
 pub mod elf2image;
 pub mod error;

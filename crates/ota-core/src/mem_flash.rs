@@ -133,12 +133,6 @@ impl<'a, const READ: usize, const WRITE: usize> MemFlash<'a, READ, WRITE> {
         self.mem
     }
 
-    /// The flash contents, writable without the NOR rules (what esptool `write_flash` or a
-    /// test's fault injection does).
-    pub fn memory_mut(&mut self) -> &mut [u8] {
-        self.mem
-    }
-
     /// `[offset, offset + len)` if it lies inside the flash and both ends are multiples of
     /// `granule`.
     fn range(

@@ -15,6 +15,7 @@ use core::fmt;
 use crc::{Algorithm, Crc, NoTable};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 
+use crate::bytes::le32;
 use crate::partition::{Label, Partition};
 
 /// Size of one entry (`esp_flash_partitions.h`).
@@ -126,14 +127,6 @@ pub struct OtaSelectEntry {
     pub crc: u32,
 }
 
-fn le_u32(b: &[u8; ENTRY_SIZE], off: usize) -> u32 {
-    let mut w = [0u8; 4];
-    if let Some(s) = b.get(off..off + 4) {
-        w.copy_from_slice(s);
-    }
-    u32::from_le_bytes(w)
-}
-
 impl OtaSelectEntry {
     /// An erased entry: all 32 bytes 0xFF.
     pub const ERASED: OtaSelectEntry = OtaSelectEntry {
@@ -160,10 +153,10 @@ impl OtaSelectEntry {
             seq_label.copy_from_slice(s);
         }
         OtaSelectEntry {
-            seq: le_u32(b, OFF_SEQ),
+            seq: le32(b, OFF_SEQ),
             seq_label,
-            state: le_u32(b, OFF_STATE),
-            crc: le_u32(b, OFF_CRC),
+            state: le32(b, OFF_STATE),
+            crc: le32(b, OFF_CRC),
         }
     }
 
@@ -255,6 +248,7 @@ pub enum RollbackCandidate {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OtaDataError {
     /// The otadata partition is smaller than two 4 KiB sectors (`esp_flash_partitions.h`).
     PartitionTooSmall { label: Label, size: u32 },
@@ -274,6 +268,8 @@ pub enum OtaDataError {
     /// would wrap around; this cannot happen before ~4 billion updates).
     SequenceExhausted { seq: u32, slot: u8 },
 }
+
+impl core::error::Error for OtaDataError {}
 
 impl fmt::Display for OtaDataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

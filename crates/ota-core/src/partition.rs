@@ -4,6 +4,8 @@
 
 use core::fmt;
 
+use crate::bytes::{array, le16, le32, Hex};
+
 use md5::{Digest, Md5};
 
 pub mod csv;
@@ -12,7 +14,7 @@ mod names;
 mod tests;
 
 pub use csv::{CsvError, CsvErrorKind, CsvOptions, Keywords, Snippet};
-pub use names::{subtype_name, type_name};
+pub use names::{bootloader_usage, subtype_name, type_name};
 
 /// Default offset of the partition table (`CONFIG_PARTITION_TABLE_OFFSET`, idf-formats.md §1.1).
 pub const TABLE_OFFSET: u32 = 0x8000;
@@ -63,6 +65,9 @@ pub const SUBTYPE_DATA_PHY: u8 = 0x01;
 pub const SUBTYPE_DATA_NVS: u8 = 0x02;
 pub const SUBTYPE_DATA_COREDUMP: u8 = 0x03;
 pub const SUBTYPE_DATA_NVS_KEYS: u8 = 0x04;
+/// `efuse` (`PART_SUBTYPE_DATA_EFUSE_EM`, esp-idf
+/// `components/bootloader_support/include/esp_flash_partitions.h`).
+pub const SUBTYPE_DATA_EFUSE: u8 = 0x05;
 /// What gen_esp32part.py puts for an empty non-app subtype (§1.6).
 pub const SUBTYPE_DATA_UNDEFINED: u8 = 0x06;
 pub const SUBTYPE_DATA_TEE_OTA: u8 = 0x90;
@@ -166,24 +171,13 @@ impl Partition {
 
     /// Decode an entry's fields (the magic is not checked here).
     pub fn from_bytes(e: &[u8; ENTRY_SIZE]) -> Partition {
-        let u32_at = |at: usize| {
-            let mut b = [0u8; 4];
-            if let Some(s) = e.get(at..at + 4) {
-                b.copy_from_slice(s);
-            }
-            u32::from_le_bytes(b)
-        };
-        let mut label = [0u8; 16];
-        if let Some(s) = e.get(12..28) {
-            label.copy_from_slice(s);
-        }
         Partition {
             ptype: e[2],
             subtype: e[3],
-            offset: u32_at(4),
-            size: u32_at(8),
-            label: Label(label),
-            flags: u32_at(28),
+            offset: le32(e, 4),
+            size: le32(e, 8),
+            label: Label(array(e, 12)),
+            flags: le32(e, 28),
         }
     }
 }
@@ -204,6 +198,7 @@ pub enum ReadRule {
 /// table is `index * 32`, see [`PartitionError::byte_offset`]). `Display` mirrors the message
 /// of the reader that rejects it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PartitionError {
     /// Bootloader: entry is neither a partition, the MD5 entry nor a terminator (an empty
     /// table is this error at index 0).
@@ -271,13 +266,6 @@ impl PartitionError {
     }
 }
 
-struct Hex16<'a>(&'a [u8; 16]);
-impl fmt::Display for Hex16<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{:02x}", b))
-    }
-}
-
 /// Python's `repr()` of a `bytes` object (`b'\xaa\x51'`), for gen_esp32part.py's messages.
 struct PyBytesRepr<'a>(&'a [u8]);
 impl fmt::Display for PyBytesRepr<'_> {
@@ -302,6 +290,8 @@ impl fmt::Display for PyBytesRepr<'_> {
         write!(f, "{}", quote)
     }
 }
+
+impl core::error::Error for PartitionError {}
 
 impl fmt::Display for PartitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -329,8 +319,8 @@ impl fmt::Display for PartitionError {
                 ReadRule::GenTool => write!(
                     f,
                     "MD5 checksums don't match! (computed: 0x{}, parsed: 0xb'{}')",
-                    Hex16(computed),
-                    Hex16(stored)
+                    Hex(computed),
+                    Hex(stored)
                 ),
             },
             PartitionError::NoTerminator { .. } => {
@@ -373,7 +363,7 @@ fn entry_at(bytes: &[u8], i: usize) -> Option<&[u8; ENTRY_SIZE]> {
 }
 
 fn magic_of(e: &[u8; ENTRY_SIZE]) -> u16 {
-    u16::from_le_bytes([e[0], e[1]])
+    le16(e, 0)
 }
 
 fn stored_md5(e: &[u8; ENTRY_SIZE]) -> [u8; 16] {

@@ -46,6 +46,7 @@ use crc::{Crc, CRC_32_ISO_HDLC};
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
+use crate::bytes::le32;
 use crate::flash::{Region, SECTOR_SIZE};
 use crate::partition::{Partition, PartitionTable};
 
@@ -181,6 +182,7 @@ pub fn step_for_write_size(len: u32, ws: u32) -> u32 {
 
 /// Why a resume record cannot be used or kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ResumeError {
     /// The record is for another slot than the one the update now targets.
     OtherSlot { record: u32, target: u32 },
@@ -196,6 +198,8 @@ pub enum ResumeError {
         home_offset: Option<u32>,
     },
 }
+
+impl core::error::Error for ResumeError {}
 
 impl fmt::Display for ResumeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -293,7 +297,7 @@ impl ResumeHeader {
 
     /// Parse a header record; `None` unless magic, version, CRC and every field are sound.
     pub fn parse(b: &[u8; HEADER_SIZE]) -> Option<ResumeHeader> {
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u32_at = |at: usize| le32(b, at);
         if u32_at(0) != LOG_MAGIC || b[4] != LOG_VERSION {
             return None;
         }
@@ -326,12 +330,7 @@ impl ResumeHeader {
 
     fn crc(&self) -> u32 {
         let b = self.to_bytes();
-        u32::from_le_bytes([
-            b[OFF_HEADER_CRC],
-            b[OFF_HEADER_CRC + 1],
-            b[OFF_HEADER_CRC + 2],
-            b[OFF_HEADER_CRC + 3],
-        ])
+        le32(&b, OFF_HEADER_CRC)
     }
 
     fn entry(&self, offset: u32) -> [u8; ENTRY_SIZE] {
@@ -346,7 +345,7 @@ impl ResumeHeader {
 
     /// The offset a checkpoint record holds, if it is intact and belongs to this header.
     fn parse_entry(&self, e: &[u8; ENTRY_SIZE]) -> Option<u32> {
-        let offset = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        let offset = le32(e, 0);
         (self.entry(offset) == *e).then_some(offset)
     }
 }

@@ -39,11 +39,10 @@ use crc::{Crc, CRC_32_ISO_HDLC};
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
-use crate::flash::{Aligned, Region, SECTOR_SIZE};
+use crate::bytes::le32;
+use crate::flash::{header_last_cuts, Aligned, Region, SequentialWriter, SECTOR_SIZE};
 use crate::guard::{AreaKind, FlashMap};
 use crate::partition::{Label, Partition};
-use crate::tone::read_rel;
-use crate::update::{header_last_cuts, SequentialWriter, UpdateError};
 use crate::Error;
 
 /// `"OTSG"` as a little-endian u32: marks a staging progress record.
@@ -81,6 +80,7 @@ const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
 /// Why a staged update cannot go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StagingError {
     /// The staging partition is too small: it needs the image plus one sector for the record.
     TooSmall {
@@ -94,6 +94,12 @@ pub enum StagingError {
         sectors: u32,
         /// The most the record tracks on this flash ([`max_steps`] - 2).
         max_sectors: u32,
+    },
+    /// The image is larger than the target partition (checked before anything is erased).
+    TargetTooSmall {
+        target: Label,
+        size: u64,
+        capacity: u32,
     },
     /// Staging and target are the same partition or overlap.
     Overlap { staging: Label, target: Label },
@@ -109,6 +115,8 @@ pub enum StagingError {
     /// After the copy the target does not hold the staged image.
     CopyMismatch { target: Label, offset: u32 },
 }
+
+impl core::error::Error for StagingError {}
 
 impl fmt::Display for StagingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -136,6 +144,17 @@ impl fmt::Display for StagingError {
                 sectors,
                 staging.as_str(),
                 max_sectors
+            ),
+            StagingError::TargetTooSmall {
+                target,
+                size,
+                capacity,
+            } => write!(
+                f,
+                "image of {} bytes does not fit in partition {} ({} bytes)",
+                size,
+                target.as_str(),
+                capacity
             ),
             StagingError::Overlap { staging, target } => write!(
                 f,
@@ -170,12 +189,6 @@ impl fmt::Display for StagingError {
     }
 }
 
-impl From<StagingError> for Error {
-    fn from(e: StagingError) -> Self {
-        Error::Update(UpdateError::Staging(e))
-    }
-}
-
 /// The fixed part of a progress record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StagingRecord {
@@ -183,14 +196,6 @@ pub struct StagingRecord {
     pub target_size: u32,
     pub image_len: u32,
     pub sha256: [u8; 32],
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        w.copy_from_slice(s);
-    }
-    u32::from_le_bytes(w)
 }
 
 impl StagingRecord {
@@ -276,7 +281,7 @@ pub fn read_record<F: NorFlash>(flash: &mut F, staging: &Partition) -> Result<Re
     }
     let region = record_region(staging);
     let mut h = [0u8; OFF_CRC + 4];
-    read_rel(flash, &region, 0, &mut h)?;
+    region.read(flash, 0, &mut h)?;
     let Some(record) = StagingRecord::parse(&h) else {
         return Ok(RecordState::None);
     };
@@ -292,7 +297,7 @@ pub fn read_record<F: NorFlash>(flash: &mut F, staging: &Partition) -> Result<Re
     while step < steps {
         let n = (steps - step).min(per);
         let chunk = &mut buf[..(n * ws) as usize];
-        read_rel(flash, &region, progress_offset(ws) + step * ws, chunk)?;
+        region.read(flash, progress_offset(ws) + step * ws, chunk)?;
         if let Some(i) = chunk
             .chunks_exact(ws as usize)
             .position(|m| m.iter().all(|&b| b == NOT_DONE))
@@ -324,7 +329,7 @@ fn sector_blank<F: NorFlash>(flash: &mut F, region: &Region, rel: u32) -> Result
     let mut buf = Aligned::<CHUNK>::filled(0);
     let mut off = 0u32;
     while off < SECTOR_SIZE {
-        read_rel(flash, region, rel + off, &mut buf.0)?;
+        region.read(flash, rel + off, &mut buf.0)?;
         if buf.iter().any(|&b| b != NOT_DONE) {
             return Ok(false);
         }
@@ -340,7 +345,7 @@ fn hash_region<F: NorFlash>(flash: &mut F, region: Region, len: u32) -> Result<[
     let mut pos = 0u32;
     while pos < len {
         let n = ((len - pos) as usize).min(CHUNK);
-        read_rel(flash, &region, pos, &mut buf[..n])?;
+        region.read(flash, pos, &mut buf[..n])?;
         h.update(&buf[..n]);
         pos += n as u32;
     }
@@ -370,10 +375,10 @@ impl StagedWrite {
         Ok(StagedWrite {
             staging: *staging,
             target: *target,
-            writer: SequentialWriter::for_region(
-                Region::new(staging.offset, image_capacity(staging).min(target.size)),
-                staging.label,
-            ),
+            writer: SequentialWriter::new(Region::new(
+                staging.offset,
+                image_capacity(staging).min(target.size),
+            )),
             hasher: Sha256::new(),
         })
     }
@@ -393,8 +398,8 @@ impl StagedWrite {
         let capacity = image_capacity(staging).min(target.size);
         if let Some(size) = expected_size {
             if size > target.size as u64 {
-                return Err(UpdateError::TooLarge {
-                    label: target.label,
+                return Err(StagingError::TargetTooSmall {
+                    target: target.label,
                     size,
                     capacity: target.size,
                 }
@@ -429,15 +434,26 @@ impl StagedWrite {
     }
 
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
-        self.writer.write(flash, data).map_err(|e| match e {
-            Error::Update(UpdateError::TooLarge { size, .. }) => StagingError::TooSmall {
-                staging: self.staging.label,
-                size,
-                capacity: self.writer.region().size,
+        let size = self.writer.written() as u64 + data.len() as u64;
+        let capacity = self.writer.region().size;
+        if size > capacity as u64 {
+            // The region is the staging partition's image part, capped at the target's size.
+            return Err(if size > self.target.size as u64 {
+                StagingError::TargetTooSmall {
+                    target: self.target.label,
+                    size,
+                    capacity: self.target.size,
+                }
+            } else {
+                StagingError::TooSmall {
+                    staging: self.staging.label,
+                    size,
+                    capacity,
+                }
             }
-            .into(),
-            other => other,
-        })?;
+            .into());
+        }
+        self.writer.write(flash, data)?;
         self.hasher.update(data);
         Ok(())
     }
@@ -446,7 +462,7 @@ impl StagedWrite {
     /// can be read back from the staging partition, e.g. to check its format before
     /// [`StagedWrite::commit`]. Nothing can be written after it.
     pub fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
-        self.writer.flush(flash)
+        Ok(self.writer.flush(flash)?)
     }
 
     /// Verify the staged image by reading it back, then write the progress record (the commit
@@ -555,10 +571,6 @@ impl StagedCopy {
         self.next_step
     }
 
-    pub fn is_done(&self) -> bool {
-        self.next_step >= self.record.steps()
-    }
-
     /// Copy `len` bytes at `rel` from staging to target (both partition-relative), then compare.
     fn copy_range<F: NorFlash>(&self, flash: &mut F, rel: u32, len: u32) -> Result<(), Error> {
         let (s, t) = (self.staging.region(), self.target.region());
@@ -567,9 +579,9 @@ impl StagedCopy {
         let mut pos = 0u32;
         while pos < len {
             let n = ((len - pos) as usize).min(CHUNK);
-            read_rel(flash, &s, rel + pos, &mut buf[..n])?;
+            s.read(flash, rel + pos, &mut buf[..n])?;
             t.write(flash, rel + pos, &buf[..n])?;
-            read_rel(flash, &t, rel + pos, &mut back[..n])?;
+            t.read(flash, rel + pos, &mut back[..n])?;
             if back[..n] != buf[..n] {
                 return Err(StagingError::CopyMismatch {
                     target: self.target.label,
@@ -604,13 +616,10 @@ impl StagedCopy {
             self.copy_range(flash, s * SECTOR_SIZE, self.sector_len(s))?;
         } else if s == n {
             // The stale rest, as a whole-partition erase would leave it.
-            let mut rest = SequentialWriter::for_region(
-                Region::new(
-                    self.target.offset + n * SECTOR_SIZE,
-                    self.target.size.saturating_sub(n * SECTOR_SIZE),
-                ),
-                self.target.label,
-            );
+            let mut rest = SequentialWriter::new(Region::new(
+                self.target.offset + n * SECTOR_SIZE,
+                self.target.size.saturating_sub(n * SECTOR_SIZE),
+            ));
             rest.clear_rest(flash)?;
         } else {
             // Sector 0 was erased by step 0; if this step is redone after a cut, it may hold
@@ -770,14 +779,14 @@ mod tests {
         let other = *t.find_data("nvs").unwrap();
         assert!(matches!(
             StagedCopy::resume(&mut f, &map(), &staging, &other),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::OtherTarget { .. }
             )))
         ));
         f.data[staging.offset as usize + 100] ^= 0xFF;
         assert!(matches!(
             StagedCopy::resume(&mut f, &map(), &staging, &target),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::StagedImageCorrupt { .. }
             )))
         ));
@@ -795,13 +804,13 @@ mod tests {
         // 1 MB target, 1 MB staging: at most 1 MB - 4 KiB can be staged.
         assert!(matches!(
             StagedWrite::begin(&mut f, &map(), &staging, &target, Some(0x100000)),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::TooSmall { .. }
             )))
         ));
         assert!(matches!(
             StagedWrite::begin(&mut f, &map(), &target, &target, Some(10)),
-            Err(Error::Update(UpdateError::Staging(
+            Err(Error::Update(crate::update::UpdateError::Staging(
                 StagingError::Overlap { .. }
             )))
         ));
@@ -847,7 +856,10 @@ mod tests {
             "{e}"
         );
         let e = StagedCopy::resume(&mut f, &m, &staging, &target).unwrap_err();
-        assert!(matches!(e, Error::Update(UpdateError::Guard(_))), "{e:?}");
+        assert!(
+            matches!(e, Error::Update(crate::update::UpdateError::Guard(_))),
+            "{e:?}"
+        );
         staging.offset = 0x100000;
         staging.size = 0x20000;
         let e = StagedWrite::begin(&mut f, &m, &staging, &target, Some(10))

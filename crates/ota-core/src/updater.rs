@@ -47,13 +47,11 @@
 
 use core::fmt;
 
-use embedded_storage::nor_flash::{
-    ErrorType, MultiwriteNorFlash, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
-};
+use embedded_storage::nor_flash::{ErrorType, MultiwriteNorFlash, NorFlash, ReadNorFlash};
 
 use crate::boot::{self, BootConfig};
 use crate::chip::Chip;
-use crate::flash::{FlashError, FlashErrorKind, FlashOp};
+use crate::flash::{DriverErrorKind, FlashError, TrackedFlash};
 use crate::image::{AppDesc, ImageSummary};
 use crate::otadata::{OtaData, OtaState, OTADATA_SECTOR_SIZE};
 use crate::partition::{
@@ -438,27 +436,25 @@ impl<E: fmt::Debug> fmt::Display for UpdaterError<E> {
 
 impl<E: fmt::Debug> core::error::Error for UpdaterError<E> {}
 
+impl<E> UpdaterError<E> {
+    /// The flash driver's own error, when the driver's failure ended the call.
+    pub fn driver_error(&self) -> Option<&E> {
+        match self {
+            UpdaterError::Flash { driver, .. } => Some(driver),
+            _ => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Flash access that keeps the driver's error
 // ---------------------------------------------------------------------------------------------
 
-/// The error the core sees from [`Io`]: the driver error's kind (the driver error itself is
-/// kept in the `Io`).
-#[derive(Clone, Copy, Debug)]
-struct Noted(NorFlashErrorKind);
-
-impl NorFlashError for Noted {
-    fn kind(&self) -> NorFlashErrorKind {
-        self.0
-    }
-}
-
-/// The caller's flash as the core layers get it: every driver error is remembered so it can
-/// be handed back in [`UpdaterError::Flash`]. `dry_run`: erases and writes do nothing.
+/// The caller's flash as the core layers get it: every driver error is remembered
+/// ([`TrackedFlash`]) so it can be handed back in [`UpdaterError::Flash`]. `dry_run`:
+/// erases and writes do nothing.
 struct Io<'f, F: ErrorType> {
-    flash: &'f mut F,
-    /// The last driver error, with the access that raised it.
-    driver: Option<(FlashError, F::Error)>,
+    keep: TrackedFlash<'f, F>,
     dry_run: bool,
     /// Absolute `[start, end)` that reads as erased (0xFF), whatever the flash holds.
     hide: Option<(u32, u32)>,
@@ -467,8 +463,7 @@ struct Io<'f, F: ErrorType> {
 impl<'f, F: NorFlash> Io<'f, F> {
     fn new(flash: &'f mut F) -> Self {
         Io {
-            flash,
-            driver: None,
+            keep: TrackedFlash::new(flash),
             dry_run: false,
             hide: None,
         }
@@ -481,57 +476,40 @@ impl<'f, F: NorFlash> Io<'f, F> {
         }
     }
 
-    fn note(&mut self, op: FlashOp, offset: u32, len: usize, e: F::Error) -> Noted {
-        let kind = e.kind();
-        let error = FlashError {
-            op,
-            offset,
-            len: u32::try_from(len).unwrap_or(u32::MAX),
-            kind: match kind {
-                NorFlashErrorKind::NotAligned => FlashErrorKind::NotAligned,
-                NorFlashErrorKind::OutOfBounds => FlashErrorKind::OutOfBounds,
-                _ => FlashErrorKind::Other,
-            },
-        };
-        self.driver = Some((error, e));
-        Noted(kind)
-    }
-
     /// Some core helpers take a failed read for "nothing there" (an app descriptor, an image
     /// the bootloader would skip). Where that would make the updater guess — which app runs,
     /// the running version — a driver error met on the way fails the call instead.
     fn check_no_driver_error(&mut self) -> Res<(), F> {
-        match self.driver.take() {
-            Some((error, driver)) => Err(UpdaterError::Flash { error, driver }),
+        match self.keep.take() {
+            Some(d) => Err(UpdaterError::Flash {
+                error: d.error,
+                driver: d.driver,
+            }),
             None => Ok(()),
         }
     }
 
     /// A core error as the updater's: a flash error the driver raised carries that error.
     fn lift(&mut self, e: Error) -> UpdaterError<F::Error> {
-        match e {
-            Error::Flash(error) if !matches!(error.kind, FlashErrorKind::OutsideRegion { .. }) => {
-                match self.driver.take() {
-                    Some((_, driver)) => UpdaterError::Flash { error, driver },
-                    None => UpdaterError::Core(Error::Flash(error)),
-                }
-            }
-            e => UpdaterError::Core(e),
+        match self.keep.driver_error(&e) {
+            Some(d) => UpdaterError::Flash {
+                error: d.error,
+                driver: d.driver,
+            },
+            None => UpdaterError::Core(e),
         }
     }
 }
 
 impl<F: NorFlash> ErrorType for Io<'_, F> {
-    type Error = Noted;
+    type Error = DriverErrorKind;
 }
 
 impl<F: NorFlash> ReadNorFlash for Io<'_, F> {
     const READ_SIZE: usize = F::READ_SIZE;
 
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Noted> {
-        self.flash
-            .read(offset, bytes)
-            .map_err(|e| self.note(FlashOp::Read, offset, bytes.len(), e))?;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), DriverErrorKind> {
+        self.keep.read(offset, bytes)?;
         if let Some((start, end)) = self.hide {
             // The part of `[offset, offset + len)` inside `[start, end)`, relative to `offset`.
             let from = start.saturating_sub(offset) as usize;
@@ -544,7 +522,7 @@ impl<F: NorFlash> ReadNorFlash for Io<'_, F> {
     }
 
     fn capacity(&self) -> usize {
-        self.flash.capacity()
+        self.keep.capacity()
     }
 }
 
@@ -552,22 +530,18 @@ impl<F: NorFlash> NorFlash for Io<'_, F> {
     const WRITE_SIZE: usize = F::WRITE_SIZE;
     const ERASE_SIZE: usize = F::ERASE_SIZE;
 
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), Noted> {
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), DriverErrorKind> {
         if self.dry_run {
             return Ok(());
         }
-        self.flash
-            .erase(from, to)
-            .map_err(|e| self.note(FlashOp::Erase, from, to.saturating_sub(from) as usize, e))
+        self.keep.erase(from, to)
     }
 
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Noted> {
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), DriverErrorKind> {
         if self.dry_run {
             return Ok(());
         }
-        self.flash
-            .write(offset, bytes)
-            .map_err(|e| self.note(FlashOp::Write, offset, bytes.len(), e))
+        self.keep.write(offset, bytes)
     }
 }
 

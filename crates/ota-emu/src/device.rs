@@ -2,8 +2,9 @@
 //! flash size in the 2nd-stage bootloader's image header (idf-formats.md §1.1, §3.2) and reads
 //! the partition table the way the bootloader does (§1.4a). [`layout`] lays out a new image.
 
-use embedded_storage::nor_flash::ReadNorFlash;
-use ota_core::flash::FlashOp;
+use embedded_storage::nor_flash::{NorFlashErrorKind, ReadNorFlash};
+use ota_core::flash::TrackedFlash;
+use ota_core::image::{ImageHeader, HEADER_SIZE};
 use ota_core::partition::{PartitionTable, ReadRule, TABLE_MAX_LEN, TABLE_OFFSET};
 use ota_core::Chip;
 
@@ -15,19 +16,6 @@ pub mod layout;
 /// Where the ROMs load the 2nd-stage bootloader from, in the order we probe them: ESP32/S2,
 /// then C3/S3/C6/..., then C5/P4 (idf-formats.md §1.1).
 pub const BOOTLOADER_OFFSETS: [u32; 3] = [0x1000, 0x0, 0x2000];
-/// `esp_image_header_t.magic` (idf-formats.md §3.2).
-pub const IMAGE_MAGIC: u8 = 0xE9;
-/// `sizeof(esp_image_header_t)` (idf-formats.md §3.2).
-pub const IMAGE_HEADER_LEN: usize = 24;
-/// Header byte whose high nibble is `spi_size` (idf-formats.md §3.2).
-const SPI_SIZE_BYTE: usize = 3;
-/// Offset of the u16 LE `chip_id` in the header (idf-formats.md §3.2).
-const CHIP_ID_OFFSET: usize = 0x0C;
-/// Largest `spi_size` code: 0..=7 mean 1, 2, 4, ... 128 MB (idf-formats.md §3.2).
-const MAX_FLASH_SIZE_CODE: u8 = 7;
-/// Flash size for `spi_size` code 0 (idf-formats.md §3.2).
-const ONE_MB: u32 = 1024 * 1024;
-
 /// What the bootloader image header says about the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootloaderInfo {
@@ -37,16 +25,12 @@ pub struct BootloaderInfo {
     /// Flash size from the header (`spi_size`), in bytes.
     pub flash_size: u32,
     /// The raw 24-byte header.
-    pub header: [u8; IMAGE_HEADER_LEN],
-}
-
-/// Flash size in bytes for a header's `spi_size` code (idf-formats.md §3.2), or `None`.
-pub fn flash_size_from_code(code: u8) -> Option<u32> {
-    (code <= MAX_FLASH_SIZE_CODE).then(|| ONE_MB << code)
+    pub header: [u8; HEADER_SIZE],
 }
 
 /// Find the 2nd-stage bootloader header: at 0x1000, 0x0 and 0x2000, the first place where the
-/// magic is 0xE9 and the chip id names a chip whose bootloader lives at that very offset.
+/// magic is `ota_core::image::IMAGE_MAGIC` (0xE9) and the chip id names a chip whose
+/// bootloader lives at that very offset.
 /// `name` names the flash in errors.
 pub fn detect_bootloader<F: ReadNorFlash>(
     flash: &mut F,
@@ -58,18 +42,18 @@ where
     let capacity = flash.capacity() as u64;
     let mut found = Vec::new();
     for offset in BOOTLOADER_OFFSETS {
-        if u64::from(offset) + IMAGE_HEADER_LEN as u64 > capacity {
+        if u64::from(offset) + HEADER_SIZE as u64 > capacity {
             found.push(format!("end of file before 0x{offset:x}"));
             continue;
         }
-        let mut header = [0u8; IMAGE_HEADER_LEN];
+        let mut header = [0u8; HEADER_SIZE];
         read_units(flash, offset, &mut header)?;
-        if header[0] != IMAGE_MAGIC {
+        let Ok(parsed) = ImageHeader::parse(&header) else {
             found.push(format!("0x{:02x} at 0x{offset:x}", header[0]));
             continue;
-        }
-        let chip_id = u16::from_le_bytes([header[CHIP_ID_OFFSET], header[CHIP_ID_OFFSET + 1]]);
-        let chip = match Chip::from_id(chip_id) {
+        };
+        let chip_id = parsed.chip_id;
+        let chip = match parsed.chip() {
             Some(c) if c.bootloader_offset() == offset => c,
             Some(c) => {
                 found.push(format!(
@@ -86,14 +70,15 @@ where
                 continue;
             }
         };
-        let byte3 = header[SPI_SIZE_BYTE];
-        let code = byte3 >> 4;
-        let flash_size = flash_size_from_code(code).ok_or_else(|| EmuError::BadFlashSizeCode {
-            file: name.to_string(),
-            offset,
-            byte3,
-            code,
-        })?;
+        let code = parsed.flash_size_code();
+        let flash_size = parsed
+            .flash_size_bytes()
+            .ok_or_else(|| EmuError::BadFlashSizeCode {
+                file: name.to_string(),
+                offset,
+                byte3: parsed.spi_speed_size,
+                code,
+            })?;
         return Ok(BootloaderInfo {
             chip,
             offset,
@@ -107,8 +92,8 @@ where
     })
 }
 
-/// Read `buf.len()` bytes at `offset` from a flash that reads in units of `READ_SIZE`: the
-/// whole units around them are read and the driver's own error is kept.
+/// Read `buf.len()` bytes at `offset` from a flash that reads in units of `READ_SIZE`, through
+/// `ota_core::flash::read` (the whole units around them), keeping the driver's own error.
 pub fn read_units<F: ReadNorFlash>(
     flash: &mut F,
     offset: u32,
@@ -117,16 +102,20 @@ pub fn read_units<F: ReadNorFlash>(
 where
     F::Error: 'static,
 {
-    let unit = F::READ_SIZE.max(1) as u64;
-    let from = u64::from(offset) / unit * unit;
-    let to = (u64::from(offset) + buf.len() as u64).div_ceil(unit) * unit;
-    let mut words = vec![0u8; (to - from) as usize];
-    flash
-        .read(from as u32, &mut words)
-        .map_err(|e| EmuError::from_flash(e, FlashOp::Read, from as u32, (to - from) as u32))?;
-    let skip = (u64::from(offset) - from) as usize;
-    buf.copy_from_slice(&words[skip..skip + buf.len()]);
-    Ok(())
+    let mut tracked = TrackedFlash::new(flash);
+    ota_core::flash::read(&mut tracked, offset, buf).map_err(|f| {
+        match tracked.driver_error(&ota_core::Error::Flash(f)) {
+            Some(d) => EmuError::from_flash(d.driver, d.error.op, d.error.offset, d.error.len),
+            // Refused by ota-core before the driver was asked (e.g. an unsupported unit).
+            None => EmuError::Flash {
+                op: f.op,
+                offset: f.offset,
+                len: f.len,
+                kind: NorFlashErrorKind::Other,
+                detail: f.to_string(),
+            },
+        }
+    })
 }
 
 /// An emulated ESP32-class device: its flash, and what the flash says about it.
@@ -234,9 +223,7 @@ where
     // The whole sector when the file has it (the app reader wants 4 KiB), else the 0xC00 bytes.
     let len = (capacity - u64::from(TABLE_OFFSET)).min(u64::from(SECTOR_SIZE)) as usize;
     let mut sector = vec![0u8; len];
-    flash
-        .read(TABLE_OFFSET, &mut sector)
-        .map_err(|e| EmuError::from_flash(e, FlashOp::Read, TABLE_OFFSET, len as u32))?;
+    read_units(flash, TABLE_OFFSET, &mut sector)?;
     PartitionTable::parse(&sector, ReadRule::Bootloader { chip_size }).map_err(|e| {
         EmuError::PartitionTable {
             file: name.to_string(),
@@ -250,10 +237,13 @@ where
 mod tests {
     use super::*;
     use embedded_storage::nor_flash::NorFlash;
+    use ota_core::image::IMAGE_MAGIC;
+
+    const ONE_MB: u32 = 1 << 20;
 
     /// A hand-built 24-byte header: magic, 4 segments, DIO, `byte3`, chip id.
-    fn header(byte3: u8, chip_id: u16) -> [u8; IMAGE_HEADER_LEN] {
-        let mut h = [0u8; IMAGE_HEADER_LEN];
+    fn header(byte3: u8, chip_id: u16) -> [u8; HEADER_SIZE] {
+        let mut h = [0u8; HEADER_SIZE];
         h[0] = IMAGE_MAGIC;
         h[1] = 4;
         h[2] = 2;
@@ -261,14 +251,6 @@ mod tests {
         h[8] = 0xEE;
         h[12..14].copy_from_slice(&chip_id.to_le_bytes());
         h
-    }
-
-    #[test]
-    fn flash_size_codes_map_to_megabytes() {
-        assert_eq!(flash_size_from_code(0), Some(0x10_0000));
-        assert_eq!(flash_size_from_code(2), Some(0x40_0000));
-        assert_eq!(flash_size_from_code(7), Some(0x800_0000));
-        assert_eq!(flash_size_from_code(8), None);
     }
 
     #[test]

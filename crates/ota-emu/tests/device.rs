@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use embedded_storage::nor_flash::NorFlash;
+use ota_core::image::HEADER_SIZE;
 use ota_core::Chip;
-use ota_emu::device::{detect_bootloader, layout, Device, IMAGE_HEADER_LEN};
+use ota_emu::device::{detect_bootloader, layout, Device};
 use ota_emu::{EmuError, EmuFlash};
 
 const MB: u32 = 1024 * 1024;
@@ -26,8 +27,8 @@ fn vectors() -> Option<PathBuf> {
 }
 
 /// A 24-byte image header by hand (esp-idf `esp_app_format.h`): magic, 3 segments, DIO, byte 3, chip id.
-fn header(byte3: u8, chip_id: u16) -> [u8; IMAGE_HEADER_LEN] {
-    let mut h = [0u8; IMAGE_HEADER_LEN];
+fn header(byte3: u8, chip_id: u16) -> [u8; HEADER_SIZE] {
+    let mut h = [0u8; HEADER_SIZE];
     h[0] = 0xE9;
     h[1] = 3;
     h[2] = 2; // DIO
@@ -119,7 +120,7 @@ fn real_esp32_bootloader_at_0x1000_is_detected() {
         (b.chip, b.offset, b.flash_size),
         (Chip::Esp32, 0x1000, 2 * MB)
     );
-    assert_eq!(&b.header[..], &boot[..IMAGE_HEADER_LEN]);
+    assert_eq!(&b.header[..], &boot[..HEADER_SIZE]);
 }
 
 #[test]
@@ -233,4 +234,55 @@ fn real_esp32_bootloader_and_singleapp_table_open() {
         dev.table().factory().map(|p| (p.offset, p.size)),
         Some((0x10000, 0x100000))
     );
+}
+
+/// A read-only flash whose reads fail with an error of its own (not an `EmuError`).
+struct FailingReads;
+
+#[derive(Debug)]
+struct BusFault {
+    #[allow(dead_code)] // shown through Debug
+    serial: u32,
+}
+
+impl embedded_storage::nor_flash::NorFlashError for BusFault {
+    fn kind(&self) -> embedded_storage::nor_flash::NorFlashErrorKind {
+        embedded_storage::nor_flash::NorFlashErrorKind::Other
+    }
+}
+
+impl embedded_storage::nor_flash::ErrorType for FailingReads {
+    type Error = BusFault;
+}
+
+impl embedded_storage::nor_flash::ReadNorFlash for FailingReads {
+    const READ_SIZE: usize = 4;
+    fn read(&mut self, _offset: u32, _bytes: &mut [u8]) -> Result<(), BusFault> {
+        Err(BusFault { serial: 0xC0FFEE })
+    }
+    fn capacity(&self) -> usize {
+        4 * MB as usize
+    }
+}
+
+#[test]
+fn a_failing_drivers_own_error_reaches_the_device_error() {
+    // An EmuFlash's own error comes back as it is, through ota-core's read layer.
+    let mut f = EmuFlash::in_memory(MB);
+    f.set_fault_plan(ota_emu::FaultPlan {
+        power_cut_after_bytes: Some(0),
+        ..Default::default()
+    });
+    assert!(f.write(0x3000, &[0; 4]).is_err(), "the power is cut");
+    let e = detect_bootloader(&mut f, "x").unwrap_err();
+    assert!(matches!(e, EmuError::PowerCut { .. }), "{e:?}");
+    // Any other driver: its error's detail, with the access that failed.
+    let e = detect_bootloader(&mut FailingReads, "x").unwrap_err();
+    match &e {
+        EmuError::Flash { offset, detail, .. } => {
+            assert_eq!(*offset, 0x1000, "{e}");
+            assert!(detail.contains("12648430"), "{e}"); // serial 0xC0FFEE
+        }
+        other => panic!("expected the driver's error, got {other:?}"),
+    }
 }

@@ -2,7 +2,7 @@
 //! `esp_bootloader_desc_t` (bootloaders), with their C-string fields (idf-formats.md §3.7).
 
 use super::{
-    arr_at, put, u16_at, u32_at, ImageError, APP_DESC_MAGIC, APP_DESC_SIZE, BOOTLOADER_DESC_MAGIC,
+    array, le16, le32, put, ImageError, APP_DESC_MAGIC, APP_DESC_SIZE, BOOTLOADER_DESC_MAGIC,
     BOOTLOADER_DESC_SIZE,
 };
 
@@ -98,21 +98,21 @@ impl AppDesc {
             found: bytes.len(),
         })?;
         let d = AppDesc {
-            magic_word: u32_at(b, 0),
-            secure_version: u32_at(b, 4),
-            reserv1: arr_at(b, 8),
-            version: arr_at(b, 16),
-            project_name: arr_at(b, 48),
-            time: arr_at(b, 80),
-            date: arr_at(b, 96),
-            idf_ver: arr_at(b, 112),
-            app_elf_sha256: arr_at(b, 144),
-            min_efuse_blk_rev_full: u16_at(b, 176),
-            max_efuse_blk_rev_full: u16_at(b, 178),
+            magic_word: le32(b, 0),
+            secure_version: le32(b, 4),
+            reserv1: array(b, 8),
+            version: array(b, 16),
+            project_name: array(b, 48),
+            time: array(b, 80),
+            date: array(b, 96),
+            idf_ver: array(b, 112),
+            app_elf_sha256: array(b, 144),
+            min_efuse_blk_rev_full: le16(b, 176),
+            max_efuse_blk_rev_full: le16(b, 178),
             mmu_page_size: b[180],
             spi_flash_mode: b[181],
-            reserv3: arr_at(b, 182),
-            reserv2: arr_at(b, 184),
+            reserv3: array(b, 182),
+            reserv2: array(b, 184),
         };
         Ok(d)
     }
@@ -178,12 +178,12 @@ impl BootloaderDesc {
             })?;
         let d = BootloaderDesc {
             magic_byte: b[0],
-            reserved: arr_at(b, 1),
+            reserved: array(b, 1),
             secure_version: b[3],
-            version: u32_at(b, 4),
-            idf_ver: arr_at(b, 8),
-            date_time: arr_at(b, 40),
-            reserved2: arr_at(b, 64),
+            version: le32(b, 4),
+            idf_ver: array(b, 8),
+            date_time: array(b, 40),
+            reserved2: array(b, 64),
         };
         if d.magic_byte != BOOTLOADER_DESC_MAGIC {
             return Err(ImageError::BadBootloaderDescMagic {

@@ -2,7 +2,7 @@
 //! mode, size and frequency fields (idf-formats.md §3.2).
 
 use super::{
-    arr_at, put, u16_at, u32_at, ImageError, FLASH_MODE_NAMES, FLASH_SIZE_NAMES, HEADER_SIZE,
+    array, le16, le32, put, ImageError, FLASH_MODE_NAMES, FLASH_SIZE_NAMES, HEADER_SIZE,
     IMAGE_MAGIC,
 };
 use crate::chip::Chip;
@@ -39,14 +39,14 @@ impl ImageHeader {
             segment_count: b[1],
             spi_mode: b[2],
             spi_speed_size: b[3],
-            entry_addr: u32_at(b, 4),
+            entry_addr: le32(b, 4),
             wp_pin: b[8],
-            spi_pin_drv: arr_at(b, 9),
-            chip_id: u16_at(b, 12),
+            spi_pin_drv: array(b, 9),
+            chip_id: le16(b, 12),
             min_chip_rev: b[14],
-            min_chip_rev_full: u16_at(b, 15),
-            max_chip_rev_full: u16_at(b, 17),
-            reserved: arr_at(b, 19),
+            min_chip_rev_full: le16(b, 15),
+            max_chip_rev_full: le16(b, 17),
+            reserved: array(b, 19),
             hash_appended: b[23],
         };
         if h.magic != IMAGE_MAGIC {
@@ -94,9 +94,7 @@ impl ImageHeader {
     }
     /// `1MB` ... `128MB`; None for an unknown size code.
     pub fn flash_size_name(&self) -> Option<&'static str> {
-        FLASH_SIZE_NAMES
-            .get(self.flash_size_code() as usize)
-            .copied()
+        flash_size_name(self.flash_size_code())
     }
     /// Flash size in bytes; None for an unknown size code.
     pub fn flash_size_bytes(&self) -> Option<u32> {
@@ -126,6 +124,17 @@ pub fn flash_size_code_from_name(name: &str) -> Option<u8> {
         .iter()
         .position(|n| n.eq_ignore_ascii_case(name))
         .map(|p| p as u8)
+}
+
+/// esptool's name (`1MB` ... `128MB`) for a size nibble; None for an unknown code.
+pub fn flash_size_name(code: u8) -> Option<&'static str> {
+    FLASH_SIZE_NAMES.get(code as usize).copied()
+}
+
+/// The size nibble for a flash of `bytes` bytes (1 MiB => 0 ... 128 MiB => 7); None for a size
+/// the header cannot name.
+pub fn flash_size_code_for_bytes(bytes: u32) -> Option<u8> {
+    (0..FLASH_SIZE_NAMES.len() as u8).find(|&c| flash_size_bytes(c) == Some(bytes))
 }
 
 /// Bytes of flash for a size nibble (0 => 1 MiB ... 7 => 128 MiB).

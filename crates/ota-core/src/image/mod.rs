@@ -4,6 +4,8 @@
 
 use core::fmt;
 
+use crate::bytes::{array, le16, le32, put};
+pub use crate::bytes::{write_hex, Hex};
 use crate::chip::Chip;
 
 mod builder;
@@ -14,11 +16,16 @@ mod stored;
 mod tests;
 mod verifier;
 
-pub use builder::*;
-pub use desc::*;
-pub use header::*;
-pub use stored::*;
-pub use verifier::*;
+pub use builder::{build_bootloader, build_image, ImageSpec};
+pub use desc::{cstr, cstr_field, AppDesc, BootloaderDesc};
+pub use header::{
+    flash_freq_code_from_name, flash_mode_from_name, flash_size_bytes, flash_size_code_for_bytes,
+    flash_size_code_from_name, flash_size_name, ImageHeader,
+};
+pub use stored::{
+    parse_prefix, set_image_flash_params, verify_flash, verify_flash_with, VERIFY_CHUNK,
+};
+pub use verifier::{ImageSummary, ImageVerifier, MmuPageRule, MmuPageSource, SegmentInfo};
 
 /// `ESP_IMAGE_HEADER_MAGIC` (idf-formats.md §3.2).
 pub const IMAGE_MAGIC: u8 = 0xE9;
@@ -93,6 +100,7 @@ impl fmt::Display for ImagePart {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ImageError {
     /// A buffer given to a parser is shorter than the structure.
     TooShort {
@@ -152,6 +160,8 @@ pub enum ImageError {
         reason: &'static str,
     },
 }
+
+impl core::error::Error for ImageError {}
 
 impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -246,51 +256,5 @@ impl fmt::Display for ImageError {
                 write!(f, "image spec field `{}`: {}", field, reason)
             }
         }
-    }
-}
-
-/// Lower-case hex of `bytes` (for digests in messages).
-pub fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{:02x}", b)?;
-    }
-    Ok(())
-}
-
-/// Displays bytes as lowercase hex (digests, labels), without allocating.
-#[derive(Clone, Copy, Debug)]
-pub struct Hex<'a>(pub &'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, self.0)
-    }
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    match b.get(off..off + 2) {
-        Some(s) => u16::from_le_bytes([s[0], s[1]]),
-        None => 0,
-    }
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    match b.get(off..off + 4) {
-        Some(s) => u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
-        None => 0,
-    }
-}
-
-fn arr_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    if let Some(s) = b.get(off..off + N) {
-        out.copy_from_slice(s);
-    }
-    out
-}
-
-fn put(out: &mut [u8], off: usize, src: &[u8]) {
-    if let Some(d) = out.get_mut(off..off + src.len()) {
-        d.copy_from_slice(src);
     }
 }

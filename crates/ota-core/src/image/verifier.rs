@@ -2,7 +2,7 @@
 //! the ESP-IDF loader's rules (segments, MMU alignment, checksum, SHA-256), then summarises it.
 
 use super::{
-    put, u32_at, AppDesc, BootloaderDesc, ImageError, ImageHeader, ImagePart, APP_DESC_SIZE,
+    le32, put, AppDesc, BootloaderDesc, ImageError, ImageHeader, ImagePart, APP_DESC_SIZE,
     BOOTLOADER_DESC_SIZE, CHECKSUM_ALIGN, CHECKSUM_SEED, HASH_LEN, HEADER_SIZE, IMAGE_MAGIC,
     MAX_SEGMENTS, MAX_SEGMENT_LEN, SEGMENT_HEADER_SIZE,
 };
@@ -556,8 +556,8 @@ impl ImageVerifier {
 
     fn on_segment_header(&mut self) -> Result<(), ImageError> {
         let index = self.seg_index;
-        let load_addr = u32_at(&self.buf, 0);
-        let len = u32_at(&self.buf, 4);
+        let load_addr = le32(&self.buf, 0);
+        let len = le32(&self.buf, 4);
         let hdr_off = (self.consumed - SEGMENT_HEADER_SIZE as u64) as u32;
         if len & 3 != 0 || len >= MAX_SEGMENT_LEN {
             let e = ImageError::SegmentLength {

@@ -156,6 +156,7 @@ impl Keywords {
 
 /// What is wrong with a CSV table; `Display` gives gen_esp32part.py's message.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CsvErrorKind {
     /// A line starts with `$NAME` (expansion against an empty environment).
     UnknownVariable {
@@ -265,6 +266,7 @@ pub enum CsvErrorKind {
 
 /// A CSV error: `line` is the 1-based line of the row concerned (0 for whole-table errors).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CsvError {
     pub line: usize,
     pub kind: CsvErrorKind,
@@ -315,6 +317,8 @@ impl fmt::Display for MbTenths {
         write!(f, "{}{}.{}", sign, q / 10, q % 10)
     }
 }
+
+impl core::error::Error for CsvErrorKind {}
 
 impl fmt::Display for CsvErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -441,6 +445,8 @@ impl fmt::Display for CsvErrorKind {
         }
     }
 }
+
+impl core::error::Error for CsvError {}
 
 impl fmt::Display for CsvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,7 +1,11 @@
 //! Type and subtype names of gen_esp32part.py (`TYPES`, `SUBTYPES`), in the upstream dict
 //! order (it shows in the "Known keywords" messages). esp-idf gen_esp32part.py.
 
-use super::{TYPE_APP, TYPE_BOOTLOADER, TYPE_DATA, TYPE_PARTITION_TABLE};
+use super::{
+    SUBTYPE_APP_FACTORY, SUBTYPE_APP_OTA_0, SUBTYPE_APP_TEST, SUBTYPE_DATA_EFUSE, SUBTYPE_DATA_NVS,
+    SUBTYPE_DATA_NVS_KEYS, SUBTYPE_DATA_OTA, SUBTYPE_DATA_PHY, TYPE_APP, TYPE_BOOTLOADER,
+    TYPE_DATA, TYPE_PARTITION_TABLE,
+};
 
 /// `TYPES` (gen_esp32part.py).
 pub(crate) const TYPE_NAMES: &[(&str, u8)] = &[
@@ -74,4 +78,63 @@ pub fn type_name(ptype: u8) -> Option<&'static str> {
 /// gen_esp32part.py's name of a subtype of `ptype` (`factory`, `ota_3`, `nvs`, ...).
 pub fn subtype_name(ptype: u8, subtype: u8) -> Option<&'static str> {
     lookup(subtype_table(i64::from(ptype)), subtype)
+}
+
+/// OTA app subtypes are `ota_0` + 0..15 (`PART_SUBTYPE_OTA_FLAG` 0x10, `PART_SUBTYPE_OTA_MASK`
+/// 0x0f, `esp_flash_partitions.h`).
+const OTA_SLOTS: u8 = 16;
+
+/// The 2nd-stage bootloader's "Usage" column for a partition, as it prints its partition
+/// table at boot (`partition_usage` in `bootloader_utility_load_partition_table`, esp-idf
+/// `components/bootloader_support/src/bootloader_utility.c`): `factory app`, `OTA app`,
+/// `OTA data`, `RF data`, `WiFi data` (NVS), `NVS keys`, `efuse`, `Unknown app/data`, `unknown`.
+pub fn bootloader_usage(ptype: u8, subtype: u8) -> &'static str {
+    match (ptype, subtype) {
+        (TYPE_APP, SUBTYPE_APP_FACTORY) => "factory app",
+        (TYPE_APP, SUBTYPE_APP_TEST) => "test app",
+        (TYPE_APP, s) if (SUBTYPE_APP_OTA_0..SUBTYPE_APP_OTA_0 + OTA_SLOTS).contains(&s) => {
+            "OTA app"
+        }
+        (TYPE_APP, _) => "Unknown app",
+        (TYPE_DATA, SUBTYPE_DATA_OTA) => "OTA data",
+        (TYPE_DATA, SUBTYPE_DATA_PHY) => "RF data",
+        (TYPE_DATA, SUBTYPE_DATA_NVS) => "WiFi data",
+        (TYPE_DATA, SUBTYPE_DATA_NVS_KEYS) => "NVS keys",
+        (TYPE_DATA, SUBTYPE_DATA_EFUSE) => "efuse",
+        (TYPE_DATA, _) => "Unknown data",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootloader_usage_names_each_kind_as_the_bootloader_prints_it() {
+        let cases = [
+            (TYPE_APP, SUBTYPE_APP_FACTORY, "factory app"),
+            (TYPE_APP, SUBTYPE_APP_TEST, "test app"),
+            (TYPE_APP, SUBTYPE_APP_OTA_0, "OTA app"),
+            (TYPE_APP, SUBTYPE_APP_OTA_0 + 15, "OTA app"),
+            (TYPE_APP, SUBTYPE_APP_OTA_0 + 16, "test app"),
+            (TYPE_APP, 0x30, "Unknown app"),
+            (TYPE_DATA, SUBTYPE_DATA_OTA, "OTA data"),
+            (TYPE_DATA, SUBTYPE_DATA_PHY, "RF data"),
+            (TYPE_DATA, SUBTYPE_DATA_NVS, "WiFi data"),
+            (TYPE_DATA, SUBTYPE_DATA_NVS_KEYS, "NVS keys"),
+            (TYPE_DATA, SUBTYPE_DATA_EFUSE, "efuse"),
+            (TYPE_DATA, 0x03, "Unknown data"),
+            (TYPE_DATA, 0x82, "Unknown data"),
+            (TYPE_BOOTLOADER, 0x00, "unknown"),
+            (0x40, 0x00, "unknown"),
+        ];
+        for (t, s, want) in cases {
+            assert_eq!(
+                bootloader_usage(t, s),
+                want,
+                "type 0x{t:02x} subtype 0x{s:02x}"
+            );
+        }
+    }
 }

@@ -6,6 +6,8 @@ use core::fmt;
 
 use crc::{Crc, CRC_32_ISO_HDLC};
 
+use crate::bytes::{array, le16, le32, put};
+
 mod format;
 mod packer;
 mod partition_check;
@@ -15,12 +17,14 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use format::*;
-pub use packer::*;
-pub use partition_check::*;
-pub use policy::*;
-pub use reader::*;
-pub use stream::*;
+pub use format::{ToneDesc, ToneFileInfo, ToneHeader};
+pub use packer::{file_type_for_name, pack, ToneEntry};
+pub use partition_check::{
+    tone_partition_check, tone_partition_check_size, tone_partition_init, ToneInfo,
+};
+pub use policy::{decide_upgrade, incoming_needs_desc, ToneDecision, ToneReject};
+pub use reader::{ParseOptions, ToneBin, ToneFiles};
+pub use stream::{ToneStreamCheck, ToneStreamSummary};
 
 // ---------------------------------------------------------------------------------------------
 // Constants
@@ -83,8 +87,6 @@ const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 
 /// Chunk size for streamed flash reads (CRC over the partition): constant stack memory.
 const CHUNK: usize = 256;
-/// Scratch window for reads that the flash driver needs aligned to `READ_SIZE`.
-const ALIGN_SCRATCH: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -93,6 +95,7 @@ const ALIGN_SCRATCH: usize = 64;
 /// What was wrong with a tone bin / tone partition, and where (offsets are relative to the
 /// start of the bin, i.e. of the partition).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ToneError {
     /// Generic malformed data at `offset` (kept from the skeleton contract).
     Invalid { offset: u32 },
@@ -161,6 +164,8 @@ pub enum ToneError {
     /// so the stream, holds `received`.
     LengthMismatch { announced: u64, received: u64 },
 }
+
+impl core::error::Error for ToneError {}
 
 impl fmt::Display for ToneError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -289,36 +294,6 @@ fn need<'a>(
             need: len as u32,
             have: bytes.len().min(u32::MAX as usize) as u32,
         })
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    let mut a = [0u8; 2];
-    if let Some(s) = b.get(at..at + 2) {
-        a.copy_from_slice(s);
-    }
-    u16::from_le_bytes(a)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut a = [0u8; N];
-    if let Some(s) = b.get(at..at + N) {
-        a.copy_from_slice(s);
-    }
-    a
-}
-
-fn put(out: &mut [u8], at: usize, src: &[u8]) {
-    if let Some(d) = out.get_mut(at..at + src.len()) {
-        d.copy_from_slice(src);
-    }
 }
 
 /// Copy `s` into a NUL-padded fixed field, truncating like Python's `struct.pack("<Ns")`.

@@ -28,7 +28,7 @@ pub fn file_type_for_name(name: &str) -> Option<u8> {
 
 /// Pack `entries` (in the given order) exactly as `mk_audio_tone.py -F format -v version`
 /// does, with the descriptor's `time`/`date` given (the script uses the local clock):
-/// header, [descriptor], table (song_adr contiguous, info_crc 0), data padded with 0xFF to 4,
+/// header, \[descriptor\], table (song_adr contiguous, info_crc 0), data padded with 0xFF to 4,
 /// [CRC-32 of everything before, tail 0xDFAC]. Everything is validated before the first byte
 /// goes to `sink`. `version`, `time`, `date` are NUL padded or truncated to 32/16/16 bytes.
 /// Returns the bin's size.

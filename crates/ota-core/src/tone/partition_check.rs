@@ -3,11 +3,11 @@
 
 use super::format::walk_table;
 use super::{
-    le16, le32, pad4, ToneDesc, ToneError, ToneFileInfo, ToneHeader, ALIGN_SCRATCH, CHUNK, CRC32,
+    le16, le32, pad4, ToneDesc, ToneError, ToneFileInfo, ToneHeader, CHUNK, CRC32,
     FLASH_TONE_FILE_TAG, FLASH_TONE_TAIL, TABLE_OFFSET_F1, TONE_DESC_SIZE, TONE_FILE_INFO_SIZE,
     TONE_FORMAT_0, TONE_FORMAT_1, TONE_HEADER_SIZE, TONE_TRAILER_SIZE,
 };
-use crate::flash::{self, FlashError, FlashOp, Region};
+use crate::flash::Region;
 use crate::partition::Partition;
 use embedded_storage::nor_flash::ReadNorFlash;
 
@@ -20,56 +20,12 @@ pub struct ToneInfo {
     pub desc: Option<ToneDesc>,
 }
 
-/// `x % a == 0` (false for a = 0), without needing `usize::is_multiple_of` (Rust 1.87).
-fn multiple_of(x: usize, a: usize) -> bool {
-    x.checked_rem(a) == Some(0)
-}
-
-/// Read `buf.len()` bytes at partition-relative `rel`, honouring the driver's `READ_SIZE`
-/// (esp-storage needs 4-byte alignment; ADF reads the tail at an address ≡ 2 mod 4). Also used
-/// by [`crate::staging`] for its byte-granular progress record.
-pub(crate) fn read_rel<F: ReadNorFlash>(
-    flash: &mut F,
-    region: &Region,
-    rel: u32,
-    buf: &mut [u8],
-) -> Result<(), FlashError> {
-    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    let abs = region.absolute(FlashOp::Read, rel, len)?;
-    let rs = F::READ_SIZE;
-    let aligned = rs <= 1 || (multiple_of(abs as usize, rs) && multiple_of(buf.len(), rs));
-    if aligned || rs > ALIGN_SCRATCH || !multiple_of(ALIGN_SCRATCH, rs) {
-        return flash::read(flash, abs, buf);
-    }
-    let mut scratch = [0u8; ALIGN_SCRATCH];
-    let mut done = 0usize;
-    while done < buf.len() {
-        let cur = abs as usize + done;
-        let start = cur - cur % rs;
-        let skip = cur - start;
-        let want = (buf.len() - done).min(ALIGN_SCRATCH - skip);
-        let wlen = (skip + want).div_ceil(rs) * rs; // ≤ ALIGN_SCRATCH (a multiple of rs)
-        let win = scratch.get_mut(..wlen).ok_or(FlashError {
-            op: FlashOp::Read,
-            offset: start as u32,
-            len: wlen as u32,
-            kind: flash::FlashErrorKind::NotAligned,
-        })?;
-        flash::read(flash, start as u32, win)?;
-        if let (Some(d), Some(s)) = (buf.get_mut(done..done + want), win.get(skip..skip + want)) {
-            d.copy_from_slice(s);
-        }
-        done += want;
-    }
-    Ok(())
-}
-
 fn read_header<F: ReadNorFlash>(
     flash: &mut F,
     region: &Region,
 ) -> Result<ToneHeader, crate::Error> {
     let mut b = [0u8; TONE_HEADER_SIZE];
-    read_rel(flash, region, 0, &mut b)?;
+    region.read(flash, 0, &mut b)?;
     let h = ToneHeader::parse(&b)?;
     if !h.tag_ok() {
         return Err(ToneError::BadHeaderTag {
@@ -82,7 +38,7 @@ fn read_header<F: ReadNorFlash>(
 
 fn read_desc<F: ReadNorFlash>(flash: &mut F, region: &Region) -> Result<ToneDesc, crate::Error> {
     let mut b = [0u8; TONE_DESC_SIZE];
-    read_rel(flash, region, TONE_HEADER_SIZE as u32, &mut b)?;
+    region.read(flash, TONE_HEADER_SIZE as u32, &mut b)?;
     Ok(ToneDesc::parse(&b)?)
 }
 
@@ -107,7 +63,7 @@ pub fn tone_partition_init<F: ReadNorFlash>(
         let off = TABLE_OFFSET_F1 + TONE_FILE_INFO_SIZE as u32 * (header.total_num as u32 - 1);
         let mut e = [0u8; TONE_FILE_INFO_SIZE];
         // A failed entry read leaves `last_file` zeroed in ADF (the result is ignored).
-        if read_rel(flash, &region, off, &mut e).is_ok() {
+        if region.read(flash, off, &mut e).is_ok() {
             let info = ToneFileInfo::parse(&e)?;
             if info.file_tag == FLASH_TONE_FILE_TAG {
                 last = info;
@@ -127,7 +83,7 @@ pub fn tone_partition_init<F: ReadNorFlash>(
         .into());
     }
     let mut t = [0u8; 2];
-    read_rel(flash, &region, tail_at, &mut t)?;
+    region.read(flash, tail_at, &mut t)?;
     let tail = u16::from_le_bytes(t);
     if tail != FLASH_TONE_TAIL {
         return Err(ToneError::TailMismatch {
@@ -178,7 +134,7 @@ pub fn tone_partition_check_size<F: ReadNorFlash>(
     };
     let data_end = walk_table(&header, part.size, |off| {
         let mut e = [0u8; TONE_FILE_INFO_SIZE];
-        read_rel(flash, &region, off, &mut e)?;
+        region.read(flash, off, &mut e)?;
         Ok::<_, crate::Error>(e)
     })?;
     if header.format == TONE_FORMAT_1 {
@@ -190,7 +146,7 @@ pub fn tone_partition_check_size<F: ReadNorFlash>(
             .into());
         }
         let mut tr = [0u8; TONE_TRAILER_SIZE];
-        read_rel(flash, &region, data_end, &mut tr)?;
+        region.read(flash, data_end, &mut tr)?;
         let tail = le16(&tr, 4);
         if tail != FLASH_TONE_TAIL {
             return Err(ToneError::TailMismatch {
@@ -206,7 +162,7 @@ pub fn tone_partition_check_size<F: ReadNorFlash>(
         while pos < data_end {
             let n = ((data_end - pos) as usize).min(CHUNK);
             let chunk = buf.get_mut(..n).unwrap_or(&mut []);
-            read_rel(flash, &region, pos, chunk)?;
+            region.read(flash, pos, chunk)?;
             digest.update(chunk);
             pos += n as u32;
         }
@@ -226,64 +182,4 @@ pub fn tone_partition_check_size<F: ReadNorFlash>(
         data_end
     };
     Ok((ToneInfo { header, desc }, size))
-}
-
-/// A tone partition at a glance, for `device info`: what its header says, and the verdicts
-/// of ADF's reader and of our full check. From [`summarize`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ToneSummary {
-    /// `format` and `total_num` as stored (even when the checks fail).
-    pub header: ToneHeader,
-    /// Format 1: the descriptor at offset 8 (`version_str()` is the bin's version).
-    pub desc: Option<ToneDesc>,
-    /// ADF's [`tone_partition_init`] accepts the partition: `Ok`, or why not.
-    pub adf_init: Result<(), ToneError>,
-    /// Our [`tone_partition_check`]: `Ok(size of the bin in bytes)`, or the first fault.
-    pub check: Result<u32, ToneError>,
-}
-
-impl ToneSummary {
-    /// The bin's version (format 1 with a descriptor), as text.
-    pub fn version(&self) -> Option<&str> {
-        self.desc.as_ref().map(|d| d.version_str())
-    }
-
-    /// Both ADF's reader and our check accept it: the tone item would keep it.
-    pub fn is_valid(&self) -> bool {
-        self.adf_init.is_ok() && self.check.is_ok()
-    }
-}
-
-/// Tone errors out of a crate error; a flash error stays an error of the whole call.
-fn tone_verdict<T>(r: Result<T, crate::Error>) -> Result<Result<T, ToneError>, crate::Error> {
-    match r {
-        Ok(v) => Ok(Ok(v)),
-        Err(crate::Error::Tone(e)) => Ok(Err(e)),
-        Err(e) => Err(e),
-    }
-}
-
-/// Read the tone partition `part` for a report: the header (tag 0x2053 required, else
-/// `Err(BadHeaderTag)`: not a tone partition, e.g. erased), the format-1 descriptor, and the
-/// verdicts of ADF's `tone_partition_init` and of [`tone_partition_check`] (with the bin's
-/// size). Read-only; flash errors are returned as errors.
-pub fn summarize<F: ReadNorFlash>(
-    flash: &mut F,
-    part: &Partition,
-) -> Result<ToneSummary, crate::Error> {
-    let region = part.region();
-    let header = read_header(flash, &region)?;
-    let desc = if header.format == TONE_FORMAT_1 {
-        Some(read_desc(flash, &region)?)
-    } else {
-        None
-    };
-    let adf_init = tone_verdict(tone_partition_init(flash, part).map(|_| ()))?;
-    let check = tone_verdict(tone_partition_check_size(flash, part).map(|(_, size)| size))?;
-    Ok(ToneSummary {
-        header,
-        desc,
-        adf_init,
-        check,
-    })
 }

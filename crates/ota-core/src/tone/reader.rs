@@ -2,7 +2,7 @@
 
 use super::format::walk_table;
 use super::{
-    arr, le16, le32, need, pad4, table_offset, ToneDesc, ToneError, ToneFileInfo, ToneHeader,
+    array, le16, le32, need, pad4, table_offset, ToneDesc, ToneError, ToneFileInfo, ToneHeader,
     CRC32, FLASH_TONE_TAIL, TONE_DESC_SIZE, TONE_FILE_INFO_SIZE, TONE_FORMAT_0, TONE_FORMAT_1,
     TONE_HEADER_SIZE, TONE_PAD_BYTE, TONE_TRAILER_SIZE,
 };
@@ -66,7 +66,7 @@ impl<'a> ToneBin<'a> {
             format => return Err(ToneError::UnsupportedFormat { format }),
         };
         let data_end = walk_table(&header, size, |off| {
-            Ok::<_, ToneError>(arr(
+            Ok::<_, ToneError>(array(
                 need(bytes, off as usize, TONE_FILE_INFO_SIZE, "file table entry")?,
                 0,
             ))

@@ -1380,26 +1380,3 @@ fn parse_dump_ignores_trailing_erased_bytes_only() {
         }
     );
 }
-
-#[test]
-fn summarize_reports_format_count_version_and_verdicts() {
-    let f1 = small_f1("v1.2.3");
-    let (mut f, part) = flash_with::<4>(&f1, 0x2000);
-    let s = summarize(&mut f, &part).unwrap();
-    assert_eq!((s.header.format, s.header.total_num), (1, 2));
-    assert_eq!(s.version(), Some("v1.2.3"));
-    assert_eq!(s.check, Ok(f1.len() as u32));
-    assert!(s.is_valid());
-    // A flipped data byte: ADF's reader still accepts it, our check does not.
-    let mut bad = f1.clone();
-    bad[f1.len() - 10] ^= 1;
-    let (mut f, part) = flash_with::<4>(&bad, 0x2000);
-    let s = summarize(&mut f, &part).unwrap();
-    assert!(s.adf_init.is_ok());
-    assert!(matches!(s.check, Err(ToneError::CrcMismatch { .. })));
-    assert!(!s.is_valid());
-    // Erased: not a tone partition.
-    let (mut f, part) = flash_with::<4>(&[], 0x2000);
-    let e = summarize(&mut f, &part).unwrap_err();
-    assert_eq!(tone_err(e), ToneError::BadHeaderTag { found: 0xFFFF });
-}

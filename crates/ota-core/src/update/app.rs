@@ -1,9 +1,9 @@
 //! The app update engine: picks the next OTA slot, checks the incoming image before erasing,
 //! writes it, verifies it and switches otadata (idf-formats.md §2.4, §2.8).
 
-use super::{SequentialWriter, UpdateError};
+use super::UpdateError;
 use crate::chip::Chip;
-use crate::flash::{self, Aligned, Region, MAX_WORD, SECTOR_SIZE};
+use crate::flash::{self, Aligned, Region, SequentialWriter, MAX_WORD, SECTOR_SIZE};
 use crate::guard::FlashMap;
 use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAGE_PREFIX_LEN};
 use crate::otadata::OtaData;
@@ -70,11 +70,45 @@ impl AppUpdateConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AppState {
-    Prefix,
-    Checked,
+/// Where an [`AppUpdate`] is, for [`UpdateError::WrongState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AppPhase {
+    /// [`AppUpdate::feed_prefix`] has not received the image's first 289 bytes yet.
+    AwaitingPrefix,
+    /// The prefix was checked; nothing is written yet.
+    PrefixChecked,
+    /// Bytes have reached the slot.
     Writing,
+}
+
+/// An [`AppUpdate`] call, for [`UpdateError::WrongState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AppCall {
+    FeedPrefix,
+    EnableResume,
+    Write,
+}
+
+impl core::fmt::Display for AppPhase {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            AppPhase::AwaitingPrefix => "the image prefix has not been fed yet",
+            AppPhase::PrefixChecked => "the prefix was checked, nothing is written yet",
+            AppPhase::Writing => "the image is being written",
+        })
+    }
+}
+
+impl core::fmt::Display for AppCall {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            AppCall::FeedPrefix => "feed_prefix",
+            AppCall::EnableResume => "enable_resume",
+            AppCall::Write => "write",
+        })
+    }
 }
 
 /// What `finish` did.
@@ -118,7 +152,7 @@ pub struct AppUpdate {
     prefix_len: usize,
     header: Option<ImageHeader>,
     desc: Option<AppDesc>,
-    state: AppState,
+    state: AppPhase,
     writer: SequentialWriter,
     verifier: ImageVerifier,
     journal: Option<Journal>,
@@ -164,8 +198,8 @@ impl AppUpdate {
             prefix_len: 0,
             header: None,
             desc: None,
-            state: AppState::Prefix,
-            writer: SequentialWriter::new(&slot),
+            state: AppPhase::AwaitingPrefix,
+            writer: SequentialWriter::new(slot.region()),
             verifier,
             efuse_secure_version: None,
             journal: None,
@@ -198,11 +232,8 @@ impl AppUpdate {
         header: ResumeHeader,
         image_len: Option<u64>,
     ) -> Result<(), Error> {
-        if self.state == AppState::Writing {
-            return Err(UpdateError::WrongState {
-                expected: "no byte written yet",
-            }
-            .into());
+        if self.state == AppPhase::Writing {
+            return Err(self.wrong_state(AppCall::EnableResume));
         }
         self.check_log(&log)?;
         log.check_room(image_len).map_err(UpdateError::Resume)?;
@@ -227,7 +258,7 @@ impl AppUpdate {
     /// `log` must be the slot's own ([`ResumeLog::locate`] on the same table).
     pub fn discard_resume_record(&mut self, log: ResumeLog) -> Result<(), Error> {
         self.check_log(&log)?;
-        if self.state != AppState::Writing {
+        if self.state != AppPhase::Writing {
             self.journal = Some(Journal {
                 log,
                 header: None,
@@ -281,8 +312,8 @@ impl AppUpdate {
             u.verifier.feed(chunk)?;
             off += k;
         }
-        u.writer = SequentialWriter::at(Region::new(u.slot.offset, limit), u.slot.label, n);
-        u.state = AppState::Writing;
+        u.writer = SequentialWriter::at(Region::new(u.slot.offset, limit), n);
+        u.state = AppPhase::Writing;
         u.resumed_from = n;
         u.journal = Some(Journal {
             log,
@@ -409,8 +440,8 @@ impl AppUpdate {
     /// Take up to [`Self::prefix_needed`] bytes; returns how many were taken. When the prefix is
     /// complete the header, chip and descriptor are checked (nothing has touched flash yet).
     pub fn feed_prefix(&mut self, data: &[u8]) -> Result<usize, Error> {
-        if self.state != AppState::Prefix {
-            return Err(UpdateError::WrongState { expected: "prefix" }.into());
+        if self.state != AppPhase::AwaitingPrefix {
+            return Err(self.wrong_state(AppCall::FeedPrefix));
         }
         let n = data.len().min(self.prefix_needed());
         self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
@@ -426,7 +457,7 @@ impl AppUpdate {
             }
             self.header = Some(header);
             self.desc = desc;
-            self.state = AppState::Checked;
+            self.state = AppPhase::PrefixChecked;
         }
         Ok(n)
     }
@@ -434,7 +465,7 @@ impl AppUpdate {
     /// Feed the whole prefix from a short stream that ended early: an image shorter than 289
     /// bytes cannot be an app (like `esp_https_ota_get_img_desc`).
     pub fn prefix_complete(&self) -> bool {
-        self.state != AppState::Prefix
+        self.state != AppPhase::AwaitingPrefix
     }
 
     pub fn incoming_desc(&self) -> Option<&AppDesc> {
@@ -479,13 +510,8 @@ impl AppUpdate {
     /// Stream more image bytes into the slot (the first call also writes the buffered prefix).
     pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
         match self.state {
-            AppState::Prefix => {
-                return Err(UpdateError::WrongState {
-                    expected: "a checked prefix",
-                }
-                .into())
-            }
-            AppState::Checked => {
+            AppPhase::AwaitingPrefix => return Err(self.wrong_state(AppCall::Write)),
+            AppPhase::PrefixChecked => {
                 let prefix = self.prefix;
                 if let Err(e) = self.verifier.feed(&prefix) {
                     return Err(e.into());
@@ -514,11 +540,11 @@ impl AppUpdate {
                         }
                     }
                 }
-                self.writer.write(flash, &prefix)?;
-                self.state = AppState::Writing;
+                self.put(flash, &prefix)?;
+                self.state = AppPhase::Writing;
                 self.persist(flash, 0, &[], &prefix)?;
             }
-            AppState::Writing => {}
+            AppPhase::Writing => {}
         }
         if let Err(e) = self.verifier.feed(data) {
             // The stream is not a valid image: resuming it later would fail the same way.
@@ -529,8 +555,32 @@ impl AppUpdate {
         let mut old = Aligned::<MAX_WORD>::filled(0xFF);
         let n = self.writer.pending().len();
         old[..n].copy_from_slice(self.writer.pending());
-        self.writer.write(flash, data)?;
+        self.put(flash, data)?;
         self.persist(flash, from, &old[..n], data)
+    }
+
+    fn wrong_state(&self, call: AppCall) -> Error {
+        UpdateError::WrongState {
+            call,
+            phase: self.state,
+        }
+        .into()
+    }
+
+    /// Append to the slot: an image that outgrows it (or its part before the resume log) is
+    /// refused by name before anything is written.
+    fn put<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
+        let end = self.writer.written() as u64 + data.len() as u64;
+        let capacity = self.writer.region().size;
+        if end > capacity as u64 {
+            return Err(UpdateError::TooLarge {
+                label: self.slot.label,
+                size: end,
+                capacity,
+            }
+            .into());
+        }
+        Ok(self.writer.write(flash, data)?)
     }
 
     /// Whether the stream so far holds a complete image.
@@ -541,11 +591,11 @@ impl AppUpdate {
     /// Verify (stream result, then the image as read back from flash, like `esp_ota_end`) and
     /// switch otadata to the new slot (`esp_ota_set_boot_partition`).
     pub fn finish<F: NorFlash>(mut self, flash: &mut F) -> Result<Committed, Error> {
-        if self.state == AppState::Checked {
+        if self.state == AppPhase::PrefixChecked {
             // A prefix-only image: write it so the verifier sees it (it will report truncation).
             self.write(flash, &[])?;
         }
-        if self.state != AppState::Writing {
+        if self.state != AppPhase::Writing {
             return Err(UpdateError::Incomplete { written: 0 }.into());
         }
         // The partial last word, padded with 0xFF (the image ends here).

@@ -1,64 +1,36 @@
 //! The data partition update engine: the rest of the partition first, its first bytes (a tone
 //! bin's header, tag last) in the very last writes.
 
-use super::{SequentialWriter, UpdateError};
-use crate::flash::{self, Aligned, Region, SECTOR_SIZE};
+use super::UpdateError;
+use crate::flash::{write_first_sector_last, Aligned, Region, SequentialWriter, SECTOR_SIZE};
 use crate::guard::FlashMap;
 use crate::partition::{Label, Partition};
 use crate::Error;
 use embedded_storage::nor_flash::NorFlash;
-
-/// Bytes at the start of a data partition that [`DataUpdate`] programs after the rest of the
-/// partition: an ESP-ADF tone bin's 8-byte header (u16 tag, u16 count, u32 format;
-/// adf-ota-service.md §8.2).
-pub const DATA_HEADER_LAST_LEN: usize = 8;
-/// Of those, the bytes programmed in the very last write: the tone header's u16 tag 0x2053
-/// (adf-ota-service.md §8.2), rounded up to the flash's write unit ([`header_last_cuts`]). Until it is complete the tag reads 0xFFFF or 0xFF53, which even
-/// ADF's lenient `tone_partition_init` rejects; a torn count or format behind a missing tag
-/// never shows.
-pub const DATA_TAG_LAST_LEN: usize = 2;
-
-/// Program the first-sector bytes `first` of `region` from the end towards the start, in up to
-/// three writes cut by [`header_last_cuts`]: at write unit 1 `[8, len)`, `[2, 8)`, `[0, 2)` (see
-/// [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]); the word holding the tag is always last.
-pub(crate) fn write_first_sector_last<F: NorFlash>(
-    flash: &mut F,
-    region: &Region,
-    first: &[u8],
-) -> Result<(), Error> {
-    let cuts = header_last_cuts(flash::write_size::<F>(), first.len() as u32);
-    let mut end = first.len() as u32;
-    for start in cuts {
-        if end > start {
-            region.write(flash, start, &first[start as usize..end as usize])?;
-        }
-        end = end.min(start);
-    }
-    Ok(())
-}
-
-/// Where [`write_first_sector_last`] cuts the first `len` bytes for a flash whose write unit is
-/// `ws`: `[c0, len)`, then `[c1, c0)`, then `[0, c1)`, with `c0` = [`DATA_HEADER_LAST_LEN`] and
-/// `c1` = [`DATA_TAG_LAST_LEN`] each rounded up to a whole word. At `ws` 1: 8 and 2 (the tag's
-/// two bytes last); at 4: 8 and 4 (the word holding the tag and the count last); from 8 on the
-/// header is the first word, written last in one piece. Each cut is also capped at `len`.
-pub(crate) fn header_last_cuts(ws: u32, len: u32) -> [u32; 3] {
-    [
-        flash::round_up(DATA_HEADER_LAST_LEN as u32, ws).min(len),
-        flash::round_up(DATA_TAG_LAST_LEN as u32, ws).min(len),
-        0,
-    ]
-}
 
 /// The data-partition engine: a partition found by label, a size check before any erase,
 /// erase-ahead sequential writes, and a clean tail.
 ///
 /// Power-loss rule: the first sector is erased by the first write, buffered (at most 4 KiB, a
 /// fixed array: no allocation) and programmed only after everything else, from its end towards
-/// its start with the word holding the header's tag last of all ([`DATA_TAG_LAST_LEN`]). So a
+/// its start with the word holding the header's tag last of all
+/// ([`crate::flash::DATA_TAG_LAST_LEN`]). So a
 /// rewrite that is cut at any byte leaves a partition whose header tag is erased or torn, and
 /// the next run sees it as invalid and rewrites it, instead of taking a half-new partition for
 /// a valid one.
+///
+/// Call order cannot go wrong: [`DataUpdate::begin`] makes the engine and
+/// [`DataUpdate::finish`] consumes it, so a second `finish` or a `write` after it does not
+/// compile:
+///
+/// ```compile_fail,E0382
+/// # use ota_core::update::DataUpdate;
+/// # use ota_core::mem_flash::MemFlash;
+/// fn twice(up: DataUpdate, flash: &mut MemFlash<'_, 4, 4>) {
+///     let _ = up.finish(flash);
+///     let _ = up.finish(flash); // use of moved value
+/// }
+/// ```
 pub struct DataUpdate {
     part: Partition,
     /// Sectors 1.. of the partition, erase-ahead.
@@ -112,7 +84,7 @@ impl DataUpdate {
         );
         Ok(DataUpdate {
             part,
-            rest: SequentialWriter::for_region(rest_region, part.label),
+            rest: SequentialWriter::new(rest_region),
             first: Aligned::filled(0xFF),
             first_len: 0,
             started: false,
@@ -156,7 +128,7 @@ impl DataUpdate {
         let n = room.min(data.len());
         self.first[self.first_len..self.first_len + n].copy_from_slice(&data[..n]);
         self.first_len += n;
-        self.rest.write(flash, &data[n..])
+        Ok(self.rest.write(flash, &data[n..])?)
     }
 
     /// Finish: erase the stale rest of the partition (only sectors that are not blank), then

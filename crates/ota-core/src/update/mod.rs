@@ -23,16 +23,20 @@ mod data;
 mod rollback;
 #[cfg(test)]
 mod tests;
-mod writer;
 
-pub use app::*;
-pub use data::*;
-pub use rollback::*;
-pub use writer::*;
+pub use app::{next_update_slot, AppCall, AppPhase, AppUpdate, AppUpdateConfig, Committed};
+pub use data::DataUpdate;
+pub use rollback::{
+    begin_with_rollback, check_running_confirmed, mark_app_invalid_rollback,
+    mark_app_valid_cancel_rollback, MarkedValid,
+};
+
+pub use crate::flash::{DATA_HEADER_LAST_LEN, DATA_TAG_LAST_LEN};
 
 /// Why an update was refused or failed (the engines' own errors; flash and format errors are
 /// wrapped by [`crate::Error`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UpdateError {
     /// No OTA app slot other than the running one (`esp_ota_get_next_update_partition`).
     NoUpdateSlot,
@@ -56,8 +60,10 @@ pub enum UpdateError {
     },
     /// The incoming image carries no app descriptor (needed for a version check).
     NoAppDesc,
-    /// `write`/`finish` called in the wrong state (a bug in the caller).
-    WrongState { expected: &'static str },
+    /// An [`AppUpdate`] call made out of order (a bug in the caller): `call` is not allowed
+    /// in `phase`; nothing was done. ([`DataUpdate`] cannot be misused so: `begin` makes it
+    /// and `finish` consumes it.)
+    WrongState { call: AppCall, phase: AppPhase },
     /// The stream ended before the image was complete.
     Incomplete { written: u32 },
     /// The bytes read back from flash differ from the bytes verified on the stream.
@@ -84,6 +90,12 @@ pub enum UpdateError {
     Guard(GuardError),
 }
 
+impl From<crate::staging::StagingError> for Error {
+    fn from(e: crate::staging::StagingError) -> Self {
+        Error::Update(UpdateError::Staging(e))
+    }
+}
+
 impl From<GuardError> for Error {
     fn from(e: GuardError) -> Self {
         Error::Update(UpdateError::Guard(e))
@@ -93,6 +105,8 @@ impl From<GuardError> for Error {
 fn show32(b: &[u8; 32]) -> &str {
     image::cstr(b)
 }
+
+impl core::error::Error for UpdateError {}
 
 impl fmt::Display for UpdateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -154,8 +168,8 @@ impl fmt::Display for UpdateError {
             UpdateError::NoAppDesc => f.write_str(
                 "the incoming image has no app descriptor (esp_app_desc_t) at offset 0x20",
             ),
-            UpdateError::WrongState { expected } => {
-                write!(f, "update engine used out of order: expected {}", expected)
+            UpdateError::WrongState { call, phase } => {
+                write!(f, "AppUpdate::{} called out of order: {}", call, phase)
             }
             UpdateError::Incomplete { written } => {
                 write!(

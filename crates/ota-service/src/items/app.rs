@@ -6,7 +6,7 @@
 //! the next run continue with `Range` / `If-Range` from the last verified checkpoint.
 
 use embedded_storage::nor_flash::NorFlash;
-use ota_core::image::{AppDesc, APP_DESC_SIZE, IMAGE_PREFIX_LEN};
+use ota_core::image::{AppDesc, IMAGE_PREFIX_LEN};
 use ota_core::partition::Partition;
 use ota_core::resume::{self, LogPlace, ResumeHeader, ResumeLog, ResumeRecord};
 use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig, UpdateError};
@@ -25,8 +25,6 @@ use crate::source::{
 
 const TAG_OTA: &str = "esp_https_ota";
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
-/// Offset of `esp_app_desc_t` in an app image (idf-formats.md §3.7).
-const APP_DESC_OFFSET: u32 = 0x20;
 /// Bytes per flash write: one 4 KiB sector (idf-formats.md §2.8), aligned to sector
 /// boundaries, so a checkpoint follows every write and at most one chunk is fetched again
 /// after a restart.
@@ -397,11 +395,7 @@ fn place_name(p: LogPlace) -> &'static str {
 /// The running app's descriptor (`esp_ota_get_partition_description(running)`).
 pub fn running_desc<F: NorFlash>(dev: &mut Device<'_, F>) -> Option<AppDesc> {
     let part = dev.running?;
-    let mut buf = [0u8; APP_DESC_SIZE];
-    part.region()
-        .read(dev.flash, APP_DESC_OFFSET, &mut buf)
-        .ok()?;
-    AppDesc::parse(&buf).ok()
+    ota_core::boot::partition_app_desc(dev.flash, &part)
 }
 
 /// Read the first [`IMAGE_PREFIX_LEN`] bytes (from byte 0; starting again if the server

@@ -65,6 +65,7 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
         CoreError::Partition(_) | CoreError::OtaData(_) => Reason::PartitionRdFail,
         CoreError::Tone(_) => Reason::Unknown,
         CoreError::Boot(_) => Reason::Unknown,
+        _ => Reason::Unknown,
     };
     ItemError::new(reason, format!("{}: {}", context, e))
 }

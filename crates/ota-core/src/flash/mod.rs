@@ -11,11 +11,13 @@
 //! esp-hal: 4 and 4, `esp-storage/src/nor_flash.rs`); this layer supports any power of two up
 //! to [`MAX_WORD`] for both:
 //! - [`read`] takes any offset and length: it reads the whole words around them;
-//! - [`write`] takes a word-aligned offset and any length: the last word is padded with 0xFF
+//! - [`write()`] takes a word-aligned offset and any length: the last word is padded with 0xFF
 //!   (erased flash keeps its value under 0xFF). It never programs a word twice: a caller that
 //!   writes at an unaligned offset gets [`FlashErrorKind::NotAligned`] before the driver is
 //!   called. Sequential writers keep the partial last word in RAM until it is full
-//!   ([`crate::update::SequentialWriter`]);
+//!   ([`SequentialWriter`]);
+//! - the driver's own error value survives a failed call: [`TrackedFlash`] keeps it beside
+//!   the call (the layers' error, [`crate::Error`], cannot hold it without an allocator).
 //! - every buffer handed to the driver is 4-byte aligned in memory ([`BUF_ALIGN`]; esp-storage
 //!   copies an unaligned buffer through a bounce buffer word by word): a caller's unaligned
 //!   buffer goes through an [`Aligned`] scratch.
@@ -23,6 +25,15 @@
 use core::fmt;
 
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+
+mod driver;
+mod writer;
+
+pub use driver::{DriverError, DriverErrorKind, TrackedFlash};
+pub use writer::{
+    header_last_cuts, write_first_sector_last, SequentialWriter, DATA_HEADER_LAST_LEN,
+    DATA_TAG_LAST_LEN,
+};
 
 /// Erase granularity of ESP32 SPI flash (`SPI_FLASH_SEC_SIZE`, esp-idf `components/spi_flash/include/spi_flash_mmap.h`).
 pub const SECTOR_SIZE: u32 = 0x1000;
@@ -120,6 +131,7 @@ impl fmt::Display for FlashOp {
 
 /// A flash operation failed (or would leave its region).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlashError {
     pub op: FlashOp,
     /// Absolute flash offset of the operation.
@@ -129,6 +141,7 @@ pub struct FlashError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FlashErrorKind {
     /// The flash driver said the access was not aligned.
     NotAligned,
@@ -140,7 +153,12 @@ pub enum FlashErrorKind {
     Other,
     /// The driver's `READ_SIZE` or `WRITE_SIZE` is not a power of two up to [`MAX_WORD`].
     UnsupportedGranularity { size: u32 },
+    /// A [`SequentialWriter`] was written to after [`SequentialWriter::flush`] programmed its
+    /// padded last word (the bytes would land in a word already programmed).
+    AfterFlush,
 }
+
+impl core::error::Error for FlashError {}
 
 impl fmt::Display for FlashError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -164,21 +182,28 @@ impl fmt::Display for FlashError {
                 "the flash driver's access unit of {} bytes is not a power of two up to {}",
                 size, MAX_WORD
             ),
+            FlashErrorKind::AfterFlush => {
+                f.write_str("written after the last word was flushed (padded with 0xFF)")
+            }
         }
     }
 }
 
-fn map_err<E: NorFlashError>(e: E, op: FlashOp, offset: u32, len: u32) -> FlashError {
-    let kind = match e.kind() {
+/// Our kind for the driver's.
+fn map_kind(kind: NorFlashErrorKind) -> FlashErrorKind {
+    match kind {
         NorFlashErrorKind::NotAligned => FlashErrorKind::NotAligned,
         NorFlashErrorKind::OutOfBounds => FlashErrorKind::OutOfBounds,
         _ => FlashErrorKind::Other,
-    };
+    }
+}
+
+fn map_err<E: NorFlashError>(e: E, op: FlashOp, offset: u32, len: u32) -> FlashError {
     FlashError {
         op,
         offset,
         len,
-        kind,
+        kind: map_kind(e.kind()),
     }
 }
 
@@ -221,7 +246,7 @@ impl Region {
         read(flash, abs, buf)
     }
 
-    /// Program `data` at `rel` (see [`write`]: word-aligned offset, the last word padded with
+    /// Program `data` at `rel` (see [`write()`]: word-aligned offset, the last word padded with
     /// 0xFF; the padded length must stay inside the region).
     pub fn write<F: NorFlash>(
         &self,

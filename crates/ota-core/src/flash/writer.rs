@@ -1,14 +1,60 @@
-//! The sequential writer the engines share: erase ahead sector by sector, whole write words
-//! only, never outside its region.
+//! The write orders the engines share: [`SequentialWriter`] (erase ahead sector by sector,
+//! whole write words only, never outside its region) and the header-last write of a
+//! partition's first bytes ([`write_first_sector_last`]). Used by the update engines
+//! ([`crate::update`]) and the staged copy ([`crate::staging`]) alike, so neither depends on
+//! the other.
 
-use super::UpdateError;
-use crate::flash::{self, Aligned, Region, MAX_WORD, SECTOR_SIZE};
-use crate::partition::{Label, Partition};
-use crate::Error;
+use super::{round_up, write_size, Aligned, FlashError, FlashErrorKind, FlashOp, Region};
+use super::{MAX_WORD, SECTOR_SIZE};
 use embedded_storage::nor_flash::NorFlash;
 
+/// Bytes at the start of a data partition that are programmed after the rest of the
+/// partition ([`crate::update::DataUpdate`], the staged copy's last step): an ESP-ADF tone
+/// bin's 8-byte header (u16 tag, u16 count, u32 format; esp-adf
+/// `components/tone_partition/tone_partition.c` `tone_header_t`).
+pub const DATA_HEADER_LAST_LEN: usize = 8;
+/// Of those, the bytes programmed in the very last write: the tone header's u16 tag 0x2053
+/// (`tone_partition.c`), rounded up to the flash's write unit ([`header_last_cuts`]). Until it
+/// is complete the tag reads 0xFFFF or 0xFF53, which even ADF's lenient `tone_partition_init`
+/// rejects; a torn count or format behind a missing tag never shows.
+pub const DATA_TAG_LAST_LEN: usize = 2;
+
+/// Program the first-sector bytes `first` of `region` from the end towards the start, in up to
+/// three writes cut by [`header_last_cuts`]: at write unit 1 `[8, len)`, `[2, 8)`, `[0, 2)` (see
+/// [`DATA_HEADER_LAST_LEN`], [`DATA_TAG_LAST_LEN`]); the word holding the tag is always last.
+pub fn write_first_sector_last<F: NorFlash>(
+    flash: &mut F,
+    region: &Region,
+    first: &[u8],
+) -> Result<(), FlashError> {
+    let cuts = header_last_cuts(write_size::<F>(), first.len() as u32);
+    let mut end = first.len() as u32;
+    for start in cuts {
+        if end > start {
+            region.write(flash, start, &first[start as usize..end as usize])?;
+        }
+        end = end.min(start);
+    }
+    Ok(())
+}
+
+/// Where [`write_first_sector_last`] cuts the first `len` bytes for a flash whose write unit is
+/// `ws`: `[c0, len)`, then `[c1, c0)`, then `[0, c1)`, with `c0` = [`DATA_HEADER_LAST_LEN`] and
+/// `c1` = [`DATA_TAG_LAST_LEN`] each rounded up to a whole word. At `ws` 1: 8 and 2 (the tag's
+/// two bytes last); at 4: 8 and 4 (the word holding the tag and the count last); from 8 on the
+/// header is the first word, written last in one piece. Each cut is also capped at `len`.
+pub fn header_last_cuts(ws: u32, len: u32) -> [u32; 3] {
+    [
+        round_up(DATA_HEADER_LAST_LEN as u32, ws).min(len),
+        round_up(DATA_TAG_LAST_LEN as u32, ws).min(len),
+        0,
+    ]
+}
+
 /// Sequential writer into a region: erases each 4 KiB sector just before the first write into
-/// it (never the whole region), and refuses to leave the region.
+/// it (never the whole region), and refuses to leave the region
+/// ([`FlashErrorKind::OutsideRegion`], nothing written: an engine that wants to name the
+/// partition checks the size itself first).
 ///
 /// Flash granularity ([`crate::flash`]): it programs whole `WRITE_SIZE` words only, each once.
 /// The bytes of a partial last word wait in RAM until the word is full, or until
@@ -18,7 +64,6 @@ use embedded_storage::nor_flash::NorFlash;
 #[derive(Clone, Copy, Debug)]
 pub struct SequentialWriter {
     region: Region,
-    label: Label,
     written: u32,
     erased_to: u32,
     /// The bytes `[written - pending_len, written)`, not yet programmed.
@@ -29,13 +74,9 @@ pub struct SequentialWriter {
 }
 
 impl SequentialWriter {
-    pub fn new(part: &Partition) -> Self {
-        Self::for_region(part.region(), part.label)
-    }
-
-    /// A writer over any region; `label` names it in errors.
-    pub fn for_region(region: Region, label: Label) -> Self {
-        Self::at(region, label, 0)
+    /// A writer at the start of `region`.
+    pub fn new(region: Region) -> Self {
+        Self::at(region, 0)
     }
 
     /// Bytes taken so far (some may still wait in RAM for their word to fill).
@@ -59,10 +100,9 @@ impl SequentialWriter {
 
     /// A writer over `region` that goes on at `written`, a multiple of [`SECTOR_SIZE`] (resuming
     /// an interrupted update): the sectors from there on are erased as the writes reach them.
-    pub fn at(region: Region, label: Label, written: u32) -> Self {
+    pub fn at(region: Region, written: u32) -> Self {
         SequentialWriter {
             region,
-            label,
             written,
             erased_to: written,
             pending: Aligned::filled(0xFF),
@@ -78,31 +118,32 @@ impl SequentialWriter {
     }
 
     /// Append `data`, erasing the sectors it reaches first.
-    pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Error> {
+    pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), FlashError> {
         if data.is_empty() {
             return Ok(());
         }
         let end = self.written as u64 + data.len() as u64;
+        let refuse = |kind| FlashError {
+            op: FlashOp::Write,
+            offset: self.region.offset.wrapping_add(self.written),
+            len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            kind,
+        };
         if end > self.region.size as u64 {
-            return Err(UpdateError::TooLarge {
-                label: self.label,
-                size: end,
-                capacity: self.region.size,
-            }
-            .into());
+            return Err(refuse(FlashErrorKind::OutsideRegion {
+                start: self.region.offset,
+                size: self.region.size,
+            }));
         }
         if self.sealed {
-            return Err(UpdateError::WrongState {
-                expected: "no write after the last word was flushed",
-            }
-            .into());
+            return Err(refuse(FlashErrorKind::AfterFlush));
         }
         let end = end as u32;
         while self.erased_to < end {
             self.region.erase(flash, self.erased_to, SECTOR_SIZE)?;
             self.erased_to += SECTOR_SIZE;
         }
-        let ws = flash::write_size::<F>() as usize;
+        let ws = write_size::<F>() as usize;
         let mut data = data;
         let have = self.pending_len as usize;
         if have > 0 {
@@ -132,7 +173,7 @@ impl SequentialWriter {
     }
 
     /// Program the partial last word, padded with 0xFF (nothing can be appended after).
-    pub fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+    pub fn flush<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), FlashError> {
         if self.pending_len > 0 {
             let at = self.flushed();
             let n = self.pending_len as usize;
@@ -146,7 +187,7 @@ impl SequentialWriter {
     /// Flush, then erase what is left of the region after the written bytes, skipping sectors
     /// that are already blank, so the region ends as it would after a whole-partition erase +
     /// write.
-    pub fn clear_rest<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+    pub fn clear_rest<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), FlashError> {
         self.flush(flash)?;
         let mut buf = Aligned::<256>::filled(0);
         let mut sector = self.erased_to;
