@@ -1734,9 +1734,10 @@ fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut Progress
             Event::Result { id, outcome } => {
                 let (reason, message) = match outcome {
                     Outcome::Success => (None, None),
-                    Outcome::Skipped { reason, message } | Outcome::Failed { reason, message } => {
-                        (Some(*reason), Some(message.as_str()))
-                    }
+                    Outcome::Skipped { reason, message }
+                    | Outcome::Failed {
+                        reason, message, ..
+                    } => (Some(*reason), Some(message.as_str())),
                 };
                 Some(
                     json!({"event": "item_finish", "id": id, "outcome": outcome.name(),
@@ -1778,7 +1779,9 @@ fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut Progress
                         id, reason, message
                     ),
                 ),
-                Outcome::Failed { reason, message } => logger::error(
+                Outcome::Failed {
+                    reason, message, ..
+                } => logger::error(
                     "HTTPS_OTA_EXAMPLE",
                     &format!(
                         "List id: {}, OTA failed, result: {}: {}",

@@ -227,7 +227,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         .iter()
         .filter_map(|(id, o)| match o {
             ota_service::Outcome::Success | ota_service::Outcome::Skipped { .. } => None,
-            ota_service::Outcome::Failed { reason, message } => Some(format!(
+            ota_service::Outcome::Failed {
+                reason, message, ..
+            } => Some(format!(
                 "item {} ({}) {}: {}: {}",
                 id,
                 config

@@ -23,7 +23,7 @@ impl SdCardFs for SdAdapter {
             other => SourceError::Io {
                 uri: uri.to_string(),
                 phase: ota_service::source::Phase::Open,
-                source: std::io::Error::other(other.to_string()),
+                source: std::io::Error::other(other.to_string()).into(),
             },
         })
     }

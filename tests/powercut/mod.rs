@@ -103,7 +103,7 @@ impl SdCardFs for Sd {
         self.0.open_uri(uri).map_err(|e| SourceError::Io {
             uri: uri.to_string(),
             phase: Phase::Open,
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(e.to_string()).into(),
         })
     }
 }

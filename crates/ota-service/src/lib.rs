@@ -29,8 +29,8 @@ pub mod std_driver;
 
 pub use reason::Reason;
 pub use service::{
-    run_list_async, Device, Env as AsyncEnv, Event, ItemError, Level, Need, Outcome, ResumeFrom,
-    RunReport, StartOverWhy, UpgradeItem,
+    run_list_async, Cause, Device, Env as AsyncEnv, Event, ItemError, Level, Need, Outcome,
+    ResumeFrom, RunReport, StartOverWhy, UpgradeItem,
 };
 #[cfg(feature = "std")]
 pub use std_driver::{run_list, Env};

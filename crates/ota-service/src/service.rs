@@ -44,10 +44,60 @@ pub enum Outcome {
     Failed {
         reason: Reason,
         message: String,
+        /// The typed error the failure came from, when there is one (a source's, `ota-core`'s,
+        /// the catalogue's): tests and callers match on it instead of on `message`.
+        cause: Option<Cause>,
     },
 }
 
+/// The typed error under an item's failure ([`ItemError::cause`], [`Outcome::Failed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cause {
+    /// Opening or reading the item's source (file, HTTP, the transport of a driver).
+    Source(SourceError),
+    /// The formats and update engines (`ota-core`): flash, image, partition, tone, otadata.
+    Core(ota_core::Error),
+    /// No catalogue entry fits the device.
+    Pick(ota_catalogue::PickError),
+}
+
+impl core::fmt::Display for Cause {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Cause::Source(e) => core::fmt::Display::fmt(e, f),
+            Cause::Core(e) => core::fmt::Display::fmt(e, f),
+            Cause::Pick(e) => core::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl core::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Cause::Source(e) => Some(e),
+            Cause::Core(e) => Some(e),
+            Cause::Pick(_) => None,
+        }
+    }
+}
+
 impl Outcome {
+    /// A failure with its reason and text, and no typed cause.
+    pub fn failed(reason: Reason, message: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            reason,
+            message: message.into(),
+            cause: None,
+        }
+    }
+    /// The typed error of a failure, if it has one.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            Outcome::Failed { cause, .. } => cause.as_ref(),
+            _ => None,
+        }
+    }
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Success)
     }
@@ -129,11 +179,13 @@ pub enum StartOverWhy {
     ResumedImageInvalid,
 }
 
-/// An item's failure or refusal: the ADF reason and what went wrong, with context.
+/// An item's failure or refusal: the ADF reason, what went wrong with its context, and the typed
+/// error it came from when there is one (`cause`, also [`core::error::Error::source`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemError {
     pub reason: Reason,
     pub message: String,
+    pub cause: Option<Cause>,
 }
 
 impl ItemError {
@@ -141,6 +193,20 @@ impl ItemError {
         ItemError {
             reason,
             message: message.into(),
+            cause: None,
+        }
+    }
+    /// The same error, carrying the typed error it came from.
+    pub fn with_cause(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
+        self
+    }
+    /// The item's outcome for this error.
+    pub fn into_outcome(self) -> Outcome {
+        Outcome::Failed {
+            reason: self.reason,
+            message: self.message,
+            cause: self.cause,
         }
     }
 }
@@ -148,6 +214,14 @@ impl ItemError {
 impl core::fmt::Display for ItemError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{} [{}]", self.message, self.reason)
+    }
+}
+
+impl core::error::Error for ItemError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        self.cause
+            .as_ref()
+            .map(|c| c as &(dyn core::error::Error + 'static))
     }
 }
 
@@ -302,18 +376,12 @@ pub async fn process_item<F: NorFlash>(
     let result = match item.prepare(dev, env, id).await {
         Err(e) => {
             env.error(TAG, "OTA prepared fail");
-            Outcome::Failed {
-                reason: e.reason,
-                message: e.message,
-            }
+            e.into_outcome()
         }
         Ok(()) => match item.need_upgrade(dev, env, id).await {
             Err(e) => {
                 env.error(TAG, "No need to upgrade");
-                Outcome::Failed {
-                    reason: e.reason,
-                    message: e.message,
-                }
+                e.into_outcome()
             }
             Ok(Need::No(reason, message)) => {
                 env.warn(TAG, format!("No need to upgrade: {}", message));
@@ -322,10 +390,7 @@ pub async fn process_item<F: NorFlash>(
             Ok(Need::Yes) => match item.execute(dev, env, id).await {
                 Err(e) => {
                     env.error(TAG, "Fail to execute upgrade");
-                    Outcome::Failed {
-                        reason: e.reason,
-                        message: e.message,
-                    }
+                    e.into_outcome()
                 }
                 Ok(()) => Outcome::Success,
             },

@@ -117,8 +117,57 @@ impl fmt::Display for Phase {
     }
 }
 
+/// An I/O error of the std driver, shareable: [`SourceError`] is `Clone` and comparable so an
+/// item's outcome can carry it ([`crate::service::Cause`]). Two are equal when their kind and
+/// text are.
+#[cfg(feature = "std")]
+#[derive(Clone, Debug)]
+pub struct IoError(pub Arc<io::Error>);
+
+#[cfg(feature = "std")]
+impl IoError {
+    /// The underlying `std::io::Error`.
+    pub fn get(&self) -> &io::Error {
+        &self.0
+    }
+    pub fn kind(&self) -> io::ErrorKind {
+        self.0.kind()
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<io::Error> for IoError {
+    fn from(e: io::Error) -> Self {
+        IoError(Arc::new(e))
+    }
+}
+
+#[cfg(feature = "std")]
+impl PartialEq for IoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+#[cfg(feature = "std")]
+impl Eq for IoError {}
+
+#[cfg(feature = "std")]
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// Why a source could not be opened or read. Every variant names the URI.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     #[error("{uri}: connection refused ({detail})")]
     ConnectionRefused { uri: String, detail: String },
@@ -152,7 +201,7 @@ pub enum SourceError {
         uri: String,
         phase: Phase,
         #[source]
-        source: io::Error,
+        source: IoError,
     },
     /// A transport without `std` lost its connection or failed to read (an `Io` error of the
     /// std driver): transient.
@@ -370,7 +419,7 @@ impl SdCardFs for HostDir {
         let io_err = |source: io::Error| SourceError::Io {
             uri: uri.to_string(),
             phase: Phase::Open,
-            source,
+            source: source.into(),
         };
         let refuse = |msg: String| io_err(io::Error::new(io::ErrorKind::PermissionDenied, msg));
         let real = match path.canonicalize() {
@@ -554,7 +603,7 @@ impl Source for StreamSource {
                     return Err(self.short().unwrap_or_else(|| SourceError::Io {
                         uri: self.uri.clone(),
                         phase: Phase::Read,
-                        source: e,
+                        source: e.into(),
                     }));
                 }
                 Err(e) => return Err(classify_io(e, &self.uri, Phase::Read, self.timeout)),
@@ -744,7 +793,7 @@ fn open_file(
         io::copy(&mut (&mut reader).take(start), &mut io::sink()).map_err(|e| SourceError::Io {
             uri: uri.to_string(),
             phase: Phase::Open,
-            source: e,
+            source: e.into(),
         })?;
     if skipped < start {
         return Err(SourceError::ShortBody {
@@ -929,7 +978,7 @@ fn classify_io(e: io::Error, uri: &str, phase: Phase, timeout: Duration) -> Sour
             SourceError::Io {
                 uri: uri.to_string(),
                 phase,
-                source: e,
+                source: e.into(),
             }
         }
     }

@@ -18,7 +18,9 @@ use ota_emu::EmuFlash;
 use ota_service::io::{block_on_with, Body, BoxFuture, Clock, Opened, Request, Transport};
 use ota_service::items::{AppItem, DataFormat, DataItem};
 use ota_service::source::{RetryPolicy, SourceError, SourceOptions};
-use ota_service::{run_list_async, AsyncEnv, Device, Event, Outcome, RunReport, UpgradeItem};
+use ota_service::{
+    run_list_async, AsyncEnv, Cause, Device, Event, ItemError, Outcome, RunReport, UpgradeItem,
+};
 
 use support::{device, image, Dev, EXAMPLE_CSV};
 
@@ -321,8 +323,15 @@ fn app_item_retries_stop_at_the_deadline_of_the_fake_clock() {
         source,
     );
     match &ran.report.results[..] {
-        [(0, Outcome::Failed { message, .. })] => {
-            assert!(message.contains("max_time_ms = 25000"), "{message}")
+        [(0, Outcome::Failed { message, cause, .. })] => {
+            assert!(message.contains("max_time_ms = 25000"), "{message}");
+            assert!(
+                matches!(
+                    cause,
+                    Some(Cause::Source(SourceError::DeadlineExceeded { .. }))
+                ),
+                "{cause:?}"
+            );
         }
         other => panic!("expected a failure at the deadline, got {other:?}"),
     }
@@ -544,4 +553,80 @@ fn a_raw_http_client_needs_only_the_io_helpers_to_resume_an_app_download() {
         }
     )));
     assert_eq!(support::boot(&mut dev).1, "v2.0.0");
+}
+
+/// The typed error under each kind of failure: a source's, `ota-core`'s, the catalogue's. The
+/// outcome carries it, and so does the item error's `source()` chain.
+#[test]
+fn item_failures_carry_their_typed_source_error() {
+    use ota_service::items::ManifestItem;
+
+    // A missing file: the transport's own error, unchanged.
+    let mut dev = device(EXAMPLE_CSV);
+    let transport = MemTransport::with(APP_URI, image("v2.0.0", 20_000), "\"v2\"");
+    let clock = FakeClock::default();
+    let missing = "http://mem.test/missing.bin";
+    let ran = run(
+        &mut dev,
+        vec![Box::new(app(missing, 0, 0))],
+        &transport,
+        &clock,
+        SourceOptions::default(),
+    );
+    let cause = ran.report.results[0].1.cause().cloned();
+    assert_eq!(
+        cause,
+        Some(Cause::Source(SourceError::HttpStatus {
+            uri: missing.to_string(),
+            status: 404,
+            reason: "Not Found".into(),
+        }))
+    );
+
+    // Bytes that are not an app image: ota-core's image error.
+    let mut junk = image("v2.0.0", 20_000);
+    junk[0] = 0x00;
+    let transport = MemTransport::with(APP_URI, junk, "\"j\"");
+    let ran = run(
+        &mut dev,
+        vec![Box::new(app(APP_URI, 0, 0))],
+        &transport,
+        &clock,
+        SourceOptions::default(),
+    );
+    match ran.report.results[0].1.cause() {
+        Some(Cause::Core(ota_core::Error::Image(_))) => {}
+        other => panic!(
+            "expected an ota-core image error, got {other:?}: {:?}",
+            ran.lines
+        ),
+    }
+
+    // A catalogue with nothing for this device: the catalogue's pick error.
+    let cat_uri = "http://mem.test/manifest.json";
+    let cat = br#"{"format": 1, "entries": []}"#.to_vec();
+    let transport = MemTransport::with(cat_uri, cat, "\"c\"");
+    let ran = run(
+        &mut dev,
+        vec![Box::new(ManifestItem::new(cat_uri, "demo"))],
+        &transport,
+        &clock,
+        SourceOptions::default(),
+    );
+    match ran.report.results[0].1.cause() {
+        Some(Cause::Pick(ota_catalogue::PickError::NoImage { project, .. })) => {
+            assert_eq!(project, "demo")
+        }
+        other => panic!("expected a pick error, got {other:?}: {:?}", ran.lines),
+    }
+
+    // The item error's source() chain reaches the typed error.
+    let err = ItemError::new(ota_service::Reason::StreamRdFail, "x").with_cause(Cause::Source(
+        SourceError::NoSdCard {
+            uri: "file://sdcard/x".into(),
+        },
+    ));
+    let source = core::error::Error::source(&err).expect("a source");
+    assert!(source.to_string().contains("no SD card"), "{source}");
+    assert_eq!(support::boot(&mut dev).1, "v1.0.0", "nothing switched");
 }

@@ -433,7 +433,15 @@ fn exhausted_retries_fail_with_the_network_error_and_keep_the_record() {
     let before = dev.flash.contents()[OTADATA as usize..OTA_1 as usize].to_vec();
     let (report, log) = run_app(&mut dev, app_item(&s.url("app.bin"), 2));
     match &report.results[0].1 {
-        Outcome::Failed { message, .. } => assert!(message.contains("body ended"), "{message}"),
+        Outcome::Failed { cause, .. } => assert!(
+            matches!(
+                cause,
+                Some(ota_service::Cause::Source(
+                    ota_service::source::SourceError::ShortBody { .. }
+                ))
+            ),
+            "{cause:?}"
+        ),
         o => panic!("{o:?}\n{}", log.lines.join("\n")),
     }
     assert!(log.has("retry 2 of 2"));
@@ -502,7 +510,15 @@ fn not_found_is_final_and_not_retried() {
     let before = dev.flash.contents().to_vec();
     let (report, _) = run_app(&mut dev, app_item(&s.url("app.bin"), 3));
     match &report.results[0].1 {
-        Outcome::Failed { message, .. } => assert!(message.contains("HTTP 404"), "{message}"),
+        Outcome::Failed { cause, .. } => assert!(
+            matches!(
+                cause,
+                Some(ota_service::Cause::Source(
+                    ota_service::source::SourceError::HttpStatus { status: 404, .. }
+                ))
+            ),
+            "{cause:?}"
+        ),
         o => panic!("{o:?}"),
     }
     assert_eq!(s.requests().len(), 1, "a 404 is not retried");

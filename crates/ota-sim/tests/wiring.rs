@@ -72,7 +72,7 @@ impl SdCardFs for Card {
             None => Err(SourceError::Io {
                 uri: uri.to_string(),
                 phase: Phase::Open,
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound).into(),
             }),
         }
     }

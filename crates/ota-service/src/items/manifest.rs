@@ -245,8 +245,10 @@ impl ManifestItem {
     ) -> Result<(), ItemError> {
         let cat = self.fetch(id, env).await?;
         let chip = dev.chip.name();
-        let entry = pick(&cat, chip, &self.project, self.policy)
-            .map_err(|e| ItemError::new(Reason::FileNotFound, format!("{}: {e}", self.uri)))?;
+        let entry = pick(&cat, chip, &self.project, self.policy).map_err(|e| {
+            ItemError::new(Reason::FileNotFound, format!("{}: {e}", self.uri))
+                .with_cause(crate::service::Cause::Pick(e))
+        })?;
         let sha256 = parse_sha256(&entry.sha256).ok_or_else(|| {
             ItemError::new(
                 Reason::StreamRdFail,

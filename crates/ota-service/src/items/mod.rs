@@ -35,6 +35,7 @@ pub(crate) fn item_source_options(
 
 pub(crate) fn source_error(e: SourceError) -> ItemError {
     ItemError::new(Reason::from_code(e.adf_reason()), e.to_string())
+        .with_cause(crate::service::Cause::Source(e))
 }
 
 /// Map an `ota-core` error to ADF's reason: flash failures are write failures, format
@@ -67,7 +68,8 @@ pub(crate) fn core_error(e: CoreError, context: &str) -> ItemError {
         CoreError::Boot(_) => Reason::Unknown,
         _ => Reason::Unknown,
     };
-    ItemError::new(reason, format!("{}: {}", context, e))
+    let message = format!("{}: {}", context, e);
+    ItemError::new(reason, message).with_cause(crate::service::Cause::Core(e))
 }
 
 /// The ESP-IDF codes items report (their one home is [`crate::reason`]).

@@ -452,7 +452,7 @@ impl Wire {
                     return Err(SourceError::Io {
                         uri: self.uri.clone(),
                         phase,
-                        source: e,
+                        source: e.into(),
                     });
                 }
                 Err(e) => return Err(classify_io(e, &self.uri, phase, self.limits.timeout)),
@@ -504,7 +504,8 @@ impl Wire {
                         source: io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             format!("connection closed in the middle of {what}"),
-                        ),
+                        )
+                        .into(),
                     })
                 }
                 Some(b'\n') => {
@@ -766,7 +767,8 @@ impl HttpSource {
                             source: io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
                                 "connection closed in the middle of a chunk",
-                            ),
+                            )
+                            .into(),
                         });
                     }
                     self.framing = Framing::Chunked(Some(left - n as u64));
