@@ -112,8 +112,12 @@ fn adf_example_over_embassy(link: &str) {
     let b = Bench::new("150K");
     let srv = serve(&b.p("www"));
     let base = &srv.info.base_url;
+    // The app through 127.0.0.1 (rewritten to the gateway), the data through `host.ota`
+    // (the gateway's DNS name).
+    let port = srv.info.addr.port();
     b.config(&format!(
-        "firmware_upgrade_uri = \"{base}/app.bin\"\ndata_upgrade_uri = \"{base}/flash_tone.bin\"\n"
+        "firmware_upgrade_uri = \"{base}/app.bin\"\n\
+         data_upgrade_uri = \"http://host.ota:{port}/flash_tone.bin\"\n"
     ));
     let o = b.run(&["--stack", "embassy", "--link", link]);
     let log = text(&o);
@@ -346,5 +350,19 @@ fn bad_link_spec_is_a_usage_error_naming_the_bad_part() {
         "{help}"
     );
     // The flash was not touched.
+    assert!(b.running().contains("App version:      v1.0.0"));
+}
+
+#[test]
+fn embassy_stack_refuses_https_with_a_clear_reason() {
+    let b = Bench::new("100K");
+    b.config("firmware_upgrade_uri = \"https://127.0.0.1:1/app.bin\"\n");
+    let o = b.run(&["--stack", "embassy"]);
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("https is not supported on --stack embassy"),
+        "{log}"
+    );
     assert!(b.running().contains("App version:      v1.0.0"));
 }

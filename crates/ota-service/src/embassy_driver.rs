@@ -13,6 +13,7 @@
 //! still open gives that body up (its connection is reset; a later read of it fails with a
 //! transient [`SourceError::Network`]).
 //!
+//! Redirects are not followed (a 3xx with `Location` is [`SourceError::BadRedirect`]).
 //! `https://` is not done here ([`SourceError::UnsupportedScheme`]); `file://` neither (a
 //! device without an SD card): a driver that has one wraps this transport (the CLI does).
 //!
@@ -397,7 +398,19 @@ impl<C: Connect, const BUF: usize> Pump<'_, C, BUF> {
             if_match: req.if_match.as_deref(),
             opts: &req.opts,
         };
-        let verdict = match judge_http_answer(&view, &head) {
+        let judged = match &resp.location {
+            // Redirects are not followed on this transport (the std driver follows them).
+            Some(location) if (300..400).contains(&resp.status) => Err(SourceError::BadRedirect {
+                uri: req.uri.clone(),
+                location: location.as_str().to_string(),
+                detail: format!(
+                    "HTTP {}: the embassy driver does not follow redirects",
+                    resp.status
+                ),
+            }),
+            _ => judge_http_answer(&view, &head),
+        };
+        let verdict = match judged {
             Ok(v) => v,
             Err(e) => {
                 resp.body.abort().await;

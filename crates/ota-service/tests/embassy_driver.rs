@@ -201,3 +201,26 @@ fn a_body_dropped_midway_gives_its_connection_up_for_the_next_open() {
     );
     assert!(second.1 == data);
 }
+
+#[test]
+fn embassy_transport_refuses_a_redirect_naming_its_location() {
+    let srv = FlakyServer::start(
+        file(),
+        Faults {
+            redirect_to: Some("http://elsewhere.example/fw.bin".to_string()),
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let uri = url(&srv);
+    let opts = SourceOptions::default();
+    let mut dev = device("");
+    let e = with_transport(&mut dev, async |t| {
+        t.open(Request::whole(&uri, &opts)).await.err()
+    });
+    assert!(
+        matches!(&e, Some(SourceError::BadRedirect { location, .. })
+            if location == "http://elsewhere.example/fw.bin"),
+        "{e:?}"
+    );
+}
