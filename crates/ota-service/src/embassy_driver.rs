@@ -13,7 +13,7 @@
 //! still open gives that body up (its connection is reset; a later read of it fails with a
 //! transient [`SourceError::Network`]).
 //!
-//! Redirects are not followed (a 3xx with `Location` is [`SourceError::BadRedirect`]).
+//! Redirects are followed up to `opts.max_redirects`, to `http://` only.
 //! `https://` is not done here ([`SourceError::UnsupportedScheme`]); `file://` neither (a
 //! device without an SD card): a driver that has one wraps this transport (the CLI does).
 //!
@@ -374,11 +374,45 @@ impl<C: Connect, const BUF: usize> Pump<'_, C, BUF> {
             deadline: req.opts.deadline.map(embassy_time::Instant::from_millis),
             headers: &[],
         };
-        let mut resp = match client.get(&req.uri, get).await {
-            Ok(r) => r,
-            Err(e) => {
-                answer_on(&shared, seq, Answer::Opened(Err(map_error(&req, e))));
-                return None;
+        // Redirects: at most `max_redirects`, each to an `http://` URL (absolute, or a path on
+        // the same host), as the std client follows them.
+        let mut url = req.uri.clone();
+        let mut followed = 0u32;
+        let mut resp = loop {
+            let mut r = match client.get(&url, get).await {
+                Ok(r) => r,
+                Err(e) => {
+                    answer_on(&shared, seq, Answer::Opened(Err(map_error(&req, e))));
+                    return None;
+                }
+            };
+            let Some(location) = r.location.filter(|_| (300..400).contains(&r.status)) else {
+                break r;
+            };
+            let next = if followed >= req.opts.max_redirects {
+                Err(SourceError::TooManyRedirects {
+                    uri: req.uri.clone(),
+                    max: req.opts.max_redirects,
+                })
+            } else {
+                redirect_target(&url, location.as_str()).map_err(|detail| {
+                    SourceError::BadRedirect {
+                        uri: req.uri.clone(),
+                        location: location.as_str().to_string(),
+                        detail: detail.to_string(),
+                    }
+                })
+            };
+            r.body.abort().await;
+            match next {
+                Ok(n) => {
+                    url = n;
+                    followed += 1;
+                }
+                Err(e) => {
+                    answer_on(&shared, seq, Answer::Opened(Err(e)));
+                    return None;
+                }
             }
         };
         let range_text = resp.content_range.map(content_range_text);
@@ -398,18 +432,7 @@ impl<C: Connect, const BUF: usize> Pump<'_, C, BUF> {
             if_match: req.if_match.as_deref(),
             opts: &req.opts,
         };
-        let judged = match &resp.location {
-            // Redirects are not followed on this transport (the std driver follows them).
-            Some(location) if (300..400).contains(&resp.status) => Err(SourceError::BadRedirect {
-                uri: req.uri.clone(),
-                location: location.as_str().to_string(),
-                detail: format!(
-                    "HTTP {}: the embassy driver does not follow redirects",
-                    resp.status
-                ),
-            }),
-            _ => judge_http_answer(&view, &head),
-        };
+        let judged = judge_http_answer(&view, &head);
         let verdict = match judged {
             Ok(v) => v,
             Err(e) => {
@@ -484,6 +507,26 @@ fn answer_on(shared: &Shared, seq: u32, a: Answer) {
     st.answer = Some((seq, a));
     st.posts += 1;
     wake(&mut st.caller);
+}
+
+/// Where a redirect from `from` to `location` leads: an absolute `http://` URL, or a path
+/// (`/...`) on the same scheme and authority.
+fn redirect_target(from: &str, location: &str) -> Result<String, &'static str> {
+    let location = location.trim();
+    if location.starts_with("http://") {
+        return Ok(location.to_string());
+    }
+    if location.starts_with("https://") {
+        return Err("a redirect to https://, which the embassy driver does not speak");
+    }
+    if location.starts_with('/') && !location.starts_with("//") {
+        let rest = from
+            .strip_prefix("http://")
+            .ok_or("not from an http:// URL")?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        return Ok(format!("http://{authority}{location}"));
+    }
+    Err("only absolute http:// URLs and paths (/...) are followed")
 }
 
 /// `bytes first-last/total` (or `*`), as the header said.

@@ -202,25 +202,43 @@ fn a_body_dropped_midway_gives_its_connection_up_for_the_next_open() {
     assert!(second.1 == data);
 }
 
-#[test]
-fn embassy_transport_refuses_a_redirect_naming_its_location() {
-    let srv = FlakyServer::start(
+fn redirecting_to(location: &str) -> FlakyServer {
+    FlakyServer::start(
         file(),
         Faults {
-            redirect_to: Some("http://elsewhere.example/fw.bin".to_string()),
+            redirect_to: Some(location.to_string()),
             ..Faults::default()
         },
     )
-    .unwrap();
-    let uri = url(&srv);
+    .unwrap()
+}
+
+#[test]
+fn embassy_transport_follows_redirects_within_max_redirects() {
+    let data = file();
+    let target = FlakyServer::start(data.clone(), Faults::default()).unwrap();
+    let hop = redirecting_to(&url(&target));
+    // A path on the same host: the server redirects to itself, for ever.
+    let looping = redirecting_to("/again");
+    let to_https = redirecting_to("https://host.ota/fw.bin");
     let opts = SourceOptions::default();
     let mut dev = device("");
-    let e = with_transport(&mut dev, async |t| {
-        t.open(Request::whole(&uri, &opts)).await.err()
+    let (u1, u2, u3) = (url(&hop), url(&looping), url(&to_https));
+    let (followed, looped, https) = with_transport(&mut dev, async |t| {
+        let followed = read_all(&t, Request::whole(&u1, &opts)).await;
+        let looped = t.open(Request::whole(&u2, &opts)).await.err();
+        let https = t.open(Request::whole(&u3, &opts)).await.err();
+        (followed, looped, https)
     });
+    assert!(followed.unwrap().1 == data, "the redirected body differs");
     assert!(
-        matches!(&e, Some(SourceError::BadRedirect { location, .. })
-            if location == "http://elsewhere.example/fw.bin"),
-        "{e:?}"
+        matches!(looped, Some(SourceError::TooManyRedirects { max, .. }) if max == opts.max_redirects),
+        "{looped:?}"
+    );
+    assert_eq!(looping.requests().len(), opts.max_redirects as usize + 1);
+    assert!(
+        matches!(&https, Some(SourceError::BadRedirect { location, .. })
+            if location == "https://host.ota/fw.bin"),
+        "{https:?}"
     );
 }
