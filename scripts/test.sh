@@ -40,6 +40,9 @@ fi
 step "ota-service builds no_std + alloc (default features off) for riscv32imc-unknown-none-elf"
 cargo build -p ota-service --no-default-features --target riscv32imc-unknown-none-elf
 
+step "ota-service's embassy driver builds no_std for riscv32imc-unknown-none-elf"
+cargo build -p ota-service --no-default-features --features embassy --target riscv32imc-unknown-none-elf
+
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build (Wi-Fi)"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.
 # The build tested is the default one, with the `wifi` feature (esp-radio, esp-rtos, embassy-net,

@@ -381,6 +381,8 @@ pub struct RunArgs {
     quiet: bool,
     #[command(flatten)]
     faults: FaultArgs,
+    #[command(flatten)]
+    stack: crate::stack::StackArgs,
 }
 
 /// The ESP-ADF OTA example's partition table with 1 MB app slots, as in its README log
@@ -1298,6 +1300,7 @@ fn emit_boot(out: &BootOutcome) {
 }
 
 fn run_cmd(a: RunArgs) -> Result<ExitCode> {
+    a.stack.check();
     if a.json {
         logger::set_output(logger::Output::Json);
     } else if a.quiet {
@@ -1363,7 +1366,28 @@ fn run_session<const W: usize>(
         timeout: std::time::Duration::from_millis(a.timeout_ms),
         ..Default::default()
     };
-    let report = run_device_with(&mut session.dev, &mut session.stored, config, sd, opts);
+    let report = match a.stack.stack {
+        crate::stack::StackKind::Std => {
+            run_device_with(&mut session.dev, &mut session.stored, config, sd, opts)
+        }
+        crate::stack::StackKind::Embassy => crate::stack::with_embassy_service(
+            a.stack.link.unwrap_or_default(),
+            sd.map(|s| s as &dyn ota_service::source::SdCardFs),
+            opts.clone(),
+            |service| {
+                run_device_service(
+                    &mut session.dev,
+                    &mut session.stored,
+                    config,
+                    sd,
+                    opts,
+                    &mut || {},
+                    Some(service),
+                )
+            },
+        )
+        .and_then(|r| r),
+    };
     a.faults.report(session.dev.flash());
     let (report, running) = report?;
     let running = Some(running.partition.label.as_str().to_string());
@@ -1432,6 +1456,20 @@ fn run_device_hooked<const W: usize>(
     opts: ota_service::source::SourceOptions,
     app_main: &mut dyn FnMut(),
 ) -> Result<(ota_service::RunReport, BootOutcome)> {
+    run_device_service(dev, stored, config, sd, opts, app_main, None)
+}
+
+/// [`run_device_hooked`] with the list run by `service` (another driver than the std one:
+/// `--stack embassy`), when given.
+fn run_device_service<const W: usize>(
+    dev: &mut Device<EmuFlashN<W>>,
+    stored: &mut Stored,
+    config: &Config,
+    sd: Option<&SdAdapter>,
+    opts: ota_service::source::SourceOptions,
+    app_main: &mut dyn FnMut(),
+    service: Option<&mut ota_sim::Service<'_, EmuFlashN<W>>>,
+) -> Result<(ota_service::RunReport, BootOutcome)> {
     let table = dev.table().clone();
     warn_rollback_state(dev.flash_mut(), &table, stored);
     let mut board = ota_sim::Board::new(
@@ -1452,13 +1490,13 @@ fn run_device_hooked<const W: usize>(
         sd: sd.map(|s| s as &dyn ota_service::source::SdCardFs),
         options: opts,
     };
-    let run = ota_sim::run(
-        dev.flash_mut(),
-        &mut board,
-        ota_sim::UpgradeList::Config(config),
-        sources,
-        &mut hooks,
-    )
+    let list = ota_sim::UpgradeList::Config(config);
+    let run = match service {
+        Some(service) => {
+            ota_sim::run_with_service(dev.flash_mut(), &mut board, list, service, &mut hooks)
+        }
+        None => ota_sim::run(dev.flash_mut(), &mut board, list, sources, &mut hooks),
+    }
     .map_err(device_error)?;
     let running = run.after_restart.unwrap_or(run.first);
     Ok((run.report, running))

@@ -44,6 +44,7 @@ mod glue;
 mod input;
 mod logger;
 mod output;
+mod stack;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -28,7 +28,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// A body owns its connection (or file): it lives in the item between `prepare` and
 /// `execute`, so it borrows nothing from the transport (`'static`).
 pub trait Body {
-    /// How many bytes this body promised (Content-Length, remaining file size), if known.
+    /// How many bytes this body promised when it was opened (Content-Length, remaining file
+    /// size), if known; it does not shrink as the body is read (the items size their checks
+    /// from it after reading a header, as the std driver's sources say).
     fn content_length(&self) -> Option<u64>;
     /// Reads up to `buf.len()` bytes; `Ok(0)` means the end, and is only returned when all the
     /// promised bytes arrived (a body cut short is [`SourceError::ShortBody`]). An empty `buf`
@@ -312,7 +314,7 @@ impl MemBody {
 
 impl Body for MemBody {
     fn content_length(&self) -> Option<u64> {
-        Some((self.data.len() - self.pos.min(self.data.len())) as u64)
+        Some(self.data.len() as u64)
     }
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
         let rest = self.data.get(self.pos..).unwrap_or(&[]);
@@ -384,7 +386,7 @@ impl<R: embedded_io_async::Read> ReadBody<R> {
 
 impl<R: embedded_io_async::Read + 'static> Body for ReadBody<R> {
     fn content_length(&self) -> Option<u64> {
-        self.length.map(|l| l.saturating_sub(self.got))
+        self.length
     }
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, Result<usize, SourceError>> {
         Box::pin(self.read_bounded(buf))
@@ -451,7 +453,8 @@ mod tests {
         // Fewer: a short body, not an end.
         let mut b = ReadBody::new("http://h/x", &DATA[..], Some(20));
         assert_eq!(block_on(b.read(&mut buf)).unwrap(), 10);
-        assert_eq!(b.content_length(), Some(10));
+        // What was promised, not what is left.
+        assert_eq!(b.content_length(), Some(20));
         assert!(matches!(
             block_on(b.read(&mut buf)),
             Err(SourceError::ShortBody {
@@ -464,6 +467,14 @@ mod tests {
         let mut b = ReadBody::new("http://h/x", &DATA[..], None);
         assert_eq!(block_on(b.read(&mut buf)).unwrap(), 10);
         assert_eq!(block_on(b.read(&mut buf)).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_mem_body_keeps_its_promised_length_while_read() {
+        let mut b = MemBody::new("mem://x", vec![1; 10]);
+        let mut buf = [0u8; 4];
+        assert_eq!(block_on(b.read(&mut buf)).unwrap(), 4);
+        assert_eq!(b.content_length(), Some(10));
     }
 
     #[test]

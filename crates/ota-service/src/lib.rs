@@ -9,7 +9,8 @@
 //! a [`io::Clock`] (`now_ms`, `sleep_ms`). The default `std` feature adds the std driver
 //! ([`std_driver`]): SD card folders, the blocking http(s) client, TOML config files, the
 //! system clock, and the blocking [`run_list`] that runs the same futures with
-//! [`io::block_on`].
+//! [`io::block_on`]. The `embassy` feature adds the embassy driver ([`embassy_driver`],
+//! `no_std`): `http://` on `ota-net`'s async client over any connector, embassy-time's clock.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -19,6 +20,8 @@ mod prelude;
 
 #[cfg(feature = "std")]
 pub mod config;
+#[cfg(feature = "embassy")]
+pub mod embassy_driver;
 pub mod io;
 pub mod items;
 pub mod reason;

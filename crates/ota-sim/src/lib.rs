@@ -261,12 +261,44 @@ pub fn confirm<F: NorFlash, H: Hooks>(
 }
 
 /// A power-on of the device: boot, `app_main`, the upgrade list, and if an item asks for it
-/// the restart and the boot after it.
+/// the restart and the boot after it. The list runs on the std driver
+/// ([`ota_service::run_list`]) with `sources`.
 pub fn run<'a, F: NorFlash, H: Hooks>(
     flash: &mut F,
     board: &mut Board,
     list: UpgradeList<'a, F>,
     sources: Sources<'_>,
+    hooks: &mut H,
+) -> Result<Run, Error<H::Error>> {
+    let mut std_service = |items: &mut [Box<dyn UpgradeItem<F> + '_>],
+                           device: &mut ota_service::Device<'_, F>,
+                           events: &mut dyn FnMut(Event)| {
+        let mut env = ota_service::Env {
+            sd: sources.sd,
+            source: sources.options.clone(),
+            events,
+        };
+        ota_service::run_list(items, device, &mut env)
+    };
+    run_with_service(flash, board, list, &mut std_service, hooks)
+}
+
+/// How a device runs its upgrade list: the items, the device, the event sink; the report.
+/// [`run`] uses the std driver; another driver (embassy-net's, in `ota device run --stack
+/// embassy`) runs `ota_service::run_list_async` on its own transport and clock.
+pub type Service<'s, F> = dyn FnMut(
+        &mut [Box<dyn UpgradeItem<F> + '_>],
+        &mut ota_service::Device<'_, F>,
+        &mut dyn FnMut(Event),
+    ) -> RunReport
+    + 's;
+
+/// [`run`] with the list run by `service`.
+pub fn run_with_service<'a, F: NorFlash, H: Hooks>(
+    flash: &mut F,
+    board: &mut Board,
+    list: UpgradeList<'a, F>,
+    service: &mut Service<'_, F>,
     hooks: &mut H,
 ) -> Result<Run, Error<H::Error>> {
     let first = power_on(flash, board, hooks)?;
@@ -290,12 +322,7 @@ pub fn run<'a, F: NorFlash, H: Hooks>(
             flash_size: board.flash_size,
         };
         let mut on_event = |ev: Event| hooks.event(ev);
-        let mut env = ota_service::Env {
-            sd: sources.sd,
-            source: sources.options,
-            events: &mut on_event,
-        };
-        ota_service::run_list(&mut items, &mut device, &mut env)
+        service(&mut items, &mut device, &mut on_event)
     };
     hooks.service_done(&report);
     let after_restart = if report.restart {
