@@ -342,17 +342,22 @@ fn run_futures(
         timeout,
         ..Default::default()
     });
+    let (catalogue, project): (Rc<str>, Rc<str>) = (catalogue.into(), a.project.as_str().into());
     for _ in 0..a.devices {
         let (template, results, gate) = (template.clone(), results.clone(), gate.clone());
         let (options, peak_threads) = (options.clone(), peak_threads.clone());
-        let (catalogue, project) = (catalogue.to_string(), a.project.clone());
+        let (catalogue, project) = (catalogue.clone(), project.clone());
         local.spawn_local(async move {
             let Ok(_permit) = gate.acquire().await else {
                 return;
             };
             peak_threads.set(peak_threads.get().max(thread_count()));
             let t0 = Instant::now();
-            let r = run_one_async(&template, &catalogue, &project, policy, &options).await;
+            // Boxed when it starts: a device still waiting at the gate is a small future.
+            let r = Box::pin(run_one_async(
+                &template, &catalogue, &project, policy, &options,
+            ))
+            .await;
             results.borrow_mut().push(DeviceResult::of(r, t0.elapsed()));
         });
     }
