@@ -177,6 +177,14 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
     let policy = VersionPolicy::from_name(&a.version_check)
         .ok_or_else(|| anyhow!("unknown version check '{}'", a.version_check))?;
     let threads_mode = a.mode == "threads";
+    let ca = match &a.cert {
+        Some(p) => Some(crate::input::read_bounded(
+            p,
+            crate::input::PEM_LIMIT,
+            "CA certificate",
+        )?),
+        None => None,
+    };
     if a.devices == 0 || a.devices > MAX_DEVICES {
         bail!(
             "--devices must be from 1 to {MAX_DEVICES}, not {}",
@@ -205,14 +213,6 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
             );
         }
         a.concurrency
-    };
-    let ca = match &a.cert {
-        Some(p) => Some(crate::input::read_bounded(
-            p,
-            crate::input::PEM_LIMIT,
-            "CA certificate",
-        )?),
-        None => None,
     };
     let server = a.server.trim_end_matches('/').to_string();
     let catalogue = format!("{server}/manifest.json");

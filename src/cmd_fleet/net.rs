@@ -376,7 +376,7 @@ fn source_error(uri: &str, e: http::Error, opts: &SourceOptions) -> SourceError 
         },
         http::Error::Connect(ConnectError::Refused) => SourceError::ConnectionRefused {
             uri,
-            detail: e.to_string(),
+            detail: "the host reset the TCP connection: nothing listens on the port".into(),
         },
         http::Error::Connect(ConnectError::Dns) => SourceError::Dns {
             uri,
