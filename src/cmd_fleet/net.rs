@@ -443,3 +443,136 @@ fn source_error(uri: &str, e: http::Error, opts: &SourceOptions) -> SourceError 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ota_testsrv::{Faults, FlakyServer};
+
+    /// Runs `f` on a current-thread runtime with a `LocalSet`, as the simulation does.
+    fn local<T>(f: impl std::future::Future<Output = T>) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
+    async fn read_all(body: &mut dyn Body) -> Result<Vec<u8>, SourceError> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1000];
+        loop {
+            match body.read(&mut buf).await? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    fn file() -> Vec<u8> {
+        (0..20_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn net_transport_reads_a_body_cut_short_as_short_and_resumes_it_with_a_range() {
+        let srv = FlakyServer::start(
+            file(),
+            Faults {
+                drop_at: vec![9_000],
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+        let uri = srv.url("fw.bin");
+        let opts = SourceOptions {
+            timeout: Duration::from_secs(5),
+            ..SourceOptions::default()
+        };
+        let t = NetTransport::default();
+        local(async {
+            let mut first = t.open(Request::whole(&uri, &opts)).await.unwrap();
+            assert!(first.honoured);
+            assert_eq!(first.total_length, Some(20_000));
+            let (kind, validator) = first.validator().expect("a validator");
+            assert_eq!(kind, ota_service::source::ValidatorKind::ETag);
+            let validator = validator.to_string();
+            let err = read_all(first.body.as_mut()).await.unwrap_err();
+            assert!(err.is_transient(), "{err}");
+            let SourceError::ShortBody { expected, got, .. } = err else {
+                panic!("not a short body: {err}");
+            };
+            assert_eq!(expected, 20_000);
+            assert!(got < expected);
+            let mut rest = t
+                .open(Request {
+                    start: got,
+                    if_range: Some(&validator),
+                    ..Request::whole(&uri, &opts)
+                })
+                .await
+                .unwrap();
+            assert!(rest.honoured);
+            assert_eq!(rest.body.content_length(), Some(20_000 - got));
+            let tail = read_all(rest.body.as_mut()).await.unwrap();
+            assert_eq!(tail, file()[got as usize..]);
+        });
+        assert_eq!(t.bytes.get(), 20_000);
+    }
+
+    #[test]
+    fn net_transport_gives_statuses_stalls_and_closed_ports_their_errors() {
+        let opts = SourceOptions {
+            timeout: Duration::from_millis(300),
+            ..SourceOptions::default()
+        };
+        let t = NetTransport::default();
+        let status = FlakyServer::start(
+            file(),
+            Faults {
+                status_first: Some((404, 1)),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+        let silent = FlakyServer::start(
+            file(),
+            Faults {
+                never_answer: true,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        local(async {
+            let e = t
+                .open(Request::whole(&status.url("x.bin"), &opts))
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                matches!(e, SourceError::HttpStatus { status: 404, .. }),
+                "{e}"
+            );
+            let started = std::time::Instant::now();
+            let e = t
+                .open(Request::whole(&silent.url("x.bin"), &opts))
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(e, SourceError::Timeout { .. }), "{e}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+            let uri = format!("http://127.0.0.1:{closed}/x.bin");
+            let e = t.open(Request::whole(&uri, &opts)).await.err().unwrap();
+            assert!(matches!(e, SourceError::ConnectionRefused { .. }), "{e}");
+            let e = t
+                .open(Request::whole("https://127.0.0.1:1/x", &opts))
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(e, SourceError::UnsupportedScheme { .. }), "{e}");
+        });
+    }
+}
