@@ -1,9 +1,18 @@
-//! `ota fleet-sim`: N emulated devices (in-memory flashes) run a catalogue upgrade against one
-//! server, a bounded pool of threads at a time; prints successes, times, bytes and the
-//! server's peak memory.
+//! `ota fleet-sim`: N emulated devices run a catalogue upgrade against one server; prints
+//! successes, times, bytes, and the peak memory of the simulator and of the server.
+//!
+//! By default (`--mode async`) every device is a future on one current-thread tokio runtime
+//! (`LocalSet`), running `ota_sim::run_async` over the async transport of [`net`], at most
+//! `--concurrency` at a time, each on a [`CowFlash`] sharing the template's image. `--mode
+//! threads` is the older way: `--pool` threads, each device on a whole in-memory flash, the
+//! blocking `ota_sim::run`.
 
+mod net;
+
+use std::cell::RefCell;
 use std::path::Path;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +25,7 @@ use ota_core::version::VersionPolicy;
 use ota_core::Chip;
 use ota_emu::device::Device;
 use ota_emu::flash::EmuFlash;
+use ota_emu::CowFlash;
 use ota_service::items::ManifestItem;
 use ota_service::{Event, Outcome, UpgradeItem};
 
@@ -41,7 +51,14 @@ pub struct FleetArgs {
     /// Version policy of the catalogue item.
     #[arg(long, default_value = "semver", value_parser = ["none", "newer", "semver"])]
     version_check: String,
-    /// Devices updating at the same time (threads).
+    /// How devices run: `async`, every device a future on one thread; `threads`, a pool of
+    /// threads each running one device at a time on a whole in-memory flash (the old mode).
+    #[arg(long, default_value = "async", value_parser = ["async", "threads"])]
+    mode: String,
+    /// `--mode async`: devices (and so connections) in flight at once.
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// `--mode threads`: devices updating at the same time (threads).
     #[arg(long, default_value_t = 32)]
     pool: usize,
     /// A CA certificate (PEM) to pin, for https servers.
@@ -51,6 +68,13 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 10000)]
     timeout_ms: u64,
 }
+
+/// `--concurrency` by default: as many as the client's timer queue allows
+/// ([`net::MAX_CONCURRENCY`]).
+const DEFAULT_CONCURRENCY: usize = net::MAX_CONCURRENCY;
+/// Most devices one run simulates (each waiting device is a small future; its results are
+/// kept until the report).
+const MAX_DEVICES: usize = 1_000_000;
 
 struct DeviceResult {
     ok: bool,
@@ -123,24 +147,7 @@ fn run_one(
         &mut hooks,
     )
     .map_err(cmd_device::device_error)?;
-    if !run.report.results.iter().all(|(_, o)| o.is_success()) {
-        bail!("{}", hooks.failure);
-    }
-    let Some(after) = run.after_restart else {
-        bail!("the update succeeded but asked for no restart");
-    };
-    if after.partition.offset == run.first.partition.offset {
-        bail!(
-            "after the restart the device still boots {}",
-            after.partition.label.as_str()
-        );
-    }
-    let version = after
-        .summary
-        .app_desc
-        .map(|d| d.version_str().to_string())
-        .unwrap_or_default();
-    Ok((hooks.bytes, version))
+    judge_run(&run, &hooks)
 }
 
 /// A simulated device prints nothing: it counts the bytes and keeps the failure message.
@@ -169,9 +176,7 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
     let chip = Chip::from_name(&a.chip).ok_or_else(|| anyhow!("unknown chip '{}'", a.chip))?;
     let policy = VersionPolicy::from_name(&a.version_check)
         .ok_or_else(|| anyhow!("unknown version check '{}'", a.version_check))?;
-    if a.devices == 0 || a.pool == 0 {
-        bail!("--devices and --pool must be at least 1");
-    }
+    let threads_mode = a.mode == "threads";
     let ca = match &a.cert {
         Some(p) => Some(crate::input::read_bounded(
             p,
@@ -180,57 +185,245 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
         )?),
         None => None,
     };
+    if a.devices == 0 || a.devices > MAX_DEVICES {
+        bail!(
+            "--devices must be from 1 to {MAX_DEVICES}, not {}",
+            a.devices
+        );
+    }
+    let at_once = if threads_mode {
+        if a.pool == 0 {
+            bail!("--pool must be at least 1");
+        }
+        a.pool
+    } else {
+        if a.concurrency == 0 || a.concurrency > net::MAX_CONCURRENCY {
+            bail!(
+                "--concurrency must be from 1 to {} (the async client's timers share a queue of {}), not {}",
+                net::MAX_CONCURRENCY,
+                net::TIMER_QUEUE,
+                a.concurrency
+            );
+        }
+        if a.cert.is_some() || !a.server.starts_with("http://") {
+            bail!(
+                "--mode async speaks plain http:// only (server '{}'{}): use --mode threads for https",
+                a.server,
+                if a.cert.is_some() { ", --cert given" } else { "" }
+            );
+        }
+        a.concurrency
+    };
     let server = a.server.trim_end_matches('/').to_string();
     let catalogue = format!("{server}/manifest.json");
-    let image = Arc::new(template(chip, &a.project, &a.from_version)?);
+    let image = template(chip, &a.project, &a.from_version)?;
     let pid = server_pid(&server);
     println!(
-        "fleet-sim: {} {} devices running {} {}, {} at a time, catalogue {}",
+        "fleet-sim: {} {} devices running {} {}, {} at a time ({}), catalogue {}",
         a.devices,
         chip.name(),
         a.project,
         a.from_version,
-        a.pool.min(a.devices),
+        at_once.min(a.devices),
+        if threads_mode {
+            "one thread each"
+        } else {
+            "futures on one thread"
+        },
         catalogue
     );
+    let timeout = Duration::from_millis(a.timeout_ms.max(1));
+    let start = Instant::now();
+    let (results, threads) = if threads_mode {
+        run_threads(&a, Arc::new(image), &catalogue, policy, ca, timeout)?
+    } else {
+        run_futures(&a, image.into(), &catalogue, policy, timeout)?
+    };
+    let total = start.elapsed();
+    report(&results, total, pid, a.devices, threads)
+}
+
+/// `--mode threads`: `--pool` threads, each taking the next device until none is left.
+fn run_threads(
+    a: &FleetArgs,
+    image: Arc<Vec<u8>>,
+    catalogue: &str,
+    policy: VersionPolicy,
+    ca: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(Vec<DeviceResult>, usize)> {
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::with_capacity(a.devices)));
-    let start = Instant::now();
-    let timeout = Duration::from_millis(a.timeout_ms.max(1));
+    let peak_threads = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
     for _ in 0..a.pool.min(a.devices) {
         let (next, results, image) = (next.clone(), results.clone(), image.clone());
-        let (catalogue, project, ca) = (catalogue.clone(), a.project.clone(), ca.clone());
+        let (catalogue, project, ca) = (catalogue.to_string(), a.project.clone(), ca.clone());
+        let peak_threads = peak_threads.clone();
         let n = a.devices;
         threads.push(std::thread::spawn(move || loop {
             if next.fetch_add(1, Ordering::Relaxed) >= n {
                 break;
             }
+            peak_threads.fetch_max(thread_count(), Ordering::Relaxed);
             let t0 = Instant::now();
             let r = run_one(&image, &catalogue, &project, policy, ca.as_ref(), timeout);
-            let res = match r {
-                Ok((bytes, version)) => DeviceResult {
-                    ok: true,
-                    time: t0.elapsed(),
-                    bytes,
-                    message: version,
-                },
-                Err(e) => DeviceResult {
-                    ok: false,
-                    time: t0.elapsed(),
-                    bytes: 0,
-                    message: crate::error_text(&e),
-                },
-            };
+            let res = DeviceResult::of(r, t0.elapsed());
             results.lock().unwrap_or_else(|p| p.into_inner()).push(res);
         }));
     }
     for t in threads {
         t.join().map_err(|_| anyhow!("a device thread panicked"))?;
     }
-    let total = start.elapsed();
     let results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
-    report(&results, total, pid, a.devices)
+    Ok((results, peak_threads.load(Ordering::Relaxed)))
+}
+
+impl DeviceResult {
+    fn of(r: Result<(u64, String)>, time: Duration) -> DeviceResult {
+        match r {
+            Ok((bytes, version)) => DeviceResult {
+                ok: true,
+                time,
+                bytes,
+                message: version,
+            },
+            Err(e) => DeviceResult {
+                ok: false,
+                time,
+                bytes: 0,
+                message: crate::error_text(&e),
+            },
+        }
+    }
+}
+
+/// What every async device starts from: the template's image (shared by all their flashes)
+/// and what its bootloader header and table say.
+struct Template {
+    base: Arc<[u8]>,
+    chip: Chip,
+    flash_size: u32,
+    table: ota_core::partition::PartitionTable,
+}
+
+/// `--mode async`: every device a task on one current-thread runtime, `--concurrency` of them
+/// past the gate at once. Returns the results and the most threads the process had.
+fn run_futures(
+    a: &FleetArgs,
+    base: Arc<[u8]>,
+    catalogue: &str,
+    policy: VersionPolicy,
+    timeout: Duration,
+) -> Result<(Vec<DeviceResult>, usize)> {
+    let dev = Device::open_named(
+        CowFlash::<4, 4>::new(base.clone()).map_err(|e| anyhow!("template flash: {e}"))?,
+        "fleet template",
+    )?;
+    let template = Rc::new(Template {
+        chip: dev.chip(),
+        flash_size: dev.flash_size(),
+        table: dev.table().clone(),
+        base,
+    });
+    drop(dev);
+    // One thread runs every device; a host name in the URL is resolved on tokio's blocking
+    // pool, kept to one thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .context("starting the simulation's runtime")?;
+    let local = tokio::task::LocalSet::new();
+    let results: Rc<RefCell<Vec<DeviceResult>>> = Rc::new(RefCell::new(Vec::new()));
+    let gate = Rc::new(tokio::sync::Semaphore::new(a.concurrency));
+    let peak_threads = Rc::new(std::cell::Cell::new(thread_count()));
+    let options = Rc::new(ota_service::source::SourceOptions {
+        timeout,
+        ..Default::default()
+    });
+    let (catalogue, project): (Rc<str>, Rc<str>) = (catalogue.into(), a.project.as_str().into());
+    for _ in 0..a.devices {
+        let (template, results, gate) = (template.clone(), results.clone(), gate.clone());
+        let (options, peak_threads) = (options.clone(), peak_threads.clone());
+        let (catalogue, project) = (catalogue.clone(), project.clone());
+        local.spawn_local(async move {
+            let Ok(_permit) = gate.acquire().await else {
+                return;
+            };
+            peak_threads.set(peak_threads.get().max(thread_count()));
+            let t0 = Instant::now();
+            // Boxed when it starts: a device still waiting at the gate is a small future.
+            let r = Box::pin(run_one_async(
+                &template, &catalogue, &project, policy, &options,
+            ))
+            .await;
+            results.borrow_mut().push(DeviceResult::of(r, t0.elapsed()));
+        });
+    }
+    rt.block_on(local);
+    let results = std::mem::take(&mut *results.borrow_mut());
+    Ok((results, peak_threads.get()))
+}
+
+async fn run_one_async(
+    t: &Template,
+    catalogue: &str,
+    project: &str,
+    policy: VersionPolicy,
+    options: &ota_service::source::SourceOptions,
+) -> Result<(u64, String)> {
+    let mut flash =
+        CowFlash::<4, 4>::new(t.base.clone()).map_err(|e| anyhow!("device flash: {e}"))?;
+    let mut item = ManifestItem::new(catalogue, project);
+    item.policy = policy;
+    let items: Vec<Box<dyn UpgradeItem<CowFlash<4, 4>>>> = vec![Box::new(item)];
+    let mut board = ota_sim::Board::new(t.table.clone(), t.chip, BootConfig::default());
+    board.flash_size = Some(t.flash_size);
+    let mut hooks = FleetHooks::default();
+    let transport = net::NetTransport::default();
+    let run = ota_sim::run_async(
+        &mut flash,
+        &mut board,
+        ota_sim::UpgradeList::Items(items),
+        ota_sim::AsyncSources {
+            transport: &transport,
+            clock: &net::TokioClock,
+            options,
+        },
+        &mut hooks,
+    )
+    .await
+    .map_err(cmd_device::device_error)?;
+    judge_run(&run, &hooks)
+}
+
+/// A device succeeded when its item did, it restarted, and it booted the other slot; returns
+/// the firmware bytes it took and the version it runs.
+fn judge_run(run: &ota_sim::Run, hooks: &FleetHooks) -> Result<(u64, String)> {
+    if !run.report.results.iter().all(|(_, o)| o.is_success()) {
+        bail!("{}", hooks.failure);
+    }
+    let Some(after) = &run.after_restart else {
+        bail!("the update succeeded but asked for no restart");
+    };
+    if after.partition.offset == run.first.partition.offset {
+        bail!(
+            "after the restart the device still boots {}",
+            after.partition.label.as_str()
+        );
+    }
+    let version = after
+        .summary
+        .app_desc
+        .map(|d| d.version_str().to_string())
+        .unwrap_or_default();
+    Ok((hooks.bytes, version))
+}
+
+/// Threads of this process now (`/proc/self/task`); 0 when /proc is not there.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }
 
 fn report(
@@ -238,11 +431,17 @@ fn report(
     total: Duration,
     pid: Option<u32>,
     n: usize,
+    threads: usize,
 ) -> Result<ExitCode> {
     let ok = results.iter().filter(|r| r.ok).count();
     let mut times: Vec<Duration> = results.iter().map(|r| r.time).collect();
     times.sort();
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let pct = |p: f64| {
+        times
+            .get((times.len().saturating_sub(1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
     let mut versions: Vec<&str> = results
         .iter()
@@ -269,6 +468,13 @@ fn report(
         "fleet-sim: firmware bytes served (as counted by the devices): {bytes} ({:.1} MB)",
         bytes as f64 / 1e6
     );
+    match peak_kib_of("/proc/self/status") {
+        Some(k) => println!(
+            "fleet-sim: simulator peak memory: {:.1} MiB (VmHWM), {threads} threads at most",
+            k as f64 / 1024.0
+        ),
+        None => println!("fleet-sim: simulator peak memory: unknown, {threads} threads at most"),
+    }
     match pid.and_then(|p| peak_kib(p).map(|k| (p, k))) {
         Some((p, k)) => println!(
             "fleet-sim: server peak memory: {:.1} MiB (VmHWM of pid {p})",
@@ -294,7 +500,12 @@ fn report(
 
 /// `VmHWM` of a process, in KiB.
 fn peak_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    peak_kib_of(&format!("/proc/{pid}/status"))
+}
+
+/// `VmHWM` of a `/proc/<pid>/status` file, in KiB.
+fn peak_kib_of(status: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(status).ok()?;
     s.lines()
         .find(|l| l.starts_with("VmHWM:"))?
         .split_whitespace()

@@ -445,6 +445,8 @@ fn fleet_sim_updates_every_device_from_ota_serve() {
         "fleet-sim",
         "--devices",
         "50",
+        "--mode",
+        "threads",
         "--pool",
         "8",
         "--server",
@@ -479,6 +481,84 @@ fn fleet_sim_updates_every_device_from_ota_serve() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("0 of 3 devices updated"), "{}", text(&o));
+}
+
+/// The number before `what` in `line` (`"... 2 threads at most"`).
+fn number_before(line: &str, what: &str) -> f64 {
+    let head = line
+        .split(what)
+        .next()
+        .unwrap_or_else(|| panic!("no `{what}` in {line}"));
+    head.split_whitespace()
+        .last()
+        .and_then(|w| w.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no number before `{what}` in {line}"))
+}
+
+#[test]
+fn fleet_sim_runs_hundreds_of_devices_as_futures_on_a_few_threads() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    make_image(&www.join("fleet.bin"), "fleet", "v1.0.0", "16K");
+    let srv = Served::start(&[s(&www), "--quiet"], &t.path().join("serve.log"));
+    let o = ota(&["fleet-sim", "--devices", "300", "--server", &srv.base]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(
+            "300 esp32 devices running fleet v0.0.0, 100 at a time (futures on one thread)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "300 of 300 devices updated and booted the new app (0 failed); now running: v1.0.0"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("firmware bytes served (as counted by the devices): 4915200 "),
+        "{out}"
+    );
+    let total = out
+        .lines()
+        .find(|l| l.contains("fleet-sim: total "))
+        .unwrap();
+    assert!(number_before(total, " devices/s") > 0.0, "{total}");
+    // One thread runs the devices (plus embassy-time's timer thread and the main one): far
+    // fewer threads than devices.
+    let sim = out
+        .lines()
+        .find(|l| l.starts_with("fleet-sim: simulator peak memory: "))
+        .unwrap_or_else(|| panic!("no simulator line: {out}"));
+    let threads = number_before(sim, " threads at most");
+    assert!((1.0..=4.0).contains(&threads), "{sim}");
+    // 100 devices in flight on copy-on-write flashes: far below 100 whole 4 MiB flashes.
+    let mib = number_before(sim, " MiB (VmHWM)");
+    assert!(mib > 0.0 && mib < 128.0, "{sim}");
+    assert!(
+        out.contains("server peak memory: ") && out.contains("(VmHWM of pid"),
+        "{out}"
+    );
+
+    // The bounds: connections in flight, and no TLS in the async mode.
+    for bad in ["0", "1000"] {
+        let o = ota(&["fleet-sim", "--concurrency", bad, "--server", &srv.base]);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains("--concurrency must be from 1 to 100"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = ota(&["fleet-sim", "--server", "https://127.0.0.1:1"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("use --mode threads for https"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

@@ -5,12 +5,14 @@
 //! folder laid out as a device ([`build`]).
 
 pub mod build;
+pub mod cow;
 pub mod device;
 pub mod error;
 pub mod flash;
 pub mod sdcard;
 pub mod settings;
 
+pub use cow::CowFlash;
 pub use device::Device;
 pub use error::EmuError;
 pub use flash::{EmuFlash, FaultPlan, FlashStats};

@@ -22,6 +22,9 @@ use ota_service::config::Config;
 use ota_service::source::{SdCardFs, SourceOptions};
 use ota_service::{Event, RunReport, UpgradeItem};
 
+mod run_async;
+pub use run_async::{run_async, AsyncSources};
+
 /// App slots a partition table can name: `ota_0` .. `ota_15` (app subtypes
 /// `ESP_PARTITION_SUBTYPE_APP_OTA_MIN` 0x10 .. `_MAX` 0x1F, esp-idf
 /// `components/esp_partition/include/esp_partition.h`), factory and test.

@@ -396,3 +396,47 @@ fn hook_errors_stop_the_run_before_the_service() {
     .unwrap_err();
     assert!(matches!(e, Error::Hook("no network")), "{e:?}");
 }
+
+#[test]
+fn run_async_on_a_copy_on_write_flash_lives_the_same_life_as_run() {
+    let (mut flash, mut board) = device(true, false);
+    let card = card(image("v2.0.0", 0));
+    // The same device as a copy-on-write flash over the first one's bytes.
+    let mut cow = ota_emu::CowFlash::<4, 4>::new(flash.contents().to_vec().into()).unwrap();
+    let mut cow_board = board.clone();
+
+    let mut log = Log::new(SelfTest::Confirm);
+    let run = ota_sim::run(
+        &mut flash,
+        &mut board,
+        update_list(),
+        sources(&card),
+        &mut log,
+    )
+    .expect("run");
+
+    let transport = ota_service::std_driver::StdTransport { sd: Some(&card) };
+    let options = Default::default();
+    let mut async_log = Log::new(SelfTest::Confirm);
+    let items: Vec<Box<dyn UpgradeItem<ota_emu::CowFlash<4, 4>>>> =
+        vec![Box::new(AppItem::new(NEW_APP_URI))];
+    let async_run = ota_service::io::block_on(ota_sim::run_async(
+        &mut cow,
+        &mut cow_board,
+        UpgradeList::Items(items),
+        ota_sim::AsyncSources {
+            transport: &transport,
+            clock: &ota_service::std_driver::StdClock,
+            options: &options,
+        },
+        &mut async_log,
+    ))
+    .expect("run_async");
+
+    assert_eq!(async_log.steps, log.steps);
+    assert_eq!(async_run.report, run.report);
+    assert_eq!(version(async_run.running()), "v2.0.0");
+    // Byte for byte the flash the blocking run left, with only the changed sectors stored.
+    assert!(cow.contents() == flash.contents(), "the flashes differ");
+    assert!(cow.changed_sectors() > 0 && cow.own_bytes() < 1 << 20);
+}
