@@ -47,7 +47,7 @@ use ota_net::http::Client as HttpClient;
 use ota_net::sim::{Device as SimDevice, LinkSpec, GATEWAY};
 use ota_service::embassy_driver::{run_with, EmbassyClock};
 use ota_service::io::{BoxFuture, Clock, MemBody, Opened, Request, Transport};
-use ota_service::source::SourceError;
+use ota_service::source::{SourceError, SourceOptions};
 use ota_service::{Event, Outcome, RunReport};
 
 fn example_dir() -> PathBuf {
@@ -1238,6 +1238,7 @@ fn mem_boot<F: NorFlash>(
         running.partition,
         MEM_TONE_URL,
         MEM_APP_URL,
+        SourceOptions::default(),
         transport,
         &clock,
         &mut |e| events.push(e),
@@ -1534,7 +1535,8 @@ fn sim_url(port: u16, file: &str) -> String {
     format!("http://{GATEWAY}:{port}/{file}")
 }
 
-/// One boot of the Wi-Fi build over the embassy driver on a simulated link `link`:
+/// One boot of the Wi-Fi build over the embassy driver on a simulated link `link`, with the
+/// firmware's source options:
 /// `confirm_boot`, then `list::run` inside `run_with` (the pump beside the service) with
 /// embassy-time's clock, as the firmware's `main` does. `meter`: count the heap the list's
 /// future allocates while it is polled (see [`Metered`]).
@@ -1543,6 +1545,27 @@ fn sim_boot<F: NorFlash>(
     tone_url: &str,
     app_url: &str,
     link: &str,
+    meter: bool,
+    events: &mut dyn FnMut(Event),
+) -> Result<(ota_core::updater::RunningApp, bool, RunReport), UpdaterError<F::Error>> {
+    sim_boot_with(
+        f,
+        tone_url,
+        app_url,
+        link,
+        SourceOptions::default(),
+        meter,
+        events,
+    )
+}
+
+/// [`sim_boot`] with `source` options.
+fn sim_boot_with<F: NorFlash>(
+    f: &mut F,
+    tone_url: &str,
+    app_url: &str,
+    link: &str,
+    source: SourceOptions,
     meter: bool,
     events: &mut dyn FnMut(Event),
 ) -> Result<(ota_core::updater::RunningApp, bool, RunReport), UpdaterError<F::Error>> {
@@ -1557,6 +1580,7 @@ fn sim_boot<F: NorFlash>(
             part,
             tone_url,
             app_url,
+            source,
             &t,
             &EmbassyClock,
             events,
@@ -1744,6 +1768,136 @@ fn firmware_list_over_embassy_net_resumes_a_dropped_download_with_range() {
         "no Resume event: {events:?}"
     );
     assert_eq!(reboot(&mut f), "ota_1");
+}
+
+#[test]
+fn firmware_list_over_embassy_net_gives_up_on_a_misbehaving_server_and_keeps_the_running_app() {
+    use ota_testsrv::{Faults, FlakyServer, Stall};
+    // The app's server misbehaves (the tone's is good); every network wait within 800 ms here
+    // (the firmware: 5 s), the service's default retries and backoff.
+    let opts = SourceOptions {
+        timeout: Duration::from_millis(800),
+        ..SourceOptions::default()
+    };
+    let good = Faults::default;
+    // (what, faults, installed in the end, what a failure says). A `Content-Length` beyond the
+    // body: the body is short, the item reconnects for the rest with `Range`, finds the file's
+    // real end and installs the image (its SHA-256 verified); one short of the image: the 200's
+    // body stops early, the rest comes with `Range` (the server lies on 200 answers only).
+    let cases: Vec<(&str, Faults, bool, &str)> = vec![
+        (
+            "a server that never answers",
+            Faults {
+                never_answer: true,
+                ..good()
+            },
+            false,
+            "timed out",
+        ),
+        (
+            "a Content-Length 100 bytes beyond the body",
+            Faults {
+                content_length_delta: 100,
+                ..good()
+            },
+            true,
+            "",
+        ),
+        (
+            "a Content-Length 100 bytes short of the image",
+            Faults {
+                content_length_delta: -100,
+                ..good()
+            },
+            true,
+            "",
+        ),
+        (
+            "a server that answers 503 every time",
+            Faults {
+                status_first: Some((503, 64)),
+                ..good()
+            },
+            false,
+            "503",
+        ),
+        (
+            "two 503 answers, then the file",
+            Faults {
+                status_first: Some((503, 2)),
+                ..good()
+            },
+            true,
+            "",
+        ),
+        (
+            "a body that stalls 3 s at byte 30000",
+            Faults {
+                stall: Some(Stall {
+                    at: 30_000,
+                    duration: Duration::from_secs(3),
+                }),
+                ..good()
+            },
+            true,
+            "",
+        ),
+    ];
+    for (what, faults, installs, says) in cases {
+        let tone = FlakyServer::start(served_tone().to_vec(), good()).unwrap();
+        let app = FlakyServer::start(served_v2().to_vec(), faults).unwrap();
+        let mut f = c3_device();
+        assert_eq!(reboot(&mut f), "ota_0");
+        let started = std::time::Instant::now();
+        let (_, _, report) = sim_boot_with(
+            &mut f,
+            &sim_url(tone.addr().port(), "flash_tone.bin"),
+            &sim_url(app.addr().port(), "esp32c3-ota.bin"),
+            "",
+            opts.clone(),
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+        let took = started.elapsed();
+        let app_out = &report.results[1].1;
+        println!(
+            "{what}: {app_out:?} ({} ms, {} requests)",
+            took.as_millis(),
+            app.requests().len()
+        );
+        assert!(
+            report.results[0].1.is_success(),
+            "{what}: the tone item: {report:?}"
+        );
+        assert!(
+            took < Duration::from_secs(20),
+            "{what}: not given up within its deadlines"
+        );
+        if installs {
+            assert!(
+                app_out.is_success() && report.restart,
+                "{what}: {app_out:?}"
+            );
+            assert!(
+                region(&f, 0x110000, served_v2().len()) == served_v2(),
+                "{what}"
+            );
+            assert_eq!(reboot(&mut f), "ota_1");
+        } else {
+            match app_out {
+                Outcome::Failed { message, .. } => {
+                    assert!(
+                        message.contains(says),
+                        "{what}: {message:?} does not say {says:?}"
+                    )
+                }
+                o => panic!("{what}: {o:?}"),
+            }
+            assert!(!report.restart);
+            assert_eq!(reboot(&mut f), "ota_0", "{what}: otadata was switched");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,8 +57,9 @@ pub fn upgrade_list<'a, F: NorFlash + 'a>(
 }
 
 /// Runs [`upgrade_list`] on the device (`flash`, its `table`, the `running` app partition),
-/// rollback on, with the service's default source options (ESP-ADF's 5 s timeout, retries,
-/// resume). Restart when the report says so.
+/// rollback on, with `source` (the firmware passes `SourceOptions::default()`: ESP-ADF's 5 s
+/// timeout, the rate rule, the overall deadline; the tests shorter waits). Restart when the
+/// report says so.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<F: NorFlash>(
     flash: &mut F,
@@ -66,6 +67,7 @@ pub async fn run<F: NorFlash>(
     running: Partition,
     tone_url: &str,
     app_url: &str,
+    source: SourceOptions,
     transport: &dyn Transport,
     clock: &dyn Clock,
     events: &mut dyn FnMut(Event),
@@ -85,7 +87,7 @@ pub async fn run<F: NorFlash>(
     let mut env = AsyncEnv {
         transport: &promised,
         clock,
-        source: SourceOptions::default(),
+        source,
         events,
     };
     run_list_async(&mut items, &mut dev, &mut env).await

@@ -217,6 +217,7 @@ async fn main(spawner: embassy_executor::Spawner) -> ! {
                 running,
                 config::TONE_URL,
                 config::UPDATE_URL,
+                ota_service::source::SourceOptions::default(),
                 &transport,
                 &EmbassyClock,
                 &mut print_event,
