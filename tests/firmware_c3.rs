@@ -856,6 +856,27 @@ fn c3_device_with(running: &str, staged: &str) -> CutFlash {
     f
 }
 
+#[test]
+fn firmware_test_flash_has_the_table_of_the_firmwares_partitions_csv() {
+    // The RAM flash of these tests carries the firmware's own table (flash_tone included):
+    // `ota partition-table` of `partitions.csv` (gen_esp32part.py's rules) gives the same bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("t.bin");
+    ok(&[
+        "partition-table",
+        s(&example_dir().join("partitions.csv")),
+        "-o",
+        s(&bin),
+    ]);
+    let made = std::fs::read(&bin).unwrap();
+    let f = c3_device();
+    let n = made.len().min(TABLE_MAX_LEN);
+    assert!(
+        made[..n] == f.data[TABLE_OFFSET as usize..TABLE_OFFSET as usize + n],
+        "the test flash's table differs from partitions.csv"
+    );
+}
+
 /// The 2nd-stage bootloader (rollback enabled) between two boots: returns the booted slot.
 fn reboot(f: &mut CutFlash) -> String {
     let mut buf = [0u8; TABLE_MAX_LEN];
