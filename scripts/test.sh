@@ -46,11 +46,13 @@ cargo build -p ota-service --no-default-features --features embassy --target ris
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build (Wi-Fi)"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.
 # The build tested is the default one, with the `wifi` feature (esp-radio, esp-rtos, embassy-net,
-# reqwless: the update comes over HTTP); clippy also checks the build without it (the
-# data-partition source). tests/firmware_c3.rs converts the ELF, boots it on the emulated
-# ESP32-C3, checks that the Wi-Fi code and the compiled-in URL are in it and prints its
-# footprint (it says SKIP when the ELF is missing). Cold (crates downloaded): about 3 min on
-# 2 cores (174 s measured: clippy of both builds 141 s, release build 33 s).
+# ota-service's upgrade list on its embassy driver over ota-net's HTTP client); clippy also
+# checks the build without it (the data-partition source). tests/firmware_c3.rs converts the
+# ELF, boots it on the emulated ESP32-C3, checks that the Wi-Fi, IP and service code and the
+# compiled-in URLs are in it, and prints (cargo test --show-output, below) its footprint, the
+# service's heap high-water and the stack probe (it says SKIP when the ELF is missing). Cold
+# (crates downloaded): about 3 min on 2 cores (174 s measured before the service came in:
+# clippy of both builds 141 s, release build 33 s).
 # Run from its folder: its .cargo/config.toml (target, linker script) applies only there.
 (
     cd examples/esp32c3-ota

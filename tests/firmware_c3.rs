@@ -1,12 +1,17 @@
 //! The ESP32-C3 firmware example (`examples/esp32c3-ota`): its image boots on the emulated
-//! device, it links the Wi-Fi and IP stacks, its footprint (sections, the shares of ota-core,
-//! esp-radio and embassy-net, the heap), and the stack its update path needs. The firmware's
-//! update logic (`examples/esp32c3-ota/src/update.rs`: the data-partition source and the
-//! installer the HTTP download feeds) is compiled into this test as it is, and run against a
-//! RAM flash with esp-storage's granularity.
+//! device, it links the Wi-Fi and IP stacks and the service, its footprint (sections, the
+//! shares of ota-core, ota-service, ota-net, esp-radio and embassy-net, the heap), the
+//! service's heap high-water and the stack its update paths need. The firmware's update logic
+//! is compiled into this test as it is: `examples/esp32c3-ota/src/update.rs` (the data-partition
+//! source, the confirmation) and `src/list.rs` (the Wi-Fi build's upgrade list, run by
+//! ota-service), run against a RAM flash with esp-storage's granularity, over an in-memory
+//! transport and over the embassy driver on embassy-net (ota-net's simulated link).
 //!
 //! The tests that need the firmware ELF say `SKIP: ...` when it has not been built;
 //! `scripts/test.sh` builds it first (`cargo build --release` in the example's folder).
+
+// `list.rs` names `alloc::`, as in the firmware.
+extern crate alloc;
 
 mod common;
 
@@ -14,20 +19,19 @@ mod common;
 #[allow(dead_code)]
 mod fw_update;
 
-// The firmware's compiled-in settings (Wi-Fi network, update URL), built here with the same
+// The Wi-Fi build's upgrade list.
+#[path = "../examples/esp32c3-ota/src/list.rs"]
+mod fw_list;
+
+// The firmware's compiled-in settings (Wi-Fi network, URLs), built here with the same
 // environment as the firmware's build.
 #[path = "../examples/esp32c3-ota/src/config.rs"]
 #[allow(dead_code)]
 mod fw_config;
 
-// The firmware's HTTP download (reqwless), run here over std::net; it names the update logic
-// `crate::update`, as in the firmware.
-#[path = "../examples/esp32c3-ota/src/http.rs"]
-mod fw_http;
-use fw_update as update;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::{ok, python, s};
 use embedded_storage::nor_flash::{
@@ -39,6 +43,12 @@ use ota_core::partition::{
     Label, Partition, PartitionTable, ReadRule, TABLE_MAX_LEN, TABLE_OFFSET, TYPE_APP, TYPE_DATA,
 };
 use ota_core::{Chip, Slot, UpdaterError};
+use ota_net::http::Client as HttpClient;
+use ota_net::sim::{Device as SimDevice, LinkSpec, GATEWAY};
+use ota_service::embassy_driver::{run_with, EmbassyClock};
+use ota_service::io::{BoxFuture, Clock, MemBody, Opened, Request, Transport};
+use ota_service::source::{SourceError, SourceOptions};
+use ota_service::{Event, Outcome, RunReport};
 
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/esp32c3-ota")
@@ -404,9 +414,11 @@ fn heap_regions(syms: &[Sym]) -> Vec<u32> {
 }
 
 #[test]
-fn firmware_c3_links_wifi_ip_stack_http_client_and_compiled_in_url() {
+fn firmware_c3_links_wifi_ip_stack_the_service_and_compiled_in_urls() {
     // The build CI makes is the Wi-Fi one: esp-radio and its blobs, embassy-net on smoltcp
-    // with DHCP and DNS, reqwless, a heap, and the compiled-in network and URL.
+    // with DHCP and DNS, ota-service's items and embassy driver on ota-net's HTTP client (no
+    // reqwless, no download code of the firmware's own), a heap, and the compiled-in network
+    // and URLs.
     let Some(elf_path) = firmware_elf() else {
         return;
     };
@@ -420,7 +432,8 @@ fn firmware_c3_links_wifi_ip_stack_http_client_and_compiled_in_url() {
         "esp_rtos",
         "embassy_net",
         "smoltcp",
-        "reqwless",
+        "ota_service",
+        "ota_net",
         "esp_alloc",
     ] {
         assert!(
@@ -447,12 +460,49 @@ fn firmware_c3_links_wifi_ip_stack_http_client_and_compiled_in_url() {
         "smoltcp's DHCPv4 is not linked"
     );
     assert!(
-        has(&|x| x.name.contains("embassy_net") && x.name.contains("DnsSocket")),
-        "embassy-net's DNS socket is not linked"
+        has(&|x| x.name.contains("embassy_net") && x.name.contains("dns_query"))
+            && has(&|x| x.name.contains("smoltcp") && x.name.contains("6socket3dns")),
+        "embassy-net's DNS client (Stack::dns_query on smoltcp's DNS socket) is not linked"
     );
+    // The service's code, not the firmware's: the list's two items (their hooks), the embassy
+    // driver's transport and pump, ota-net's HTTP client on the embassy-net connector.
+    for (what, parts) in [
+        (
+            "the app item's execute hook",
+            &["ota_service", "7AppItem12execute_hook"][..],
+        ),
+        (
+            "the data item's execute hook",
+            &["ota_service", "8DataItem12execute_hook"],
+        ),
+        (
+            "the items' download (retries, reconnect)",
+            &["ota_service", "5Fetch9reconnect"],
+        ),
+        (
+            "the embassy driver's run_with",
+            &["ota_service", "14embassy_driver8run_with"],
+        ),
+        (
+            "the embassy transport's open",
+            &["EmbassyTransport", "Transport$GT$4open"],
+        ),
+        ("ota-net's HTTP response reader", &["ota_net", "4http"]),
+        (
+            "ota-net's connector on the embassy-net stack",
+            &["StackConnector", "Connect"],
+        ),
+    ] {
+        assert!(
+            has(&|x| x.kind == 2 && parts.iter().all(|p| x.name.contains(p))),
+            "{what} is not linked into {}",
+            elf_path.display()
+        );
+    }
     assert!(
-        has(&|x| x.name.contains("esp32c3_ota") && x.name.contains("8download")),
-        "the firmware's net::download is not in the image"
+        !crates.contains("reqwless")
+            && !has(&|x| x.name.contains("esp32c3_ota") && x.name.contains("8download")),
+        "the firmware still links its own download code"
     );
     let heap = heap_regions(&syms);
     assert!(
@@ -469,13 +519,25 @@ fn firmware_c3_links_wifi_ip_stack_http_client_and_compiled_in_url() {
         fw_config::UPDATE_URL
     );
     assert!(
+        find(fw_config::TONE_URL),
+        "the tone URL {:?} is not in .rodata (was the firmware built with another OTA_TONE_URL?)",
+        fw_config::TONE_URL
+    );
+    assert!(
+        find(fw_list::TONE_LABEL),
+        "the data item's partition label {:?} is not in .rodata",
+        fw_list::TONE_LABEL
+    );
+    assert!(
         find(fw_config::WIFI_SSID),
         "the SSID {:?} is not in .rodata (built with another OTA_WIFI_SSID?)",
         fw_config::WIFI_SSID
     );
     println!(
-        "Wi-Fi build: joins {:?}, downloads {}; heap {heap:?}",
+        "Wi-Fi build: joins {:?}, runs the list {} -> {}, {} -> next OTA slot; heap {heap:?}",
         fw_config::WIFI_SSID,
+        fw_config::TONE_URL,
+        fw_list::TONE_LABEL,
         fw_config::UPDATE_URL
     );
 }
@@ -566,12 +628,21 @@ fn firmware_c3_footprint_by_section_and_crate() {
         pct(share("(not Rust-mangled)"))
     );
     println!(
-        "embassy-net share: {net} bytes ({:.1}%: embassy_net {}, smoltcp {}); reqwless {}; \
+        "embassy-net share: {net} bytes ({:.1}%: embassy_net {}, smoltcp {}); \
          esp-rtos + embassy-executor {rtos}",
         pct(net),
         share("embassy_net"),
         share("smoltcp"),
-        share("reqwless")
+    );
+    let (service, client) = (share("ota_service"), share("ota_net"));
+    println!(
+        "ota-service share: {service} bytes ({:.1}%); ota-net share (HTTP client, connector): \
+         {client} bytes ({:.1}%); serde_json {}, sha2 {}; lower bounds too (LTO inlines into \
+         the callers: the list's futures are polled inside esp-rtos' main task, `main`)",
+        pct(service),
+        pct(client),
+        share("serde_json"),
+        share("sha2")
     );
     let heap = heap_regions(&syms);
     if !heap.is_empty() {
@@ -589,6 +660,10 @@ fn firmware_c3_footprint_by_section_and_crate() {
         );
     }
     assert!(text > 0 && rodata > 0, "no code or read-only data found");
+    assert!(
+        service > 0 && client > 0,
+        "no ota_service or ota_net symbol: the service is not linked in"
+    );
     assert!(
         ota_core > 0,
         "no ota_core symbol in the firmware: ota-core is not linked in"
@@ -715,6 +790,11 @@ impl MultiwriteNorFlash for CutFlash {}
 
 const OTA_0: u32 = 0x10000;
 const IMAGE_PART: u32 = 0x210000;
+/// `flash_tone` in the firmware's table.
+const TONE_PART: u32 = 0x310000;
+const TONE_SIZE: u32 = 0x80000;
+/// ESP-ADF's subtype for `flash_tone` (esp-adf `examples/system/ota/partitions.csv`).
+const TONE_SUBTYPE: u8 = 0xFF;
 
 fn part(label: &str, ptype: u8, subtype: u8, offset: u32, size: u32) -> Partition {
     Partition {
@@ -736,7 +816,7 @@ fn c3_image(version: &str) -> Vec<u8> {
 }
 
 /// The firmware's table (`examples/esp32c3-ota/partitions.csv`) at 0x8000, v1 in ota_0, v2 in
-/// `ota_image`, otadata erased.
+/// `ota_image`, otadata and `flash_tone` erased.
 fn c3_device() -> CutFlash {
     c3_device_with("v1", "v2")
 }
@@ -757,6 +837,13 @@ fn c3_device_with(running: &str, staged: &str) -> CutFlash {
             IMAGE_PART,
             0x100000,
         ),
+        part(
+            fw_list::TONE_LABEL,
+            TYPE_DATA,
+            TONE_SUBTYPE,
+            TONE_PART,
+            TONE_SIZE,
+        ),
     ] {
         t.push(p).unwrap();
     }
@@ -767,6 +854,27 @@ fn c3_device_with(running: &str, staged: &str) -> CutFlash {
     f.put(OTA_0, &c3_image(running));
     f.put(IMAGE_PART, &c3_image(staged));
     f
+}
+
+#[test]
+fn firmware_test_flash_has_the_table_of_the_firmwares_partitions_csv() {
+    // The RAM flash of these tests carries the firmware's own table (flash_tone included):
+    // `ota partition-table` of `partitions.csv` (gen_esp32part.py's rules) gives the same bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("t.bin");
+    ok(&[
+        "partition-table",
+        s(&example_dir().join("partitions.csv")),
+        "-o",
+        s(&bin),
+    ]);
+    let made = std::fs::read(&bin).unwrap();
+    let f = c3_device();
+    let n = made.len().min(TABLE_MAX_LEN);
+    assert!(
+        made[..n] == f.data[TABLE_OFFSET as usize..TABLE_OFFSET as usize + n],
+        "the test flash's table differs from partitions.csv"
+    );
 }
 
 /// The 2nd-stage bootloader (rollback enabled) between two boots: returns the booted slot.
@@ -876,271 +984,1082 @@ fn firmware_update_path_stack_need() {
         fn limited(f: &mut CutFlash) -> BootResult {
             on_limited_stack(f, firmware_boot)
         }
-        fn limited_download(f: &mut CutFlash) -> BootResult {
-            on_limited_stack(f, download_boot)
+        fn limited_service(f: &mut CutFlash, files: &MemFiles) -> ServiceResult {
+            let size: usize = std::env::var("FW_STACK_PROBE").unwrap().parse().unwrap();
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .stack_size(size)
+                    .spawn_scoped(s, || mem_boot(f, files))
+                    .unwrap()
+                    .join()
+                    .unwrap()
+            })
         }
         assert!(size > 0);
-        // Both sources: the data partition's `on_boot`, and the Wi-Fi build's boot (confirm,
-        // then the installer fed with the body).
-        firmware_life(Some(STACK_PROBE_CUT), limited);
-        firmware_life(Some(STACK_PROBE_CUT), limited_download);
+        match std::env::var("FW_STACK_PROBE_PATH").as_deref() {
+            // The data partition's `on_boot` (the build without `wifi`).
+            Ok("partition") => {
+                firmware_life(Some(STACK_PROBE_CUT), limited);
+            }
+            // The Wi-Fi build's boot: confirm, then the service's list (both items, the app
+            // item resuming after the cut), its futures polled on this stack.
+            Ok("service") => {
+                service_life(Some(STACK_PROBE_CUT), limited_service);
+            }
+            // The same over the embassy driver, ota-net's client and embassy-net: the stack's
+            // runner is polled on the same thread, as esp-rtos' one executor polls its tasks
+            // on one stack (the PC's simulated link and gateway too: an upper bound).
+            Ok("embassy") => {
+                use ota_testsrv::{Faults, FlakyServer};
+                let tone = FlakyServer::start(served_tone().to_vec(), Faults::default()).unwrap();
+                let app = FlakyServer::start(served_v2().to_vec(), Faults::default()).unwrap();
+                let mut f = c3_device();
+                reboot(&mut f);
+                let (t, a) = (
+                    sim_url(tone.addr().port(), "flash_tone.bin"),
+                    sim_url(app.addr().port(), "esp32c3-ota.bin"),
+                );
+                let report = std::thread::scope(|s| {
+                    std::thread::Builder::new()
+                        .stack_size(size)
+                        .spawn_scoped(s, || sim_boot(&mut f, &t, &a, "", false, &mut |_| {}))
+                        .unwrap()
+                        .join()
+                        .unwrap()
+                })
+                .unwrap()
+                .2;
+                assert!(report.restart, "{report:?}");
+            }
+            other => panic!("FW_STACK_PROBE_PATH {other:?}"),
+        }
         return;
     }
-    let probe = |size: usize| -> bool {
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "firmware_update_path_stack_need", "--nocapture"])
-            .env("FW_STACK_PROBE", size.to_string())
-            .output()
-            .unwrap()
-            .status
-            .success()
+    let need = |path: &str| -> usize {
+        let probe = |size: usize| -> bool {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "firmware_update_path_stack_need", "--nocapture"])
+                .env("FW_STACK_PROBE", size.to_string())
+                .env("FW_STACK_PROBE_PATH", path)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        let (mut lo, mut hi) = (4096usize, 1 << 20);
+        assert!(
+            probe(hi),
+            "{path}: the update path fails even with a {hi}-byte stack"
+        );
+        assert!(
+            !probe(lo),
+            "{path}: a {lo}-byte stack passed: the probe measures nothing"
+        );
+        while hi - lo > 256 {
+            let mid = (lo + hi) / 2 / 256 * 256;
+            if probe(mid) {
+                hi = mid
+            } else {
+                lo = mid
+            }
+        }
+        hi
     };
-    let (mut lo, mut hi) = (4096usize, 1 << 20);
-    assert!(
-        probe(hi),
-        "the update path fails even with a {hi}-byte stack"
-    );
-    assert!(
-        !probe(lo),
-        "a {lo}-byte stack passed: the probe measures nothing"
-    );
-    while hi - lo > 256 {
-        let mid = (lo + hi) / 2 / 256 * 256;
-        if probe(mid) {
-            hi = mid
-        } else {
-            lo = mid
-        }
-    }
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let (partition, service, embassy) = (need("partition"), need("service"), need("embassy"));
     println!(
-        "stack: the firmware's boots (install cut by a power cut, install, confirm; from the data \
-         partition and from a download; the table buffer included) need {hi} bytes of host thread \
-         stack ({} build, x86_64; RISC-V use differs)",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
+        "stack ({build} build, x86_64 host threads; RISC-V use differs): the data-partition \
+         boots (install cut by a power cut, install, confirm; the table buffer included) need \
+         {partition} bytes; the Wi-Fi build's boots with the service's list (the same cut, \
+         resume, confirm) {service} bytes; one boot over the embassy driver, ota-net's client \
+         and embassy-net (with the PC's simulated link) {embassy} bytes"
     );
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Wi-Fi build's update path: an HTTP body, chunk by chunk, into the firmware's `Installer`.
+// The Wi-Fi build's upgrade list (`examples/esp32c3-ota/src/list.rs`, this very source) run by
+// the service: over an in-memory transport (power cuts, bad bodies, the stack it needs) and
+// over the embassy driver on embassy-net (a simulated link and gateway to real servers on
+// 127.0.0.1: `ota serve`, a flaky server), where the heap is measured too.
 
-/// What the firmware's `net::download` does with a 200 response, over a body held in memory:
-/// `begin` with the `Content-Length` (`content_length`), then the body in `chunk`-byte pieces
-/// until its end or `Flow::NotNewer`. Returns the bytes delivered.
-fn serve_body<S: fw_update::BodySink>(
-    body: &[u8],
-    content_length: Option<u32>,
-    chunk: usize,
-    sink: &mut S,
-) -> Result<u64, S::Error> {
-    sink.begin(content_length)?;
-    let mut sent = 0u64;
-    for piece in body.chunks(chunk) {
-        sent += piece.len() as u64;
-        if sink.chunk(piece)? == fw_update::Flow::NotNewer {
-            break;
-        }
-    }
-    Ok(sent)
+/// The list's URLs for the in-memory transport.
+const MEM_APP_URL: &str = "http://ota.test/esp32c3-ota.bin";
+const MEM_TONE_URL: &str = "http://ota.test/flash_tone.bin";
+
+/// An ESP-ADF tone bin (format 1, with its version descriptor) of two small sounds.
+fn tone_bin(version: &str) -> Vec<u8> {
+    let a: Vec<u8> = (0..6000u32).map(|i| (i * 7 + i / 255) as u8).collect();
+    let b: Vec<u8> = (0..2500u32).map(|i| (i * 13) as u8).collect();
+    let entries = [
+        ota_core::tone::ToneEntry {
+            name: "a.mp3",
+            data: &a,
+        },
+        ota_core::tone::ToneEntry {
+            name: "b.wav",
+            data: &b,
+        },
+    ];
+    let mut out = Vec::new();
+    ota_core::tone::pack(&entries, 1, version, "12:00:00", "Dec  2 2026", &mut |x| {
+        out.extend_from_slice(x)
+    })
+    .unwrap();
+    out
 }
 
-/// One boot of the Wi-Fi build (`main` with the `wifi` feature): the updater on the table,
-/// confirm, then the download of `body` into an `Installer` and its `finish`. Also returns the
-/// body bytes delivered.
-fn download_boot_with(
-    f: &mut CutFlash,
-    body: &[u8],
-    content_length: Option<u32>,
-    chunk: usize,
-) -> (BootResult, u64) {
-    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
-    let mut sent = 0;
-    let result = (|| {
-        let mut ota = ota_core::OtaUpdater::new(f, fw_update::CONFIG, &mut buf.0)?;
-        let (running, confirmed) = fw_update::confirm(&mut ota)?;
-        let mut installer = fw_update::Installer::new(&mut ota);
-        sent = serve_body(body, content_length, chunk, &mut installer)?;
-        let installed = installer.finish()?;
-        Ok(fw_update::BootReport {
-            running,
-            confirmed,
-            installed,
-        })
-    })();
-    (result, sent)
+fn served_tone() -> &'static [u8] {
+    static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    T.get_or_init(|| tone_bin("v1.1.0"))
 }
 
-/// The server's image in the download tests: v2, while the device runs v1.
+/// The server's app image in the service tests: v2, while the device runs v1.
 fn served_v2() -> &'static [u8] {
     static V2: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     V2.get_or_init(|| c3_image("v2"))
 }
 
-/// A boot of the Wi-Fi build against a server with v2, TCP-segment-sized chunks.
-fn download_boot(f: &mut CutFlash) -> BootResult {
-    let body = served_v2();
-    download_boot_with(f, body, Some(body.len() as u32), 1460).0
+/// Files behind URIs, served from memory as an HTTP server with strong ETags would: a range
+/// with a matching `If-Range` is honoured, else the whole file comes. Counts what it serves.
+struct MemFiles {
+    files: std::collections::HashMap<String, Vec<u8>>,
+    /// `(uri, start)` of every open that found its file.
+    opens: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
-#[test]
-fn firmware_download_path_installs_newer_confirms_and_survives_every_power_cut() {
-    // Boot 1 downloads v2 and installs it, boot 2 confirms it and finds v2 not newer, boot 3
-    // does nothing (`firmware_life`).
-    assert_eq!(firmware_life(None, download_boot), 2);
-    let ops = {
-        let mut f = c3_device();
-        reboot(&mut f);
-        f.budget = Some(usize::MAX);
-        download_boot(&mut f).unwrap();
-        usize::MAX - f.budget.unwrap()
-    };
-    assert!(ops > 20, "suspiciously few flash operations: {ops}");
-    let mut extra = 0;
-    for cut in 0..ops {
-        extra += firmware_life(Some(cut), download_boot) - 2;
+impl MemFiles {
+    fn new(files: &[(&str, &[u8])]) -> MemFiles {
+        MemFiles {
+            files: files
+                .iter()
+                .map(|(u, d)| (u.to_string(), d.to_vec()))
+                .collect(),
+            opens: Default::default(),
+        }
     }
-    println!("download path: power cut at each of {ops} flash operations: every run recovered ({extra} extra boots in all)");
-    assert!(extra > 0, "no cut interrupted the update");
+    fn standard() -> MemFiles {
+        MemFiles::new(&[(MEM_TONE_URL, served_tone()), (MEM_APP_URL, served_v2())])
+    }
+    fn etag(data: &[u8]) -> String {
+        format!("\"{:08x}-{}\"", crc32(data), data.len())
+    }
 }
 
-#[test]
-fn firmware_download_path_installs_the_same_bytes_whatever_the_chunking() {
-    let body = served_v2();
-    let len = body.len() as u32;
-    // 1 byte at a time, around the 289-byte prefix the version check needs, odd sizes that
-    // break every word and sector boundary, a whole sector, the whole body; with and without
-    // Content-Length (a chunked or read-to-close response).
-    for chunk in [1, 3, 288, 289, 290, 1000, 1460, 4096, 4097, body.len()] {
-        for content_length in [Some(len), None] {
-            let mut f = c3_device();
-            assert_eq!(reboot(&mut f), "ota_0");
-            let (r, sent) = download_boot_with(&mut f, body, content_length, chunk);
-            let r = r.unwrap_or_else(|e| panic!("chunk {chunk}, {content_length:?}: {e}"));
-            let c = r.installed.expect("v2 not installed");
-            assert_eq!(c.partition.label.as_str(), "ota_1");
-            assert_eq!(sent, body.len() as u64);
-            let slot = c.partition.offset as usize;
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+impl Transport for MemFiles {
+    fn open<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Opened, SourceError>> {
+        let r = match self.files.get(req.uri) {
+            None => Err(SourceError::HttpStatus {
+                uri: req.uri.to_string(),
+                status: 404,
+                reason: "Not Found".into(),
+            }),
+            Some(data) => {
+                let etag = MemFiles::etag(data);
+                let honoured = req.start == 0
+                    || (req.start < data.len() as u64 && req.if_range.is_none_or(|v| v == etag));
+                let from = if honoured { req.start as usize } else { 0 };
+                self.opens
+                    .lock()
+                    .unwrap()
+                    .push((req.uri.to_string(), from as u64));
+                Ok(Opened {
+                    body: Box::new(MemBody::new(req.uri, data[from..].to_vec())),
+                    honoured,
+                    etag: Some(etag),
+                    last_modified: None,
+                    total_length: Some(data.len() as u64),
+                })
+            }
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// A clock whose sleeps pass at once (the list's backoffs cost no test time).
+#[derive(Default)]
+struct VirtualClock(std::cell::Cell<u64>);
+
+impl Clock for VirtualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.get()
+    }
+    fn sleep_ms(&self, ms: u64) -> BoxFuture<'_, ()> {
+        self.0.set(self.0.get() + ms);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// What one boot of the Wi-Fi build did.
+#[derive(Debug)]
+struct ServiceBoot {
+    running: ota_core::updater::RunningApp,
+    confirmed: bool,
+    report: RunReport,
+    events: Vec<Event>,
+}
+
+impl ServiceBoot {
+    fn outcome(&self, id: usize) -> &Outcome {
+        &self
+            .report
+            .results
+            .iter()
+            .find(|(i, _)| *i == id)
+            .unwrap()
+            .1
+    }
+    fn resumed(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::Resume { id: 1, .. }))
+    }
+}
+
+/// The first half of the Wi-Fi build's `main`: the table and the running app through the
+/// updater, confirmed when on trial (the firmware's `update::confirm`).
+fn confirm_boot<F: NorFlash>(
+    f: &mut F,
+) -> Result<(PartitionTable, ota_core::updater::RunningApp, bool), UpdaterError<F::Error>> {
+    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
+    let mut ota = ota_core::OtaUpdater::new(f, fw_update::CONFIG, &mut buf.0)?;
+    let (running, confirmed) = fw_update::confirm(&mut ota)?;
+    Ok((ota.table().clone(), running, confirmed))
+}
+
+/// One boot of the Wi-Fi build over `transport` (blocking: the transport answers at once).
+fn mem_boot<F: NorFlash>(
+    f: &mut F,
+    transport: &dyn Transport,
+) -> Result<ServiceBoot, UpdaterError<F::Error>> {
+    let (table, running, confirmed) = confirm_boot(f)?;
+    let clock = VirtualClock::default();
+    let mut events = Vec::new();
+    let report = ota_service::io::block_on(fw_list::run(
+        f,
+        &table,
+        running.partition,
+        MEM_TONE_URL,
+        MEM_APP_URL,
+        SourceOptions::default(),
+        transport,
+        &clock,
+        &mut |e| events.push(e),
+    ));
+    Ok(ServiceBoot {
+        running,
+        confirmed,
+        report,
+        events,
+    })
+}
+
+fn region(f: &CutFlash, at: u32, len: usize) -> &[u8] {
+    &f.data[at as usize..at as usize + len]
+}
+
+/// The Wi-Fi build's life on the in-memory transport: boots until v2 is installed and
+/// confirmed and `flash_tone` holds the served tone bin, the power cut after `cut` flash
+/// operations of the first boot, the bootloader between boots. Returns the boots it took and
+/// whether a boot resumed the app download.
+fn service_life(
+    cut: Option<usize>,
+    boot: fn(&mut CutFlash, &MemFiles) -> ServiceResult,
+) -> (usize, bool) {
+    let files = MemFiles::standard();
+    let mut f = c3_device();
+    assert_eq!(reboot(&mut f), "ota_0");
+    f.budget = cut;
+    let (mut boots, mut resumed) = (0, false);
+    loop {
+        boots += 1;
+        assert!(boots <= 5, "no progress after {boots} boots (cut {cut:?})");
+        let r = boot(&mut f, &files);
+        let was_cut = f.cut;
+        f.power_on();
+        let slot = reboot(&mut f);
+        let b = match r {
+            Err(e) => {
+                assert!(was_cut, "boot failed without a power cut: {e}");
+                continue;
+            }
+            Ok(b) => b,
+        };
+        resumed |= b.resumed();
+        if b.report.restart {
+            assert!(b.outcome(1).is_success(), "{b:?}");
+            assert_eq!(slot, "ota_1", "the installed slot did not boot");
+        } else if b.confirmed {
+            assert_eq!(b.running.partition.label.as_str(), "ota_1");
             assert!(
-                f.data[slot..slot + body.len()] == *body,
-                "chunk {chunk}: the slot does not hold the served image"
+                matches!(b.outcome(1), Outcome::Skipped { .. }),
+                "the confirmed v2 was not found not newer: {:?}",
+                b.outcome(1)
             );
-            assert_eq!(reboot(&mut f), "ota_1", "chunk {chunk}");
+            assert!(b.outcome(0).is_success() || matches!(b.outcome(0), Outcome::Skipped { .. }));
+            assert!(
+                region(&f, TONE_PART, served_tone().len()) == served_tone(),
+                "flash_tone does not hold the served tone bin (cut {cut:?})"
+            );
+            let again = boot(&mut f, &files).unwrap();
+            assert!(!again.report.restart && !again.confirmed, "{again:?}");
+            assert_eq!(again.running.state, Some(OtaState::Valid));
+            assert_eq!(reboot(&mut f), "ota_1");
+            return (boots, resumed);
+        } else {
+            assert!(
+                was_cut,
+                "boot {boots} neither installed nor confirmed without a power cut: {b:?}"
+            );
         }
     }
 }
 
+type ServiceResult = Result<ServiceBoot, UpdaterError<CutError>>;
+
+fn mem_boot_standard(f: &mut CutFlash, files: &MemFiles) -> ServiceResult {
+    mem_boot(f, files)
+}
+
 #[test]
-fn firmware_download_path_stops_at_the_descriptor_when_not_newer_and_writes_nothing() {
-    // The device runs v2 (confirmed); servers offer the same and an older version.
-    for (served, why) in [("v2", "the same"), ("v1.9", "an older")] {
-        let mut f = c3_device_with("v2", "v1");
+fn firmware_list_installs_tone_and_newer_app_confirms_and_survives_every_power_cut() {
+    // Boot 1 writes the tone bin into flash_tone and installs v2 (restart), boot 2 confirms v2
+    // and finds it not newer.
+    assert_eq!(service_life(None, mem_boot_standard).0, 2);
+    let mut f = c3_device();
+    reboot(&mut f);
+    f.budget = Some(usize::MAX);
+    let files = MemFiles::standard();
+    let b = mem_boot(&mut f, &files).unwrap();
+    let ops = usize::MAX - f.budget.unwrap();
+    assert!(b.report.restart, "{b:?}");
+    assert!(ops > 20, "suspiciously few flash operations: {ops}");
+    // The tone item first, then the app (ESP-ADF's order), each fetched once.
+    let opens = files.opens.lock().unwrap();
+    let uris: Vec<&str> = opens.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(uris.first(), Some(&MEM_TONE_URL), "{uris:?}");
+    assert_eq!(uris.last(), Some(&MEM_APP_URL), "{uris:?}");
+    drop(opens);
+    // A cut at every operation of the first boot: a later boot finishes the work.
+    let (mut extra, mut resumes) = (0, 0);
+    for cut in 0..ops {
+        let (boots, resumed) = service_life(Some(cut), mem_boot_standard);
+        extra += boots - 2;
+        resumes += resumed as usize;
+    }
+    println!(
+        "upgrade list: power cut at each of {ops} flash operations: every run recovered ({extra} \
+         extra boots in all, {resumes} runs resumed the app download from its resume record)"
+    );
+    assert!(extra > 0, "no cut interrupted the update");
+    assert!(resumes > 0, "no cut led to a resumed app download");
+}
+
+#[test]
+fn firmware_list_skips_an_app_not_newer_and_writes_nothing_to_the_slot() {
+    for (running, served, why) in [("v2", "v2", "the same"), ("v3", "v2", "an older")] {
+        let mut f = c3_device_with(running, "v1");
         assert_eq!(reboot(&mut f), "ota_0");
-        let body = c3_image(served);
-        let before = f.data.clone();
-        let (r, sent) = download_boot_with(&mut f, &body, Some(body.len() as u32), 64);
-        let r = r.unwrap_or_else(|e| panic!("{why} version: {e}"));
-        assert!(r.installed.is_none(), "{why} version was installed");
-        // Stopped as soon as the header and descriptor (289 bytes) were in.
+        let image = c3_image(served);
+        let files = MemFiles::new(&[(MEM_TONE_URL, served_tone()), (MEM_APP_URL, &image)]);
+        let b = mem_boot(&mut f, &files).unwrap();
         assert!(
-            sent <= 320,
-            "{why} version: {sent} bytes taken before stopping"
+            matches!(b.outcome(1), Outcome::Skipped { .. }),
+            "{why} version: {:?}",
+            b.outcome(1)
         );
-        let changed: Vec<usize> = (0..f.data.len())
-            .step_by(SECTOR)
-            .filter(|&s| f.data[s..s + SECTOR] != before[s..s + SECTOR])
-            .collect();
+        assert!(!b.report.restart);
         assert!(
-            changed.iter().all(|&s| !(0x110000..0x210000).contains(&s)),
-            "{why} version: the ota_1 slot was written: sectors {changed:x?}"
+            region(&f, 0x110000, 0x100000).iter().all(|&x| x == 0xFF),
+            "{why} version: ota_1 was written"
         );
         assert_eq!(reboot(&mut f), "ota_0");
-        // Booting again changes nothing at all.
-        let before = f.data.clone();
-        let (r, _) = download_boot_with(&mut f, &body, Some(body.len() as u32), 64);
-        assert!(r.unwrap().installed.is_none());
-        assert!(
-            f.data == before,
-            "{why} version: a boot that installs nothing wrote to flash"
-        );
     }
 }
 
 #[test]
-fn firmware_download_path_refuses_bad_bodies_and_keeps_the_running_app() {
-    let v2 = served_v2();
-    let len = v2.len() as u32;
-    let mut other_chip = ImageSpec::new(Chip::Esp32s3, "esp32c3-ota", "v2");
-    other_chip.total_size = Some(96 * 1024);
-    let mut s3 = Vec::new();
-    build_image(&other_chip, &mut |b: &[u8]| s3.extend_from_slice(b)).unwrap();
-    let mut corrupt = v2.to_vec();
-    corrupt[50_000] ^= 0x40;
-    let mut not_an_image = v2.to_vec();
-    not_an_image[0] = b'<'; // an HTML error page served as 200
-                            // (what, body, Content-Length, facts the error must name: expected and found)
-    let short = format!("{}", len - 100);
-    type Case<'a> = (&'a str, &'a [u8], Option<u32>, [&'a str; 2]);
-    let cases: [Case; 6] = [
+fn firmware_list_refuses_bad_bodies_and_keeps_the_running_app_and_tone() {
+    let v2 = served_v2().to_vec();
+    let other_chip = {
+        let mut spec = ImageSpec::new(Chip::Esp32, "esp32c3-ota", "v2");
+        spec.total_size = Some(96 * 1024);
+        let mut out = Vec::new();
+        build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b)).unwrap();
+        out
+    };
+    let mut flipped = v2.clone();
+    flipped[40_000] ^= 0x01;
+    let mut bad_tone = served_tone().to_vec();
+    let at = bad_tone.len() / 2;
+    bad_tone[at] ^= 0x55;
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
         (
-            "body shorter than its Content-Length",
-            &v2[..v2.len() - 100],
-            Some(len),
-            [&format!("{len}"), &short],
+            "an image for the ESP32",
+            served_tone().to_vec(),
+            other_chip,
+            "app",
         ),
         (
-            "body cut mid-image, no Content-Length",
-            &v2[..40_000],
-            None,
-            ["40000", "truncated"],
+            "an image truncated by 100 bytes",
+            served_tone().to_vec(),
+            v2[..v2.len() - 100].to_vec(),
+            "app",
         ),
         (
-            "Content-Length beyond the slot",
-            v2,
-            Some(0x100000 + 16),
-            ["1048592", "ota_1"],
+            "an image with a flipped bit",
+            served_tone().to_vec(),
+            flipped,
+            "app",
         ),
         (
-            "an ESP32-S3 image",
-            &s3,
-            Some(s3.len() as u32),
-            ["ESP32-S3", "ESP32-C3"],
+            "no image at all (zeros)",
+            served_tone().to_vec(),
+            vec![0; 4096],
+            "app",
         ),
         (
-            "a flipped bit in a segment",
-            &corrupt,
-            Some(len),
-            ["hecksum", "0x"],
+            "a tone bin with a corrupt byte",
+            bad_tone,
+            v2.clone(),
+            "tone",
         ),
         (
-            "not an app image",
-            &not_an_image,
-            Some(len),
-            ["0x3c", "0xe9"],
+            "a tone bin truncated",
+            served_tone()[..served_tone().len() - 64].to_vec(),
+            v2.clone(),
+            "tone",
         ),
     ];
-    for (what, body, content_length, facts) in cases {
+    for (what, tone, app, bad) in cases {
+        let mut f = c3_device();
+        // An older tone bin in flash_tone, as on a board that was flashed with one.
+        let old_tone = tone_bin("v1.0.0");
+        f.put(TONE_PART, &old_tone);
+        assert_eq!(reboot(&mut f), "ota_0");
+        let files = MemFiles::new(&[(MEM_TONE_URL, &tone), (MEM_APP_URL, &app)]);
+        let b = mem_boot(&mut f, &files).unwrap();
+        let (tone_out, app_out) = (b.outcome(0), b.outcome(1));
+        println!("{what}: tone {tone_out:?}; app {app_out:?}");
+        match bad {
+            "app" => {
+                assert!(
+                    matches!(app_out, Outcome::Failed { .. }),
+                    "{what}: {app_out:?}"
+                );
+                assert!(tone_out.is_success(), "{what}: {tone_out:?}");
+                assert!(!b.report.restart, "{what}: restart asked");
+                assert_eq!(reboot(&mut f), "ota_0", "{what}: otadata was switched");
+            }
+            _ => {
+                assert!(
+                    matches!(tone_out, Outcome::Failed { .. }),
+                    "{what}: {tone_out:?}"
+                );
+                assert!(
+                    region(&f, TONE_PART, old_tone.len()) == old_tone,
+                    "{what}: flash_tone was changed"
+                );
+                // The app item still runs (break_after_fail off, as in ESP-ADF's example).
+                assert!(
+                    app_out.is_success() && b.report.restart,
+                    "{what}: {app_out:?}"
+                );
+                assert_eq!(reboot(&mut f), "ota_1");
+            }
+        }
+        // Against good files, the next boot does what the bad one could not.
+        let good = MemFiles::standard();
+        let b = mem_boot(&mut f, &good).unwrap();
+        // The tone item: written now, or found already there (same version: skipped).
+        assert!(
+            b.outcome(0).is_success() || matches!(b.outcome(0), Outcome::Skipped { .. }),
+            "{what}, then good files: {:?}",
+            b.outcome(0)
+        );
+        if bad == "app" {
+            assert!(b.report.restart, "{what}: no recovery: {b:?}");
+            assert_eq!(reboot(&mut f), "ota_1");
+        }
+        assert!(region(&f, TONE_PART, served_tone().len()) == served_tone());
+    }
+}
+
+/// `ota serve DIR --bind 127.0.0.1:0 --quiet`, killed (by its own pid) when dropped.
+struct OtaServe {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OtaServe {
+    fn start(dir: &Path) -> OtaServe {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+            .args(["serve", s(dir), "--bind", "127.0.0.1:0", "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ota serve");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        // "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) from DIR"
+        let port = loop {
+            let l = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("ota serve printed no banner within 20 s");
+            if let Some(rest) = l.strip_prefix("Serving HTTP on 127.0.0.1 port ") {
+                break rest.split(' ').next().unwrap().parse().unwrap();
+            }
+        };
+        OtaServe { child, port }
+    }
+}
+
+impl Drop for OtaServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same list over the embassy driver: ota-net's HTTP client on embassy-net (smoltcp), its
+// frames through a simulated link to a user-space gateway that relays to 127.0.0.1.
+
+/// The URL of `file` on a server listening on 127.0.0.1:`port`, as the device reaches it
+/// (through the simulated network's gateway).
+fn sim_url(port: u16, file: &str) -> String {
+    format!("http://{GATEWAY}:{port}/{file}")
+}
+
+/// One boot of the Wi-Fi build over the embassy driver on a simulated link `link`, with the
+/// firmware's source options:
+/// `confirm_boot`, then `list::run` inside `run_with` (the pump beside the service) with
+/// embassy-time's clock, as the firmware's `main` does. `meter`: count the heap the list's
+/// future allocates while it is polled (see [`Metered`]).
+fn sim_boot<F: NorFlash>(
+    f: &mut F,
+    tone_url: &str,
+    app_url: &str,
+    link: &str,
+    meter: bool,
+    events: &mut dyn FnMut(Event),
+) -> Result<(ota_core::updater::RunningApp, bool, RunReport), UpdaterError<F::Error>> {
+    sim_boot_with(
+        f,
+        tone_url,
+        app_url,
+        link,
+        SourceOptions::default(),
+        meter,
+        events,
+    )
+}
+
+/// [`sim_boot`] with `source` options.
+fn sim_boot_with<F: NorFlash>(
+    f: &mut F,
+    tone_url: &str,
+    app_url: &str,
+    link: &str,
+    source: SourceOptions,
+    meter: bool,
+    events: &mut dyn FnMut(Event),
+) -> Result<(ota_core::updater::RunningApp, bool, RunReport), UpdaterError<F::Error>> {
+    let (table, running, confirmed) = confirm_boot(f)?;
+    let mut dev = SimDevice::new(LinkSpec::parse(link).unwrap()).unwrap();
+    let mut client: HttpClient<_> = HttpClient::new(dev.connector());
+    let part = running.partition;
+    let fut = run_with(&mut client, async |t| {
+        fw_list::run(
+            f,
+            &table,
+            part,
+            tone_url,
+            app_url,
+            source,
+            &t,
+            &EmbassyClock,
+            events,
+        )
+        .await
+    });
+    let report = if meter {
+        dev.block_on(Metered(Box::pin(fut)))
+    } else {
+        dev.block_on(fut)
+    };
+    Ok((running, confirmed, report))
+}
+
+#[test]
+fn firmware_list_over_embassy_net_installs_the_real_firmware_and_tone_from_ota_serve() {
+    // The Wi-Fi build's boots on the emulated ESP32-C3 (its own partitions.csv), the list over
+    // the embassy driver and a lossy simulated link, against `ota serve`: the device runs an
+    // older app (0.0.1) of the same project; the server offers the firmware's own converted
+    // image (its Cargo.toml version) and a tone bin. Boot 1 writes flash_tone and installs
+    // the app, `ota device boot` loads it from ota_1, boot 2 confirms it and skips it.
+    let Some(elf) = firmware_elf() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (name, version) = (package_field("name"), package_field("version"));
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let real = www.join("esp32c3-ota.bin");
+    ok(&[
+        "image",
+        "from-elf",
+        s(&elf),
+        "-o",
+        s(&real),
+        "--chip",
+        "esp32c3",
+        "--flash-size",
+        "4MB",
+    ]);
+    std::fs::write(www.join("flash_tone.bin"), served_tone()).unwrap();
+    let old = dir.path().join("old.bin");
+    let mut spec = ImageSpec::new(Chip::Esp32c3, &name, "0.0.1");
+    spec.total_size = Some(64 * 1024);
+    let mut bytes = Vec::new();
+    build_image(&spec, &mut |b: &[u8]| bytes.extend_from_slice(b)).unwrap();
+    std::fs::write(&old, &bytes).unwrap();
+    let flash = dir.path().join("c3.flash");
+    let csv = example_dir().join("partitions.csv");
+    ok(&[
+        "device",
+        "create",
+        "--flash",
+        s(&flash),
+        "--chip",
+        "esp32c3",
+        "--partitions",
+        s(&csv),
+        "--app",
+        s(&old),
+        "--rollback",
+    ]);
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x10000"),
+        "{boot}"
+    );
+    let server = OtaServe::start(&www);
+    let (tone_url, app_url) = (
+        sim_url(server.port, "flash_tone.bin"),
+        sim_url(server.port, "esp32c3-ota.bin"),
+    );
+    let body = std::fs::read(&real).unwrap();
+    let run = |link: &str| {
+        let mut f = ota_emu::flash::EmuFlash::open(&flash).unwrap();
+        let mut events = Vec::new();
+        let r = sim_boot(&mut f, &tone_url, &app_url, link, false, &mut |e| {
+            events.push(e)
+        })
+        .unwrap();
+        let mut tone = vec![0u8; served_tone().len()];
+        ota_core::flash::read(&mut f, TONE_PART, &mut tone).unwrap();
+        (r, tone, events)
+    };
+    let ((running, confirmed, report), tone, _) = run("loss=2%,seed=7");
+    assert_eq!(running.partition.label.as_str(), "ota_0");
+    assert!(!confirmed);
+    assert!(report.results[0].1.is_success(), "{report:?}");
+    assert!(
+        report.results[1].1.is_success() && report.restart,
+        "{report:?}"
+    );
+    assert!(
+        tone == served_tone(),
+        "flash_tone does not hold the served tone bin"
+    );
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x110000"),
+        "{boot}"
+    );
+    assert!(
+        boot.contains(&format!("App version:      {version}")),
+        "{boot}"
+    );
+    {
+        let mut f = ota_emu::flash::EmuFlash::open(&flash).unwrap();
+        let mut slot = vec![0u8; body.len()];
+        ota_core::flash::read(&mut f, 0x110000, &mut slot).unwrap();
+        assert!(slot == body, "ota_1 does not hold the served firmware");
+    }
+    let ((running, confirmed, report), _, _) = run("");
+    assert_eq!(running.partition.label.as_str(), "ota_1");
+    assert_eq!(running.state, Some(OtaState::PendingVerify));
+    assert!(confirmed && !report.restart, "{report:?}");
+    assert!(
+        matches!(report.results[1].1, Outcome::Skipped { .. }),
+        "{report:?}"
+    );
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(
+        boot.contains("Loaded app from partition at offset 0x110000"),
+        "{boot}"
+    );
+    // A 404 from the real server: the item fails naming the status; nothing changes.
+    let before = std::fs::read(&flash).unwrap();
+    let mut f = ota_emu::flash::EmuFlash::open(&flash).unwrap();
+    let none = sim_url(server.port, "none.bin");
+    let (_, _, report) = sim_boot(&mut f, &none, &none, "", false, &mut |_| {}).unwrap();
+    drop(f);
+    for (_, o) in &report.results {
+        match o {
+            Outcome::Failed { message, .. } => assert!(message.contains("404"), "{message}"),
+            o => panic!("a 404 gave {o:?}"),
+        }
+    }
+    assert!(
+        std::fs::read(&flash).unwrap() == before,
+        "a 404 wrote to flash"
+    );
+}
+
+#[test]
+fn firmware_list_over_embassy_net_resumes_a_dropped_download_with_range() {
+    use ota_testsrv::{Faults, FlakyServer};
+    let tone = FlakyServer::start(served_tone().to_vec(), Faults::default()).unwrap();
+    let app = FlakyServer::start(
+        served_v2().to_vec(),
+        Faults {
+            drop_at: vec![40_000],
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let mut f = c3_device();
+    assert_eq!(reboot(&mut f), "ota_0");
+    let mut events = Vec::new();
+    let (_, _, report) = sim_boot(
+        &mut f,
+        &sim_url(tone.addr().port(), "flash_tone.bin"),
+        &sim_url(app.addr().port(), "esp32c3-ota.bin"),
+        "seed=3",
+        false,
+        &mut |e| events.push(e),
+    )
+    .unwrap();
+    assert!(report.restart, "{report:?}");
+    assert!(region(&f, 0x110000, served_v2().len()) == served_v2());
+    let reqs = app.requests();
+    assert!(reqs.len() >= 2, "{reqs:?}");
+    let again = reqs.last().unwrap();
+    assert!(
+        again.range_start.is_some_and(|s| s > 0 && s <= 40_000),
+        "the second request did not continue with a Range: {reqs:?}"
+    );
+    let refetched = 40_000 - again.range_start.unwrap();
+    println!(
+        "dropped at 40000: resumed from {:?}, {refetched} bytes fetched again",
+        again.range_start
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Resume { id: 1, .. })),
+        "no Resume event: {events:?}"
+    );
+    assert_eq!(reboot(&mut f), "ota_1");
+}
+
+#[test]
+fn firmware_list_over_embassy_net_gives_up_on_a_misbehaving_server_and_keeps_the_running_app() {
+    use ota_testsrv::{Faults, FlakyServer, Stall};
+    // The app's server misbehaves (the tone's is good); every network wait within 800 ms here
+    // (the firmware: 5 s), the service's default retries and backoff.
+    let opts = SourceOptions {
+        timeout: Duration::from_millis(800),
+        ..SourceOptions::default()
+    };
+    let good = Faults::default;
+    // (what, faults, installed in the end, what a failure says). A `Content-Length` beyond the
+    // body: the body is short, the item reconnects for the rest with `Range`, finds the file's
+    // real end and installs the image (its SHA-256 verified); one short of the image: the 200's
+    // body stops early, the rest comes with `Range` (the server lies on 200 answers only).
+    let cases: Vec<(&str, Faults, bool, &str)> = vec![
+        (
+            "a server that never answers",
+            Faults {
+                never_answer: true,
+                ..good()
+            },
+            false,
+            "timed out",
+        ),
+        (
+            "a Content-Length 100 bytes beyond the body",
+            Faults {
+                content_length_delta: 100,
+                ..good()
+            },
+            true,
+            "",
+        ),
+        (
+            "a Content-Length 100 bytes short of the image",
+            Faults {
+                content_length_delta: -100,
+                ..good()
+            },
+            true,
+            "",
+        ),
+        (
+            "a server that answers 503 every time",
+            Faults {
+                status_first: Some((503, 64)),
+                ..good()
+            },
+            false,
+            "503",
+        ),
+        (
+            "two 503 answers, then the file",
+            Faults {
+                status_first: Some((503, 2)),
+                ..good()
+            },
+            true,
+            "",
+        ),
+        (
+            "a body that stalls 3 s at byte 30000",
+            Faults {
+                stall: Some(Stall {
+                    at: 30_000,
+                    duration: Duration::from_secs(3),
+                }),
+                ..good()
+            },
+            true,
+            "",
+        ),
+    ];
+    for (what, faults, installs, says) in cases {
+        let tone = FlakyServer::start(served_tone().to_vec(), good()).unwrap();
+        let app = FlakyServer::start(served_v2().to_vec(), faults).unwrap();
         let mut f = c3_device();
         assert_eq!(reboot(&mut f), "ota_0");
-        let (r, _) = download_boot_with(&mut f, body, content_length, 1460);
-        let e = match r {
-            Ok(r) => panic!("{what}: accepted ({r:?})"),
-            Err(e) => e.to_string(),
-        };
-        println!("{what}: {e}");
-        for fact in facts {
+        let started = std::time::Instant::now();
+        let (_, _, report) = sim_boot_with(
+            &mut f,
+            &sim_url(tone.addr().port(), "flash_tone.bin"),
+            &sim_url(app.addr().port(), "esp32c3-ota.bin"),
+            "",
+            opts.clone(),
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+        let took = started.elapsed();
+        let app_out = &report.results[1].1;
+        println!(
+            "{what}: {app_out:?} ({} ms, {} requests)",
+            took.as_millis(),
+            app.requests().len()
+        );
+        assert!(
+            report.results[0].1.is_success(),
+            "{what}: the tone item: {report:?}"
+        );
+        assert!(
+            took < Duration::from_secs(20),
+            "{what}: not given up within its deadlines"
+        );
+        if installs {
             assert!(
-                e.contains(fact),
-                "{what}: the error does not say {fact:?}: {e}"
+                app_out.is_success() && report.restart,
+                "{what}: {app_out:?}"
             );
+            assert!(
+                region(&f, 0x110000, served_v2().len()) == served_v2(),
+                "{what}"
+            );
+            assert_eq!(reboot(&mut f), "ota_1");
+        } else {
+            match app_out {
+                Outcome::Failed { message, .. } => {
+                    assert!(
+                        message.contains(says),
+                        "{what}: {message:?} does not say {says:?}"
+                    )
+                }
+                o => panic!("{what}: {o:?}"),
+            }
+            assert!(!report.restart);
+            assert_eq!(reboot(&mut f), "ota_0", "{what}: otadata was switched");
         }
-        assert_eq!(reboot(&mut f), "ota_0", "{what}: otadata was switched");
-        // The next boot, against a good server, still installs v2.
-        let (r, _) = download_boot_with(&mut f, v2, Some(len), 1460);
-        assert!(r.unwrap().installed.is_some(), "{what}: no recovery");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service's heap on the PC: a counting global allocator, per thread, switched on while the
+// list's future (service, embassy driver and its pump, ota-net's client) is polled.
+
+struct CountingAlloc;
+
+thread_local! {
+    /// (counting, bytes now, high-water) of this thread.
+    static METER: std::cell::Cell<(bool, usize, usize)> = const { std::cell::Cell::new((false, 0, 0)) };
+}
+
+// SAFETY: every call goes to the system allocator unchanged; the bookkeeping touches only a
+// const-initialised thread local (no allocation, no destructor).
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's layout contract is passed on.
+        let p = unsafe { std::alloc::System.alloc(l) };
+        if !p.is_null() {
+            let _ = METER.try_with(|m| {
+                let (on, now, peak) = m.get();
+                if on {
+                    m.set((on, now + l.size(), peak.max(now + l.size())));
+                }
+            });
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        // SAFETY: `p` came from `alloc` above with this layout.
+        unsafe { std::alloc::System.dealloc(p, l) };
+        let _ = METER.try_with(|m| {
+            let (on, now, peak) = m.get();
+            if on {
+                m.set((on, now.saturating_sub(l.size()), peak));
+            }
+        });
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Counts this thread's heap while `0` is polled (not the simulated network's own polls).
+struct Metered<'a, T>(std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>);
+
+impl<T> std::future::Future for Metered<'_, T> {
+    type Output = T;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        METER.with(|m| {
+            let (_, now, peak) = m.get();
+            m.set((true, now, peak))
+        });
+        let r = self.0.as_mut().poll(cx);
+        METER.with(|m| {
+            let (_, now, peak) = m.get();
+            m.set((false, now, peak))
+        });
+        r
+    }
+}
+
+/// The heap esp-radio and the IP stack had before the service came (the firmware's sizes then:
+/// 64 KiB reclaimed + 36 KiB, esp-radio's examples'): the service's part comes on top.
+const HEAP_BEFORE_SERVICE: usize = (64 + 36) * 1024;
+/// The margin on the measured high-water: 3/2 (RISC-V 32-bit pointers make the chip's heap
+/// smaller than x86_64's for the same list; the margin covers the allocator's own overhead and
+/// fragmentation, esp-alloc's TLSF).
+const HEAP_MARGIN: (usize, usize) = (3, 2);
+
+/// `HEAP_RECLAIMED + HEAP_MAIN` of the firmware's `main.rs` (`N * 1024` forms).
+fn firmware_heap() -> usize {
+    let main = std::fs::read_to_string(example_dir().join("src/main.rs")).unwrap();
+    [
+        "const HEAP_RECLAIMED: usize = ",
+        "const HEAP_MAIN: usize = ",
+    ]
+    .iter()
+    .map(|prefix| {
+        let line = main
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in main.rs"));
+        let expr = line.trim_end_matches(';');
+        expr.split('*')
+            .map(|n| n.trim().parse::<usize>().unwrap())
+            .product::<usize>()
+    })
+    .sum()
+}
+
+#[test]
+fn firmware_c3_service_heap_high_water_fits_the_heap() {
+    use ota_testsrv::{Faults, FlakyServer};
+    // The list as on the chip (tone bin, app image of 96 KiB), once clean and once with the
+    // connection dropped in the app download (the reconnect and resume path).
+    let mut peaks = Vec::new();
+    for drop_at in [vec![], vec![50_000u64]] {
+        let tone = FlakyServer::start(served_tone().to_vec(), Faults::default()).unwrap();
+        let app = FlakyServer::start(
+            served_v2().to_vec(),
+            Faults {
+                drop_at: drop_at.clone(),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+        let mut f = c3_device();
+        reboot(&mut f);
+        METER.with(|m| m.set((false, 0, 0)));
+        let (_, _, report) = sim_boot(
+            &mut f,
+            &sim_url(tone.addr().port(), "flash_tone.bin"),
+            &sim_url(app.addr().port(), "esp32c3-ota.bin"),
+            "",
+            true,
+            // The firmware prints each event and keeps none.
+            &mut |e| drop(std::hint::black_box(e)),
+        )
+        .unwrap();
+        assert!(report.restart, "{report:?}");
+        peaks.push(METER.with(|m| m.get().2));
+    }
+    let peak = *peaks.iter().max().unwrap();
+    let need = HEAP_BEFORE_SERVICE + peak * HEAP_MARGIN.0 / HEAP_MARGIN.1;
+    let heap = firmware_heap();
+    println!(
+        "service heap high-water (host run, x86_64, the list over the embassy driver): clean \
+         {} bytes, with a reconnect {} bytes; the firmware's heap {heap} bytes >= {} \
+         (esp-radio + IP stack) + 3/2 x {peak} = {need}",
+        peaks[0], peaks[1], HEAP_BEFORE_SERVICE
+    );
+    assert!(peak > 4096, "{peak} bytes: the meter counted nothing");
+    assert!(
+        heap >= need,
+        "the firmware's heap ({heap} bytes) is smaller than {need}: raise HEAP_MAIN"
+    );
 }
 
 #[test]
@@ -1191,405 +2110,18 @@ fn firmware_config_accepts_good_settings_and_refuses_bad_ones_at_build_time() {
             e.contains(says),
             "({ssid:?}, {pass:?}, {url:?}): {e:?} does not say {says:?}"
         );
-    }
-}
-
-#[test]
-fn firmware_c3_download_path_installs_the_real_firmware_on_the_emulated_device() {
-    // The Wi-Fi build's boots on the emulated ESP32-C3: the device runs an older app (0.0.1)
-    // of the same project; the "server" offers the firmware's own converted image (its
-    // Cargo.toml version). Boot 1 downloads and installs it, `ota device boot` loads it from
-    // ota_1, boot 2 confirms it and stops the next download at the descriptor (same version).
-    let Some(elf) = firmware_elf() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (name, version) = (package_field("name"), package_field("version"));
-    let real = dir.path().join("fw.bin");
-    ok(&[
-        "image",
-        "from-elf",
-        s(&elf),
-        "-o",
-        s(&real),
-        "--chip",
-        "esp32c3",
-        "--flash-size",
-        "4MB",
-    ]);
-    let old = dir.path().join("old.bin");
-    let mut spec = ImageSpec::new(Chip::Esp32c3, &name, "0.0.1");
-    spec.total_size = Some(64 * 1024);
-    let mut bytes = Vec::new();
-    build_image(&spec, &mut |b: &[u8]| bytes.extend_from_slice(b)).unwrap();
-    std::fs::write(&old, &bytes).unwrap();
-    let flash = dir.path().join("c3.flash");
-    let csv = example_dir().join("partitions.csv");
-    ok(&[
-        "device",
-        "create",
-        "--flash",
-        s(&flash),
-        "--chip",
-        "esp32c3",
-        "--partitions",
-        s(&csv),
-        "--app",
-        s(&old),
-        "--rollback",
-    ]);
-    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
-    assert!(
-        boot.contains("Loaded app from partition at offset 0x10000"),
-        "{boot}"
-    );
-    let body = std::fs::read(&real).unwrap();
-    let download_boot = || {
-        let mut f = ota_emu::flash::EmuFlash::open(&flash).unwrap();
-        let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
-        let mut ota = ota_core::OtaUpdater::new(&mut f, fw_update::CONFIG, &mut buf.0).unwrap();
-        let (running, confirmed) = fw_update::confirm(&mut ota).unwrap();
-        let mut installer = fw_update::Installer::new(&mut ota);
-        let sent = serve_body(&body, Some(body.len() as u32), 1460, &mut installer).unwrap();
-        (running, confirmed, installer.finish().unwrap(), sent)
-    };
-    let (running, confirmed, installed, sent) = download_boot();
-    assert_eq!(running.partition.label.as_str(), "ota_0");
-    assert!(!confirmed);
-    let installed = installed.expect("the newer firmware was not installed");
-    assert_eq!(installed.partition.label.as_str(), "ota_1");
-    assert_eq!(sent, body.len() as u64);
-    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
-    assert!(
-        boot.contains("Loaded app from partition at offset 0x110000"),
-        "{boot}"
-    );
-    assert!(
-        boot.contains(&format!("App version:      {version}")),
-        "{boot}"
-    );
-    let (running, confirmed, installed, sent) = download_boot();
-    assert_eq!(running.partition.label.as_str(), "ota_1");
-    assert_eq!(running.state, Some(OtaState::PendingVerify));
-    assert!(confirmed && installed.is_none());
-    assert!(
-        sent < 2 * 1460,
-        "{sent} bytes fetched of a version not newer"
-    );
-    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
-    assert!(
-        boot.contains("Loaded app from partition at offset 0x110000"),
-        "{boot}"
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// The firmware's HTTP download (`src/http.rs`, reqwless) on the PC, against real servers.
-
-/// What embassy-net gives the firmware, on the PC: TCP connections (std::net) whose reads and
-/// writes have a deadline (the firmware's `net::IDLE_TIMEOUT`; shorter here), and names
-/// resolved by the system.
-struct StdNet {
-    idle: Duration,
-}
-
-struct StdConn(std::net::TcpStream);
-
-impl embedded_io_async::ErrorType for StdConn {
-    type Error = std::io::Error;
-}
-
-impl embedded_io_async::Read for StdConn {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, std::io::Error> {
-        std::io::Read::read(&mut self.0, buf)
-    }
-}
-
-impl embedded_io_async::Write for StdConn {
-    async fn write(&mut self, buf: &[u8]) -> Result<usize, std::io::Error> {
-        std::io::Write::write(&mut self.0, buf)
-    }
-    async fn flush(&mut self) -> Result<(), std::io::Error> {
-        std::io::Write::flush(&mut self.0)
-    }
-}
-
-impl embedded_nal_async::TcpConnect for StdNet {
-    type Error = std::io::Error;
-    type Connection<'a> = StdConn;
-
-    async fn connect(&self, remote: std::net::SocketAddr) -> Result<StdConn, std::io::Error> {
-        let s = std::net::TcpStream::connect_timeout(&remote, self.idle)?;
-        s.set_read_timeout(Some(self.idle))?;
-        s.set_write_timeout(Some(self.idle))?;
-        Ok(StdConn(s))
-    }
-}
-
-impl embedded_nal_async::Dns for StdNet {
-    type Error = std::io::Error;
-
-    async fn get_host_by_name(
-        &self,
-        host: &str,
-        addr_type: embedded_nal_async::AddrType,
-    ) -> Result<std::net::IpAddr, std::io::Error> {
-        use embedded_nal_async::AddrType;
-        use std::net::ToSocketAddrs;
-        (host, 0)
-            .to_socket_addrs()?
-            .map(|a| a.ip())
-            .find(|ip| match addr_type {
-                AddrType::IPv4 => ip.is_ipv4(),
-                AddrType::IPv6 => ip.is_ipv6(),
-                AddrType::Either => true,
-            })
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, host.to_string()))
-    }
-
-    async fn get_host_by_address(
-        &self,
-        _addr: std::net::IpAddr,
-        _result: &mut [u8],
-    ) -> Result<usize, std::io::Error> {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-}
-
-/// Run a future whose I/O blocks (StdNet's): it completes within one poll; a future still
-/// pending after many polls waits for something nothing here wakes.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    for _ in 0..1_000_000 {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::yield_now();
-    }
-    panic!("the download future never completed");
-}
-
-use std::time::Duration;
-
-/// Deadline of each network wait in these tests.
-const TEST_IDLE: Duration = Duration::from_secs(1);
-
-/// One attempt of the Wi-Fi build's boot (its `main`): open the updater, confirm, download
-/// `url` into an `Installer`; on a download error abort the update (otadata untouched), else
-/// `finish`. Returns the report and the body bytes delivered, or the error as the firmware
-/// prints it.
-fn http_boot(f: &mut CutFlash, url: &str) -> Result<(fw_update::BootReport, u64), String> {
-    let mut buf = fw_update::Aligned([0u8; fw_update::TABLE_BUF_LEN]);
-    let mut ota =
-        ota_core::OtaUpdater::new(f, fw_update::CONFIG, &mut buf.0).map_err(|e| e.to_string())?;
-    let (running, confirmed) = fw_update::confirm(&mut ota).map_err(|e| e.to_string())?;
-    let net = StdNet { idle: TEST_IDLE };
-    let mut installer = fw_update::Installer::new(&mut ota);
-    match block_on(fw_http::download(&net, &net, url, &mut installer)) {
-        Ok(bytes) => {
-            let installed = installer.finish().map_err(|e| e.to_string())?;
-            Ok((
-                fw_update::BootReport {
-                    running,
-                    confirmed,
-                    installed,
-                },
-                bytes,
-            ))
-        }
-        Err(e) => {
-            installer.abort();
-            Err(e.to_string())
+        // The tone URL has the same rules, and its messages name its own variable.
+        if ssid == "net" && pass.is_empty() {
+            let e = fw_config::check_tone_url(url).expect_err(url);
+            assert!(
+                e.contains(says) && e.starts_with("OTA_TONE_URL"),
+                "tone {url:?}: {e:?}"
+            );
         }
     }
-}
-
-/// `ota serve DIR --bind 127.0.0.1:0 --quiet`, killed (by its own pid) when dropped.
-struct OtaServe {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl OtaServe {
-    fn start(dir: &Path) -> OtaServe {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
-            .args(["serve", s(dir), "--bind", "127.0.0.1:0", "--quiet"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn ota serve");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        // "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) from DIR"
-        let port = loop {
-            let l = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("ota serve printed no banner within 20 s");
-            if let Some(rest) = l.strip_prefix("Serving HTTP on 127.0.0.1 port ") {
-                break rest.split(' ').next().unwrap().parse().unwrap();
-            }
-        };
-        OtaServe { child, port }
-    }
-}
-
-impl Drop for OtaServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn firmware_http_download_from_ota_serve_installs_newer_then_stops_at_the_same() {
-    // The firmware's own download code (reqwless) against `ota serve`, by address and by
-    // name: boot 1 installs v2 over v1, boot 2 confirms it and stops the download of v2 at
-    // its descriptor.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("esp32c3-ota.bin"), served_v2()).unwrap();
-    let server = OtaServe::start(dir.path());
-    for host in ["127.0.0.1", "localhost"] {
-        let url = format!("http://{host}:{}/esp32c3-ota.bin", server.port);
-        let mut f = c3_device();
-        assert_eq!(reboot(&mut f), "ota_0");
-        let (r, bytes) = http_boot(&mut f, &url).unwrap_or_else(|e| panic!("{url}: {e}"));
-        let c = r.installed.expect("v2 not installed");
-        assert_eq!(bytes, served_v2().len() as u64);
-        let slot = c.partition.offset as usize;
-        assert!(f.data[slot..slot + served_v2().len()] == *served_v2());
-        assert_eq!(reboot(&mut f), "ota_1");
-        let (r, bytes) = http_boot(&mut f, &url).unwrap();
-        assert!(r.confirmed && r.installed.is_none(), "{r:?}");
-        assert!(
-            bytes < 4096,
-            "{bytes} body bytes read of an image not newer"
-        );
-        assert_eq!(reboot(&mut f), "ota_1");
-    }
-    // 404 from the real server: an error naming the status; nothing changes.
-    let mut f = c3_device();
-    reboot(&mut f);
-    let before = f.data.clone();
-    let e = http_boot(
-        &mut f,
-        &format!("http://127.0.0.1:{}/none.bin", server.port),
-    )
-    .unwrap_err();
-    assert!(e.contains("404"), "{e}");
-    assert!(f.data == before, "a 404 wrote to flash");
-}
-
-#[test]
-fn firmware_http_download_refuses_a_misbehaving_server_and_keeps_the_running_app() {
-    use ota_testsrv::{Faults, FlakyServer, Stall};
-    let v2 = served_v2().to_vec();
-    let good = || Faults::default();
-    // (what, faults, what the error must say)
-    let cases: Vec<(&str, Faults, &str)> = vec![
-        (
-            "404",
-            Faults {
-                status_first: Some((404, 1)),
-                ..good()
-            },
-            "404",
-        ),
-        (
-            "a redirect (not followed)",
-            Faults {
-                redirect_to: Some("http://127.0.0.1:1/x".into()),
-                ..good()
-            },
-            "302",
-        ),
-        (
-            "the connection dropped mid-body",
-            Faults {
-                drop_at: vec![40_000],
-                ..good()
-            },
-            "after 40000 of the 98304 body bytes",
-        ),
-        (
-            "a Content-Length 100 bytes longer than the body",
-            Faults {
-                content_length_delta: 100,
-                ..good()
-            },
-            "after 98304 of the 98404 body bytes",
-        ),
-        (
-            "a Content-Length 100 bytes shorter than the image",
-            Faults {
-                content_length_delta: -100,
-                ..good()
-            },
-            "truncated at offset 98204",
-        ),
-        (
-            "a server that never answers",
-            Faults {
-                never_answer: true,
-                ..good()
-            },
-            "reading the response head failed",
-        ),
-        (
-            "a body that stalls past the deadline",
-            Faults {
-                stall: Some(Stall {
-                    at: 30_000,
-                    duration: Duration::from_secs(3),
-                }),
-                ..good()
-            },
-            "reading the body at byte 30",
-        ),
-    ];
-    for (what, faults, says) in cases {
-        let server = FlakyServer::start(v2.clone(), faults).unwrap();
-        let mut f = c3_device();
-        assert_eq!(reboot(&mut f), "ota_0");
-        let started = std::time::Instant::now();
-        let e = match http_boot(&mut f, &server.url("esp32c3-ota.bin")) {
-            Ok((r, n)) => panic!("{what}: accepted ({n} bytes, {r:?})"),
-            Err(e) => e,
-        };
-        println!("{what}: {e} ({} ms)", started.elapsed().as_millis());
-        assert!(e.contains(says), "{what}: {e:?} does not say {says:?}");
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}: the download did not give up within its deadlines"
-        );
-        assert_eq!(reboot(&mut f), "ota_0", "{what}: otadata was switched");
-        // The next attempt, against a good server, installs (the aborted update left the
-        // updater ready for another).
-        let ok = FlakyServer::start(v2.clone(), good()).unwrap();
-        let (r, _) = http_boot(&mut f, &ok.url("esp32c3-ota.bin"))
-            .unwrap_or_else(|e| panic!("{what}, then a good server: {e}"));
-        assert!(r.installed.is_some(), "{what}: no recovery");
-        assert_eq!(reboot(&mut f), "ota_1");
-    }
-    // A head trickled a byte at a time is slow, not wrong.
-    let slow = FlakyServer::start(
-        v2.clone(),
-        Faults {
-            trickle_head: Some(Duration::from_millis(1)),
-            ..good()
-        },
-    )
-    .unwrap();
-    let mut f = c3_device();
-    reboot(&mut f);
-    let (r, _) = http_boot(&mut f, &slow.url("esp32c3-ota.bin")).unwrap();
-    assert!(r.installed.is_some());
+    assert_eq!(fw_config::check_tone_url(fw_config::TONE_URL), Ok(()));
+    assert_eq!(
+        fw_config::check_tone_url("http://192.168.0.3:8080/flash_tone.bin"),
+        Ok(())
+    );
 }

@@ -1,16 +1,19 @@
-//! ESP32-C3 firmware that updates itself with `ota-core` through esp-storage.
+//! ESP32-C3 firmware that updates itself: ESP-ADF's OTA upgrade list run by `ota-service`
+//! over Wi-Fi, or an image from a data partition installed with `ota-core`.
 //!
 //! On every boot: read the partition table through the flash driver, confirm this app if it is
-//! on trial (rollback), then fetch an app image and install it into the other OTA slot, switch
-//! otadata and restart. Where the image comes from is chosen at build time:
+//! on trial (rollback), then update. What updates is chosen at build time:
 //! - feature `wifi` (default): join the Wi-Fi network compiled in ([`config`]), get an address
-//!   by DHCP and download the image from the compiled-in URL over HTTP ([`http::download`]),
-//!   streamed chunk by chunk into the front door; installed only when its version is newer;
-//! - without it: the image placed in the `ota_image` data partition.
+//!   by DHCP and run ESP-ADF's example upgrade list ([`list`]: the tone bin into `flash_tone`,
+//!   then the app into the next OTA slot when its version is newer) with `ota-service`'s
+//!   `run_list_async` on its embassy driver (ota-net's HTTP client on the embassy-net stack,
+//!   embassy-time's clock): the very service code `ota device run` runs on a PC. Restart when
+//!   the app item installed an image;
+//! - without it: the image placed in the `ota_image` data partition ([`update::on_boot`]).
 //!
-//! The update logic is in [`update`] (no hardware in it, written on `ota-core`'s front door
-//! `OtaUpdater`; the root crate's tests run it on a PC); this file is the chip glue: esp-hal
-//! start-up, the flash driver, the console, the network tasks and the reset.
+//! The update logic is in [`update`] and [`list`] (no hardware in them; the root crate's tests
+//! run both on a PC); this file is the chip glue: esp-hal start-up, the heap, the flash
+//! driver, the console, the network tasks and the reset.
 #![no_std]
 #![no_main]
 
@@ -19,13 +22,16 @@ use esp_println::println;
 use esp_storage::FlashStorage;
 
 #[cfg(feature = "wifi")]
+extern crate alloc;
+
+#[cfg(feature = "wifi")]
 mod config;
 #[cfg(feature = "wifi")]
-mod http;
+mod list;
 #[cfg(feature = "wifi")]
 mod net;
-// Each build uses one of its two image sources (`on_boot`'s data partition without `wifi`,
-// `Installer` with it); the host tests run both.
+// The build without `wifi` uses `on_boot`; the `wifi` build only `confirm` and the table
+// buffer (its image comes through the service's app item).
 #[allow(dead_code)]
 mod update;
 
@@ -85,24 +91,50 @@ fn main() -> ! {
     idle()
 }
 
-/// Heap for esp-radio and the IP stack (esp-alloc): the RAM the 2nd-stage bootloader used,
-/// free once the app runs, plus a part of the app's own RAM; the sizes of esp-radio's own
-/// examples (esp-radio `src/lib.rs`, "Quick start").
+/// Heap (esp-alloc) for esp-radio, the IP stack's users and the upgrade list: the RAM the
+/// 2nd-stage bootloader used, free once the app runs (esp-radio's own examples' size, esp-radio
+/// `src/lib.rs`, "Quick start"), plus a part of the app's own RAM sized for the service: its
+/// heap high-water running this list on the PC (`tests/firmware_c3.rs`,
+/// `firmware_c3_service_heap_high_water_fits_the_heap`) with a margin (README, "On the chip").
 #[cfg(feature = "wifi")]
 const HEAP_RECLAIMED: usize = 64 * 1024;
 #[cfg(feature = "wifi")]
-const HEAP_MAIN: usize = 36 * 1024;
-/// How long to wait for the association and a DHCP lease before an attempt is given up.
+const HEAP_MAIN: usize = 100 * 1024;
+/// How long to wait for the association and a DHCP lease before the list runs anyway (its
+/// items then fail on the network and the firmware tries again after [`RETRY_DELAY`]).
 #[cfg(feature = "wifi")]
 const LINK_DEADLINE: embassy_time::Duration = embassy_time::Duration::from_secs(30);
-/// The deadline of one whole download (1 MB slot at a slow 10 KB/s: 100 s).
+/// Runs of the list per boot when no item succeeded (each item retries and resumes its own
+/// download inside a run: `RetryPolicy::default()`), and the pause between two runs.
 #[cfg(feature = "wifi")]
-const DOWNLOAD_DEADLINE: embassy_time::Duration = embassy_time::Duration::from_secs(120);
-/// Download attempts per boot, and the pause between two.
-#[cfg(feature = "wifi")]
-const ATTEMPTS: u32 = 3;
+const RUNS: u32 = 3;
 #[cfg(feature = "wifi")]
 const RETRY_DELAY: embassy_time::Duration = embassy_time::Duration::from_secs(10);
+/// TCP buffers of the one connection the service uses at a time: the receive buffer is the
+/// window the device offers, about 3 full-size segments (MSS 1460 on Ethernet-sized frames).
+#[cfg(feature = "wifi")]
+const TCP_RX: usize = 4096;
+#[cfg(feature = "wifi")]
+const TCP_TX: usize = 1024;
+
+#[cfg(feature = "wifi")]
+type HttpClient = ota_net::http::Client<ota_net::embassy::StackConnector<'static, TCP_RX, TCP_TX>>;
+
+/// The service's events on the console, ESP-IDF style for its log lines.
+#[cfg(feature = "wifi")]
+fn print_event(e: ota_service::Event) {
+    use ota_service::Event;
+    match e {
+        Event::Log {
+            level,
+            tag,
+            message,
+        } => println!("{} {}: {}", level.letter(), tag, message),
+        // One line per chunk would flood the console: the service logs its progress itself.
+        Event::Progress { .. } => {}
+        other => println!("event: {:?}", other),
+    }
+}
 
 #[cfg(feature = "wifi")]
 #[esp_rtos::main]
@@ -110,6 +142,8 @@ async fn main(spawner: embassy_executor::Spawner) -> ! {
     use embassy_time::{with_timeout, Timer};
     use esp_hal::timer::timg::TimerGroup;
     use ota_core::OtaUpdater;
+    use ota_service::embassy_driver::{run_with, EmbassyClock};
+    use static_cell::StaticCell;
 
     // 160 MHz, ESP-IDF's default for the ESP32-C3 (`CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ`); esp-hal
     // starts at 80 MHz otherwise.
@@ -122,21 +156,28 @@ async fn main(spawner: embassy_executor::Spawner) -> ! {
 
     banner();
     let mut flash = FlashStorage::new(peripherals.FLASH);
-    let mut table_buf = update::Aligned([0u8; update::TABLE_BUF_LEN]);
-    let mut ota = match OtaUpdater::new(&mut flash, update::CONFIG, &mut table_buf.0) {
-        Ok(ota) => ota,
-        Err(e) => {
-            println!("update failed: {}", e);
-            idle()
+    // The table and the running app through ota-core's front door, and the rollback rule: a
+    // first boot after an update confirms itself before anything else.
+    let (table, running) = {
+        let mut table_buf = update::Aligned([0u8; update::TABLE_BUF_LEN]);
+        let mut ota = match OtaUpdater::new(&mut flash, update::CONFIG, &mut table_buf.0) {
+            Ok(ota) => ota,
+            Err(e) => {
+                println!("update failed: {}", e);
+                idle()
+            }
+        };
+        match update::confirm(&mut ota) {
+            Ok((me, confirmed)) => {
+                print_running(&me, confirmed);
+                (ota.table().clone(), me.partition)
+            }
+            Err(e) => {
+                println!("update failed: {}", e);
+                idle()
+            }
         }
     };
-    match update::confirm(&mut ota) {
-        Ok((me, confirmed)) => print_running(&me, confirmed),
-        Err(e) => {
-            println!("update failed: {}", e);
-            idle()
-        }
-    }
     let stack = match net::start(spawner, peripherals.WIFI) {
         Ok(stack) => stack,
         Err(e) => {
@@ -145,68 +186,60 @@ async fn main(spawner: embassy_executor::Spawner) -> ! {
         }
     };
     println!(
-        "wifi: joining {}, then GET {}",
+        "wifi: joining {}, then the upgrade list: {} -> {}, {} -> next OTA slot",
         config::WIFI_SSID,
+        config::TONE_URL,
+        list::TONE_LABEL,
         config::UPDATE_URL
     );
-    for attempt in 1..=ATTEMPTS {
-        if attempt > 1 {
+    static CLIENT: StaticCell<HttpClient> = StaticCell::new();
+    let client = CLIENT.init(HttpClient::new(ota_net::embassy::StackConnector::new(
+        stack,
+    )));
+    for run in 1..=RUNS {
+        if run > 1 {
             Timer::after(RETRY_DELAY).await;
         }
         if with_timeout(LINK_DEADLINE, stack.wait_config_up())
             .await
             .is_err()
         {
-            println!(
-                "attempt {attempt}: no network within {} s",
-                LINK_DEADLINE.as_secs()
-            );
+            println!("run {run}: no network within {} s", LINK_DEADLINE.as_secs());
             continue;
         }
         if let Some(c) = stack.config_v4() {
-            println!("attempt {attempt}: address {}", c.address);
+            println!("run {run}: address {}", c.address);
         }
-        let mut installer = update::Installer::new(&mut ota);
-        let fetched = with_timeout(
-            DOWNLOAD_DEADLINE,
-            net::download(stack, config::UPDATE_URL, &mut installer),
-        )
+        let report = run_with(client, async |transport| {
+            list::run(
+                &mut flash,
+                &table,
+                running,
+                config::TONE_URL,
+                config::UPDATE_URL,
+                ota_service::source::SourceOptions::default(),
+                &transport,
+                &EmbassyClock,
+                &mut print_event,
+            )
+            .await
+        })
         .await;
-        match fetched {
-            Ok(Ok(bytes)) => match installer.finish() {
-                Ok(Some(c)) => {
-                    println!(
-                        "installed {} bytes into {}, otadata switched: restarting",
-                        c.summary.image_len, c.slot
-                    );
-                    esp_hal::system::software_reset();
-                }
-                Ok(None) => {
-                    println!(
-                        "{}: not newer than the running version (stopped after {} bytes): nothing to install",
-                        config::UPDATE_URL,
-                        bytes
-                    );
-                    break;
-                }
-                Err(e) => {
-                    // A bad image stays bad: no retry. otadata is untouched.
-                    println!("{}: image refused: {}", config::UPDATE_URL, e);
-                    break;
-                }
-            },
-            Ok(Err(e)) => {
-                installer.abort();
-                println!("attempt {attempt}: {}: {}", config::UPDATE_URL, e);
-            }
-            Err(_) => {
-                installer.abort();
-                println!(
-                    "attempt {attempt}: {}: not done within {} s",
-                    config::UPDATE_URL,
-                    DOWNLOAD_DEADLINE.as_secs()
-                );
-            }
+        for (id, outcome) in &report.results {
+            println!("item {id}: {}", outcome.name());
+        }
+        if report.restart {
+            println!("new app installed, otadata switched: restarting");
+            esp_hal::system::software_reset();
+        }
+        // Done when every item succeeded or was skipped (nothing newer); a failed one (network,
+        // server) is tried again by the next run.
+        if report
+            .results
+            .iter()
+            .all(|(_, o)| !matches!(o, ota_service::Outcome::Failed { .. }))
+        {
+            break;
         }
     }
     loop {

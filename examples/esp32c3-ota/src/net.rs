@@ -1,9 +1,8 @@
 //! The network side of the `wifi` build: Wi-Fi station (esp-radio), DHCP and DNS (embassy-net
-//! on smoltcp), and [`download`], which runs the HTTP download of `http.rs` over them.
+//! on smoltcp). The upgrade list's HTTP goes over the returned stack through ota-net's
+//! `StackConnector` and ota-service's embassy driver (`main.rs`).
 
 use embassy_executor::Spawner;
-use embassy_net::dns::DnsSocket;
-use embassy_net::tcp::client::{TcpClient, TcpClientState};
 use embassy_net::{Runner, Stack, StackResources};
 use embassy_time::{Duration, Timer};
 use esp_hal::peripherals::WIFI;
@@ -16,39 +15,15 @@ use esp_radio::wifi::{
 use static_cell::StaticCell;
 
 use crate::config;
-use crate::http::{self, DownloadError};
-use crate::update::BodySink;
 
 /// Sockets the stack holds at once: the DHCP client, one DNS query, one TCP connection.
 const SOCKETS: usize = 3;
-/// TCP buffers of the one download connection: the receive buffer is the window the device
-/// offers, about 3 full-size segments (MSS 1460 on Ethernet-sized frames).
-const TCP_RX: usize = 4096;
-const TCP_TX: usize = 1024;
-/// A connection on which nothing arrives for this long is closed (the deadline of every
-/// network wait inside one download); ESP-ADF's app item uses 5 s (`timeout_ms = 5000`,
-/// esp-adf `components/ota_service/ota_proc_default.c`).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Wait between two association attempts.
 const REJOIN_DELAY: Duration = Duration::from_secs(5);
 
-/// `http::download` of `url` into `sink` over the stack: one TCP connection with the
-/// [`IDLE_TIMEOUT`] deadline, names resolved by the stack's DNS client.
-pub async fn download<S: BodySink>(
-    stack: Stack<'_>,
-    url: &str,
-    sink: &mut S,
-) -> Result<u64, DownloadError<S::Error>> {
-    let state = TcpClientState::<1, TCP_TX, TCP_RX>::new();
-    let mut tcp = TcpClient::new(stack, &state);
-    tcp.set_timeout(Some(IDLE_TIMEOUT));
-    let dns = DnsSocket::new(stack);
-    http::download(&tcp, &dns, url, sink).await
-}
-
 /// Bring up Wi-Fi in station mode for [`config::WIFI_SSID`] and the IP stack with DHCP; the
 /// association (and re-association) and the stack run as tasks. The stack is returned at
-/// once: wait for `stack.wait_config_up()` (with a deadline) before [`download`].
+/// once: wait for `stack.wait_config_up()` (with a deadline) before running the list.
 pub fn start(spawner: Spawner, wifi: WIFI<'static>) -> Result<Stack<'static>, WifiError> {
     static RESOURCES: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
     let auth = if config::WIFI_PASSWORD.is_empty() {

@@ -15,10 +15,8 @@
 //!      feature): if it holds a valid app image for this chip that is not the running one,
 //!      `begin` -> `write`… -> `finish` installs it into the other OTA slot and switches
 //!      otadata;
-//!    - an HTTP download (the `wifi` build): the body of the response, chunk by chunk, goes
-//!      into an [`Installer`] (a [`BodySink`]), which installs the image the same way when its
-//!      version is newer than the running app's ([`DOWNLOAD_POLICY`]) and stops the download
-//!      at the image's first 289 bytes when it is not.
+//!    - the `wifi` build takes steps 1 and 2 from here, then runs ESP-ADF's upgrade list with
+//!      `ota-service` (`list.rs`).
 //!
 //!    The caller then restarts.
 
@@ -28,9 +26,8 @@ use embedded_storage::nor_flash::{ErrorType, MultiwriteNorFlash, NorFlash, ReadN
 use ota_core::image::{self, ImageSummary};
 use ota_core::otadata::OtaState;
 use ota_core::partition::{Partition, TABLE_MAX_LEN};
-use ota_core::update::UpdateError;
 use ota_core::updater::{Installed, RunningApp};
-use ota_core::version::{VersionPolicy, VersionVerdict};
+use ota_core::version::VersionPolicy;
 use ota_core::{Chip, Error, OtaUpdater, UpdaterConfig, UpdaterError};
 
 /// The data partition (any subtype) the build without the `wifi` feature installs from.
@@ -146,92 +143,6 @@ fn source_image<F: ReadNorFlash>(
     let same = image::verify_flash(flash, running.region(), Some(CHIP))
         .is_ok_and(|r| r.hash_calc == incoming.hash_calc && r.image_len == incoming.image_len);
     Ok((!same).then_some(incoming))
-}
-
-/// The version rule for a downloaded image: only a version newer than the running app's,
-/// compared as semantic versions (`git describe` forms too; Cargo versions have no `v`, which
-/// ESP-ADF's `vX.Y.Z` rule requires). This is ESP-ADF's app item with
-/// `CONFIG_FORCE_CHECK_FIRMWARE_VERSION_NUMBER` (`validate_image_header`, esp-adf
-/// `components/ota_service/ota_proc_default.c`), checked on the image's first 289 bytes;
-/// without it the firmware would download and install the same image at every boot.
-pub const DOWNLOAD_POLICY: VersionPolicy = VersionPolicy::Semver;
-
-/// What a [`BodySink`] wants after a chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    /// Send the rest.
-    More,
-    /// Stop the download: the image is not newer than the running app (nothing was written
-    /// to its slot).
-    NotNewer,
-}
-
-/// Where an HTTP download delivers the response body: `begin` once the head has arrived,
-/// then `chunk` for each piece in order, of any size. The download stops at the first error
-/// or at [`Flow::NotNewer`].
-pub trait BodySink {
-    type Error;
-    /// The head arrived (status 200): the body's length when the server sent
-    /// `Content-Length`.
-    fn begin(&mut self, len: Option<u32>) -> Result<(), Self::Error>;
-    /// The next piece of the body.
-    fn chunk(&mut self, data: &[u8]) -> Result<Flow, Self::Error>;
-}
-
-/// Installs a downloaded app image into the next OTA slot through the front door: `begin`
-/// with the announced length and [`DOWNLOAD_POLICY`], `write` per chunk, [`Installer::finish`]
-/// at the end of the body.
-pub struct Installer<'u, 'f, F: NorFlash> {
-    ota: &'u mut OtaUpdater<'f, F>,
-    not_newer: bool,
-}
-
-impl<'u, 'f, F: NorFlash> Installer<'u, 'f, F> {
-    pub fn new(ota: &'u mut OtaUpdater<'f, F>) -> Self {
-        Installer {
-            ota,
-            not_newer: false,
-        }
-    }
-
-    /// After the whole body: `Some` when the image was installed and otadata switched (restart
-    /// to boot it), `None` when it was not newer. Fails when the body was short of its
-    /// `Content-Length`, or the image is bad (otadata untouched).
-    pub fn finish(self) -> Result<Option<Installed>, UpdaterError<F::Error>> {
-        if self.not_newer {
-            return Ok(None);
-        }
-        self.ota.finish().map(Some)
-    }
-
-    /// Give the update up after a failed download (`esp_ota_abort`): otadata is untouched and
-    /// a new `Installer` may start again.
-    pub fn abort(self) {
-        self.ota.abort();
-    }
-}
-
-impl<F: NorFlash> BodySink for Installer<'_, '_, F> {
-    type Error = UpdaterError<F::Error>;
-
-    fn begin(&mut self, len: Option<u32>) -> Result<(), Self::Error> {
-        self.ota.begin(len, DOWNLOAD_POLICY).map(|_| ())
-    }
-
-    fn chunk(&mut self, data: &[u8]) -> Result<Flow, Self::Error> {
-        match self.ota.write(data) {
-            Ok(()) => Ok(Flow::More),
-            // Refused on the image's header and descriptor, before anything was erased.
-            Err(UpdaterError::Core(Error::Update(UpdateError::Version {
-                verdict: VersionVerdict::NotNewer,
-                ..
-            }))) => {
-                self.not_newer = true;
-                Ok(Flow::NotNewer)
-            }
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// A handle on a flash driver shared by several users in one thread (the updater and the
