@@ -92,7 +92,49 @@ impl<C: Connect, R: CryptoRngCore, K: TlsClock> TlsConnector<C, R, K> {
 
 struct Provider<'a, R, K: TlsClock> {
     rng: &'a mut R,
-    verifier: CertVerifier<'a, Aes128GcmSha256, K, MAX_SERVER_CERT>,
+    verifier: Guarded<'a, K>,
+}
+
+/// embedded-tls's `CertVerifier` with the order of the handshake enforced: the server's
+/// CertificateVerify is taken only after its Certificate verified (embedded-tls would panic
+/// on one without), and [`TlsConnector`] accepts a handshake only when both were verified
+/// (embedded-tls would complete one whose server sent neither: an unauthenticated peer).
+struct Guarded<'a, K: TlsClock> {
+    inner: CertVerifier<'a, Aes128GcmSha256, K, MAX_SERVER_CERT>,
+    certificate: bool,
+    signature: bool,
+}
+
+impl<K: TlsClock> TlsVerifier<Aes128GcmSha256> for Guarded<'_, K> {
+    fn set_hostname_verification(&mut self, hostname: &str) -> Result<(), TlsError> {
+        self.inner.set_hostname_verification(hostname)
+    }
+
+    fn verify_certificate(
+        &mut self,
+        transcript: &<Aes128GcmSha256 as embedded_tls::TlsCipherSuite>::Hash,
+        cert: embedded_tls::CertificateRef,
+    ) -> Result<(), TlsError> {
+        if self.certificate {
+            // A second Certificate message.
+            return Err(TlsError::InvalidHandshake);
+        }
+        self.inner.verify_certificate(transcript, cert)?;
+        self.certificate = true;
+        Ok(())
+    }
+
+    fn verify_signature(
+        &mut self,
+        verify: embedded_tls::CertificateVerifyRef,
+    ) -> Result<(), TlsError> {
+        if !self.certificate || self.signature {
+            return Err(TlsError::InvalidHandshake);
+        }
+        self.inner.verify_signature(verify)?;
+        self.signature = true;
+        Ok(())
+    }
 }
 
 impl<R: CryptoRngCore, K: TlsClock> CryptoProvider for Provider<'_, R, K> {
@@ -263,11 +305,21 @@ impl<C: Connect, R: CryptoRngCore, K: TlsClock> Connect for TlsConnector<C, R, K
         let sock = inner.connect(host, port).await?;
         let mut tls = TlsConnection::new(sock, &mut rx[..], &mut tx[..]);
         let config = TlsConfig::new().with_server_name(host);
-        let provider = Provider::<R, K> {
+        let mut provider = Provider::<R, K> {
             rng,
-            verifier: CertVerifier::new(Certificate::X509(&ca[..ca_len])),
+            verifier: Guarded {
+                inner: CertVerifier::new(Certificate::X509(&ca[..ca_len])),
+                certificate: false,
+                signature: false,
+            },
         };
-        match tls.open(TlsContext::new(&config, provider)).await {
+        let opened = match tls.open(TlsContext::new(&config, &mut provider)).await {
+            Ok(()) if !(provider.verifier.certificate && provider.verifier.signature) => {
+                Err(TlsError::InvalidCertificate)
+            }
+            r => r,
+        };
+        match opened {
             Ok(()) => Ok(MaybeTls::Tls(Some(tls))),
             Err(e) => {
                 let mut sock = match tls.close().await {
