@@ -87,12 +87,17 @@ impl Bench {
 /// `ota serve --tls-self-signed` on 127.0.0.1 (certificate for 127.0.0.1 and `localhost`,
 /// issued by a CA kept in `tls_dir`).
 fn serve_tls(www: &Path, tls_dir: &Path) -> Background {
+    serve_tls_for(www, tls_dir, &[])
+}
+
+/// The same with more subjectAltNames (`--tls-san`).
+fn serve_tls_for(www: &Path, tls_dir: &Path, sans: &[&str]) -> Background {
     let mut o = ServeOptions::dir(www);
     o.bind = "127.0.0.1:0".parse().unwrap();
     o.access_log = false;
     o.tls = Tls::SelfSigned {
         dir: tls_dir.to_path_buf(),
-        sans: Vec::new(),
+        sans: sans.iter().map(|n| n.to_string()).collect(),
     };
     Background::start(o).expect("ota serve --tls-self-signed starts")
 }
@@ -199,4 +204,17 @@ fn embassy_stack_https_checks_the_certificate_names_the_host() {
     assert_eq!(o.status.code(), Some(1), "{log}");
     assert!(log.contains("does not name the host"), "{log}");
     assert!(b.running().contains("App version:      v1.0.0"));
+}
+
+#[test]
+fn embassy_stack_https_to_host_ota_works_when_the_certificate_names_it() {
+    let b = Bench::new();
+    let srv = serve_tls_for(&b.p("www"), &b.p("tls"), &["host.ota"]);
+    let ca = srv.info.ca_pem.clone().unwrap();
+    let port = srv.info.addr.port();
+    let o = b.run(&format!("https://host.ota:{port}/app.bin"), Some(&ca));
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    let after = log.rsplit("Restarting...").next().unwrap();
+    assert!(after.contains("App version:      v2.0.0"), "{log}");
 }
