@@ -26,6 +26,7 @@ cargo build -p ota-core --target riscv32imc-unknown-none-elf
 step "ota-net's HTTP client (and its embassy-net connector) build no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-net --no-default-features --target riscv32imc-unknown-none-elf
 cargo build -p ota-net --no-default-features --features embassy --target riscv32imc-unknown-none-elf
+cargo build -p ota-net --no-default-features --features embassy,tls --target riscv32imc-unknown-none-elf
 
 step "ota-catalogue builds no_std + alloc for riscv32imc-unknown-none-elf"
 cargo build -p ota-catalogue --target riscv32imc-unknown-none-elf
@@ -42,6 +43,8 @@ cargo build -p ota-service --no-default-features --target riscv32imc-unknown-non
 
 step "ota-service's embassy driver builds no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-service --no-default-features --features embassy --target riscv32imc-unknown-none-elf
+step "ota-service's embassy driver with https (embedded-tls, pinned CA) builds no_std for riscv32imc-unknown-none-elf"
+cargo build -p ota-service --no-default-features --features embassy,tls --target riscv32imc-unknown-none-elf
 
 step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release build (Wi-Fi)"
 # Its own Cargo project (outside the workspace, its own Cargo.lock) for riscv32imc, stable Rust.

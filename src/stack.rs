@@ -10,8 +10,9 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use clap::{Args, ValueEnum};
 use embedded_storage::nor_flash::NorFlash;
-use ota_net::http::Client;
+use ota_net::http::{Client, Connect, ConnectError};
 use ota_net::sim::{Device as NetDevice, LinkSpec, GATEWAY, HOST_NAME};
+use ota_net::tls::{SystemClock, TlsConnector};
 use ota_service::embassy_driver::{run_with, EmbassyClock, EmbassyTransport};
 use ota_service::io::{BoxFuture, Opened, Request, Transport};
 use ota_service::source::{SdCardFs, SourceError, SourceOptions};
@@ -29,7 +30,8 @@ pub enum StackKind {
     /// The std driver: the host's sockets, blocking http(s) client (rustls).
     #[default]
     Std,
-    /// The embassy driver: embassy-net on the PC behind a link model and a gateway; http only.
+    /// The embassy driver: embassy-net on the PC behind a link model and a gateway; http, and
+    /// https with a pinned CA.
     Embassy,
 }
 
@@ -37,8 +39,9 @@ pub enum StackKind {
 pub struct StackArgs {
     /// Network stack of the device: `std` (the host's sockets; http and https) or `embassy`
     /// (the service's embassy driver on embassy-net, as on the chip, behind a simulated link
-    /// and a gateway at 10.0.2.2 that relays to this host's 127.0.0.1; http only; URIs naming
-    /// 127.0.0.1 or localhost are sent to the gateway; `host.ota` resolves to it).
+    /// and a gateway at 10.0.2.2 that relays to this host's 127.0.0.1; http, and https only
+    /// with a pinned CA (`cert`) and a host name; URIs naming 127.0.0.1 or localhost are sent
+    /// to the gateway; `host.ota` resolves to it).
     #[arg(long, value_enum, default_value_t = StackKind::Std)]
     pub stack: StackKind,
     /// The link model of `--stack embassy`: comma-separated `rate=56kB/s` (also B/s, kbit/s,
@@ -77,15 +80,38 @@ pub fn via_gateway(uri: &str) -> Option<String> {
         None => (authority, None),
     };
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    if !(host == "127.0.0.1" || host.eq_ignore_ascii_case("localhost")) {
+    if !is_this_host(host) {
         return None;
     }
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
     Some(format!("http://{GATEWAY}{port}{}", &rest[end..]))
 }
 
+/// Whether `host` is this host as a URI names it (127.0.0.1 or localhost).
+fn is_this_host(host: &str) -> bool {
+    host == "127.0.0.1" || host.eq_ignore_ascii_case("localhost")
+}
+
+/// The device's connector: `localhost` / `127.0.0.1` are reached through the gateway (the
+/// TCP connection goes to [`GATEWAY`]), while an `https://` URL keeps its host name for the
+/// certificate check.
+struct ViaGateway<C>(C);
+
+impl<C: Connect> Connect for ViaGateway<C> {
+    type Conn<'a>
+        = C::Conn<'a>
+    where
+        Self: 'a;
+
+    async fn connect(&mut self, host: &str, port: u16) -> Result<C::Conn<'_>, ConnectError> {
+        let gateway = GATEWAY.to_string();
+        let host = if is_this_host(host) { &gateway } else { host };
+        self.0.connect(host, port).await
+    }
+}
+
 /// The device's transport on the embassy stack: `file://` on the SD card (the std driver's),
-/// `http://` through embassy-net, `https://` refused (not done on this stack).
+/// `http://` and `https://` (TLS 1.3 with the item's pinned CA) through embassy-net.
 struct DeviceTransport<'a> {
     sd: StdTransport<'a>,
     net: EmbassyTransport,
@@ -99,15 +125,19 @@ impl Transport for DeviceTransport<'_> {
             return self.sd.open(req);
         }
         if req.uri.starts_with("https://") {
-            let uri = req.uri.to_string();
-            return Box::pin(async move {
-                Err(SourceError::InvalidUri {
-                    uri,
-                    detail: "https is not supported on --stack embassy (http only): use \
-                             http://, or --stack std"
-                        .to_string(),
-                })
-            });
+            if !self.said.replace(true)
+                && via_gateway(&req.uri.replacen("https", "http", 1)).is_some()
+            {
+                logger::info(
+                    TAG,
+                    &format!(
+                        "{} names this host: the device connects to the gateway {GATEWAY} and \
+                         checks the certificate against the URI's host name",
+                        req.uri
+                    ),
+                );
+            }
+            return self.net.open(req);
         }
         match via_gateway(req.uri) {
             Some(uri) => {
@@ -224,7 +254,11 @@ pub fn with_embassy_service<F: NorFlash, T>(
             GATEWAY
         ),
     );
-    let mut client: Client<_> = Client::new(net.connector());
+    // https: TLS 1.3 over the gateway connector, the handshake randoms from the host's
+    // getrandom, certificate dates checked against the host's clock.
+    let tls: TlsConnector<_, _, SystemClock> =
+        TlsConnector::new(ViaGateway(net.connector()), rand_core::OsRng);
+    let mut client: Client<_> = Client::new(tls);
     let mut service = |items: &mut [Box<dyn ota_service::UpgradeItem<F> + '_>],
                        device: &mut ota_service::Device<'_, F>,
                        events: &mut dyn FnMut(Event)| {

@@ -14,8 +14,12 @@
 //! transient [`SourceError::Network`]).
 //!
 //! Redirects are followed up to `opts.max_redirects`, to `http://` only.
-//! `https://` is not done here ([`SourceError::UnsupportedScheme`]); `file://` neither (a
-//! device without an SD card): a driver that has one wraps this transport (the CLI does).
+//! `https://` (feature `tls`): over a connector that speaks TLS (`ota_net::tls::TlsConnector`),
+//! only with a pinned CA (`opts.ca_pem`, exactly one certificate): the server's chain must be
+//! signed by it and name the URL's host; without one the open fails with [`SourceError::Tls`]
+//! before connecting. Without the feature `https://` is [`SourceError::UnsupportedScheme`].
+//! `file://` is not done here (a device without an SD card): a driver that has one wraps this
+//! transport (the CLI does).
 //!
 //! Every wait is bounded by the client (connect, send, head and each read within
 //! `opts.timeout`, the rate rule, `opts.deadline`); deadlines are in ms of [`EmbassyClock`],
@@ -59,6 +63,8 @@ struct OwnedRequest {
     if_range: Option<String>,
     if_match: Option<String>,
     opts: SourceOptions,
+    /// The pinned CA (DER) of an `https://` request.
+    ca_der: Option<Vec<u8>>,
 }
 
 enum Command {
@@ -147,17 +153,14 @@ pub struct EmbassyTransport {
 impl Transport for EmbassyTransport {
     fn open<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Opened, SourceError>> {
         Box::pin(async move {
-            if !req.uri.starts_with("http://") {
-                return Err(SourceError::UnsupportedScheme {
-                    uri: req.uri.to_string(),
-                });
-            }
+            let ca_der = pinned_ca(&req)?;
             let cmd = Command::Open(Box::new(OwnedRequest {
                 uri: req.uri.to_string(),
                 start: req.start,
                 if_range: req.if_range.map(str::to_string),
                 if_match: req.if_match.map(str::to_string),
                 opts: req.opts.clone(),
+                ca_der,
             }));
             let meta = match call(&self.shared, cmd).await {
                 Answer::Opened(r) => r?,
@@ -181,6 +184,36 @@ impl Transport for EmbassyTransport {
             })
         })
     }
+}
+
+fn has_scheme(uri: &str, scheme: &str) -> bool {
+    uri.get(..scheme.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+}
+
+/// `http://`: no CA. `https://` (feature `tls`): the DER of the pinned CA, which must be set.
+fn pinned_ca(req: &Request<'_>) -> Result<Option<Vec<u8>>, SourceError> {
+    if has_scheme(req.uri, "http://") {
+        return Ok(None);
+    }
+    #[cfg(feature = "tls")]
+    if has_scheme(req.uri, "https://") {
+        let Some(pem) = req.opts.ca_pem.as_deref() else {
+            return Err(SourceError::Tls {
+                uri: req.uri.to_string(),
+                detail: http::TlsFailure::NoPinnedCa.to_string(),
+            });
+        };
+        return crate::pem::single_certificate_der(pem)
+            .map(Some)
+            .map_err(|detail| SourceError::BadCert {
+                uri: req.uri.to_string(),
+                detail,
+            });
+    }
+    Err(SourceError::UnsupportedScheme {
+        uri: req.uri.to_string(),
+    })
 }
 
 fn internal(uri: &str, phase: Phase, detail: &str) -> SourceError {
@@ -367,6 +400,14 @@ impl<C: Connect, const BUF: usize> Pump<'_, C, BUF> {
         let shared = self.shared.clone();
         let client = &mut *self.client;
         client.options = client_options(&req.opts, client.options);
+        if let Err(e) = client.connector().pin_ca(req.ca_der.as_deref()) {
+            let e = SourceError::BadCert {
+                uri: req.uri.clone(),
+                detail: e.to_string(),
+            };
+            answer_on(&shared, seq, Answer::Opened(Err(e)));
+            return None;
+        }
         let get = GetOptions {
             range_from: (req.start > 0).then_some(req.start),
             if_range: req.if_range.as_deref().filter(|_| req.start > 0),
@@ -589,6 +630,10 @@ fn map_error(req: &OwnedRequest, e: http::Error) -> SourceError {
             uri,
             phase: Phase::Open,
             timeout: req.opts.timeout,
+        },
+        http::Error::Connect(ConnectError::Tls(t)) => SourceError::Tls {
+            uri,
+            detail: t.to_string(),
         },
         http::Error::Connect(c) => SourceError::Network {
             uri,

@@ -24,6 +24,8 @@ pub mod config;
 pub mod embassy_driver;
 pub mod io;
 pub mod items;
+#[cfg(feature = "tls")]
+pub mod pem;
 pub mod reason;
 pub mod service;
 pub mod source;

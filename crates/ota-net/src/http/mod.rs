@@ -65,6 +65,60 @@ pub enum ConnectError {
     TimedOut,
     /// No socket free, or another local reason.
     Local,
+    /// `https://` could not be opened (the connector speaks no TLS, no CA is pinned, or the
+    /// handshake or the server's certificate failed).
+    Tls(TlsFailure),
+}
+
+/// Why a TLS connection was not opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// This connector speaks no TLS (ota-net built without the `tls` feature, or a plain
+    /// connector).
+    Unsupported,
+    /// No CA is pinned: this client never connects unverified.
+    NoPinnedCa,
+    /// The pinned CA is larger than the connector keeps, or is not one DER certificate.
+    BadPinnedCa,
+    /// The URL names an IP literal: the certificate is checked against a DNS name only.
+    IpLiteral,
+    /// The server's certificate is not signed by the pinned CA, is outside its validity, or
+    /// does not name the host.
+    Certificate,
+    /// The server's handshake signature does not verify with its certificate's key.
+    Signature,
+    /// The server ended the handshake with this TLS alert (RFC 8446 §6).
+    Alert(u8),
+    /// The connection failed during the handshake.
+    Io,
+    /// The server spoke something this client does not accept (no TLS 1.3, an unsupported
+    /// cipher suite or signature scheme, a malformed record).
+    Protocol,
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsFailure::Unsupported => f.write_str("this build's connector speaks no TLS"),
+            TlsFailure::NoPinnedCa => f.write_str(
+                "no pinned CA (set `cert`/`ca_pem`): https is never fetched unverified on this stack",
+            ),
+            TlsFailure::BadPinnedCa => f.write_str("the pinned CA is not one DER certificate that fits"),
+            TlsFailure::IpLiteral => f.write_str(
+                "the URL names an IP address: the server certificate is checked against a DNS name",
+            ),
+            TlsFailure::Certificate => f.write_str(
+                "the server certificate is not signed by the pinned CA, is not valid now, or does not name the host",
+            ),
+            TlsFailure::Signature => f.write_str("the server's handshake signature does not verify"),
+            TlsFailure::Alert(d) => write!(f, "the server sent TLS alert {d}"),
+            TlsFailure::Io => f.write_str("the connection failed during the TLS handshake"),
+            TlsFailure::Protocol => f.write_str(
+                "the server's TLS is not accepted (TLS 1.3 with AES-128-GCM-SHA256 and ECDSA P-256 only)",
+            ),
+        }
+    }
 }
 
 impl fmt::Display for ConnectError {
@@ -75,6 +129,7 @@ impl fmt::Display for ConnectError {
             ConnectError::NoRoute => "no route to the host",
             ConnectError::TimedOut => "connecting timed out",
             ConnectError::Local => "no local socket for the connection",
+            ConnectError::Tls(t) => return write!(f, "TLS: {t}"),
         })
     }
 }
@@ -100,6 +155,21 @@ pub trait Connect {
     /// Opens a TCP connection to `host` (a name, an IPv4 literal or an IPv6 literal without
     /// brackets) and `port`.
     async fn connect(&mut self, host: &str, port: u16) -> Result<Self::Conn<'_>, ConnectError>;
+
+    /// Opens a TLS connection to `host` and `port` (an `https://` URL), the server's
+    /// certificate checked against the pinned CA and `host`. A connector without TLS keeps the
+    /// default, which refuses.
+    async fn connect_tls(&mut self, host: &str, port: u16) -> Result<Self::Conn<'_>, ConnectError> {
+        let _ = (host, port);
+        Err(ConnectError::Tls(TlsFailure::Unsupported))
+    }
+
+    /// Pins the CA (one DER certificate) that [`Connect::connect_tls`] verifies servers with,
+    /// or unpins it (`None`: TLS is then refused). A connector without TLS keeps the default.
+    fn pin_ca(&mut self, der: Option<&[u8]>) -> Result<(), ConnectError> {
+        let _ = der;
+        Ok(())
+    }
 }
 
 /// A borrowed connector connects too (so a client can use one it does not own).
@@ -111,6 +181,14 @@ impl<C: Connect> Connect for &mut C {
 
     async fn connect(&mut self, host: &str, port: u16) -> Result<C::Conn<'_>, ConnectError> {
         (**self).connect(host, port).await
+    }
+
+    async fn connect_tls(&mut self, host: &str, port: u16) -> Result<C::Conn<'_>, ConnectError> {
+        (**self).connect_tls(host, port).await
+    }
+
+    fn pin_ca(&mut self, der: Option<&[u8]>) -> Result<(), ConnectError> {
+        (**self).pin_ca(der)
     }
 }
 
@@ -429,12 +507,13 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
         let req_len = write_request(&mut self.buf, &u, &opts)?;
         let o = self.options;
         let deadline = opts.deadline;
-        let conn = timed(
-            o.connect_timeout,
-            deadline,
-            Phase::Connect,
-            self.connector.connect(u.host, u.port),
-        )
+        let conn = timed(o.connect_timeout, deadline, Phase::Connect, async {
+            if u.tls {
+                self.connector.connect_tls(u.host, u.port).await
+            } else {
+                self.connector.connect(u.host, u.port).await
+            }
+        })
         .await?
         .map_err(Error::Connect)?;
         let mut wire = Wire {
@@ -533,7 +612,13 @@ fn write_request(buf: &mut [u8], u: &Url<'_>, opts: &GetOptions<'_>) -> Result<u
     } else {
         w.put(u.host.as_bytes());
     }
-    if u.port != url::HTTP_PORT {
+    if u.port
+        != if u.tls {
+            url::HTTPS_PORT
+        } else {
+            url::HTTP_PORT
+        }
+    {
         w.put(b":");
         w.num(u64::from(u.port));
     }

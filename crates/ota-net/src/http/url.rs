@@ -6,6 +6,8 @@ use core::fmt;
 pub const MAX_URL_LEN: usize = 8 * 1024;
 /// Default port of `http://` (RFC 9110 §4.2.1).
 pub const HTTP_PORT: u16 = 80;
+/// Default port of `https://` (RFC 9110 §4.2.2).
+pub const HTTPS_PORT: u16 = 443;
 
 /// A parsed `http://` URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub struct Url<'a> {
     pub port: u16,
     /// Path and query (without the fragment); `/` when the URL has none.
     pub target: &'a str,
+    /// `https://`: the connection is opened with [`crate::http::Connect::connect_tls`].
+    pub tls: bool,
 }
 
 /// Why a URL was refused.
@@ -25,7 +29,7 @@ pub enum UrlError {
     TooLong { len: usize },
     /// A control character (or a space) at this byte offset.
     ControlChar { at: usize },
-    /// Not `http://` (`https://` needs the TLS feature, which this build does not have).
+    /// Neither `http://` nor `https://`.
     Scheme,
     /// `user:password@` is not supported by this client.
     UserInfo,
@@ -66,9 +70,11 @@ impl<'a> Url<'a> {
         if let Some(at) = s.bytes().position(|b| b <= b' ' || b == 0x7f) {
             return Err(UrlError::ControlChar { at });
         }
-        const SCHEME: &str = "http://";
-        let rest = match s.get(..SCHEME.len()) {
-            Some(p) if p.eq_ignore_ascii_case(SCHEME) => &s[SCHEME.len()..],
+        const HTTP: &str = "http://";
+        const HTTPS: &str = "https://";
+        let (rest, tls) = match (s.get(..HTTP.len()), s.get(..HTTPS.len())) {
+            (Some(p), _) if p.eq_ignore_ascii_case(HTTP) => (&s[HTTP.len()..], false),
+            (_, Some(p)) if p.eq_ignore_ascii_case(HTTPS) => (&s[HTTPS.len()..], true),
             _ => return Err(UrlError::Scheme),
         };
         let rest = rest.split('#').next().unwrap_or("");
@@ -100,6 +106,7 @@ impl<'a> Url<'a> {
             return Err(UrlError::EmptyHost);
         }
         let port = match port {
+            None | Some("") if tls => HTTPS_PORT,
             None | Some("") => HTTP_PORT,
             Some(p) => {
                 if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
@@ -112,7 +119,12 @@ impl<'a> Url<'a> {
             }
         };
         let target = if target.is_empty() { "/" } else { target };
-        Ok(Url { host, port, target })
+        Ok(Url {
+            host,
+            port,
+            target,
+            tls,
+        })
     }
 
     /// Whether the host is an IPv6 literal (written in brackets in `Host`).
@@ -142,7 +154,13 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_with_the_reason() {
-        assert_eq!(Url::parse("https://h/"), Err(UrlError::Scheme));
+        let u = Url::parse("HTTPS://h/x").unwrap();
+        assert_eq!(
+            (u.host, u.port, u.target, u.tls),
+            ("h", HTTPS_PORT, "/x", true)
+        );
+        assert!(!Url::parse("http://h/").unwrap().tls);
+        assert_eq!(Url::parse("ftp://h/"), Err(UrlError::Scheme));
         assert_eq!(Url::parse("ftp://h/"), Err(UrlError::Scheme));
         assert_eq!(Url::parse("http://"), Err(UrlError::EmptyHost));
         assert_eq!(Url::parse("http:///x"), Err(UrlError::EmptyHost));
