@@ -1,5 +1,6 @@
-//! Shared parts of the interop suite (`tests/interop_*.rs`): the seed, the case count, and the
-//! batch oracle runner. Every comparison generates all its cases first, asks ONE Python process
+//! Shared parts of the interop suites, the CLI's (`tests/interop_*.rs`) and ota-core's
+//! (`crates/ota-core/tests/interop_*.rs`, which include this file by path): the seed, the case
+//! count, the Python with the oracles, and the batch oracle runner. Every comparison generates all its cases first, asks ONE Python process
 //! (`tests/oracle/*.py`, the real esptool / esp-idf-defs from PyPI) about all of them, then
 //! compares; it prints `interop <format>: N cases, seed 0x…, all equal`.
 #![allow(dead_code)]
@@ -17,7 +18,7 @@ use serde_json::Value;
 pub const DEFAULT_SEED: u64 = 0x07A5_E2D1_0C0F_FEE5;
 
 /// The seed of this run for `format`, printed so a failure can be replayed with
-/// `OTA_INTEROP_SEED=0x… cargo test --test interop_…`.
+/// `OTA_INTEROP_SEED=0x… cargo test [-p ota-core] --test interop_…`.
 pub fn seed(format: &str) -> u64 {
     let s = match std::env::var("OTA_INTEROP_SEED") {
         Ok(v) if v == "random" => std::time::SystemTime::now()
@@ -53,10 +54,42 @@ pub fn cases(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The workspace's root folder: the nearest folder at or above the crate's that holds
+/// `tests/oracle` (the root crate's own folder, or two up from `crates/ota-core`).
+pub fn workspace() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .find(|d| d.join("tests/oracle").is_dir())
+        .unwrap_or(crate_dir)
+        .to_path_buf()
+}
+
+/// The oracle scripts, shared by every interop suite: the workspace's `tests/oracle`.
 pub fn oracle_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/oracle")
-        .join(name)
+    workspace().join("tests/oracle").join(name)
+}
+
+/// The Python with esptool and esp-idf-defs: $OTA_PYTHON, else the workspace's
+/// `.venv/bin/python`; None after saying so (the test then skips).
+pub fn python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("OTA_PYTHON").map(PathBuf::from),
+        Some(workspace().join(".venv/bin/python")),
+    ];
+    for c in candidates.into_iter().flatten() {
+        if c.exists() {
+            let ok = Command::new(&c)
+                .args(["-c", "import esptool"])
+                .output()
+                .map(|o| o.status.success());
+            if ok.unwrap_or(false) {
+                return Some(c);
+            }
+        }
+    }
+    eprintln!("SKIP: no Python with esptool (run scripts/test.sh, or set OTA_PYTHON)");
+    None
 }
 
 /// Run `python tests/oracle/<script>` once with `request` as JSON on stdin; its JSON answer.

@@ -1,6 +1,7 @@
 //! Interop, chips: ota-core's memory map of every chip is esptool's, row for row (the real
 //! esptool from PyPI, asked once for all chips by `tests/oracle/esptool_oracle.py`).
 
+#[path = "../../../tests/interop/mod.rs"]
 mod interop;
 
 use interop::python;

@@ -6,6 +6,7 @@
 //! logic (equal wherever its rules are ESP-IDF's; every step where they differ must differ in
 //! exactly one of the documented ways — see README "Coming from ESP-IDF", otadata).
 
+#[path = "../../../tests/interop/mod.rs"]
 mod interop;
 
 use std::collections::BTreeMap;
