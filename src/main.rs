@@ -27,6 +27,7 @@ macro_rules! eprintln {
     };
 }
 
+mod cmd_delta;
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;
@@ -74,6 +75,9 @@ enum Command {
     /// Create, inspect, boot and update an emulated device (a flash image file).
     #[command(subcommand)]
     Device(cmd_device::DeviceCmd),
+    /// Make detools delta patches between two images (esp_delta_ota-compatible).
+    #[command(subcommand)]
+    Delta(cmd_delta::DeltaCmd),
     /// Make and inspect ESP-IDF app images.
     #[command(subcommand)]
     Image(cmd_image::ImageCmd),
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Device(c) => cmd_device::run(c),
+        Command::Delta(c) => cmd_delta::run(c),
         Command::Image(c) => cmd_image::run(c),
         Command::Tone(c) => cmd_tone::run(c),
         Command::PartitionTable(a) => cmd_ptable::run(a),

@@ -50,11 +50,10 @@ fn heatshrink(body: &[u8]) -> Vec<u8> {
         }
     };
     while !rest.is_empty() {
-        match encoder.sink(rest) {
-            Ok(n) => rest = &rest[n..],
-            // Full: the input buffer must be drained first (below). Misuse cannot happen
-            // before finish().
-            Err(_) => {}
+        // An error is `Full` (the input buffer must be drained first, below); `Misuse`
+        // cannot happen before finish().
+        if let Ok(n) = encoder.sink(rest) {
+            rest = &rest[n..];
         }
         drain(&mut encoder, &mut out);
     }
