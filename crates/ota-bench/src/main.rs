@@ -5,6 +5,7 @@
 //! `__ota-serve DIR PORT` command that runs `ota_server::Server`, the code behind `ota serve`,
 //! so its peak RSS (`VmHWM`, reset per case through `/proc/PID/clear_refs`) is its own.
 
+mod delta_make;
 mod load;
 
 use std::io::Read;
@@ -37,6 +38,23 @@ enum Cmd {
         #[arg(long, default_value = "python3")]
         python: String,
     },
+    /// ota delta make vs detools' Python create_patch on real and generated pairs: patch
+    /// sizes, make times, and apply times with detools' Python and (with --detools-c) its C
+    /// library, side by side.
+    DeltaMake {
+        /// The shared vectors folder (real ESP-IDF images under esptool/).
+        #[arg(long, default_value = "../shared/vectors")]
+        vectors: PathBuf,
+        /// The Python with detools.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: String,
+        /// The `c/` folder of an eerimoq/detools checkout (its PyPI package has no C library).
+        #[arg(long, value_name = "DIR")]
+        detools_c: Option<PathBuf>,
+        /// Runs per measurement (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Internal: run the ota-server on DIR at 127.0.0.1:PORT (what `ota serve DIR` runs).
     #[command(name = "__ota-serve", hide = true)]
     OtaServe { dir: PathBuf, port: u16 },
@@ -45,6 +63,12 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Serve { seconds, python } => bench(Duration::from_secs(seconds.max(1)), &python),
+        Cmd::DeltaMake {
+            vectors,
+            python,
+            detools_c,
+            runs,
+        } => delta_make::run(&vectors, &python, detools_c.as_deref(), runs),
         Cmd::OtaServe { dir, port } => {
             let mut o = ota_server::ServeOptions::dir(dir);
             o.bind = SocketAddr::from(([127, 0, 0, 1], port));
