@@ -160,3 +160,29 @@ fn delta_make_esp_header_needs_a_valid_appended_hash() {
     );
     assert!(!patch.exists());
 }
+
+#[test]
+fn delta_make_warns_when_an_esp_header_patch_is_not_heatshrink() {
+    let Some(v) = vectors() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let app = v.join("esptool/esp_idf_blink_esp32s2.bin");
+    let p = dir.path().join("p");
+    let out = ok(&[
+        "delta",
+        "make",
+        s(&app),
+        s(&app),
+        "-o",
+        s(&p),
+        "--esp-header",
+        "-c",
+        "lzma",
+    ]);
+    assert!(
+        out.contains("esp_delta_ota applies heatshrink patches only"),
+        "{out}"
+    );
+    let bytes = std::fs::read(&p).unwrap();
+    assert_eq!(&bytes[..4], &[0x10, 0xde, 0xcd, 0xfc]);
+    assert_eq!(bytes[64], 0x01, "sequential, lzma");
+}

@@ -77,6 +77,12 @@ pub fn run(a: MakeArgs) -> Result<ExitCode> {
         compression: a.compression.into(),
         esp_header: a.esp_header,
     };
+    if a.esp_header && options.compression != Compression::Heatshrink {
+        eprintln!(
+            "warning: --esp-header with --compression {}: esp_delta_ota applies heatshrink patches only",
+            options.compression
+        );
+    }
     let started = Instant::now();
     let patch = ota_delta::make(&old, &new, &options).with_context(|| {
         format!(
