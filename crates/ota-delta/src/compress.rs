@@ -67,7 +67,7 @@ fn heatshrink(body: &[u8]) -> Vec<u8> {
 /// uncompressed size `ff..ff` (unknown) and an end marker, which is what Python's
 /// `FORMAT_ALONE` writes and what detools `c/detools.c` reads with `lzma_alone_decoder`.
 fn lzma_alone(body: &[u8]) -> Result<Vec<u8>, Error> {
-    let lzma_err = |e: liblzma::stream::Error| Error::Lzma(e.to_string());
+    let lzma_err = |source: liblzma::stream::Error| Error::Lzma { source };
     let options = LzmaOptions::new_preset(LZMA_PRESET).map_err(lzma_err)?;
     let mut stream = Stream::new_lzma_encoder(&options).map_err(lzma_err)?;
     let mut out = Vec::with_capacity(body.len() / 4 + 64);

@@ -139,10 +139,14 @@ pub enum Error {
         stored: [u8; 32],
         computed: [u8; 32],
     },
+    /// qbsdiff failed, or its BSDIFF40 control stream could not be read back.
+    #[error("matching (qbsdiff): {source}")]
+    Qbsdiff { source: std::io::Error },
+    /// The matcher's controls broke an invariant (a bug, never an input's fault): what and where.
     #[error("matching: {0}")]
     Matcher(String),
-    #[error("lzma: {0}")]
-    Lzma(String),
+    #[error("lzma: {source}")]
+    Lzma { source: liblzma::stream::Error },
 }
 
 /// Makes a detools sequential patch turning `old` into `new`.

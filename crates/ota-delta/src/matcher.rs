@@ -49,7 +49,7 @@ pub fn triples(old: &[u8], new: &[u8]) -> Result<Vec<Triple>, Error> {
         .parallel_scheme(qbsdiff::ParallelScheme::Never)
         .compression_level(BZIP2_LEVEL)
         .compare(Cursor::new(&mut bsdiff))
-        .map_err(|e| Error::Matcher(format!("qbsdiff: {e}")))?;
+        .map_err(|source| Error::Qbsdiff { source })?;
     if bsdiff.len() < BSDIFF40_HEADER_LEN || &bsdiff[..8] != BSDIFF40_MAGIC {
         return Err(Error::Matcher(
             "qbsdiff did not write a BSDIFF40 header".into(),
@@ -62,7 +62,7 @@ pub fn triples(old: &[u8], new: &[u8]) -> Result<Vec<Triple>, Error> {
     let mut controls = Vec::new();
     bzip2::read::BzDecoder::new(&bsdiff[BSDIFF40_HEADER_LEN..BSDIFF40_HEADER_LEN + control_len])
         .read_to_end(&mut controls)
-        .map_err(|e| Error::Matcher(format!("BSDIFF40 control stream: {e}")))?;
+        .map_err(|source| Error::Qbsdiff { source })?;
     if controls.len() % CONTROL_LEN != 0 {
         return Err(Error::Matcher(format!(
             "BSDIFF40 control stream is {} bytes, not a multiple of {CONTROL_LEN}",
