@@ -2,11 +2,13 @@
 
 mod app;
 mod data;
+pub mod ddi;
 mod download;
 pub mod manifest;
 
 pub use app::{AppItem, CheckFactory, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
+pub use ddi::{DdiAuth, DdiItem};
 pub use download::StreamCheck;
 pub use manifest::ManifestItem;
 
