@@ -1145,6 +1145,31 @@ pub(crate) fn get(
     }
 }
 
+/// `PUT`/`POST` `body` to `uri` (no redirects followed: a 3xx is the caller's error), with
+/// `opts.authorization`. Returns the answer's status; its body is not read.
+pub(crate) fn send(
+    uri: &str,
+    method: &'static str,
+    content_type: &str,
+    body: &[u8],
+    opts: &SourceOptions,
+) -> Result<u16, SourceError> {
+    let url = parse_url(uri).map_err(|detail| SourceError::InvalidUri {
+        uri: uri.to_string(),
+        detail,
+    })?;
+    if Scheme::of(uri) == Some(Scheme::Https) {
+        tls_config(opts.ca_pem.as_deref(), uri)?;
+    }
+    let verb = Verb::Send {
+        method,
+        content_type,
+        body,
+    };
+    let answer = request(uri, &url, verb, true, &[], opts)?;
+    Ok(answer.head.status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1226,29 +1251,4 @@ mod tests {
         assert_eq!(remove_dot_segments("/.."), "/");
         assert_eq!(remove_dot_segments("/a/b/"), "/a/b/");
     }
-}
-
-/// `PUT`/`POST` `body` to `uri` (no redirects followed: a 3xx is the caller's error), with
-/// `opts.authorization`. Returns the answer's status; its body is not read.
-pub(crate) fn send(
-    uri: &str,
-    method: &'static str,
-    content_type: &str,
-    body: &[u8],
-    opts: &SourceOptions,
-) -> Result<u16, SourceError> {
-    let url = parse_url(uri).map_err(|detail| SourceError::InvalidUri {
-        uri: uri.to_string(),
-        detail,
-    })?;
-    if Scheme::of(uri) == Some(Scheme::Https) {
-        tls_config(opts.ca_pem.as_deref(), uri)?;
-    }
-    let verb = Verb::Send {
-        method,
-        content_type,
-        body,
-    };
-    let answer = request(uri, &url, verb, true, &[], opts)?;
-    Ok(answer.head.status)
 }
