@@ -235,10 +235,15 @@ pub struct DdiItem {
     pub polls: u32,
     pub max_sleep: Duration,
     plan: Option<Plan>,
+    /// The action id (as the server wrote it, and as text) once the deployment named one:
+    /// from then on a failure is reported as its feedback.
+    action_ref: Option<(Value, String)>,
     action: Option<Action>,
     inner: Option<AppItem>,
     mismatch: Rc<RefCell<Option<String>>>,
     installed: bool,
+    /// The incoming image's version, once `need_upgrade` read its descriptor.
+    incoming_version: Option<String>,
     closed: bool,
     poll_sleep: Option<Duration>,
     opts: Option<SourceOptions>,
@@ -266,10 +271,12 @@ impl DdiItem {
             polls: 1,
             max_sleep: DEFAULT_MAX_SLEEP,
             plan: None,
+            action_ref: None,
             action: None,
             inner: None,
             mismatch: Rc::new(RefCell::new(None)),
             installed: false,
+            incoming_version: None,
             closed: false,
             poll_sleep: None,
             opts: None,
@@ -426,7 +433,7 @@ impl DdiItem {
         progress: Option<u32>,
         detail: &str,
     ) -> Result<(), SourceError> {
-        let Some(action) = self.action.as_ref() else {
+        let Some((action_id, action_text)) = self.action_ref.as_ref() else {
             return Ok(());
         };
         let mut result = json!({ "finished": finished });
@@ -437,7 +444,7 @@ impl DdiItem {
             );
         }
         let doc = json!({
-            "id": action.id,
+            "id": action_id,
             "status": {
                 "execution": execution,
                 "result": result,
@@ -447,14 +454,11 @@ impl DdiItem {
         let uri = format!(
             "{}/deploymentBase/{}/feedback",
             self.base_url(),
-            action.id_text
+            action_text
         );
         env.info(
             TAG,
-            format!(
-                "feedback for action {}: {execution}/{finished}: {detail}",
-                action.id_text
-            ),
+            format!("feedback for action {action_text}: {execution}/{finished}: {detail}"),
         );
         self.send_json(UploadMethod::Post, &uri, &doc, env).await
     }
@@ -529,10 +533,14 @@ impl DdiItem {
             if let Some(l) = links.config_data {
                 let uri = self.own_link("configData", &l.href)?;
                 let attrs = self.attributes(dev);
-                env.info(TAG, format!("the server asks for attributes: PUT {uri}"));
-                self.send_json(UploadMethod::Put, &uri, &attrs, env)
-                    .await
-                    .map_err(source_error)?;
+                env.info(
+                    TAG,
+                    format!("the server asks for attributes: PUT {uri} {attrs}"),
+                );
+                // The attributes inform the server; a refusal does not stop the deployment.
+                if let Err(e) = self.send_json(UploadMethod::Put, &uri, &attrs, env).await {
+                    env.warn(TAG, format!("configData not delivered: {e}"));
+                }
             }
             if links.cancel_action.is_some() {
                 env.warn(
@@ -570,7 +578,7 @@ impl DdiItem {
 
     /// Read the deployment and choose its app image.
     async fn deployment(
-        &self,
+        &mut self,
         link: &Link,
         opts: &SourceOptions,
         id: usize,
@@ -585,6 +593,7 @@ impl DdiItem {
             _ => return Err(bad("the action id is neither a string nor a number".into())),
         };
         check_id(&id_text).map_err(|e| bad(format!("action id `{}`: {e}", shorten(&id_text))))?;
+        self.action_ref = Some((doc.id.clone(), id_text.clone()));
         let d = doc.deployment;
         let download = Handling::parse("download", d.download.as_deref()).map_err(bad)?;
         let mut update = Handling::parse("update", d.update.as_deref()).map_err(bad)?;
@@ -689,9 +698,11 @@ impl DdiItem {
         id: usize,
     ) -> Result<(), ItemError> {
         self.plan = None;
+        self.action_ref = None;
         self.action = None;
         self.inner = None;
         self.installed = false;
+        self.incoming_version = None;
         self.closed = false;
         self.validate()
             .map_err(|e| ItemError::new(Reason::UrlParseFail, e))?;
@@ -834,6 +845,7 @@ impl DdiItem {
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let r = UpgradeItem::<F>::need_upgrade(inner, dev, env, id).await;
         let incoming = inner.incoming_desc();
+        self.incoming_version = incoming.as_ref().map(|d| d.version_str().to_string());
         let need = r.map_err(|e| self.explain(e))?;
         let wanted = match &self.project {
             Some(p) => Some(p.clone()),
@@ -885,14 +897,13 @@ impl DdiItem {
             .as_mut()
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let r = UpgradeItem::<F>::execute(inner, dev, env, id).await;
-        let incoming = inner.incoming_desc();
         r.map_err(|e| self.explain(e))?;
         self.installed = true;
         let slot = ota_core::update::next_update_slot(dev.table, dev.running.as_ref());
         let detail = format!(
             "installed {} version {} in {}; restarting to confirm",
             self.action.as_ref().map_or("", |a| a.filename.as_str()),
-            incoming.as_ref().map_or("?", |d| d.version_str()),
+            self.incoming_version.as_deref().unwrap_or("?"),
             slot.as_ref().map_or("?", |s| s.label.as_str())
         );
         self.progress(env, 2, &detail).await;
@@ -911,7 +922,7 @@ impl DdiItem {
             None => result,
         };
         if let Outcome::Failed { message, .. } = &result {
-            if self.action.is_some() && !self.closed {
+            if self.action_ref.is_some() && !self.closed {
                 let detail = message.clone();
                 match self.feedback(env, "closed", "failure", None, &detail).await {
                     Ok(()) => self.closed = true,
