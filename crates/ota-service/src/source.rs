@@ -968,7 +968,7 @@ pub fn open_request(
 pub fn send_request(req: &crate::io::Upload<'_>) -> Result<u16, SourceError> {
     match Scheme::of(req.uri) {
         Some(Scheme::Http) | Some(Scheme::Https) => guard(req.uri, Phase::Open, || {
-            let status = http::send(
+            let (status, reason) = http::send(
                 req.uri,
                 req.method.as_str(),
                 req.content_type,
@@ -981,7 +981,7 @@ pub fn send_request(req: &crate::io::Upload<'_>) -> Result<u16, SourceError> {
                 Err(SourceError::HttpStatus {
                     uri: req.uri.to_string(),
                     status,
-                    reason: String::new(),
+                    reason,
                 })
             }
         }),

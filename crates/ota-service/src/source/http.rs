@@ -1146,14 +1146,14 @@ pub(crate) fn get(
 }
 
 /// `PUT`/`POST` `body` to `uri` (no redirects followed: a 3xx is the caller's error), with
-/// `opts.authorization`. Returns the answer's status; its body is not read.
+/// `opts.authorization`. Returns the answer's status and reason; its body is not read.
 pub(crate) fn send(
     uri: &str,
     method: &'static str,
     content_type: &str,
     body: &[u8],
     opts: &SourceOptions,
-) -> Result<u16, SourceError> {
+) -> Result<(u16, String), SourceError> {
     let url = parse_url(uri).map_err(|detail| SourceError::InvalidUri {
         uri: uri.to_string(),
         detail,
@@ -1167,7 +1167,7 @@ pub(crate) fn send(
         body,
     };
     let answer = request(uri, &url, verb, true, &[], opts)?;
-    Ok(answer.head.status)
+    Ok((answer.head.status, answer.head.reason.clone()))
 }
 
 #[cfg(test)]
