@@ -531,3 +531,78 @@ fn ddi_hostile_answers_are_clear_errors_and_leave_the_device_as_it_was() {
         }
     }
 }
+
+#[test]
+fn ddi_token_goes_to_the_server_only_not_to_a_download_host_elsewhere() {
+    let d = Dev::new(&[]);
+    d.image("v2.bin", "app", "v2.0.0");
+    let image = std::fs::read(d.dir.join("v2.bin")).unwrap();
+    let (sha, size) = (d.sha256("v2.bin"), image.len());
+    // The artifact's host records the Authorization headers it gets.
+    let cdn_auth = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let cdn = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    // Another origin: the same address under another name.
+    let cdn_url = format!(
+        "http://localhost:{}",
+        cdn.server_addr().to_ip().unwrap().port()
+    );
+    let seen = cdn_auth.clone();
+    std::thread::spawn(move || {
+        for rq in cdn.incoming_requests() {
+            let auth = rq
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Authorization"))
+                .map(|h| h.value.to_string());
+            seen.lock().unwrap().push(auth);
+            let _ = rq.respond(tiny_http::Response::from_data(image.clone()));
+        }
+    });
+    let ddi_auth = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let seen = ddi_auth.clone();
+    let srv = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", srv.server_addr().to_ip().unwrap());
+    let base_url = url.clone();
+    std::thread::spawn(move || {
+        for rq in srv.incoming_requests() {
+            let auth = rq
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Authorization"))
+                .map(|h| h.value.to_string());
+            seen.lock().unwrap().push(auth);
+            let body = if rq.url().ends_with("/feedback") {
+                String::new()
+            } else if rq.url().contains("/deploymentBase/") {
+                format!(
+                    r#"{{"id":"9","deployment":{{"download":"forced","update":"forced","chunks":[{{"part":"bApp","version":"v2.0.0","artifacts":[{{"filename":"v2.bin","size":{size},"hashes":{{"sha256":"{sha}"}},"_links":{{"download-http":{{"href":"{cdn_url}/v2.bin"}}}}}}]}}]}}}}"#
+                )
+            } else {
+                format!(
+                    r#"{{"config":{{"polling":{{"sleep":"00:00:30"}}}},"_links":{{"deploymentBase":{{"href":"{base_url}/DEFAULT/controller/v1/d/deploymentBase/9?c=1"}}}}}}"#
+                )
+            };
+            let _ = rq.respond(tiny_http::Response::from_string(body));
+        }
+    });
+    let o = d.run(&url, "d", Some("s3cret"), &[]);
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    assert!(!log.contains("s3cret"), "the token is in the log:\n{log}");
+    let ddi = ddi_auth.lock().unwrap();
+    assert!(
+        ddi.len() >= 4,
+        "poll, deploymentBase, two feedbacks: {ddi:?}"
+    );
+    assert!(
+        ddi.iter()
+            .all(|a| a.as_deref() == Some("TargetToken s3cret")),
+        "{ddi:?}"
+    );
+    let cdn = cdn_auth.lock().unwrap();
+    assert!(
+        !cdn.is_empty() && cdn.iter().all(Option::is_none),
+        "{cdn:?}"
+    );
+    assert_eq!(running(&d.boot()), ("ota_1".into(), "v2.0.0".into()));
+}
