@@ -190,9 +190,8 @@ impl Handling {
 /// The deployment the item works on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Action {
-    /// The action id as the server wrote it (a string or a number), echoed in feedback.
-    id: Value,
-    /// The id as text, for URLs and messages.
+    /// The action id as text, for URLs and messages (feedback echoes it as the server wrote
+    /// it, a string or a number).
     pub id_text: String,
     pub filename: String,
     pub version: String,
@@ -679,7 +678,6 @@ impl DdiItem {
             ),
         );
         Ok(Action {
-            id: doc.id,
             id_text,
             filename: art.filename.clone(),
             version: chunk.version.clone(),
