@@ -1212,3 +1212,54 @@ impl<T: Connection> Response<'_, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    fn head(method: Method, payload: Option<(&str, &[u8])>, opts: &GetOptions<'_>) -> String {
+        let mut buf = [0u8; 512];
+        let u = Url::parse("http://127.0.0.1:8080/DEFAULT/controller/v1/d/configData").unwrap();
+        let n = write_request(&mut buf, &u, method, payload, opts).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_put_carries_its_method_content_type_length_and_extra_fields() {
+        let fields = [("Authorization", "TargetToken abc")];
+        let opts = GetOptions {
+            headers: &fields,
+            ..GetOptions::default()
+        };
+        let h = head(Method::Put, Some(("application/json", b"{\"a\":1}")), &opts);
+        assert!(
+            h.starts_with("PUT /DEFAULT/controller/v1/d/configData HTTP/1.1\r\n"),
+            "{h}"
+        );
+        assert!(h.contains("\r\nAuthorization: TargetToken abc\r\n"), "{h}");
+        assert!(h.contains("\r\nContent-Type: application/json\r\n"), "{h}");
+        assert!(h.ends_with("\r\nContent-Length: 7\r\n\r\n"), "{h}");
+        let g = head(Method::Get, None, &GetOptions::default());
+        assert!(g.starts_with("GET "), "{g}");
+        assert!(!g.contains("Content-Length"), "{g}");
+    }
+
+    #[test]
+    fn a_content_type_with_a_line_break_is_refused() {
+        let mut buf = [0u8; 512];
+        let u = Url::parse("http://h/x").unwrap();
+        let r = write_request(
+            &mut buf,
+            &u,
+            Method::Post,
+            Some(("a\r\nX-Evil: 1", b"")),
+            &GetOptions::default(),
+        );
+        assert_eq!(
+            r,
+            Err(Error::BadRequestField {
+                field: "Content-Type"
+            })
+        );
+    }
+}
