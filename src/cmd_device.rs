@@ -364,8 +364,10 @@ pub struct RunArgs {
     #[command(flatten)]
     flash: FlashArg,
     /// Upgrade list (TOML; see README).
-    #[arg(long, value_name = "TOML")]
-    config: PathBuf,
+    #[arg(long, value_name = "TOML", required_unless_present = "ddi")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    ddi: DdiArgs,
     /// SD card: a folder or a FAT image. Default: `sdcard/` beside the flash file.
     #[arg(long, value_name = "DIR|IMG")]
     sdcard: Option<PathBuf>,
@@ -383,6 +385,101 @@ pub struct RunArgs {
     faults: FaultArgs,
     #[command(flatten)]
     stack: crate::stack::StackArgs,
+}
+
+/// `--ddi URL ...`: one more upgrade item, after the config's: ask this hawkBit DDI server
+/// what to install (the same item as `type = "ddi"` in a config).
+#[derive(Args)]
+pub struct DdiArgs {
+    /// A hawkBit DDI server's URL (`http://host:port`, without the tenant): poll it for a
+    /// deployment and install its app image.
+    #[arg(long, value_name = "URL", requires_all = ["ddi_tenant", "ddi_id"])]
+    ddi: Option<String>,
+    /// The DDI tenant (hawkBit's default is `DEFAULT`).
+    #[arg(long, value_name = "TENANT", requires = "ddi")]
+    ddi_tenant: Option<String>,
+    /// The device's controller id.
+    #[arg(long, value_name = "ID", requires = "ddi")]
+    ddi_id: Option<String>,
+    /// A file holding the device's security token (`Authorization: TargetToken ...`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "ddi",
+        conflicts_with = "ddi_gateway_token_file"
+    )]
+    ddi_token_file: Option<PathBuf>,
+    /// A file holding the tenant's gateway token (`Authorization: GatewayToken ...`).
+    #[arg(long, value_name = "FILE", requires = "ddi")]
+    ddi_gateway_token_file: Option<PathBuf>,
+    /// Polls of the base resource while it offers nothing (waiting `config.polling.sleep`
+    /// between two, at most --ddi-max-sleep-ms).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "ddi",
+          value_parser = clap::value_parser!(u32).range(1..=ota_service::config::MAX_DDI_POLLS as i64))]
+    ddi_polls: u32,
+    /// The longest wait between two polls, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 3_600_000, requires = "ddi",
+          value_parser = clap::value_parser!(u64).range(0..=ota_service::config::MAX_MAX_TIME_MS))]
+    ddi_max_sleep_ms: u64,
+    /// Install only an image newer than the running one (`version_check = "newer"`).
+    #[arg(long, requires = "ddi")]
+    ddi_newer: bool,
+}
+
+impl DdiArgs {
+    /// The DDI item these flags describe, if `--ddi` is given.
+    fn spec(&self) -> Result<Option<ota_service::config::UpgradeSpec>> {
+        use ota_service::config::{DdiSpec, DdiToken, ItemKind, UpgradeSpec};
+        let Some(url) = &self.ddi else {
+            return Ok(None);
+        };
+        let tenant = self.ddi_tenant.clone().unwrap_or_default();
+        let id = self.ddi_id.clone().unwrap_or_default();
+        let probe = ota_service::items::DdiItem::new(
+            url.clone(),
+            tenant.clone(),
+            id.clone(),
+            ota_service::items::DdiAuth::None,
+        );
+        probe.validate().map_err(|e| anyhow!("--ddi: {e}"))?;
+        let token = match (&self.ddi_token_file, &self.ddi_gateway_token_file) {
+            (Some(t), _) => {
+                crate::input::check_input(t, ota_service::config::MAX_TOKEN_FILE, "token file")?;
+                DdiToken::Target(t.clone())
+            }
+            (None, Some(g)) => {
+                crate::input::check_input(g, ota_service::config::MAX_TOKEN_FILE, "token file")?;
+                DdiToken::Gateway(g.clone())
+            }
+            (None, None) => DdiToken::None,
+        };
+        Ok(Some(UpgradeSpec {
+            kind: ItemKind::Ddi,
+            uri: url.trim_end_matches('/').to_string(),
+            label: None,
+            format: ota_service::config::DataFormat::Raw,
+            version_check: if self.ddi_newer {
+                ota_core::version::VersionPolicy::Newer
+            } else {
+                ota_core::version::VersionPolicy::None
+            },
+            reboot: true,
+            break_after_fail: false,
+            cert: None,
+            retry: ota_service::source::RetryPolicy::default(),
+            resume: false,
+            staging: None,
+            project: None,
+            limits: ota_service::source::TransferLimits::default(),
+            ddi: Some(DdiSpec {
+                tenant,
+                controller_id: id,
+                token,
+                polls: self.ddi_polls,
+                max_sleep: std::time::Duration::from_millis(self.ddi_max_sleep_ms),
+            }),
+        }))
+    }
 }
 
 /// The ESP-ADF OTA example's partition table with 1 MB app slots, as in its README log
@@ -1333,7 +1430,15 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode> {
 
 /// `device run`: the exit status, the report and the slot running at the end.
 fn run_cmd_inner(a: &RunArgs) -> Result<(u8, ota_service::RunReport, Option<String>)> {
-    let config = crate::input::load_config(&a.config)?;
+    let mut config = match &a.config {
+        Some(path) => crate::input::load_config(path)?,
+        None => Config {
+            upgrade: Vec::new(),
+        },
+    };
+    if let Some(spec) = a.ddi.spec()? {
+        config.upgrade.push(spec);
+    }
     let sd_path = match &a.sdcard {
         Some(p) => Some(p.clone()),
         None => {
@@ -1753,6 +1858,7 @@ fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut Progress
                     "type": spec.map(|s| match s.kind {
                         ota_service::config::ItemKind::App => "app",
                         ota_service::config::ItemKind::Data => "data",
+                        ota_service::config::ItemKind::Ddi => "ddi",
                     }),
                     "uri": spec.map(|s| s.uri.as_str()),
                     "label": spec.and_then(|s| s.label.as_deref())}))

@@ -14,7 +14,7 @@ use ota_net::http::{Client, Connect, ConnectError};
 use ota_net::sim::{Device as NetDevice, LinkSpec, GATEWAY, HOST_NAME};
 use ota_net::tls::{SystemClock, TlsConnector};
 use ota_service::embassy_driver::{run_with, EmbassyClock, EmbassyTransport};
-use ota_service::io::{BoxFuture, Opened, Request, Transport};
+use ota_service::io::{BoxFuture, Opened, Request, Transport, Upload};
 use ota_service::source::{SdCardFs, SourceError, SourceOptions};
 use ota_service::std_driver::StdTransport;
 use ota_service::{Event, Outcome};
@@ -153,6 +153,15 @@ impl Transport for DeviceTransport<'_> {
                 Box::pin(async move { self.net.open(Request { uri: &uri, ..req }).await })
             }
             None => self.net.open(req),
+        }
+    }
+
+    /// A DDI item's `PUT`/`POST`: through embassy-net, to this host through the gateway as
+    /// `open` does.
+    fn send<'a>(&'a self, req: Upload<'a>) -> BoxFuture<'a, Result<u16, SourceError>> {
+        match via_gateway(req.uri) {
+            Some(uri) => Box::pin(async move { self.net.send(Upload { uri: &uri, ..req }).await }),
+            None => self.net.send(req),
         }
     }
 }

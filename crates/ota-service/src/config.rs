@@ -38,6 +38,65 @@ pub const EXAMPLE_FIRMWARE_FILE: &str = "play_mp3_control.bin";
 pub enum ItemKind {
     App,
     Data,
+    /// Ask a hawkBit DDI server what to install (`uri` is the server's URL).
+    Ddi,
+}
+
+/// Largest `polls` of a DDI item.
+pub const MAX_DDI_POLLS: u32 = 10_000;
+/// Largest token file read (hawkBit's security tokens are 32 characters; a gateway token too).
+pub const MAX_TOKEN_FILE: u64 = 4096;
+
+/// Where a DDI item's token is, and which kind it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DdiToken {
+    None,
+    /// `Authorization: TargetToken <file's content>` (`token_file`).
+    Target(PathBuf),
+    /// `Authorization: GatewayToken <file's content>` (`gateway_token_file`).
+    Gateway(PathBuf),
+}
+
+/// A DDI item's settings (`type = "ddi"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DdiSpec {
+    pub tenant: String,
+    pub controller_id: String,
+    pub token: DdiToken,
+    /// Polls of the base resource in one run while it offers nothing (`polls`, default 1).
+    pub polls: u32,
+    /// The longest wait between two polls (`max_sleep_ms`; the server's `config.polling.sleep`
+    /// is honoured up to it).
+    pub max_sleep: std::time::Duration,
+}
+
+/// Reads a token file: its content without surrounding white space, at most
+/// [`MAX_TOKEN_FILE`] bytes, one line of printable ASCII.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)
+        .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    let mut text = String::new();
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_TOKEN_FILE {
+        return Err(format!(
+            "token file {} is larger than {MAX_TOKEN_FILE} bytes",
+            path.display()
+        ));
+    }
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    if let Some(pos) = t.bytes().position(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(format!(
+            "token file {}: byte {pos} of the token is not printable ASCII (one token, one line)",
+            path.display()
+        ));
+    }
+    Ok(t.to_string())
 }
 
 /// How a data item's bytes are checked before they are written (defined with the data item,
@@ -74,6 +133,8 @@ pub struct UpgradeSpec {
     /// Every item: the rate rule and overall deadline of its transfers (`low_speed_limit`,
     /// `low_speed_time_ms`, `max_time_ms`).
     pub limits: TransferLimits,
+    /// DDI items only.
+    pub ddi: Option<DdiSpec>,
 }
 
 /// The parsed configuration.
@@ -175,6 +236,12 @@ struct RawUpgrade {
     low_speed_limit: Option<Spanned<u64>>,
     low_speed_time_ms: Option<Spanned<u64>>,
     max_time_ms: Option<Spanned<u64>>,
+    tenant: Option<Spanned<String>>,
+    controller_id: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    gateway_token_file: Option<Spanned<String>>,
+    polls: Option<Spanned<u32>>,
+    max_sleep_ms: Option<Spanned<u64>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -260,6 +327,7 @@ impl Config {
                 staging: None,
                 project: None,
                 limits: defaults.limits,
+                ddi: None,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -287,6 +355,7 @@ impl Config {
                 staging: None,
                 project: None,
                 limits: defaults.limits,
+                ddi: None,
             });
         }
 
@@ -435,6 +504,7 @@ fn explicit_item(
 ) -> Result<UpgradeSpec, ConfigError> {
     let raw = item.get_ref();
     check_uri(loc, &raw.uri)?;
+    let ddi = ddi_spec(loc, item, base_dir)?;
     // Every item retries and reconnects (`retries`, `retry_backoff_ms`); only a plain app item
     // keeps a resume record in flash across runs.
     if let (ItemKind::Data, Some(r)) = (raw.kind, raw.resume.as_ref()) {
@@ -469,7 +539,7 @@ fn explicit_item(
         ],
     )?;
     let (label, format) = match raw.kind {
-        ItemKind::App => {
+        ItemKind::App | ItemKind::Ddi => {
             if let Some(st) = &raw.staging {
                 return Err(loc.at(
                     Some(st.span()),
@@ -527,7 +597,7 @@ fn explicit_item(
         }
     };
     let project = match (&raw.project, raw.kind) {
-        (Some(p), ItemKind::App) => Some(nonempty(loc, p, "project")?),
+        (Some(p), ItemKind::App | ItemKind::Ddi) => Some(nonempty(loc, p, "project")?),
         (Some(p), ItemKind::Data) => {
             return Err(loc.at(
                 Some(p.span()),
@@ -564,7 +634,7 @@ fn explicit_item(
             .version_check
             .as_ref()
             .map_or(VersionPolicy::None, |v| (*v.get_ref()).into()),
-        reboot: raw.reboot.unwrap_or(raw.kind == ItemKind::App),
+        reboot: raw.reboot.unwrap_or(raw.kind != ItemKind::Data),
         break_after_fail: raw.break_after_fail.unwrap_or(false),
         cert,
         retry,
@@ -572,7 +642,120 @@ fn explicit_item(
         staging: raw.staging.as_ref().map(|s| s.get_ref().clone()),
         project,
         limits,
+        ddi,
     })
+}
+
+/// The DDI fields of an item: required for `type = "ddi"`, refused for the others.
+fn ddi_spec(
+    loc: &Locator<'_>,
+    item: &Spanned<RawUpgrade>,
+    base_dir: &Path,
+) -> Result<Option<DdiSpec>, ConfigError> {
+    let raw = item.get_ref();
+    if raw.kind != ItemKind::Ddi {
+        let fields = [
+            ("tenant", raw.tenant.as_ref().map(|s| s.span())),
+            (
+                "controller_id",
+                raw.controller_id.as_ref().map(|s| s.span()),
+            ),
+            ("token_file", raw.token_file.as_ref().map(|s| s.span())),
+            (
+                "gateway_token_file",
+                raw.gateway_token_file.as_ref().map(|s| s.span()),
+            ),
+            ("polls", raw.polls.as_ref().map(|s| s.span())),
+            ("max_sleep_ms", raw.max_sleep_ms.as_ref().map(|s| s.span())),
+        ];
+        if let Some((name, span)) = fields.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(loc.at(span, format!("`{name}` is for DDI items (type = \"ddi\")")));
+        }
+        return Ok(None);
+    }
+    if !matches!(
+        Scheme::of(raw.uri.get_ref()),
+        Some(Scheme::Http) | Some(Scheme::Https)
+    ) {
+        return Err(loc.at(
+            Some(raw.uri.span()),
+            "a DDI item's uri is the hawkBit server's http:// or https:// URL",
+        ));
+    }
+    if let Some(r) = &raw.resume {
+        return Err(loc.at(
+            Some(r.span()),
+            "`resume` does not apply to a DDI item: its download is checked whole against the deployment's SHA-256",
+        ));
+    }
+    let id_field = |v: &Option<Spanned<String>>, name: &str| -> Result<String, ConfigError> {
+        match v {
+            Some(s) => {
+                let t = nonempty(loc, s, name)?;
+                let probe = crate::items::DdiItem::new(
+                    "http://h",
+                    t.clone(),
+                    t.clone(),
+                    crate::items::DdiAuth::None,
+                );
+                probe
+                    .validate()
+                    .map_err(|e| loc.at(Some(s.span()), format!("{name}: {e}")))?;
+                Ok(t)
+            }
+            None => Err(loc.at(Some(item.span()), format!("DDI item without `{name}`"))),
+        }
+    };
+    let tenant = id_field(&raw.tenant, "tenant")?;
+    let controller_id = id_field(&raw.controller_id, "controller_id")?;
+    let file = |s: &Spanned<String>| -> Result<PathBuf, ConfigError> {
+        let path = base_dir.join(s.get_ref());
+        if !path.is_file() {
+            return Err(loc.at(
+                Some(s.span()),
+                format!("token file not found: {}", path.display()),
+            ));
+        }
+        Ok(path)
+    };
+    let token = match (&raw.token_file, &raw.gateway_token_file) {
+        (Some(_), Some(g)) => {
+            return Err(loc.at(
+                Some(g.span()),
+                "set token_file (TargetToken) or gateway_token_file (GatewayToken), not both",
+            ))
+        }
+        (Some(t), None) => DdiToken::Target(file(t)?),
+        (None, Some(g)) => DdiToken::Gateway(file(g)?),
+        (None, None) => DdiToken::None,
+    };
+    let polls = match &raw.polls {
+        Some(p) if *p.get_ref() == 0 || *p.get_ref() > MAX_DDI_POLLS => {
+            return Err(loc.at(
+                Some(p.span()),
+                format!("polls must be 1 to {MAX_DDI_POLLS}"),
+            ))
+        }
+        Some(p) => *p.get_ref(),
+        None => 1,
+    };
+    let max_sleep = match &raw.max_sleep_ms {
+        Some(m) if *m.get_ref() > MAX_MAX_TIME_MS => {
+            return Err(loc.at(
+                Some(m.span()),
+                format!("max_sleep_ms must be at most {MAX_MAX_TIME_MS}"),
+            ))
+        }
+        Some(m) => std::time::Duration::from_millis(*m.get_ref()),
+        None => crate::items::ddi::DEFAULT_MAX_SLEEP,
+    };
+    Ok(Some(DdiSpec {
+        tenant,
+        controller_id,
+        token,
+        polls,
+        max_sleep,
+    }))
 }
 
 /// The ESP-ADF example's list (adf-ota-service.md §9.1, §9.3) with the firmware served from
@@ -595,6 +778,7 @@ pub fn example(host_port: &str) -> Config {
                 staging: None,
                 project: None,
                 limits: TransferLimits::default(),
+                ddi: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -610,6 +794,7 @@ pub fn example(host_port: &str) -> Config {
                 staging: None,
                 project: None,
                 limits: TransferLimits::default(),
+                ddi: None,
             },
         ],
     }

@@ -34,7 +34,10 @@ use core::task::{Poll, Waker};
 use embedded_io_async::Read as _;
 use ota_net::http::{self, Client, Connect, ConnectError, ContentRange, GetOptions};
 
-use crate::io::{judge_http_answer, Body, BoxFuture, Clock, HttpHead, Opened, Request, Transport};
+use crate::io::{
+    judge_http_answer, Body, BoxFuture, Clock, HttpHead, Opened, Request, Transport, Upload,
+    UploadMethod,
+};
 use crate::prelude::*;
 use crate::source::{Phase, SourceError, SourceOptions};
 
@@ -67,8 +70,19 @@ struct OwnedRequest {
     ca_der: Option<Vec<u8>>,
 }
 
+/// A `PUT`/`POST` as the pump keeps it.
+struct OwnedUpload {
+    method: http::Method,
+    uri: String,
+    content_type: String,
+    body: Vec<u8>,
+    opts: SourceOptions,
+    ca_der: Option<Vec<u8>>,
+}
+
 enum Command {
     Open(Box<OwnedRequest>),
+    Send(Box<OwnedUpload>),
     /// Read up to this many bytes of body `id`.
     Read {
         id: u32,
@@ -88,6 +102,8 @@ struct Meta {
 
 enum Answer {
     Opened(Result<Meta, SourceError>),
+    /// The status of a 2xx answer to a `Send`.
+    Sent(Result<u16, SourceError>),
     /// `Ok(n)`: the first `n` bytes of the shared buffer.
     Read(Result<usize, SourceError>),
     /// The body read was given up (another source was opened since).
@@ -164,7 +180,7 @@ impl Transport for EmbassyTransport {
             }));
             let meta = match call(&self.shared, cmd).await {
                 Answer::Opened(r) => r?,
-                Answer::Read(_) | Answer::Superseded => {
+                Answer::Read(_) | Answer::Superseded | Answer::Sent(_) => {
                     return Err(internal(req.uri, Phase::Open, "read answer"))
                 }
             };
@@ -182,6 +198,28 @@ impl Transport for EmbassyTransport {
                 last_modified: meta.last_modified,
                 total_length: meta.total_length,
             })
+        })
+    }
+
+    fn send<'a>(&'a self, req: Upload<'a>) -> BoxFuture<'a, Result<u16, SourceError>> {
+        Box::pin(async move {
+            let view = Request::whole(req.uri, req.opts);
+            let ca_der = pinned_ca(&view)?;
+            let cmd = Command::Send(Box::new(OwnedUpload {
+                method: match req.method {
+                    UploadMethod::Put => http::Method::Put,
+                    UploadMethod::Post => http::Method::Post,
+                },
+                uri: req.uri.to_string(),
+                content_type: req.content_type.to_string(),
+                body: req.body.to_vec(),
+                opts: req.opts.clone(),
+                ca_der,
+            }));
+            match call(&self.shared, cmd).await {
+                Answer::Sent(r) => r,
+                _ => Err(internal(req.uri, Phase::Open, "not a send answer")),
+            }
         })
     }
 }
@@ -260,7 +298,9 @@ impl Body for PumpBody {
                     phase: Phase::Read,
                     detail: "the body was given up: another source was opened since".to_string(),
                 }),
-                Answer::Opened(_) => Err(internal(&self.uri, Phase::Read, "open answer")),
+                Answer::Opened(_) | Answer::Sent(_) => {
+                    Err(internal(&self.uri, Phase::Read, "open answer"))
+                }
             }
         })
     }
@@ -366,31 +406,73 @@ async fn next(shared: &Shared) -> Next {
 impl<C: Connect, const BUF: usize> Pump<'_, C, BUF> {
     /// Serves commands forever.
     pub async fn run(mut self) -> ! {
-        let mut pending: Option<(u32, Box<OwnedRequest>)> = None;
+        let mut pending: Option<(u32, Command)> = None;
         loop {
-            let (seq, req) = match pending.take() {
+            let (seq, cmd) = match pending.take() {
                 Some(p) => p,
                 None => match next(&self.shared).await {
-                    Next::Command(seq, Command::Open(r)) => (seq, r),
-                    Next::Command(seq, Command::Read { .. }) => {
-                        // A body given up (another one was opened since).
-                        answer_on(&self.shared, seq, Answer::Superseded);
-                        continue;
-                    }
+                    Next::Command(seq, c) => (seq, c),
                     Next::Dropped(_) => continue,
                 },
             };
-            pending = self.serve(seq, req).await;
+            match cmd {
+                Command::Open(req) => pending = self.serve(seq, req).await,
+                Command::Send(u) => {
+                    let r = self.send(&u).await;
+                    answer_on(&self.shared, seq, Answer::Sent(r));
+                }
+                // A body given up (another one was opened since).
+                Command::Read { .. } => answer_on(&self.shared, seq, Answer::Superseded),
+            }
+        }
+    }
+
+    /// One `PUT`/`POST`: the status of a 2xx answer (its body given up), or the error.
+    async fn send(&mut self, u: &OwnedUpload) -> Result<u16, SourceError> {
+        let client = &mut *self.client;
+        client.options = client_options(&u.opts, client.options);
+        client
+            .connector()
+            .pin_ca(u.ca_der.as_deref())
+            .map_err(|e| SourceError::BadCert {
+                uri: u.uri.clone(),
+                detail: e.to_string(),
+            })?;
+        let auth = u.opts.authorization.as_ref().map(|a| a.expose());
+        let fields: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let get = GetOptions {
+            deadline: u.opts.deadline.map(embassy_time::Instant::from_millis),
+            headers: &fields,
+            ..GetOptions::default()
+        };
+        let view = OwnedRequest {
+            uri: u.uri.clone(),
+            start: 0,
+            if_range: None,
+            if_match: None,
+            opts: u.opts.clone(),
+            ca_der: None,
+        };
+        let mut resp = client
+            .send(&u.uri, u.method, &u.content_type, &u.body, get)
+            .await
+            .map_err(|e| map_error(&view, e))?;
+        let status = resp.status;
+        resp.body.abort().await;
+        if (200..300).contains(&status) {
+            Ok(status)
+        } else {
+            Err(SourceError::HttpStatus {
+                uri: u.uri.clone(),
+                status,
+                reason: String::new(),
+            })
         }
     }
 
     /// Opens `req` and serves its body's reads until it is dropped, finished and dropped, or
     /// superseded by another open (returned, to be served next).
-    async fn serve(
-        &mut self,
-        seq: u32,
-        req: Box<OwnedRequest>,
-    ) -> Option<(u32, Box<OwnedRequest>)> {
+    async fn serve(&mut self, seq: u32, req: Box<OwnedRequest>) -> Option<(u32, Command)> {
         let id = {
             let mut st = self.shared.borrow_mut();
             st.next_body = st.next_body.wrapping_add(1);
@@ -408,19 +490,31 @@ impl<C: Connect, const BUF: usize> Pump<'_, C, BUF> {
             answer_on(&shared, seq, Answer::Opened(Err(e)));
             return None;
         }
+        let auth = req.opts.authorization.as_ref().map(|a| a.expose());
+        let fields: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         let get = GetOptions {
             range_from: (req.start > 0).then_some(req.start),
             if_range: req.if_range.as_deref().filter(|_| req.start > 0),
             if_match: req.if_match.as_deref(),
             deadline: req.opts.deadline.map(embassy_time::Instant::from_millis),
-            headers: &[],
+            headers: &fields,
         };
+        let no_fields: [(&str, &str); 0] = [];
         // Redirects: at most `max_redirects`, each to an `http://` URL (absolute, or a path on
         // the same host), as the std client follows them.
         let mut url = req.uri.clone();
         let mut followed = 0u32;
         let mut resp = loop {
-            let mut r = match client.get(&url, get).await {
+            // The item's credentials go to its own origin only, not to where a redirect leads.
+            let this = if same_origin(&url, &req.uri) {
+                get
+            } else {
+                GetOptions {
+                    headers: &no_fields,
+                    ..get
+                }
+            };
+            let mut r = match client.get(&url, this).await {
                 Ok(r) => r,
                 Err(e) => {
                     answer_on(&shared, seq, Answer::Opened(Err(map_error(&req, e))));
@@ -505,11 +599,11 @@ impl<C: Connect, const BUF: usize> Pump<'_, C, BUF> {
                     return None;
                 }
                 Next::Dropped(_) => {}
-                Next::Command(s, Command::Open(r)) => {
+                Next::Command(s, c @ (Command::Open(_) | Command::Send(_))) => {
                     if !ended {
                         resp.body.abort().await;
                     }
-                    return Some((s, r));
+                    return Some((s, c));
                 }
                 Next::Command(s, Command::Read { id: rid, .. }) if rid != id => {
                     answer_on(&shared, s, Answer::Superseded);
@@ -548,6 +642,19 @@ fn answer_on(shared: &Shared, seq: u32, a: Answer) {
     st.answer = Some((seq, a));
     st.posts += 1;
     wake(&mut st.caller);
+}
+
+/// Whether two `http(s)://` URLs have the same scheme and authority.
+fn same_origin(a: &str, b: &str) -> bool {
+    let origin = |u: &str| -> (bool, String) {
+        let (tls, rest) = match u.split_once("://") {
+            Some((s, r)) => (s.eq_ignore_ascii_case("https"), r),
+            None => (false, u),
+        };
+        let auth = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        (tls, auth.to_ascii_lowercase())
+    };
+    origin(a) == origin(b)
 }
 
 /// Where a redirect from `from` to `location` leads: an absolute `http://` URL, or a path

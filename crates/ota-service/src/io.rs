@@ -116,6 +116,49 @@ pub(crate) fn validator_of<'v>(
 /// ([`SourceError::DeadlineExceeded`]).
 pub trait Transport {
     fn open<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Opened, SourceError>>;
+
+    /// Sends a small document (`PUT`/`POST`, the reports of a DDI item) and waits for the
+    /// answer's status, within the same bounds as [`Transport::open`]; the answer's body is
+    /// not read. A 2xx is `Ok(status)`; any other status is [`SourceError::HttpStatus`]. No
+    /// redirect is followed. A transport that cannot send (a file system) keeps the default:
+    /// [`SourceError::Unsupported`].
+    fn send<'a>(&'a self, req: Upload<'a>) -> BoxFuture<'a, Result<u16, SourceError>> {
+        Box::pin(core::future::ready(Err(SourceError::Unsupported {
+            uri: req.uri.to_string(),
+            detail: format!(
+                "this transport cannot send {} requests",
+                req.method.as_str()
+            ),
+        })))
+    }
+}
+
+/// The methods of [`Upload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadMethod {
+    Put,
+    Post,
+}
+
+impl UploadMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadMethod::Put => "PUT",
+            UploadMethod::Post => "POST",
+        }
+    }
+}
+
+/// A document sent with [`Transport::send`].
+#[derive(Clone, Copy, Debug)]
+pub struct Upload<'a> {
+    pub method: UploadMethod,
+    pub uri: &'a str,
+    /// The `Content-Type` of `body` (`application/json` for DDI).
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    /// Timeouts, deadline, pinned CA, user agent, `Authorization`.
+    pub opts: &'a SourceOptions,
 }
 
 /// Time, in milliseconds from any origin the driver picks (a run uses one clock throughout).

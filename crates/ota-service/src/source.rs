@@ -262,6 +262,9 @@ pub enum SourceError {
     /// The bytes are not the ones promised (the catalogue's size or SHA-256): final.
     #[error("{uri}: {detail}")]
     Mismatch { uri: String, detail: String },
+    /// The transport cannot do what was asked (a `PUT` on a file system).
+    #[error("{uri}: {detail}")]
+    Unsupported { uri: String, detail: String },
     #[error("{uri}: internal error while {phase} (caught): {detail}")]
     Internal {
         uri: String,
@@ -298,6 +301,7 @@ impl SourceError {
             | SourceError::TooSlow { uri, .. }
             | SourceError::DeadlineExceeded { uri, .. }
             | SourceError::TooLarge { uri, .. }
+            | SourceError::Unsupported { uri, .. }
             | SourceError::Internal { uri, .. } => uri,
         }
     }
@@ -492,6 +496,36 @@ pub struct SourceOptions {
     /// When every transfer of the current item must be over, in ms of the run's clock
     /// ([`crate::io::Clock::now_ms`]; set by the item).
     pub deadline: Option<u64>,
+    /// The `Authorization` header value of every request (a DDI item's `TargetToken …`):
+    /// sent to the URI's own origin only (not after a redirect to another host), and never
+    /// shown by `Debug`.
+    pub authorization: Option<Secret>,
+}
+
+/// A header value that must not appear in logs: `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself, for the request that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// The transfer bounds an item can set for itself (config keys `low_speed_limit`,
@@ -552,6 +586,7 @@ impl Default for SourceOptions {
             low_speed_time: DEFAULT_LOW_SPEED_TIME,
             max_time: DEFAULT_MAX_TIME,
             deadline: None,
+            authorization: None,
         }
     }
 }
@@ -921,6 +956,39 @@ pub fn open_request(
         Some(Scheme::Http) | Some(Scheme::Https) => {
             open_http(req.uri, req.start, req.if_range, req.if_match, req.opts)
         }
+        None => Err(SourceError::UnsupportedScheme {
+            uri: req.uri.to_string(),
+        }),
+    }
+}
+
+/// What the std driver's transport does for [`crate::io::Transport::send`]: `http(s)://`
+/// only; a 2xx answer is the status, anything else [`SourceError::HttpStatus`].
+#[cfg(feature = "std")]
+pub fn send_request(req: &crate::io::Upload<'_>) -> Result<u16, SourceError> {
+    match Scheme::of(req.uri) {
+        Some(Scheme::Http) | Some(Scheme::Https) => guard(req.uri, Phase::Open, || {
+            let (status, reason) = http::send(
+                req.uri,
+                req.method.as_str(),
+                req.content_type,
+                req.body,
+                req.opts,
+            )?;
+            if (200..300).contains(&status) {
+                Ok(status)
+            } else {
+                Err(SourceError::HttpStatus {
+                    uri: req.uri.to_string(),
+                    status,
+                    reason,
+                })
+            }
+        }),
+        Some(Scheme::File) => Err(SourceError::Unsupported {
+            uri: req.uri.to_string(),
+            detail: format!("cannot {} to the SD card", req.method.as_str()),
+        }),
         None => Err(SourceError::UnsupportedScheme {
             uri: req.uri.to_string(),
         }),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use embedded_storage::nor_flash::NorFlash;
 
-use crate::io::{block_on, Body, BoxFuture, Clock, Opened, Request, Transport};
+use crate::io::{block_on, Body, BoxFuture, Clock, Opened, Request, Transport, Upload};
 use crate::service::{run_list_async, Device, Event, RunReport, UpgradeItem};
 use crate::source::{self, SdCardFs, Source, SourceError, SourceOptions};
 
@@ -55,6 +55,9 @@ impl Transport for StdTransport<'_> {
             total_length: r.total_length,
         });
         Box::pin(core::future::ready(r))
+    }
+    fn send<'a>(&'a self, req: Upload<'a>) -> BoxFuture<'a, Result<u16, SourceError>> {
+        Box::pin(core::future::ready(source::send_request(&req)))
     }
 }
 

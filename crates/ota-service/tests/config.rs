@@ -100,6 +100,7 @@ cert = "ca.pem"
                 staging: None,
                 project: None,
                 limits: ota_service::source::TransferLimits::default(),
+                ddi: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -115,6 +116,7 @@ cert = "ca.pem"
                 staging: None,
                 project: None,
                 limits: ota_service::source::TransferLimits::default(),
+                ddi: None,
             },
         ]
     );
@@ -401,4 +403,79 @@ fn staging_names_a_spare_partition_for_data_items_only() {
         "[[upgrade]]\ntype = \"data\"\nuri = \"file://sdcard/t.bin\"\nlabel = \"x\"\nstaging = \" \"\n",
     );
     assert!(e.to_string().contains("staging must not be empty"), "{e}");
+}
+
+#[test]
+fn ddi_item_reads_tenant_id_token_and_poll_bounds() {
+    use ota_service::config::{DdiToken, MAX_DDI_POLLS};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "abc123\n").unwrap();
+    let text = r#"
+[[upgrade]]
+type = "ddi"
+uri = "http://127.0.0.1:8080"
+tenant = "DEFAULT"
+controller_id = "dev-1"
+token_file = "token"
+polls = 3
+max_sleep_ms = 2000
+"#;
+    let c = Config::from_str(text, dir.path()).unwrap();
+    let spec = &c.upgrade[0];
+    assert_eq!(spec.kind, ItemKind::Ddi);
+    assert!(spec.reboot);
+    let ddi = spec.ddi.as_ref().unwrap();
+    assert_eq!(ddi.tenant, "DEFAULT");
+    assert_eq!(ddi.controller_id, "dev-1");
+    assert_eq!(ddi.token, DdiToken::Target(dir.path().join("token")));
+    assert_eq!(ddi.polls, 3);
+    assert_eq!(ddi.max_sleep, std::time::Duration::from_millis(2000));
+    assert_eq!(
+        ota_service::config::read_token_file(&dir.path().join("token")).unwrap(),
+        "abc123"
+    );
+
+    let bad = |body: &str, needle: &str| {
+        let e = Config::from_str(body, dir.path()).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e} lacks {needle}");
+        assert!(e.line().is_some(), "{e} has no line");
+    };
+    let head = "[[upgrade]]\ntype = \"ddi\"\nuri = \"http://127.0.0.1:1\"\n";
+    bad(
+        &format!("{head}controller_id = \"d\"\n"),
+        "without `tenant`",
+    );
+    bad(
+        &format!("{head}tenant = \"T\"\n"),
+        "without `controller_id`",
+    );
+    bad(
+        &format!("{head}tenant = \"a/b\"\ncontroller_id = \"d\"\n"),
+        "not allowed",
+    );
+    bad(
+        &format!("{head}tenant = \"T\"\ncontroller_id = \"d\"\ntoken_file = \"nope\"\n"),
+        "token file not found",
+    );
+    bad(
+        &format!(
+            "{head}tenant = \"T\"\ncontroller_id = \"d\"\npolls = {}\n",
+            MAX_DDI_POLLS + 1
+        ),
+        "polls must be",
+    );
+    bad(
+        "[[upgrade]]\ntype = \"ddi\"\nuri = \"file://sdcard/x\"\ntenant = \"T\"\ncontroller_id = \"d\"\n",
+        "http:// or https://",
+    );
+    bad(
+        "[[upgrade]]\ntype = \"app\"\nuri = \"http://h/a.bin\"\ntenant = \"T\"\n",
+        "for DDI items",
+    );
+    std::fs::write(dir.path().join("two"), "a b").unwrap();
+    assert!(
+        ota_service::config::read_token_file(&dir.path().join("two"))
+            .unwrap_err()
+            .contains("not printable")
+    );
 }

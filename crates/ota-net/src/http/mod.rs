@@ -503,8 +503,33 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
         url: &str,
         opts: GetOptions<'_>,
     ) -> Result<Response<'_, C::Conn<'_>>, Error> {
+        self.request(url, Method::Get, None, opts).await
+    }
+
+    /// `PUT` or `POST` `body` (with `Content-Type: content_type`) to `url`, as [`Client::get`]
+    /// does a `GET`: the same bounds and waits, any status back as a [`Response`]. The body
+    /// is written after the head, so its size is not bounded by the client's buffer.
+    pub async fn send(
+        &mut self,
+        url: &str,
+        method: Method,
+        content_type: &str,
+        body: &[u8],
+        opts: GetOptions<'_>,
+    ) -> Result<Response<'_, C::Conn<'_>>, Error> {
+        self.request(url, method, Some((content_type, body)), opts)
+            .await
+    }
+
+    async fn request(
+        &mut self,
+        url: &str,
+        method: Method,
+        payload: Option<(&str, &[u8])>,
+        opts: GetOptions<'_>,
+    ) -> Result<Response<'_, C::Conn<'_>>, Error> {
         let u = Url::parse(url).map_err(Error::Url)?;
-        let req_len = write_request(&mut self.buf, &u, &opts)?;
+        let req_len = write_request(&mut self.buf, &u, method, payload, &opts)?;
         let o = self.options;
         let deadline = opts.deadline;
         let conn = timed(o.connect_timeout, deadline, Phase::Connect, async {
@@ -527,6 +552,9 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
         let (conn, req) = (&mut wire.conn, &wire.buf[..req_len]);
         let send = async move {
             conn.write_all(req).await?;
+            if let Some((_, body)) = payload {
+                conn.write_all(body).await?;
+            }
             conn.flush().await
         };
         timed(o.send_timeout, deadline, Phase::Send, send)
@@ -572,8 +600,42 @@ impl<C: Connect, const BUF: usize> Client<C, BUF> {
     }
 }
 
-/// Writes `GET` into `buf`; returns its length.
-fn write_request(buf: &mut [u8], u: &Url<'_>, opts: &GetOptions<'_>) -> Result<usize, Error> {
+/// The request methods the client sends: `GET` for downloads, `PUT`/`POST` for the small JSON
+/// documents a device reports (hawkBit DDI's `configData` and `feedback`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+    Post,
+}
+
+impl Method {
+    /// The method's token on the request line (RFC 9110 §9.3).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+        }
+    }
+}
+
+/// Writes the request head into `buf` (with `Content-Type` and `Content-Length` for a
+/// payload); returns its length.
+fn write_request(
+    buf: &mut [u8],
+    u: &Url<'_>,
+    method: Method,
+    payload: Option<(&str, &[u8])>,
+    opts: &GetOptions<'_>,
+) -> Result<usize, Error> {
+    if let Some((ct, _)) = payload {
+        if ct.is_empty() || ct.bytes().any(|b| b < b' ' || b == 0x7f) {
+            return Err(Error::BadRequestField {
+                field: "Content-Type",
+            });
+        }
+    }
     for (field, v) in [("If-Range", opts.if_range), ("If-Match", opts.if_match)] {
         if let Some(v) = v {
             if v.is_empty() || v.bytes().any(|b| b < b' ' || b == 0x7f) {
@@ -594,7 +656,8 @@ fn write_request(buf: &mut [u8], u: &Url<'_>, opts: &GetOptions<'_>) -> Result<u
         }
     }
     let mut w = Cursor { buf, len: 0 };
-    w.put(b"GET ");
+    w.put(method.as_str().as_bytes());
+    w.put(b" ");
     // The URL has no spaces or controls (checked by Url::parse); non-ASCII is percent-encoded.
     for &b in u.target.as_bytes() {
         if b >= 0x80 {
@@ -644,6 +707,13 @@ fn write_request(buf: &mut [u8], u: &Url<'_>, opts: &GetOptions<'_>) -> Result<u
         w.put(name.as_bytes());
         w.put(b": ");
         w.put(value.trim().as_bytes());
+        w.put(b"\r\n");
+    }
+    if let Some((ct, body)) = payload {
+        w.put(b"Content-Type: ");
+        w.put(ct.as_bytes());
+        w.put(b"\r\nContent-Length: ");
+        w.num(body.len() as u64);
         w.put(b"\r\n");
     }
     w.put(b"\r\n");
@@ -1140,5 +1210,56 @@ impl<T: Connection> Response<'_, T> {
             }
             n += k;
         }
+    }
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    fn head(method: Method, payload: Option<(&str, &[u8])>, opts: &GetOptions<'_>) -> String {
+        let mut buf = [0u8; 512];
+        let u = Url::parse("http://127.0.0.1:8080/DEFAULT/controller/v1/d/configData").unwrap();
+        let n = write_request(&mut buf, &u, method, payload, opts).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_put_carries_its_method_content_type_length_and_extra_fields() {
+        let fields = [("Authorization", "TargetToken abc")];
+        let opts = GetOptions {
+            headers: &fields,
+            ..GetOptions::default()
+        };
+        let h = head(Method::Put, Some(("application/json", b"{\"a\":1}")), &opts);
+        assert!(
+            h.starts_with("PUT /DEFAULT/controller/v1/d/configData HTTP/1.1\r\n"),
+            "{h}"
+        );
+        assert!(h.contains("\r\nAuthorization: TargetToken abc\r\n"), "{h}");
+        assert!(h.contains("\r\nContent-Type: application/json\r\n"), "{h}");
+        assert!(h.ends_with("\r\nContent-Length: 7\r\n\r\n"), "{h}");
+        let g = head(Method::Get, None, &GetOptions::default());
+        assert!(g.starts_with("GET "), "{g}");
+        assert!(!g.contains("Content-Length"), "{g}");
+    }
+
+    #[test]
+    fn a_content_type_with_a_line_break_is_refused() {
+        let mut buf = [0u8; 512];
+        let u = Url::parse("http://h/x").unwrap();
+        let r = write_request(
+            &mut buf,
+            &u,
+            Method::Post,
+            Some(("a\r\nX-Evil: 1", b"")),
+            &GetOptions::default(),
+        );
+        assert_eq!(
+            r,
+            Err(Error::BadRequestField {
+                field: "Content-Type"
+            })
+        );
     }
 }

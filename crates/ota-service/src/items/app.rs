@@ -51,6 +51,9 @@ pub struct AppItem {
     /// starts over with it), but not resumed from a record: the bytes already in flash were
     /// not seen by the check.
     pub check: Option<CheckFactory>,
+    /// The `Authorization` header of the download (a DDI item's token, for an artifact on the
+    /// DDI server's own origin); None: the run's.
+    pub authorization: Option<crate::source::Secret>,
     run: Option<Run>,
 }
 
@@ -75,8 +78,16 @@ impl AppItem {
             retry: RetryPolicy::default(),
             resume: true,
             check: None,
+            authorization: None,
             run: None,
         }
+    }
+
+    /// The app descriptor of the incoming image, once `need_upgrade` read it.
+    pub fn incoming_desc(&self) -> Option<AppDesc> {
+        self.run
+            .as_ref()
+            .and_then(|r| r.engine.incoming_desc().copied())
     }
 
     /// How this item's downloads start.
@@ -115,7 +126,11 @@ impl AppItem {
     }
 
     fn options(&self, env: &Env<'_>) -> SourceOptions {
-        super::item_source_options(env, &self.ca_pem, self.limits)
+        let mut o = super::item_source_options(env, &self.ca_pem, self.limits);
+        if self.authorization.is_some() {
+            o.authorization = self.authorization.clone();
+        }
+        o
     }
 
     fn is_http(&self) -> bool {

@@ -57,22 +57,25 @@ pub fn resolve(catalogue_uri: &str, entry_path: &str) -> String {
 /// The catalogue's word on the download: counts and hashes the bytes as they stream, and fails
 /// the stream's end (or the byte past the size) when they differ from the catalogue's. It
 /// follows the download through reconnects and starts over with it.
-struct CatalogueCheck {
+pub(crate) struct CatalogueCheck {
     size: u64,
     sha256: [u8; 32],
     hasher: Sha256,
     got: u64,
     mismatch: Rc<RefCell<Option<String>>>,
+    /// Who vouches for size and hash, in messages: "the catalogue", "the deployment".
+    pub(crate) who: &'static str,
 }
 
 impl CatalogueCheck {
-    fn new(size: u64, sha256: [u8; 32], mismatch: Rc<RefCell<Option<String>>>) -> Self {
+    pub(crate) fn new(size: u64, sha256: [u8; 32], mismatch: Rc<RefCell<Option<String>>>) -> Self {
         CatalogueCheck {
             size,
             sha256,
             hasher: Sha256::new(),
             got: 0,
             mismatch,
+            who: "the catalogue",
         }
     }
 
@@ -88,8 +91,8 @@ impl StreamCheck for CatalogueCheck {
         self.got = 0;
         match total {
             Some(n) if n != self.size => self.fail(format!(
-                "the server sends {n} bytes, the catalogue says {}",
-                self.size
+                "the server sends {n} bytes, {} says {}",
+                self.who, self.size
             )),
             _ => Ok(()),
         }
@@ -99,8 +102,8 @@ impl StreamCheck for CatalogueCheck {
         self.got += bytes.len() as u64;
         if self.got > self.size {
             return self.fail(format!(
-                "the download is longer than the {} bytes the catalogue says",
-                self.size
+                "the download is longer than the {} bytes {} says",
+                self.size, self.who
             ));
         }
         self.hasher.update(bytes);
@@ -110,15 +113,16 @@ impl StreamCheck for CatalogueCheck {
     fn finish(&mut self) -> Result<(), String> {
         if self.got != self.size {
             return self.fail(format!(
-                "the download has {} bytes, the catalogue says {}",
-                self.got, self.size
+                "the download has {} bytes, {} says {}",
+                self.got, self.who, self.size
             ));
         }
         let digest: [u8; 32] = self.hasher.clone().finalize().into();
         if digest != self.sha256 {
             return self.fail(format!(
-                "SHA-256 of the download is {}, the catalogue says {}",
+                "SHA-256 of the download is {}, {} says {}",
                 Hex(&digest),
+                self.who,
                 Hex(&self.sha256)
             ));
         }

@@ -2,11 +2,13 @@
 
 mod app;
 mod data;
+pub mod ddi;
 mod download;
 pub mod manifest;
 
 pub use app::{AppItem, CheckFactory, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
+pub use ddi::{DdiAuth, DdiItem};
 pub use download::StreamCheck;
 pub use manifest::ManifestItem;
 
@@ -174,6 +176,37 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.retry = spec.retry;
                 item.limits = Some(spec.limits);
                 item.resume = spec.resume;
+                items.push(Box::new(item));
+            }
+            ItemKind::Ddi => {
+                let ddi = spec
+                    .ddi
+                    .as_ref()
+                    .ok_or_else(|| format!("DDI item {} has no tenant/controller_id", spec.uri))?;
+                let auth = match &ddi.token {
+                    crate::config::DdiToken::None => DdiAuth::None,
+                    crate::config::DdiToken::Target(p) => DdiAuth::TargetToken(
+                        crate::source::Secret::new(crate::config::read_token_file(p)?),
+                    ),
+                    crate::config::DdiToken::Gateway(p) => DdiAuth::GatewayToken(
+                        crate::source::Secret::new(crate::config::read_token_file(p)?),
+                    ),
+                };
+                let mut item = DdiItem::new(
+                    spec.uri.clone(),
+                    ddi.tenant.clone(),
+                    ddi.controller_id.clone(),
+                    auth,
+                );
+                item.project = spec.project.clone();
+                item.policy = spec.version_check;
+                item.ca_pem = ca_pem;
+                item.limits = Some(spec.limits);
+                item.reboot = spec.reboot;
+                item.break_after_fail = spec.break_after_fail;
+                item.retry = spec.retry;
+                item.polls = ddi.polls;
+                item.max_sleep = ddi.max_sleep;
                 items.push(Box::new(item));
             }
             ItemKind::Data => {

@@ -919,10 +919,24 @@ fn handshake(
     Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
 }
 
-/// Sends one `GET` for `url` with `extra` headers and reads the answer's head.
+/// A request's method and, for `PUT`/`POST`, its content type and body.
+#[derive(Clone, Copy)]
+pub(crate) enum Verb<'b> {
+    Get,
+    Send {
+        method: &'static str,
+        content_type: &'b str,
+        body: &'b [u8],
+    },
+}
+
+/// Sends one request for `url` with `extra` headers (and `opts.authorization` when `auth`)
+/// and reads the answer's head.
 fn request(
     uri: &str,
     url: &Url,
+    verb: Verb<'_>,
+    auth: bool,
     extra: &[(&str, String)],
     opts: &SourceOptions,
 ) -> Result<Answer, SourceError> {
@@ -954,16 +968,31 @@ fn request(
     } else {
         Conn::Plain(tcp)
     };
+    let method = match verb {
+        Verb::Get => "GET",
+        Verb::Send { method, .. } => method,
+    };
     let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\nConnection: close\r\n",
+        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\nConnection: close\r\n",
+        method,
         url.target,
         url.host_header(),
         opts.user_agent
     );
-    if let Some(u) = &url.userinfo {
-        req += &format!("Authorization: Basic {}\r\n", base64(u.as_bytes()));
+    let mut extra: Vec<(&str, String)> = extra.to_vec();
+    match (&opts.authorization, &url.userinfo) {
+        (Some(a), _) if auth => extra.push(("Authorization", a.expose().to_string())),
+        (_, Some(u)) => extra.push(("Authorization", format!("Basic {}", base64(u.as_bytes())))),
+        _ => {}
     }
-    for (name, value) in extra {
+    if let Verb::Send {
+        content_type, body, ..
+    } = verb
+    {
+        extra.push(("Content-Type", content_type.to_string()));
+        extra.push(("Content-Length", body.len().to_string()));
+    }
+    for (name, value) in &extra {
         if value.contains(['\r', '\n']) {
             return Err(SourceError::InvalidUri {
                 uri: uri.to_string(),
@@ -976,7 +1005,12 @@ fn request(
     conn.tcp()
         .set_write_timeout(Some(opts.timeout.max(MIN_WAIT)))
         .map_err(|e| classify_io(e, uri, Phase::Open, opts.timeout))?;
+    let payload: &[u8] = match verb {
+        Verb::Get => &[],
+        Verb::Send { body, .. } => body,
+    };
     conn.write_all(req.as_bytes())
+        .and_then(|_| conn.write_all(payload))
         .and_then(|_| conn.flush())
         .map_err(|e| classify_io(e, uri, Phase::Open, opts.timeout))?;
     let mut wire = Wire {
@@ -1068,10 +1102,13 @@ pub(crate) fn get(
         // A pinned CA that does not parse is an error before any connection.
         tls_config(opts.ca_pem.as_deref(), uri)?;
     }
+    let origin = (url.https, url.host.clone(), url.port);
     let mut seen = vec![url.to_uri()];
     let mut followed = 0u32;
     loop {
-        let answer = request(uri, &url, extra, opts)?;
+        // The item's credentials go to its own origin only, not to where a redirect leads.
+        let auth = (url.https, url.host.clone(), url.port) == origin;
+        let answer = request(uri, &url, Verb::Get, auth, extra, opts)?;
         let status = answer.head.status;
         if !(300..400).contains(&status) || status == 304 {
             return Ok(answer);
@@ -1106,6 +1143,31 @@ pub(crate) fn get(
         followed += 1;
         url = next;
     }
+}
+
+/// `PUT`/`POST` `body` to `uri` (no redirects followed: a 3xx is the caller's error), with
+/// `opts.authorization`. Returns the answer's status and reason; its body is not read.
+pub(crate) fn send(
+    uri: &str,
+    method: &'static str,
+    content_type: &str,
+    body: &[u8],
+    opts: &SourceOptions,
+) -> Result<(u16, String), SourceError> {
+    let url = parse_url(uri).map_err(|detail| SourceError::InvalidUri {
+        uri: uri.to_string(),
+        detail,
+    })?;
+    if Scheme::of(uri) == Some(Scheme::Https) {
+        tls_config(opts.ca_pem.as_deref(), uri)?;
+    }
+    let verb = Verb::Send {
+        method,
+        content_type,
+        body,
+    };
+    let answer = request(uri, &url, verb, true, &[], opts)?;
+    Ok((answer.head.status, answer.head.reason.clone()))
 }
 
 #[cfg(test)]
