@@ -92,7 +92,7 @@ enum Command {
     #[command(subcommand)]
     Flash(cmd_flash::FlashCmd),
     /// Serve firmware from a folder or an S3 bucket (ranges, ETags, catalogue, TLS).
-    Serve(cmd_serve::ServeArgs),
+    Serve(Box<cmd_serve::ServeArgs>),
     /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
     Publish(cmd_publish::PublishArgs),
     /// Simulate a fleet: N in-memory devices update from one server's catalogue.
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         Command::Otadata(c) => cmd_otadata::run(c),
         Command::Partition(c) => cmd_partition::run(c),
         Command::Flash(c) => cmd_flash::run(c),
-        Command::Serve(a) => cmd_serve::run(a),
+        Command::Serve(a) => cmd_serve::run(*a),
         Command::Publish(a) => cmd_publish::run(a),
         Command::FleetSim(a) => cmd_fleet::run(a),
     };
