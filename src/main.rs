@@ -30,6 +30,7 @@ macro_rules! eprintln {
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;
+mod cmd_fleet_admin;
 mod cmd_image;
 mod cmd_otadata;
 mod cmd_partition;
@@ -97,6 +98,12 @@ enum Command {
     Publish(cmd_publish::PublishArgs),
     /// Simulate a fleet: N in-memory devices update from one server's catalogue.
     FleetSim(cmd_fleet::FleetArgs),
+    /// The devices a fleet server (`ota serve --fleet`) knows.
+    #[command(subcommand)]
+    Devices(cmd_fleet_admin::DevicesCmd),
+    /// Rollouts on a fleet server: create, list, show, start, pause, resume, stop.
+    #[command(subcommand)]
+    Rollout(cmd_fleet_admin::RolloutCmd),
 }
 
 /// `--flash F`: the emulated device's flash image.
@@ -129,6 +136,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve::run(*a),
         Command::Publish(a) => cmd_publish::run(a),
         Command::FleetSim(a) => cmd_fleet::run(a),
+        Command::Devices(c) => cmd_fleet_admin::run_devices(c),
+        Command::Rollout(c) => cmd_fleet_admin::run_rollout(c),
     };
     logger::progress_done();
     output::flush_stdout();
