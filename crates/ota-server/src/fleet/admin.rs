@@ -6,6 +6,7 @@
 //! | GET | `/api/v1/devices?after=ID&limit=N` | devices ordered by id (`limit` at most 1000) |
 //! | POST | `/api/v1/devices` `{"id": ...}` | register; the answer holds the target token, once |
 //! | GET | `/api/v1/releases` | releases (app images of the catalogue) |
+//! | POST | `/api/v1/releases` `{"path", "project", "version", "chip"}` | any file of the folder as a release |
 //! | GET | `/api/v1/rollouts` | rollouts with per-group counts |
 //! | POST | `/api/v1/rollouts` | create (see `rollout::RolloutSpec`) |
 //! | GET | `/api/v1/rollouts/{id}` | one rollout with per-group counts and its timeline |
@@ -99,6 +100,45 @@ where
             fleet.sync_releases().await?;
             let r = fleet.store.releases().await?;
             ok(json!({"releases": r}))
+        }
+        (&Method::POST, ["releases"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct NewRelease {
+                path: String,
+                #[serde(default)]
+                project: Option<String>,
+                #[serde(default)]
+                version: Option<String>,
+                #[serde(default)]
+                chip: Option<String>,
+            }
+            let nr: NewRelease = read_json(parts, body, "release").await?;
+            for (field, v) in [
+                ("project", &nr.project),
+                ("version", &nr.version),
+                ("chip", &nr.chip),
+            ] {
+                if v.as_ref().is_some_and(|s| s.is_empty() || s.len() > 128) {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("release field {field}: must have 1 to 128 characters"),
+                    ));
+                }
+            }
+            let r = super::releases::add_file(
+                &fleet.store,
+                fleet.root(),
+                &nr.path,
+                nr.project,
+                nr.version,
+                nr.chip,
+            )
+            .await?;
+            Ok(super::json(
+                StatusCode::CREATED,
+                &serde_json::to_value(r).unwrap_or(Value::Null),
+            ))
         }
         (&Method::GET, ["rollouts"]) => {
             let mut list = Vec::new();

@@ -33,7 +33,7 @@ pub const MAX_ATTRIBUTES: usize = 64;
 /// Longest attribute key and value.
 pub const MAX_ATTR_KEY: usize = 128;
 pub const MAX_ATTR_VALUE: usize = 512;
-/// Most `details` lines kept from one feedback, and their total length.
+/// Most `details` lines kept from one feedback, and their total length (the rest is dropped).
 pub const MAX_DETAILS: usize = 32;
 pub const MAX_DETAILS_BYTES: usize = 4096;
 
@@ -308,21 +308,20 @@ pub enum Finished {
     None,
 }
 
-fn details_text(d: &[String]) -> Result<String, ApiError> {
-    if d.len() > MAX_DETAILS {
-        return Err(ApiError::bad(format!(
-            "feedback status.details: {} lines, at most {MAX_DETAILS}",
-            d.len()
-        )));
+/// The details kept from one feedback: the first [`MAX_DETAILS`] lines, at most
+/// [`MAX_DETAILS_BYTES`] in all (SWUpdate sends its whole log here; the body bound applies
+/// before this).
+fn details_text(d: &[String]) -> String {
+    let mut t = String::new();
+    for (i, line) in d.iter().enumerate() {
+        if i == MAX_DETAILS || t.len() + line.len() + 1 > MAX_DETAILS_BYTES {
+            t.push_str(&format!("({} more lines)", d.len() - i));
+            break;
+        }
+        t.push_str(line);
+        t.push('\n');
     }
-    let t = d.join("\n");
-    if t.len() > MAX_DETAILS_BYTES {
-        return Err(ApiError::bad(format!(
-            "feedback status.details: {} bytes, at most {MAX_DETAILS_BYTES}",
-            t.len()
-        )));
-    }
-    Ok(t)
+    t
 }
 
 async fn feedback(
@@ -353,7 +352,7 @@ async fn feedback(
         ));
     }
     let s = &fb.status;
-    let details = details_text(&s.details)?;
+    let details = details_text(&s.details);
     let exec = s.execution.as_str();
     let now = now_ms();
     let close = match (cancel, s.execution, s.result.finished) {

@@ -186,6 +186,10 @@ impl Fleet {
         releases::sync(&self.store, root, &doc.catalogue).await
     }
 
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self.root.as_deref()
+    }
+
     fn admin_ok(&self, h: Option<&HeaderValue>) -> Result<(), ApiError> {
         let Some(want) = &self.admin else {
             return Err(ApiError::new(
@@ -261,6 +265,15 @@ impl From<store::StoreError> for ApiError {
         let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         a.challenge = None;
         a
+    }
+}
+
+impl From<releases::AddError> for ApiError {
+    fn from(e: releases::AddError) -> ApiError {
+        match e {
+            releases::AddError::Store(s) => s.into(),
+            other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
+        }
     }
 }
 

@@ -86,3 +86,83 @@ fn hash_file(path: &PathBuf) -> std::io::Result<Option<(String, String, String, 
         n,
     )))
 }
+
+/// Why a file cannot become a release.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    #[error("release path {0:?}: expected a URL path of a file in the served folder, like /fw/update.swu")]
+    Path(String),
+    #[error("release path {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "release path {0}: not a regular file in the served folder (or larger than the bound)"
+    )]
+    NotFile(String),
+    #[error("the server has no folder to take releases from (S3 store)")]
+    NoFolder,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Make any file of the served folder a release (an `.swu` for SWUpdate, a tone bin, ...):
+/// `path` is its URL path; project, version and chip are what the operator says.
+pub async fn add_file(
+    store: &Store,
+    root: Option<&Path>,
+    path: &str,
+    project: Option<String>,
+    version: Option<String>,
+    chip: Option<String>,
+) -> Result<Release, AddError> {
+    let root = root.ok_or(AddError::NoFolder)?;
+    let rel = path
+        .strip_prefix('/')
+        .ok_or_else(|| AddError::Path(path.into()))?;
+    if rel.is_empty()
+        || path.len() > 1024
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('\\'))
+    {
+        return Err(AddError::Path(path.into()));
+    }
+    let file = root.join(rel);
+    let (root_c, file_c) = (root.canonicalize(), file.canonicalize());
+    let io = |source| AddError::Io {
+        path: path.into(),
+        source,
+    };
+    let (root_c, file_c) = (root_c.map_err(io)?, file_c.map_err(io)?);
+    if !file_c.starts_with(&root_c) || !file_c.is_file() {
+        return Err(AddError::NotFile(path.into()));
+    }
+    let hashed = tokio::task::spawn_blocking(move || hash_file(&file_c))
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)?;
+    let Some((sha256, sha1, md5, size)) = hashed else {
+        return Err(AddError::NotFile(path.into()));
+    };
+    let r = Release {
+        id: 0,
+        path: path.into(),
+        sha256,
+        sha1,
+        md5,
+        size: size as i64,
+        chip,
+        project,
+        version,
+        secure_version: None,
+        created_at: now_ms(),
+    };
+    store.add_release(&r).await?;
+    let found = store
+        .release_by_file(&r.path, &r.sha256)
+        .await?
+        .ok_or_else(|| AddError::NotFile(path.into()))?;
+    Ok(found)
+}

@@ -525,6 +525,19 @@ impl Store {
         Ok(())
     }
 
+    pub async fn release_by_file(
+        &self,
+        path: &str,
+        sha256: &str,
+    ) -> Result<Option<Release>, StoreError> {
+        let r = sqlx::query("SELECT * FROM releases WHERE path = $1 AND sha256 = $2")
+            .bind(path)
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(Self::release_row).transpose()
+    }
+
     pub async fn releases(&self) -> Result<Vec<Release>, StoreError> {
         let rows = sqlx::query("SELECT * FROM releases ORDER BY id")
             .fetch_all(&self.pool)

@@ -25,6 +25,7 @@ pub fn fleet_server(dir: &Path, db: &str) -> Background {
         f.poll_sleep = Duration::from_secs(5);
         f.engine_every = Duration::from_millis(100);
         o.fleet = Some(f);
+        o.access_log = std::env::var_os("FLEET_ACCESS_LOG").is_some();
     })
 }
 
