@@ -222,3 +222,46 @@ fn serve_fleet_with_devices_and_rollout_commands() {
         assert!(!logged.contains(secret), "{secret} in the log:\n{logged}");
     }
 }
+
+#[test]
+fn serve_fleet_refuses_bad_databases_and_token_files_with_the_reason() {
+    let t = tempfile::tempdir().unwrap();
+    let www = t.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let w = www.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--db", "mysql://x"], "unsupported URL"),
+        (
+            &["--db", "sqlite:/nonexistent/dir/f.db"],
+            "unable to open database file",
+        ),
+        // the password is not repeated in the message
+        (
+            &["--db", "postgres://u:pw-secret@127.0.0.1:1/db"],
+            "Connection refused",
+        ),
+        (
+            &["--admin-token-file", "/nonexistent/admin.token"],
+            "--admin-token-file",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["serve", w, "--fleet", "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let o = ota(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let out = text(&o);
+        assert!(out.contains(want), "{args:?}: {out}");
+        assert!(!out.contains("pw-secret"), "{out}");
+    }
+    let o = ota(&[
+        "rollout",
+        "pause",
+        "3",
+        "--server",
+        "https://x",
+        "--admin-token-file",
+        "/x",
+    ]);
+    assert!(text(&o).contains("plain HTTP"), "{}", text(&o));
+}

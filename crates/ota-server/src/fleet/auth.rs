@@ -124,7 +124,7 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     if t.is_empty() {
         return Err(format!("{}: the token file is empty", path.display()));
     }
-    if t.len() > MAX_TOKEN_LEN || s.len() > MAX_TOKEN_LEN + 1 && s.lines().count() == 1 {
+    if t.len() > MAX_TOKEN_LEN {
         return Err(format!(
             "{}: the token is longer than {MAX_TOKEN_LEN} characters",
             path.display()
@@ -136,6 +136,20 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_files_are_one_line_bounded_and_not_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t");
+        std::fs::write(&f, "  abc \nignored\n").unwrap();
+        assert_eq!(read_token_file(&f).unwrap(), "abc");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(read_token_file(&f).unwrap_err().contains("empty"));
+        std::fs::write(&f, "a".repeat(MAX_TOKEN_LEN + 1)).unwrap();
+        assert!(read_token_file(&f).unwrap_err().contains("longer"));
+        let e = read_token_file(&d.path().join("missing")).unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+    }
 
     #[test]
     fn parses_the_three_schemes_and_refuses_others() {

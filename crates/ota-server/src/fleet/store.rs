@@ -270,6 +270,25 @@ impl Store {
             return Err(StoreError::Url { url: url.into() });
         };
         let shown = redact(url);
+        // One direct connection first: a pool that cannot connect only says it timed out,
+        // this says why (refused, authentication, no such database).
+        {
+            use sqlx::Connection;
+            let c = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                sqlx::AnyConnection::connect(&conn_url),
+            )
+            .await
+            .map_err(|_| StoreError::Connect {
+                url: shown.clone(),
+                source: sqlx::Error::PoolTimedOut,
+            })?
+            .map_err(|source| StoreError::Connect {
+                url: shown.clone(),
+                source,
+            })?;
+            let _ = c.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(10))
