@@ -254,6 +254,8 @@ fn serve_fleet_refuses_bad_databases_and_token_files_with_the_reason() {
         assert!(out.contains(want), "{args:?}: {out}");
         assert!(!out.contains("pw-secret"), "{out}");
     }
+    let tok = t.path().join("a.token");
+    std::fs::write(&tok, "t\n").unwrap();
     let o = ota(&[
         "rollout",
         "pause",
@@ -261,7 +263,7 @@ fn serve_fleet_refuses_bad_databases_and_token_files_with_the_reason() {
         "--server",
         "https://x",
         "--admin-token-file",
-        "/x",
+        tok.to_str().unwrap(),
     ]);
     assert!(text(&o).contains("plain HTTP"), "{}", text(&o));
 }
