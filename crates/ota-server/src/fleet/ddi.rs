@@ -132,7 +132,10 @@ async fn authenticate(fleet: &Fleet, parts: &Parts, id: &str) -> Result<Device, 
                 return Ok(d);
             }
             if fleet.store.register_device(id, None, now_ms()).await? {
-                eprintln!("I fleet: registered controller {id} (gateway token)");
+                super::log(
+                    'I',
+                    format_args!("registered controller {id} (gateway token)"),
+                );
             }
             fleet
                 .store
@@ -382,7 +385,7 @@ async fn feedback(
                 if let Some(r) = a.rollout_id {
                     // The engine may advance this rollout now (the periodic pass would too).
                     if let Err(e) = super::rollout::evaluate(&fleet.store, r, now).await {
-                        eprintln!("E fleet: rollout {r}: {e}");
+                        super::log('E', format_args!("rollout {r}: {e}"));
                     }
                 }
             }

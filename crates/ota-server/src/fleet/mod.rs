@@ -25,6 +25,17 @@ use crate::http::RespBody;
 use auth::TokenHash;
 use store::Store;
 
+/// One log line in ESP-IDF's serial format, `E (1234) fleet: message` (milliseconds since the
+/// server started). Tokens are never passed here.
+pub fn log(level: char, msg: std::fmt::Arguments<'_>) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let ms = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis();
+    eprintln!("{level} ({ms}) fleet: {msg}");
+}
+
 /// Default tenant (hawkBit's default tenant name).
 pub const DEFAULT_TENANT: &str = "DEFAULT";
 /// Default `config.polling.sleep` told to devices.
@@ -167,10 +178,10 @@ impl Fleet {
     /// `engine_every`).
     pub async fn maintain(&self) {
         if let Err(e) = self.sync_releases().await {
-            eprintln!("E fleet: releases: {e}");
+            log('E', format_args!("releases: {e}"));
         }
         if let Err(e) = rollout::tick(&self.store, store::now_ms()).await {
-            eprintln!("E fleet: rollout engine: {e}");
+            log('E', format_args!("rollout engine: {e}"));
         }
     }
 
@@ -261,7 +272,7 @@ impl ApiError {
 
 impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> ApiError {
-        eprintln!("E fleet: {e}");
+        log('E', format_args!("{e}"));
         let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         a.challenge = None;
         a

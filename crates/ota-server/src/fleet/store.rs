@@ -923,6 +923,9 @@ impl Store {
             Self::event(&mut tx, id, event, group, now).await?;
         }
         tx.commit().await?;
+        if n == 1 {
+            super::log('I', format_args!("rollout {id}: {event}"));
+        }
         Ok(n == 1)
     }
 
@@ -987,9 +990,12 @@ impl Store {
                 other => other,
             };
             Self::event(&mut tx, rollout, ev, Some(idx), now).await?;
+            tx.commit().await?;
+            super::log('I', format_args!("rollout {rollout}: {ev} (group {idx})"));
+            return Ok(true);
         }
         tx.commit().await?;
-        Ok(n == 1)
+        Ok(false)
     }
 }
 
