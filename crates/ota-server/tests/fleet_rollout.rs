@@ -208,6 +208,38 @@ fn error_pause_resume_stop(db: &str, t: &tempfile::TempDir) {
     );
 }
 
+/// One failure in the first group: below the error threshold (no pause), but the group ends
+/// below its success threshold, so the next group never starts.
+fn below_success_threshold_holds(db: &str, t: &tempfile::TempDir) {
+    let srv = fleet_server(&t.path().join("www"), db);
+    let addr = srv.info.addr;
+    let devs = ids(20);
+    register(&[addr], &devs);
+    let rel = release_id(addr, 1);
+    let id = create(addr, rel, "holds", 60);
+    admin(addr, "POST", &format!("/api/v1/rollouts/{id}/start"), None);
+    let mut failed = false;
+    for d in &devs {
+        if offered(addr, d) {
+            device_step(addr, d, "esp32c3", failed);
+            failed = true;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let v = rollout(addr, id);
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(v["groups"][0]["state"], "finished", "{v}");
+    assert_eq!(v["groups"][0]["counts"]["failure"], 1, "{v}");
+    assert_eq!(v["groups"][1]["state"], "scheduled", "{v}");
+    assert!(devs.iter().all(|d| !offered(addr, d)));
+}
+
+#[test]
+fn sqlite_a_group_below_its_success_threshold_holds_the_cascade() {
+    let t = folder();
+    below_success_threshold_holds(&sqlite(&t), &t);
+}
+
 #[test]
 fn sqlite_groups_start_in_cascade() {
     let t = folder();

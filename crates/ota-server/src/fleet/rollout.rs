@@ -8,7 +8,8 @@
 //! - devices are ordered by SHA-256 of `rollout name` + `/` + `controller id`, so a rollout's
 //!   groups are the same on every server and every run, and unrelated to registration order;
 //! - a group starts when the one before it has `success_threshold` % of its devices finished
-//!   with success (or is finished, or its error was acknowledged by a resume);
+//!   with success (or its error was acknowledged by a resume); a group that finished below
+//!   its success threshold holds the cascade;
 //! - when `error_threshold` % of a running group's devices have failed (at least one), the
 //!   group is marked `error` and the rollout pauses; resuming acknowledges it and the cascade
 //!   continues;
@@ -371,9 +372,11 @@ pub async fn evaluate(store: &Store, id: i64, now: i64) -> Result<(), RolloutErr
                 state = "finished".into();
             }
         }
+        // A group passes on its success threshold, finished or not (a group that finished
+        // below it holds the cascade, as in hawkBit); an error group passes once resumed.
         let passed = match state.as_str() {
-            "finished" | "error" => true,
-            "running" => c.success * 100 >= r.success_threshold * c.total,
+            "error" => true,
+            "finished" | "running" => c.success * 100 >= r.success_threshold * c.total,
             _ => false,
         };
         if state != "finished" && !(state == "error" && c.open() == 0) {
