@@ -122,14 +122,15 @@ impl Fleet {
         })
     }
 
-    /// Whether a path is one of the fleet's.
+    /// Whether a path is one of the fleet's: `/api/v1/...` and this tenant's
+    /// `/{tenant}/controller/v1/...` (other paths, other tenants included, are files).
     pub fn owns(&self, path: &str) -> bool {
         path.starts_with("/api/v1/")
             || path == "/api/v1"
             || path
                 .strip_prefix('/')
-                .and_then(|p| p.split_once('/'))
-                .is_some_and(|(_, rest)| rest.starts_with("controller/v1/"))
+                .and_then(|p| p.strip_prefix(self.tenant.as_str()))
+                .is_some_and(|rest| rest.starts_with("/controller/v1/"))
     }
 
     /// Answer a fleet request.
