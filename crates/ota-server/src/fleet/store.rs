@@ -290,6 +290,21 @@ impl Store {
             let _ = c.close().await;
         }
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        // WAL with synchronous NORMAL: no corruption on a crash, commits without
+                        // an fsync each (sqlite.org/wal.html, "Performance Considerations").
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&conn_url)
