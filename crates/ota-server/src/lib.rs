@@ -6,6 +6,7 @@
 
 pub mod catalogue;
 pub mod conns;
+pub mod fleet;
 pub mod http;
 pub mod local;
 pub mod range;
@@ -66,6 +67,8 @@ pub enum ServeError {
     S3(#[from] s3::S3Error),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("fleet: {0}")]
+    Fleet(#[from] fleet::store::StoreError),
 }
 
 /// What to serve.
@@ -107,6 +110,8 @@ pub struct ServeOptions {
     pub cache: local::CacheLimits,
     /// Connections: cap, head limit and deadlines.
     pub limits: ConnLimits,
+    /// `--fleet`: the hawkBit DDI server, the admin API and the rollout engine.
+    pub fleet: Option<fleet::FleetOptions>,
 }
 
 impl ServeOptions {
@@ -121,6 +126,7 @@ impl ServeOptions {
             access_log: true,
             cache: local::DEFAULT_CACHE,
             limits: ConnLimits::default(),
+            fleet: None,
         }
     }
 }
@@ -231,6 +237,19 @@ impl Server {
             Some((p, n)) => (Some(p), Some(n)),
             None => (None, None),
         };
+        let fleet = match &opts.fleet {
+            None => None,
+            Some(fo) => {
+                let root = match &opts.store {
+                    Store::Dir(_) => Some(PathBuf::from(&source)),
+                    Store::S3(_) => None,
+                };
+                Some(Arc::new(
+                    fleet::Fleet::open(fo, root, catalogue.clone(), format!("{scheme}://{addr}"))
+                        .await?,
+                ))
+            }
+        };
         let info = ServerInfo {
             addr,
             base_url: format!("{scheme}://{addr}"),
@@ -248,6 +267,7 @@ impl Server {
                 catalogue,
                 access_log: opts.access_log,
                 stats,
+                fleet,
             }),
             scanner,
             rescan: opts.rescan,
@@ -277,6 +297,14 @@ impl Server {
             });
         }
         tasks.spawn(self.registry.clone().sweep_forever());
+        if let Some(fleet) = self.state.fleet.clone() {
+            tasks.spawn(async move {
+                loop {
+                    fleet.maintain().await;
+                    tokio::time::sleep(fleet.engine_every).await;
+                }
+            });
+        }
         tokio::pin!(shutdown);
         loop {
             // At the cap: close the longest-idle connections, or wait for one to end; new
