@@ -85,6 +85,7 @@
 pub mod boot;
 mod bytes;
 pub mod chip;
+pub mod delta;
 pub mod elf2image;
 pub mod error;
 pub mod flash;
