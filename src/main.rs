@@ -27,6 +27,7 @@ macro_rules! eprintln {
     };
 }
 
+mod cmd_delta;
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;
@@ -97,6 +98,9 @@ enum Command {
     Publish(cmd_publish::PublishArgs),
     /// Simulate a fleet: N in-memory devices update from one server's catalogue.
     FleetSim(cmd_fleet::FleetArgs),
+    /// Delta patches: apply detools / esp_delta_ota patches.
+    #[command(subcommand)]
+    Delta(cmd_delta::DeltaCmd),
 }
 
 /// `--flash F`: the emulated device's flash image.
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve::run(a),
         Command::Publish(a) => cmd_publish::run(a),
         Command::FleetSim(a) => cmd_fleet::run(a),
+        Command::Delta(c) => cmd_delta::run(c),
     };
     logger::progress_done();
     output::flush_stdout();
