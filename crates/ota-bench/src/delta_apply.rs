@@ -174,26 +174,15 @@ pub fn bench(python: &str, runs: usize) -> Result<()> {
     if !o.status.success() {
         bail!("the detools side failed ({})", o.status);
     }
-    let py = String::from_utf8_lossy(&o.stdout).to_string();
-    let field = |c: &str, k: &str| -> f64 {
-        let at = py.find(&format!("\"{c}\"")).unwrap_or(0);
-        let rest = &py[at..];
-        let k_at = rest
-            .find(&format!("\"{k}\": "))
-            .map(|i| i + k.len() + 4)
-            .unwrap_or(0);
-        rest[k_at..]
-            .split(|ch: char| ch == ',' || ch == '}')
-            .next()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let py: serde_json::Value =
+        serde_json::from_slice(&o.stdout).context("the detools side printed no JSON")?;
+    let field = |c: &str, k: &str| py[c][k].as_f64().unwrap_or(f64::NAN);
 
     println!(
-        "delta apply, 1 MiB firmware-like pair: old {} bytes, new {} bytes; patches by detools {}",
+        "delta apply, 1 MiB firmware-like pair: old {} bytes, new {} bytes; patches by \
+         detools (create_patch, default bsdiff)",
         old.len(),
-        new.len(),
-        "(create_patch, default bsdiff)"
+        new.len()
     );
     println!(
         "{:<11} {:>10} {:>7} {:>12} {:>14} {:>14} {:>14} {:>8}",
