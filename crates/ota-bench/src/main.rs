@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(long, default_value = ".venv/bin/python")]
         python: String,
         /// Runs per measurement (the median is printed).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 21)]
         runs: usize,
     },
     /// Internal: run the ota-server on DIR at 127.0.0.1:PORT (what `ota serve DIR` runs).
