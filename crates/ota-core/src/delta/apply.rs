@@ -35,6 +35,8 @@ pub(crate) enum Step {
     Extra = 7,
     Adjust = 8,
     Done = 9,
+    /// An earlier call failed: the patch, base or sink error left the state mid-step.
+    Failed = 10,
 }
 
 impl Step {
@@ -50,6 +52,7 @@ impl Step {
             7 => Step::Extra,
             8 => Step::Adjust,
             9 => Step::Done,
+            10 => Step::Failed,
             _ => return None,
         })
     }
@@ -66,6 +69,7 @@ impl Step {
             Step::Extra => "extra bytes",
             Step::Adjust => "an adjustment",
             Step::Done => "nothing",
+            Step::Failed => "nothing (an earlier error stopped the applier)",
         }
     }
 
@@ -158,7 +162,9 @@ impl DeltaApplier {
         self.step == Step::Done
     }
 
-    /// Feed `chunk`; every byte is consumed (an error stops at the offending byte).
+    /// Feed `chunk`; every byte is consumed. After an error (patch, base read or sink) the
+    /// applier refuses further input ([`DeltaError::Failed`]): restart it, or resume from the
+    /// last checkpoint.
     pub fn feed<B, S, E>(
         &mut self,
         base: &mut B,
@@ -186,12 +192,20 @@ impl DeltaApplier {
         B: DeltaBase + ?Sized,
         S: FnMut(&[u8]) -> Result<(), E>,
     {
+        if self.step == Step::Failed {
+            return Err(DeltaError::Failed { offset: self.at() }.into());
+        }
         let start_len = chunk.len();
         let mut input = chunk;
-        let r = self.run(base, &mut input, out_limit, sink);
-        let used = start_len - input.len();
-        // patch_pos is advanced as bytes are taken; nothing else to do on success.
-        r.map(|()| used)
+        match self.run(base, &mut input, out_limit, sink) {
+            Ok(()) => Ok(start_len - input.len()),
+            Err(e) => {
+                // A failed step may have consumed patch bytes or decoded output that was not
+                // delivered: the applier is unusable (restart, or resume from a checkpoint).
+                self.step = Step::Failed;
+                Err(e)
+            }
+        }
     }
 
     fn take_patch_byte(&mut self, input: &mut &[u8]) -> Option<u8> {
@@ -269,6 +283,7 @@ impl DeltaApplier {
                     }
                     self.step = Step::DfSize;
                 }
+                Step::Failed => return Err(DeltaError::Failed { offset: self.at() }.into()),
                 Step::Done => {
                     if !input.is_empty() {
                         return Err(DeltaError::TrailingData { offset: self.at() }.into());
@@ -432,6 +447,9 @@ impl DeltaApplier {
     pub fn finish(&self) -> Result<u32, DeltaError> {
         if self.step == Step::Done {
             return Ok(self.to_size);
+        }
+        if self.step == Step::Failed {
+            return Err(DeltaError::Failed { offset: self.at() });
         }
         Err(DeltaError::Truncated {
             offset: self.at(),

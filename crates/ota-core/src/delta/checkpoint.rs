@@ -95,9 +95,14 @@ impl Checkpoint {
 
 impl DeltaApplier {
     /// The applier's state as a fixed-size record, once the patch header has been read
-    /// (`None` before: restart from the patch's first byte, nothing has been output).
+    /// (`None` before: restart from the patch's first byte, nothing has been output). Also
+    /// `None` after an error, and for [`DeltaApplier::for_decompressed_body`] (its offsets
+    /// are in a stream the caller decompresses, which cannot be resumed mid-way).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
-        if (self.step as u8) < Step::DfSize as u8 {
+        if (self.step as u8) < Step::DfSize as u8
+            || self.step == Step::Failed
+            || self.compression == Compression::External
+        {
             return None;
         }
         let mut b = [0u8; CHECKPOINT_LEN];
@@ -134,11 +139,11 @@ impl DeltaApplier {
         let bad = |reason| DeltaError::BadCheckpoint { reason };
         let b = &cp.bytes;
         let step = Step::from_u8(b[4]).ok_or(bad("unknown applier step"))?;
-        if (step as u8) < Step::DfSize as u8 {
-            return Err(bad("applier step is inside the patch header"));
+        if (step as u8) < Step::DfSize as u8 || step == Step::Failed {
+            return Err(bad("applier step is inside the patch header or failed"));
         }
-        let compression = match Compression::from_id_or_external(b[5]) {
-            Some(c @ (Compression::None | Compression::Heatshrink | Compression::External)) => c,
+        let compression = match Compression::from_id(b[5]) {
+            Some(c @ (Compression::None | Compression::Heatshrink)) => c,
             _ => return Err(bad("compression is not none or heatshrink")),
         };
         let patch_pos = cp.u32_at(8);

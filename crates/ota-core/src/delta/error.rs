@@ -65,6 +65,8 @@ pub enum DeltaError {
     EspHeaderReserved { offset: u8, found: u8 },
     /// esp_delta_ota header: the patch was made for another base image.
     BaseMismatch { expected: [u8; 32], found: [u8; 32] },
+    /// An earlier call failed; the applier takes no more input.
+    Failed { offset: u64 },
     /// A checkpoint record is damaged, from another version, or for another patch / base.
     BadCheckpoint { reason: &'static str },
 }
@@ -185,6 +187,10 @@ impl fmt::Display for DeltaError {
                  image's {}",
                 Hex(&expected),
                 Hex(&found)
+            ),
+            DeltaError::Failed { offset } => write!(
+                f,
+                "delta patch offset {offset}: the applier stopped at an earlier error"
             ),
             DeltaError::BadCheckpoint { reason } => write!(f, "delta checkpoint: {reason}"),
         }

@@ -84,13 +84,6 @@ impl Compression {
         })
     }
 
-    pub(crate) fn from_id_or_external(id: u8) -> Option<Compression> {
-        if id == Self::EXTERNAL_ID {
-            return Some(Compression::External);
-        }
-        Self::from_id(id)
-    }
-
     pub fn id(self) -> u8 {
         match self {
             Compression::None => 0,

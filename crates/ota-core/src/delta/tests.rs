@@ -512,3 +512,38 @@ fn delta_random_patches_never_panic() {
         }
     }
 }
+
+#[test]
+fn delta_applier_stops_after_an_error() {
+    let base = b"0123456789";
+    let p = patch(Compression::None, 4, &[0, 2, 0, 0, 2, b'a', b'b', 0]);
+    let mut a = DeltaApplier::new(base.len() as u32);
+    let mut n = 0;
+    // The sink fails on the first output: the applier refuses everything after.
+    let r = a.feed(&mut SliceBase(base), &p, &mut |_: &[u8]| {
+        n += 1;
+        Err::<(), &str>("flash write failed")
+    });
+    assert_eq!(r, Err(ApplyError::Sink("flash write failed")));
+    assert!(a.checkpoint().is_none());
+    let r = a.feed(&mut SliceBase(base), &p[5..], &mut |_: &[u8]| {
+        Ok::<(), &str>(())
+    });
+    assert!(matches!(
+        r,
+        Err(ApplyError::Patch(DeltaError::Failed { .. }))
+    ));
+    assert!(matches!(a.finish(), Err(DeltaError::Failed { .. })));
+    assert_eq!(n, 1);
+    // A decompressed-body applier offers no checkpoints.
+    let h = PatchHeader::parse(&p).unwrap();
+    let mut b = DeltaApplier::for_decompressed_body(&h, base.len() as u32);
+    let mut out = Vec::new();
+    b.feed(&mut SliceBase(base), &p[h.len..], &mut |x: &[u8]| {
+        out.extend_from_slice(x);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    assert_eq!((b.finish(), &out[..]), (Ok(4), &b"01ab"[..]));
+    assert!(b.checkpoint().is_none());
+}
