@@ -90,8 +90,8 @@ where
             })
             .map_err(|e| match e {
                 ApplyError::Patch(p) => Failure::Patch(p),
-                ApplyError::Base(b) => Failure::Base(b.to_string()),
-                ApplyError::Sink(never) => match never {},
+                // A base read (the flash); the sink here cannot fail.
+                other => Failure::Base(other.to_string()),
             })
     }
 }

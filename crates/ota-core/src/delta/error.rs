@@ -199,6 +199,7 @@ impl fmt::Display for DeltaError {
 
 /// A failed [`super::DeltaApplier::feed`]: the patch, the base read or the output sink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ApplyError<B, S> {
     Patch(DeltaError),
     Base(B),
@@ -215,8 +216,10 @@ impl<B: fmt::Display, S: fmt::Display> fmt::Display for ApplyError<B, S> {
     }
 }
 
-impl<B: fmt::Debug + fmt::Display, S: fmt::Debug + fmt::Display> core::error::Error
-    for ApplyError<B, S>
+impl<B, S> core::error::Error for ApplyError<B, S>
+where
+    B: fmt::Debug + fmt::Display,
+    S: fmt::Debug + fmt::Display,
 {
 }
 

@@ -96,11 +96,6 @@ impl HsDecoder {
         self.step == Step::Backref
     }
 
-    /// Bits of the current input byte not read yet.
-    pub fn pending_bits(&self) -> u8 {
-        self.cur_bits
-    }
-
     /// Read the next field of `n` bits (n ≤ 8 here), taking input bytes from `input` as needed;
     /// `None` when the input ran out first (the partial field is kept).
     fn bits(&mut self, n: u8, input: &mut &[u8]) -> Option<u16> {
