@@ -1,7 +1,7 @@
 //! The base of a delta patch: the image the device is running, read (never written) through a
 //! small trait, and its digest computed the way esp_delta_ota's example checks the header.
 
-use core::convert::Infallible;
+use core::fmt;
 
 use embedded_storage::nor_flash::ReadNorFlash;
 use sha2::{Digest, Sha256};
@@ -28,14 +28,43 @@ pub trait DeltaBase {
 #[derive(Clone, Copy, Debug)]
 pub struct SliceBase<'a>(pub &'a [u8]);
 
+/// A read outside a [`SliceBase`] (the applier never asks for one; a caller might).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SliceBaseError {
+    pub offset: u32,
+    pub len: usize,
+    pub base_len: usize,
+}
+
+impl fmt::Display for SliceBaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "read of {} bytes at base offset {} is outside the {}-byte base",
+            self.len, self.offset, self.base_len
+        )
+    }
+}
+
+impl core::error::Error for SliceBaseError {}
+
 impl DeltaBase for SliceBase<'_> {
-    type Error = Infallible;
+    type Error = SliceBaseError;
     fn len(&self) -> u32 {
         self.0.len().min(u32::MAX as usize) as u32
     }
-    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Infallible> {
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), SliceBaseError> {
         let at = offset as usize;
-        buf.copy_from_slice(&self.0[at..at + buf.len()]);
+        let src = at
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(at..end))
+            .ok_or(SliceBaseError {
+                offset,
+                len: buf.len(),
+                base_len: self.0.len(),
+            })?;
+        buf.copy_from_slice(src);
         Ok(())
     }
 }

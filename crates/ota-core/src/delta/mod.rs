@@ -32,7 +32,7 @@ pub mod varint;
 mod tests;
 
 pub use apply::{DeltaApplier, CHUNK};
-pub use base::{base_image_sha256, BaseImage, DeltaBase, FlashBase, SliceBase};
+pub use base::{base_image_sha256, BaseImage, DeltaBase, FlashBase, SliceBase, SliceBaseError};
 pub use checkpoint::{Checkpoint, CHECKPOINT_LEN};
 pub use error::{ApplyError, DeltaError};
 pub use header::{EspDeltaHeader, PatchHeader};

@@ -514,6 +514,17 @@ fn delta_random_patches_never_panic() {
 }
 
 #[test]
+fn delta_slice_base_refuses_reads_outside_it() {
+    let mut b = SliceBase(b"abcd");
+    let mut buf = [0u8; 3];
+    assert!(b.read(1, &mut buf).is_ok());
+    assert_eq!(&buf, b"bcd");
+    let e = b.read(2, &mut buf).unwrap_err();
+    assert_eq!((e.offset, e.len, e.base_len), (2, 3, 4));
+    assert!(b.read(u32::MAX, &mut buf).is_err());
+}
+
+#[test]
 fn delta_applier_stops_after_an_error() {
     let base = b"0123456789";
     let p = patch(Compression::None, 4, &[0, 2, 0, 0, 2, b'a', b'b', 0]);
