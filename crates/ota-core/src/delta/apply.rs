@@ -17,6 +17,10 @@ use super::{Compression, PatchHeader, PATCH_TYPE_SEQUENTIAL};
 /// Largest base read and output piece (`c/detools.c` uses 128-byte stack buffers).
 pub const CHUNK: usize = 64;
 
+/// Longest patch stream the applier takes (its offsets are 32-bit; empty triples could
+/// otherwise make a stream that never ends).
+pub const MAX_PATCH_LEN: u32 = u32::MAX;
+
 /// Upper bound of `size_of::<DeltaApplier>()` on every target (304 bytes measured on x86-64).
 pub const APPLIER_MAX_RAM: usize = 320;
 const _: () = assert!(core::mem::size_of::<DeltaApplier>() <= APPLIER_MAX_RAM);
@@ -194,6 +198,15 @@ impl DeltaApplier {
     {
         if self.step == Step::Failed {
             return Err(DeltaError::Failed { offset: self.at() }.into());
+        }
+        let end = self.patch_pos as u64 + chunk.len() as u64;
+        if end > MAX_PATCH_LEN as u64 {
+            self.step = Step::Failed;
+            return Err(DeltaError::TooLarge {
+                field: "patch length",
+                value: end,
+            }
+            .into());
         }
         let start_len = chunk.len();
         let mut input = chunk;

@@ -169,7 +169,7 @@ impl fmt::Display for DeltaError {
                  {out_pos} of {to_size} bytes"
             ),
             DeltaError::TooLarge { field, value } => {
-                write!(f, "delta patch: {field} {value} exceeds 2^32 - 1")
+                write!(f, "delta patch: {field} {value} exceeds 2^32 - 1 bytes")
             }
             DeltaError::EspHeaderMagic { found } => write!(
                 f,

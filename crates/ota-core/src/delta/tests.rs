@@ -558,3 +558,24 @@ fn delta_applier_stops_after_an_error() {
     assert_eq!((b.finish(), &out[..]), (Ok(4), &b"01ab"[..]));
     assert!(b.checkpoint().is_none());
 }
+
+#[test]
+fn delta_patch_length_is_bounded() {
+    // A stream of empty triples never completes the output: the 32-bit patch offset bounds it.
+    let base = b"0123";
+    let mut a = DeltaApplier::new(4);
+    let p = patch(Compression::None, 1, &[0]);
+    a.feed(&mut SliceBase(base), &p, &mut |_: &[u8]| Ok::<(), ()>(()))
+        .unwrap();
+    a.patch_pos = apply::MAX_PATCH_LEN - 2;
+    let r = a.feed(&mut SliceBase(base), &[0, 0, 0], &mut |_: &[u8]| {
+        Ok::<(), ()>(())
+    });
+    assert!(matches!(
+        r,
+        Err(ApplyError::Patch(DeltaError::TooLarge {
+            field: "patch length",
+            ..
+        }))
+    ));
+}
