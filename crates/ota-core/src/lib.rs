@@ -4,8 +4,9 @@
 //! app image and app descriptor, ADF tone bins, detools / esp_delta_ota delta patches), and runs
 //! the streaming update engines and the 2nd-stage bootloader's selection rules. It does no I/O
 //! except through the `embedded-storage` `NorFlash` traits, so the same code drives an emulated
-//! flash on a PC and esp-storage on a chip. Comments cite the upstream files each rule comes from (paths in
-//! espressif/esp-idf, espressif/esp-adf `release/v2.x` and espressif/esptool).
+//! flash on a PC and esp-storage on a chip. Comments cite the upstream files each rule comes
+//! from (paths in espressif/esp-idf, espressif/esp-adf `release/v2.x`, espressif/esptool,
+//! eerimoq/detools and espressif/idf-extra-components).
 //!
 //! # On the chip: the front door
 //!
