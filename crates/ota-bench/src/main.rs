@@ -6,6 +6,7 @@
 //! so its peak RSS (`VmHWM`, reset per case through `/proc/PID/clear_refs`) is its own.
 
 mod delta_make;
+mod delta_apply;
 mod load;
 
 use std::io::Read;
@@ -55,6 +56,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// ota-core's delta applier vs detools' Python apply_patch on a 1 MiB firmware-like pair
+    /// (patches made by detools: heatshrink, none, lzma); sizes, times, the applier's RAM.
+    DeltaApply {
+        /// The Python with detools.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: String,
+        /// Runs per measurement (the median is printed).
+        #[arg(long, default_value_t = 21)]
+        runs: usize,
+    },
     /// Internal: run the ota-server on DIR at 127.0.0.1:PORT (what `ota serve DIR` runs).
     #[command(name = "__ota-serve", hide = true)]
     OtaServe { dir: PathBuf, port: u16 },
@@ -69,6 +80,7 @@ fn main() -> Result<()> {
             detools_c,
             runs,
         } => delta_make::run(&vectors, &python, detools_c.as_deref(), runs),
+        Cmd::DeltaApply { python, runs } => delta_apply::bench(&python, runs.max(1)),
         Cmd::OtaServe { dir, port } => {
             let mut o = ota_server::ServeOptions::dir(dir);
             o.bind = SocketAddr::from(([127, 0, 0, 1], port));

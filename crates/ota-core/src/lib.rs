@@ -1,11 +1,12 @@
 //! `ota-core`: the `no_std`, allocation-free heart of ota-service.
 //!
 //! It knows the ESP-IDF / ESP-ADF on-flash formats byte for byte (partition table, otadata,
-//! app image and app descriptor, ADF tone bins), and runs the streaming update engines and the
-//! 2nd-stage bootloader's selection rules. It does no I/O except through the
-//! `embedded-storage` `NorFlash` traits, so the same code drives an emulated flash on a PC and
-//! esp-storage on a chip. Comments cite the upstream files each rule comes from (paths in
-//! espressif/esp-idf, espressif/esp-adf `release/v2.x` and espressif/esptool).
+//! app image and app descriptor, ADF tone bins, detools / esp_delta_ota delta patches), and runs
+//! the streaming update engines and the 2nd-stage bootloader's selection rules. It does no I/O
+//! except through the `embedded-storage` `NorFlash` traits, so the same code drives an emulated
+//! flash on a PC and esp-storage on a chip. Comments cite the upstream files each rule comes
+//! from (paths in espressif/esp-idf, espressif/esp-adf `release/v2.x`, espressif/esptool,
+//! eerimoq/detools and espressif/idf-extra-components).
 //!
 //! # On the chip: the front door
 //!
@@ -85,6 +86,7 @@
 pub mod boot;
 mod bytes;
 pub mod chip;
+pub mod delta;
 pub mod elf2image;
 pub mod error;
 pub mod flash;

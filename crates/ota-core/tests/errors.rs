@@ -23,6 +23,9 @@ fn is_error<E: core::error::Error>() {}
 #[test]
 fn every_public_error_type_is_a_core_error() {
     is_error::<ota_core::Error>();
+    is_error::<ota_core::delta::DeltaError>();
+    is_error::<ota_core::delta::ApplyError<ota_core::flash::FlashError, ota_core::flash::FlashError>>(
+    );
     is_error::<ota_core::flash::FlashError>();
     is_error::<ota_core::flash::DriverErrorKind>();
     is_error::<ota_core::flash::DriverError<BrokenDriver>>();
