@@ -70,7 +70,45 @@ pub fn load(path: &Path) -> Result<KeyFile> {
     parse(&text, path)
 }
 
+/// The PEM blocks of `text` re-wrapped at 64 columns with LF line ends: the RustCrypto PEM
+/// reader follows RFC 7468 strictly, while real key files differ (esptool's own
+/// `ecdsa384_secure_boot_signing_key.pem` test key has 76-column lines; Windows tools write
+/// CRLF). Headers such as `Proc-Type` (encrypted keys) are kept, so those are still refused.
+fn normalize_pem(text: &str) -> String {
+    let mut out = String::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN ") {
+            inside = true;
+            body.clear();
+            out.push_str(line);
+            out.push('\n');
+        } else if line.starts_with("-----END ") {
+            let bytes = body.as_bytes();
+            for chunk in bytes.chunks(64) {
+                out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                out.push('\n');
+            }
+            out.push_str(line);
+            out.push('\n');
+            inside = false;
+        } else if inside {
+            if line.contains(':') {
+                out.push_str(line);
+                out.push('\n');
+            } else {
+                body.push_str(line);
+            }
+        }
+    }
+    out
+}
+
 fn parse(text: &str, path: &Path) -> Result<KeyFile> {
+    let normalized = normalize_pem(text);
+    let text = normalized.as_str();
     let p = path.display();
     let bad = |kind: &str, e: &dyn std::fmt::Display| anyhow!("{p}: not a valid {kind}: {e}");
     if text.contains("-----BEGIN RSA PRIVATE KEY-----") {
