@@ -1,3 +1,5 @@
+//! `ota-bench secure-boot`: see `secure_boot.rs`.
+//!
 //! `ota-bench serve`: `ota serve` against `python3 -m http.server` on the same folder, driven
 //! by the same bounded load on loopback, measured side by side in one run (never a timed test).
 //!
@@ -6,6 +8,7 @@
 //! so its peak RSS (`VmHWM`, reset per case through `/proc/PID/clear_refs`) is its own.
 
 mod load;
+mod secure_boot;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,6 +40,16 @@ enum Cmd {
         #[arg(long, default_value = "python3")]
         python: String,
     },
+    /// Secure Boot v2: time of one verification (hash + signature) of an image per scheme
+    /// (RSA-3072-PSS, ECDSA P-256, ECDSA P-384), with ota-core's device-side code.
+    SecureBoot {
+        /// Image size in KiB.
+        #[arg(long, default_value_t = 1024)]
+        kib: usize,
+        /// Verifications per scheme (the median is printed).
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+    },
     /// Internal: run the ota-server on DIR at 127.0.0.1:PORT (what `ota serve DIR` runs).
     #[command(name = "__ota-serve", hide = true)]
     OtaServe { dir: PathBuf, port: u16 },
@@ -45,6 +58,7 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Serve { seconds, python } => bench(Duration::from_secs(seconds.max(1)), &python),
+        Cmd::SecureBoot { kib, rounds } => secure_boot::bench(kib.max(1) * 1024, rounds.max(1)),
         Cmd::OtaServe { dir, port } => {
             let mut o = ota_server::ServeOptions::dir(dir);
             o.bind = SocketAddr::from(([127, 0, 0, 1], port));
