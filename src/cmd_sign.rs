@@ -324,7 +324,12 @@ impl SignatureInfo {
         })
     }
 
+    /// After esptool's report, and only for an image with something to show (a block that is
+    /// not absent, or an SBv1 block), so an unsigned image's report stays esptool's.
     pub fn print(&self) {
+        if self.lines.is_empty() && !self.sbv1 {
+            return;
+        }
         println!();
         println!("Secure Boot Signatures");
         println!("======================");
@@ -333,19 +338,11 @@ impl SignatureInfo {
                 "Secure Boot v1 signature block found after the image (ECDSA P-256; not verified)"
             );
         }
-        match (self.sector_offset, self.sector_present) {
-            (Some(at), true) if !self.lines.is_empty() => {
-                println!("Secure Boot v2 signature sector at {at:#x}:");
-                for l in &self.lines {
-                    println!("{l}");
-                }
+        if let (Some(at), false) = (self.sector_offset, self.lines.is_empty()) {
+            println!("Secure Boot v2 signature sector at {at:#x}:");
+            for l in &self.lines {
+                println!("{l}");
             }
-            (Some(at), _) => {
-                if !self.sbv1 {
-                    println!("No Secure Boot v2 signature blocks (sector would be at {at:#x})");
-                }
-            }
-            (None, _) => println!("No Secure Boot v2 signature sector"),
         }
     }
 }
