@@ -111,6 +111,13 @@ pub fn sign(
         for kf in keyfiles {
             let key = keys::load(kf)?;
             let Some(private) = &key.private else {
+                if key.public.curve() == Some(ota_core::secure_boot::Curve::P192) {
+                    bail!(
+                        "{}: ECDSA P-192 keys cannot sign here (RustCrypto's p192 verifies \
+                         only): sign with espsecure, verify with ota",
+                        kf.display()
+                    );
+                }
                 bail!(
                     "{}: a public key cannot sign: give the private key, or a signature made \
                      elsewhere with --pub-key and --signature",

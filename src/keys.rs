@@ -6,7 +6,8 @@
 //! them (esptool `espsecure/__init__.py`, `_load_sbv2_signing_key` / `_get_sbv2_pub_key`):
 //! RSA-3072 private keys in PKCS#1 (`BEGIN RSA PRIVATE KEY`) or PKCS#8 (`BEGIN PRIVATE KEY`),
 //! EC P-256 / P-384 private keys in SEC1 (`BEGIN EC PRIVATE KEY`) or PKCS#8, and SPKI public
-//! keys (`BEGIN PUBLIC KEY`). P-192 keys are refused (ota-core does not verify P-192).
+//! keys (`BEGIN PUBLIC KEY`). P-192 keys (ESP32-C2) give digests and verify, but cannot sign
+//! here (RustCrypto's `p192` has no signing).
 
 use std::path::Path;
 
@@ -22,6 +23,10 @@ use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::Sha256;
 
+/// p192 exports no key aliases of its own.
+type P192Secret = p192::elliptic_curve::SecretKey<p192::NistP192>;
+type P192Public = p192::elliptic_curve::PublicKey<p192::NistP192>;
+
 /// PEM key files are small; anything larger is not a key.
 const KEY_FILE_LIMIT: u64 = 64 * 1024;
 
@@ -29,6 +34,7 @@ const KEY_FILE_LIMIT: u64 = 64 * 1024;
 #[derive(Clone, Debug)]
 pub enum PublicKey {
     Rsa(RsaPublicKey),
+    P192(P192Public),
     P256(p256::PublicKey),
     P384(p384::PublicKey),
 }
@@ -133,7 +139,13 @@ fn parse(text: &str, path: &Path) -> Result<KeyFile> {
                 private: Some(SigningKey::P384(k.into())),
             });
         }
-        bail!("{p}: EC private key is not a valid P-256 or P-384 key (Secure Boot v2 here supports ECDSA P-256 and P-384; P-192 is not supported)");
+        if let Ok(k) = P192Secret::from_sec1_pem(text.trim()) {
+            return Ok(KeyFile {
+                public: PublicKey::P192(k.public_key()),
+                private: None,
+            });
+        }
+        bail!("{p}: EC private key is not a valid P-192, P-256 or P-384 key (the curves of Secure Boot v2)");
     }
     if text.contains("-----BEGIN PRIVATE KEY-----") {
         if let Ok(k) = RsaPrivateKey::from_pkcs8_pem(text.trim()) {
@@ -155,7 +167,13 @@ fn parse(text: &str, path: &Path) -> Result<KeyFile> {
                 private: Some(SigningKey::P384(k.into())),
             });
         }
-        bail!("{p}: PKCS#8 private key is not RSA-3072, ECDSA P-256 or ECDSA P-384");
+        if let Ok(k) = P192Secret::from_pkcs8_pem(text.trim()) {
+            return Ok(KeyFile {
+                public: PublicKey::P192(k.public_key()),
+                private: None,
+            });
+        }
+        bail!("{p}: PKCS#8 private key is not RSA-3072 or ECDSA P-192, P-256 or P-384");
     }
     if text.contains("-----BEGIN PUBLIC KEY-----") {
         if let Ok(k) = RsaPublicKey::from_public_key_pem(text.trim()) {
@@ -176,7 +194,13 @@ fn parse(text: &str, path: &Path) -> Result<KeyFile> {
                 private: None,
             });
         }
-        bail!("{p}: public key is not RSA-3072, ECDSA P-256 or ECDSA P-384");
+        if let Ok(k) = P192Public::from_public_key_pem(text.trim()) {
+            return Ok(KeyFile {
+                public: PublicKey::P192(k),
+                private: None,
+            });
+        }
+        bail!("{p}: public key is not RSA-3072 or ECDSA P-192, P-256 or P-384");
     }
     if text.contains("-----BEGIN RSA PUBLIC KEY-----") {
         let k = RsaPublicKey::from_pkcs1_pem(text.trim())
@@ -207,6 +231,7 @@ impl PublicKey {
     pub fn curve(&self) -> Option<Curve> {
         match self {
             PublicKey::Rsa(_) => None,
+            PublicKey::P192(_) => Some(Curve::P192),
             PublicKey::P256(_) => Some(Curve::P256),
             PublicKey::P384(_) => Some(Curve::P384),
         }
@@ -235,6 +260,10 @@ impl PublicKey {
     /// The point X ‖ Y little-endian, each coordinate `curve.coord_len()` bytes.
     fn point_le(&self) -> Vec<u8> {
         let (x, y): (Vec<u8>, Vec<u8>) = match self {
+            PublicKey::P192(k) => {
+                let p = k.to_encoded_point(false);
+                (p.x().unwrap().to_vec(), p.y().unwrap().to_vec())
+            }
             PublicKey::P256(k) => {
                 let p = k.to_encoded_point(false);
                 (p.x().unwrap().to_vec(), p.y().unwrap().to_vec())
@@ -267,6 +296,10 @@ impl PublicKey {
                 let curve = self.curve().expect("ECDSA key");
                 let mut v = vec![curve.id()];
                 v.extend(self.point_le());
+                // P-192's 48-byte point fills a 64-byte field (espsecure `struct.pack("<B64s")`).
+                if curve == Curve::P192 {
+                    v.resize(65, 0);
+                }
                 v
             }
         })
@@ -318,6 +351,9 @@ impl PublicKey {
                     .verify_prehash(&digests.sha256, &sig)
                     .map_err(|_| anyhow!("the signature was not made with this public key over this data (ECDSA P-256, SHA-256)"))?;
                 self.ecdsa_block(&digests.sha256, &sig.r().to_bytes(), &sig.s().to_bytes())
+            }
+            PublicKey::P192(_) => {
+                bail!("ECDSA P-192 signature blocks cannot be made here (RustCrypto's p192 verifies only)")
             }
             PublicKey::P384(k) => {
                 let sig = p384::ecdsa::Signature::from_der(signature)

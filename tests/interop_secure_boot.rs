@@ -625,3 +625,66 @@ fn signing_and_verifying_errors_name_what_is_wrong() {
         "nothing to sign",
     );
 }
+
+#[test]
+fn ecdsa192_signed_by_espsecure_is_verified_and_its_digest_matches() {
+    let Some((esp, v, dir)) = setup() else { return };
+    let d = dir.path();
+    let (key, pubkey) = keygen(&esp, d, "p192", "ecdsa192");
+    let theirs = d.join("theirs.bin");
+    esp.ok(&[
+        "digest-sbv2-public-key",
+        "--keyfile",
+        s(&key),
+        "-o",
+        s(&theirs),
+    ]);
+    let ours = d.join("ours.bin");
+    ok(&[
+        "image",
+        "key-digest",
+        "--keyfile",
+        s(&pubkey),
+        "-o",
+        s(&ours),
+    ]);
+    assert_eq!(
+        std::fs::read(&theirs).unwrap(),
+        std::fs::read(&ours).unwrap()
+    );
+    for img in IMAGES {
+        let signed = d.join(format!("{img}.signed"));
+        esp.ok(&[
+            "sign-data",
+            "--version",
+            "2",
+            "--keyfile",
+            s(&key),
+            "-o",
+            s(&signed),
+            s(&v.join(img)),
+        ]);
+        assert!(ota_verifies(&pubkey, &signed), "{img}");
+        let mut t = std::fs::read(&signed).unwrap();
+        t[33] ^= 1;
+        std::fs::write(&signed, &t).unwrap();
+        assert!(!ota_verifies(&pubkey, &signed), "{img} tampered");
+        assert!(!esp.verifies(&pubkey, &signed), "{img} tampered");
+    }
+    // Signing with P-192 is refused with the reason.
+    let o = ota(&[
+        "image",
+        "sign",
+        "--keyfile",
+        s(&key),
+        "-o",
+        s(&d.join("x.bin")),
+        s(&v.join(IMAGES[0])),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("P-192 keys cannot sign here"),
+        "{}",
+        text(&o)
+    );
+}

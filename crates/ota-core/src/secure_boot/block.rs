@@ -24,7 +24,7 @@ pub const CURVE_ID_P192: u8 = 1;
 pub const CURVE_ID_P256: u8 = 2;
 pub const CURVE_ID_P384: u8 = 3;
 
-/// RSA block field offsets (idf-formats.md 3.9; `ets_secure_boot_sig_block_t`).
+/// RSA block field offsets (`ets_secure_boot_sig_block_t`, ESP-IDF rom `secure_boot.h`).
 const RSA_N: usize = 36;
 const RSA_E: usize = 420;
 const RSA_RINV: usize = 424;

@@ -1,8 +1,8 @@
 //! ECDSA verification of a signature block (ESP-IDF `secure_boot_ecdsa_signature.c`, ROM
 //! `ets_ecdsa_verify`): the block's point and r, s are micro-ecc's little-endian numbers;
 //! RustCrypto `p256` / `p384` verify the pre-hashed digest (SHA-256 / SHA-384 of the signed
-//! data). P-192 is recognised and reported as not supported: RustCrypto's `p192` crate has no
-//! ECDSA verification in the 0.13 line this workspace uses.
+//! data; P-192 blocks are made over SHA-256 too, which ECDSA truncates to the curve's 192
+//! bits, as micro-ecc and espsecure do), RustCrypto `p192` for the ESP32-C2's P-192.
 
 use core::fmt;
 
@@ -14,7 +14,8 @@ use super::block::Curve;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EcdsaError {
-    /// The curve is recognised but not verified here.
+    /// The curve is recognised but not verified here (none at present; kept for callers that
+    /// match on it).
     UnsupportedCurve(Curve),
     /// The point is not on the curve.
     BadPoint,
@@ -54,12 +55,12 @@ fn be_into(dst: &mut [u8], src: &[u8]) {
 }
 
 macro_rules! verify_curve {
-    ($name:ident, $krate:ident, $len:expr) => {
+    ($name:ident, $krate:ident, $len:expr, $digest_len:expr) => {
         fn $name(point: &[u8], signature: &[u8], digest: &[u8]) -> Result<(), EcdsaError> {
             const L: usize = $len;
-            if digest.len() != L {
+            if digest.len() != $digest_len {
                 return Err(EcdsaError::DigestLen {
-                    expected: L,
+                    expected: $digest_len,
                     found: digest.len(),
                 });
             }
@@ -84,11 +85,12 @@ macro_rules! verify_curve {
     };
 }
 
-verify_curve!(verify_p256, p256, 32);
-verify_curve!(verify_p384, p384, 48);
+verify_curve!(verify_p192, p192, 24, 32);
+verify_curve!(verify_p256, p256, 32, 32);
+verify_curve!(verify_p384, p384, 48, 48);
 
 /// Verifies an ECDSA block: `point` X ‖ Y and `signature` r ‖ s little-endian, `digest` the
-/// SHA-256 (P-256) or SHA-384 (P-384) of the signed data.
+/// SHA-256 (P-192, P-256) or SHA-384 (P-384) of the signed data.
 pub fn verify(
     curve: Curve,
     point: &[u8],
@@ -98,6 +100,6 @@ pub fn verify(
     match curve {
         Curve::P256 => verify_p256(point, signature, digest),
         Curve::P384 => verify_p384(point, signature, digest),
-        Curve::P192 => Err(EcdsaError::UnsupportedCurve(curve)),
+        Curve::P192 => verify_p192(point, signature, digest),
     }
 }

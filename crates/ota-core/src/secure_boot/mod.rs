@@ -1,6 +1,6 @@
-//! Secure Boot v2 signatures of app images (idf-formats.md 3.9): the 4096-byte signature
-//! sector at `align_up(image_end, 4096)`, its up to 3 blocks (RSA-3072-PSS, ECDSA P-256 /
-//! P-384), the public-key digests eFuse holds, and ESP-IDF's app-side trust rules. Also
+//! Secure Boot v2 signatures of app images: the 4096-byte signature
+//! sector at `align_up(image_end, 4096)`, its up to 3 blocks (RSA-3072-PSS, ECDSA P-192 /
+//! P-256 / P-384), the public-key digests eFuse holds, and ESP-IDF's app-side trust rules. Also
 //! recognises a Secure Boot v1 block (ESP32). No allocation, constant memory.
 //!
 //! Sources: ESP-IDF `components/bootloader_support/src/secure_boot_v2/
