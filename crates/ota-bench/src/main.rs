@@ -50,6 +50,14 @@ enum Cmd {
         #[arg(long, default_value_t = 9)]
         rounds: usize,
     },
+    /// Internal: verify FILE on a thread of SIZE bytes (the secure-boot stack probe's child).
+    #[command(name = "__secure-boot-stack", hide = true)]
+    SecureBootStack {
+        file: PathBuf,
+        size: usize,
+        sha384: u8,
+        verify: u8,
+    },
     /// Internal: run the ota-server on DIR at 127.0.0.1:PORT (what `ota serve DIR` runs).
     #[command(name = "__ota-serve", hide = true)]
     OtaServe { dir: PathBuf, port: u16 },
@@ -59,6 +67,12 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Serve { seconds, python } => bench(Duration::from_secs(seconds.max(1)), &python),
         Cmd::SecureBoot { kib, rounds } => secure_boot::bench(kib.max(1) * 1024, rounds.max(1)),
+        Cmd::SecureBootStack {
+            file,
+            size,
+            sha384,
+            verify,
+        } => secure_boot::stack_probe(&file, size, sha384 != 0, verify != 0),
         Cmd::OtaServe { dir, port } => {
             let mut o = ota_server::ServeOptions::dir(dir);
             o.bind = SocketAddr::from(([127, 0, 0, 1], port));

@@ -64,6 +64,80 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Bytes a probe thread puts on its stack before the work, so that every size probed is above
+/// the platform's minimum thread stack (glibc rounds smaller requests up).
+const BALLAST: usize = 64 * 1024;
+
+fn with_ballast<T>(f: impl FnOnce() -> T) -> T {
+    let ballast = [0x5Au8; BALLAST];
+    let out = f();
+    std::hint::black_box(&ballast);
+    out
+}
+
+/// The child side of the stack probe: on a thread of `stack` bytes, with [`BALLAST`] bytes
+/// already used, hash `file`'s signed data (`verify` false: the baseline) or hash it and verify
+/// its sector (block 0's key trusted). Exit 0 when the work completed (and verified).
+pub fn stack_probe(file: &std::path::Path, stack: usize, sha384: bool, verify: bool) -> Result<()> {
+    let bytes = std::fs::read(file)?;
+    let handle = std::thread::Builder::new()
+        .stack_size(stack)
+        .spawn(move || {
+            with_ballast(|| {
+                let at = bytes.len() - secure_boot::SECTOR_SIZE;
+                let mut h = SignedDataHasher::new(sha384);
+                for c in bytes[..at].chunks(4096) {
+                    h.update(c);
+                }
+                let d = std::hint::black_box(h.finish());
+                if !verify {
+                    return Some(0);
+                }
+                let sector = SignatureSector::from_slice(&bytes[at..]).ok()?;
+                let mut keys = SecureBootKeys::default();
+                keys.digests[0] = Some(sector.block(0).ok()?.key_digest());
+                secure_boot::verify_secure_boot(&sector, &d, &keys)
+                    .ok()
+                    .map(|v| v.block)
+            })
+        })?;
+    match handle.join() {
+        Ok(Some(0)) => Ok(()),
+        _ => Err(anyhow!("not verified")),
+    }
+}
+
+/// The smallest thread stack (1 KiB steps) on which a child process completes the work, less
+/// the ballast.
+fn stack_need(file: &std::path::Path, sha384: bool, verify: bool) -> Result<usize> {
+    let exe = std::env::current_exe()?;
+    let runs = |size: usize| -> Result<bool> {
+        let st = std::process::Command::new(&exe)
+            .arg("__secure-boot-stack")
+            .arg(file)
+            .arg(size.to_string())
+            .arg(if sha384 { "1" } else { "0" })
+            .arg(if verify { "1" } else { "0" })
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        Ok(st.success())
+    };
+    let (mut lo, mut hi) = (BALLAST, BALLAST + (1 << 20));
+    if !runs(hi)? {
+        return Err(anyhow!("does not complete even on a 1 MiB stack"));
+    }
+    while hi - lo > 1024 {
+        let mid = (lo + hi) / 2 / 1024 * 1024;
+        if runs(mid)? {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi - BALLAST)
+}
+
 pub fn bench(image_size: usize, rounds: usize) -> Result<()> {
     let data: Vec<u8> = (0..image_size).map(|i| (i * 7 + i / 4096) as u8).collect();
     println!(
@@ -75,6 +149,8 @@ pub fn bench(image_size: usize, rounds: usize) -> Result<()> {
         "{:<14} {:>12} {:>12} {:>12} {:>14}",
         "scheme", "hash ms", "signature ms", "total ms", "fastest total"
     );
+    let dir = tempfile::tempdir()?;
+    let mut stacks = Vec::new();
     for (name, block, sha384) in [
         ("RSA-3072-PSS", rsa_block(&data)?, false),
         ("ECDSA P-256", p256_block(&data)?, false),
@@ -105,6 +181,15 @@ pub fn bench(image_size: usize, rounds: usize) -> Result<()> {
         }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let fastest = total.iter().min().copied().unwrap_or_default();
+        let file = dir.path().join("signed.bin");
+        let mut signed = data.clone();
+        signed.extend_from_slice(&sector_bytes);
+        std::fs::write(&file, &signed)?;
+        stacks.push((
+            name,
+            stack_need(&file, sha384, false)?,
+            stack_need(&file, sha384, true)?,
+        ));
         println!(
             "{:<14} {:>12.2} {:>12.2} {:>12.2} {:>14.2}",
             name,
@@ -113,6 +198,18 @@ pub fn bench(image_size: usize, rounds: usize) -> Result<()> {
             ms(median(total)),
             ms(fastest)
         );
+    }
+    println!(
+        "Stack on this host (x86-64, this build): the smallest thread stack, in 1 KiB steps, on \
+         which a child process hashes the data, or hashes and verifies (thread start-up included \
+         in both; the difference is the verification's own)"
+    );
+    println!(
+        "{:<14} {:>12} {:>16}",
+        "scheme", "hash KiB", "hash+verify KiB"
+    );
+    for (name, hash, verify) in stacks {
+        println!("{:<14} {:>12} {:>16}", name, hash / 1024, verify / 1024);
     }
     Ok(())
 }
