@@ -6,9 +6,9 @@
 //!
 //! Why not crypto-bigint: the block already carries the two Montgomery constants the chip's
 //! RSA peripheral uses, so a fixed 96-limb multiply is all that is needed (about 60 lines, no
-//! allocation, fixed 384-byte arrays on the stack); the constants are checked against n before use, so a block
-//! with inconsistent ones is refused rather than giving a wrong answer. The same code computes
-//! rinv and mdash for the host signer.
+//! allocation, fixed 384-byte arrays on the stack); the constants are checked against n before
+//! use, so a block with inconsistent ones is refused rather than giving a wrong answer. The
+//! same code computes rinv and mdash for the host signer.
 
 use core::fmt;
 
