@@ -1,4 +1,5 @@
-//! `ota image make|info`: build a valid ESP-IDF app image; read one like `esptool image-info`.
+//! `ota image make|info|sign|verify-signature|key-digest`: build a valid ESP-IDF app image;
+//! read one like `esptool image-info`; Secure Boot v2 signing and verification (`crate::cmd_sign`).
 
 use ota_core::image::Hex;
 use std::path::PathBuf;
@@ -79,6 +80,56 @@ pub enum ImageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sign an image for Secure Boot v2 (like `espsecure sign-data --version 2`): pad to 4096
+    /// bytes with 0xFF and append a signature sector with one block per key.
+    Sign {
+        /// Private key (PEM: RSA-3072, ECDSA P-256 or P-384, as espsecure generate-signing-key
+        /// writes it). Repeat for up to 3 blocks.
+        #[arg(long, value_name = "KEY.pem")]
+        keyfile: Vec<PathBuf>,
+        /// Keep the valid blocks of the input's signature sector and add to them.
+        #[arg(long)]
+        append_signatures: bool,
+        /// Public key of a signature made elsewhere (with --signature; repeatable, in pairs).
+        #[arg(long, value_name = "PUB.pem")]
+        pub_key: Vec<PathBuf>,
+        /// A signature made elsewhere over the (4096-aligned) input: RSA raw 384 bytes
+        /// big-endian, ECDSA DER. Verified against --pub-key before use.
+        #[arg(long, value_name = "SIG.bin")]
+        signature: Vec<PathBuf>,
+        /// Signed image to write (may be the input).
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// Image (or any data) to sign.
+        input: PathBuf,
+    },
+    /// Verify a Secure Boot v2 signed image against a key or a key digest (like `espsecure
+    /// verify-signature --version 2`); non-zero exit with each block's reason on failure.
+    VerifySignature {
+        /// Public or private key (PEM).
+        #[arg(
+            long,
+            value_name = "KEY.pem",
+            conflicts_with = "digest",
+            required_unless_present = "digest"
+        )]
+        keyfile: Option<PathBuf>,
+        /// A 32-byte public-key digest (as `ota image key-digest -o` / eFuse hold it).
+        #[arg(long, value_name = "DIGEST.bin")]
+        digest: Option<PathBuf>,
+        /// Signed image.
+        image: PathBuf,
+    },
+    /// The Secure Boot v2 public-key digest of a key, as eFuse holds it (like `espsecure
+    /// digest-sbv2-public-key`): hex on stdout, raw 32 bytes to -o.
+    KeyDigest {
+        /// Public or private key (PEM).
+        #[arg(long, value_name = "KEY.pem")]
+        keyfile: PathBuf,
+        /// File for the raw 32-byte digest.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
@@ -151,6 +202,29 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ImageCmd::FromElf(args) => from_elf(args),
+        ImageCmd::Sign {
+            keyfile,
+            append_signatures,
+            pub_key,
+            signature,
+            output,
+            input,
+        } => crate::cmd_sign::sign(
+            &keyfile,
+            append_signatures,
+            &pub_key,
+            &signature,
+            &output,
+            &input,
+        ),
+        ImageCmd::VerifySignature {
+            keyfile,
+            digest,
+            image,
+        } => crate::cmd_sign::verify(keyfile.as_deref(), digest.as_deref(), &image),
+        ImageCmd::KeyDigest { keyfile, output } => {
+            crate::cmd_sign::key_digest(&keyfile, output.as_deref())
+        }
         ImageCmd::Info {
             image: path,
             json: as_json,
@@ -158,10 +232,14 @@ pub fn run(cmd: ImageCmd) -> Result<ExitCode> {
             let bytes = crate::input::read_bounded(&path, crate::input::FLASH_LIMIT, "image")?;
             crate::glue::refuse_elf(&bytes, &path, "an app or bootloader image")?;
             let s = read_image(&bytes).with_context(|| format!("{}", path.display()))?;
+            let sig = crate::cmd_sign::signature_info(&bytes, s.image_len, s.chip);
             if as_json {
-                println!("{}", serde_json::to_string_pretty(&summary_json(&s))?);
+                let mut v = summary_json(&s);
+                v["signatures"] = sig.json();
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_info(&s, bytes.len());
+                sig.print();
                 // esptool's report has no line for this: a note on stderr, never a refusal.
                 if let Some(e) = &s.segment_length_error {
                     eprintln!("note: {e}: the bootloader refuses this image");

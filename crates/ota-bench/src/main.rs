@@ -1,3 +1,5 @@
+//! `ota-bench secure-boot`: see `secure_boot.rs`.
+//!
 //! `ota-bench serve`: `ota serve` against `python3 -m http.server` on the same folder, driven
 //! by the same bounded load on loopback, measured side by side in one run (never a timed test).
 //!
@@ -8,6 +10,7 @@
 mod delta_make;
 mod delta_apply;
 mod load;
+mod secure_boot;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -66,6 +69,24 @@ enum Cmd {
         #[arg(long, default_value_t = 21)]
         runs: usize,
     },
+    /// Secure Boot v2: time of one verification (hash + signature) of an image per scheme
+    /// (RSA-3072-PSS, ECDSA P-256, ECDSA P-384), with ota-core's device-side code.
+    SecureBoot {
+        /// Image size in KiB.
+        #[arg(long, default_value_t = 1024)]
+        kib: usize,
+        /// Verifications per scheme (the median is printed).
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+    },
+    /// Internal: verify FILE on a thread of SIZE bytes (the secure-boot stack probe's child).
+    #[command(name = "__secure-boot-stack", hide = true)]
+    SecureBootStack {
+        file: PathBuf,
+        size: usize,
+        sha384: u8,
+        verify: u8,
+    },
     /// Internal: run the ota-server on DIR at 127.0.0.1:PORT (what `ota serve DIR` runs).
     #[command(name = "__ota-serve", hide = true)]
     OtaServe { dir: PathBuf, port: u16 },
@@ -81,6 +102,13 @@ fn main() -> Result<()> {
             runs,
         } => delta_make::run(&vectors, &python, detools_c.as_deref(), runs),
         Cmd::DeltaApply { python, runs } => delta_apply::bench(&python, runs.max(1)),
+        Cmd::SecureBoot { kib, rounds } => secure_boot::bench(kib.max(1) * 1024, rounds.max(1)),
+        Cmd::SecureBootStack {
+            file,
+            size,
+            sha384,
+            verify,
+        } => secure_boot::stack_probe(&file, size, sha384 != 0, verify != 0),
         Cmd::OtaServe { dir, port } => {
             let mut o = ota_server::ServeOptions::dir(dir);
             o.bind = SocketAddr::from(([127, 0, 0, 1], port));

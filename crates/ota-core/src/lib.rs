@@ -97,6 +97,7 @@ pub mod mem_flash;
 pub mod otadata;
 pub mod partition;
 pub mod resume;
+pub mod secure_boot;
 pub mod staging;
 pub mod tone;
 pub mod update;

@@ -135,6 +135,10 @@ fn main() -> io::Result<()> {
                     )?;
                     c.put("app_update", &name, &[0x25, 3], &bytes)?;
                     c.put("app_update", &format!("resume-{name}"), &[0x65, 9], &bytes)?;
+                    if name.contains("signed") {
+                        // Control byte: SHA-384 on, no scheme, nothing revoked.
+                        c.put("signature_sector", &name, &[1], &bytes)?;
+                    }
                 }
             }
         }
