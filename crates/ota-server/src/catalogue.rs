@@ -224,6 +224,7 @@ impl CatalogueDoc {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let catalogue = Catalogue {
             format: CATALOGUE_FORMAT,
+            serial: None,
             entries,
         };
         Self::from_catalogue(catalogue)

@@ -423,6 +423,7 @@ impl S3Store {
         match r.status_code() {
             404 => Ok(Catalogue {
                 format: CATALOGUE_FORMAT,
+                serial: None,
                 entries: Vec::new(),
             }),
             200 => Catalogue::from_json(r.bytes())
