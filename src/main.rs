@@ -27,6 +27,7 @@ macro_rules! eprintln {
     };
 }
 
+mod cmd_catalogue;
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;
@@ -95,6 +96,9 @@ enum Command {
     Serve(cmd_serve::ServeArgs),
     /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
     Publish(cmd_publish::PublishArgs),
+    /// Catalogue signing keys (keygen, pubkey) and a check of a signed catalogue (verify).
+    #[command(subcommand)]
+    Catalogue(cmd_catalogue::CatalogueCmd),
     /// Simulate a fleet: N in-memory devices update from one server's catalogue.
     FleetSim(cmd_fleet::FleetArgs),
 }
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve::run(a),
         Command::Publish(a) => cmd_publish::run(a),
         Command::FleetSim(a) => cmd_fleet::run(a),
+        Command::Catalogue(c) => cmd_catalogue::run(c),
     };
     logger::progress_done();
     output::flush_stdout();

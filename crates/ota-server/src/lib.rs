@@ -66,6 +66,8 @@ pub enum ServeError {
     S3(#[from] s3::S3Error),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// What to serve.
@@ -107,6 +109,9 @@ pub struct ServeOptions {
     pub cache: local::CacheLimits,
     /// Connections: cap, head limit and deadlines.
     pub limits: ConnLimits,
+    /// Folder store: sign every catalogue document with this key (`--sign-key`). An S3
+    /// store's catalogue is signed by `ota publish --sign-key` and served as it is.
+    pub sign_key: Option<Arc<ota_catalogue::signed::SigningKey>>,
 }
 
 impl ServeOptions {
@@ -121,6 +126,7 @@ impl ServeOptions {
             access_log: true,
             cache: local::DEFAULT_CACHE,
             limits: ConnLimits::default(),
+            sign_key: None,
         }
     }
 }
@@ -192,7 +198,10 @@ impl Server {
                     source,
                 })?;
                 let root = dir.root().to_path_buf();
-                let scanner = Arc::new(Mutex::new(catalogue::DirCatalogue::new(root.clone())));
+                let scanner = Arc::new(Mutex::new(catalogue::DirCatalogue::with_signer(
+                    root.clone(),
+                    opts.sign_key.clone(),
+                )));
                 let sc = scanner.clone();
                 tokio::task::spawn_blocking(move || {
                     sc.lock().unwrap_or_else(|p| p.into_inner()).rescan();
@@ -213,6 +222,14 @@ impl Server {
                     root.display().to_string(),
                     Some(n),
                 )
+            }
+            Store::S3(_) if opts.sign_key.is_some() => {
+                return Err(ServeError::Options(
+                    "--sign-key signs a folder's catalogue: an S3 store's manifest.json is \
+                     signed when it is written, by `ota publish --sign-key KEY.pem`, and served \
+                     as it is"
+                        .to_string(),
+                ))
             }
             Store::S3(o) => {
                 let mut o = o.clone();
