@@ -198,6 +198,13 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         info.base_url,
         info.source
     );
+    if let Some(k) = &sign_key {
+        println!(
+            "catalogue signed: {} key id {} (devices: catalogue_key = the public key, `ota catalogue pubkey`)",
+            k.algorithm(),
+            k.public_key().key_id_hex()
+        );
+    }
     match info.entries {
         Some(n) => println!(
             "catalogue: {}/manifest.json ({n} entries; the folder is rescanned every {} ms)",
@@ -207,13 +214,6 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             "catalogue: {}/manifest.json (from the store's manifest.json, reused for {} ms)",
             info.base_url, a.rescan_ms
         ),
-    }
-    if let Some(k) = &sign_key {
-        println!(
-            "catalogue signed: {} key id {} (devices: catalogue_key = the public key, `ota catalogue pubkey`)",
-            k.algorithm(),
-            k.public_key().key_id_hex()
-        );
     }
     if let Some(note) = &info.tls_note {
         println!("TLS: {note}");

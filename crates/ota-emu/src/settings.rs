@@ -218,9 +218,8 @@ impl DeviceSettings {
         );
         if let Some(n) = self.service.catalogue_serial {
             t += "\n[service]\n";
-            t += &line(
-                format!("catalogue_serial = {n}"),
-                "newest signed catalogue accepted: older ones are replays",
+            t += &format!(
+                "catalogue_serial = {n} # newest signed catalogue accepted: older ones are replays\n"
             );
         }
         t
