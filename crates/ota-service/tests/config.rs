@@ -100,6 +100,7 @@ cert = "ca.pem"
                 staging: None,
                 project: None,
                 limits: ota_service::source::TransferLimits::default(),
+                catalogue: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -115,6 +116,7 @@ cert = "ca.pem"
                 staging: None,
                 project: None,
                 limits: ota_service::source::TransferLimits::default(),
+                catalogue: None,
             },
         ]
     );
