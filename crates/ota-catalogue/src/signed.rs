@@ -540,7 +540,7 @@ impl fmt::Display for VerifyError {
             ),
             VerifyError::Algorithm { expected, found } => write!(
                 f,
-                "the catalogue is signed with alg `{found}`, the device's catalogue key is {expected}"
+                "the catalogue is signed with alg {found}, the device's catalogue key is {expected}"
             ),
             VerifyError::WrongKey { expected, found } => write!(
                 f,
