@@ -476,7 +476,7 @@ struct Envelope {
 #[derive(Deserialize)]
 struct Probe {
     #[serde(default)]
-    signed_catalogue: Option<serde_json::Value>,
+    signed_catalogue: Option<serde::de::IgnoredAny>,
 }
 
 /// Why a catalogue document is refused by a device that has a catalogue key.
@@ -659,12 +659,14 @@ pub fn verify(
         return Err(VerifyError::TooLarge { len: bytes.len() });
     }
     if !is_envelope(bytes) {
-        return Err(match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Ok(_) => VerifyError::Unsigned,
-            Err(e) => VerifyError::Malformed {
-                detail: e.to_string(),
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => VerifyError::Unsigned,
+                Err(e) => VerifyError::Malformed {
+                    detail: e.to_string(),
+                },
             },
-        });
+        );
     }
     let (env, payload, signature) = open_envelope(bytes)?;
     if Algorithm::from_name(&env.alg) != Some(key.algorithm()) {

@@ -70,7 +70,7 @@ pub struct DataItem {
     pub retry: RetryPolicy,
     /// The catalogue (`/manifest.json`) that lists `uri`: its entry's size and SHA-256 must
     /// match the bytes before the partition is erased (README "Authenticated catalogue").
-    pub catalogue: Option<String>,
+    pub catalogue: Option<super::manifest::CatalogueLink>,
     /// Accept only a catalogue signed by this key (needs `catalogue`).
     pub trust: Option<super::manifest::CatalogueTrust>,
     run: Option<Run>,
@@ -260,7 +260,7 @@ impl DataItem {
     /// The catalogue's entry for this item's file: fetched (and verified, with a trust), then
     /// the entry whose URL is `uri`. Nothing is written.
     async fn expected(&self, id: usize, env: &mut Env<'_>) -> Result<Option<Expected>, ItemError> {
-        let Some(cat_uri) = &self.catalogue else {
+        let Some(link) = &self.catalogue else {
             if self.trust.is_some() {
                 return Err(ItemError::new(
                     Reason::OtaValidateFailed,
@@ -274,6 +274,7 @@ impl DataItem {
             }
             return Ok(None);
         };
+        let cat_uri = &link.uri;
         let fetch = super::manifest::CatalogueFetch {
             uri: cat_uri,
             ca_pem: &self.ca_pem,
@@ -281,7 +282,7 @@ impl DataItem {
             retry: self.retry,
             trust: self.trust.as_ref(),
         };
-        let cat = super::manifest::fetch_catalogue(fetch, id, env).await?;
+        let cat = (link.read)(fetch, id, env).await?;
         let refuse = |what: String| {
             ItemError::new(
                 Reason::OtaValidateFailed,

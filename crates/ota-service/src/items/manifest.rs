@@ -31,22 +31,52 @@ pub use ota_catalogue::{
 
 pub use ota_catalogue::signed::{PublicKey as CatalogueKey, VerifyError as CatalogueRefused};
 
+/// How a trust checks a document: [`ota_catalogue::signed::verify`] with its key.
+type Verifier =
+    dyn Fn(&[u8], Option<u64>) -> Result<ota_catalogue::signed::Verified, CatalogueRefused>;
+
 /// A device's trust in signed catalogues: the public key they must be signed with, and the
 /// serial of the newest one it accepted (older ones are replays). Shared by the items of a
 /// list; the driver reads `last_serial` back (or follows [`Event::CatalogueAccepted`]) and
 /// keeps it across runs (on a chip: NVS; on the emulator: the device's settings file).
-#[derive(Clone, Debug)]
+///
+/// The signature check is reached only through the closure [`CatalogueTrust::new`] makes, so a
+/// firmware that never makes a trust does not link the Ed25519 / P-256 code.
+#[derive(Clone)]
 pub struct CatalogueTrust {
-    pub key: CatalogueKey,
+    verifier: Rc<Verifier>,
+    /// The key's algorithm and id, for logs.
+    pub algorithm: ota_catalogue::signed::Algorithm,
+    pub key_id: String,
     pub last_serial: Rc<Cell<Option<u64>>>,
+}
+
+impl core::fmt::Debug for CatalogueTrust {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CatalogueTrust")
+            .field("algorithm", &self.algorithm)
+            .field("key_id", &self.key_id)
+            .field("last_serial", &self.last_serial.get())
+            .finish()
+    }
 }
 
 impl CatalogueTrust {
     pub fn new(key: CatalogueKey, last_serial: Option<u64>) -> Self {
+        let (algorithm, key_id) = (key.algorithm(), key.key_id_hex());
         CatalogueTrust {
-            key,
+            verifier: Rc::new(move |doc: &[u8], last: Option<u64>| {
+                ota_catalogue::signed::verify(doc, &key, last)
+            }),
+            algorithm,
+            key_id,
             last_serial: Rc::new(Cell::new(last_serial)),
         }
+    }
+
+    /// [`ota_catalogue::signed::verify`] of `doc` with this trust's key and serial.
+    pub fn verify(&self, doc: &[u8]) -> Result<ota_catalogue::signed::Verified, CatalogueRefused> {
+        (self.verifier)(doc, self.last_serial.get())
     }
 }
 
@@ -57,6 +87,48 @@ pub(crate) struct CatalogueFetch<'a> {
     pub limits: Option<TransferLimits>,
     pub retry: RetryPolicy,
     pub trust: Option<&'a CatalogueTrust>,
+}
+
+/// The catalogue a data item's file is checked against (its `catalogue` in the config).
+///
+/// The fetch and the JSON parser are reached only through the function this makes, so a
+/// firmware whose data items name no catalogue does not link them.
+#[derive(Clone)]
+pub struct CatalogueLink {
+    /// The catalogue's URI (`http://host:port/manifest.json`, `https://…`, `file://sdcard/…`).
+    pub uri: String,
+    pub(crate) read: CatalogueRead,
+}
+
+pub(crate) type CatalogueRead = for<'a, 'e> fn(
+    CatalogueFetch<'a>,
+    usize,
+    &'a mut Env<'e>,
+) -> BoxFuture<'a, Result<Catalogue, ItemError>>;
+
+impl CatalogueLink {
+    pub fn new(uri: impl Into<String>) -> Self {
+        CatalogueLink {
+            uri: uri.into(),
+            read: read_boxed,
+        }
+    }
+}
+
+impl core::fmt::Debug for CatalogueLink {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CatalogueLink")
+            .field("uri", &self.uri)
+            .finish()
+    }
+}
+
+fn read_boxed<'a, 'e>(
+    f: CatalogueFetch<'a>,
+    id: usize,
+    env: &'a mut Env<'e>,
+) -> BoxFuture<'a, Result<Catalogue, ItemError>> {
+    Box::pin(fetch_catalogue(f, id, env))
 }
 
 /// The catalogue is read this many bytes at a time.
@@ -218,7 +290,7 @@ pub(crate) async fn fetch_catalogue(
         });
     };
     let last = trust.last_serial.get();
-    match ota_catalogue::signed::verify(&buf, &trust.key, last) {
+    match trust.verify(&buf) {
         Ok(v) => {
             env.info(
                 TAG,

@@ -8,7 +8,7 @@ pub mod manifest;
 pub use app::{AppItem, CheckFactory, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
 pub use download::StreamCheck;
-pub use manifest::{CatalogueKey, CatalogueTrust, ManifestItem};
+pub use manifest::{CatalogueKey, CatalogueLink, CatalogueTrust, ManifestItem};
 
 use ota_core::Error as CoreError;
 
@@ -211,7 +211,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
-                item.catalogue = spec.catalogue.clone();
+                item.catalogue = spec.catalogue.clone().map(manifest::CatalogueLink::new);
                 item.trust = trust.clone();
                 items.push(Box::new(item));
             }
