@@ -26,6 +26,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v swupdat
     fi
 fi
 
+step "openssl (the signed catalogue's judge: key files and signatures, tests print SKIP without it)"
+if ! command -v openssl >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+    else
+        echo "openssl not found: the signed-catalogue tests against it will SKIP" >&2
+    fi
+fi
+
 step "rustup target riscv32imc-unknown-none-elf"
 rustup target add riscv32imc-unknown-none-elf >/dev/null
 rustup component add clippy rustfmt >/dev/null 2>&1 || true

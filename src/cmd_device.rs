@@ -204,6 +204,22 @@ impl Stored {
     }
 
     /// Record a new eFuse counter (eFuses only ever go up).
+    /// Keep the serial of a newly accepted signed catalogue (it only goes up).
+    pub fn store_catalogue_serial(&mut self, serial: u64) -> Result<()> {
+        if self
+            .settings
+            .service
+            .catalogue_serial
+            .is_none_or(|s| serial > s)
+        {
+            self.settings.service.catalogue_serial = Some(serial);
+            if let Some(p) = &self.flash_path {
+                self.settings.save_for(p)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn store_efuse(&mut self, value: u32) -> Result<()> {
         if value > self.settings.efuse.secure_version {
             self.settings.efuse.secure_version = value;
@@ -381,6 +397,11 @@ pub struct RunArgs {
     /// Print only errors (the `E` log lines and the `error:` line, on stderr).
     #[arg(long, short)]
     quiet: bool,
+    /// Accept only catalogues signed by this key (public or private PEM, Ed25519 or ECDSA
+    /// P-256): the config's `catalogue_key`, set or replaced. Every item must then come
+    /// through a catalogue (app items with `project`, data items with `catalogue`).
+    #[arg(long, value_name = "PUB.pem")]
+    catalogue_key: Option<PathBuf>,
     #[command(flatten)]
     faults: FaultArgs,
     #[command(flatten)]
@@ -470,6 +491,7 @@ impl DdiArgs {
             resume: false,
             staging: None,
             project: None,
+            catalogue: None,
             limits: ota_service::source::TransferLimits::default(),
             ddi: Some(DdiSpec {
                 tenant,
@@ -721,6 +743,7 @@ fn create(a: CreateArgs) -> Result<()> {
             flash: FlashSettings {
                 write_size: Some(a.flash_write_size),
             },
+            service: Default::default(),
         },
     )?;
     println!(
@@ -1434,11 +1457,22 @@ fn run_cmd_inner(a: &RunArgs) -> Result<(u8, ota_service::RunReport, Option<Stri
         Some(path) => crate::input::load_config(path)?,
         None => Config {
             upgrade: Vec::new(),
+            catalogue_key: None,
+            catalogue_serial: None,
         },
     };
     if let Some(spec) = a.ddi.spec()? {
         config.upgrade.push(spec);
     }
+    if let Some(k) = &a.catalogue_key {
+        // Checked here so that a bad key file is named before the device powers on.
+        crate::cmd_catalogue::load_public_key(k)?;
+        config.catalogue_key = Some(k.clone());
+        config
+            .check_catalogue_items()
+            .map_err(|e| anyhow!("--catalogue-key {}: {}", k.display(), e))?;
+    }
+    let config = config;
     let sd_path = match &a.sdcard {
         Some(p) => Some(p.clone()),
         None => {
@@ -1466,6 +1500,10 @@ fn run_session<const W: usize>(
     sd: Option<&SdAdapter>,
 ) -> Result<(u8, ota_service::RunReport, Option<String>)> {
     let mut session = Session::<W>::open(&a.flash.flash)?;
+    // The newest signed catalogue this device accepted (older ones are replays).
+    let mut config = config.clone();
+    config.catalogue_serial = session.stored.settings.service.catalogue_serial;
+    let config = &config;
     a.faults.arm(session.dev.flash_mut());
     let opts = ota_service::source::SourceOptions {
         timeout: std::time::Duration::from_millis(a.timeout_ms),
@@ -1640,6 +1678,15 @@ impl ota_sim::Hooks for CliHooks<'_> {
         logger::info("HTTPS_OTA_EXAMPLE", "[2.2] Start OTA service");
     }
     fn event(&mut self, ev: ota_service::Event) {
+        if let ota_service::Event::CatalogueAccepted { serial, .. } = &ev {
+            // Kept beside the flash (on a chip: NVS), so an older catalogue is a replay later.
+            if let Err(e) = self.stored.store_catalogue_serial(*serial) {
+                logger::error(
+                    "OTA_MANIFEST",
+                    &format!("cannot keep the catalogue serial {serial}: {e:#}"),
+                );
+            }
+        }
         print_event(&ev, self.config, &mut self.progress);
     }
     fn service_done(&mut self, report: &ota_service::RunReport) {
@@ -1852,6 +1899,9 @@ fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut Progress
             Event::Log { .. } | Event::Finish | Event::Restart => None,
             // Typed for tests and embedders; the log lines say the same to a person.
             Event::Resume { .. } | Event::StartOver { .. } | Event::StagedCopyResume { .. } => None,
+            Event::CatalogueAccepted { id, serial } => {
+                Some(json!({"event": "catalogue_accepted", "id": id, "serial": serial}))
+            }
             Event::Start { id, item } => {
                 let spec = config.upgrade.get(*id);
                 Some(json!({"event": "item_start", "id": id, "item": item,
@@ -1937,5 +1987,6 @@ fn print_event(ev: &ota_service::Event, config: &Config, progress: &mut Progress
         Event::Finish => {}
         Event::Restart => {}
         Event::Resume { .. } | Event::StartOver { .. } | Event::StagedCopyResume { .. } => {}
+        Event::CatalogueAccepted { .. } => {}
     }
 }

@@ -118,6 +118,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ota_server::conns::DEFAULT_SEND_TIMEOUT.as_millis() as u64,
           value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     send_timeout_ms: u64,
+    /// Sign the folder's catalogue with this private key (Ed25519 or ECDSA P-256 PEM; see
+    /// `ota catalogue keygen`): every document it serves at /manifest.json is signed, with a
+    /// serial that grows with each change. (An S3 store's catalogue is signed by `ota publish
+    /// --sign-key`.)
+    #[arg(long, value_name = "KEY.pem", conflicts_with = "store")]
+    sign_key: Option<PathBuf>,
     /// No access log.
     #[arg(long, short)]
     quiet: bool,
@@ -172,7 +178,14 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         },
         _ => Tls::None,
     };
+    let sign_key = match &a.sign_key {
+        Some(p) => Some(std::sync::Arc::new(crate::cmd_catalogue::load_signing_key(
+            p,
+        )?)),
+        None => None,
+    };
     let opts = ServeOptions {
+        sign_key: sign_key.clone(),
         bind: a.bind,
         store,
         tls,
@@ -256,6 +269,13 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         info.base_url,
         info.source
     );
+    if let Some(k) = &sign_key {
+        println!(
+            "catalogue signed: {} key id {} (devices: catalogue_key = the public key, `ota catalogue pubkey`)",
+            k.algorithm(),
+            k.public_key().key_id_hex()
+        );
+    }
     match info.entries {
         Some(n) => println!(
             "catalogue: {}/manifest.json ({n} entries; the folder is rescanned every {} ms)",

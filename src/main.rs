@@ -28,6 +28,7 @@ macro_rules! eprintln {
 }
 
 mod cmd_delta;
+mod cmd_catalogue;
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;
@@ -102,6 +103,9 @@ enum Command {
     Serve(Box<cmd_serve::ServeArgs>),
     /// Upload an image to the S3 store under a content-addressed key; refresh the catalogue.
     Publish(cmd_publish::PublishArgs),
+    /// Catalogue signing keys (keygen, pubkey) and a check of a signed catalogue (verify).
+    #[command(subcommand)]
+    Catalogue(cmd_catalogue::CatalogueCmd),
     /// Simulate a fleet: N in-memory devices update from one server's catalogue.
     FleetSim(cmd_fleet::FleetArgs),
     /// The devices a fleet server (`ota serve --fleet`) knows.
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::FleetSim(a) => cmd_fleet::run(a),
         Command::Devices(c) => cmd_fleet_admin::run_devices(c),
         Command::Rollout(c) => cmd_fleet_admin::run_rollout(c),
+        Command::Catalogue(c) => cmd_catalogue::run(c),
     };
     logger::progress_done();
     output::flush_stdout();

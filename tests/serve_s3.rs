@@ -393,3 +393,131 @@ fn store_options_are_checked() {
     let o = ota(&["publish", "x.bin"]);
     assert!(text(&o).contains("needs --store"), "{}", text(&o));
 }
+
+fn publish_signed(file: &Path, endpoint: &str, key: &Path) -> Output {
+    ota_env(
+        &[
+            "publish",
+            s(file),
+            "--store",
+            &format!("s3://{BUCKET}"),
+            "--s3-endpoint",
+            endpoint,
+            "--s3-access-key",
+            ACCESS,
+            "--s3-secret-key",
+            SECRET,
+            "--sign-key",
+            s(key),
+        ],
+        &[],
+    )
+}
+
+/// The serial `ota publish --sign-key` reports.
+fn serial_of(out: &str) -> u64 {
+    let at = out
+        .find("serial ")
+        .unwrap_or_else(|| panic!("no serial: {out}"))
+        + 7;
+    out[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn signed_publish_is_served_as_signed_and_a_device_with_the_key_updates() {
+    let Some(bin) = weed() else { return };
+    let weed = Weed::start(&bin);
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("cat.pem");
+    let public = t.path().join("cat.pub.pem");
+    ok(&["catalogue", "keygen", "--algorithm", "p256", "-o", s(&key)]);
+    ok(&["catalogue", "pubkey", s(&key), "-o", s(&public)]);
+    make(&t.path().join("v2.bin"), "app", "v2.0.0");
+    make(&t.path().join("v1_5.bin"), "app", "v1.5.0");
+    let mut last = None;
+    let up = wait(90, || {
+        let o = publish_signed(&t.path().join("v1_5.bin"), &weed.endpoint, &key);
+        let good = o.status.success();
+        last = Some(o);
+        good
+    });
+    let last = last.unwrap();
+    assert!(up, "weed mini did not accept a publish: {}", text(&last));
+    let first = serial_of(&text(&last));
+    let o = publish_signed(&t.path().join("v2.bin"), &weed.endpoint, &key);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("rewritten: 2 entries, signed"),
+        "{}",
+        text(&o)
+    );
+    let second = serial_of(&text(&o));
+    assert!(second > first, "serials {first} then {second}");
+
+    // ota serve --store serves the signed object as it is; --sign-key with --store is refused.
+    let store = format!("s3://{BUCKET}");
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", ACCESS),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+    ];
+    let o = ota_env(
+        &[
+            "serve",
+            "--store",
+            &store,
+            "--s3-endpoint",
+            &weed.endpoint,
+            "--sign-key",
+            s(&key),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &creds,
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let srv = Serve::start(
+        &["--store", &store, "--s3-endpoint", &weed.endpoint],
+        &creds,
+    );
+    let (status, _, body) = get(&srv.1, "/manifest.json", "");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let saved = t.path().join("manifest.json");
+    std::fs::write(&saved, &body).unwrap();
+    let out = ok(&["catalogue", "verify", "--key", s(&public), s(&saved)]);
+    assert!(
+        out.contains(&format!("serial {second}, 2 entries")),
+        "{out}"
+    );
+
+    // A device with the key updates through it.
+    let flash = t.path().join("flash.bin");
+    make(&t.path().join("run.bin"), "app", "v1.0.0");
+    ok(&[
+        "device",
+        "create",
+        "--flash",
+        s(&flash),
+        "--app",
+        s(&t.path().join("run.bin")),
+    ]);
+    let cfg = t.path().join("ota.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "catalogue_key = \"{}\"\n[[upgrade]]\ntype = \"app\"\nuri = \"http://{}/manifest.json\"\nproject = \"app\"\nversion_check = \"semver\"\n",
+            s(&public),
+            srv.1
+        ),
+    )
+    .unwrap();
+    let o = ota(&["device", "run", "--flash", s(&flash), "--config", s(&cfg)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("signature verified"), "{}", text(&o));
+    let b = ok(&["device", "boot", "--flash", s(&flash), "--json"]);
+    assert!(b.contains("\"version\": \"v2.0.0\""), "{b}");
+}

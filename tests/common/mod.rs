@@ -2,6 +2,8 @@
 //! Python oracles, serve files on loopback.
 #![allow(dead_code)]
 
+pub mod served;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

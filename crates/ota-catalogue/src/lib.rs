@@ -5,6 +5,9 @@
 //! `no_std` with `alloc` (serde and serde_json without `std`), so the same types and the same
 //! choice run on the server, on a PC and on an ESP32-class chip. It has no I/O: fetching the
 //! catalogue and downloading the entry are the caller's.
+//!
+//! [`signed`] signs a catalogue (Ed25519 or ECDSA P-256) in an envelope over its exact bytes,
+//! and verifies one on the device, with a serial against replay.
 #![no_std]
 
 extern crate alloc;
@@ -17,6 +20,8 @@ use core::fmt;
 
 use ota_core::version::{self, VersionPolicy};
 use serde::{Deserialize, Serialize};
+
+pub mod signed;
 
 /// The catalogue format this code writes and reads (`"format"` key).
 pub const CATALOGUE_FORMAT: u32 = 1;
@@ -81,13 +86,25 @@ pub struct CatalogueEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalogue {
     pub format: u32,
+    /// Signed catalogues: a number the signer makes grow with every new document (ms since
+    /// the Unix epoch when it was signed, or one more than the last), checked by devices
+    /// against the last one they accepted ([`signed::verify`]). Absent in unsigned ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
     pub entries: Vec<CatalogueEntry>,
 }
 
 impl Catalogue {
-    /// Parse a catalogue; the error says where the JSON is wrong, or which format it has.
-    /// Input larger than [`MAX_CATALOGUE_BYTES`] is refused before it is parsed.
+    /// Parse a catalogue document, plain or signed; the error says where the JSON is wrong, or
+    /// which format it has. Input larger than [`MAX_CATALOGUE_BYTES`] is refused before it is
+    /// parsed. A signed one's payload is read **without checking the signature**: a device
+    /// with a catalogue key uses [`signed::verify`] instead.
     pub fn from_json(bytes: &[u8]) -> Result<Catalogue, String> {
+        signed::read_document(bytes).map(signed::Document::into_catalogue)
+    }
+
+    /// Parse a plain catalogue (not an envelope).
+    pub(crate) fn parse_plain(bytes: &[u8]) -> Result<Catalogue, String> {
         if bytes.len() > MAX_CATALOGUE_BYTES {
             return Err(format!(
                 "catalogue of {} bytes is larger than {} bytes",

@@ -26,6 +26,7 @@ fn app(path: &str, chip: &str, project: &str, version: &str) -> CatalogueEntry {
 fn cat(entries: Vec<CatalogueEntry>) -> Catalogue {
     Catalogue {
         format: CATALOGUE_FORMAT,
+        serial: None,
         entries,
     }
 }

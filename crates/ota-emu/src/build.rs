@@ -470,6 +470,7 @@ impl IdfBuild {
             },
             efuse: EfuseSettings { secure_version: 0 },
             flash: Default::default(),
+            service: Default::default(),
         };
         let place = self
             .sdkconfig

@@ -54,6 +54,17 @@ pub struct FlashSettings {
     pub write_size: Option<u32>,
 }
 
+/// What the app's OTA service keeps across runs (on a chip: in NVS; here beside the flash, so
+/// the flash file stays byte-exact).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// The serial of the newest signed catalogue the device accepted (`ota_catalogue::signed`):
+    /// an older one is refused as a replay. Only ever goes up.
+    #[serde(default)]
+    pub catalogue_serial: Option<u64>,
+}
+
 /// Everything stored beside a flash image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +75,8 @@ pub struct DeviceSettings {
     pub efuse: EfuseSettings,
     #[serde(default)]
     pub flash: FlashSettings,
+    #[serde(default)]
+    pub service: ServiceSettings,
 }
 
 fn settings_error(path: &Path, detail: impl Into<String>) -> EmuError {
@@ -203,6 +216,12 @@ impl DeviceSettings {
             format!("write_size = {}", self.write_size()),
             "flash driver READ_SIZE/WRITE_SIZE in bytes (esp-storage: 4)",
         );
+        if let Some(n) = self.service.catalogue_serial {
+            t += "\n[service]\n";
+            t += &format!(
+                "catalogue_serial = {n} # newest signed catalogue accepted: older ones are replays\n"
+            );
+        }
         t
     }
 
@@ -278,6 +297,9 @@ mod tests {
             efuse: EfuseSettings { secure_version: 3 },
             flash: FlashSettings {
                 write_size: Some(16),
+            },
+            service: ServiceSettings {
+                catalogue_serial: Some(1_764_000_000_000),
             },
         };
         s.save_for(&flash).unwrap();

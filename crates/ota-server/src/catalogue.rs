@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use ota_catalogue::signed::SigningKey;
 use ota_catalogue::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use ota_core::image::{ImageVerifier, IMAGE_MAGIC};
 use ota_core::tone::{ToneBin, ToneHeader, TONE_HEADER_SIZE};
@@ -220,17 +221,27 @@ pub struct CatalogueDoc {
 }
 
 impl CatalogueDoc {
-    pub fn new(mut entries: Vec<CatalogueEntry>) -> CatalogueDoc {
+    pub fn new(entries: Vec<CatalogueEntry>) -> CatalogueDoc {
+        Self::from_catalogue(Self::sorted(entries))
+    }
+
+    /// The catalogue of `entries`, sorted by path (the document's order).
+    pub fn sorted(mut entries: Vec<CatalogueEntry>) -> Catalogue {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let catalogue = Catalogue {
+        Catalogue {
             format: CATALOGUE_FORMAT,
+            serial: None,
             entries,
-        };
-        Self::from_catalogue(catalogue)
+        }
     }
 
     pub fn from_catalogue(catalogue: Catalogue) -> CatalogueDoc {
         let json = Bytes::from(catalogue.to_json());
+        Self::with_json(catalogue, json)
+    }
+
+    /// A document served as these exact bytes (a signed envelope, a store's object).
+    pub fn with_json(catalogue: Catalogue, json: Bytes) -> CatalogueDoc {
         let etag = format!("\"{}\"", Hex(&Sha256::digest(&json)));
         CatalogueDoc {
             catalogue,
@@ -238,6 +249,24 @@ impl CatalogueDoc {
             etag,
             modified: SystemTime::now(),
         }
+    }
+
+    /// `catalogue` signed by `key` with `serial` ([`SigningKey::sign`]).
+    pub fn signed(catalogue: &Catalogue, key: &SigningKey, serial: u64) -> CatalogueDoc {
+        let doc = key.sign(catalogue, serial);
+        Self::with_json(doc.catalogue, Bytes::from(doc.json))
+    }
+}
+
+/// The serial of a catalogue signed now: ms since the Unix epoch, and always above `last` (the
+/// serial of the catalogue it replaces), so devices see it as newer even if the clock went back.
+pub fn next_serial(last: Option<u64>) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match last {
+        Some(l) => now.max(l.saturating_add(1)),
+        None => now,
     }
 }
 
@@ -263,6 +292,8 @@ pub fn url_path(rel: &Path) -> String {
 /// The catalogue of a folder, kept up to date by [`DirCatalogue::rescan`].
 pub struct DirCatalogue {
     root: PathBuf,
+    /// Sign every document with this key (`ota serve --sign-key`).
+    signer: Option<Arc<SigningKey>>,
     /// Per file: the version its entry describes (None: analyse again at the next scan).
     known: HashMap<PathBuf, (Option<FileVersion>, CatalogueEntry)>,
     doc: Arc<RwLock<Arc<CatalogueDoc>>>,
@@ -272,10 +303,22 @@ pub struct DirCatalogue {
 impl DirCatalogue {
     /// `root` must be canonical (symlinks are checked against it).
     pub fn new(root: PathBuf) -> DirCatalogue {
+        Self::with_signer(root, None)
+    }
+
+    /// A folder catalogue whose every document is signed by `signer` (when given), with a
+    /// serial from [`next_serial`] each time it changes.
+    pub fn with_signer(root: PathBuf, signer: Option<Arc<SigningKey>>) -> DirCatalogue {
+        let empty = CatalogueDoc::sorted(Vec::new());
+        let doc = match &signer {
+            Some(k) => CatalogueDoc::signed(&empty, k, next_serial(None)),
+            None => CatalogueDoc::from_catalogue(empty),
+        };
         DirCatalogue {
             root,
+            signer,
             known: HashMap::new(),
-            doc: Arc::new(RwLock::new(Arc::new(CatalogueDoc::new(Vec::new())))),
+            doc: Arc::new(RwLock::new(Arc::new(doc))),
             analyses: 0,
         }
     }
@@ -311,10 +354,14 @@ impl DirCatalogue {
         self.known = next;
         if changed {
             let entries = self.known.values().map(|(_, e)| e.clone()).collect();
-            let doc = Arc::new(CatalogueDoc::new(entries));
+            let cat = CatalogueDoc::sorted(entries);
             let mut slot = self.doc.write().unwrap_or_else(|p| p.into_inner());
-            if slot.json != doc.json {
-                *slot = doc;
+            // Compared without the serial: a signed document changes only with its entries.
+            if slot.catalogue.entries != cat.entries {
+                *slot = Arc::new(match &self.signer {
+                    Some(k) => CatalogueDoc::signed(&cat, k, next_serial(slot.catalogue.serial)),
+                    None => CatalogueDoc::from_catalogue(cat),
+                });
                 return true;
             }
         }

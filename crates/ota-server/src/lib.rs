@@ -69,6 +69,8 @@ pub enum ServeError {
     Runtime(std::io::Error),
     #[error("fleet: {0}")]
     Fleet(#[from] fleet::store::StoreError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// What to serve.
@@ -112,6 +114,9 @@ pub struct ServeOptions {
     pub limits: ConnLimits,
     /// `--fleet`: the hawkBit DDI server, the admin API and the rollout engine.
     pub fleet: Option<fleet::FleetOptions>,
+    /// Folder store: sign every catalogue document with this key (`--sign-key`). An S3
+    /// store's catalogue is signed by `ota publish --sign-key` and served as it is.
+    pub sign_key: Option<Arc<ota_catalogue::signed::SigningKey>>,
 }
 
 impl ServeOptions {
@@ -127,6 +132,7 @@ impl ServeOptions {
             cache: local::DEFAULT_CACHE,
             limits: ConnLimits::default(),
             fleet: None,
+            sign_key: None,
         }
     }
 }
@@ -198,7 +204,10 @@ impl Server {
                     source,
                 })?;
                 let root = dir.root().to_path_buf();
-                let scanner = Arc::new(Mutex::new(catalogue::DirCatalogue::new(root.clone())));
+                let scanner = Arc::new(Mutex::new(catalogue::DirCatalogue::with_signer(
+                    root.clone(),
+                    opts.sign_key.clone(),
+                )));
                 let sc = scanner.clone();
                 tokio::task::spawn_blocking(move || {
                     sc.lock().unwrap_or_else(|p| p.into_inner()).rescan();
@@ -219,6 +228,14 @@ impl Server {
                     root.display().to_string(),
                     Some(n),
                 )
+            }
+            Store::S3(_) if opts.sign_key.is_some() => {
+                return Err(ServeError::Options(
+                    "--sign-key signs a folder's catalogue: an S3 store's manifest.json is \
+                     signed when it is written, by `ota publish --sign-key KEY.pem`, and served \
+                     as it is"
+                        .to_string(),
+                ))
             }
             Store::S3(o) => {
                 let mut o = o.clone();

@@ -380,13 +380,16 @@ impl S3Store {
                 return Ok(doc.clone());
             }
         }
-        let cat = self.read_catalogue().await?;
+        let (cat, signed) = self.read_catalogue_doc().await?;
         let doc = {
             let mut slot = self.lock_catalogue();
-            // Keep the same document (and its Last-Modified) when nothing changed.
-            let doc = match slot.as_ref() {
-                Some((_, old)) if old.catalogue == cat => old.clone(),
-                _ => Arc::new(CatalogueDoc::from_catalogue(cat)),
+            // Keep the same document (and its Last-Modified) when nothing changed. A signed
+            // one is served as the very bytes that were signed.
+            let doc = match (slot.as_ref(), signed) {
+                (Some((_, old)), None) if old.catalogue == cat => old.clone(),
+                (Some((_, old)), Some(raw)) if old.json == raw => old.clone(),
+                (_, None) => Arc::new(CatalogueDoc::from_catalogue(cat)),
+                (_, Some(raw)) => Arc::new(CatalogueDoc::with_json(cat, raw)),
             };
             *slot = Some((Instant::now(), doc.clone()));
             doc
@@ -415,18 +418,35 @@ impl S3Store {
     }
 
     async fn read_catalogue(&self) -> Result<Catalogue, S3Error> {
+        self.read_catalogue_doc().await.map(|(c, _)| c)
+    }
+
+    /// The store's catalogue, and its bytes when it is a signed envelope (served as they are).
+    async fn read_catalogue_doc(&self) -> Result<(Catalogue, Option<bytes::Bytes>), S3Error> {
         let key = self.catalogue_key();
         let what = format!("reading {key}");
         let r = self
             .bounded(&what, self.inner.bucket.get_object(&key))
             .await?;
         match r.status_code() {
-            404 => Ok(Catalogue {
-                format: CATALOGUE_FORMAT,
-                entries: Vec::new(),
-            }),
-            200 => Catalogue::from_json(r.bytes())
-                .map_err(|e| S3Error::Config(format!("{key} in {}: {e}", self.describe()))),
+            404 => Ok((
+                Catalogue {
+                    format: CATALOGUE_FORMAT,
+                    serial: None,
+                    entries: Vec::new(),
+                },
+                None,
+            )),
+            200 => {
+                let doc = ota_catalogue::signed::read_document(r.bytes())
+                    .map_err(|e| S3Error::Config(format!("{key} in {}: {e}", self.describe())))?;
+                match doc {
+                    ota_catalogue::signed::Document::Plain(c) => Ok((c, None)),
+                    ota_catalogue::signed::Document::Signed { catalogue, .. } => {
+                        Ok((catalogue, Some(bytes::Bytes::copy_from_slice(r.bytes()))))
+                    }
+                }
+            }
             status => Err(S3Error::Status {
                 endpoint: self.inner.opts.endpoint.clone(),
                 what,
@@ -440,7 +460,14 @@ impl S3Store {
     /// `tone/<sha256>.bin` for tone bins), unless an object of that size is already there, and
     /// rewrites the catalogue: the new entry added, entries whose objects are gone dropped.
     /// Corrupt images and other files are refused before anything is uploaded.
-    pub async fn publish(&self, file: &Path) -> Result<PublishReport, S3Error> {
+    ///
+    /// With `sign_key` the new catalogue is signed ([`ota_catalogue::signed`]) with a serial
+    /// above the one it replaces; without, it is written plain.
+    pub async fn publish(
+        &self,
+        file: &Path,
+        sign_key: Option<&ota_catalogue::signed::SigningKey>,
+    ) -> Result<PublishReport, S3Error> {
         let bytes = tokio::fs::read(file)
             .await
             .map_err(|e| S3Error::Config(format!("reading {}: {e}", file.display())))?;
@@ -519,7 +546,18 @@ impl S3Store {
         cat.entries.push(entry.clone());
         cat.entries.sort_by(|a, b| a.path.cmp(&b.path));
         cat.format = CATALOGUE_FORMAT;
-        let json = cat.to_json();
+        let json = match sign_key {
+            Some(k) => {
+                let serial = crate::catalogue::next_serial(cat.serial);
+                let doc = k.sign(&cat, serial);
+                cat = doc.catalogue;
+                doc.json
+            }
+            None => {
+                cat.serial = None;
+                cat.to_json()
+            }
+        };
         let ckey = self.catalogue_key();
         let what = format!("writing {ckey}");
         let r = self
@@ -537,6 +575,7 @@ impl S3Store {
             entry,
             uploaded,
             entries: cat.entries.len(),
+            serial: cat.serial,
         })
     }
 
@@ -560,6 +599,8 @@ pub struct PublishReport {
     pub entry: CatalogueEntry,
     /// False when the same content was already stored under that key.
     pub uploaded: bool,
+    /// The signed catalogue's serial (None: written unsigned).
+    pub serial: Option<u64>,
     /// Entries in the rewritten catalogue.
     pub entries: usize,
 }

@@ -135,6 +135,9 @@ pub struct UpgradeSpec {
     pub limits: TransferLimits,
     /// DDI items only.
     pub ddi: Option<DdiSpec>,
+    /// Data items only: the catalogue (`…/manifest.json`) that lists `uri`; the file must
+    /// match its size and SHA-256 before the partition is erased.
+    pub catalogue: Option<String>,
 }
 
 /// The parsed configuration.
@@ -142,6 +145,13 @@ pub struct UpgradeSpec {
 pub struct Config {
     /// Shortcut items first (data, then app, as in the example), then the `[[upgrade]]` tables.
     pub upgrade: Vec<UpgradeSpec>,
+    /// `catalogue_key`: the public key (PEM) every catalogue must be signed with; then every
+    /// item must come through a catalogue (app items with `project`, data items with
+    /// `catalogue`). Relative to the config file's folder.
+    pub catalogue_key: Option<PathBuf>,
+    /// The serial of the newest signed catalogue the device accepted (older ones are replays).
+    /// Not read from the file: the driver sets it from what the device keeps.
+    pub catalogue_serial: Option<u64>,
 }
 
 /// A configuration error, with the place in the file when there is one.
@@ -212,6 +222,7 @@ struct RawConfig {
     low_speed_limit: Option<Spanned<u64>>,
     low_speed_time_ms: Option<Spanned<u64>>,
     max_time_ms: Option<Spanned<u64>>,
+    catalogue_key: Option<Spanned<String>>,
     #[serde(default)]
     upgrade: Vec<Spanned<RawUpgrade>>,
 }
@@ -242,6 +253,7 @@ struct RawUpgrade {
     gateway_token_file: Option<Spanned<String>>,
     polls: Option<Spanned<u32>>,
     max_sleep_ms: Option<Spanned<u64>>,
+    catalogue: Option<Spanned<String>>,
 }
 
 /// Turns byte spans into `line:col` for one file.
@@ -328,6 +340,7 @@ impl Config {
                 project: None,
                 limits: defaults.limits,
                 ddi: None,
+                catalogue: None,
             });
         } else if let Some(l) = &raw.data_partition_label {
             return Err(loc.at(
@@ -356,6 +369,7 @@ impl Config {
                 project: None,
                 limits: defaults.limits,
                 ddi: None,
+                catalogue: None,
             });
         }
 
@@ -369,7 +383,53 @@ impl Config {
                 "no upgrade items: set firmware_upgrade_uri/data_upgrade_uri or add [[upgrade]] tables",
             ));
         }
-        Ok(Config { upgrade })
+        let catalogue_key = match &raw.catalogue_key {
+            None => None,
+            Some(k) => {
+                let path = base_dir.join(k.get_ref());
+                if !path.is_file() {
+                    return Err(loc.at(
+                        Some(k.span()),
+                        format!("catalogue_key file not found: {}", path.display()),
+                    ));
+                }
+                Some(path)
+            }
+        };
+        let config = Config {
+            upgrade,
+            catalogue_key,
+            catalogue_serial: None,
+        };
+        if let (Some(k), Err(e)) = (&raw.catalogue_key, config.check_catalogue_items()) {
+            return Err(loc.at(Some(k.span()), e));
+        }
+        Ok(config)
+    }
+
+    /// With a catalogue key, every item must come through a catalogue: an app item with
+    /// `project`, a data item with `catalogue`. The error names the first item that does not.
+    pub fn check_catalogue_items(&self) -> Result<(), String> {
+        if self.catalogue_key.is_none() {
+            return Ok(());
+        }
+        for (i, item) in self.upgrade.iter().enumerate() {
+            let how = match item.kind {
+                ItemKind::App if item.project.is_none() => {
+                    "an app item must read a catalogue (`uri = \"…/manifest.json\"` with `project`)"
+                }
+                ItemKind::Data if item.catalogue.is_none() => {
+                    "a data item must name the catalogue that lists it (`catalogue = \"…/manifest.json\"`)"
+                }
+                _ => continue,
+            };
+            return Err(format!(
+                "with a catalogue key, only bytes a signed catalogue lists are trusted: item {} \
+                 ({}) is not authenticated: {}",
+                i, item.uri, how
+            ));
+        }
+        Ok(())
     }
 
     /// Reads and parses the file at `path`; `cert` paths are relative to its folder.
@@ -612,6 +672,25 @@ fn explicit_item(
         }
         (None, _) => None,
     };
+    let catalogue = match (&raw.catalogue, raw.kind) {
+        (None, _) => None,
+        (Some(c), ItemKind::App) => {
+            return Err(loc.at(
+                Some(c.span()),
+                "`catalogue` is for data items; an app item reads a catalogue through `uri` and `project`",
+            ))
+        }
+        (Some(c), ItemKind::Ddi) => {
+            return Err(loc.at(
+                Some(c.span()),
+                "`catalogue` is for data items; a DDI item installs what its server's deployment lists",
+            ))
+        }
+        (Some(c), ItemKind::Data) => {
+            check_uri(loc, c)?;
+            Some(c.get_ref().clone())
+        }
+    };
     let cert = match &raw.cert {
         None => None,
         Some(c) => {
@@ -643,6 +722,7 @@ fn explicit_item(
         project,
         limits,
         ddi,
+        catalogue,
     })
 }
 
@@ -763,6 +843,8 @@ fn ddi_spec(
 /// then the app (no version check, reboot).
 pub fn example(host_port: &str) -> Config {
     Config {
+        catalogue_key: None,
+        catalogue_serial: None,
         upgrade: vec![
             UpgradeSpec {
                 kind: ItemKind::Data,
@@ -779,6 +861,7 @@ pub fn example(host_port: &str) -> Config {
                 project: None,
                 limits: TransferLimits::default(),
                 ddi: None,
+                catalogue: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -795,6 +878,7 @@ pub fn example(host_port: &str) -> Config {
                 project: None,
                 limits: TransferLimits::default(),
                 ddi: None,
+                catalogue: None,
             },
         ],
     }

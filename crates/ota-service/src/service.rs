@@ -60,6 +60,8 @@ pub enum Cause {
     Core(ota_core::Error),
     /// No catalogue entry fits the device.
     Pick(ota_catalogue::PickError),
+    /// The device has a catalogue key and the catalogue does not verify with it.
+    Catalogue(ota_catalogue::signed::VerifyError),
 }
 
 impl core::fmt::Display for Cause {
@@ -68,6 +70,7 @@ impl core::fmt::Display for Cause {
             Cause::Source(e) => core::fmt::Display::fmt(e, f),
             Cause::Core(e) => core::fmt::Display::fmt(e, f),
             Cause::Pick(e) => core::fmt::Display::fmt(e, f),
+            Cause::Catalogue(e) => core::fmt::Display::fmt(e, f),
         }
     }
 }
@@ -78,6 +81,7 @@ impl core::error::Error for Cause {
             Cause::Source(e) => Some(e),
             Cause::Core(e) => Some(e),
             Cause::Pick(_) => None,
+            Cause::Catalogue(e) => Some(e),
         }
     }
 }
@@ -149,6 +153,9 @@ pub enum Event {
     /// A staged copy into item `id`'s target that a power cut interrupted is finished from
     /// step `step` of `steps` (before the item downloads anything).
     StagedCopyResume { id: usize, step: u32, steps: u32 },
+    /// Item `id` accepted a signed catalogue newer than any before: the driver keeps `serial`
+    /// (older catalogues are then refused as replays).
+    CatalogueAccepted { id: usize, serial: u64 },
     /// Item `id` finished (ADF's `OTA_SERV_EVENT_TYPE_RESULT`).
     Result { id: usize, outcome: Outcome },
     /// The list finished and no restart is due (ADF's `OTA_SERV_EVENT_TYPE_FINISH`).

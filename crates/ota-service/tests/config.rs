@@ -101,6 +101,7 @@ cert = "ca.pem"
                 project: None,
                 limits: ota_service::source::TransferLimits::default(),
                 ddi: None,
+                catalogue: None,
             },
             UpgradeSpec {
                 kind: ItemKind::App,
@@ -117,6 +118,7 @@ cert = "ca.pem"
                 project: None,
                 limits: ota_service::source::TransferLimits::default(),
                 ddi: None,
+                catalogue: None,
             },
         ]
     );
@@ -478,4 +480,59 @@ max_sleep_ms = 2000
             .unwrap_err()
             .contains("not printable")
     );
+}
+
+#[test]
+fn catalogue_key_is_found_beside_the_config_and_data_items_name_their_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cat.pub.pem"), "not checked here").unwrap();
+    let text = r#"
+catalogue_key = "cat.pub.pem"
+
+[[upgrade]]
+type = "data"
+uri = "http://127.0.0.1:8080/flash_tone.bin"
+label = "flash_tone"
+format = "tone"
+catalogue = "http://127.0.0.1:8080/manifest.json"
+
+[[upgrade]]
+type = "app"
+uri = "http://127.0.0.1:8080/manifest.json"
+project = "app"
+"#;
+    let c = Config::from_str_named(text, "ota.toml", dir.path()).unwrap();
+    assert_eq!(c.catalogue_key, Some(dir.path().join("cat.pub.pem")));
+    assert_eq!(c.catalogue_serial, None);
+    assert_eq!(
+        c.upgrade[0].catalogue.as_deref(),
+        Some("http://127.0.0.1:8080/manifest.json")
+    );
+    assert!(c.check_catalogue_items().is_ok());
+}
+
+#[test]
+fn catalogue_key_errors_name_the_place_and_the_unauthenticated_item() {
+    let e = err("catalogue_key = \"nope.pem\"\nfirmware_upgrade_uri = \"http://h/x.bin\"\n");
+    assert_eq!(e.line(), Some(1));
+    assert!(e.message.contains("catalogue_key file not found"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.pem"), "x").unwrap();
+    let text = "catalogue_key = \"k.pem\"\n[[upgrade]]\ntype = \"data\"\nuri = \"http://h/t.bin\"\nlabel = \"flash_tone\"\n";
+    let e = Config::from_str_named(text, "ota.toml", dir.path()).unwrap_err();
+    assert_eq!(e.line(), Some(1));
+    assert!(
+        e.message
+            .contains("item 0 (http://h/t.bin) is not authenticated"),
+        "{e}"
+    );
+    assert!(e.message.contains("`catalogue = "), "{e}");
+
+    // `catalogue` is for data items, and must be a URI the device can fetch.
+    let e = err("[[upgrade]]\ntype = \"app\"\nuri = \"http://h/a.bin\"\ncatalogue = \"http://h/manifest.json\"\n");
+    assert_eq!(e.line(), Some(4));
+    let e = err("[[upgrade]]\ntype = \"data\"\nuri = \"http://h/t.bin\"\nlabel = \"t\"\ncatalogue = \"ftp://h/manifest.json\"\n");
+    assert_eq!(e.line(), Some(5));
+    assert!(e.message.contains("unsupported uri"), "{e}");
 }

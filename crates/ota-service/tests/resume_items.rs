@@ -247,6 +247,7 @@ fn catalogue_item_reconnects_for_the_catalogue_and_for_the_image() {
     .unwrap();
     let cat = Catalogue {
         format: CATALOGUE_FORMAT,
+        serial: None,
         entries: vec![CatalogueEntry {
             path: img_srv.url("app.bin"),
             kind: EntryKind::App,
@@ -305,6 +306,7 @@ fn catalogue_image_that_changes_mid_download_is_checked_from_its_new_start() {
     .unwrap();
     let cat = Catalogue {
         format: CATALOGUE_FORMAT,
+        serial: None,
         entries: vec![CatalogueEntry {
             path: img_srv.url("app.bin"),
             kind: EntryKind::App,

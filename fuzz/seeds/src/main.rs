@@ -244,6 +244,29 @@ fn main() -> io::Result<()> {
         c.put("config", &format!("readme-{i}.toml"), &[], text.as_bytes())?;
     }
 
+    // Catalogues: plain, and signed by the fuzz target's fixed keys (control byte 0: Ed25519,
+    // 1: P-256), so the fuzzer starts from documents that verify.
+    let cat = ota_catalogue::Catalogue {
+        format: ota_catalogue::CATALOGUE_FORMAT,
+        serial: None,
+        entries: Vec::new(),
+    };
+    c.put("signed_catalogue", "plain.json", &[0], &cat.to_json())?;
+    for (ctl, alg) in [
+        (0u8, ota_catalogue::signed::Algorithm::Ed25519),
+        (1, ota_catalogue::signed::Algorithm::EcdsaP256),
+    ] {
+        let key = ota_catalogue::signed::SigningKey::from_secret_bytes(alg, &[7; 32]).expect("key");
+        let doc = key.sign(&cat, 1_796_000_000_000);
+        c.put("signed_catalogue", &format!("signed-{alg}.json"), &[ctl], &doc.json)?;
+        c.put(
+            "signed_catalogue",
+            &format!("payload-{alg}.json"),
+            &[ctl],
+            &doc.catalogue.to_json(),
+        )?;
+    }
+
     // A resume log of an interrupted journaled update, and the slot bytes it describes.
     let slot = *t.ota(1).unwrap();
     let log = ResumeLog::locate(&t, &slot).expect("log");

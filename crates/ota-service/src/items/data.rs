@@ -14,6 +14,7 @@
 //! touched.
 
 use embedded_storage::nor_flash::NorFlash;
+use ota_core::image::Hex;
 use ota_core::partition::Partition;
 use ota_core::staging::{StagedCopy, StagedWrite, StagingError};
 use ota_core::tone::{
@@ -67,7 +68,20 @@ pub struct DataItem {
     /// How often a failed download is tried again (and reconnected from the byte it reached),
     /// and the backoff between attempts.
     pub retry: RetryPolicy,
+    /// The catalogue (`/manifest.json`) that lists `uri`: its entry's size and SHA-256 must
+    /// match the bytes before the partition is erased (README "Authenticated catalogue").
+    pub catalogue: Option<super::manifest::CatalogueLink>,
+    /// Accept only a catalogue signed by this key (needs `catalogue`).
+    pub trust: Option<super::manifest::CatalogueTrust>,
     run: Option<Run>,
+}
+
+/// What the catalogue says the data file is.
+#[derive(Clone, Debug)]
+struct Expected {
+    catalogue: String,
+    size: u64,
+    sha256: [u8; 32],
 }
 
 /// Where the data goes: the target itself, or the staging partition first.
@@ -96,6 +110,8 @@ struct Verified {
 
 struct Run {
     source: Fetch,
+    /// The catalogue's size and SHA-256 for the file, when the item has a catalogue.
+    expected: Option<Expected>,
     engine: DataUpdate,
     /// Bytes already read from the source by need_upgrade, to be written first.
     pending: Vec<u8>,
@@ -121,6 +137,8 @@ struct WritePass<'v> {
     /// The partition being written (the staging partition when staged).
     label: ota_core::partition::Label,
     target: Partition,
+    /// SHA-256 of every byte handed to flash.
+    digest: Sha256,
 }
 
 impl WritePass<'_> {
@@ -203,6 +221,7 @@ impl WritePass<'_> {
                 ),
             )
         })?;
+        self.digest.update(&ready);
         self.written += ready.len() as u64;
         progress.add(env, ready.len());
         Ok(())
@@ -232,8 +251,82 @@ impl DataItem {
             break_after_fail: false,
             staging: None,
             retry: RetryPolicy::default(),
+            catalogue: None,
+            trust: None,
             run: None,
         }
+    }
+
+    /// The catalogue's entry for this item's file: fetched (and verified, with a trust), then
+    /// the entry whose URL is `uri`. Nothing is written.
+    async fn expected(&self, id: usize, env: &mut Env<'_>) -> Result<Option<Expected>, ItemError> {
+        let Some(link) = &self.catalogue else {
+            if self.trust.is_some() {
+                return Err(ItemError::new(
+                    Reason::OtaValidateFailed,
+                    format!(
+                        "{}: this device has a catalogue key, and a data item is trusted only \
+                         through a signed catalogue: set `catalogue = \"…/manifest.json\"` on it \
+                         (nothing was written)",
+                        self.uri
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        let cat_uri = &link.uri;
+        let fetch = super::manifest::CatalogueFetch {
+            uri: cat_uri,
+            ca_pem: &self.ca_pem,
+            limits: self.limits,
+            retry: self.retry,
+            trust: self.trust.as_ref(),
+        };
+        let cat = (link.read)(fetch, id, env).await?;
+        let refuse = |what: String| {
+            ItemError::new(
+                Reason::OtaValidateFailed,
+                format!(
+                    "{}: {what}; nothing was written: partition {} is unchanged",
+                    self.uri, self.label
+                ),
+            )
+        };
+        let entry = cat
+            .entries
+            .iter()
+            .find(|e| super::manifest::resolve(cat_uri, &e.path) == self.uri)
+            .ok_or_else(|| {
+                refuse(format!(
+                    "the catalogue {cat_uri} lists no entry for this file ({} entries)",
+                    cat.entries.len()
+                ))
+            })?;
+        if let Some(err) = &entry.error {
+            return Err(refuse(format!(
+                "the catalogue {cat_uri} lists this file as invalid: {err}"
+            )));
+        }
+        let sha256 = super::manifest::parse_sha256(&entry.sha256).ok_or_else(|| {
+            refuse(format!(
+                "the catalogue {cat_uri} gives no valid sha256 for it (`{}`)",
+                entry.sha256
+            ))
+        })?;
+        env.info(
+            TAG_DEFAULT,
+            format!(
+                "catalogue {cat_uri}: {} is {} bytes, sha256 {}…",
+                self.uri,
+                entry.size,
+                entry.sha256.get(..16).unwrap_or(&entry.sha256)
+            ),
+        );
+        Ok(Some(Expected {
+            catalogue: cat_uri.clone(),
+            size: entry.size,
+            sha256,
+        }))
     }
 
     /// The staging partition named by the config: a data partition, not otadata.
@@ -335,6 +428,7 @@ impl DataItem {
         src: &mut Fetch,
         part: &Partition,
         prefix: &[u8],
+        expected: Option<&Expected>,
     ) -> Result<Verified, ItemError> {
         let announced = src.content_length();
         let mut check =
@@ -348,6 +442,7 @@ impl DataItem {
         };
         let mut blocks = Vec::new();
         let mut block: Vec<u8> = Vec::with_capacity(BLOCK);
+        let mut whole = Sha256::new();
         let mut total = 0u64;
         let mut buf = vec![0u8; CHUNK];
         // The bytes need_upgrade already read come first.
@@ -384,7 +479,17 @@ impl DataItem {
                 break;
             }
             let bytes = &buf[..n];
+            whole.update(bytes);
             total += n as u64;
+            if let Some(x) = expected.filter(|x| total > x.size) {
+                return Err(ItemError::new(
+                    Reason::OtaValidateFailed,
+                    kept(&format!(
+                        "{}: longer than the {} bytes the catalogue {} says",
+                        self.uri, x.size, x.catalogue
+                    )),
+                ));
+            }
             if total > part.size as u64 {
                 return Err(ItemError::new(
                     Reason::PartitionWtFail,
@@ -418,6 +523,31 @@ impl DataItem {
                 Reason::StreamRdFail,
                 kept(&format!("{}: the file is empty", self.uri)),
             ));
+        }
+        if let Some(x) = expected {
+            let digest: [u8; 32] = whole.finalize().into();
+            if total != x.size || digest != x.sha256 {
+                return Err(ItemError::new(
+                    Reason::OtaValidateFailed,
+                    kept(&format!(
+                        "{}: does not match the catalogue {}: {} bytes with SHA-256 {}, the \
+                         catalogue says {} bytes with SHA-256 {}",
+                        self.uri,
+                        x.catalogue,
+                        total,
+                        Hex(&digest),
+                        x.size,
+                        Hex(&x.sha256)
+                    )),
+                ));
+            }
+            env.info(
+                TAG_DEFAULT,
+                format!(
+                    "{}: {} bytes match the catalogue's SHA-256",
+                    self.uri, total
+                ),
+            );
         }
         if let Some(c) = check.as_ref() {
             let summary = c.finish().map_err(|e| self.tone_fault(env, &e, &kept))?;
@@ -469,7 +599,7 @@ impl DataItem {
             .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
         let part = *run.engine.partition();
         let result = if self.verify_first(&run) {
-            self.verify_pass(env, &mut run.source, &part, &[])
+            self.verify_pass(env, &mut run.source, &part, &[], run.expected.as_ref())
                 .await
                 .map(|v| run.verified = Some(v))
         } else if self.staging.is_none() && run.source.content_length().is_none() {
@@ -703,7 +833,7 @@ impl DataItem {
         if self.verify_first(run) {
             let prefix = core::mem::take(&mut run.pending);
             run.verified = Some(
-                self.verify_pass(env, &mut run.source, part, &prefix)
+                self.verify_pass(env, &mut run.source, part, &prefix, run.expected.as_ref())
                     .await?,
             );
         }
@@ -790,6 +920,7 @@ impl DataItem {
                 .map_err(|e| core_error(e, &self.uri))?;
             self.resume_staged_copy(id, dev, env, &staging, &target)?;
         }
+        let expected = self.expected(id, env).await?;
         env.info(TAG_DEFAULT, format!("data upgrade uri {}", self.uri));
         let opts = super::item_source_options(env, &self.ca_pem, self.limits);
         let mut used = 0;
@@ -810,6 +941,34 @@ impl DataItem {
                 _ => None,
             }
         };
+        if let Some(x) = &expected {
+            let unchanged = |what: String| {
+                ItemError::new(
+                    Reason::OtaValidateFailed,
+                    format!(
+                        "{}: {what}; nothing was written: partition {} is unchanged",
+                        self.uri, self.label
+                    ),
+                )
+            };
+            if let Some(len) = src.content_length().filter(|n| *n != x.size) {
+                return Err(unchanged(format!(
+                    "the server sends {len} bytes, the catalogue {} says {}",
+                    x.catalogue, x.size
+                )));
+            }
+            // The bytes must match the catalogue's SHA-256 before the partition is erased:
+            // read twice (a verifying pass) or received in a spare partition first.
+            if self.staging.is_none() && reread.is_none() {
+                return Err(unchanged(format!(
+                    "the server sent no strong ETag, so the file cannot be read twice and \
+                     checked against the SHA-256 of the catalogue {} before partition {} is \
+                     erased. Set `staging = \"<spare data partition>\"` on this item: a staged \
+                     file is checked in the spare partition before the target is touched",
+                    x.catalogue, self.label
+                )));
+            }
+        }
         if src.content_length() == Some(0) {
             return Err(ItemError::new(
                 Reason::StreamRdFail,
@@ -842,6 +1001,7 @@ impl DataItem {
         };
         self.run = Some(Run {
             source: src,
+            expected,
             engine,
             pending: Vec::new(),
             reread,
@@ -870,6 +1030,7 @@ impl DataItem {
     ) -> Result<(), ItemError> {
         let Run {
             source,
+            expected,
             engine,
             pending,
             reread,
@@ -926,6 +1087,7 @@ impl DataItem {
             aftermath,
             label,
             target,
+            digest: Sha256::new(),
         };
         let mut progress = Progress::new(env, id, TAG_DEFAULT, "data", source.content_length());
         pass.feed(
@@ -971,6 +1133,25 @@ impl DataItem {
         pass.feed(self, &mut sink, dev.flash, env, &mut progress, &[], true)?;
         let lost = pass.left();
         let written = pass.written;
+        if let Some(x) = &expected {
+            let digest: [u8; 32] = pass.digest.clone().finalize().into();
+            if written != x.size || digest != x.sha256 {
+                return Err(ItemError::new(
+                    Reason::OtaValidateFailed,
+                    format!(
+                        "{}: does not match the catalogue {}: {} bytes with SHA-256 {}, the \
+                         catalogue says {} bytes with SHA-256 {}{}",
+                        self.uri,
+                        x.catalogue,
+                        written,
+                        Hex(&digest),
+                        x.size,
+                        Hex(&x.sha256),
+                        lost
+                    ),
+                ));
+            }
+        }
         if let Some(v) = &verified {
             if written != v.len || pass.next_block != v.blocks.len() {
                 return Err(ItemError::new(

@@ -7,7 +7,7 @@
 //! so otadata is never switched to an image the catalogue does not vouch for.
 
 use alloc::rc::Rc;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use ota_core::image::Hex;
 
 use embedded_storage::nor_flash::NorFlash;
@@ -19,7 +19,7 @@ use super::{source_error, AppItem};
 use crate::io::BoxFuture;
 use crate::prelude::*;
 use crate::reason::Reason;
-use crate::service::{Device, Env, ItemError, Need, Outcome, UpgradeItem};
+use crate::service::{Device, Env, Event, ItemError, Need, Outcome, UpgradeItem};
 use crate::source::{self, RetryPolicy, TransferLimits};
 
 // The catalogue's format lives in `ota-catalogue` (no_std + alloc: the server and the chip
@@ -28,6 +28,108 @@ pub use ota_catalogue::{
     parse_sha256, pick, Catalogue, CatalogueEntry, EntryKind, PickError, CATALOGUE_FORMAT,
     CATALOGUE_PATH, MAX_CATALOGUE_BYTES,
 };
+
+pub use ota_catalogue::signed::{PublicKey as CatalogueKey, VerifyError as CatalogueRefused};
+
+/// How a trust checks a document: [`ota_catalogue::signed::verify`] with its key.
+type Verifier =
+    dyn Fn(&[u8], Option<u64>) -> Result<ota_catalogue::signed::Verified, CatalogueRefused>;
+
+/// A device's trust in signed catalogues: the public key they must be signed with, and the
+/// serial of the newest one it accepted (older ones are replays). Shared by the items of a
+/// list; the driver reads `last_serial` back (or follows [`Event::CatalogueAccepted`]) and
+/// keeps it across runs (on a chip: NVS; on the emulator: the device's settings file).
+///
+/// The signature check is reached only through the closure [`CatalogueTrust::new`] makes, so a
+/// firmware that never makes a trust does not link the Ed25519 / P-256 code.
+#[derive(Clone)]
+pub struct CatalogueTrust {
+    verifier: Rc<Verifier>,
+    /// The key's algorithm and id, for logs.
+    pub algorithm: ota_catalogue::signed::Algorithm,
+    pub key_id: String,
+    pub last_serial: Rc<Cell<Option<u64>>>,
+}
+
+impl core::fmt::Debug for CatalogueTrust {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CatalogueTrust")
+            .field("algorithm", &self.algorithm)
+            .field("key_id", &self.key_id)
+            .field("last_serial", &self.last_serial.get())
+            .finish()
+    }
+}
+
+impl CatalogueTrust {
+    pub fn new(key: CatalogueKey, last_serial: Option<u64>) -> Self {
+        let (algorithm, key_id) = (key.algorithm(), key.key_id_hex());
+        CatalogueTrust {
+            verifier: Rc::new(move |doc: &[u8], last: Option<u64>| {
+                ota_catalogue::signed::verify(doc, &key, last)
+            }),
+            algorithm,
+            key_id,
+            last_serial: Rc::new(Cell::new(last_serial)),
+        }
+    }
+
+    /// [`ota_catalogue::signed::verify`] of `doc` with this trust's key and serial.
+    pub fn verify(&self, doc: &[u8]) -> Result<ota_catalogue::signed::Verified, CatalogueRefused> {
+        (self.verifier)(doc, self.last_serial.get())
+    }
+}
+
+/// Where and how an item fetches a catalogue.
+pub(crate) struct CatalogueFetch<'a> {
+    pub uri: &'a str,
+    pub ca_pem: &'a Option<Vec<u8>>,
+    pub limits: Option<TransferLimits>,
+    pub retry: RetryPolicy,
+    pub trust: Option<&'a CatalogueTrust>,
+}
+
+/// The catalogue a data item's file is checked against (its `catalogue` in the config).
+///
+/// The fetch and the JSON parser are reached only through the function this makes, so a
+/// firmware whose data items name no catalogue does not link them.
+#[derive(Clone)]
+pub struct CatalogueLink {
+    /// The catalogue's URI (`http://host:port/manifest.json`, `https://…`, `file://sdcard/…`).
+    pub uri: String,
+    pub(crate) read: CatalogueRead,
+}
+
+pub(crate) type CatalogueRead = for<'a, 'e> fn(
+    CatalogueFetch<'a>,
+    usize,
+    &'a mut Env<'e>,
+) -> BoxFuture<'a, Result<Catalogue, ItemError>>;
+
+impl CatalogueLink {
+    pub fn new(uri: impl Into<String>) -> Self {
+        CatalogueLink {
+            uri: uri.into(),
+            read: read_boxed,
+        }
+    }
+}
+
+impl core::fmt::Debug for CatalogueLink {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CatalogueLink")
+            .field("uri", &self.uri)
+            .finish()
+    }
+}
+
+fn read_boxed<'a, 'e>(
+    f: CatalogueFetch<'a>,
+    id: usize,
+    env: &'a mut Env<'e>,
+) -> BoxFuture<'a, Result<Catalogue, ItemError>> {
+    Box::pin(fetch_catalogue(f, id, env))
+}
 
 /// The catalogue is read this many bytes at a time.
 const CATALOGUE_CHUNK: usize = 4096;
@@ -130,6 +232,107 @@ impl StreamCheck for CatalogueCheck {
     }
 }
 
+/// Fetch the catalogue at `f.uri` (bounded by [`MAX_CATALOGUE_BYTES`]) and read it: with a
+/// trust, only a signed catalogue that [`ota_catalogue::signed::verify`] accepts, whose serial
+/// then becomes the device's newest ([`Event::CatalogueAccepted`]); without, a plain or signed
+/// one, unverified. Nothing is written to flash here.
+pub(crate) async fn fetch_catalogue(
+    f: CatalogueFetch<'_>,
+    id: usize,
+    env: &mut Env<'_>,
+) -> Result<Catalogue, ItemError> {
+    let opts = super::item_source_options(env, f.ca_pem, f.limits);
+    let spec = FetchSpec {
+        uri: f.uri,
+        id,
+        tag: TAG,
+        retry: f.retry,
+    };
+    let mut used = 0;
+    let mut src = Fetch::open(spec, opts, None, &mut used, env)
+        .await
+        .map_err(source_error)?;
+    let too_large = || {
+        ItemError::new(
+            Reason::StreamRdFail,
+            format!(
+                "{}: catalogue larger than {} bytes",
+                f.uri, MAX_CATALOGUE_BYTES
+            ),
+        )
+    };
+    if src
+        .content_length()
+        .is_some_and(|n| n > MAX_CATALOGUE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    // Grown as the bytes arrive (a device has no room for the bound up front).
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; CATALOGUE_CHUNK];
+    loop {
+        let n = match src.read(&mut chunk, env).await? {
+            Next::Data(n) => n,
+            Next::End => break,
+            // The server sends the catalogue from its start again.
+            Next::Restart => {
+                buf.clear();
+                continue;
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_CATALOGUE_BYTES {
+            return Err(too_large());
+        }
+    }
+    let Some(trust) = f.trust else {
+        return Catalogue::from_json(&buf).map_err(|e| {
+            ItemError::new(
+                Reason::StreamRdFail,
+                format!("{}: not a catalogue: {e}", f.uri),
+            )
+        });
+    };
+    let last = trust.last_serial.get();
+    match trust.verify(&buf) {
+        Ok(v) => {
+            env.info(
+                TAG,
+                format!(
+                    "catalogue {}: signature verified ({} key id {}…), serial {}{}",
+                    f.uri,
+                    v.algorithm,
+                    v.key_id.get(..16).unwrap_or(&v.key_id),
+                    v.serial,
+                    match last {
+                        Some(l) => format!(" (last accepted {l})"),
+                        None => String::new(),
+                    }
+                ),
+            );
+            if last.is_none_or(|l| v.serial > l) {
+                trust.last_serial.set(Some(v.serial));
+                env.emit(Event::CatalogueAccepted {
+                    id,
+                    serial: v.serial,
+                });
+            }
+            Ok(v.catalogue)
+        }
+        Err(e) => {
+            env.error(TAG, format!("catalogue {} refused: {}", f.uri, e));
+            Err(ItemError::new(
+                Reason::OtaValidateFailed,
+                format!(
+                    "{}: catalogue refused: {e}; nothing was downloaded or written",
+                    f.uri
+                ),
+            )
+            .with_cause(crate::service::Cause::Catalogue(e)))
+        }
+    }
+}
+
 /// An app item that reads a catalogue instead of naming an image (config: an app item with
 /// `project`).
 pub struct ManifestItem {
@@ -145,6 +348,8 @@ pub struct ManifestItem {
     pub break_after_fail: bool,
     /// How often a failed download (of the catalogue, then of the image) is tried again.
     pub retry: RetryPolicy,
+    /// Accept only a catalogue signed by this key, and newer than the last one accepted.
+    pub trust: Option<CatalogueTrust>,
     inner: Option<AppItem>,
     mismatch: Rc<RefCell<Option<String>>>,
 }
@@ -160,68 +365,20 @@ impl ManifestItem {
             reboot: true,
             break_after_fail: false,
             retry: RetryPolicy::default(),
+            trust: None,
             inner: None,
             mismatch: Rc::new(RefCell::new(None)),
         }
     }
 
-    async fn fetch(&self, id: usize, env: &mut Env<'_>) -> Result<Catalogue, ItemError> {
-        let opts = super::item_source_options(env, &self.ca_pem, self.limits);
-        let spec = FetchSpec {
+    fn catalogue_fetch(&self) -> CatalogueFetch<'_> {
+        CatalogueFetch {
             uri: &self.uri,
-            id,
-            tag: TAG,
+            ca_pem: &self.ca_pem,
+            limits: self.limits,
             retry: self.retry,
-        };
-        let mut used = 0;
-        let mut src = Fetch::open(spec, opts, None, &mut used, env)
-            .await
-            .map_err(source_error)?;
-        if src
-            .content_length()
-            .is_some_and(|n| n > MAX_CATALOGUE_BYTES as u64)
-        {
-            return Err(ItemError::new(
-                Reason::StreamRdFail,
-                format!(
-                    "{}: catalogue larger than {} bytes",
-                    self.uri, MAX_CATALOGUE_BYTES
-                ),
-            ));
+            trust: self.trust.as_ref(),
         }
-        // Grown as the bytes arrive (a device has no room for the bound up front).
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; CATALOGUE_CHUNK];
-        loop {
-            let n = match src.read(&mut chunk, env).await? {
-                Next::Data(n) => n,
-                Next::End => break,
-                // The server sends the catalogue from its start again.
-                Next::Restart => {
-                    buf.clear();
-                    continue;
-                }
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > MAX_CATALOGUE_BYTES {
-                break;
-            }
-        }
-        if buf.len() > MAX_CATALOGUE_BYTES {
-            return Err(ItemError::new(
-                Reason::StreamRdFail,
-                format!(
-                    "{}: catalogue larger than {} bytes",
-                    self.uri, MAX_CATALOGUE_BYTES
-                ),
-            ));
-        }
-        Catalogue::from_json(&buf).map_err(|e| {
-            ItemError::new(
-                Reason::StreamRdFail,
-                format!("{}: not a catalogue: {e}", self.uri),
-            )
-        })
     }
 
     /// The inner item's error, or the catalogue mismatch it was caused by.
@@ -247,7 +404,7 @@ impl ManifestItem {
         env: &mut Env<'_>,
         id: usize,
     ) -> Result<(), ItemError> {
-        let cat = self.fetch(id, env).await?;
+        let cat = fetch_catalogue(self.catalogue_fetch(), id, env).await?;
         let chip = dev.chip.name();
         let entry = pick(&cat, chip, &self.project, self.policy).map_err(|e| {
             ItemError::new(Reason::FileNotFound, format!("{}: {e}", self.uri))

@@ -10,7 +10,7 @@ pub use app::{AppItem, CheckFactory, CHUNK as APP_CHUNK};
 pub use data::{DataFormat, DataItem};
 pub use ddi::{DdiAuth, DdiItem};
 pub use download::StreamCheck;
-pub use manifest::ManifestItem;
+pub use manifest::{CatalogueKey, CatalogueLink, CatalogueTrust, ManifestItem};
 
 use ota_core::Error as CoreError;
 
@@ -147,6 +147,28 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
     config: &Config,
 ) -> Result<Vec<Box<dyn crate::service::UpgradeItem<F>>>, String> {
     let mut items: Vec<Box<dyn crate::service::UpgradeItem<F>>> = Vec::new();
+    config.check_catalogue_items()?;
+    let trust = match &config.catalogue_key {
+        None => None,
+        Some(p) => {
+            let len = std::fs::metadata(p)
+                .map_err(|e| format!("reading catalogue key {}: {}", p.display(), e))?
+                .len();
+            if len > ota_catalogue::signed::MAX_PEM_BYTES as u64 {
+                return Err(format!(
+                    "catalogue key {}: {} bytes, larger than a key file ({} bytes)",
+                    p.display(),
+                    len,
+                    ota_catalogue::signed::MAX_PEM_BYTES
+                ));
+            }
+            let pem = std::fs::read(p)
+                .map_err(|e| format!("reading catalogue key {}: {}", p.display(), e))?;
+            let key = manifest::CatalogueKey::from_pem(&pem)
+                .map_err(|e| format!("catalogue key {}: {}", p.display(), e))?;
+            Some(manifest::CatalogueTrust::new(key, config.catalogue_serial))
+        }
+    };
     for spec in &config.upgrade {
         let ca_pem = match &spec.cert {
             Some(p) => Some(
@@ -165,6 +187,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
                 item.retry = spec.retry;
+                item.trust = trust.clone();
                 items.push(Box::new(item));
             }
             ItemKind::App => {
@@ -221,6 +244,8 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.ca_pem = ca_pem;
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
+                item.catalogue = spec.catalogue.clone().map(manifest::CatalogueLink::new);
+                item.trust = trust.clone();
                 items.push(Box::new(item));
             }
         }
