@@ -39,6 +39,7 @@ mod cmd_serve;
 mod cmd_sign;
 mod cmd_tone;
 mod demo;
+mod device_sb;
 mod flashfile;
 mod from_build;
 mod glue;

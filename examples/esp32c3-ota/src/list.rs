@@ -82,6 +82,7 @@ pub async fn run<F: NorFlash>(
         anti_rollback: None,
         table_offset: TABLE_OFFSET,
         flash_size: Some(FLASH_SIZE),
+        signatures: Default::default(),
     };
     let mut env = AsyncEnv {
         transport,
