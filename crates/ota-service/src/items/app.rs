@@ -196,23 +196,29 @@ impl AppItem {
         engine
             .check_version(self.policy, running.as_ref())
             .map_err(|e| core_error(e, &self.uri))?;
-        if self
-            .precheck_signature(dev, fetch, &mut engine, env)
-            .await?
-        {
-            // The sector came over a second request; on a driver with one connection the
-            // stream was given up for it: ask again from the byte reached.
-            match fetch.reconnect(env).await? {
-                Next::Data(_) => {}
-                Next::End | Next::Restart => {
-                    return Err(source_error(SourceError::Mismatch {
-                        uri: self.uri.clone(),
-                        detail: "the file changed while its signature sector was read".into(),
-                    }))
-                }
-            }
-        }
+        self.signature_first(dev, fetch, &mut engine, env).await?;
         Ok(engine)
+    }
+
+    /// [`Self::precheck_signature`], then the main stream again from the byte reached (on a
+    /// driver with one connection it was given up for the second request).
+    async fn signature_first<F: NorFlash>(
+        &self,
+        dev: &mut Device<'_, F>,
+        fetch: &mut Fetch,
+        engine: &mut AppUpdate,
+        env: &mut Env<'_>,
+    ) -> Result<(), ItemError> {
+        if engine.written() > 0 || !self.precheck_signature(dev, fetch, engine, env).await? {
+            return Ok(());
+        }
+        match fetch.reconnect(env).await? {
+            Next::Data(_) => Ok(()),
+            Next::End | Next::Restart => Err(source_error(SourceError::Mismatch {
+                uri: self.uri.clone(),
+                detail: "the file changed while its signature sector was read".into(),
+            })),
+        }
     }
 
     /// Secure Boot v2 / signed apps, before anything is erased: when the source can give the
@@ -664,6 +670,17 @@ impl AppItem {
             );
         }
         let verdict = run.engine.check_version(self.policy, running.as_ref());
+        if verdict.is_ok() {
+            // Secure Boot: a wrong-key image is refused here, before any erase, when the
+            // source can give its signature sector first.
+            if let Err(e) = self
+                .signature_first(dev, &mut run.fetch, &mut run.engine, env)
+                .await
+            {
+                self.run = Some(run);
+                return Err(e);
+            }
+        }
         self.run = Some(run);
         match verdict {
             Ok(()) => Ok(Need::Yes),
