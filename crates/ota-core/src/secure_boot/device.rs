@@ -10,6 +10,10 @@
 //! and `secure_boot_signatures_bootloader.c`, Kconfig `CONFIG_SECURE_BOOT_V2_ENABLED`,
 //! `CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT`.
 
+// The trust rules' refusal carries each block's outcome by value (no allocator to box it in);
+// it is condensed into an `AppSignatureError` before it leaves this module.
+#![allow(clippy::result_large_err)]
+
 use core::fmt;
 
 use embedded_storage::nor_flash::ReadNorFlash;
