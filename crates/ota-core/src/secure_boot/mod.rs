@@ -26,6 +26,8 @@
 //! ```
 
 mod block;
+#[cfg(test)]
+mod cost_tests;
 mod device;
 mod digest;
 mod ecdsa;
