@@ -948,15 +948,16 @@ fn updater_refuses_an_untrusted_image_before_otadata_and_installs_a_signed_one<c
     ] {
         let before = dev.otadata();
         let mut buf = [0u8; TABLE_MAX_LEN];
-        let mut f = MemFlash::<W, W>::new(&mut dev.mem);
-        let mut ota = OtaUpdater::new(&mut f, sig_cfg, &mut buf).unwrap();
-        match install(&mut ota, &img, 4096, true) {
-            Err(UpdaterError::Core(Error::Update(UpdateError::Signature(e)))) => {
-                assert_eq!(e.reason(), want, "{e}")
+        {
+            let mut f = MemFlash::<W, W>::new(&mut dev.mem);
+            let mut ota = OtaUpdater::new(&mut f, sig_cfg, &mut buf).unwrap();
+            match install(&mut ota, &img, 4096, true) {
+                Err(UpdaterError::Core(Error::Update(UpdateError::Signature(e)))) => {
+                    assert_eq!(e.reason(), want, "{e}")
+                }
+                other => panic!("{:?}", other.map(|_| ())),
             }
-            other => panic!("{:?}", other.map(|_| ())),
         }
-        drop(ota);
         assert_eq!(dev.otadata(), before);
     }
     let mut buf = [0u8; TABLE_MAX_LEN];
