@@ -373,6 +373,20 @@ pub struct CreateArgs {
     /// project's sdkconfig (BUILD/../sdkconfig or BUILD/config/sdkconfig.json).
     #[arg(long, value_name = "BUILD", conflicts_with_all = ["chip", "flash_size", "partitions", "app", "data", "rollback", "anti_rollback"])]
     from_build: Option<PathBuf>,
+    /// Secure Boot v2: burn this key's digest into the emulated eFuse (SECURE_BOOT_DIGESTn,
+    /// repeatable up to 3; a public or private PEM, RSA-3072 or ECDSA P-256/P-384) and enable
+    /// secure boot. The bootloader then boots only apps signed by one of them, and updates
+    /// must be signed too. With --from-build it replaces the sdkconfig's signing key.
+    #[arg(long, value_name = "KEY.pem")]
+    secure_boot_key: Vec<PathBuf>,
+    /// Revoke key digest N (0..2) of --secure-boot-key (eFuse SECURE_BOOT_KEY_REVOKEn).
+    #[arg(long, value_name = "N", requires = "secure_boot_key")]
+    revoke_key: Vec<u8>,
+    /// The app is built with CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT: updates must be
+    /// signed by the key of the running app's first signature block; the bootloader checks
+    /// nothing.
+    #[arg(long, conflicts_with = "secure_boot_key")]
+    signed_apps_no_secure_boot: bool,
 }
 
 #[derive(Args)]
@@ -682,6 +696,11 @@ fn create(a: CreateArgs) -> Result<()> {
             build,
             a.efuse_secure_version,
             a.flash_write_size,
+            (
+                &a.secure_boot_key,
+                &a.revoke_key,
+                a.signed_apps_no_secure_boot,
+            ),
         );
     }
     if !ota_emu::flash::WRITE_SIZES.contains(&a.flash_write_size) {
@@ -721,6 +740,29 @@ fn create(a: CreateArgs) -> Result<()> {
         glue::refuse_elf(&bytes, Path::new(file), "data for a partition")?;
         data.push((label.to_string(), bytes));
     }
+    let settings = DeviceSettings {
+        bootloader: BootloaderSettings {
+            rollback: a.rollback,
+            anti_rollback: a.anti_rollback,
+            // The stub bootloader is "built" with Kconfig's default page size.
+            mmu_page_size: Some(chip.default_mmu_page_size(flash_size)),
+        },
+        efuse: EfuseSettings {
+            secure_version: a.efuse_secure_version,
+        },
+        flash: FlashSettings {
+            write_size: Some(a.flash_write_size),
+        },
+        secure_boot: crate::device_sb::settings_from_args(
+            &a.secure_boot_key,
+            &a.revoke_key,
+            a.signed_apps_no_secure_boot,
+        )?,
+        service: Default::default(),
+    };
+    if let (Some(bytes), Some(p)) = (&app, &a.app) {
+        crate::device_sb::check_first_app(&settings, bytes, p)?;
+    }
     create_device_with(
         &a.flash.flash,
         &CreateSpec {
@@ -730,21 +772,7 @@ fn create(a: CreateArgs) -> Result<()> {
             app: app.as_deref(),
             data,
         },
-        &DeviceSettings {
-            bootloader: BootloaderSettings {
-                rollback: a.rollback,
-                anti_rollback: a.anti_rollback,
-                // The stub bootloader is "built" with Kconfig's default page size.
-                mmu_page_size: Some(chip.default_mmu_page_size(flash_size)),
-            },
-            efuse: EfuseSettings {
-                secure_version: a.efuse_secure_version,
-            },
-            flash: FlashSettings {
-                write_size: Some(a.flash_write_size),
-            },
-            service: Default::default(),
-        },
+        &settings,
     )?;
     println!(
         "created {} ({} flash, {} MB) with {} partitions",
@@ -820,6 +848,8 @@ struct InfoView {
     table_warnings: Vec<String>,
     otadata: Option<std::result::Result<OtaData, String>>,
     apps: Vec<(Partition, std::result::Result<ImageSummary, String>)>,
+    /// Each app's signature sector and its verdict under the device's settings.
+    signatures: Vec<Option<ota_core::secure_boot::SlotSignatures>>,
     tones: Vec<ToneView>,
 }
 
@@ -862,7 +892,7 @@ impl InfoView {
             .iter()
             .find(|p| p.ptype == partition::TYPE_DATA && p.subtype == partition::SUBTYPE_DATA_OTA)
             .map(|p| OtaData::read(flash, p).map_err(|e| e.to_string()));
-        let apps = partitions
+        let apps: Vec<(Partition, std::result::Result<ImageSummary, String>)> = partitions
             .iter()
             .filter(|p| p.is_app())
             .map(|p| {
@@ -876,6 +906,14 @@ impl InfoView {
                 );
                 let r = image::verify_flash_with(flash, p.region(), v);
                 (*p, r.map_err(|e| e.to_string()))
+            })
+            .collect();
+        let signatures = apps
+            .iter()
+            .map(|(p, r)| {
+                r.as_ref().ok().and_then(|s| {
+                    crate::device_sb::slot_status(flash, &stored.settings, p, s.image_len)
+                })
             })
             .collect();
         let tones = partitions
@@ -892,6 +930,7 @@ impl InfoView {
             table_warnings,
             otadata,
             apps,
+            signatures,
             tones,
         }
     }
@@ -1006,9 +1045,11 @@ fn info_json(v: &InfoView) -> Value {
     let apps: Vec<Value> = v
         .apps
         .iter()
-        .map(|(p, r)| match r {
+        .zip(&v.signatures)
+        .map(|((p, r), sig)| match r {
             Ok(s) => json!({"label": p.label.as_str(), "offset": p.offset,
-                            "app": s.app_desc.as_ref().map(app_json)}),
+                            "app": s.app_desc.as_ref().map(app_json),
+                            "signature": crate::device_sb::slot_json(&v.settings, sig)}),
             Err(e) => json!({"label": p.label.as_str(), "offset": p.offset, "error": e}),
         })
         .collect();
@@ -1031,6 +1072,7 @@ fn info_json(v: &InfoView) -> Value {
         "mmu_page_size": v.settings.bootloader.mmu_page_size,
         "flash_write_size": v.settings.write_size(),
         "file": v.settings_file.as_ref().map(|p| p.display().to_string()),
+        "secure_boot": crate::device_sb::settings_json(&v.settings),
     },
     "efuse": {
         "secure_version": v.settings.efuse.secure_version,
@@ -1076,6 +1118,7 @@ fn print_info(v: &InfoView) {
         settings.efuse.secure_version,
         boot::secure_version_field_bits(chip)
     );
+    crate::device_sb::print_settings(settings);
     match &v.table_error {
         Some(e) => {
             println!(
@@ -1138,7 +1181,7 @@ fn print_info(v: &InfoView) {
         None => println!("otadata: none (boots factory)"),
     }
     println!("Apps:");
-    for (p, r) in &v.apps {
+    for ((p, r), sig) in v.apps.iter().zip(&v.signatures) {
         match r {
             Ok(s) => match &s.app_desc {
                 Some(d) => println!(
@@ -1156,6 +1199,7 @@ fn print_info(v: &InfoView) {
             },
             Err(e) => println!("  {:<16} not bootable: {}", p.label.as_str(), e),
         }
+        crate::device_sb::print_slot(&v.settings, sig);
     }
     if !v.tones.is_empty() {
         println!("Tone bins:");
@@ -1623,6 +1667,7 @@ fn run_device_service<const W: usize>(
     // The emulated bootloader reads the table at the default offset (ota-emu's Device).
     board.table_offset = TABLE_OFFSET;
     board.flash_size = Some(dev.flash_size());
+    board.signatures = stored.settings.app_signatures();
     let mut hooks = CliHooks {
         stored,
         config,

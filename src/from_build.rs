@@ -18,9 +18,11 @@ pub fn create_from_build(
     build: &Path,
     efuse_secure_version: u32,
     write_size: u32,
+    (sb_keys, sb_revoke, sb_signed_apps): (&[std::path::PathBuf], &[u8], bool),
 ) -> Result<()> {
     let b = IdfBuild::read(build)?;
     let mut settings = b.settings()?;
+    settings.secure_boot = secure_boot_of(&b, sb_keys, sb_revoke, sb_signed_apps)?;
     settings.efuse.secure_version = efuse_secure_version;
     settings.flash.write_size = Some(write_size);
     settings
@@ -30,6 +32,13 @@ pub fn create_from_build(
         .check_for_chip(b.chip)
         .map_err(|e| anyhow!("--efuse-secure-version: {}", e))?;
     let image = b.flash_image()?;
+    if settings.secure_boot.enabled {
+        // The app at the first app slot must boot under secure boot.
+        if let Some(app) = b.files.iter().find(|f| f.role.as_deref() == Some("app")) {
+            let bytes = &image[app.offset as usize..(app.offset + app.len) as usize];
+            crate::device_sb::check_first_app(&settings, bytes, &app.path)?;
+        }
+    }
     // The image must open as a device (bootloader header at the chip's offset, a table).
     let probe = EmuFlash::from_image(image.clone())?;
     let dev = Device::open_named(probe, build.display().to_string()).map_err(|e| {
@@ -93,12 +102,49 @@ pub fn create_from_build(
         settings.bootloader.mmu_page_size.unwrap_or(0) / 1024,
         settings.efuse.secure_version
     );
+    crate::device_sb::print_settings(&settings);
     if let Some(v) = b.app_secure_version() {
         println!(
             "  the project's apps carry secure_version {v} (CONFIG_BOOTLOADER_APP_SECURE_VERSION)"
         );
     }
     Ok(())
+}
+
+/// The signed-app settings of a build: the sdkconfig's mode (`CONFIG_SECURE_BOOT_V2_ENABLED`,
+/// `CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT`) with the digest of
+/// `CONFIG_SECURE_BOOT_SIGNING_KEY` (relative to the project folder), or the command line's
+/// `--secure-boot-key` / `--signed-apps-no-secure-boot` when given.
+fn secure_boot_of(
+    b: &IdfBuild,
+    keys: &[std::path::PathBuf],
+    revoke: &[u8],
+    signed_apps: bool,
+) -> Result<ota_emu::settings::SecureBootSettings> {
+    let cfg = b.secure_boot();
+    let mut s = if !keys.is_empty() || signed_apps {
+        crate::device_sb::settings_from_args(keys, revoke, signed_apps)?
+    } else if cfg.enabled {
+        let key = cfg.signing_key.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: CONFIG_SECURE_BOOT_V2_ENABLED without CONFIG_SECURE_BOOT_SIGNING_KEY: give the key with --secure-boot-key",
+                build_sdkconfig(b)
+            )
+        })?;
+        crate::device_sb::settings_from_args(std::slice::from_ref(key), revoke, false)
+            .map_err(|e| anyhow!("{} (CONFIG_SECURE_BOOT_SIGNING_KEY in {}); or give the public key with --secure-boot-key", e, build_sdkconfig(b)))?
+    } else {
+        crate::device_sb::settings_from_args(&[], &[], cfg.signed_apps_no_secure_boot)?
+    };
+    s.scheme = cfg.scheme;
+    Ok(s)
+}
+
+fn build_sdkconfig(b: &IdfBuild) -> String {
+    b.sdkconfig
+        .as_ref()
+        .map(|(p, _)| p.display().to_string())
+        .unwrap_or_else(|| "sdkconfig".to_string())
 }
 
 /// What `device create` says when it writes its own bootloader image.

@@ -42,6 +42,7 @@ mod cmd_serve;
 mod cmd_sign;
 mod cmd_tone;
 mod demo;
+mod device_sb;
 mod flashfile;
 mod from_build;
 mod glue;

@@ -383,3 +383,81 @@ fn partitions_accepts_a_binary_table_and_a_stub_bootloader_says_it_is_for_the_em
         text(&o)
     );
 }
+
+#[test]
+fn from_build_with_secure_boot_takes_the_signing_keys_digest_and_needs_a_signed_app() {
+    let Some(py) = python() else { return };
+    let Some(v) = vectors() else { return };
+    let mut sdk = idf::sdkconfig("esp32c3", "4MB", false, false, 0);
+    sdk += "CONFIG_SECURE_BOOT=y\nCONFIG_SECURE_BOOT_V2_ENABLED=y\nCONFIG_SECURE_BOOT_V2_RSA_ENABLED=y\n\
+            CONFIG_SECURE_BOOT_SIGNING_KEY=\"secure_boot_signing_key.pem\"\n";
+    let f = fixture(&py, &v, Some(&sdk), 0);
+    let flash = f.root.join("device.bin");
+    let create = || {
+        ota(&[
+            "device",
+            "create",
+            "--flash",
+            s(&flash),
+            "--from-build",
+            s(&f.build),
+            "--force",
+        ])
+    };
+    // The key file CONFIG_SECURE_BOOT_SIGNING_KEY names is missing: said, nothing written.
+    let o = create();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("CONFIG_SECURE_BOOT_SIGNING_KEY"),
+        "{}",
+        text(&o)
+    );
+    assert!(!flash.exists());
+    let key = f.root.join("secure_boot_signing_key.pem");
+    let espsecure = |args: &[&str]| {
+        let o = Command::new(&py)
+            .args(["-m", "espsecure"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "espsecure {args:?}: {}", text(&o));
+    };
+    espsecure(&[
+        "generate-signing-key",
+        "--version",
+        "2",
+        "--scheme",
+        "rsa3072",
+        s(&key),
+    ]);
+    // The build's app is not signed: secure boot would not boot it.
+    let o = create();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("is not signed"), "{}", text(&o));
+    assert!(!flash.exists());
+    // Signed as idf.py does with CONFIG_SECURE_BOOT_BUILD_SIGNED_BINARIES.
+    let app = f.build.join("hello_ota.bin");
+    let signed = f.build.join("hello_ota.signed.bin");
+    espsecure(&[
+        "sign-data",
+        "--version",
+        "2",
+        "--keyfile",
+        s(&key),
+        "-o",
+        s(&signed),
+        s(&app),
+    ]);
+    std::fs::rename(&signed, &app).unwrap();
+    let o = create();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Secure boot: v2 enabled"), "{}", text(&o));
+    let info = ok(&["device", "info", "--flash", s(&flash)]);
+    assert!(info.contains("scheme RSA-3072-PSS"), "{info}");
+    assert!(
+        info.contains("secure boot: boots (block 0 verified, eFuse digest 0)"),
+        "{info}"
+    );
+    let boot = ok(&["device", "boot", "--flash", s(&flash)]);
+    assert!(boot.contains("ota_0"), "{boot}");
+}

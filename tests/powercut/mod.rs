@@ -241,7 +241,12 @@ impl ota_sim::Hooks for Harness {
 
 /// The scenario's board before the operation (its bootloader options and eFuse).
 fn board(s: &Scenario) -> Board {
-    Board::new(s.table.clone(), s.chip, s.boot)
+    let mut b = Board::new(s.table.clone(), s.chip, s.boot);
+    // Secure Boot v2 enabled: the app checks updates against the same eFuse digests.
+    if let Some(keys) = s.boot.secure_boot {
+        b.signatures = ota_core::secure_boot::AppSignatures::SecureBoot(keys);
+    }
+    b
 }
 
 /// Power-on: the bootloader, then (with `self_confirm`) the app confirming itself.

@@ -29,6 +29,11 @@ pub struct BootConfig {
     /// The device's flash size (the bootloader header's), for that default. None: the app
     /// image header's flash size is used instead.
     pub flash_size: Option<u32>,
+    /// Secure Boot v2 (`CONFIG_SECURE_BOOT_V2_ENABLED`, eFuse `SECURE_BOOT_EN`) with the eFuse
+    /// key digests: every app is signature-checked before it boots
+    /// (`esp_image_format.c` `verify_secure_boot_signature`), and one that fails is skipped
+    /// like an image that fails to load. None: disabled.
+    pub secure_boot: Option<crate::secure_boot::SecureBootKeys>,
 }
 
 impl BootConfig {
@@ -356,6 +361,21 @@ fn try_load<F: NorFlash>(
     v.set_mmu_page_rule(cfg.mmu_page_rule(chip));
     match image::verify_flash_with(flash, p.region(), v) {
         Ok(summary) => {
+            if let Some(keys) = cfg.secure_boot {
+                let ctx = crate::secure_boot::TrustContext {
+                    rule: crate::secure_boot::AppSignatures::SecureBoot(keys),
+                    running_key: None,
+                };
+                if let Err(error) =
+                    crate::secure_boot::check_stored_app(flash, &p, summary.image_len, &ctx)
+                {
+                    events(BootEvent::LoadFailed {
+                        partition: p,
+                        error,
+                    });
+                    return None;
+                }
+            }
             if cfg.anti_rollback {
                 // No descriptor where the bootloader reads it: `check_anti_rollback` fails.
                 let sv = summary.loader_app_desc.map(|d| d.secure_version);

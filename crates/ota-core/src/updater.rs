@@ -264,6 +264,9 @@ pub struct UpdaterConfig {
     pub anti_rollback: Option<u32>,
     /// `CONFIG_PARTITION_TABLE_OFFSET` (default 0x8000).
     pub table_offset: u32,
+    /// Secure Boot v2 or signed apps: the signatures a new image must carry (checked before
+    /// otadata is switched).
+    pub signatures: crate::secure_boot::AppSignatures,
 }
 
 impl UpdaterConfig {
@@ -274,6 +277,7 @@ impl UpdaterConfig {
             rollback: false,
             anti_rollback: None,
             table_offset: TABLE_OFFSET,
+            signatures: crate::secure_boot::AppSignatures::NotChecked,
         }
     }
 
@@ -294,6 +298,12 @@ impl UpdaterConfig {
     /// With the partition table at `offset`.
     pub const fn with_table_offset(mut self, offset: u32) -> Self {
         self.table_offset = offset;
+        self
+    }
+
+    /// With Secure Boot v2 / signed-apps checks of new images.
+    pub const fn with_signatures(mut self, s: crate::secure_boot::AppSignatures) -> Self {
+        self.signatures = s;
         self
     }
 }
@@ -595,6 +605,8 @@ impl<'a, F: NorFlash> OtaUpdater<'a, F> {
             efuse_secure_version: cfg.anti_rollback.unwrap_or(0),
             mmu_page_size: None,
             flash_size: u32::try_from(flash.capacity()).ok(),
+            // The real bootloader checked the app it booted already.
+            secure_boot: None,
         };
         let mut io = Io::dry_run(flash);
         if cfg.rollback {
@@ -808,6 +820,7 @@ impl<'a, F: NorFlash> OtaUpdater<'a, F> {
         c.rollback = self.cfg.rollback;
         c.table_offset = self.cfg.table_offset;
         c.flash_size = u32::try_from(self.flash.capacity()).ok();
+        c.signatures = self.cfg.signatures;
         c
     }
 

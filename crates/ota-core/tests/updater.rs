@@ -884,3 +884,94 @@ at_sizes!(
     an_update_committed_since_boot_is_not_the_running_app_at_write_size_1,
     an_update_committed_since_boot_is_not_the_running_app_at_write_size_4
 );
+
+// --- Secure Boot v2 through the front door -----------------------------------------------
+
+/// `img` padded to 4096 and a sector of one P-256 block by `key` (RFC 6979: deterministic).
+fn signed(img: &[u8], key: &p256::ecdsa::SigningKey) -> Vec<u8> {
+    use ota_core::secure_boot::{self, Curve, ImageDigests, SectorBuilder};
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    let mut out = img.to_vec();
+    out.resize(img.len().div_ceil(4096) * 4096, 0xFF);
+    let digest = ImageDigests::of(&out, false).sha256;
+    let sig: p256::ecdsa::Signature = key.sign_prehash(&digest).unwrap();
+    let point = key.verifying_key().to_encoded_point(false);
+    let le = |a: &[u8], b: &[u8]| {
+        a.iter()
+            .rev()
+            .chain(b.iter().rev())
+            .copied()
+            .collect::<Vec<u8>>()
+    };
+    let xy = le(point.x().unwrap(), point.y().unwrap());
+    let rs = le(&sig.r().to_bytes(), &sig.s().to_bytes());
+    let block = secure_boot::encode_ecdsa_block(Curve::P256, &digest, &xy, &rs).unwrap();
+    let mut sb = SectorBuilder::new();
+    sb.push(&block).unwrap();
+    out.extend_from_slice(&sb.finish());
+    out
+}
+
+fn p256_key(seed: u8) -> p256::ecdsa::SigningKey {
+    let mut b = [seed; 32];
+    b[0] = 1;
+    p256::ecdsa::SigningKey::from_bytes(&b.into()).unwrap()
+}
+
+fn key_digest_of(key: &p256::ecdsa::SigningKey) -> [u8; 32] {
+    let s = signed(&[0u8; 16], key);
+    ota_core::secure_boot::SignatureSector::from_slice(&s[4096..])
+        .unwrap()
+        .block(0)
+        .unwrap()
+        .key_digest()
+}
+
+fn updater_refuses_an_untrusted_image_before_otadata_and_installs_a_signed_one<const W: usize>() {
+    use ota_core::secure_boot::{AppSignatures, RefusalReason, SecureBootKeys};
+    let (a, c) = (p256_key(1), p256_key(3));
+    let keys = SecureBootKeys {
+        digests: [Some(key_digest_of(&a)), None, None],
+        revoked: 0,
+        scheme: None,
+    };
+    let boot_cfg = BootConfig {
+        secure_boot: Some(keys),
+        ..rollback_boot()
+    };
+    let mut dev = Device::new(boot_cfg, &signed(&image("v1.0.0", 0), &a));
+    let sig_cfg = cfg().with_signatures(AppSignatures::SecureBoot(keys));
+    let v2 = image("v2.0.0", 0);
+    for (img, want) in [
+        (v2.clone(), RefusalReason::Unsigned),
+        (signed(&v2, &c), RefusalReason::WrongKey),
+    ] {
+        let before = dev.otadata();
+        let mut buf = [0u8; TABLE_MAX_LEN];
+        {
+            let mut f = MemFlash::<W, W>::new(&mut dev.mem);
+            let mut ota = OtaUpdater::new(&mut f, sig_cfg, &mut buf).unwrap();
+            match install(&mut ota, &img, 4096, true) {
+                Err(UpdaterError::Core(Error::Update(UpdateError::Signature(e)))) => {
+                    assert_eq!(e.reason(), want, "{e}")
+                }
+                other => panic!("{:?}", other.map(|_| ())),
+            }
+        }
+        assert_eq!(dev.otadata(), before);
+    }
+    let mut buf = [0u8; TABLE_MAX_LEN];
+    {
+        let mut f = MemFlash::<W, W>::new(&mut dev.mem);
+        let mut ota = OtaUpdater::new(&mut f, sig_cfg, &mut buf).unwrap();
+        install(&mut ota, &signed(&v2, &a), 4096, true).unwrap();
+    }
+    // The bootloader with secure boot boots it.
+    assert_eq!(Device::version(&dev.restart::<W>()), "v2.0.0");
+}
+
+at_sizes!(
+    updater_refuses_an_untrusted_image_before_otadata_and_installs_a_signed_one,
+    signed_update_at_write_size_1,
+    signed_update_at_write_size_4
+);

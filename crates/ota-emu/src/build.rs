@@ -23,7 +23,7 @@ use ota_core::partition::{PartitionTable, ReadRule, TABLE_OFFSET};
 use ota_core::Chip;
 use serde_json::Value;
 
-use crate::settings::{BootloaderSettings, DeviceSettings, EfuseSettings};
+use crate::settings::{BootloaderSettings, DeviceSettings, EfuseSettings, SchemeSetting};
 
 /// The file `idf.py build` writes for `idf.py flash` (esp-idf `project_include.cmake`).
 pub const FLASHER_ARGS: &str = "flasher_args.json";
@@ -51,6 +51,16 @@ fn err(path: &Path, detail: impl Into<String>) -> BuildError {
         path: path.to_path_buf(),
         detail: detail.into(),
     }
+}
+
+/// The signed-app options of a project's sdkconfig ([`IdfBuild::secure_boot`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildSecureBoot {
+    pub enabled: bool,
+    pub signed_apps_no_secure_boot: bool,
+    pub scheme: Option<SchemeSetting>,
+    /// `CONFIG_SECURE_BOOT_SIGNING_KEY`, resolved against the project folder.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// One file `idf.py flash` writes.
@@ -471,6 +481,9 @@ impl IdfBuild {
             efuse: EfuseSettings { secure_version: 0 },
             flash: Default::default(),
             service: Default::default(),
+            // The eFuse key digests come from the signing key, which the caller reads
+            // ([`IdfBuild::secure_boot`]).
+            secure_boot: Default::default(),
         };
         let place = self
             .sdkconfig
@@ -480,6 +493,45 @@ impl IdfBuild {
         s.check().map_err(|e| err(&place, e))?;
         s.check_for_chip(self.chip).map_err(|e| err(&place, e))?;
         Ok(s)
+    }
+
+    /// The project's signed-app options: Secure Boot v2 (`CONFIG_SECURE_BOOT_V2_ENABLED`), or
+    /// signed updates without it (`CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT`), the scheme
+    /// (`CONFIG_SECURE_BOOT_V2_RSA_ENABLED` / `_ECDSA_ENABLED`, or
+    /// `CONFIG_SECURE_SIGNED_APPS_RSA_SCHEME` / `_ECDSA_V2_SCHEME`) and the signing key
+    /// (`CONFIG_SECURE_BOOT_SIGNING_KEY`, relative to the project folder: the build folder's
+    /// parent).
+    pub fn secure_boot(&self) -> BuildSecureBoot {
+        let Some((_, c)) = self.sdkconfig.as_ref() else {
+            return BuildSecureBoot::default();
+        };
+        let scheme =
+            if c.flag("SECURE_BOOT_V2_RSA_ENABLED") || c.flag("SECURE_SIGNED_APPS_RSA_SCHEME") {
+                Some(SchemeSetting::Rsa)
+            } else if c.flag("SECURE_BOOT_V2_ECDSA_ENABLED")
+                || c.flag("SECURE_SIGNED_APPS_ECDSA_V2_SCHEME")
+            {
+                Some(SchemeSetting::Ecdsa)
+            } else {
+                None
+            };
+        let project = self.dir.join("..");
+        BuildSecureBoot {
+            enabled: c.flag("SECURE_BOOT_V2_ENABLED"),
+            signed_apps_no_secure_boot: c.flag("SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT"),
+            scheme,
+            signing_key: c
+                .get("SECURE_BOOT_SIGNING_KEY")
+                .filter(|k| !k.is_empty())
+                .map(|k| {
+                    let p = Path::new(k);
+                    if p.is_absolute() {
+                        p.to_path_buf()
+                    } else {
+                        project.join(p)
+                    }
+                }),
+        }
     }
 
     /// `CONFIG_BOOTLOADER_APP_SECURE_VERSION`: the secure_version the project's app carries.

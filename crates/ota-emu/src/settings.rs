@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use ota_core::boot::{self, BootConfig};
+use ota_core::secure_boot::{AppSignatures, Scheme, SecureBootKeys};
 use ota_core::Chip;
 use serde::Deserialize;
 
@@ -65,6 +66,148 @@ pub struct ServiceSettings {
     pub catalogue_serial: Option<u64>,
 }
 
+/// A public-key digest as eFuse holds it (`SECURE_BOOT_DIGESTn`, espsecure
+/// `digest-sbv2-public-key`): 64 hex digits in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "key digest '{t}' is not 64 hex digits (a SHA-256, as espsecure digest-sbv2-public-key writes)"
+            ));
+        }
+        let mut d = [0u8; 32];
+        for (i, b) in d.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(KeyDigest(d))
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        KeyDigest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The signature scheme an app was configured with (`CONFIG_SECURE_BOOT_V2_RSA_ENABLED` /
+/// `CONFIG_SECURE_BOOT_V2_ECDSA_ENABLED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemeSetting {
+    Rsa,
+    Ecdsa,
+}
+
+impl SchemeSetting {
+    pub fn scheme(self) -> Scheme {
+        match self {
+            SchemeSetting::Rsa => Scheme::Rsa3072,
+            SchemeSetting::Ecdsa => Scheme::Ecdsa,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemeSetting::Rsa => "rsa",
+            SchemeSetting::Ecdsa => "ecdsa",
+        }
+    }
+}
+
+/// Secure Boot v2 (eFuse `SECURE_BOOT_EN`, the key digests in `BLOCK_KEYn` with purpose
+/// `SECURE_BOOT_DIGESTn`, `SECURE_BOOT_KEY_REVOKEn`) and the app's
+/// `CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT` (esp-idf
+/// `components/bootloader_support/src/secure_boot_v2/secure_boot_signatures_app.c`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootSettings {
+    /// eFuse `SECURE_BOOT_EN` (`CONFIG_SECURE_BOOT_V2_ENABLED`): the bootloader checks every
+    /// app it boots and the app checks every update against the digests below.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub digest0: Option<KeyDigest>,
+    #[serde(default)]
+    pub digest1: Option<KeyDigest>,
+    #[serde(default)]
+    pub digest2: Option<KeyDigest>,
+    /// `SECURE_BOOT_KEY_REVOKE0..2`.
+    #[serde(default)]
+    pub revoke0: bool,
+    #[serde(default)]
+    pub revoke1: bool,
+    #[serde(default)]
+    pub revoke2: bool,
+    /// `CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT`: updates must be signed by the running
+    /// app's key; the bootloader checks nothing.
+    #[serde(default)]
+    pub signed_apps_no_secure_boot: bool,
+    /// The app's configured scheme; absent: either.
+    #[serde(default)]
+    pub scheme: Option<SchemeSetting>,
+}
+
+impl SecureBootSettings {
+    pub fn digests(&self) -> [Option<KeyDigest>; 3] {
+        [self.digest0, self.digest1, self.digest2]
+    }
+
+    pub fn revoked(&self) -> [bool; 3] {
+        [self.revoke0, self.revoke1, self.revoke2]
+    }
+
+    /// The eFuse side, for the bootloader (None when secure boot is off).
+    pub fn keys(&self) -> Option<SecureBootKeys> {
+        if !self.enabled {
+            return None;
+        }
+        let mut revoked = 0u8;
+        for (i, r) in self.revoked().iter().enumerate() {
+            if *r {
+                revoked |= 1 << i;
+            }
+        }
+        Some(SecureBootKeys {
+            digests: self.digests().map(|d| d.map(|k| k.0)),
+            revoked,
+            scheme: self.scheme.map(SchemeSetting::scheme),
+        })
+    }
+
+    /// What the app demands of an update.
+    pub fn app_signatures(&self) -> AppSignatures {
+        match self.keys() {
+            Some(k) => AppSignatures::SecureBoot(k),
+            None if self.signed_apps_no_secure_boot => AppSignatures::SignedApps {
+                scheme: self.scheme.map(SchemeSetting::scheme),
+            },
+            None => AppSignatures::NotChecked,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.enabled && self.signed_apps_no_secure_boot {
+            return Err("secure_boot: enabled = true and signed_apps_no_secure_boot = true                         exclude each other (CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT                         depends on !CONFIG_SECURE_BOOT)"
+                .to_string());
+        }
+        if self.enabled && self.digests().iter().all(Option::is_none) {
+            return Err(
+                "secure_boot: enabled = true needs at least one key digest (digest0..digest2)"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Everything stored beside a flash image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +220,7 @@ pub struct DeviceSettings {
     pub flash: FlashSettings,
     #[serde(default)]
     pub service: ServiceSettings,
+    pub secure_boot: SecureBootSettings,
 }
 
 fn settings_error(path: &Path, detail: impl Into<String>) -> EmuError {
@@ -150,6 +294,7 @@ impl DeviceSettings {
                  (CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK depends on CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE)"
                 .to_string());
         }
+        self.secure_boot.check()?;
         Ok(())
     }
 
@@ -222,7 +367,46 @@ impl DeviceSettings {
                 "catalogue_serial = {n} # newest signed catalogue accepted: older ones are replays\n"
             );
         }
+        let sb = &self.secure_boot;
+        if *sb != SecureBootSettings::default() {
+            t += "\n[secure_boot]\n";
+            t += &line(
+                format!("enabled = {}", sb.enabled),
+                "eFuse SECURE_BOOT_EN (CONFIG_SECURE_BOOT_V2_ENABLED)",
+            );
+            for (i, (d, r)) in sb.digests().iter().zip(sb.revoked()).enumerate() {
+                if let Some(d) = d {
+                    t += &format!(
+                        "digest{i} = \"{}\"  # SECURE_BOOT_DIGEST{i} eFuse key block\n",
+                        d.hex()
+                    );
+                }
+                if r {
+                    t += &line(
+                        format!("revoke{i} = true"),
+                        &format!("SECURE_BOOT_KEY_REVOKE{i}"),
+                    );
+                }
+            }
+            if sb.signed_apps_no_secure_boot {
+                t += &line(
+                    "signed_apps_no_secure_boot = true".to_string(),
+                    "CONFIG_SECURE_SIGNED_ON_UPDATE_NO_SECURE_BOOT",
+                );
+            }
+            if let Some(s) = sb.scheme {
+                t += &line(
+                    format!("scheme = \"{}\"", s.name()),
+                    "CONFIG_SECURE_BOOT_V2_RSA_ENABLED / _ECDSA_ENABLED",
+                );
+            }
+        }
         t
+    }
+
+    /// The signatures the app demands of an update (Secure Boot v2 or signed apps).
+    pub fn app_signatures(&self) -> AppSignatures {
+        self.secure_boot.app_signatures()
     }
 
     /// Write the settings file of `flash` (to a temporary file, then renamed over the old one,
@@ -254,6 +438,7 @@ impl DeviceSettings {
             efuse_secure_version: self.efuse.secure_version,
             mmu_page_size: self.bootloader.mmu_page_size,
             flash_size: None,
+            secure_boot: self.secure_boot.keys(),
         }
     }
 
@@ -301,6 +486,7 @@ mod tests {
             service: ServiceSettings {
                 catalogue_serial: Some(1_764_000_000_000),
             },
+            secure_boot: SecureBootSettings::default(),
         };
         s.save_for(&flash).unwrap();
         assert_eq!(DeviceSettings::load_for(&flash).unwrap(), Some(s));
@@ -312,8 +498,53 @@ mod tests {
                 efuse_secure_version: 3,
                 mmu_page_size: Some(0x4000),
                 flash_size: None,
+                secure_boot: None,
             }
         );
+    }
+
+    #[test]
+    fn secure_boot_settings_round_trip_and_refuse_contradictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let flash = dir.path().join("f.bin");
+        let mut s = DeviceSettings::default();
+        s.secure_boot.enabled = true;
+        s.secure_boot.digest0 = Some(KeyDigest([0xAB; 32]));
+        s.secure_boot.digest2 = Some(KeyDigest([0x01; 32]));
+        s.secure_boot.revoke2 = true;
+        s.secure_boot.scheme = Some(SchemeSetting::Ecdsa);
+        s.save_for(&flash).unwrap();
+        let back = DeviceSettings::load_for(&flash).unwrap().unwrap();
+        assert_eq!(back.secure_boot, s.secure_boot);
+        let k = back.boot_config().secure_boot.unwrap();
+        assert_eq!(k.digests, [Some([0xAB; 32]), None, Some([0x01; 32])]);
+        assert_eq!(k.revoked, 0b100);
+        assert_eq!(k.scheme, Some(Scheme::Ecdsa));
+        assert!(matches!(
+            back.app_signatures(),
+            AppSignatures::SecureBoot(_)
+        ));
+        let p = DeviceSettings::path_for(&flash);
+        std::fs::write(&p, "[secure_boot]\nenabled = true\n").unwrap();
+        let e = DeviceSettings::load_for(&flash).unwrap_err().to_string();
+        assert!(e.contains("at least one key digest"), "{e}");
+        std::fs::write(
+            &p,
+            "[secure_boot]\nsigned_apps_no_secure_boot = true\nenabled = true\ndigest0 = \"00\"\n",
+        )
+        .unwrap();
+        let e = DeviceSettings::load_for(&flash).unwrap_err().to_string();
+        assert!(e.contains("64 hex digits") && e.contains("line 4"), "{e}");
+        std::fs::write(&p, format!("[secure_boot]\nsigned_apps_no_secure_boot = true\nenabled = true\ndigest0 = \"{}\"\n", "0".repeat(64))).unwrap();
+        let e = DeviceSettings::load_for(&flash).unwrap_err().to_string();
+        assert!(e.contains("exclude each other"), "{e}");
+        std::fs::write(&p, "[secure_boot]\nsigned_apps_no_secure_boot = true\n").unwrap();
+        let s = DeviceSettings::load_for(&flash).unwrap().unwrap();
+        assert_eq!(
+            s.app_signatures(),
+            AppSignatures::SignedApps { scheme: None }
+        );
+        assert_eq!(s.boot_config().secure_boot, None);
     }
 
     #[test]

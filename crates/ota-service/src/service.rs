@@ -257,6 +257,9 @@ pub struct Device<'a, F: NorFlash> {
     pub table_offset: u32,
     /// The flash chip size, when known: no item writes beyond it.
     pub flash_size: Option<u32>,
+    /// Secure Boot v2 / signed apps: the signatures a new app must carry
+    /// (`ota_core::secure_boot::AppSignatures`; data and tone items are not affected).
+    pub signatures: ota_core::secure_boot::AppSignatures,
 }
 
 impl<'a, F: NorFlash> Device<'a, F> {

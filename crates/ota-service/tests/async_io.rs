@@ -216,6 +216,7 @@ fn run(
         anti_rollback: None,
         table_offset: ota_core::partition::TABLE_OFFSET,
         flash_size: None,
+        signatures: Default::default(),
     };
     let mut env = AsyncEnv {
         transport,
@@ -525,6 +526,7 @@ fn a_raw_http_client_needs_only_the_io_helpers_to_resume_an_app_download() {
         anti_rollback: None,
         table_offset: ota_core::partition::TABLE_OFFSET,
         flash_size: None,
+        signatures: Default::default(),
     };
     let mut env = AsyncEnv {
         transport: &transport,

@@ -166,6 +166,7 @@ fn run_sd(dev: &mut Dev, sd: &Changing) -> Outcome {
         anti_rollback: None,
         table_offset: ota_core::partition::TABLE_OFFSET,
         flash_size: None,
+        signatures: Default::default(),
     };
     let mut events = |_| {};
     let mut env = Env {

@@ -46,6 +46,7 @@ fn run_events(
             anti_rollback: None,
             table_offset: TABLE_OFFSET,
             flash_size: None,
+            signatures: Default::default(),
         };
         let mut env = Env {
             sd: None,

@@ -45,6 +45,9 @@ pub struct Board {
     pub table_offset: u32,
     /// The flash chip size, when known: no item writes beyond it.
     pub flash_size: Option<u32>,
+    /// The signatures the app demands of an update (Secure Boot v2 or signed apps); the
+    /// bootloader's side is `boot.secure_boot`.
+    pub signatures: ota_core::secure_boot::AppSignatures,
 }
 
 impl Board {
@@ -57,6 +60,7 @@ impl Board {
             boot,
             table_offset: ota_core::partition::TABLE_OFFSET,
             flash_size: None,
+            signatures: ota_core::secure_boot::AppSignatures::NotChecked,
         }
     }
 
@@ -323,6 +327,7 @@ pub fn run_with_service<'a, F: NorFlash, H: Hooks>(
             anti_rollback: board.anti_rollback(),
             table_offset: board.table_offset,
             flash_size: board.flash_size,
+            signatures: board.signatures,
         };
         let mut on_event = |ev: Event| hooks.event(ev);
         service(&mut items, &mut device, &mut on_event)

@@ -49,6 +49,7 @@ pub async fn run_async<'a, F: NorFlash, H: Hooks>(
             anti_rollback: board.anti_rollback(),
             table_offset: board.table_offset,
             flash_size: board.flash_size,
+            signatures: board.signatures,
         };
         let mut on_event = |ev: Event| hooks.event(ev);
         let mut env = ota_service::AsyncEnv {

@@ -60,6 +60,51 @@ pub fn upgrade_list<'a, F: NorFlash + 'a>(
 /// rollback on, with `source` (the firmware passes `SourceOptions::default()`: ESP-ADF's 5 s
 /// timeout, the rate rule, the overall deadline; the tests shorter waits). Restart when the
 /// report says so.
+/// `OTA_SECURE_BOOT_DIGEST` at build time: 64 hex digits, the eFuse key digest of the signing
+/// key (`espsecure digest-sbv2-public-key`, `ota image key-digest`). When set, the app item
+/// accepts only images signed by that key (Secure Boot v2's app-side check, ESP-IDF
+/// `esp_ota_end` -> `esp_image_verify`), checked before otadata is switched; the signature
+/// sector is fetched first with `Range` so a wrong-key image is refused before any erase.
+/// Unset (the default): images are not signature-checked.
+pub const SECURE_BOOT_DIGEST: Option<[u8; 32]> = match option_env!("OTA_SECURE_BOOT_DIGEST") {
+    Some(h) => Some(hex32(h.as_bytes())),
+    None => None,
+};
+
+const fn hex32(h: &[u8]) -> [u8; 32] {
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => panic!("OTA_SECURE_BOOT_DIGEST: not a hex digit"),
+        }
+    }
+    if h.len() != 64 {
+        panic!("OTA_SECURE_BOOT_DIGEST: expected 64 hex digits (a SHA-256)");
+    }
+    let mut d = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        d[i] = nibble(h[2 * i]) << 4 | nibble(h[2 * i + 1]);
+        i += 1;
+    }
+    d
+}
+
+/// What the app item demands of an image ([`SECURE_BOOT_DIGEST`]).
+pub fn signatures() -> ota_core::secure_boot::AppSignatures {
+    use ota_core::secure_boot::{AppSignatures, SecureBootKeys};
+    match SECURE_BOOT_DIGEST {
+        Some(d) => AppSignatures::SecureBoot(SecureBootKeys {
+            digests: [Some(d), None, None],
+            revoked: 0,
+            scheme: None,
+        }),
+        None => AppSignatures::NotChecked,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn run<F: NorFlash>(
     flash: &mut F,
@@ -82,6 +127,7 @@ pub async fn run<F: NorFlash>(
         anti_rollback: None,
         table_offset: TABLE_OFFSET,
         flash_size: Some(FLASH_SIZE),
+        signatures: signatures(),
     };
     let mut env = AsyncEnv {
         transport,

@@ -26,6 +26,9 @@
 //! ```
 
 mod block;
+#[cfg(test)]
+mod cost_tests;
+mod device;
 mod digest;
 mod ecdsa;
 mod policy;
@@ -39,6 +42,10 @@ pub use block::{
     EncodeError, HashKind, Scheme, SectorBuilder, SectorFull, SectorLenError, SignatureBlock,
     SignatureSector, CURVE_ID_P192, CURVE_ID_P256, CURVE_ID_P384, ECDSA_SHA_256, ECDSA_SHA_384,
     RSA_KEY_LEN, RSA_LEN,
+};
+pub use device::{
+    check_stored_app, precheck_sector, running_key_on_flash, slot_signatures, AppSignatureError,
+    AppSignatureErrorKind, AppSignatures, SlotSignatures, TrustContext,
 };
 pub use digest::{key_digest, ImageDigests, SignedDataHasher};
 pub use ecdsa::EcdsaError;

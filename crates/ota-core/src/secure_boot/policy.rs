@@ -204,7 +204,7 @@ impl core::error::Error for Refusal {}
 
 /// Checks blocks `0..considered` of `sector` against `trusted` (the digest list, in trust
 /// index order) following `esp_secure_boot_verify_sbv2_signature_block`.
-fn check(
+pub(super) fn check(
     sector: &SignatureSector<'_>,
     digests: &ImageDigests,
     scheme: Option<Scheme>,

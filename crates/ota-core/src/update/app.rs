@@ -9,6 +9,7 @@ use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAG
 use crate::otadata::OtaData;
 use crate::partition::{Partition, PartitionTable};
 use crate::resume::{ResumeError, ResumeHeader, ResumeLog, ResumeRecord};
+use crate::secure_boot::{self, AppSignatures, SignatureSector, TrustContext};
 use crate::version::{self, VersionPolicy, VersionVerdict};
 use crate::Error;
 use embedded_storage::nor_flash::NorFlash;
@@ -45,6 +46,10 @@ pub struct AppUpdateConfig {
     pub table_offset: u32,
     /// The flash chip size, when known: a slot beyond it is refused.
     pub flash_size: Option<u32>,
+    /// Which signatures a new app must carry (Secure Boot v2, or signed apps without secure
+    /// boot): checked in [`AppUpdate::finish`] before otadata is switched, and early by
+    /// [`AppUpdate::precheck_signature_sector`].
+    pub signatures: AppSignatures,
 }
 
 impl AppUpdateConfig {
@@ -55,6 +60,7 @@ impl AppUpdateConfig {
             rollback: false,
             table_offset: crate::partition::TABLE_OFFSET,
             flash_size: None,
+            signatures: AppSignatures::NotChecked,
         }
     }
 
@@ -162,6 +168,10 @@ pub struct AppUpdate {
     resumed_from: u32,
     /// Anti-rollback: the eFuse secure-version counter (see [`AppUpdate::set_anti_rollback`]).
     efuse_secure_version: Option<u32>,
+    /// The app that runs (in "signed apps" mode its key is the trusted one).
+    running: Option<Partition>,
+    /// Whether a sector taken early from the source passed [`AppUpdate::precheck_signature_sector`].
+    sector_prechecked: Option<u8>,
 }
 
 impl AppUpdate {
@@ -205,6 +215,8 @@ impl AppUpdate {
             journal: None,
             home_log: ResumeLog::locate(table, &slot),
             resumed_from: 0,
+            running: running.copied(),
+            sector_prechecked: None,
         })
     }
 
@@ -427,6 +439,86 @@ impl AppUpdate {
         Ok(())
     }
 
+    /// The trust context of this device's signature rule: in "signed apps" mode, the key of
+    /// the running app's first valid block, read from flash.
+    pub fn trust_context<F: NorFlash>(&self, flash: &mut F) -> TrustContext {
+        let running_key = match self.cfg.signatures {
+            AppSignatures::SignedApps { scheme } => self
+                .running
+                .as_ref()
+                .and_then(|p| secure_boot::running_key_on_flash(flash, p, scheme)),
+            _ => None,
+        };
+        TrustContext {
+            rule: self.cfg.signatures,
+            running_key,
+        }
+    }
+
+    /// The early check, before anything is erased: `sector` is the image's signature sector
+    /// taken from the source ahead of the stream (the last 4096 bytes of a signed file). A
+    /// sector with no valid block of the device's scheme whose key is trusted and unrevoked
+    /// refuses the update now, naming the block and the reason; the signatures themselves are
+    /// verified in [`AppUpdate::finish`] over the bytes in the slot. Returns the block that
+    /// would be tried (`None` when the device checks no signatures).
+    pub fn precheck_signature_sector<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        sector: &[u8],
+    ) -> Result<Option<u8>, Error> {
+        if !self.cfg.signatures.is_checked() {
+            return Ok(None);
+        }
+        let sector = SignatureSector::from_slice(sector).map_err(|_| {
+            Error::from(secure_boot::AppSignatureError {
+                partition: self.slot.label,
+                partition_offset: self.slot.offset,
+                kind: secure_boot::AppSignatureErrorKind::SectorNotStreamed {
+                    sector_offset: 0,
+                    streamed: sector.len() as u32,
+                },
+            })
+        })?;
+        let ctx = self.trust_context(flash);
+        let b = secure_boot::precheck_sector(&self.slot, &sector, &ctx)?;
+        self.sector_prechecked = b;
+        Ok(b)
+    }
+
+    /// The block an early sector check found trustworthy, if one was made.
+    pub fn sector_prechecked(&self) -> Option<u8> {
+        self.sector_prechecked
+    }
+
+    /// Checks the signature of the image written to the slot (`esp_ota_end` ->
+    /// `esp_image_verify` with signed apps): the signature sector must have come with the
+    /// stream, and the signed data is read back from flash (the bytes that will boot, also
+    /// after a resume, whose first part was never hashed on the stream).
+    fn check_signature<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        summary: &ImageSummary,
+    ) -> Result<(), Error> {
+        if !self.cfg.signatures.is_checked() {
+            return Ok(());
+        }
+        let at = secure_boot::sector_offset(summary.image_len).unwrap_or(u32::MAX);
+        let end = at.saturating_add(secure_boot::SECTOR_SIZE as u32);
+        if self.writer.written() < end {
+            return Err(secure_boot::AppSignatureError {
+                partition: self.slot.label,
+                partition_offset: self.slot.offset,
+                kind: secure_boot::AppSignatureErrorKind::SectorNotStreamed {
+                    sector_offset: at,
+                    streamed: self.writer.written(),
+                },
+            }
+            .into());
+        }
+        let ctx = self.trust_context(flash);
+        secure_boot::check_stored_app(flash, &self.slot, summary.image_len, &ctx).map(|_| ())
+    }
+
     /// The slot being written.
     pub fn slot(&self) -> &Partition {
         &self.slot
@@ -608,6 +700,12 @@ impl AppUpdate {
                 return Err(e);
             }
         };
+        if let Err(e) = self.check_signature(flash, &summary) {
+            // Refused before otadata is touched; the slot keeps the refused bytes (as after a
+            // failed `esp_ota_end`) and is never selected.
+            self.drop_journal(flash);
+            return Err(e);
+        }
         if let Some(efuse) = self.efuse_secure_version {
             // esp_ota_set_boot_partition with anti-rollback (idf-formats.md §2.4): a too-old
             // image is erased and refused; otadata is not touched.

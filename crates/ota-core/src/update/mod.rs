@@ -22,6 +22,8 @@ mod app;
 mod data;
 mod rollback;
 #[cfg(test)]
+mod signed_tests;
+#[cfg(test)]
 mod tests;
 
 pub use app::{next_update_slot, AppCall, AppPhase, AppUpdate, AppUpdateConfig, Committed};
@@ -88,6 +90,9 @@ pub enum UpdateError {
     /// The update would write outside its own target (see [`crate::guard`]); nothing was
     /// erased.
     Guard(GuardError),
+    /// Secure Boot v2 / signed apps: the new app's signature was refused (checked before
+    /// otadata is switched, or before any erase when the sector came early from the source).
+    Signature(crate::secure_boot::AppSignatureError),
 }
 
 impl From<crate::staging::StagingError> for Error {
@@ -214,6 +219,7 @@ impl fmt::Display for UpdateError {
             }
             UpdateError::Resume(e) => e.fmt(f),
             UpdateError::Guard(e) => e.fmt(f),
+            UpdateError::Signature(e) => e.fmt(f),
         }
     }
 }

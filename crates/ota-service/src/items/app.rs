@@ -211,7 +211,137 @@ impl AppItem {
         engine
             .check_version(self.policy, running.as_ref())
             .map_err(|e| core_error(e, &self.uri))?;
+        self.signature_first(dev, fetch, &mut engine, env).await?;
         Ok(engine)
+    }
+
+    /// [`Self::precheck_signature`], then the main stream again from the byte reached (on a
+    /// driver with one connection it was given up for the second request).
+    async fn signature_first<F: NorFlash>(
+        &self,
+        dev: &mut Device<'_, F>,
+        fetch: &mut Fetch,
+        engine: &mut AppUpdate,
+        env: &mut Env<'_>,
+    ) -> Result<(), ItemError> {
+        if engine.written() > 0 || !self.precheck_signature(dev, fetch, engine, env).await? {
+            return Ok(());
+        }
+        match fetch.reconnect(env).await? {
+            Next::Data(_) => Ok(()),
+            Next::End | Next::Restart => Err(source_error(SourceError::Mismatch {
+                uri: self.uri.clone(),
+                detail: "the file changed while its signature sector was read".into(),
+            })),
+        }
+    }
+
+    /// Secure Boot v2 / signed apps, before anything is erased: when the source can give the
+    /// end of the file first (a file, or HTTP with `Range` and a known length), the last 4096
+    /// bytes of a file whose length is a multiple of 4096 (the layout `espsecure sign-data` and
+    /// `ota image sign` write) are checked as the signature sector: an image without a block
+    /// of the device's scheme signed by a trusted, unrevoked key is refused now. Otherwise (no
+    /// length, `Range` ignored, another length) the sector is checked only after the
+    /// download, still before otadata is switched. `Ok(true)`: a second request was made.
+    async fn precheck_signature<F: NorFlash>(
+        &self,
+        dev: &mut Device<'_, F>,
+        fetch: &Fetch,
+        engine: &mut AppUpdate,
+        env: &mut Env<'_>,
+    ) -> Result<bool, ItemError> {
+        const SECTOR: u64 = ota_core::secure_boot::SECTOR_SIZE as u64;
+        if !dev.signatures.is_checked() {
+            return Ok(false);
+        }
+        let total = match fetch.total {
+            Some(t) if t >= 2 * SECTOR && t % SECTOR == 0 => t,
+            other => {
+                env.info(
+                    TAG_OTA,
+                    format!(
+                        "Signature sector not checked before the download ({}): it is checked \
+                         over the written image, before otadata is switched",
+                        match other {
+                            None => "the source gives no length".to_string(),
+                            Some(t) =>
+                                format!("length {t} is not a signed file's multiple of 4096"),
+                        }
+                    ),
+                );
+                return Ok(false);
+            }
+        };
+        let at = total - SECTOR;
+        let opts = self.options(env);
+        let mut used = 0;
+        let if_range = fetch.validator.map(|v| v.as_str().to_string());
+        let opened = open_with_retries(
+            &self.uri,
+            at,
+            if_range.as_deref(),
+            None,
+            &opts,
+            self.retry,
+            &mut used,
+            env,
+            TAG_OTA,
+        )
+        .await;
+        let mut sector = vec![0u8; SECTOR as usize];
+        let got = match opened {
+            Ok(mut r) if r.honoured && r.total_length.is_none_or(|t| t == total) => {
+                let mut n = 0;
+                let mut ok = true;
+                while n < sector.len() {
+                    match r.body.read(&mut sector[n..]).await {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(_) => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                ok && n == sector.len()
+            }
+            Ok(_) => {
+                env.warn(
+                    TAG_OTA,
+                    "The server ignored Range for the signature sector: it is checked after the download",
+                );
+                false
+            }
+            Err(e) => {
+                env.warn(
+                    TAG_OTA,
+                    format!("Signature sector not fetched early ({e}): it is checked after the download"),
+                );
+                false
+            }
+        };
+        if !got {
+            return Ok(true);
+        }
+        match engine.precheck_signature_sector(dev.flash, &sector) {
+            Ok(b) => {
+                env.info(
+                    TAG_OTA,
+                    format!(
+                        "Signature sector at byte {at}: block {} has a trusted key; its signature is verified after the download",
+                        b.unwrap_or(0)
+                    ),
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                env.error(
+                    TAG_DEFAULT,
+                    "Secure boot: the image's signature sector is refused, nothing erased",
+                );
+                Err(core_error(e, &self.uri))
+            }
+        }
     }
 
     fn begin<F: NorFlash>(
@@ -376,6 +506,7 @@ fn app_config<F: NorFlash>(dev: &Device<'_, F>) -> AppUpdateConfig {
         rollback: dev.rollback,
         table_offset: dev.table_offset,
         flash_size: dev.flash_size,
+        signatures: dev.signatures,
     }
 }
 
@@ -554,6 +685,17 @@ impl AppItem {
             );
         }
         let verdict = run.engine.check_version(self.policy, running.as_ref());
+        if verdict.is_ok() {
+            // Secure Boot: a wrong-key image is refused here, before any erase, when the
+            // source can give its signature sector first.
+            if let Err(e) = self
+                .signature_first(dev, &mut run.fetch, &mut run.engine, env)
+                .await
+            {
+                self.run = Some(run);
+                return Err(e);
+            }
+        }
         self.run = Some(run);
         match verdict {
             Ok(()) => Ok(Need::Yes),

@@ -186,6 +186,7 @@ pub fn run_on<F: NorFlash>(
             anti_rollback: None,
             table_offset: ota_core::partition::TABLE_OFFSET,
             flash_size: None,
+            signatures: Default::default(),
         };
         let mut env = Env {
             sd: None,
