@@ -41,6 +41,7 @@ rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 step "ota-core builds no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-core --target riscv32imc-unknown-none-elf
+cargo build -p ota-core --features ecdsa-p384,ecdsa-p192 --target riscv32imc-unknown-none-elf
 
 step "ota-net's HTTP client (and its embassy-net connector) build no_std for riscv32imc-unknown-none-elf"
 cargo build -p ota-net --no-default-features --target riscv32imc-unknown-none-elf

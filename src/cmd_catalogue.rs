@@ -14,6 +14,7 @@ use rand_core::RngCore;
 pub enum CatalogueCmd {
     /// Make a catalogue signing key (PKCS#8 PEM, mode 0600), as `openssl genpkey` would.
     Keygen {
+        /// The signature algorithm: Ed25519 (RFC 8032) or ECDSA P-256 with SHA-256.
         #[arg(long, value_enum, default_value_t = KeyAlg::Ed25519)]
         algorithm: KeyAlg,
         /// Where to write the private key (never overwritten).
@@ -37,6 +38,7 @@ pub enum CatalogueCmd {
         /// Refuse a serial below this one (the last one a device accepted).
         #[arg(long, value_name = "N")]
         min_serial: Option<u64>,
+        /// The signed catalogue document to check.
         #[arg(value_name = "manifest.json")]
         file: PathBuf,
     },

@@ -45,12 +45,6 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub fn version_byte(self) -> u8 {
-        match self {
-            Scheme::Rsa3072 => VERSION_RSA,
-            Scheme::Ecdsa => VERSION_ECDSA,
-        }
-    }
     pub fn name(self) -> &'static str {
         match self {
             Scheme::Rsa3072 => "RSA-3072-PSS",
@@ -155,6 +149,7 @@ pub enum BlockErrorKind {
 
 /// A block that cannot be used, and why; `index` is 0..=2 in the sector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BlockError {
     pub index: u8,
     pub kind: BlockErrorKind,
@@ -378,6 +373,7 @@ pub struct SignatureSector<'a> {
 
 /// A sector of the wrong length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SectorLenError {
     pub found: usize,
 }
@@ -471,6 +467,7 @@ pub fn encode_rsa_block(
 
 /// Wrong lengths given to [`encode_ecdsa_block`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EncodeError {
     pub field: &'static str,
     pub expected: usize,

@@ -67,6 +67,7 @@ impl AppSignatures {
 
 /// What was wrong with an app's signature, in one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppSignatureError {
     /// The partition holding (or receiving) the app.
     pub partition: Label,

@@ -55,7 +55,9 @@ impl SignedDataHasher {
     pub fn new(sha384: bool) -> Self {
         SignedDataHasher {
             sha256: Sha256::new(),
-            sha384: sha384.then(Sha384::new),
+            // SHA-384 only serves P-384 blocks: without that feature it is never computed, so
+            // a firmware without P-384 links no SHA-512 core.
+            sha384: (sha384 && cfg!(feature = "ecdsa-p384")).then(Sha384::new),
             len: 0,
         }
     }

@@ -14,8 +14,8 @@ use super::block::Curve;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EcdsaError {
-    /// The curve is recognised but not verified here (none at present; kept for callers that
-    /// match on it).
+    /// The curve is recognised but this build does not verify it (ota-core built without the
+    /// feature `ecdsa-p384` or `ecdsa-p192`).
     UnsupportedCurve(Curve),
     /// The point is not on the curve.
     BadPoint,
@@ -31,7 +31,15 @@ impl fmt::Display for EcdsaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             EcdsaError::UnsupportedCurve(c) => {
-                write!(f, "ECDSA {c} signatures are not supported for verification")
+                write!(
+                    f,
+                    "ECDSA {c} signatures are not verified by this build (ota-core feature {})",
+                    match c {
+                        Curve::P384 => "ecdsa-p384",
+                        Curve::P192 => "ecdsa-p192",
+                        Curve::P256 => "none",
+                    }
+                )
             }
             EcdsaError::BadPoint => f.write_str("ECDSA public key is not a point on the curve"),
             EcdsaError::BadScalars => {
@@ -85,9 +93,21 @@ macro_rules! verify_curve {
     };
 }
 
+#[cfg(feature = "ecdsa-p192")]
 verify_curve!(verify_p192, p192, 24, 32);
 verify_curve!(verify_p256, p256, 32, 32);
+#[cfg(feature = "ecdsa-p384")]
 verify_curve!(verify_p384, p384, 48, 48);
+
+/// Whether this build verifies `curve` (P-384 and P-192 are the features `ecdsa-p384` and
+/// `ecdsa-p192` of ota-core; P-256 always).
+pub const fn curve_supported(curve: Curve) -> bool {
+    match curve {
+        Curve::P256 => true,
+        Curve::P384 => cfg!(feature = "ecdsa-p384"),
+        Curve::P192 => cfg!(feature = "ecdsa-p192"),
+    }
+}
 
 /// Verifies an ECDSA block: `point` X ‖ Y and `signature` r ‖ s little-endian, `digest` the
 /// SHA-256 (P-192, P-256) or SHA-384 (P-384) of the signed data.
@@ -99,7 +119,13 @@ pub fn verify(
 ) -> Result<(), EcdsaError> {
     match curve {
         Curve::P256 => verify_p256(point, signature, digest),
+        #[cfg(feature = "ecdsa-p384")]
         Curve::P384 => verify_p384(point, signature, digest),
+        #[cfg(feature = "ecdsa-p192")]
         Curve::P192 => verify_p192(point, signature, digest),
+        #[allow(unreachable_patterns)]
+        c => Err(EcdsaError::UnsupportedCurve(c)),
     }
 }
+
+impl core::error::Error for EcdsaError {}

@@ -273,3 +273,5 @@ pub fn verify(
     let em = public_op(n, e, rinv, mdash, signature)?;
     pss_verify(&em, digest)
 }
+
+impl core::error::Error for RsaError {}

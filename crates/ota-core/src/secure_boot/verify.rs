@@ -47,6 +47,13 @@ pub fn verify_block(
     block: &SignatureBlock<'_>,
     digests: &ImageDigests,
 ) -> Result<(), SignatureError> {
+    if let Some(curve) = block.curve() {
+        if !super::ecdsa::curve_supported(curve) {
+            return Err(SignatureError::Ecdsa(
+                super::ecdsa::EcdsaError::UnsupportedCurve(curve),
+            ));
+        }
+    }
     let kind = block.hash();
     let digest = digests
         .get(kind)
