@@ -82,6 +82,10 @@ pub struct FleetArgs {
     /// `--ddi`: seed of the choice of failing devices.
     #[arg(long, default_value_t = 1, requires = "ddi")]
     seed: u64,
+    /// `--ddi`: the rollout's name (it also seeds the order of devices into groups);
+    /// default `fleet-sim-SEED`.
+    #[arg(long, requires = "ddi")]
+    name: Option<String>,
     /// `--ddi`: most polling rounds.
     #[arg(long, default_value_t = 200, requires = "ddi")]
     max_rounds: u32,
@@ -277,6 +281,10 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
             error_threshold: a.error_threshold,
             fail_share: a.fail_share,
             seed: a.seed,
+            name: a
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("fleet-sim-{}", a.seed)),
             max_rounds: a.max_rounds.max(1),
             concurrency: at_once,
             timeout: Duration::from_millis(a.timeout_ms.max(1)),

@@ -55,6 +55,7 @@ pub struct DdiSim {
     /// Percent of devices whose new app fails its self-test.
     pub fail_share: f64,
     pub seed: u64,
+    pub name: String,
     pub max_rounds: u32,
     pub concurrency: usize,
     pub timeout: Duration,
@@ -298,11 +299,7 @@ pub fn run(s: DdiSim, t: Template, n: usize) -> Result<ExitCode> {
         },
     });
     let t = Rc::new(t);
-    let name = format!(
-        "fleet-sim-{}-{}",
-        s.seed,
-        ota_server::fleet::store::now_ms()
-    );
+    let name = s.name.clone();
     let mut devs: Vec<Dev> = (0..n)
         .map(|i| Dev {
             id: format!("sim-{i:06}"),
