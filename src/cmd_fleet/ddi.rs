@@ -41,6 +41,8 @@ use crate::cmd_device;
 use crate::cmd_fleet_admin::{call, Conn};
 
 type Flash = CowFlash<4, 4>;
+/// What a round returns per device: its index, what it did, the flash it keeps.
+type Done = (usize, Step, Option<Flash>);
 
 /// Settings of a DDI simulation (from `ota fleet-sim`'s flags).
 pub struct DdiSim {
@@ -200,9 +202,9 @@ fn round(
     cfg: &Rc<DdiCfg>,
     devs: &mut [Dev],
     concurrency: usize,
-) -> Vec<(usize, Step, Option<Flash>)> {
+) -> Vec<Done> {
     let local = tokio::task::LocalSet::new();
-    let out: Rc<RefCell<Vec<(usize, Step, Option<Flash>)>>> = Rc::new(RefCell::new(Vec::new()));
+    let out: Rc<RefCell<Vec<Done>>> = Rc::new(RefCell::new(Vec::new()));
     let gate = Rc::new(tokio::sync::Semaphore::new(concurrency));
     for (i, d) in devs.iter_mut().enumerate() {
         if matches!(d.phase, Phase::Done(_)) {

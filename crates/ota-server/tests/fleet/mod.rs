@@ -14,6 +14,7 @@ use crate::common;
 
 #[path = "pg.rs"]
 mod pg;
+#[allow(unused_imports)]
 pub use pg::Postgres;
 
 pub const ADMIN: &str = "admin-secret-1";
