@@ -12,14 +12,15 @@
 //!    seeded share (`--fail-share`, `--seed`) fails it and rolls back
 //!    (`esp_ota_mark_app_invalid_rollback_and_reboot`), the others confirm. At its next poll
 //!    the DDI item reports `closed` + `success`, or `failure` for a rollback (the flash is its
-//!    record, as on a real device). After each round the rollout's groups and new timeline
+//!    record, as on a real device); a device polls right after its restart, so it reports in
+//!    the same round. After each round the rollout's groups and new timeline
 //!    entries are printed.
 //! 4. It ends when the rollout is finished, stopped, or paused with no installed device still
 //!    to report (or after `--max-rounds`).
 //!
-//! Memory: a device that has nothing installed keeps no flash between polls (a new
-//! [`CowFlash`] over the shared template each time); an installed one keeps only the sectors
-//! it wrote until it has reported.
+//! Memory: a device keeps no flash between polls (a new [`CowFlash`] over the shared template
+//! each time it powers on, dropped once it has reported); only a device whose report failed
+//! keeps the sectors it wrote until the next round. So memory follows `--concurrency`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -103,6 +104,8 @@ enum Step {
     Installed { confirmed: bool, bytes: u64 },
     /// Reported the closed action (`success`: the server got success).
     Reported { success: bool },
+    /// Installed, restarted, and reported at the poll right after the restart.
+    InstalledReported { bytes: u64, success: bool },
     /// The item or the run failed.
     Error(String),
 }
@@ -229,7 +232,15 @@ fn round(
                     }
                 },
             };
-            let step = Box::pin(power_on(&t, &mut flash, &id, &cfg, fails, installed)).await;
+            let mut step = Box::pin(power_on(&t, &mut flash, &id, &cfg, fails, installed)).await;
+            // The new app polls as soon as it runs: it reports at once, and its flash goes.
+            if let Step::Installed { bytes, .. } = step {
+                if let Step::Reported { success } =
+                    Box::pin(power_on(&t, &mut flash, &id, &cfg, fails, true)).await
+                {
+                    step = Step::InstalledReported { bytes, success };
+                }
+            }
             let keep = matches!(step, Step::Installed { .. })
                 || (installed && matches!(step, Step::Idle | Step::Error(_)));
             out.borrow_mut().push((i, step, keep.then_some(flash)));
@@ -400,6 +411,19 @@ pub fn run(s: DdiSim, t: Template, n: usize) -> Result<ExitCode> {
                     d.phase = Phase::Done(success);
                     d.flash = None;
                     changed += 1;
+                }
+                Step::InstalledReported { bytes: b, success } => {
+                    d.phase = Phase::Done(success);
+                    d.flash = None;
+                    bytes += b;
+                    changed += 1;
+                    *results_by
+                        .entry(if success {
+                            "installed, confirmed"
+                        } else {
+                            "installed, rolled back"
+                        })
+                        .or_default() += 1;
                 }
                 Step::Error(m) => {
                     *results_by.entry("errors").or_default() += 1;
