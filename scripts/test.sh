@@ -35,6 +35,19 @@ if ! command -v openssl >/dev/null; then
     fi
 fi
 
+step "Headless Chromium and playwright-core (the /ui page's browser test: crates/ota-server/tests/fleet_ui.rs)"
+pkgs=""
+[ -x /usr/bin/chromium ] || pkgs="chromium"
+command -v npm >/dev/null || pkgs="$pkgs nodejs npm"
+if [ -n "$pkgs" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+    fi
+fi
+(cd tests/ui && npm ci --no-audit --no-fund --silent)
+
 step "rustup target riscv32imc-unknown-none-elf"
 rustup target add riscv32imc-unknown-none-elf >/dev/null
 rustup component add clippy rustfmt >/dev/null 2>&1 || true

@@ -7,6 +7,7 @@
 //! threads` is the older way: `--pool` threads, each device on a whole in-memory flash, the
 //! blocking `ota_sim::run`.
 
+mod ddi;
 mod net;
 
 use std::cell::RefCell;
@@ -37,8 +38,57 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 100)]
     devices: usize,
     /// The server (`ota serve`): its catalogue is SERVER/manifest.json.
-    #[arg(long, value_name = "URL")]
-    server: String,
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "ddi",
+        conflicts_with = "ddi"
+    )]
+    server: Option<String>,
+    /// Speak hawkBit DDI to this fleet server (`ota serve --fleet`) instead: the devices
+    /// register, a rollout of --release is created and started, and devices poll, install,
+    /// self-test and report until it finishes or pauses.
+    #[arg(long, value_name = "URL", requires_all = ["gateway_token_file", "admin_token_file"])]
+    ddi: Option<String>,
+    /// `--ddi`: the DDI tenant.
+    #[arg(long, default_value = "DEFAULT", requires = "ddi")]
+    tenant: String,
+    /// `--ddi`: file with the server's gateway token (the devices poll with it).
+    #[arg(long, value_name = "FILE", requires = "ddi")]
+    gateway_token_file: Option<std::path::PathBuf>,
+    /// `--ddi`: file with the admin token (to create the rollout and follow it).
+    #[arg(long, value_name = "FILE", requires = "ddi")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// `--ddi`: the release to roll out (default: the newest release of --project).
+    #[arg(long, requires = "ddi")]
+    release: Option<i64>,
+    /// `--ddi`: the rollout's groups, cumulative percentages.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,10,50,100",
+        requires = "ddi"
+    )]
+    groups: Vec<i64>,
+    /// `--ddi`: percent of a group that must succeed before the next starts.
+    #[arg(long, default_value_t = 100, requires = "ddi")]
+    success_threshold: i64,
+    /// `--ddi`: percent of a group whose failure pauses the rollout.
+    #[arg(long, default_value_t = 10, requires = "ddi")]
+    error_threshold: i64,
+    /// `--ddi`: percent of devices whose new app fails its self-test and rolls back.
+    #[arg(long, default_value_t = 5.0, requires = "ddi")]
+    fail_share: f64,
+    /// `--ddi`: seed of the choice of failing devices.
+    #[arg(long, default_value_t = 1, requires = "ddi")]
+    seed: u64,
+    /// `--ddi`: the rollout's name (it also seeds the order of devices into groups);
+    /// default `fleet-sim-SEED`.
+    #[arg(long, requires = "ddi")]
+    name: Option<String>,
+    /// `--ddi`: most polling rounds.
+    #[arg(long, default_value_t = 200, requires = "ddi")]
+    max_rounds: u32,
     /// The project every device runs; the catalogue must hold a newer image of it.
     #[arg(long, default_value = "fleet")]
     project: String,
@@ -205,16 +255,49 @@ pub fn run(a: FleetArgs) -> Result<ExitCode> {
                 a.concurrency
             );
         }
-        if a.cert.is_some() || !a.server.starts_with("http://") {
+        let url = a.server.as_deref().or(a.ddi.as_deref()).unwrap_or("");
+        if a.cert.is_some() || !url.starts_with("http://") {
             bail!(
                 "--mode async speaks plain http:// only (server '{}'{}): use --mode threads for https",
-                a.server,
+                url,
                 if a.cert.is_some() { ", --cert given" } else { "" }
             );
         }
         a.concurrency
     };
-    let server = a.server.trim_end_matches('/').to_string();
+    if let Some(url) = &a.ddi {
+        if threads_mode {
+            bail!("--ddi runs in --mode async only");
+        }
+        let image = template(chip, &a.project, &a.from_version)?;
+        let sim = ddi::DdiSim {
+            url: url.clone(),
+            tenant: a.tenant.clone(),
+            gateway_token_file: a.gateway_token_file.clone().unwrap_or_default(),
+            admin_token_file: a.admin_token_file.clone().unwrap_or_default(),
+            release: a.release,
+            groups: a.groups.clone(),
+            success_threshold: a.success_threshold,
+            error_threshold: a.error_threshold,
+            fail_share: a.fail_share,
+            seed: a.seed,
+            name: a
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("fleet-sim-{}", a.seed)),
+            max_rounds: a.max_rounds.max(1),
+            concurrency: at_once,
+            timeout: Duration::from_millis(a.timeout_ms.max(1)),
+            project: a.project.clone(),
+        };
+        return ddi::run(sim, async_template(image.into())?, a.devices);
+    }
+    let server = a
+        .server
+        .clone()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
     let catalogue = format!("{server}/manifest.json");
     let image = template(chip, &a.project, &a.from_version)?;
     let pid = server_pid(&server);
@@ -307,6 +390,19 @@ struct Template {
     table: ota_core::partition::PartitionTable,
 }
 
+fn async_template(base: Arc<[u8]>) -> Result<Template> {
+    let dev = Device::open_named(
+        CowFlash::<4, 4>::new(base.clone()).map_err(|e| anyhow!("template flash: {e}"))?,
+        "fleet template",
+    )?;
+    Ok(Template {
+        chip: dev.chip(),
+        flash_size: dev.flash_size(),
+        table: dev.table().clone(),
+        base,
+    })
+}
+
 /// `--mode async`: every device a task on one current-thread runtime, `--concurrency` of them
 /// past the gate at once. Returns the results and the most threads the process had.
 fn run_futures(
@@ -316,17 +412,7 @@ fn run_futures(
     policy: VersionPolicy,
     timeout: Duration,
 ) -> Result<(Vec<DeviceResult>, usize)> {
-    let dev = Device::open_named(
-        CowFlash::<4, 4>::new(base.clone()).map_err(|e| anyhow!("template flash: {e}"))?,
-        "fleet template",
-    )?;
-    let template = Rc::new(Template {
-        chip: dev.chip(),
-        flash_size: dev.flash_size(),
-        table: dev.table().clone(),
-        base,
-    });
-    drop(dev);
+    let template = Rc::new(async_template(base)?);
     // One thread runs every device; a host name in the URL is resolved on tokio's blocking
     // pool, kept to one thread.
     let rt = tokio::runtime::Builder::new_current_thread()

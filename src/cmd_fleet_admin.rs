@@ -30,6 +30,18 @@ pub struct Conn {
     json: bool,
 }
 
+impl Conn {
+    /// A connection to `server` with the admin token of `admin_token_file` (for `ota
+    /// fleet-sim --ddi`).
+    pub fn new(server: &str, admin_token_file: PathBuf) -> Conn {
+        Conn {
+            server: server.to_string(),
+            admin_token_file,
+            json: false,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum DevicesCmd {
     /// List the registered devices: id, chip, project, version, last seen, last result.
@@ -137,7 +149,7 @@ fn split_url(url: &str) -> Result<(String, String)> {
 }
 
 /// One admin call; the answer's JSON, or an error with the server's message.
-fn call(c: &Conn, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+pub fn call(c: &Conn, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
     let token = ota_server::fleet::auth::read_token_file(&c.admin_token_file)
         .map_err(|e| anyhow!("--admin-token-file: {e}"))?;
     let (hostport, prefix) = split_url(&c.server)?;

@@ -22,7 +22,8 @@ use std::time::Duration;
 use embedded_io_async::{ErrorType, Read, Write};
 use ota_net::http::{self, Client, ConnectError, ContentRange, GetOptions};
 use ota_service::io::{
-    judge_http_answer, Body, BoxFuture, Clock, HttpHead, Opened, Request, Transport,
+    judge_http_answer, Body, BoxFuture, Clock, HttpHead, Opened, Request, Transport, Upload,
+    UploadMethod,
 };
 use ota_service::source::{Phase, SourceError, SourceOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,6 +140,52 @@ impl Transport for NetTransport {
     fn open<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Opened, SourceError>> {
         Box::pin(open(req, self.bytes.clone()))
     }
+
+    /// A `PUT`/`POST` (a DDI item's reports) on its own connection, with the item's
+    /// `Authorization`; the answer's body is given up.
+    fn send<'a>(&'a self, req: Upload<'a>) -> BoxFuture<'a, Result<u16, SourceError>> {
+        Box::pin(send(req))
+    }
+}
+
+async fn send(req: Upload<'_>) -> Result<u16, SourceError> {
+    let uri = req.uri.to_string();
+    if !uri.starts_with("http://") {
+        return Err(SourceError::UnsupportedScheme { uri });
+    }
+    let deadline_ms = req.opts.deadline.unwrap_or_else(|| {
+        TokioClock
+            .now_ms()
+            .saturating_add(ota_service::source::duration_ms(req.opts.max_time))
+    });
+    let mut client: Client<TokioConnect> =
+        Client::with_options(TokioConnect, client_options(req.opts));
+    let auth = req.opts.authorization.as_ref().map(|a| a.expose());
+    let fields: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    let method = match req.method {
+        UploadMethod::Put => http::Method::Put,
+        UploadMethod::Post => http::Method::Post,
+    };
+    let get = GetOptions {
+        deadline: Some(http::Instant::from_millis(deadline_ms)),
+        headers: &fields,
+        ..GetOptions::default()
+    };
+    let mut resp = client
+        .send(&uri, method, req.content_type, req.body, get)
+        .await
+        .map_err(|e| source_error(&uri, e, req.opts))?;
+    let status = resp.status;
+    resp.body.abort().await;
+    if (200..300).contains(&status) {
+        Ok(status)
+    } else {
+        Err(SourceError::HttpStatus {
+            uri,
+            status,
+            reason: String::new(),
+        })
+    }
 }
 
 fn client_options(o: &SourceOptions) -> http::Options {
@@ -175,6 +222,11 @@ async fn open(req: Request<'_>, counter: Rc<Cell<u64>>) -> Result<Opened, Source
         if_match: req.if_match.map(str::to_string),
         deadline: http::Instant::from_millis(deadline_ms),
         options: client_options(req.opts),
+        authorization: req
+            .opts
+            .authorization
+            .as_ref()
+            .map(|a| a.expose().to_string()),
     };
     tokio::task::spawn_local(task.run(head_tx, chunk_tx));
     let head = match head_rx.await {
@@ -221,6 +273,9 @@ struct Pump {
     if_match: Option<String>,
     deadline: http::Instant,
     options: http::Options,
+    /// The item's `Authorization` (a DDI token); this transport follows no redirect, so it
+    /// goes to the request's own origin only.
+    authorization: Option<String>,
 }
 
 impl Pump {
@@ -230,6 +285,12 @@ impl Pump {
         chunk_tx: mpsc::Sender<Chunk>,
     ) {
         let mut client: Client<TokioConnect> = Client::with_options(TokioConnect, self.options);
+        let fields: Vec<(&str, &str)> = self
+            .authorization
+            .as_deref()
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
         let got = client
             .get(
                 &self.uri,
@@ -238,7 +299,7 @@ impl Pump {
                     if_range: self.if_range.as_deref().filter(|_| self.start > 0),
                     if_match: self.if_match.as_deref(),
                     deadline: Some(self.deadline),
-                    headers: &[],
+                    headers: &fields,
                 },
             )
             .await;

@@ -19,6 +19,9 @@ pub struct Case {
     pub concurrency: usize,
     /// Ranged case: (file size, range length); offsets are pseudo-random, 4 KiB aligned.
     pub range: Option<(u64, u64)>,
+    /// DDI polls: `(Authorization value, devices)`: each request polls
+    /// `/DEFAULT/controller/v1/sim-NNNNNN` of a pseudo-random device below `devices`.
+    pub ddi: Option<(String, u64)>,
 }
 
 impl Case {
@@ -28,6 +31,7 @@ impl Case {
             path,
             concurrency,
             range: None,
+            ddi: None,
         }
     }
     pub fn ranged(name: &str, path: &'static str, concurrency: usize, size: u64, len: u64) -> Case {
@@ -36,6 +40,7 @@ impl Case {
             path,
             concurrency,
             range: Some((size, len)),
+            ddi: None,
         }
     }
 }
@@ -70,14 +75,14 @@ impl Outcome {
     }
 }
 
-struct Conn {
+pub struct Conn {
     stream: Option<TcpStream>,
     buf: Vec<u8>,
 }
 
-struct Answer {
-    status: u16,
-    body: u64,
+pub struct Answer {
+    pub status: u16,
+    pub body: u64,
 }
 
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -93,7 +98,14 @@ fn bad(msg: &str) -> io::Error {
 }
 
 impl Conn {
-    fn request(
+    pub fn new() -> Conn {
+        Conn {
+            stream: None,
+            buf: vec![0u8; CLIENT_BUF],
+        }
+    }
+
+    pub fn request(
         &mut self,
         addr: SocketAddr,
         head: &[u8],
@@ -198,6 +210,7 @@ pub fn run(addr: SocketAddr, case: &Case, dur: Duration) -> Outcome {
         let shared = total.clone();
         let path = case.path;
         let range = case.range;
+        let ddi = case.ddi.clone();
         let h = std::thread::Builder::new()
             .stack_size(CLIENT_STACK)
             .spawn(move || {
@@ -208,9 +221,18 @@ pub fn run(addr: SocketAddr, case: &Case, dur: Duration) -> Outcome {
                 };
                 let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
                 while Instant::now() < deadline {
-                    let head = match range {
-                        None => format!("GET /{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
-                        Some((size, len)) => {
+                    let head = match (&ddi, range) {
+                        (Some((auth, n)), _) => {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            format!(
+                                "GET /DEFAULT/controller/v1/sim-{:06} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n\r\n",
+                                x % n.max(&1)
+                            )
+                        }
+                        (None, None) => format!("GET /{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+                        (None, Some((size, len))) => {
                             x ^= x << 13;
                             x ^= x >> 7;
                             x ^= x << 17;

@@ -7,6 +7,7 @@
 //! `__ota-serve DIR PORT` command that runs `ota_server::Server`, the code behind `ota serve`,
 //! so its peak RSS (`VmHWM`, reset per case through `/proc/PID/clear_refs`) is its own.
 
+mod ddi_capacity;
 mod delta_apply;
 mod delta_make;
 mod load;
@@ -87,6 +88,27 @@ enum Cmd {
         sha384: u8,
         verify: u8,
     },
+    /// DDI polls per second of one `ota serve --fleet` on SQLite and on PostgreSQL, with
+    /// --devices registered devices: p50/p99 latency and the server's memory.
+    DdiCapacity {
+        #[arg(long, default_value_t = 100_000)]
+        devices: u64,
+        /// Seconds of polling per database.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Clients polling at once (keep-alive connections).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The ota binary (default: the one beside ota-bench).
+        #[arg(long)]
+        ota: Option<PathBuf>,
+        /// A PostgreSQL URL to use instead of a throwaway server.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// SQLite only.
+        #[arg(long)]
+        no_postgres: bool,
+    },
     /// Internal: run the ota-server on DIR at 127.0.0.1:PORT (what `ota serve DIR` runs).
     #[command(name = "__ota-serve", hide = true)]
     OtaServe { dir: PathBuf, port: u16 },
@@ -109,6 +131,21 @@ fn main() -> Result<()> {
             sha384,
             verify,
         } => secure_boot::stack_probe(&file, size, sha384 != 0, verify != 0),
+        Cmd::DdiCapacity {
+            devices,
+            seconds,
+            concurrency,
+            ota,
+            postgres,
+            no_postgres,
+        } => ddi_capacity::run(ddi_capacity::Args {
+            devices,
+            seconds,
+            concurrency,
+            ota,
+            postgres,
+            no_postgres,
+        }),
         Cmd::OtaServe { dir, port } => {
             let mut o = ota_server::ServeOptions::dir(dir);
             o.bind = SocketAddr::from(([127, 0, 0, 1], port));

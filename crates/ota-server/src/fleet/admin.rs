@@ -247,7 +247,11 @@ pub fn device_json(d: &Device) -> Value {
     })
 }
 
-async fn rollout_json(fleet: &Fleet, r: &RolloutRow, timeline: bool) -> Result<Value, ApiError> {
+pub(crate) async fn rollout_json(
+    fleet: &Fleet,
+    r: &RolloutRow,
+    timeline: bool,
+) -> Result<Value, ApiError> {
     let groups = fleet.store.groups(r.id).await?;
     let counts = fleet.store.group_counts(r.id).await?;
     let mut total = Counts::default();

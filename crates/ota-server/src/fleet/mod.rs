@@ -1,7 +1,7 @@
 //! The fleet server behind `ota serve --fleet`: hawkBit's Direct Device Integration API for
 //! devices (`ddi`), a JSON admin API for operators (`admin`), the rollout engine (`rollout`),
 //! the database (`store`), tokens (`auth`) and the releases taken from the folder's catalogue
-//! (`releases`).
+//! (`releases`), and the operator's web page at `/ui` (`ui`).
 
 pub mod admin;
 pub mod auth;
@@ -9,6 +9,7 @@ pub mod ddi;
 pub mod releases;
 pub mod rollout;
 pub mod store;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -122,10 +123,11 @@ impl Fleet {
         })
     }
 
-    /// Whether a path is one of the fleet's: `/api/v1/...` and this tenant's
-    /// `/{tenant}/controller/v1/...` (other paths, other tenants included, are files).
+    /// Whether a path is one of the fleet's: `/api/v1/...`, the page `/ui...` and this
+    /// tenant's `/{tenant}/controller/v1/...` (other paths, other tenants included, are files).
     pub fn owns(&self, path: &str) -> bool {
-        path.starts_with("/api/v1/")
+        ui::owns(path)
+            || path.starts_with("/api/v1/")
             || path == "/api/v1"
             || path
                 .strip_prefix('/')
@@ -142,7 +144,9 @@ impl Fleet {
         let base = self.link_base(&req);
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
-        let r = if path.starts_with("/api/v1") {
+        let r = if ui::owns(&path) {
+            ui::route(self, &parts, body).await
+        } else if path.starts_with("/api/v1") {
             admin::route(self, &parts, body).await
         } else {
             ddi::route(self, &parts, body, &base).await
