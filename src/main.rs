@@ -27,8 +27,8 @@ macro_rules! eprintln {
     };
 }
 
-mod cmd_delta;
 mod cmd_catalogue;
+mod cmd_delta;
 mod cmd_device;
 mod cmd_flash;
 mod cmd_fleet;

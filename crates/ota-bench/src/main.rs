@@ -7,8 +7,8 @@
 //! `__ota-serve DIR PORT` command that runs `ota_server::Server`, the code behind `ota serve`,
 //! so its peak RSS (`VmHWM`, reset per case through `/proc/PID/clear_refs`) is its own.
 
-mod delta_make;
 mod delta_apply;
+mod delta_make;
 mod load;
 mod secure_boot;
 

@@ -220,6 +220,7 @@ pub struct DeviceSettings {
     pub flash: FlashSettings,
     #[serde(default)]
     pub service: ServiceSettings,
+    #[serde(default)]
     pub secure_boot: SecureBootSettings,
 }
 
