@@ -19,7 +19,7 @@ use embedded_storage::nor_flash::NorFlash;
 use super::app::{AppUpdate, AppUpdateConfig, Committed};
 use super::UpdateError;
 use crate::delta::{
-    base_image_sha256, ApplyError, BaseImage, DeltaApplier, DeltaBase, DeltaError, EspDeltaHeader,
+    base_image_sha256, ApplyError, DeltaApplier, DeltaBase, DeltaError, EspDeltaHeader,
     ESP_DELTA_HEADER_LEN, ESP_DELTA_MAGIC,
 };
 use crate::flash::{FlashError, Region};
@@ -71,7 +71,8 @@ pub struct DeltaUpdate {
     app: AppUpdate,
     applier: DeltaApplier,
     running: Partition,
-    base: BaseImage,
+    base_sha256: [u8; 32],
+    base_len: u32,
     esp: EspHeader,
     required_base: Option<[u8; 32]>,
     front: Front,
@@ -102,7 +103,8 @@ impl DeltaUpdate {
             app,
             applier: DeltaApplier::new(base.image_len),
             running: *running,
-            base,
+            base_sha256: base.sha256,
+            base_len: base.image_len,
             esp: EspHeader::Optional,
             required_base: None,
             front: Front::Sniffing,
@@ -118,12 +120,12 @@ impl DeltaUpdate {
     /// The digest of the running image, as esp_delta_ota's header and a catalogue's
     /// `base_sha256` state it (`esp_partition_get_sha256`).
     pub fn base_sha256(&self) -> &[u8; 32] {
-        &self.base.sha256
+        &self.base_sha256
     }
 
     /// Bytes of the running image (the base the patch is applied to).
     pub fn base_len(&self) -> u32 {
-        self.base.image_len
+        self.base_len
     }
 
     /// Require (or not) the esp_delta_ota header in front of the patch.
@@ -134,10 +136,10 @@ impl DeltaUpdate {
     /// Refuse the update unless the running image's digest is `sha256` (e.g. the catalogue's
     /// `base_sha256` for this patch): checked now, before any byte of the patch is read.
     pub fn require_base(&mut self, sha256: [u8; 32]) -> Result<(), Error> {
-        if sha256 != self.base.sha256 {
+        if sha256 != self.base_sha256 {
             return Err(delta_err(DeltaError::BaseMismatch {
                 expected: sha256,
-                found: self.base.sha256,
+                found: self.base_sha256,
             }));
         }
         self.required_base = Some(sha256);
@@ -232,7 +234,7 @@ impl DeltaUpdate {
                 };
             }
             let h = EspDeltaHeader::parse(&self.sniff).map_err(delta_err)?;
-            h.check_base(&self.base.sha256).map_err(delta_err)?;
+            h.check_base(&self.base_sha256).map_err(delta_err)?;
             self.esp_len = ESP_DELTA_HEADER_LEN as u32;
         } else if self.esp == EspHeader::Required {
             let found =
@@ -248,7 +250,7 @@ impl DeltaUpdate {
         let mut base = SharedBase {
             flash: &cell,
             region: self.running.region(),
-            len: self.base.image_len,
+            len: self.base_len,
         };
         let app = &mut self.app;
         let policy = self.policy;

@@ -221,3 +221,15 @@ fn delta_update_with_a_corrupt_or_truncated_patch_never_commits() {
         assert_eq!(out.partition.offset, OTA_0);
     }
 }
+
+#[test]
+fn delta_update_ram_is_bounded() {
+    // The engine with the applier inside it: all of a delta update's state (no heap).
+    let n = core::mem::size_of::<DeltaUpdate>();
+    std::println!(
+        "DeltaUpdate: {n} bytes (AppUpdate {}, DeltaApplier {})",
+        core::mem::size_of::<AppUpdate>(),
+        core::mem::size_of::<crate::delta::DeltaApplier>()
+    );
+    assert!(n < 4096, "{n}");
+}
