@@ -7,6 +7,7 @@ use std::string::ToString;
 use std::vec;
 use std::vec::Vec;
 
+use embedded_storage::nor_flash::{NorFlash as _, ReadNorFlash as _};
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -232,4 +233,129 @@ fn delta_update_ram_is_bounded() {
         core::mem::size_of::<crate::delta::DeltaApplier>()
     );
     assert!(n < 4096, "{n}");
+}
+
+/// A flash that loses power after `left` erases or writes: every later one fails and changes
+/// nothing (reads still work, as they would until the brown-out).
+struct CutFlash {
+    inner: RamFlash,
+    left: usize,
+    ops: usize,
+}
+
+impl embedded_storage::nor_flash::ErrorType for CutFlash {
+    type Error = <RamFlash as embedded_storage::nor_flash::ErrorType>::Error;
+}
+
+impl embedded_storage::nor_flash::ReadNorFlash for CutFlash {
+    const READ_SIZE: usize = 4;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.inner.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+}
+
+impl CutFlash {
+    fn spend(&mut self) -> Result<(), <Self as embedded_storage::nor_flash::ErrorType>::Error> {
+        if self.left == 0 {
+            // Out of bounds is as good a failure as any: the operation does not happen.
+            let cap = self.inner.capacity() as u32;
+            return self.inner.erase(cap + 4096, cap + 8192);
+        }
+        self.left -= 1;
+        self.ops += 1;
+        Ok(())
+    }
+}
+
+impl embedded_storage::nor_flash::NorFlash for CutFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 4096;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.spend()?;
+        self.inner.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.spend()?;
+        self.inner.write(offset, bytes)
+    }
+}
+
+fn boots(f: &mut RamFlash, t: &PartitionTable) -> (u32, std::string::String) {
+    let out = boot::boot(f, t, Chip::Esp32, &BootConfig::default(), &mut |_| {})
+        .expect("the device must always boot");
+    let v = out.summary.app_desc.unwrap().version_str().to_string();
+    (out.partition.offset, v)
+}
+
+#[test]
+fn delta_update_cut_at_every_flash_operation_boots_and_the_rerun_completes() {
+    let old = app_image(Chip::Esp32, "app", "v1.0.0", 30_000);
+    let new = app_image(Chip::Esp32, "app", "v1.1.0", 34_000);
+    let p = make_patch(&old, &new, Compression::Heatshrink);
+    let (f0, t) = device(&old);
+    let running = *t.ota(0).unwrap();
+    // Count the erases and writes of an uninterrupted update.
+    let mut dry = CutFlash {
+        inner: RamFlash::new(f0.data.len()),
+        left: usize::MAX,
+        ops: 0,
+    };
+    dry.inner.data.copy_from_slice(&f0.data);
+    {
+        let mut u = DeltaUpdate::begin(&mut dry, &t, &running, cfg(), None).unwrap();
+        for c in p.chunks(1000) {
+            u.feed(&mut dry, c).unwrap();
+        }
+        u.finish(&mut dry).unwrap();
+    }
+    let total = dry.ops;
+    assert!(total > 10, "{total}");
+    std::println!(
+        "delta update: {total} erases and writes (exhaustive: {})",
+        std::env::var_os("OTA_SWEEP_EXHAUSTIVE").is_some()
+    );
+    // CI: every 7th cut point and the last 20 (the commit); OTA_SWEEP_EXHAUSTIVE=1 (the
+    // variable the power-cut sweeps use): every one.
+    let exhaustive =
+        std::env::var_os("OTA_SWEEP_EXHAUSTIVE").is_some_and(|v| v != "0" && !v.is_empty());
+    let cuts: Vec<usize> = (0..=total)
+        .filter(|&c| exhaustive || c % 7 == 0 || c + 20 >= total)
+        .collect();
+    for cut in cuts {
+        let mut f = CutFlash {
+            inner: RamFlash::new(f0.data.len()),
+            left: cut,
+            ops: 0,
+        };
+        f.inner.data.copy_from_slice(&f0.data);
+        let r = (|| -> Result<Committed, Error> {
+            let mut u = DeltaUpdate::begin(&mut f, &t, &running, cfg(), None)?;
+            u.set_version_policy(VersionPolicy::Newer);
+            for c in p.chunks(1000) {
+                u.feed(&mut f, c)?;
+            }
+            u.finish(&mut f)
+        })();
+        assert_eq!(
+            r.is_ok(),
+            cut == total,
+            "cut after {cut} of {total} operations"
+        );
+        let mut after = f.inner;
+        let (slot, version) = boots(&mut after, &t);
+        // The base is never touched: the device boots the old app or, after the otadata
+        // switch reached flash, the new one.
+        assert_eq!(&after.data[OTA_0 as usize..][..old.len()], &old[..]);
+        if slot == OTA_0 {
+            assert_eq!(version, "v1.0.0");
+            run(&mut after, &t, &p, 777, EspHeader::Optional)
+                .unwrap_or_else(|e| panic!("rerun after a cut at {cut}: {e}"));
+        } else {
+            assert_eq!(version, "v1.1.0", "cut at {cut}");
+        }
+        assert_eq!(boots(&mut after, &t), (OTA_1, "v1.1.0".to_string()));
+    }
 }
