@@ -124,6 +124,12 @@ pub struct ServeArgs {
     /// --sign-key`.)
     #[arg(long, value_name = "KEY.pem", conflicts_with = "store")]
     sign_key: Option<PathBuf>,
+    /// Folder store: make delta patches (detools sequential, heatshrink, esp_delta_ota
+    /// header) from this many previous versions of each chip and project to the newest, under
+    /// `.ota-delta/` in the folder, and list them in the newest entry's `deltas` (0: none).
+    #[arg(long, value_name = "N", default_value_t = ota_server::deltas::DEFAULT_DELTA_BASES as u16,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    delta_bases: u16,
     /// No access log.
     #[arg(long, short)]
     quiet: bool,
@@ -186,6 +192,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     };
     let opts = ServeOptions {
         sign_key: sign_key.clone(),
+        delta_bases: a.delta_bases as usize,
         bind: a.bind,
         store,
         tls,

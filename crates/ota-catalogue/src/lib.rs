@@ -80,6 +80,45 @@ pub struct CatalogueEntry {
     /// Why this file is not a valid image or tone bin. An entry with an error is never offered.
     #[serde(default)]
     pub error: Option<String>,
+    /// Apps: delta patches from older builds of the same project and chip to this one (`ota
+    /// serve` makes them for the previous versions of a folder). Written only when there are
+    /// some; a device that does not know the key ignores it (serde skips unknown keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaPatch>,
+}
+
+/// A delta patch to an app entry: a detools sequential patch behind the esp_delta_ota header
+/// (eerimoq/detools; espressif/idf-extra-components `esp_delta_ota`), stored content-addressed
+/// (its name is its SHA-256). A device whose running image's digest is `base_sha256` may
+/// download it instead of the entry's image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaPatch {
+    /// Where to download the patch (like [`CatalogueEntry::path`]).
+    pub path: String,
+    /// Bytes of the patch file.
+    pub size: u64,
+    /// SHA-256 of the patch file, lower-case hex: checked as it streams, before the result is
+    /// committed.
+    pub sha256: String,
+    /// The base's digest as the device computes it (`esp_partition_get_sha256` of the running
+    /// slot: the image's appended SHA-256), lower-case hex; also in the patch's esp header.
+    pub base_sha256: String,
+    /// The base's `version`, for logs.
+    #[serde(default)]
+    pub base_version: Option<String>,
+    /// SHA-256 of the image the patch produces (the entry's own `sha256`).
+    pub target_sha256: String,
+    /// detools' compression name (`heatshrink`, `none`).
+    pub compression: String,
+}
+
+impl CatalogueEntry {
+    /// The patch whose base is the image with digest `base_sha256`, if the entry has one.
+    pub fn delta_for(&self, base_sha256: &[u8; 32]) -> Option<&DeltaPatch> {
+        self.deltas
+            .iter()
+            .find(|d| parse_sha256(&d.base_sha256).as_ref() == Some(base_sha256))
+    }
 }
 
 /// The whole catalogue.

@@ -20,6 +20,7 @@ fn app(path: &str, chip: &str, project: &str, version: &str) -> CatalogueEntry {
         format: None,
         files: None,
         error: None,
+        deltas: Vec::new(),
     }
 }
 

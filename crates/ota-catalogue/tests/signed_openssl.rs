@@ -60,6 +60,7 @@ fn catalogue() -> Catalogue {
             format: Some(1),
             files: Some(3),
             error: None,
+            deltas: Vec::new(),
         }],
     }
 }

@@ -17,6 +17,7 @@ use ota_core::image::{ImageVerifier, IMAGE_MAGIC};
 use ota_core::tone::{ToneBin, ToneHeader, TONE_HEADER_SIZE};
 use sha2::{Digest, Sha256};
 
+use crate::deltas::DeltaMaker;
 use crate::local::{open_regular, read_stable, FileVersion, StableError, CHUNK};
 use ota_core::image::Hex;
 
@@ -77,6 +78,7 @@ pub fn analyse(path: &str, mut reader: impl Read) -> io::Result<CatalogueEntry> 
         format: None,
         files: None,
         error: None,
+        deltas: Vec::new(),
     };
     if let Mode::Undecided(first) = &mode {
         let first = first.clone();
@@ -298,6 +300,8 @@ pub struct DirCatalogue {
     known: HashMap<PathBuf, (Option<FileVersion>, CatalogueEntry)>,
     doc: Arc<RwLock<Arc<CatalogueDoc>>>,
     analyses: u64,
+    /// Delta patches to the newest version of each project ([`DirCatalogue::with_deltas`]).
+    deltas: DeltaMaker,
 }
 
 impl DirCatalogue {
@@ -315,12 +319,25 @@ impl DirCatalogue {
             None => CatalogueDoc::from_catalogue(empty),
         };
         DirCatalogue {
-            root,
             signer,
             known: HashMap::new(),
+            deltas: DeltaMaker::new(root.clone(), 0),
+            root,
             doc: Arc::new(RwLock::new(Arc::new(doc))),
             analyses: 0,
         }
+    }
+
+    /// Make delta patches from the `bases` previous versions of each chip and project to the
+    /// newest, and list them in its entry (0: none).
+    pub fn with_deltas(mut self, bases: usize) -> DirCatalogue {
+        self.deltas = DeltaMaker::new(self.root.clone(), bases);
+        self
+    }
+
+    /// The patch maker (its counters).
+    pub fn deltas(&self) -> &DeltaMaker {
+        &self.deltas
     }
 
     /// The shared handle the HTTP side reads.
@@ -353,7 +370,9 @@ impl DirCatalogue {
         }
         self.known = next;
         if changed {
-            let entries = self.known.values().map(|(_, e)| e.clone()).collect();
+            let mut entries: Vec<CatalogueEntry> =
+                self.known.values().map(|(_, e)| e.clone()).collect();
+            self.deltas.attach(&mut entries);
             let cat = CatalogueDoc::sorted(entries);
             let mut slot = self.doc.write().unwrap_or_else(|p| p.into_inner());
             // Compared without the serial: a signed document changes only with its entries.
@@ -429,6 +448,7 @@ fn io_entry(url: &str, size: u64, e: &io::Error) -> CatalogueEntry {
         format: None,
         files: None,
         error: Some(format!("could not be read: {e}")),
+        deltas: Vec::new(),
     }
 }
 

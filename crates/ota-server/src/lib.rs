@@ -6,6 +6,7 @@
 
 pub mod catalogue;
 pub mod conns;
+pub mod deltas;
 pub mod fleet;
 pub mod http;
 pub mod local;
@@ -117,6 +118,9 @@ pub struct ServeOptions {
     /// Folder store: sign every catalogue document with this key (`--sign-key`). An S3
     /// store's catalogue is signed by `ota publish --sign-key` and served as it is.
     pub sign_key: Option<Arc<ota_catalogue::signed::SigningKey>>,
+    /// Folder store: delta patches from this many previous versions of each chip and project
+    /// to the newest (`--delta-bases`, 0: none; see [`deltas`]).
+    pub delta_bases: usize,
 }
 
 impl ServeOptions {
@@ -133,6 +137,7 @@ impl ServeOptions {
             limits: ConnLimits::default(),
             fleet: None,
             sign_key: None,
+            delta_bases: deltas::DEFAULT_DELTA_BASES,
         }
     }
 }
@@ -204,10 +209,10 @@ impl Server {
                     source,
                 })?;
                 let root = dir.root().to_path_buf();
-                let scanner = Arc::new(Mutex::new(catalogue::DirCatalogue::with_signer(
-                    root.clone(),
-                    opts.sign_key.clone(),
-                )));
+                let scanner = Arc::new(Mutex::new(
+                    catalogue::DirCatalogue::with_signer(root.clone(), opts.sign_key.clone())
+                        .with_deltas(opts.delta_bases),
+                ));
                 let sc = scanner.clone();
                 tokio::task::spawn_blocking(move || {
                     sc.lock().unwrap_or_else(|p| p.into_inner()).rescan();

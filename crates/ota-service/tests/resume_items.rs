@@ -262,6 +262,7 @@ fn catalogue_item_reconnects_for_the_catalogue_and_for_the_image() {
             format: None,
             files: None,
             error: None,
+            deltas: Vec::new(),
         }],
     };
     let json = cat.to_json();
@@ -321,6 +322,7 @@ fn catalogue_image_that_changes_mid_download_is_checked_from_its_new_start() {
             format: None,
             files: None,
             error: None,
+            deltas: Vec::new(),
         }],
     };
     let cat_srv = FlakyServer::start(cat.to_json(), Faults::default()).unwrap();

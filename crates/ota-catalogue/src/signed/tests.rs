@@ -58,6 +58,7 @@ fn cat() -> Catalogue {
             format: None,
             files: None,
             error: None,
+            deltas: Vec::new(),
         }],
     }
 }

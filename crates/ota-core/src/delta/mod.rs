@@ -29,7 +29,7 @@ pub mod heatshrink;
 pub mod varint;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use apply::{DeltaApplier, CHUNK};
 pub use base::{base_image_sha256, BaseImage, DeltaBase, FlashBase, SliceBase, SliceBaseError};

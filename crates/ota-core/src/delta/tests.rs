@@ -12,10 +12,10 @@ use crate::mem_flash::MemFlash;
 
 /// One triple: diff bytes come from the base at the current position.
 #[derive(Clone, Debug)]
-struct Triple {
-    diff: Vec<u8>,
-    extra: Vec<u8>,
-    adjust: i32,
+pub(crate) struct Triple {
+    pub(crate) diff: Vec<u8>,
+    pub(crate) extra: Vec<u8>,
+    pub(crate) adjust: i32,
 }
 
 fn push_varint(out: &mut Vec<u8>, v: i32) {
@@ -24,7 +24,7 @@ fn push_varint(out: &mut Vec<u8>, v: i32) {
     out.extend_from_slice(&b[..n]);
 }
 
-fn body(triples: &[Triple]) -> Vec<u8> {
+pub(crate) fn body(triples: &[Triple]) -> Vec<u8> {
     let mut out = vec![0u8]; // dfpatch_size
     for t in triples {
         push_varint(&mut out, t.diff.len() as i32);
@@ -65,7 +65,7 @@ fn hs_encode(data: &[u8]) -> Vec<u8> {
     }
 }
 
-fn patch(compression: Compression, to_size: usize, body: &[u8]) -> Vec<u8> {
+pub(crate) fn patch(compression: Compression, to_size: usize, body: &[u8]) -> Vec<u8> {
     let mut out = vec![compression.id()];
     push_varint(&mut out, to_size as i32);
     if to_size == 0 {

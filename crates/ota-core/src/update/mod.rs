@@ -20,6 +20,9 @@ use crate::Error;
 
 mod app;
 mod data;
+mod delta;
+#[cfg(test)]
+mod delta_tests;
 mod rollback;
 #[cfg(test)]
 mod signed_tests;
@@ -28,6 +31,7 @@ mod tests;
 
 pub use app::{next_update_slot, AppCall, AppPhase, AppUpdate, AppUpdateConfig, Committed};
 pub use data::DataUpdate;
+pub use delta::{DeltaUpdate, EspHeader};
 pub use rollback::{
     begin_with_rollback, check_running_confirmed, mark_app_invalid_rollback,
     mark_app_valid_cancel_rollback, MarkedValid,
@@ -93,6 +97,9 @@ pub enum UpdateError {
     /// Secure Boot v2 / signed apps: the new app's signature was refused (checked before
     /// otadata is switched, or before any erase when the sector came early from the source).
     Signature(crate::secure_boot::AppSignatureError),
+    /// A delta update's patch was refused (wrong base, malformed, truncated; see
+    /// [`crate::delta::DeltaError`]). Nothing was erased when the base did not match.
+    Delta(crate::delta::DeltaError),
 }
 
 impl From<crate::staging::StagingError> for Error {
@@ -220,6 +227,7 @@ impl fmt::Display for UpdateError {
             UpdateError::Resume(e) => e.fmt(f),
             UpdateError::Guard(e) => e.fmt(f),
             UpdateError::Signature(e) => e.fmt(f),
+            UpdateError::Delta(e) => write!(f, "delta patch: {e}"),
         }
     }
 }

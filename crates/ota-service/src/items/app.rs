@@ -500,7 +500,7 @@ impl AppItem {
 
 /// The engine settings for this device: chip, rollback, and where the table is and how large
 /// the flash is (what the update must not write, `ota_core::guard`).
-fn app_config<F: NorFlash>(dev: &Device<'_, F>) -> AppUpdateConfig {
+pub(crate) fn app_config<F: NorFlash>(dev: &Device<'_, F>) -> AppUpdateConfig {
     AppUpdateConfig {
         chip: dev.chip,
         rollback: dev.rollback,

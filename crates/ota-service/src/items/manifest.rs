@@ -14,6 +14,7 @@ use embedded_storage::nor_flash::NorFlash;
 use ota_core::version::VersionPolicy;
 use sha2::{Digest, Sha256};
 
+use super::delta::{apply_patch, DeltaPlan, DeltaRun};
 use super::download::{Fetch, FetchSpec, Next, StreamCheck};
 use super::{source_error, AppItem};
 use crate::io::BoxFuture;
@@ -134,6 +135,9 @@ fn read_boxed<'a, 'e>(
 /// The catalogue is read this many bytes at a time.
 const CATALOGUE_CHUNK: usize = 4096;
 const TAG: &str = "OTA_MANIFEST";
+/// The delta path's log tag (esp_delta_ota's component name).
+const TAG_DELTA: &str = "esp_delta_ota";
+const TAG_DEFAULT: &str = "OTA_DEFAULT";
 
 /// The download URL of `entry_path` in the catalogue at `catalogue_uri`: absolute URLs as they
 /// are; `/x` on the catalogue's origin; anything else beside the catalogue.
@@ -350,7 +354,14 @@ pub struct ManifestItem {
     pub retry: RetryPolicy,
     /// Accept only a catalogue signed by this key, and newer than the last one accepted.
     pub trust: Option<CatalogueTrust>,
+    /// Download a delta patch the catalogue lists for the running image instead of the whole
+    /// image, falling back to the image when there is none or it fails (default: on).
+    pub deltas: bool,
     inner: Option<AppItem>,
+    /// The patch chosen in `prepare` (the full image is then opened only on fallback).
+    delta: Option<DeltaPlan>,
+    /// The chosen entry's version (the delta path's version check).
+    incoming_version: Option<String>,
     mismatch: Rc<RefCell<Option<String>>>,
 }
 
@@ -366,7 +377,10 @@ impl ManifestItem {
             break_after_fail: false,
             retry: RetryPolicy::default(),
             trust: None,
+            deltas: true,
             inner: None,
+            delta: None,
+            incoming_version: None,
             mismatch: Rc::new(RefCell::new(None)),
         }
     }
@@ -447,11 +461,107 @@ impl ManifestItem {
             Box::new(CatalogueCheck::new(size, sha256, mismatch.clone()))
         }));
         self.inner = Some(inner);
+        self.incoming_version = entry.version.clone();
+        self.delta = if self.deltas {
+            self.choose_delta(entry, dev, env)
+        } else {
+            None
+        };
+        if self.delta.is_some() {
+            // The full image is opened only if the patch fails.
+            return Ok(());
+        }
+        self.prepare_full(dev, env, id).await
+    }
+
+    async fn prepare_full<F: NorFlash>(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+        id: usize,
+    ) -> Result<(), ItemError> {
         let inner = self.inner.as_mut().ok_or_else(|| {
             ItemError::new(Reason::NullPointer, "manifest item lost its app item")
         })?;
         let r = UpgradeItem::<F>::prepare(inner, dev, env, id).await;
         r.map_err(|e| self.explain(e))
+    }
+
+    /// The patch the entry lists for the running image's digest (`esp_partition_get_sha256`
+    /// of the running slot), with a log line saying which one, or why the full image is used.
+    fn choose_delta<F: NorFlash>(
+        &self,
+        entry: &CatalogueEntry,
+        dev: &mut Device<'_, F>,
+        env: &mut Env<'_>,
+    ) -> Option<DeltaPlan> {
+        if entry.deltas.is_empty() {
+            env.info(
+                TAG_DELTA,
+                format!(
+                    "{}: the catalogue lists no patch to it: full image",
+                    entry.path
+                ),
+            );
+            return None;
+        }
+        let running = dev.running?;
+        let base =
+            match ota_core::delta::base_image_sha256(dev.flash, running.region(), Some(dev.chip)) {
+                Ok(b) => b,
+                Err(e) => {
+                    env.warn(
+                        TAG_DELTA,
+                        format!(
+                            "the running image in {} cannot be a patch base ({e}): full image",
+                            running.label.as_str()
+                        ),
+                    );
+                    return None;
+                }
+            };
+        let Some(d) = entry.delta_for(&base.sha256) else {
+            env.info(
+                TAG_DELTA,
+                format!(
+                    "no patch among the {} listed has the running image (sha256 {}) as its base: full image",
+                    entry.deltas.len(),
+                    Hex(&base.sha256)
+                ),
+            );
+            return None;
+        };
+        let Some(sha256) = parse_sha256(&d.sha256) else {
+            env.warn(
+                TAG_DELTA,
+                format!(
+                    "patch {} has no valid sha256 (`{}`): full image",
+                    d.path, d.sha256
+                ),
+            );
+            return None;
+        };
+        let url = resolve(&self.uri, &d.path);
+        env.info(
+            TAG_DELTA,
+            format!(
+                "patch from {} (sha256 {}…) to {}: {} bytes instead of {} ({} compression) at {}",
+                d.base_version.as_deref().unwrap_or("?"),
+                d.base_sha256.get(..16).unwrap_or(&d.base_sha256),
+                entry.version.as_deref().unwrap_or("?"),
+                d.size,
+                entry.size,
+                d.compression,
+                url
+            ),
+        );
+        Some(DeltaPlan {
+            url,
+            size: d.size,
+            sha256,
+            base_sha256: base.sha256,
+            image_size: entry.size,
+        })
     }
 
     async fn need_upgrade_hook<F: NorFlash>(
@@ -460,6 +570,35 @@ impl ManifestItem {
         env: &mut Env<'_>,
         id: usize,
     ) -> Result<Need, ItemError> {
+        if self.delta.is_some() {
+            let running = super::app::running_desc(dev);
+            let incoming = self.incoming_version.clone().unwrap_or_default();
+            if self.policy == VersionPolicy::None {
+                return Ok(Need::Yes);
+            }
+            return match ota_core::version::check(
+                self.policy,
+                running.as_ref().map(|d| d.version_str()),
+                &incoming,
+            ) {
+                ota_core::version::VersionVerdict::Accept => Ok(Need::Yes),
+                v => {
+                    env.warn(
+                        TAG_DEFAULT,
+                        "Current running version is the same as or higher than a new. We will not continue the update.",
+                    );
+                    Ok(Need::No(
+                        Reason::NoHigherVersion,
+                        format!(
+                            "{}: catalogue version '{}' is not accepted over the running '{}' ({v:?})",
+                            self.uri,
+                            incoming,
+                            running.as_ref().map(|d| d.version_str()).unwrap_or("?")
+                        ),
+                    ))
+                }
+            };
+        }
         let inner = self
             .inner
             .as_mut()
@@ -474,6 +613,37 @@ impl ManifestItem {
         env: &mut Env<'_>,
         id: usize,
     ) -> Result<(), ItemError> {
+        if let Some(plan) = self.delta.take() {
+            let run = DeltaRun {
+                plan: &plan,
+                policy: self.policy,
+                ca_pem: &self.ca_pem,
+                limits: self.limits,
+                retry: self.retry,
+            };
+            match apply_patch(run, dev, env, id).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    env.warn(
+                        TAG_DELTA,
+                        format!(
+                            "patch {} failed ({}): falling back to the full image",
+                            plan.url, e.message
+                        ),
+                    );
+                }
+            }
+            self.prepare_full(dev, env, id).await?;
+            let inner = self
+                .inner
+                .as_mut()
+                .ok_or_else(|| ItemError::new(Reason::NullPointer, "run prepare first"))?;
+            match UpgradeItem::<F>::need_upgrade(inner, dev, env, id).await {
+                Ok(Need::Yes) => {}
+                Ok(Need::No(reason, message)) => return Err(ItemError::new(reason, message)),
+                Err(e) => return Err(self.explain(e)),
+            }
+        }
         let inner = self
             .inner
             .as_mut()

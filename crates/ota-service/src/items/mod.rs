@@ -3,6 +3,7 @@
 mod app;
 mod data;
 pub mod ddi;
+mod delta;
 mod download;
 pub mod manifest;
 

@@ -1,0 +1,191 @@
+//! Delta updates end to end through the real binary: `ota serve` makes patches from the older
+//! versions in its folder to the newest and lists them in the catalogue; an emulated device
+//! whose running image is a listed base downloads the patch instead of the image, and falls
+//! back to the image when no patch matches or the patch is not the one the catalogue lists.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::served::Served;
+use common::*;
+
+fn make_image(out: &Path, version: &str) {
+    ok(&[
+        "image",
+        "make",
+        "--project",
+        "app",
+        "--version",
+        version,
+        "--size",
+        "120K",
+        "-o",
+        s(out),
+    ]);
+}
+
+/// A device (ESP32, the example table) running `run`, booted once.
+fn device(dir: &Path, run: &Path) -> PathBuf {
+    let flash = dir.join("flash.bin");
+    ok(&["device", "create", "--flash", s(&flash), "--app", s(run)]);
+    ok(&["device", "boot", "--flash", s(&flash)]);
+    flash
+}
+
+/// `www/` with app v1.0.0 (also returned: the image a device runs) and v1.1.0.
+fn www(dir: &Path) -> (PathBuf, PathBuf) {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let old = www.join("app-1.0.0.bin");
+    make_image(&old, "v1.0.0");
+    make_image(&www.join("app-1.1.0.bin"), "v1.1.0");
+    (www, old)
+}
+
+fn config(path: &Path, base: &str, key: Option<&Path>) {
+    let key_line = key.map_or(String::new(), |k| format!("catalogue_key = \"{}\"\n", s(k)));
+    std::fs::write(
+        path,
+        format!(
+            "{key_line}[[upgrade]]\ntype = \"app\"\nuri = \"{base}/manifest.json\"\n\
+             project = \"app\"\nversion_check = \"semver\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn boot_version(flash: &Path) -> String {
+    let o = ok(&["device", "boot", "--flash", s(flash), "--json"]);
+    let start = o.find('{').unwrap();
+    let v: serde_json::Value = serde_json::from_str(&o[start..o.rfind('}').unwrap() + 1]).unwrap();
+    v["version"].as_str().unwrap_or_default().to_string()
+}
+
+/// Bytes the server sent for GETs of paths containing `part` (its access log).
+fn served_bytes(log: &str, part: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(part))
+        .filter_map(|l| l.split("\" ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().nth(2))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// The single patch file `ota serve` wrote.
+fn patch_file(www: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(www.join(".ota-delta"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+fn run(flash: &Path, cfg: &Path, stack: &str) -> (bool, String) {
+    let o = ota(&[
+        "device",
+        "run",
+        "--flash",
+        s(flash),
+        "--config",
+        s(cfg),
+        "--stack",
+        stack,
+    ]);
+    (o.status.success(), text(&o))
+}
+
+#[test]
+fn delta_update_through_the_served_catalogue_downloads_the_patch_only() {
+    for stack in ["std", "embassy"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (www, old) = www(dir.path());
+        let flash = device(dir.path(), &old);
+        let srv = Served::start(&[s(&www)], &dir.path().join("serve.log"));
+        let patch = patch_file(&www);
+        let patch_len = std::fs::metadata(&patch).unwrap().len();
+        let image_len = std::fs::metadata(www.join("app-1.1.0.bin")).unwrap().len();
+        let cfg = dir.path().join("ota.toml");
+        config(&cfg, &srv.base, None);
+        let (okay, log) = run(&flash, &cfg, stack);
+        assert!(okay, "{stack}: {log}");
+        assert!(
+            log.contains("esp_delta_ota: patch from v1.0.0"),
+            "{stack}: {log}"
+        );
+        assert!(!log.contains("falling back"), "{stack}: {log}");
+        assert_eq!(boot_version(&flash), "v1.1.0");
+        let served = srv.log();
+        assert_eq!(served_bytes(&served, ".patch"), patch_len, "{served}");
+        assert_eq!(served_bytes(&served, "app-1.1.0.bin"), 0, "{served}");
+        assert!(patch_len < image_len);
+        // The running slot (ota_0) still holds the base, byte for byte.
+        let f = std::fs::read(&flash).unwrap();
+        let base = std::fs::read(&old).unwrap();
+        assert!(f[0x10000..0x10000 + base.len()] == base[..]);
+    }
+}
+
+#[test]
+fn delta_update_falls_back_to_the_image_when_no_patch_has_the_running_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (www, _) = www(dir.path());
+    let other = dir.path().join("run-0.9.bin");
+    make_image(&other, "v0.9.0");
+    let flash = device(dir.path(), &other);
+    let srv = Served::start(&[s(&www)], &dir.path().join("serve.log"));
+    let cfg = dir.path().join("ota.toml");
+    config(&cfg, &srv.base, None);
+    let (okay, log) = run(&flash, &cfg, "std");
+    assert!(okay, "{log}");
+    assert!(log.contains("as its base: full image"), "{log}");
+    assert_eq!(boot_version(&flash), "v1.1.0");
+    let served = srv.log();
+    assert_eq!(served_bytes(&served, ".patch"), 0, "{served}");
+    assert!(served_bytes(&served, "app-1.1.0.bin") > 0, "{served}");
+}
+
+#[test]
+fn delta_update_falls_back_when_the_patch_is_not_the_one_the_catalogue_lists() {
+    // Plain and signed catalogues: the patch file is replaced after the catalogue listed it
+    // (same length, one byte changed): its SHA-256 differs, the result is refused before
+    // otadata is switched and the full image is installed instead.
+    for signed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (www, old) = www(dir.path());
+        let flash = device(dir.path(), &old);
+        let mut args = vec![s(&www).to_string()];
+        let key = dir.path().join("k.pem");
+        let public = dir.path().join("k.pub.pem");
+        if signed {
+            ok(&[
+                "catalogue",
+                "keygen",
+                "--algorithm",
+                "ed25519",
+                "-o",
+                s(&key),
+            ]);
+            ok(&["catalogue", "pubkey", s(&key), "-o", s(&public)]);
+            args.extend(["--sign-key".to_string(), s(&key).to_string()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let srv = Served::start(&argv, &dir.path().join("serve.log"));
+        let patch = patch_file(&www);
+        let mut bytes = std::fs::read(&patch).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&patch, &bytes).unwrap();
+        let cfg = dir.path().join("ota.toml");
+        config(&cfg, &srv.base, signed.then_some(public.as_path()));
+        let (okay, log) = run(&flash, &cfg, "std");
+        assert!(okay, "signed {signed}: {log}");
+        assert!(log.contains("falling back to the full image"), "{log}");
+        assert!(log.contains("SHA-256"), "{log}");
+        assert_eq!(boot_version(&flash), "v1.1.0");
+        let served = srv.log();
+        assert!(served_bytes(&served, "app-1.1.0.bin") > 0, "{served}");
+    }
+}
