@@ -348,21 +348,10 @@ pub async fn evaluate(store: &Store, id: i64, now: i64) -> Result<(), RolloutErr
         };
         if state == "running" {
             if c.failure > 0 && c.failure * 100 >= r.error_threshold * c.total.max(1) {
-                if store
+                // Pauses the rollout too, in one transaction (see `group_transition`).
+                store
                     .group_transition(id, g.idx, "running", "error", now)
-                    .await?
-                {
-                    store
-                        .rollout_transition(
-                            id,
-                            &["running"],
-                            "paused",
-                            "paused: error threshold reached",
-                            Some(g.idx),
-                            now,
-                        )
-                        .await?;
-                }
+                    .await?;
                 return Ok(());
             }
             if c.open() == 0 {

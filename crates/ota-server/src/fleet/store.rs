@@ -964,7 +964,8 @@ impl Store {
     }
 
     /// Move a group from `from` to `to` while its rollout is `running`; starting a group
-    /// (`to = running`) offers its actions. Whether this call did it.
+    /// (`to = running`) offers its actions, an error (`to = error`) pauses the rollout in the
+    /// same transaction. Whether this call did it.
     pub async fn group_transition(
         &self,
         rollout: i64,
@@ -1005,8 +1006,41 @@ impl Store {
                 other => other,
             };
             Self::event(&mut tx, rollout, ev, Some(idx), now).await?;
+            // A group in error pauses its rollout in the same transaction: another server's
+            // engine pass must never see the group in error while the rollout still runs
+            // (it would take the error group as passed and start the next one).
+            let paused = if to == "error" {
+                let p = sqlx::query(
+                    "UPDATE rollouts SET state = 'paused', updated_at = $1
+                     WHERE id = $2 AND state = 'running'",
+                )
+                .bind(now)
+                .bind(rollout)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if p == 1 {
+                    Self::event(
+                        &mut tx,
+                        rollout,
+                        "paused: error threshold reached",
+                        Some(idx),
+                        now,
+                    )
+                    .await?;
+                }
+                p == 1
+            } else {
+                false
+            };
             tx.commit().await?;
             super::log('I', format_args!("rollout {rollout}: {ev} (group {idx})"));
+            if paused {
+                super::log(
+                    'I',
+                    format_args!("rollout {rollout}: paused: error threshold reached"),
+                );
+            }
             return Ok(true);
         }
         tx.commit().await?;
