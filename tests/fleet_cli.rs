@@ -2,63 +2,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::served::Served;
 use common::{ok, ota, text};
 
-struct Served {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(args: &[&str], log: &std::path::Path) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
-        .arg("serve")
-        .args(args)
-        .args(["--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut base = None;
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            if l.starts_with("Serving") {
-                base = l
-                    .split(" (")
-                    .nth(1)
-                    .and_then(|r| r.split("/)").next())
-                    .map(String::from);
-            }
-            if l.starts_with("fleet:") {
-                break;
-            }
-        }
-    }
-    Served {
-        child,
-        base: base.expect("ota serve banner"),
-    }
+    Served::start(args, log)
 }
 
 /// A poll, then (when it was accepted) the device's attributes; the poll's status.

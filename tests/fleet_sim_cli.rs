@@ -7,70 +7,29 @@ mod common;
 #[path = "../crates/ota-server/tests/fleet/pg.rs"]
 mod pg;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use common::served::Served;
 use common::{ok, ota, text};
 use serde_json::Value;
 
-struct Served {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(dir: &std::path::Path, db: &str) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
-        .arg("serve")
-        .arg(dir.join("www"))
-        .args(["--fleet", "--db", db, "--poll-sleep-s", "1"])
-        .arg("--admin-token-file")
-        .arg(dir.join("admin.token"))
-        .arg("--gateway-token-file")
-        .arg(dir.join("gw.token"))
-        .args(["--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("serve.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut base = None;
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            if l.starts_with("Serving") {
-                base = l
-                    .split(" (")
-                    .nth(1)
-                    .and_then(|r| r.split("/)").next())
-                    .map(String::from);
-            }
-            if l.starts_with("fleet:") {
-                break;
-            }
-        }
-    }
-    Served {
-        child,
-        base: base.expect("ota serve banner"),
-    }
+    let www = dir.join("www");
+    let admin = dir.join("admin.token");
+    let gw = dir.join("gw.token");
+    Served::start(
+        &[
+            www.to_str().unwrap(),
+            "--fleet",
+            "--db",
+            db,
+            "--poll-sleep-s",
+            "1",
+            "--admin-token-file",
+            admin.to_str().unwrap(),
+            "--gateway-token-file",
+            gw.to_str().unwrap(),
+        ],
+        &dir.join("serve.log"),
+    )
 }
 
 fn devices() -> usize {

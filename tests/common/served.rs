@@ -14,7 +14,7 @@ pub struct Served {
 }
 
 impl Served {
-    /// Start `ota serve ARGS --bind 127.0.0.1:0` and wait (at most 20 s) for its banner.
+    /// Start `ota serve ARGS --bind 127.0.0.1:0` and wait (at most 30 s) for its banner.
     pub fn start(args: &[&str], log: &Path) -> Served {
         Served::start_in(None, args, log)
     }
@@ -43,7 +43,7 @@ impl Served {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut lines = Vec::new();
         let mut base = None;
         while Instant::now() < deadline {
@@ -54,8 +54,12 @@ impl Served {
                             base = Some(b.to_string());
                         }
                     }
-                    let done = l.starts_with("catalogue:") && base.is_some();
                     lines.push(l);
+                    // With `--fleet`, also its `fleet:` line (the DDI server is up).
+                    let done = base.is_some()
+                        && lines.iter().any(|l| l.starts_with("catalogue:"))
+                        && (!args.contains(&"--fleet")
+                            || lines.iter().any(|l| l.starts_with("fleet:")));
                     if done && !args.contains(&"--tls-self-signed") {
                         break;
                     }
