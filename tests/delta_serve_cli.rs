@@ -189,3 +189,121 @@ fn delta_update_falls_back_when_the_patch_is_not_the_one_the_catalogue_lists() {
         assert!(served_bytes(&served, "app-1.1.0.bin") > 0, "{served}");
     }
 }
+
+/// The delta resume record in the flash file: (output bytes in the slot, patch byte to ask
+/// for next), or None.
+fn delta_checkpoint(flash: &Path) -> Option<(u32, u32)> {
+    use ota_core::resume::{RecordKind, ResumeLog};
+    let f = ota_emu::EmuFlash::open(flash).ok()?;
+    let mut dev = ota_emu::Device::open(f).ok()?;
+    let table = dev.table().clone();
+    let slot = *table.ota(1)?;
+    let log = ResumeLog::locate(&table, &slot)?;
+    let rec = log.read(dev.flash_mut()).ok()??;
+    let d = rec.delta?;
+    let esp = match rec.header.kind {
+        RecordKind::Delta { esp_header: true } => 64,
+        _ => 0,
+    };
+    Some((rec.progress, esp + d.checkpoint.patch_offset()))
+}
+
+/// How many bytes `device run` programs and erases for this update (on a copy of the flash).
+fn flash_bytes_of_run(flash: &Path, cfg: &Path) -> u64 {
+    let copy = flash.with_extension("dry");
+    std::fs::copy(flash, &copy).unwrap();
+    let o = ota(&[
+        "device",
+        "run",
+        "--flash",
+        s(&copy),
+        "--config",
+        s(cfg),
+        "--power-cut-after-bytes",
+        "4000000000",
+    ]);
+    let t = text(&o);
+    let n = t
+        .split("programmed or erased ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count: {t}"));
+    let _ = std::fs::remove_file(&copy);
+    n
+}
+
+#[test]
+fn delta_update_cut_by_a_power_loss_resumes_with_only_the_rest_of_the_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let old = www.join("app-1.0.0.bin");
+    let new = www.join("app-1.1.0.bin");
+    for (out, v, size, segs) in [(&old, "v1.0.0", "400K", "4"), (&new, "v1.1.0", "420K", "6")] {
+        ok(&[
+            "image",
+            "make",
+            "--project",
+            "app",
+            "--version",
+            v,
+            "--size",
+            size,
+            "--segments",
+            segs,
+            "-o",
+            s(out),
+        ]);
+    }
+    let flash = device(dir.path(), &old);
+    let srv = Served::start(&[s(&www)], &dir.path().join("serve.log"));
+    let patch_len = std::fs::metadata(patch_file(&www)).unwrap().len();
+    assert!(patch_len > 16_000, "{patch_len}");
+    let cfg = dir.path().join("ota.toml");
+    config(&cfg, &srv.base, None);
+    let total = flash_bytes_of_run(&flash, &cfg);
+    // Cut at about two thirds of the update's flash bytes: well past the first checkpoints.
+    let at = (total * 2 / 3).to_string();
+    let cut = ota(&[
+        "device",
+        "run",
+        "--flash",
+        s(&flash),
+        "--config",
+        s(&cfg),
+        "--power-cut-after-bytes",
+        &at,
+    ]);
+    assert_eq!(cut.status.code(), Some(3), "{}", text(&cut));
+    assert_eq!(boot_version(&flash), "v1.0.0");
+    let (output, resume_at) = delta_checkpoint(&flash).expect("a delta checkpoint after the cut");
+    assert!(output > 0 && resume_at > 0 && (resume_at as u64) < patch_len);
+    let before = srv.log().len();
+    // The rerun on the chip's stack (embassy-net over the emulated link, 4-byte flash words).
+    let (okay, log) = run(&flash, &cfg, "embassy");
+    assert!(okay, "{log}");
+    assert!(
+        log.contains(&format!(
+            "Resuming the delta update at patch byte {resume_at}"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("falling back"), "{log}");
+    assert_eq!(boot_version(&flash), "v1.1.0");
+    let served = srv.log()[before..].to_string();
+    assert_eq!(
+        served_bytes(&served, ".patch"),
+        patch_len - resume_at as u64,
+        "{served}"
+    );
+    assert!(served.contains(" 206 "), "{served}");
+    assert_eq!(served_bytes(&served, "app-1.1.0.bin"), 0, "{served}");
+    // The record is gone with the commit.
+    assert_eq!(delta_checkpoint(&flash), None);
+    println!(
+        "delta resume: cut at {at} of {total} flash bytes; resumed at output byte {output}, \
+         patch byte {resume_at}: the rerun fetched {} of {patch_len} patch bytes",
+        patch_len - resume_at as u64
+    );
+}

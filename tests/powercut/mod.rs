@@ -199,7 +199,8 @@ pub struct Report {
     pub booted_new: usize,
     /// Torn tone partitions ADF's `tone_partition_init` alone would have taken as valid.
     pub adf_init_fooled: usize,
-    /// Second runs that finished an interrupted staged copy.
+    /// Second runs that finished an interrupted staged copy, or resumed a delta update from
+    /// its checkpoint.
     pub resumed_copies: usize,
     pub total_bytes: u64,
     pub failures: Vec<String>,
@@ -232,7 +233,9 @@ impl ota_sim::Hooks for Harness {
     }
     fn event(&mut self, ev: ota_service::Event) {
         if let ota_service::Event::Log { message, .. } = &ev {
-            if message.starts_with("resuming the staged copy") {
+            if message.starts_with("resuming the staged copy")
+                || message.starts_with("Resuming the delta update")
+            {
                 self.resumed = true;
             }
         }
@@ -651,7 +654,7 @@ pub fn sweep_at<const W: usize>(s: &Scenario) -> Report {
         std::io::stderr(),
         "powercut sweep {}: {} cut points, {} unbootable ({} bytes programmed/erased; {} with \
          random torn-erase tails; booted old {} / new {}; {} torn tone partitions passed ADF's \
-         init but failed the CRC check; {} staged copies resumed; {} other failures) [{}]",
+         init but failed the CRC check; {} second runs resumed (staged copy or delta checkpoint); {} other failures) [{}]",
         s.name,
         report.cut_points,
         report.unbootable,

@@ -19,7 +19,7 @@
 //! | 4 | 1 | format version [`LOG_VERSION`] |
 //! | 5 | 1 | validator kind (1 ETag, 2 Last-Modified) |
 //! | 6 | 1 | validator length (1..=[`MAX_VALIDATOR_LEN`]) |
-//! | 7 | 1 | reserved, 0 |
+//! | 7 | 1 | record kind: 0 an image download, 1 a delta patch, 2 a delta patch behind the esp_delta_ota header |
 //! | 8 | 4 | target slot offset |
 //! | 12 | 4 | target slot size |
 //! | 16 | 4 | file length the server announced first |
@@ -27,7 +27,14 @@
 //! | 24 | 16 | first 16 bytes of SHA-256 of the URI |
 //! | 40 | 84 | validator text, 0-padded |
 //! | 124 | 4 | CRC-32 (ISO-HDLC) of bytes 0..124 |
-//! | 128 + 8·i | 8 | checkpoint i: offset u32, CRC-32 of (header CRC ‖ offset) |
+//! | 128 + 8·i | 8 | kind 0, checkpoint i: offset u32, CRC-32 of (header CRC ‖ offset) |
+//! | 128 + 344·i | 344 | kind 1 and 2, checkpoint i: the applier's [`Checkpoint`] record (308 bytes), the base image's SHA-256 (32), CRC-32 of (header CRC ‖ both) (4) |
+//!
+//! A delta checkpoint (kinds 1 and 2, [`RecordKind::Delta`]) holds the whole applier state at an
+//! output offset that is a multiple of the step (`crate::delta::Checkpoint`: decompressor
+//! window, patch position, block in progress), so a cut delta update resumes at that output
+//! byte and asks the server for the patch from the byte the applier had reached; the header's
+//! `total_len` is then the patch's length and the validator the patch file's. 11 fit a sector.
 //!
 //! On a flash whose write unit `W` is larger than a record ([`crate::flash`]), each record
 //! starts on its own word and the rest of the word stays 0xFF: the header takes
@@ -47,6 +54,7 @@ use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
 use crate::bytes::le32;
+use crate::delta::{Checkpoint, CHECKPOINT_LEN};
 use crate::flash::{Region, SECTOR_SIZE};
 use crate::partition::{Partition, PartitionTable};
 
@@ -60,35 +68,78 @@ pub const LOG_VERSION: u8 = 1;
 pub const HEADER_SIZE: usize = 128;
 /// Bytes of one checkpoint record.
 pub const ENTRY_SIZE: usize = 8;
+/// Bytes of one delta checkpoint record: the applier record, the base SHA-256, a CRC-32.
+pub const DELTA_ENTRY_SIZE: usize = CHECKPOINT_LEN + 32 + 4;
 /// Checkpoint records that fit after the header in one sector.
 pub const MAX_ENTRIES: usize = (SECTOR_SIZE as usize - HEADER_SIZE) / ENTRY_SIZE;
 /// Entries kept free for checkpoints torn by power cuts when choosing the step.
 pub const TORN_RESERVE: usize = 16;
 
+/// What the checkpoints of a resume record describe (byte 7 of the header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An image download: a checkpoint is the count of image bytes written and verified.
+    Image,
+    /// A delta update: a checkpoint is the applier's state at an output offset; the download
+    /// is the patch (`esp_header`: behind esp_delta_ota's 64-byte header).
+    Delta { esp_header: bool },
+}
+
+impl RecordKind {
+    fn id(self) -> u8 {
+        match self {
+            RecordKind::Image => 0,
+            RecordKind::Delta { esp_header: false } => 1,
+            RecordKind::Delta { esp_header: true } => 2,
+        }
+    }
+
+    fn from_id(id: u8) -> Option<RecordKind> {
+        Some(match id {
+            0 => RecordKind::Image,
+            1 => RecordKind::Delta { esp_header: false },
+            2 => RecordKind::Delta { esp_header: true },
+            _ => return None,
+        })
+    }
+
+    /// Bytes of one checkpoint record of this kind.
+    pub const fn entry_size(self) -> usize {
+        match self {
+            RecordKind::Image => ENTRY_SIZE,
+            RecordKind::Delta { .. } => DELTA_ENTRY_SIZE,
+        }
+    }
+}
+
+/// Distance between checkpoint records of `kind` on a flash with write unit `ws`: each starts
+/// on its own word.
+const fn stride(ws: u32, kind: RecordKind) -> usize {
+    crate::flash::round_up(kind.entry_size() as u32, ws) as usize
+}
+
 /// Where checkpoint `index` lies in the sector on a flash with write unit `ws`.
 pub const fn entry_offset(ws: u32, index: usize) -> u32 {
-    let stride = if ws as usize > ENTRY_SIZE {
-        ws as usize
-    } else {
-        ENTRY_SIZE
-    };
-    crate::flash::round_up(HEADER_SIZE as u32, ws) + (index * stride) as u32
+    entry_offset_of(ws, RecordKind::Image, index)
+}
+
+const fn entry_offset_of(ws: u32, kind: RecordKind, index: usize) -> u32 {
+    crate::flash::round_up(HEADER_SIZE as u32, ws) + (index * stride(ws, kind)) as u32
 }
 
 /// Checkpoint records that fit after the header with write unit `ws` ([`MAX_ENTRIES`] up to 8).
 pub const fn max_entries(ws: u32) -> usize {
-    let stride = if ws as usize > ENTRY_SIZE {
-        ws as usize
-    } else {
-        ENTRY_SIZE
-    };
-    (SECTOR_SIZE - crate::flash::round_up(HEADER_SIZE as u32, ws)) as usize / stride
+    max_entries_of(ws, RecordKind::Image)
 }
 
-/// Records kept free for torn checkpoints with write unit `ws`: [`TORN_RESERVE`], or a quarter
-/// of a small log.
-const fn torn_reserve(ws: u32) -> usize {
-    let quarter = max_entries(ws) / 4;
+/// Checkpoint records of `kind` that fit after the header with write unit `ws`.
+pub const fn max_entries_of(ws: u32, kind: RecordKind) -> usize {
+    (SECTOR_SIZE - crate::flash::round_up(HEADER_SIZE as u32, ws)) as usize / stride(ws, kind)
+}
+
+/// Records kept free for torn checkpoints: [`TORN_RESERVE`], or a quarter of a small log.
+const fn torn_reserve(ws: u32, kind: RecordKind) -> usize {
+    let quarter = max_entries_of(ws, kind) / 4;
     if quarter < TORN_RESERVE {
         quarter
     } else {
@@ -175,8 +226,14 @@ pub fn step_for(len: u32) -> u32 {
 
 /// [`step_for`] on a flash with write unit `ws`, whose log holds [`max_entries`]`(ws)` records.
 pub fn step_for_write_size(len: u32, ws: u32) -> u32 {
+    step_for_kind(len, ws, RecordKind::Image)
+}
+
+/// The checkpoint step for `len` bytes of output (the image, also for a delta update) in a
+/// log of `kind` records on a flash with write unit `ws`.
+pub fn step_for_kind(len: u32, ws: u32, kind: RecordKind) -> u32 {
     let sectors = len.div_ceil(SECTOR_SIZE).max(1);
-    let usable = (max_entries(ws) - torn_reserve(ws)).max(1) as u32;
+    let usable = (max_entries_of(ws, kind) - torn_reserve(ws, kind)).max(1) as u32;
     sectors.div_ceil(usable) * SECTOR_SIZE
 }
 
@@ -197,6 +254,13 @@ pub enum ResumeError {
         log_offset: u32,
         home_offset: Option<u32>,
     },
+    /// The record is of another kind than the update (an image download's record for a delta
+    /// update, or the reverse), or a delta record holds no usable checkpoint.
+    OtherKind { record: RecordKind },
+    /// The delta record's checkpoint was saved over another base image than the running one.
+    OtherBase,
+    /// A delta checkpoint was offered at an output offset the engine has not (exactly) written.
+    CheckpointNotDurable { output: u32, written: u32 },
 }
 
 impl core::error::Error for ResumeError {}
@@ -241,6 +305,23 @@ impl fmt::Display for ResumeError {
                 "the resume record at 0x{:x} is not the partition table's, and the target slot                  has no room for one: not writing it",
                 log_offset
             ),
+            ResumeError::OtherKind { record } => write!(
+                f,
+                "the resume record is for {} and holds no checkpoint this update can use",
+                match record {
+                    RecordKind::Image => "an image download",
+                    RecordKind::Delta { .. } => "a delta update",
+                }
+            ),
+            ResumeError::OtherBase => write!(
+                f,
+                "the delta checkpoint was saved over another base image than the running one"
+            ),
+            ResumeError::CheckpointNotDurable { output, written } => write!(
+                f,
+                "a delta checkpoint at output byte {} cannot be saved: {} bytes are written to flash",
+                output, written
+            ),
         }
     }
 }
@@ -256,6 +337,8 @@ pub struct ResumeHeader {
     pub step: u32,
     pub uri_hash: [u8; URI_HASH_LEN],
     pub validator: Validator,
+    /// What the checkpoints describe.
+    pub kind: RecordKind,
 }
 
 impl ResumeHeader {
@@ -268,6 +351,7 @@ impl ResumeHeader {
             step: step_for(total_len),
             uri_hash: uri_hash(uri),
             validator,
+            kind: RecordKind::Image,
         }
     }
 
@@ -284,6 +368,7 @@ impl ResumeHeader {
         b[4] = LOG_VERSION;
         b[5] = self.validator.kind as u8;
         b[6] = self.validator.len;
+        b[7] = self.kind.id();
         b[8..12].copy_from_slice(&self.slot_offset.to_le_bytes());
         b[12..16].copy_from_slice(&self.slot_size.to_le_bytes());
         b[16..20].copy_from_slice(&self.total_len.to_le_bytes());
@@ -309,6 +394,7 @@ impl ResumeHeader {
             2 => ValidatorKind::LastModified,
             _ => return None,
         };
+        let record_kind = RecordKind::from_id(b[7])?;
         let len = b[6] as usize;
         let text = b.get(40..40 + len)?;
         let validator = Validator::new(kind, core::str::from_utf8(text).ok()?)?;
@@ -325,6 +411,7 @@ impl ResumeHeader {
             step,
             uri_hash,
             validator,
+            kind: record_kind,
         })
     }
 
@@ -348,6 +435,47 @@ impl ResumeHeader {
         let offset = le32(e, 0);
         (self.entry(offset) == *e).then_some(offset)
     }
+
+    fn delta_crc(&self, cp: &[u8], base: &[u8; 32]) -> u32 {
+        let mut digest = CRC32.digest();
+        digest.update(&self.crc().to_le_bytes());
+        digest.update(cp);
+        digest.update(base);
+        digest.finalize()
+    }
+
+    fn delta_entry(&self, d: &DeltaCheckpoint) -> [u8; DELTA_ENTRY_SIZE] {
+        let mut e = [0u8; DELTA_ENTRY_SIZE];
+        let cp = d.checkpoint.to_bytes();
+        e[..CHECKPOINT_LEN].copy_from_slice(&cp);
+        e[CHECKPOINT_LEN..CHECKPOINT_LEN + 32].copy_from_slice(&d.base_sha256);
+        let crc = self.delta_crc(&cp, &d.base_sha256);
+        e[CHECKPOINT_LEN + 32..].copy_from_slice(&crc.to_le_bytes());
+        e
+    }
+
+    /// The delta checkpoint a record holds, if it is intact and belongs to this header.
+    fn parse_delta_entry(&self, e: &[u8; DELTA_ENTRY_SIZE]) -> Option<DeltaCheckpoint> {
+        let (cp, rest) = e.split_at(CHECKPOINT_LEN);
+        let mut base = [0u8; 32];
+        base.copy_from_slice(&rest[..32]);
+        if self.delta_crc(cp, &base) != le32(rest, 32) {
+            return None;
+        }
+        let checkpoint = Checkpoint::from_bytes(cp).ok()?;
+        Some(DeltaCheckpoint {
+            checkpoint,
+            base_sha256: base,
+        })
+    }
+}
+
+/// A delta update's checkpoint: the applier's state and the base it was applied to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// SHA-256 of the base image (the running slot's, `delta::base_image_sha256`).
+    pub base_sha256: [u8; 32],
 }
 
 /// A header with the progress its checkpoints record.
@@ -356,6 +484,8 @@ pub struct ResumeRecord {
     pub header: ResumeHeader,
     /// Bytes of the image written and verified (the highest intact checkpoint; 0 if none).
     pub progress: u32,
+    /// For a delta record: the checkpoint `progress` comes from.
+    pub delta: Option<DeltaCheckpoint>,
     /// Index of the first unused checkpoint record (after any torn one).
     next_entry: usize,
     /// Records the sector holds on this flash ([`max_entries`]).
@@ -450,62 +580,77 @@ impl ResumeLog {
             return Ok(None);
         };
         let ws = crate::flash::write_size::<F>();
-        let capacity = max_entries(ws);
-        let mut progress = 0u32;
-        let mut next_entry = 0usize;
-        let mut index = 0usize;
-        if ws as usize <= ENTRY_SIZE {
-            let mut buf = crate::flash::Aligned::<{ ENTRY_SIZE * 16 }>::filled(0);
-            while index < capacity {
-                let n = (capacity - index).min(16);
-                let chunk = &mut buf[..n * ENTRY_SIZE];
-                self.region.read(flash, entry_offset(ws, index), chunk)?;
-                for (k, raw) in chunk.chunks_exact(ENTRY_SIZE).enumerate() {
+        let capacity = max_entries_of(ws, header.kind);
+        let mut rec = ResumeRecord {
+            header,
+            progress: 0,
+            delta: None,
+            next_entry: 0,
+            capacity,
+        };
+        match header.kind {
+            RecordKind::Image if ws as usize <= ENTRY_SIZE => {
+                let mut buf = crate::flash::Aligned::<{ ENTRY_SIZE * 16 }>::filled(0);
+                let mut index = 0usize;
+                while index < capacity {
+                    let n = (capacity - index).min(16);
+                    let chunk = &mut buf[..n * ENTRY_SIZE];
+                    self.region.read(flash, entry_offset(ws, index), chunk)?;
+                    for (k, raw) in chunk.chunks_exact(ENTRY_SIZE).enumerate() {
+                        let mut e = [0u8; ENTRY_SIZE];
+                        e.copy_from_slice(raw);
+                        self.take_entry(&mut rec, index + k, &e);
+                    }
+                    index += n;
+                }
+            }
+            RecordKind::Image => {
+                for index in 0..capacity {
                     let mut e = [0u8; ENTRY_SIZE];
-                    e.copy_from_slice(raw);
-                    if let Some(used) = self.take_entry(&header, &e, &mut progress) {
-                        if used {
-                            next_entry = index + k + 1;
-                        }
+                    self.region.read(flash, entry_offset(ws, index), &mut e)?;
+                    self.take_entry(&mut rec, index, &e);
+                }
+            }
+            RecordKind::Delta { .. } => {
+                let mut e = crate::flash::Aligned::<DELTA_ENTRY_SIZE>::filled(0);
+                for index in 0..capacity {
+                    let at = entry_offset_of(ws, header.kind, index);
+                    self.region.read(flash, at, &mut e.0)?;
+                    if e.iter().all(|&b| b == ERASED) {
+                        continue;
+                    }
+                    rec.next_entry = index + 1;
+                    let Some(d) = header.parse_delta_entry(&e.0) else {
+                        continue;
+                    };
+                    let off = d.checkpoint.output_offset();
+                    if off > 0
+                        && off.is_multiple_of(SECTOR_SIZE)
+                        && off <= self.image_limit
+                        && off > rec.progress
+                    {
+                        rec.progress = off;
+                        rec.delta = Some(d);
                     }
                 }
-                index += n;
-            }
-        } else {
-            while index < capacity {
-                let mut e = [0u8; ENTRY_SIZE];
-                self.region.read(flash, entry_offset(ws, index), &mut e)?;
-                if let Some(true) = self.take_entry(&header, &e, &mut progress) {
-                    next_entry = index + 1;
-                }
-                index += 1;
             }
         }
-        Ok(Some(ResumeRecord {
-            header,
-            progress,
-            next_entry,
-            capacity,
-        }))
+        Ok(Some(rec))
     }
 
-    /// One checkpoint record read back: `Some(false)` if erased, `Some(true)` if used (its
-    /// offset, when intact, sector-aligned and inside the usable area, raises `progress`).
-    fn take_entry(
-        &self,
-        header: &ResumeHeader,
-        e: &[u8; ENTRY_SIZE],
-        progress: &mut u32,
-    ) -> Option<bool> {
+    /// One image checkpoint record read back: an erased one is free; a used one moves
+    /// `next_entry` past it, and its offset, when intact, sector-aligned and inside the usable
+    /// area, raises `progress`.
+    fn take_entry(&self, rec: &mut ResumeRecord, index: usize, e: &[u8; ENTRY_SIZE]) {
         if e.iter().all(|&b| b == ERASED) {
-            return Some(false);
+            return;
         }
-        if let Some(off) = header.parse_entry(e) {
+        rec.next_entry = index + 1;
+        if let Some(off) = rec.header.parse_entry(e) {
             if off.is_multiple_of(SECTOR_SIZE) && off <= self.image_limit {
-                *progress = (*progress).max(off);
+                rec.progress = rec.progress.max(off);
             }
         }
-        Some(true)
     }
 
     /// Start a new log for `header`: erase the sector (unless blank), then write the header.
@@ -519,8 +664,9 @@ impl ResumeLog {
         Ok(ResumeRecord {
             header: *header,
             progress: 0,
+            delta: None,
             next_entry: 0,
-            capacity: max_entries(crate::flash::write_size::<F>()),
+            capacity: max_entries_of(crate::flash::write_size::<F>(), header.kind),
         })
     }
 
@@ -532,7 +678,8 @@ impl ResumeLog {
         record: &mut ResumeRecord,
         offset: u32,
     ) -> Result<bool, crate::Error> {
-        if record.is_full() || offset <= record.progress {
+        if record.is_full() || offset <= record.progress || record.header.kind != RecordKind::Image
+        {
             return Ok(false);
         }
         let at = entry_offset(crate::flash::write_size::<F>(), record.next_entry);
@@ -540,6 +687,34 @@ impl ResumeLog {
         record.next_entry += 1;
         self.region.write(flash, at, &record.header.entry(offset))?;
         record.progress = offset;
+        Ok(true)
+    }
+
+    /// Append a delta checkpoint: the first `d.checkpoint.output_offset()` output bytes are
+    /// written and verified, and the applier state at that byte is `d.checkpoint`. Returns
+    /// `false` (and writes nothing) when the log is full, is not a delta log, or the offset is
+    /// not past the last checkpoint.
+    pub fn checkpoint_delta<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        record: &mut ResumeRecord,
+        d: &DeltaCheckpoint,
+    ) -> Result<bool, crate::Error> {
+        let offset = d.checkpoint.output_offset();
+        let kind = record.header.kind;
+        if record.is_full() || offset <= record.progress || kind == RecordKind::Image {
+            return Ok(false);
+        }
+        let ws = crate::flash::write_size::<F>();
+        let at = entry_offset_of(ws, kind, record.next_entry);
+        record.next_entry += 1;
+        let mut e =
+            crate::flash::Aligned::<{ DELTA_ENTRY_SIZE + crate::flash::MAX_WORD }>::filled(ERASED);
+        e[..DELTA_ENTRY_SIZE].copy_from_slice(&record.header.delta_entry(d));
+        let len = crate::flash::round_up(DELTA_ENTRY_SIZE as u32, ws) as usize;
+        self.region.write(flash, at, &e[..len])?;
+        record.progress = offset;
+        record.delta = Some(*d);
         Ok(true)
     }
 

@@ -69,6 +69,8 @@ pub enum DeltaError {
     Failed { offset: u64 },
     /// A checkpoint record is damaged, from another version, or for another patch / base.
     BadCheckpoint { reason: &'static str },
+    /// The patched image is not the one the caller expected (a catalogue's `target_sha256`).
+    TargetMismatch { expected: [u8; 32], found: [u8; 32] },
 }
 
 impl core::error::Error for DeltaError {}
@@ -193,6 +195,12 @@ impl fmt::Display for DeltaError {
                 "delta patch offset {offset}: the applier stopped at an earlier error"
             ),
             DeltaError::BadCheckpoint { reason } => write!(f, "delta checkpoint: {reason}"),
+            DeltaError::TargetMismatch { expected, found } => write!(
+                f,
+                "the patched image's SHA-256 is {}, the catalogue lists {}: not switching to it",
+                Hex(&found),
+                Hex(&expected)
+            ),
         }
     }
 }

@@ -8,7 +8,9 @@ use crate::guard::FlashMap;
 use crate::image::{self, AppDesc, ImageHeader, ImageSummary, ImageVerifier, IMAGE_PREFIX_LEN};
 use crate::otadata::OtaData;
 use crate::partition::{Partition, PartitionTable};
-use crate::resume::{ResumeError, ResumeHeader, ResumeLog, ResumeRecord};
+use crate::resume::{
+    DeltaCheckpoint, RecordKind, ResumeError, ResumeHeader, ResumeLog, ResumeRecord,
+};
 use crate::secure_boot::{self, AppSignatures, SignatureSector, TrustContext};
 use crate::version::{self, VersionPolicy, VersionVerdict};
 use crate::Error;
@@ -293,6 +295,24 @@ impl AppUpdate {
         log: ResumeLog,
         record: ResumeRecord,
     ) -> Result<AppUpdate, Error> {
+        if record.header.kind != RecordKind::Image {
+            return Err(UpdateError::Resume(ResumeError::OtherKind {
+                record: record.header.kind,
+            })
+            .into());
+        }
+        AppUpdate::resume_output(flash, table, running, cfg, log, record)
+    }
+
+    /// [`AppUpdate::resume`] for a record of any kind (a delta update resumes its output so).
+    pub(crate) fn resume_output<F: NorFlash>(
+        flash: &mut F,
+        table: &PartitionTable,
+        running: Option<&Partition>,
+        cfg: AppUpdateConfig,
+        log: ResumeLog,
+        record: ResumeRecord,
+    ) -> Result<AppUpdate, Error> {
         let mut u = AppUpdate::begin(table, running, cfg, None)?;
         let h = record.header;
         if h.slot_offset != u.slot.offset || h.slot_size != u.slot.size {
@@ -350,6 +370,58 @@ impl AppUpdate {
         self.journal.map(|j| j.log)
     }
 
+    /// Make the resume log started at the first write a delta update's (its checkpoints are
+    /// appended by the delta update with [`AppUpdate::checkpoint_delta`], not after each write).
+    /// Only before the first write, with a log enabled.
+    pub(crate) fn set_resume_kind(&mut self, kind: RecordKind) {
+        if self.state == AppPhase::Writing {
+            return;
+        }
+        if let Some(Journal {
+            header: Some(h), ..
+        }) = &mut self.journal
+        {
+            h.kind = kind;
+        }
+    }
+
+    /// Append a delta checkpoint to the resume log: `d`'s output offset must be exactly the
+    /// bytes written to flash (and read back) so far. `Ok(false)`: no delta log is kept, or the
+    /// log is full.
+    pub(crate) fn checkpoint_delta<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        d: &DeltaCheckpoint,
+    ) -> Result<bool, Error> {
+        let Some(Journal {
+            log,
+            record: Some(mut rec),
+            ..
+        }) = self.journal
+        else {
+            return Ok(false);
+        };
+        let output = d.checkpoint.output_offset();
+        let (written, flushed) = (self.writer.written(), self.writer.flushed());
+        if output != written || output != flushed {
+            return Err(UpdateError::Resume(ResumeError::CheckpointNotDurable {
+                output,
+                written: flushed,
+            })
+            .into());
+        }
+        let r = log.checkpoint_delta(flash, &mut rec, d);
+        if let Some(j) = &mut self.journal {
+            j.record = Some(rec);
+        }
+        r
+    }
+
+    /// The resume record this update appends to (None without a log, or before its start).
+    pub(crate) fn resume_record(&self) -> Option<ResumeRecord> {
+        self.journal.and_then(|j| j.record)
+    }
+
     /// Limit the image to the first `limit` bytes of the slot (the rest holds the resume log).
     fn limit_to(&mut self, limit: u32) {
         let limit = limit.min(self.slot.size);
@@ -404,6 +476,10 @@ impl AppUpdate {
                 .into());
             }
             at += piece.len() as u32;
+        }
+        if rec.header.kind != RecordKind::Image {
+            // A delta update appends its own checkpoints (applier state included).
+            return Ok(());
         }
         let step = rec.header.step;
         let cp = to / step * step;
@@ -614,15 +690,18 @@ impl AppUpdate {
                         Some(mut h) => {
                             // Fewer checkpoint records fit a sector when they are padded to
                             // a large write unit: a longer step keeps the log from filling.
-                            let basis = if h.total_len > 0 {
-                                h.total_len
-                            } else {
-                                j.log.image_limit()
-                            };
-                            h.step = h.step.max(crate::resume::step_for_write_size(
-                                basis,
-                                flash::write_size::<F>(),
-                            ));
+                            // (A delta update's step is for its output: set by the caller.)
+                            if h.kind == RecordKind::Image {
+                                let basis = if h.total_len > 0 {
+                                    h.total_len
+                                } else {
+                                    j.log.image_limit()
+                                };
+                                h.step = h.step.max(crate::resume::step_for_write_size(
+                                    basis,
+                                    flash::write_size::<F>(),
+                                ));
+                            }
                             j.header = Some(h);
                             j.record = Some(j.log.start(flash, &h)?);
                         }

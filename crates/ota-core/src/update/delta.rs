@@ -15,6 +15,7 @@
 use core::cell::RefCell;
 
 use embedded_storage::nor_flash::NorFlash;
+use sha2::{Digest, Sha256};
 
 use super::app::{AppUpdate, AppUpdateConfig, Committed};
 use super::UpdateError;
@@ -23,8 +24,11 @@ use crate::delta::{
     ESP_DELTA_HEADER_LEN, ESP_DELTA_MAGIC,
 };
 use crate::flash::{FlashError, Region};
-use crate::image::AppDesc;
+use crate::image::{AppDesc, VERIFY_CHUNK};
 use crate::partition::{Partition, PartitionTable};
+use crate::resume::{
+    step_for_kind, DeltaCheckpoint, RecordKind, ResumeError, ResumeHeader, ResumeLog, ResumeRecord,
+};
 use crate::version::VersionPolicy;
 use crate::Error;
 
@@ -83,6 +87,15 @@ pub struct DeltaUpdate {
     policy: VersionPolicy,
     running_desc: Option<AppDesc>,
     version_checked: bool,
+    /// The image size the caller announced (the catalogue's), if any.
+    expected_size: Option<u64>,
+    /// Output bytes between checkpoints (0: no resume log is kept).
+    step: u32,
+    /// Output offset of the next checkpoint.
+    next_checkpoint: u32,
+    /// SHA-256 of the output so far (checked against [`DeltaUpdate::require_target`]).
+    output_hash: Sha256,
+    target_sha256: Option<[u8; 32]>,
 }
 
 impl DeltaUpdate {
@@ -114,7 +127,115 @@ impl DeltaUpdate {
             policy: VersionPolicy::None,
             running_desc,
             version_checked: false,
+            expected_size,
+            step: 0,
+            next_checkpoint: 0,
+            output_hash: Sha256::new(),
+            target_sha256: None,
         })
+    }
+
+    /// Continue a delta update a power cut (or a lost connection) interrupted, from the last
+    /// checkpoint of its resume record: the base must be the running image it was saved over,
+    /// the output bytes already in the slot go through a fresh verifier and digest
+    /// ([`AppUpdate::resume`]), and the applier is rebuilt from the saved state
+    /// ([`DeltaApplier::resume`]). Feed the patch from [`DeltaUpdate::patch_offset`] on (bytes
+    /// from the start of the patch file, esp_delta_ota header included). An error means the
+    /// record cannot be used: start over with [`DeltaUpdate::begin`].
+    pub fn resume<F: NorFlash>(
+        flash: &mut F,
+        table: &PartitionTable,
+        running: &Partition,
+        cfg: AppUpdateConfig,
+        log: ResumeLog,
+        record: ResumeRecord,
+    ) -> Result<DeltaUpdate, Error> {
+        let kind = record.header.kind;
+        let (RecordKind::Delta { esp_header }, Some(d)) = (kind, record.delta) else {
+            return Err(UpdateError::Resume(ResumeError::OtherKind { record: kind }).into());
+        };
+        let base = base_image_sha256(flash, running.region(), Some(cfg.chip))?;
+        if base.sha256 != d.base_sha256 {
+            return Err(UpdateError::Resume(ResumeError::OtherBase).into());
+        }
+        let applier = DeltaApplier::resume(&d.checkpoint, base.image_len).map_err(delta_err)?;
+        let n = record.progress;
+        let app = AppUpdate::resume_output(flash, table, Some(running), cfg, log, record)?;
+        // The digest of the output so far, from the bytes in the slot.
+        let mut output_hash = Sha256::new();
+        let region = app.slot().region();
+        let mut buf = crate::flash::Aligned::<{ VERIFY_CHUNK }>::filled(0);
+        let mut off = 0u32;
+        while off < n {
+            let k = (n - off).min(VERIFY_CHUNK as u32);
+            region.read(flash, off, &mut buf[..k as usize])?;
+            output_hash.update(&buf[..k as usize]);
+            off += k;
+        }
+        let step = record.header.step;
+        Ok(DeltaUpdate {
+            app,
+            applier,
+            running: *running,
+            base_sha256: base.sha256,
+            base_len: base.image_len,
+            esp: EspHeader::Optional,
+            required_base: None,
+            front: Front::Body,
+            sniff: [0; ESP_DELTA_HEADER_LEN],
+            sniff_len: 0,
+            esp_len: if esp_header {
+                ESP_DELTA_HEADER_LEN as u32
+            } else {
+                0
+            },
+            policy: VersionPolicy::None,
+            running_desc: base.summary.loader_app_desc,
+            version_checked: false,
+            expected_size: None,
+            step,
+            next_checkpoint: n.saturating_add(step),
+            output_hash,
+            target_sha256: None,
+        })
+    }
+
+    /// Keep a resume log for this delta update (`header`: the patch download's URI, validator
+    /// and length). Before the first output byte reaches the slot the log sector is erased and
+    /// the header written; then, every [`ResumeHeader::step`] output bytes, once they are in
+    /// flash and read back, the applier's state is appended ([`crate::resume::RecordKind::Delta`]).
+    /// The step is chosen here from the image size given to [`DeltaUpdate::begin`] (else the
+    /// slot's) so that the log's 11 records last. Errors (no room for the log in the slot, a
+    /// foreign log) leave the update without a log.
+    pub fn enable_resume<F: NorFlash>(
+        &mut self,
+        log: ResumeLog,
+        mut header: ResumeHeader,
+    ) -> Result<(), Error> {
+        header.kind = RecordKind::Delta {
+            esp_header: self.esp_len > 0,
+        };
+        let out_len = self
+            .expected_size
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(log.image_limit());
+        header.step = step_for_kind(out_len, crate::flash::write_size::<F>(), header.kind);
+        self.app.enable_resume(log, header, self.expected_size)?;
+        self.step = header.step;
+        self.next_checkpoint = header.step;
+        Ok(())
+    }
+
+    /// Output bytes between the checkpoints of the resume log (0: none is kept).
+    pub fn checkpoint_step(&self) -> u32 {
+        self.step
+    }
+
+    /// Refuse the result before otadata is switched unless its SHA-256 (all output bytes) is
+    /// `sha256` (a catalogue's `target_sha256`): what makes a resumed patch download, whose
+    /// first part is not re-read, as safe as one checked from byte 0.
+    pub fn require_target(&mut self, sha256: [u8; 32]) {
+        self.target_sha256 = Some(sha256);
     }
 
     /// The digest of the running image, as esp_delta_ota's header and a catalogue's
@@ -242,10 +363,56 @@ impl DeltaUpdate {
             return Err(delta_err(DeltaError::EspHeaderMagic { found }));
         }
         self.front = Front::Body;
+        // A resume needs to know where the detools patch starts in the file.
+        self.app.set_resume_kind(RecordKind::Delta {
+            esp_header: self.esp_len > 0,
+        });
         Ok(rest)
     }
 
-    fn body<F: NorFlash>(&mut self, flash: &mut F, chunk: &[u8]) -> Result<(), Error> {
+    fn body<F: NorFlash>(&mut self, flash: &mut F, mut chunk: &[u8]) -> Result<(), Error> {
+        loop {
+            let limit = if self.step > 0 {
+                self.next_checkpoint
+            } else {
+                u32::MAX
+            };
+            let used = self.apply(flash, chunk, limit)?;
+            chunk = &chunk[used..];
+            if self.step > 0 && self.applier.output_offset() >= self.next_checkpoint {
+                self.save_checkpoint(flash)?;
+                continue;
+            }
+            if chunk.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The applier's state at this output byte, appended to the resume log (the bytes below it
+    /// are in flash and read back: the engine checked them after its write).
+    fn save_checkpoint<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Error> {
+        self.next_checkpoint = self.next_checkpoint.saturating_add(self.step);
+        let Some(checkpoint) = self.applier.checkpoint() else {
+            return Ok(());
+        };
+        if !self.app.prefix_complete() || self.app.resume_record().is_none() {
+            return Ok(());
+        }
+        let d = DeltaCheckpoint {
+            checkpoint,
+            base_sha256: self.base_sha256,
+        };
+        self.app.checkpoint_delta(flash, &d).map(|_| ())
+    }
+
+    /// Feed `chunk` to the applier until the output reaches `limit`; returns the bytes used.
+    fn apply<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        chunk: &[u8],
+        limit: u32,
+    ) -> Result<usize, Error> {
         let cell = RefCell::new(flash);
         let mut base = SharedBase {
             flash: &cell,
@@ -256,7 +423,9 @@ impl DeltaUpdate {
         let policy = self.policy;
         let running_desc = self.running_desc;
         let version_checked = &mut self.version_checked;
+        let hash = &mut self.output_hash;
         let mut sink = |out: &[u8]| -> Result<(), Error> {
+            hash.update(out);
             let mut out = out;
             if !app.prefix_complete() {
                 let n = app.feed_prefix(out)?;
@@ -266,14 +435,16 @@ impl DeltaUpdate {
                 }
             }
             if !*version_checked {
+                // Version policy and anti-rollback before the first byte reaches the slot.
                 app.check_version(policy, running_desc.as_ref())?;
+                app.check_secure_version()?;
                 *version_checked = true;
             }
             let mut f = cell.borrow_mut();
             app.write(&mut **f, out)
         };
         self.applier
-            .feed(&mut base, chunk, &mut sink)
+            .feed_until(&mut base, chunk, limit, &mut sink)
             .map_err(|e| match e {
                 ApplyError::Patch(p) => delta_err(p),
                 ApplyError::Base(b) => Error::Flash(b),
@@ -299,6 +470,18 @@ impl DeltaUpdate {
                 written: self.applier.output_offset(),
             }
             .into());
+        }
+        if !self.version_checked {
+            // A resume at the last output byte produced nothing since.
+            self.app
+                .check_version(self.policy, self.running_desc.as_ref())?;
+            self.app.check_secure_version()?;
+        }
+        if let Some(expected) = self.target_sha256 {
+            let found: [u8; 32] = self.output_hash.finalize().into();
+            if found != expected {
+                return Err(delta_err(DeltaError::TargetMismatch { expected, found }));
+            }
         }
         self.app.finish(flash)
     }

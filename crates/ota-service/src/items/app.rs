@@ -8,7 +8,7 @@
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::image::{AppDesc, IMAGE_PREFIX_LEN};
 use ota_core::partition::Partition;
-use ota_core::resume::{self, LogPlace, ResumeHeader, ResumeLog, ResumeRecord};
+use ota_core::resume::{self, LogPlace, RecordKind, ResumeHeader, ResumeLog, ResumeRecord};
 use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig, UpdateError};
 use ota_core::version::VersionPolicy;
 
@@ -602,7 +602,11 @@ impl AppItem {
         let mut from_zero = None;
         if let (Some(log), Some(slot), true) = (log, slot, self.is_http()) {
             match log.read(dev.flash) {
-                Ok(Some(rec)) if rec.header.is_for(&self.uri, &slot) && rec.progress > 0 => {
+                Ok(Some(rec))
+                    if rec.header.is_for(&self.uri, &slot)
+                        && rec.header.kind == RecordKind::Image
+                        && rec.progress > 0 =>
+                {
                     match self
                         .try_resume(id, dev, env, &opts, log, rec, &mut used)
                         .await?

@@ -4,15 +4,27 @@
 //!
 //! The patch's size and SHA-256 from the catalogue (a signed catalogue's, when the device
 //! trusts a key) are checked as it streams: its bytes are applied as they come, and a patch
-//! whose digest differs is refused at its end, before `finish` switches otadata. The caller
-//! falls back to the full image on any error.
+//! whose digest differs is refused at its end, before `finish` switches otadata. The patched
+//! image's SHA-256 must also be the catalogue entry's (`target_sha256`). The caller falls back
+//! to the full image on any error.
+//!
+//! Resume: over HTTP(S), with a validator (ETag / Last-Modified) from the server and room for
+//! the log, the update keeps an `ota_core::resume` record whose checkpoints hold the applier's
+//! whole state every few output sectors. After a power cut (or a run that stopped) the next run
+//! finds the record for this patch URI and target slot, rebuilds the update from its last
+//! checkpoint (base digest checked, the output already in the slot re-verified) and asks for
+//! the rest of the patch only (`Range: bytes=N-` with `If-Range`). A resumed download cannot
+//! hash the patch's first part again, so its integrity rests on the target digest, checked on
+//! every byte of the output before otadata is switched.
 
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::image::Hex;
-use ota_core::update::{DeltaUpdate, EspHeader};
+use ota_core::partition::Partition;
+use ota_core::resume::{ResumeHeader, ResumeLog, ResumeRecord};
+use ota_core::update::{next_update_slot, DeltaUpdate, EspHeader};
 use ota_core::version::VersionPolicy;
 
-use super::download::{Fetch, FetchSpec, Next};
+use super::download::{open_with_retries, Fetch, FetchSpec, Next};
 use super::manifest::CatalogueCheck;
 use super::{core_error, source_error, Progress};
 use alloc::rc::Rc;
@@ -20,8 +32,11 @@ use core::cell::RefCell;
 
 use crate::prelude::*;
 use crate::reason::Reason;
-use crate::service::{Device, Env, ItemError};
-use crate::source::{duration_ms, RetryPolicy, TransferLimits};
+use crate::service::{Device, Env, Event, ItemError, ResumeFrom, StartOverWhy};
+use crate::source::{
+    duration_ms, RetryPolicy, Scheme, SourceError, SourceOptions, TransferLimits,
+    HTTP_RANGE_NOT_SATISFIABLE,
+};
 
 const TAG: &str = "esp_delta_ota";
 /// Patch bytes per read.
@@ -34,6 +49,8 @@ pub(crate) struct DeltaPlan {
     pub(crate) size: u64,
     pub(crate) sha256: [u8; 32],
     pub(crate) base_sha256: [u8; 32],
+    /// SHA-256 of the image the patch produces (the catalogue entry's own).
+    pub(crate) target_sha256: [u8; 32],
     /// The patched image's size (the catalogue entry's), refused early when it cannot fit.
     pub(crate) image_size: u64,
 }
@@ -61,17 +78,6 @@ pub(crate) async fn apply_patch<F: NorFlash>(
             format!("{uri}: no running app partition to apply the patch to"),
         )
     })?;
-    let cfg = super::app::app_config(dev);
-    let mut engine = DeltaUpdate::begin(dev.flash, dev.table, &running, cfg, Some(plan.image_size))
-        .map_err(|e| core_error(e, uri))?;
-    engine.set_esp_header(EspHeader::Optional);
-    engine.set_version_policy(run.policy);
-    engine.app_mut().set_anti_rollback(dev.anti_rollback);
-    // The running image is the one the catalogue made the patch for (checked before any byte
-    // of the patch is read or anything is erased).
-    engine
-        .require_base(plan.base_sha256)
-        .map_err(|e| core_error(e, uri))?;
     let opts = super::item_source_options(env, run.ca_pem, run.limits);
     let spec = FetchSpec {
         uri,
@@ -79,27 +85,71 @@ pub(crate) async fn apply_patch<F: NorFlash>(
         tag: TAG,
         retry: run.retry,
     };
+    let http = matches!(Scheme::of(uri), Some(Scheme::Http) | Some(Scheme::Https));
+    let slot = next_update_slot(dev.table, Some(&running));
+    let log = slot.and_then(|s| ResumeLog::locate(dev.table, &s));
     let mut used = 0;
+    let mut resumed = None;
+    let mut from_zero = None;
+    if let (Some(log), Some(slot), true) = (log, slot, http) {
+        match log.read(dev.flash) {
+            Ok(Some(rec))
+                if rec.header.is_for(uri, &slot) && rec.delta.is_some() && rec.progress > 0 =>
+            {
+                match try_resume(&run, dev, env, &running, &opts, spec, log, rec, &mut used).await?
+                {
+                    Resumed::Yes(engine, fetch) => resumed = Some((engine, fetch)),
+                    Resumed::FromZero(fetch) => from_zero = Some(fetch),
+                    Resumed::No => {}
+                }
+            }
+            Ok(_) => {}
+            Err(e) => env.warn(
+                TAG,
+                format!("Cannot read the resume record ({e}): the patch starts from byte 0"),
+            ),
+        }
+    }
     let mismatch = Rc::new(RefCell::new(None));
-    let mut fetch = Fetch::open(spec, opts, None, &mut used, env)
-        .await
-        .map_err(source_error)?
-        .with_check(Box::new(CatalogueCheck::new(
-            plan.size,
-            plan.sha256,
-            mismatch.clone(),
-        )))?;
+    let (mut engine, mut fetch) = match resumed {
+        Some(r) => r,
+        None => {
+            let mut engine = Box::new(fresh_engine(&run, dev, &running)?);
+            let fetch = match from_zero {
+                Some(f) => f,
+                None => Fetch::open(spec, opts, None, &mut used, env)
+                    .await
+                    .map_err(source_error)?,
+            };
+            let fetch = fetch.with_check(Box::new(CatalogueCheck::new(
+                plan.size,
+                plan.sha256,
+                mismatch.clone(),
+            )))?;
+            if let Some(log) = log {
+                setup_journal::<F>(&mut engine, &fetch, log, http, uri, env)
+                    .map_err(|e| core_error(e, uri))?;
+            }
+            (engine, fetch)
+        }
+    };
     if dev.rollback {
         // As for a full image (esp_ota_begin, ESP-IDF v5.5+): the inactive otadata entry goes.
         let map = dev.flash_map();
         ota_core::update::begin_with_rollback(dev.flash, &map).map_err(|e| core_error(e, uri))?;
     }
+    let start = engine.patch_offset() as u64;
     env.info(
         TAG,
         format!(
-            "Applying patch {} ({} bytes) to the running image in {} at 0x{:x}; writing partition {} at 0x{:x}",
+            "Applying patch {} ({} bytes{}) to the running image in {} at 0x{:x}; writing partition {} at 0x{:x}",
             uri,
             plan.size,
+            if start > 0 {
+                format!(", from byte {start}")
+            } else {
+                String::new()
+            },
             running.label.as_str(),
             running.offset,
             engine.slot().label.as_str(),
@@ -107,10 +157,21 @@ pub(crate) async fn apply_patch<F: NorFlash>(
         ),
     );
     let mut progress = Progress::new(env, id, TAG, "patch", Some(plan.size));
+    progress.add(env, start as usize);
     let mut buf = vec![0u8; CHUNK];
     loop {
         match fetch.read(&mut buf, env).await? {
             Next::Data(n) => {
+                if fetch.pos > plan.size {
+                    // A resumed download has no stream check: the catalogue's size bounds it.
+                    return Err(ItemError::new(
+                        Reason::StreamRdFail,
+                        format!(
+                            "{uri}: the server sent {} bytes, the catalogue lists a {}-byte patch",
+                            fetch.pos, plan.size
+                        ),
+                    ));
+                }
                 engine
                     .feed(dev.flash, &buf[..n])
                     .map_err(|e| core_error(e, uri))?;
@@ -152,18 +213,25 @@ pub(crate) async fn apply_patch<F: NorFlash>(
             }
         }
     }
-    // The patch's digest (the catalogue's) before otadata is switched.
+    // The patch's digest (the catalogue's) before otadata is switched; a resumed download
+    // rests on the target digest `finish` checks.
     fetch.check_end()?;
     let slot = *engine.slot();
+    let resumed_from = engine.app().resumed_from();
     let done = engine.finish(dev.flash).map_err(|e| core_error(e, uri))?;
     env.info(
         "esp_image",
         format!(
-            "image at 0x{:x} verified: {} segments, {} bytes from a {}-byte patch{}",
+            "image at 0x{:x} verified: {} segments, {} bytes from a {}-byte patch{}{}",
             slot.offset,
             done.summary.segment_count,
             done.summary.image_len,
             plan.size,
+            if resumed_from > 0 {
+                format!(" (resumed at output byte {resumed_from}, patch byte {start})")
+            } else {
+                String::new()
+            },
             match done.summary.hash_calc {
                 Some(h) => format!(", SHA-256 {}", Hex(&h)),
                 None => String::new(),
@@ -180,4 +248,218 @@ pub(crate) async fn apply_patch<F: NorFlash>(
         ),
     );
     Ok(())
+}
+
+/// A delta update from the patch's first byte, with every check done before anything is
+/// erased.
+fn fresh_engine<F: NorFlash>(
+    run: &DeltaRun<'_>,
+    dev: &mut Device<'_, F>,
+    running: &Partition,
+) -> Result<DeltaUpdate, ItemError> {
+    let plan = run.plan;
+    let uri = plan.url.as_str();
+    let cfg = super::app::app_config(dev);
+    let mut engine = DeltaUpdate::begin(dev.flash, dev.table, running, cfg, Some(plan.image_size))
+        .map_err(|e| core_error(e, uri))?;
+    configure(&mut engine, run, dev.anti_rollback);
+    // The running image is the one the catalogue made the patch for (checked before any byte
+    // of the patch is read or anything is erased).
+    engine
+        .require_base(plan.base_sha256)
+        .map_err(|e| core_error(e, uri))?;
+    Ok(engine)
+}
+
+/// The settings a fresh and a resumed update share.
+fn configure(engine: &mut DeltaUpdate, run: &DeltaRun<'_>, anti_rollback: Option<u32>) {
+    engine.set_esp_header(EspHeader::Optional);
+    engine.set_version_policy(run.policy);
+    engine.app_mut().set_anti_rollback(anti_rollback);
+    engine.require_target(run.plan.target_sha256);
+}
+
+/// Keep a resume record for this patch download when the source allows it (HTTP(S) with a
+/// validator, and room for the log); otherwise only forget an old record at the first write.
+fn setup_journal<F: NorFlash>(
+    engine: &mut DeltaUpdate,
+    fetch: &Fetch,
+    log: ResumeLog,
+    http: bool,
+    uri: &str,
+    env: &mut Env<'_>,
+) -> Result<(), ota_core::Error> {
+    let slot = *engine.slot();
+    let total = fetch.total.and_then(|t| u32::try_from(t).ok());
+    match (http, fetch.validator) {
+        (true, Some(v)) => {
+            let h = ResumeHeader::new(&slot, uri, v, total.unwrap_or(0));
+            match engine.enable_resume::<F>(log, h) {
+                Ok(()) => {
+                    env.info(
+                        TAG,
+                        format!(
+                            "Resume record at 0x{:x}: the applier's state is saved every {} output bytes (validator {})",
+                            log.region().offset,
+                            engine.checkpoint_step(),
+                            v.as_str()
+                        ),
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    env.warn(TAG, format!("No resume record for this patch: {e}"));
+                    engine.app_mut().discard_resume_record(log)
+                }
+            }
+        }
+        (true, None) => {
+            env.warn(
+                TAG,
+                "The server sent no ETag or Last-Modified for the patch: an interrupted update will start over",
+            );
+            engine.app_mut().discard_resume_record(log)
+        }
+        (false, _) => engine.app_mut().discard_resume_record(log),
+    }
+}
+
+enum Resumed {
+    /// Continue with this engine and this answer (a 206 from the checkpoint's byte).
+    Yes(Box<DeltaUpdate>, Fetch),
+    /// The server sent the whole patch (Range ignored, or the file changed): start over with it.
+    FromZero(Fetch),
+    /// The record cannot be used: start over with a new request.
+    No,
+}
+
+/// Continue the delta update a resume record describes.
+#[allow(clippy::too_many_arguments)]
+async fn try_resume<F: NorFlash>(
+    run: &DeltaRun<'_>,
+    dev: &mut Device<'_, F>,
+    env: &mut Env<'_>,
+    running: &Partition,
+    opts: &SourceOptions,
+    spec: FetchSpec<'_>,
+    log: ResumeLog,
+    rec: ResumeRecord,
+    used: &mut u32,
+) -> Result<Resumed, ItemError> {
+    let uri = run.plan.url.as_str();
+    let cfg = super::app::app_config(dev);
+    let mut engine = match DeltaUpdate::resume(dev.flash, dev.table, running, cfg, log, rec) {
+        Ok(e) => e,
+        Err(e) => {
+            env.warn(
+                TAG,
+                format!("The resume record cannot be used ({e}): the patch starts from byte 0"),
+            );
+            env.emit(Event::StartOver {
+                id: spec.id,
+                at: rec.progress as u64,
+                why: StartOverWhy::ResumedImageInvalid,
+            });
+            return Ok(Resumed::No);
+        }
+    };
+    configure(&mut engine, run, dev.anti_rollback);
+    if let Err(e) = engine.require_base(run.plan.base_sha256) {
+        env.warn(
+            TAG,
+            format!("The resume record cannot be used ({e}): the patch starts from byte 0"),
+        );
+        return Ok(Resumed::No);
+    }
+    let at = engine.patch_offset() as u64;
+    let v = rec.header.validator;
+    env.info(
+        TAG,
+        format!(
+            "Resume record: {} bytes of the patched image already in partition {} at 0x{:x}; asking for the patch from byte {} of {} (If-Range: {})",
+            rec.progress,
+            engine.slot().label.as_str(),
+            engine.slot().offset,
+            at,
+            run.plan.size,
+            v.as_str()
+        ),
+    );
+    let opened = open_with_retries(
+        uri,
+        at,
+        Some(v.as_str()),
+        None,
+        opts,
+        run.retry,
+        used,
+        env,
+        TAG,
+    )
+    .await;
+    let r = match opened {
+        Ok(r) => r,
+        Err(
+            SourceError::HttpStatus {
+                status: HTTP_RANGE_NOT_SATISFIABLE,
+                ..
+            }
+            | SourceError::RangeNotSatisfiable { .. },
+        ) => {
+            env.warn(
+                TAG,
+                format!("The server has no byte {at} of the patch: starting over from byte 0"),
+            );
+            env.emit(Event::StartOver {
+                id: spec.id,
+                at,
+                why: StartOverWhy::RangeNotSatisfiable,
+            });
+            return Ok(Resumed::No);
+        }
+        Err(e) => return Err(source_error(e)),
+    };
+    let mut fetch = Fetch::new(spec, opts.clone(), r, at, Some(v), *used);
+    if !fetch.honoured {
+        env.warn(
+            TAG,
+            "The server answered 200 to the Range request for the patch (Range not supported, or the file changed): starting over from byte 0",
+        );
+        let why = match fetch.validator {
+            Some(seen) if seen != v => StartOverWhy::FileChanged,
+            _ => StartOverWhy::RangeIgnored,
+        };
+        env.emit(Event::StartOver {
+            id: spec.id,
+            at,
+            why,
+        });
+        return Ok(Resumed::FromZero(fetch));
+    }
+    if fetch.changed || fetch.total.is_some_and(|t| t != run.plan.size) {
+        env.warn(
+            TAG,
+            "The patch file changed since the update started: starting over from byte 0",
+        );
+        env.emit(Event::StartOver {
+            id: spec.id,
+            at,
+            why: StartOverWhy::FileChanged,
+        });
+        return Ok(Resumed::No);
+    }
+    env.info(
+        TAG,
+        format!(
+            "Resuming the delta update at patch byte {at} (output byte {}): the bytes already written verify so far",
+            rec.progress
+        ),
+    );
+    env.emit(Event::Resume {
+        id: spec.id,
+        at,
+        from: ResumeFrom::Record,
+    });
+    fetch.used = *used;
+    Ok(Resumed::Yes(Box::new(engine), fetch))
 }

@@ -541,6 +541,17 @@ impl ManifestItem {
             );
             return None;
         };
+        let target = parse_sha256(&d.target_sha256);
+        let Some(target_sha256) = target.filter(|t| Some(*t) == parse_sha256(&entry.sha256)) else {
+            env.warn(
+                TAG_DELTA,
+                format!(
+                    "patch {} makes sha256 `{}`, not the entry's image ({}): full image",
+                    d.path, d.target_sha256, entry.sha256
+                ),
+            );
+            return None;
+        };
         let url = resolve(&self.uri, &d.path);
         env.info(
             TAG_DELTA,
@@ -560,6 +571,7 @@ impl ManifestItem {
             size: d.size,
             sha256,
             base_sha256: base.sha256,
+            target_sha256,
             image_size: entry.size,
         })
     }
