@@ -139,6 +139,30 @@ fn device_run_killed_mid_download_resumes_on_rerun() {
 
 #[test]
 fn power_cut_mid_download_from_ota_serve_then_rerun_resumes() {
+    // A plain app item, and the catalogue item (its size and SHA-256 check is fed the bytes
+    // already in the slot before the rest of the stream).
+    for catalogue in [false, true] {
+        cut_and_resume(catalogue);
+    }
+}
+
+/// The body of `GET base/path` from a loopback server.
+fn http_get_len(base: &str, path: &str) -> u64 {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut c = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        c,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = Vec::new();
+    c.read_to_end(&mut r).unwrap();
+    let at = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (r.len() - at) as u64
+}
+
+fn cut_and_resume(catalogue: bool) {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let ps = |n: &str| p(n).to_str().unwrap().to_string();
@@ -186,14 +210,19 @@ fn power_cut_mid_download_from_ota_serve_then_rerun_resumes() {
     opts.bind = "127.0.0.1:0".parse().unwrap();
     opts.access_log = false;
     let server = ota_server::Background::start(opts).unwrap();
-    std::fs::write(
-        p("ota.toml"),
-        format!(
-            "firmware_upgrade_uri = \"{}/new.bin\"\n",
-            server.info.base_url
-        ),
-    )
-    .unwrap();
+    let base = server.info.base_url.trim_end_matches('/').to_string();
+    let config = if catalogue {
+        format!("[[upgrade]]\ntype = \"app\"\nuri = \"{base}/manifest.json\"\nproject = \"app\"\n")
+    } else {
+        format!("firmware_upgrade_uri = \"{base}/new.bin\"\n")
+    };
+    std::fs::write(p("ota.toml"), config).unwrap();
+    // What the rerun also fetches: the catalogue.
+    let extra = if catalogue {
+        http_get_len(&base, "manifest.json")
+    } else {
+        0
+    };
     // Cut after 500,000 bytes programmed/erased: about half of the image (erase + write).
     let cut = ota(&[
         "device",
@@ -239,8 +268,11 @@ fn power_cut_mid_download_from_ota_serve_then_rerun_resumes() {
         "{log}"
     );
     assert!(log.contains("App version:      v2.0.0"), "{log}");
-    // The rerun fetched only the bytes after the checkpoint.
-    let served = server.bytes_served() - served_before;
-    println!("power cut at 500000 flash bytes: resumed from {cp}, the rerun fetched {served} of {new_len} bytes");
+    // The rerun fetched only the bytes after the checkpoint (and the catalogue).
+    let served = server.bytes_served() - served_before - extra;
+    println!(
+        "power cut at 500000 flash bytes{}: resumed from {cp}, the rerun fetched {served} of {new_len} bytes",
+        if catalogue { " (catalogue item)" } else { "" }
+    );
     assert_eq!(served, new_len - cp);
 }

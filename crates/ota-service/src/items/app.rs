@@ -48,8 +48,8 @@ pub struct AppItem {
     /// Makes the check the downloaded bytes must pass as they stream (the catalogue item checks
     /// size and SHA-256 this way), before the engine's `finish` switches otadata. A checked
     /// download is retried and reconnected like any other (the check follows the stream and
-    /// starts over with it), but not resumed from a record: the bytes already in flash were
-    /// not seen by the check.
+    /// starts over with it), and resumed from a record like any other: the check is then fed
+    /// the bytes already in the slot, read back from flash, before the rest of the stream.
     pub check: Option<CheckFactory>,
     /// The `Authorization` header of the download (a DDI item's token, for an artifact on the
     /// DDI server's own origin); None: the run's.
@@ -122,7 +122,7 @@ impl AppItem {
 
     /// Whether this download keeps and uses a resume record.
     fn resumable(&self) -> bool {
-        self.resume && self.check.is_none()
+        self.resume
     }
 
     fn options(&self, env: &Env<'_>) -> SourceOptions {
@@ -456,6 +456,27 @@ impl AppItem {
         match AppUpdate::resume(dev.flash, dev.table, dev.running.as_ref(), cfg, log, rec) {
             Ok(mut engine) => {
                 engine.set_anti_rollback(dev.anti_rollback);
+                if let Some(make) = &self.check {
+                    // The check sees the whole file: the bytes in the slot, then the stream.
+                    match seed_check(make(), dev, &engine, fetch.total) {
+                        Ok(check) => fetch.check = Some(check),
+                        Err(d) => {
+                            env.warn(
+                                TAG_OTA,
+                                format!(
+                                    "The bytes already written do not match ({}): starting over from byte 0",
+                                    d
+                                ),
+                            );
+                            env.emit(Event::StartOver {
+                                id,
+                                at: n,
+                                why: StartOverWhy::ResumedImageInvalid,
+                            });
+                            return Ok(Ok(None));
+                        }
+                    }
+                }
                 env.info(
                     TAG_OTA,
                     format!(
@@ -496,6 +517,30 @@ impl AppItem {
             }
         }
     }
+}
+
+/// A fresh stream check fed the `engine.resumed_from()` bytes already in the slot (read back
+/// from flash), for a download resumed from a record.
+fn seed_check<F: NorFlash>(
+    mut check: Box<dyn super::download::StreamCheck>,
+    dev: &mut Device<'_, F>,
+    engine: &AppUpdate,
+    total: Option<u64>,
+) -> Result<Box<dyn super::download::StreamCheck>, String> {
+    check.restart(total)?;
+    let region = engine.slot().region();
+    let n = engine.resumed_from();
+    let mut buf = ota_core::flash::Aligned::<1024>::filled(0);
+    let mut off = 0u32;
+    while off < n {
+        let k = (n - off).min(buf.len() as u32) as usize;
+        region
+            .read(dev.flash, off, &mut buf[..k])
+            .map_err(|e| format!("reading the slot at byte {off}: {e}"))?;
+        check.feed(&buf[..k])?;
+        off += k as u32;
+    }
+    Ok(check)
 }
 
 /// The engine settings for this device: chip, rollback, and where the table is and how large
