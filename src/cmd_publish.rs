@@ -1,11 +1,13 @@
 //! `ota publish FILE --store s3://…`: upload an app image or tone bin to the object store under
-//! a content-addressed key and rewrite the store's catalogue (`manifest.json`).
+//! a content-addressed key, make and upload delta patches to a new newest app from its previous
+//! versions, and rewrite the store's catalogue (`manifest.json`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 use clap::Args;
+use ota_server::s3::{DeltaNote, PublishOptions};
 use ota_server::S3Store;
 
 use crate::cmd_serve::S3Args;
@@ -21,6 +23,13 @@ pub struct PublishArgs {
     /// `ota catalogue keygen`). Without it the catalogue is written unsigned.
     #[arg(long, value_name = "KEY.pem")]
     sign_key: Option<PathBuf>,
+    /// When FILE becomes the newest app of its chip and project: make delta patches (detools
+    /// sequential, heatshrink, esp_delta_ota header) from this many previous versions in the
+    /// store, upload them as deltas/<project>/<sha256>.patch and list them in its entry's
+    /// `deltas` (0: none). Bases are downloaded and checked against the catalogue first.
+    #[arg(long, value_name = "N", default_value_t = ota_server::deltas::DEFAULT_DELTA_BASES as u16,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    delta_bases: u16,
 }
 
 pub fn run(a: PublishArgs) -> Result<ExitCode> {
@@ -35,7 +44,11 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
     };
     let store = S3Store::new(opts)?;
     let rt = ota_server::runtime(Some(1))?;
-    let report = rt.block_on(store.publish(&a.file, key.as_ref()))?;
+    let popts = PublishOptions {
+        delta_bases: a.delta_bases as usize,
+        max_base: crate::input::FLASH_LIMIT,
+    };
+    let report = rt.block_on(store.publish(&a.file, key.as_ref(), &popts))?;
     let e = &report.entry;
     println!(
         "{} {} as {} ({} {} {}, {} bytes, sha256 {})",
@@ -55,6 +68,13 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
         e.size,
         e.sha256
     );
+    if a.delta_bases == 0 && e.kind == ota_catalogue::EntryKind::App {
+        println!("no delta patches (--delta-bases 0)");
+    } else {
+        for note in &report.deltas {
+            print_note(note);
+        }
+    }
     match &key {
         Some(k) => println!(
             "catalogue {} rewritten: {} entries, signed ({} key id {}, serial {})",
@@ -71,4 +91,42 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_note(note: &DeltaNote) {
+    let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    match note {
+        DeltaNote::Made {
+            base_version,
+            target_version,
+            size,
+            image_size,
+            key,
+            uploaded,
+        } => println!(
+            "delta from {} to {}: {size} bytes ({:.1} % of the image), key {key}{}",
+            v(base_version),
+            v(target_version),
+            *size as f64 * 100.0 / (*image_size).max(1) as f64,
+            if *uploaded { "" } else { " (already there)" }
+        ),
+        DeltaNote::Skipped {
+            base_version,
+            base_path,
+            reason,
+        } => eprintln!(
+            "warning: no delta from {} ({base_path}): {reason}",
+            v(base_version)
+        ),
+        DeltaNote::NotNewest {
+            newest_version,
+            newest_path,
+        } => println!(
+            "no delta patches: not the newest of its chip and project ({} is, {newest_path})",
+            v(newest_version)
+        ),
+        DeltaNote::NoBases => println!(
+            "no delta patches: the store holds no earlier version of this chip and project"
+        ),
+    }
 }

@@ -7,23 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::delta::*;
 use common::served::Served;
 use common::*;
-
-fn make_image(out: &Path, version: &str) {
-    ok(&[
-        "image",
-        "make",
-        "--project",
-        "app",
-        "--version",
-        version,
-        "--size",
-        "120K",
-        "-o",
-        s(out),
-    ]);
-}
 
 /// A device (ESP32, the example table) running `run`, booted once.
 fn device(dir: &Path, run: &Path) -> PathBuf {
@@ -41,35 +27,6 @@ fn www(dir: &Path) -> (PathBuf, PathBuf) {
     make_image(&old, "v1.0.0");
     make_image(&www.join("app-1.1.0.bin"), "v1.1.0");
     (www, old)
-}
-
-fn config(path: &Path, base: &str, key: Option<&Path>) {
-    let key_line = key.map_or(String::new(), |k| format!("catalogue_key = \"{}\"\n", s(k)));
-    std::fs::write(
-        path,
-        format!(
-            "{key_line}[[upgrade]]\ntype = \"app\"\nuri = \"{base}/manifest.json\"\n\
-             project = \"app\"\nversion_check = \"semver\"\n"
-        ),
-    )
-    .unwrap();
-}
-
-fn boot_version(flash: &Path) -> String {
-    let o = ok(&["device", "boot", "--flash", s(flash), "--json"]);
-    let start = o.find('{').unwrap();
-    let v: serde_json::Value = serde_json::from_str(&o[start..o.rfind('}').unwrap() + 1]).unwrap();
-    v["version"].as_str().unwrap_or_default().to_string()
-}
-
-/// Bytes the server sent for GETs of paths containing `part` (its access log).
-fn served_bytes(log: &str, part: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains("\"GET ") && l.contains(part))
-        .filter_map(|l| l.split("\" ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().nth(2))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum()
 }
 
 /// The single patch file `ota serve` wrote.

@@ -4,137 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::weed::*;
 use common::*;
 
-const BUCKET: &str = "firmware";
-const ACCESS: &str = "ota-test-key";
-const SECRET: &str = "ota-test-secret-0123456789";
-
-/// `weed`: $OTA_WEED, .venv/bin/weed, beside $OTA_PYTHON, or on PATH.
-fn weed() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(w) = std::env::var_os("OTA_WEED") {
-        candidates.push(PathBuf::from(w));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/weed"));
-    if let Some(py) = std::env::var_os("OTA_PYTHON") {
-        if let Some(dir) = Path::new(&py).parent() {
-            candidates.push(dir.join("weed"));
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("weed")));
-    }
-    let found = candidates.into_iter().find(|c| c.is_file());
-    if found.is_none() {
-        eprintln!("SKIP: weed not found (run scripts/test.sh)");
-    }
-    found
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-/// A `weed mini` on loopback; killed (by its pid) when dropped.
-struct Weed {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Weed {
-    fn start(bin: &Path) -> Weed {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("data")).unwrap();
-        // With an identities file SeaweedFS checks SigV4 signatures (§5.2).
-        let identities = format!(
-            r#"{{"identities":[{{"name":"ota","credentials":[{{"accessKey":"{ACCESS}","secretKey":"{SECRET}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
-        );
-        let config = dir.path().join("s3config.json");
-        std::fs::write(&config, identities).unwrap();
-        let p = free_ports(10);
-        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("mini")
-            .arg(format!("-dir={}", dir.path().join("data").display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-                "-admin.ui=false",
-                "-webdav=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .arg(format!("-s3.config={}", config.display()))
-            .arg(format!("-bucket={BUCKET}"))
-            .arg(format!("-master.port={}", p[0]))
-            .arg(format!("-master.port.grpc={}", p[1]))
-            .arg(format!("-volume.port={}", p[2]))
-            .arg(format!("-volume.port.grpc={}", p[3]))
-            .arg(format!("-filer.port={}", p[4]))
-            .arg(format!("-filer.port.grpc={}", p[5]))
-            .arg(format!("-s3.port={}", p[6]))
-            .arg(format!("-s3.port.grpc={}", p[7]))
-            .arg(format!("-admin.port={}", p[8]))
-            .arg(format!("-admin.port.grpc={}", p[9]))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("starting weed mini");
-        Weed {
-            child,
-            endpoint: format!("http://127.0.0.1:{}", p[6]),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ota_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ota"));
-    c.args(args).env("NO_COLOR", "1");
-    c.env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("running ota")
-}
-
 fn publish(file: &Path, endpoint: &str) -> Output {
-    ota_env(
-        &[
-            "publish",
-            s(file),
-            "--store",
-            &format!("s3://{BUCKET}"),
-            "--s3-endpoint",
-            endpoint,
-            "--s3-access-key",
-            ACCESS,
-            "--s3-secret-key",
-            SECRET,
-        ],
-        &[],
-    )
+    publish_with(file, endpoint, &[])
 }
 
 /// A running `ota serve`; killed when dropped.
@@ -171,33 +49,6 @@ impl Drop for Serve {
     }
 }
 
-fn wait(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
-/// GET with extra headers: (status, headers text, body).
-fn get(addr: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&all[..end]).to_string();
-    (head[9..12].parse().unwrap(), head, all[end + 4..].to_vec())
-}
-
 fn make(out: &Path, project: &str, version: &str) {
     ok(&[
         "image",
@@ -221,20 +72,11 @@ fn device_updates_from_a_seaweedfs_store_through_ota_serve() {
     make(&t.path().join("v2.bin"), "app", "v2.0.0");
     make(&t.path().join("v1_5.bin"), "app", "v1.5.0");
     // SeaweedFS takes a few seconds to come up: publish is idempotent, so it is the probe.
-    let mut last = None;
-    let up = wait(90, || {
-        let o = publish(&t.path().join("v2.bin"), &weed.endpoint);
-        let good = o.status.success();
-        last = Some(o);
-        good
-    });
-    let last = last.unwrap();
-    assert!(
-        up,
-        "weed mini did not accept a publish in 90 s: {}",
-        text(&last)
-    );
-    let out = text(&last);
+    let out = text(&publish_when_up(
+        &t.path().join("v2.bin"),
+        &weed.endpoint,
+        &[],
+    ));
     assert!(out.contains("as firmware/app/"), "{out}");
     assert!(out.contains("(app app v2.0.0, 65536 bytes"), "{out}");
 
@@ -395,23 +237,7 @@ fn store_options_are_checked() {
 }
 
 fn publish_signed(file: &Path, endpoint: &str, key: &Path) -> Output {
-    ota_env(
-        &[
-            "publish",
-            s(file),
-            "--store",
-            &format!("s3://{BUCKET}"),
-            "--s3-endpoint",
-            endpoint,
-            "--s3-access-key",
-            ACCESS,
-            "--s3-secret-key",
-            SECRET,
-            "--sign-key",
-            s(key),
-        ],
-        &[],
-    )
+    publish_with(file, endpoint, &["--sign-key", s(key)])
 }
 
 /// The serial `ota publish --sign-key` reports.
@@ -439,15 +265,11 @@ fn signed_publish_is_served_as_signed_and_a_device_with_the_key_updates() {
     ok(&["catalogue", "pubkey", s(&key), "-o", s(&public)]);
     make(&t.path().join("v2.bin"), "app", "v2.0.0");
     make(&t.path().join("v1_5.bin"), "app", "v1.5.0");
-    let mut last = None;
-    let up = wait(90, || {
-        let o = publish_signed(&t.path().join("v1_5.bin"), &weed.endpoint, &key);
-        let good = o.status.success();
-        last = Some(o);
-        good
-    });
-    let last = last.unwrap();
-    assert!(up, "weed mini did not accept a publish: {}", text(&last));
+    let last = publish_when_up(
+        &t.path().join("v1_5.bin"),
+        &weed.endpoint,
+        &["--sign-key", s(&key)],
+    );
     let first = serial_of(&text(&last));
     let o = publish_signed(&t.path().join("v2.bin"), &weed.endpoint, &key);
     assert!(o.status.success(), "{}", text(&o));

@@ -2,7 +2,9 @@
 //! Python oracles, serve files on loopback.
 #![allow(dead_code)]
 
+pub mod delta;
 pub mod served;
+pub mod weed;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -163,4 +165,21 @@ impl Drop for Server {
 pub fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// GET with extra headers: (status, headers text, body).
+pub fn get(addr: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..end]).to_string();
+    (head[9..12].parse().unwrap(), head, all[end + 4..].to_vec())
 }

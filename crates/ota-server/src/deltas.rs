@@ -1,8 +1,10 @@
-//! Delta patches for a folder catalogue: for each chip and project, patches from the previous
-//! `bases` versions to the newest, made with `ota-delta` (detools sequential, heatshrink 8/7,
-//! behind the esp_delta_ota header: what espressif/idf-extra-components `esp_delta_ota`
-//! applies), written content-addressed under [`DELTA_DIR`] (`<sha256>.patch`) and listed in
-//! the newest entry's `deltas`. Each pair is made once per server run and kept.
+//! Delta patches: for each chip and project, patches from the previous `bases` versions to the
+//! newest, made with `ota-delta` (detools sequential, heatshrink 8/7, behind the esp_delta_ota
+//! header: what espressif/idf-extra-components `esp_delta_ota` applies) and listed in the
+//! newest entry's `deltas`. [`plan`] picks the pairs and [`make_patch`] makes a patch for every
+//! store; [`DeltaMaker`] writes a folder's content-addressed under [`DELTA_DIR`]
+//! (`<sha256>.patch`), each pair once per server run, and `ota publish` uploads an S3 store's
+//! ([`crate::s3::S3Store::publish`]).
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,7 +23,7 @@ pub const DELTA_DIR: &str = ".ota-delta";
 /// How many previous versions get a patch to the newest by default (`ota serve --delta-bases`).
 pub const DEFAULT_DELTA_BASES: usize = 3;
 /// The largest image a patch is made for (the patch maker's own bound).
-const MAX_IMAGE: u64 = ota_delta::MAX_INPUT_LEN as u64;
+pub const MAX_IMAGE: u64 = ota_delta::MAX_INPUT_LEN as u64;
 
 /// Makes and remembers the patches of one served folder.
 pub struct DeltaMaker {
@@ -52,37 +54,13 @@ impl DeltaMaker {
         if self.bases == 0 {
             return;
         }
-        let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            if let (EntryKind::App, None, Some(c), Some(p), Some(_)) =
-                (e.kind, &e.error, &e.chip, &e.project, &e.version)
-            {
-                groups.entry((c.clone(), p.clone())).or_default().push(i);
-            }
-        }
-        for (_, mut idx) in groups {
-            idx.sort_by(|&a, &b| {
-                let (a, b) = (&entries[a], &entries[b]);
-                let (va, vb) = (
-                    a.version.as_deref().unwrap_or(""),
-                    b.version.as_deref().unwrap_or(""),
-                );
-                ota_core::version::compare_semver(va, vb)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then_with(|| a.path.cmp(&b.path))
-            });
-            let Some(&newest) = idx.last() else { continue };
+        for plan in plan(entries) {
             let mut deltas = Vec::new();
-            let mut seen = Vec::new();
-            for &old in idx[..idx.len() - 1].iter().rev() {
+            for &old in &plan.bases {
                 if deltas.len() >= self.bases {
                     break;
                 }
-                let (base, target) = (&entries[old], &entries[newest]);
-                if base.sha256 == target.sha256 || seen.contains(&base.sha256) {
-                    continue;
-                }
-                seen.push(base.sha256.clone());
+                let (base, target) = (&entries[old], &entries[plan.target]);
                 let key = (base.sha256.clone(), target.sha256.clone());
                 if !self.made.contains_key(&key) {
                     let r = self.make(base, target);
@@ -95,7 +73,7 @@ impl DeltaMaker {
                     deltas.push(p.clone());
                 }
             }
-            entries[newest].deltas = deltas;
+            entries[plan.target].deltas = deltas;
         }
     }
 
@@ -127,37 +105,116 @@ impl DeltaMaker {
     fn make(&self, base: &CatalogueEntry, target: &CatalogueEntry) -> Result<DeltaPatch, String> {
         let old = self.read(base)?;
         let new = self.read(target)?;
-        // The device's base is the image proper (segments, checksum, appended hash) as read
-        // from its slot: padding after it in the file is not part of it.
-        let mut v = ImageVerifier::new();
-        v.set_strict(false);
-        v.feed(&old).map_err(|e| format!("{}: {e}", base.path))?;
-        let image_len = v
-            .summary()
-            .ok_or_else(|| format!("{}: the image ends early", base.path))?
-            .image_len as usize;
-        let old = &old[..image_len.min(old.len())];
-        let base_sha = ota_delta::base_digest(old).map_err(|e| format!("{}: {e}", base.path))?;
-        let opts = ota_delta::Options {
-            compression: ota_delta::Compression::Heatshrink,
-            esp_header: true,
-        };
-        let patch = ota_delta::make(old, &new, &opts)
-            .map_err(|e| format!("{} -> {}: {e}", base.path, target.path))?;
-        let sha = Hex(&Sha256::digest(&patch)).to_string();
+        let made = make_patch(base, &old, target, &new)?;
         let dir = self.root.join(DELTA_DIR);
-        let file = dir.join(format!("{sha}.patch"));
-        write_once(&dir, &file, &patch).map_err(|e| format!("{}: {e}", file.display()))?;
+        let file = dir.join(format!("{}.patch", made.listing.sha256));
+        write_once(&dir, &file, &made.bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(DeltaPatch {
-            path: format!("/{DELTA_DIR}/{sha}.patch"),
+            path: format!("/{DELTA_DIR}/{}.patch", made.listing.sha256),
+            ..made.listing
+        })
+    }
+}
+
+/// One chip and project's patches to make: its newest valid app and the older entries that
+/// may serve as bases, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaPlan {
+    /// Index of the newest app (the patches' target).
+    pub target: usize,
+    /// Indices of the older apps, newest first; each content once, none equal to the target.
+    /// The caller takes patches from the first ones until it has as many as it wants (a base
+    /// whose patch cannot be made gives way to the next).
+    pub bases: Vec<usize>,
+}
+
+/// The patch plans of a catalogue: for each chip and project, its valid apps (kind app, no
+/// error, with a version) ordered by version (semver, then path); the last is the target.
+pub fn plan(entries: &[CatalogueEntry]) -> Vec<DeltaPlan> {
+    let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let (EntryKind::App, None, Some(c), Some(p), Some(_)) =
+            (e.kind, &e.error, &e.chip, &e.project, &e.version)
+        {
+            groups.entry((c, p)).or_default().push(i);
+        }
+    }
+    let mut plans: Vec<DeltaPlan> = groups
+        .into_values()
+        .filter_map(|mut idx| {
+            idx.sort_by(|&a, &b| {
+                let (a, b) = (&entries[a], &entries[b]);
+                let (va, vb) = (
+                    a.version.as_deref().unwrap_or(""),
+                    b.version.as_deref().unwrap_or(""),
+                );
+                ota_core::version::compare_semver(va, vb)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then_with(|| a.path.cmp(&b.path))
+            });
+            let target = idx.pop()?;
+            let mut bases: Vec<usize> = Vec::new();
+            for old in idx.into_iter().rev() {
+                let sha = &entries[old].sha256;
+                if *sha != entries[target].sha256
+                    && !bases.iter().any(|&b| entries[b].sha256 == *sha)
+                {
+                    bases.push(old);
+                }
+            }
+            Some(DeltaPlan { target, bases })
+        })
+        .collect();
+    plans.sort_by_key(|p| p.target);
+    plans
+}
+
+/// A patch made but not yet stored: its bytes and its catalogue listing, whose `path` the
+/// store fills in.
+pub struct MadePatch {
+    pub bytes: Vec<u8>,
+    pub listing: DeltaPatch,
+}
+
+/// The patch from `old` (the bytes of entry `base`) to `new` (those of `target`), as every
+/// store makes it: detools sequential, heatshrink 8/7, behind the esp_delta_ota header. The
+/// bytes must already be checked against their entries' `sha256`.
+pub fn make_patch(
+    base: &CatalogueEntry,
+    old: &[u8],
+    target: &CatalogueEntry,
+    new: &[u8],
+) -> Result<MadePatch, String> {
+    // The device's base is the image proper (segments, checksum, appended hash) as read
+    // from its slot: padding after it in the file is not part of it.
+    let mut v = ImageVerifier::new();
+    v.set_strict(false);
+    v.feed(old).map_err(|e| format!("{}: {e}", base.path))?;
+    let image_len = v
+        .summary()
+        .ok_or_else(|| format!("{}: the image ends early", base.path))?
+        .image_len as usize;
+    let old = &old[..image_len.min(old.len())];
+    let base_sha = ota_delta::base_digest(old).map_err(|e| format!("{}: {e}", base.path))?;
+    let opts = ota_delta::Options {
+        compression: ota_delta::Compression::Heatshrink,
+        esp_header: true,
+    };
+    let patch = ota_delta::make(old, new, &opts)
+        .map_err(|e| format!("{} -> {}: {e}", base.path, target.path))?;
+    let sha = Hex(&Sha256::digest(&patch)).to_string();
+    Ok(MadePatch {
+        listing: DeltaPatch {
+            path: String::new(),
             size: patch.len() as u64,
             sha256: sha,
             base_sha256: Hex(&base_sha).to_string(),
             base_version: base.version.clone(),
             target_sha256: target.sha256.clone(),
             compression: opts.compression.name().to_string(),
-        })
-    }
+        },
+        bytes: patch,
+    })
 }
 
 /// Write a content-addressed file unless it is already there with the same bytes: written to
@@ -170,4 +227,48 @@ fn write_once(dir: &Path, file: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
     fs::write(&tmp, bytes)?;
     fs::rename(&tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(path: &str, project: &str, version: &str, sha: &str) -> CatalogueEntry {
+        let mut e = crate::catalogue::analyse(path, &b""[..]).unwrap();
+        e.kind = EntryKind::App;
+        e.error = None;
+        e.chip = Some("esp32".into());
+        e.project = Some(project.into());
+        e.version = Some(version.into());
+        e.sha256 = sha.into();
+        e
+    }
+
+    #[test]
+    fn plan_targets_the_newest_of_each_project_with_older_distinct_bases_newest_first() {
+        let mut broken = app("/e.bin", "a", "v9.0.0", "9");
+        broken.error = Some("bad checksum".into());
+        let entries = vec![
+            app("/a.bin", "a", "v1.10.0", "3"),
+            app("/b.bin", "a", "v1.2.0", "2"),
+            app("/c.bin", "a", "v1.9.0", "2"), // same content as b: one base
+            app("/d.bin", "a", "v1.0.0", "3"), // same content as the target: none
+            broken,                            // invalid: never a target
+            app("/f.bin", "b", "v0.1.0", "5"),
+        ];
+        let plans = plan(&entries);
+        assert_eq!(
+            plans,
+            vec![
+                DeltaPlan {
+                    target: 0,
+                    bases: vec![2]
+                },
+                DeltaPlan {
+                    target: 5,
+                    bases: vec![]
+                },
+            ]
+        );
+    }
 }

@@ -4,7 +4,8 @@
 //! Reads are HEAD (cached for the rescan interval) then a presigned GET with the client's range
 //! passed through as `Range` and `If-Match: <S3 ETag>`, streamed to the client chunk by chunk.
 //! Every call is bounded by a timeout; an unreachable store is a clear 503, never a hang.
-//! `ota publish` uploads under a content-addressed key and rewrites `manifest.json`.
+//! `ota publish` uploads under a content-addressed key, makes and uploads the delta patches to a
+//! new newest app ([`crate::deltas`]) and rewrites `manifest.json`.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +22,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 use ota_catalogue::{Catalogue, CatalogueEntry, EntryKind, CATALOGUE_FORMAT};
 use s3::creds::Credentials;
 use s3::{Bucket, Region};
+use sha2::Digest as _;
 use tokio::sync::mpsc;
 
 use crate::catalogue::{analyse, CatalogueDoc};
@@ -463,10 +465,18 @@ impl S3Store {
     ///
     /// With `sign_key` the new catalogue is signed ([`ota_catalogue::signed`]) with a serial
     /// above the one it replaces; without, it is written plain.
+    ///
+    /// When the image becomes the newest app of its chip and project, patches to it from up to
+    /// `opts.delta_bases` previous versions are made as [`crate::deltas`] makes a folder's (the
+    /// bases downloaded from the store and checked against their entries' SHA-256; a base that
+    /// fails is skipped and said so in [`PublishReport::deltas`]), uploaded content-addressed
+    /// as `deltas/<project>/<sha256>.patch` and listed in its entry's `deltas`. The entries
+    /// that are not the newest of their chip and project keep none.
     pub async fn publish(
         &self,
         file: &Path,
         sign_key: Option<&ota_catalogue::signed::SigningKey>,
+        opts: &PublishOptions,
     ) -> Result<PublishReport, S3Error> {
         let bytes = tokio::fs::read(file)
             .await
@@ -498,30 +508,7 @@ impl S3Store {
             path: format!("/{rel}"),
             ..probe
         };
-        let uploaded = match self.head_key(&key).await {
-            Ok(o) if o.size == bytes.len() as u64 => false,
-            Ok(_) | Err(S3Error::NotFound(_)) => {
-                let mut headers = HeaderMap::new();
-                if let Ok(v) = HeaderValue::from_str(&entry.sha256) {
-                    headers.insert("x-amz-meta-sha256", v);
-                }
-                let what = format!("uploading {key}");
-                let r = self
-                    .bounded(
-                        &what,
-                        self.inner.bucket.put_object_with_content_type_and_headers(
-                            &key,
-                            &bytes,
-                            "application/octet-stream",
-                            Some(headers),
-                        ),
-                    )
-                    .await?;
-                self.check_status(&what, r.status_code(), r.bytes())?;
-                true
-            }
-            Err(e) => return Err(e),
-        };
+        let uploaded = self.put_once(&key, &bytes, &entry.sha256).await?;
 
         // Rewrite the catalogue: keep entries whose objects still exist, replace ours.
         let mut cat = self.read_catalogue().await?;
@@ -546,6 +533,15 @@ impl S3Store {
         cat.entries.push(entry.clone());
         cat.entries.sort_by(|a, b| a.path.cmp(&b.path));
         cat.format = CATALOGUE_FORMAT;
+        let notes = self
+            .attach_deltas(&mut cat.entries, &entry, &bytes, &present, opts)
+            .await;
+        let entry = cat
+            .entries
+            .iter()
+            .find(|e| e.path == entry.path)
+            .cloned()
+            .unwrap_or(entry);
         let json = match sign_key {
             Some(k) => {
                 let serial = crate::catalogue::next_serial(cat.serial);
@@ -576,7 +572,190 @@ impl S3Store {
             uploaded,
             entries: cat.entries.len(),
             serial: cat.serial,
+            deltas: notes,
         })
+    }
+
+    /// Upload `bytes` under `key` (with its SHA-256 in the metadata) unless an object of that
+    /// size is already there (the keys are content-addressed). True when uploaded.
+    async fn put_once(&self, key: &str, bytes: &[u8], sha256: &str) -> Result<bool, S3Error> {
+        match self.head_key(key).await {
+            Ok(o) if o.size == bytes.len() as u64 => Ok(false),
+            Ok(_) | Err(S3Error::NotFound(_)) => {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(sha256) {
+                    headers.insert("x-amz-meta-sha256", v);
+                }
+                let what = format!("uploading {key}");
+                let r = self
+                    .bounded(
+                        &what,
+                        self.inner.bucket.put_object_with_content_type_and_headers(
+                            key,
+                            bytes,
+                            "application/octet-stream",
+                            Some(headers),
+                        ),
+                    )
+                    .await?;
+                self.check_status(&what, r.status_code(), r.bytes())?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The `deltas` of the rewritten catalogue `entries` (which hold `new`, whose bytes are
+    /// `new_bytes`): listings whose patch objects are gone are dropped, entries that are not
+    /// the newest of their chip and project keep none, and when `new` is the newest of its
+    /// own, its patches are made and uploaded afresh. Returns what became of them.
+    async fn attach_deltas(
+        &self,
+        entries: &mut [CatalogueEntry],
+        new: &CatalogueEntry,
+        new_bytes: &[u8],
+        present: &std::collections::HashSet<String>,
+        opts: &PublishOptions,
+    ) -> Vec<DeltaNote> {
+        for e in entries.iter_mut() {
+            e.deltas
+                .retain(|d| self.key_for(&d.path).is_ok_and(|k| present.contains(&k)));
+        }
+        let plans = crate::deltas::plan(entries);
+        for (i, e) in entries.iter_mut().enumerate() {
+            if !plans.iter().any(|p| p.target == i) {
+                e.deltas.clear();
+            }
+        }
+        let Some(me) = entries.iter().position(|e| e.path == new.path) else {
+            return Vec::new();
+        };
+        let Some(plan) = plans
+            .iter()
+            .find(|p| p.target == me || p.bases.contains(&me))
+        else {
+            return Vec::new(); // not an app that gets patches (tone bin, no version)
+        };
+        if plan.target != me {
+            let t = &entries[plan.target];
+            return vec![DeltaNote::NotNewest {
+                newest_version: t.version.clone(),
+                newest_path: t.path.clone(),
+            }];
+        }
+        entries[me].deltas.clear();
+        if opts.delta_bases == 0 {
+            return Vec::new();
+        }
+        if plan.bases.is_empty() {
+            return vec![DeltaNote::NoBases];
+        }
+        let mut notes = Vec::new();
+        let mut made = Vec::new();
+        for &b in &plan.bases {
+            if made.len() >= opts.delta_bases {
+                break;
+            }
+            let base = &entries[b];
+            match self.delta_from(base, &entries[me], new_bytes, opts).await {
+                Ok((listing, key, uploaded)) => {
+                    notes.push(DeltaNote::Made {
+                        base_version: base.version.clone(),
+                        target_version: new.version.clone(),
+                        size: listing.size,
+                        image_size: new_bytes.len() as u64,
+                        key,
+                        uploaded,
+                    });
+                    made.push(listing);
+                }
+                Err(reason) => notes.push(DeltaNote::Skipped {
+                    base_version: base.version.clone(),
+                    base_path: base.path.clone(),
+                    reason,
+                }),
+            }
+        }
+        entries[me].deltas = made;
+        notes
+    }
+
+    /// The patch from `base` (downloaded and verified) to `target`, uploaded: its listing,
+    /// key and whether it was uploaded (false: already there). Errors say why not.
+    async fn delta_from(
+        &self,
+        base: &CatalogueEntry,
+        target: &CatalogueEntry,
+        new_bytes: &[u8],
+        opts: &PublishOptions,
+    ) -> Result<(ota_catalogue::DeltaPatch, String, bool), String> {
+        let limit = opts.max_base.min(crate::deltas::MAX_IMAGE);
+        let old = self.fetch_verified(base, limit).await?;
+        let made = crate::deltas::make_patch(base, &old, target, new_bytes)?;
+        let rel = format!(
+            "deltas/{}/{}.patch",
+            safe_segment(target.project.as_deref().unwrap_or("app")),
+            made.listing.sha256
+        );
+        let key = format!("{}{}", self.inner.opts.location.prefix, rel);
+        let uploaded = self
+            .put_once(&key, &made.bytes, &made.listing.sha256)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((
+            ota_catalogue::DeltaPatch {
+                path: format!("/{rel}"),
+                ..made.listing
+            },
+            key,
+            uploaded,
+        ))
+    }
+
+    /// The bytes of the object entry `e` names, at most `limit` bytes and exactly the size the
+    /// catalogue gives, checked against the entry's SHA-256. Each call and each chunk is
+    /// bounded by the store's timeout, and the whole download by [`download_deadline`].
+    async fn fetch_verified(&self, e: &CatalogueEntry, limit: u64) -> Result<Vec<u8>, String> {
+        if e.size > limit {
+            return Err(format!(
+                "{} bytes in the catalogue, over the {limit}-byte bound",
+                e.size
+            ));
+        }
+        let key = self.key_for(&e.path).map_err(|x| x.to_string())?;
+        let obj = self.head_key(&key).await.map_err(|x| x.to_string())?;
+        if obj.size != e.size {
+            return Err(format!(
+                "{key} is {} bytes, the catalogue says {}",
+                obj.size, e.size
+            ));
+        }
+        let deadline = download_deadline(self.inner.opts.timeout, e.size);
+        let download = async {
+            let mut body = obj.body(0, obj.size).await.map_err(|x| x.to_string())?;
+            let mut out = Vec::with_capacity(e.size as usize);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|x| x.to_string())?;
+                if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > e.size as usize {
+                        return Err(format!("{key}: more than the {} bytes announced", e.size));
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+            Ok(out)
+        };
+        let bytes = tokio::time::timeout(deadline, download)
+            .await
+            .map_err(|_| format!("{key}: not downloaded within {} s", deadline.as_secs_f32()))??;
+        let sha = ota_core::image::Hex(&sha2::Sha256::digest(&bytes)).to_string();
+        if sha != e.sha256 {
+            return Err(format!(
+                "{key}: its SHA-256 is {sha}, the catalogue says {}",
+                e.sha256
+            ));
+        }
+        Ok(bytes)
     }
 
     fn check_status(&self, what: &str, status: u16, body: &[u8]) -> Result<(), S3Error> {
@@ -592,6 +771,61 @@ impl S3Store {
     }
 }
 
+/// The whole download of a base may take one store timeout per MiB (started), i.e. it must
+/// go at 1 MiB per timeout at least (≈ 205 KiB/s at the default 5 s): a store that trickles
+/// bytes just fast enough to beat the per-chunk timeout still ends.
+pub fn download_deadline(timeout: Duration, size: u64) -> Duration {
+    let mibs = size.div_ceil(1 << 20).max(1);
+    timeout.saturating_mul(u32::try_from(mibs).unwrap_or(u32::MAX))
+}
+
+/// How `publish` makes patches.
+#[derive(Clone, Debug)]
+pub struct PublishOptions {
+    /// Patches from this many previous versions of the chip and project (0: none).
+    pub delta_bases: usize,
+    /// The largest base image downloaded to make a patch from (the patch maker's own bound,
+    /// [`crate::deltas::MAX_IMAGE`], applies as well).
+    pub max_base: u64,
+}
+
+impl Default for PublishOptions {
+    fn default() -> PublishOptions {
+        PublishOptions {
+            delta_bases: crate::deltas::DEFAULT_DELTA_BASES,
+            max_base: crate::deltas::MAX_IMAGE,
+        }
+    }
+}
+
+/// What became of the patches to a published image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeltaNote {
+    /// A patch made (and uploaded unless `uploaded` is false: the same one was there).
+    Made {
+        base_version: Option<String>,
+        target_version: Option<String>,
+        size: u64,
+        /// Bytes of the target image.
+        image_size: u64,
+        key: String,
+        uploaded: bool,
+    },
+    /// A base skipped (download, size, SHA-256, patch or upload failed): why.
+    Skipped {
+        base_version: Option<String>,
+        base_path: String,
+        reason: String,
+    },
+    /// The image is not the newest of its chip and project: no patches to it.
+    NotNewest {
+        newest_version: Option<String>,
+        newest_path: String,
+    },
+    /// The store holds no earlier version of the chip and project to make a patch from.
+    NoBases,
+}
+
 /// What `publish` did.
 #[derive(Clone, Debug)]
 pub struct PublishReport {
@@ -603,6 +837,8 @@ pub struct PublishReport {
     pub serial: Option<u64>,
     /// Entries in the rewritten catalogue.
     pub entries: usize,
+    /// The patches to the published image, made or skipped.
+    pub deltas: Vec<DeltaNote>,
 }
 
 /// A project name as one key segment (letters, digits, `-`, `_`, `.`; others become `_`).
@@ -827,6 +1063,15 @@ mod tests {
         assert!(s.key_for("/../x").is_err());
         assert!(s.key_for("/%2e%2e/x").is_err());
         assert!(s.key_for("/").is_err());
+    }
+
+    #[test]
+    fn a_base_download_has_one_timeout_per_mib() {
+        let t = Duration::from_secs(5);
+        assert_eq!(download_deadline(t, 0), t);
+        assert_eq!(download_deadline(t, 1 << 20), t);
+        assert_eq!(download_deadline(t, (1 << 20) + 1), t * 2);
+        assert_eq!(download_deadline(t, 16 << 20), t * 16);
     }
 
     #[test]
