@@ -521,3 +521,33 @@ fn delta_resume_refuses_another_base_and_a_wrong_target_is_not_committed() {
         .expect("other kind");
     assert!(e.to_string().contains("delta update"), "{e}");
 }
+
+#[test]
+fn delta_update_refuses_an_image_below_the_efuse_secure_version_before_erasing() {
+    // app_image writes secure_version 0: an eFuse counter of 1 refuses it on the first 289
+    // output bytes, before the slot is erased (as a full image is refused).
+    let old = app_image(Chip::Esp32, "app", "v1.0.0", 60_000);
+    let new = app_image(Chip::Esp32, "app", "v1.1.0", 60_000);
+    let (mut f, t) = device(&old);
+    let before = f.data.clone();
+    let running = *t.ota(0).unwrap();
+    let p = make_patch(&old, &new, Compression::Heatshrink);
+    let mut u = DeltaUpdate::begin(&mut f, &t, &running, cfg(), None).unwrap();
+    u.app_mut().set_anti_rollback(Some(1));
+    let e = p
+        .chunks(500)
+        .try_for_each(|c| u.feed(&mut f, c))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Update(UpdateError::SecureVersionTooLow {
+                version: 0,
+                efuse: 1,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert_untouched(&f, &before);
+}
