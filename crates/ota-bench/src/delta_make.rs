@@ -19,10 +19,10 @@ use anyhow::{bail, Context, Result};
 use ota_delta::{Compression, Options};
 
 /// One pair: name, base, new.
-struct Pair {
-    name: String,
-    old: Vec<u8>,
-    new: Vec<u8>,
+pub(crate) struct Pair {
+    pub(crate) name: String,
+    pub(crate) old: Vec<u8>,
+    pub(crate) new: Vec<u8>,
 }
 
 const COMPRESSIONS: [Compression; 3] = [
@@ -350,34 +350,7 @@ fn pairs(vectors: &Path) -> Result<Vec<Pair>> {
             .with_context(|| format!("reading {}", esptool.join(n).display()))
     };
     let blink = read("esp_idf_blink_esp32s2.bin")?;
-    let mut out = Vec::new();
-
-    // A rebuild with a new version tag: esp_app_desc_t.version and elf_sha256 change, the
-    // checksum and appended SHA-256 with them.
-    let mut segs = segments(&blink)?;
-    let desc = &mut segs[0].1;
-    desc[16..48].copy_from_slice(b"qa-test-v5.0-20220901-7-g9f3c21\0");
-    desc[144..176].copy_from_slice(&[0x5a; 32]);
-    out.push(Pair {
-        name: "blink app: new version".into(),
-        old: blink.clone(),
-        new: seal(&blink, &segs),
-    });
-
-    // 1 KiB of new code in the middle of the largest segment: everything after it shifts.
-    let mut segs = segments(&blink)?;
-    let largest = (0..segs.len())
-        .max_by_key(|&i| segs[i].1.len())
-        .unwrap_or(0);
-    let data = &mut segs[largest].1;
-    let mid = data.len() / 2 / 4 * 4;
-    let copy = data[mid / 2..mid / 2 + 1024].to_vec();
-    data.splice(mid..mid, copy);
-    out.push(Pair {
-        name: "blink app: 1 KiB code inserted".into(),
-        old: blink.clone(),
-        new: seal(&blink, &segs),
-    });
+    let mut out = app_pairs(vectors)?;
 
     out.push(Pair {
         name: "ESP32 bootloader -> v5.2".into(),
@@ -396,6 +369,52 @@ fn pairs(vectors: &Path) -> Result<Vec<Pair>> {
         new,
     });
     Ok(out)
+}
+
+/// The real ESP-IDF app pairs (name, OLD, NEW): the blink app rebuilt with a new version tag,
+/// and with 1 KiB of code inserted mid-segment. Also `delta-update`'s.
+pub(crate) fn app_pairs(vectors: &Path) -> Result<Vec<Pair>> {
+    let path = vectors.join("esptool").join("esp_idf_blink_esp32s2.bin");
+    let blink = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    out.push(Pair {
+        name: "blink app: new version".into(),
+        old: blink.clone(),
+        new: with_new_version(&blink, b"qa-test-v5.0-20220901-7-g9f3c21")?,
+    });
+
+    // 1 KiB of new code in the middle of the largest segment: everything after it shifts.
+    let mut segs = segments(&blink)?;
+    let largest = (0..segs.len())
+        .max_by_key(|&i| segs[i].1.len())
+        .unwrap_or(0);
+    let data = &mut segs[largest].1;
+    let mid = data.len() / 2 / 4 * 4;
+    let copy = data[mid / 2..mid / 2 + 1024].to_vec();
+    data.splice(mid..mid, copy);
+    out.push(Pair {
+        name: "blink app: 1 KiB code inserted".into(),
+        old: blink.clone(),
+        new: seal(&blink, &segs),
+    });
+    Ok(out)
+}
+
+/// `image` rebuilt with a new version tag: esp_app_desc_t.version (at most 31 bytes) and
+/// elf_sha256 change, the checksum and appended SHA-256 with them.
+pub(crate) fn with_new_version(image: &[u8], version: &[u8]) -> Result<Vec<u8>> {
+    let mut segs = segments(image)?;
+    let desc = &mut segs.first_mut().context("no segment")?.1;
+    if desc.len() < 256 || le32(&desc[..4]) != 0xABCD_5432 {
+        bail!("the first segment does not start with an app descriptor");
+    }
+    if version.len() > 31 {
+        bail!("version tag longer than 31 bytes");
+    }
+    desc[16..48].fill(0);
+    desc[16..16 + version.len()].copy_from_slice(version);
+    desc[144..176].copy_from_slice(&[0x5a; 32]);
+    Ok(seal(image, &segs))
 }
 
 fn le32(b: &[u8]) -> u32 {

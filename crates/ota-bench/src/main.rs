@@ -10,6 +10,7 @@
 mod ddi_capacity;
 mod delta_apply;
 mod delta_make;
+mod delta_update;
 mod load;
 mod secure_boot;
 
@@ -59,6 +60,29 @@ enum Cmd {
         /// Runs per measurement (the median is printed).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// Full image vs delta patch through `ota serve`'s catalogue: bytes over the air and
+    /// update time of an emulated device (`ota device run --stack embassy --link LINK`) on
+    /// real and generated pairs, side by side.
+    DeltaUpdate {
+        /// The emulated link (`ota device run --link`).
+        #[arg(long, default_value = "rate=56kB/s,rtt=60ms")]
+        link: String,
+        /// The ota binary (default: the one beside ota-bench).
+        #[arg(long)]
+        ota: Option<PathBuf>,
+        /// The shared vectors folder (the real ESP-IDF blink app under esptool/).
+        #[arg(long, default_value = "../shared/vectors")]
+        vectors: PathBuf,
+        /// The ESP32-C3 example firmware's ELF (built by scripts/test.sh).
+        #[arg(
+            long,
+            default_value = "examples/esp32c3-ota/target/riscv32imc-unknown-none-elf/release/esp32c3-ota"
+        )]
+        firmware_elf: PathBuf,
+        /// One small generated pair, no link emulation (a smoke run).
+        #[arg(long)]
+        quick: bool,
     },
     /// ota-core's delta applier vs detools' Python apply_patch on a 1 MiB firmware-like pair
     /// (patches made by detools: heatshrink, none, lzma); sizes, times, the applier's RAM.
@@ -123,6 +147,19 @@ fn main() -> Result<()> {
             detools_c,
             runs,
         } => delta_make::run(&vectors, &python, detools_c.as_deref(), runs),
+        Cmd::DeltaUpdate {
+            link,
+            ota,
+            vectors,
+            firmware_elf,
+            quick,
+        } => delta_update::run(delta_update::Args {
+            ota,
+            link,
+            vectors,
+            firmware_elf,
+            quick,
+        }),
         Cmd::DeltaApply { python, runs } => delta_apply::bench(&python, runs.max(1)),
         Cmd::SecureBoot { kib, rounds } => secure_boot::bench(kib.max(1) * 1024, rounds.max(1)),
         Cmd::SecureBootStack {
