@@ -197,22 +197,8 @@ fn delta_update_cut_by_a_power_loss_resumes_with_only_the_rest_of_the_patch() {
     std::fs::create_dir_all(&www).unwrap();
     let old = www.join("app-1.0.0.bin");
     let new = www.join("app-1.1.0.bin");
-    for (out, v, size, segs) in [(&old, "v1.0.0", "400K", "4"), (&new, "v1.1.0", "420K", "6")] {
-        ok(&[
-            "image",
-            "make",
-            "--project",
-            "app",
-            "--version",
-            v,
-            "--size",
-            size,
-            "--segments",
-            segs,
-            "-o",
-            s(out),
-        ]);
-    }
+    make_image_with(&old, "v1.0.0", &["--size", "400K", "--segments", "4"]);
+    make_image_with(&new, "v1.1.0", &["--size", "420K", "--segments", "6"]);
     let flash = device(dir.path(), &old);
     let srv = Served::start(&[s(&www)], &dir.path().join("serve.log"));
     let patch_len = std::fs::metadata(patch_file(&www)).unwrap().len();

@@ -7,18 +7,15 @@ use super::{ok, s};
 
 /// App `version` of project `app`, 120 KiB (`ota image make`).
 pub fn make_image(out: &Path, version: &str) {
-    ok(&[
-        "image",
-        "make",
-        "--project",
-        "app",
-        "--version",
-        version,
-        "--size",
-        "120K",
-        "-o",
-        s(out),
-    ]);
+    make_image_with(out, version, &["--size", "120K"]);
+}
+
+/// App `version` of project `app` with more `ota image make` options (size, segments).
+pub fn make_image_with(out: &Path, version: &str, options: &[&str]) {
+    let mut args = vec!["image", "make", "--project", "app", "--version", version];
+    args.extend_from_slice(options);
+    args.extend(["-o", s(out)]);
+    ok(&args);
 }
 
 /// An `ota.toml` with one catalogue app item for project `app` at `base/manifest.json`

@@ -12,16 +12,13 @@ use ota_core::resume::{self, LogPlace, RecordKind, ResumeHeader, ResumeLog, Resu
 use ota_core::update::{next_update_slot, AppUpdate, AppUpdateConfig, UpdateError};
 use ota_core::version::VersionPolicy;
 
-use super::download::{open_with_retries, Fetch, FetchSpec, Next, StreamCheck};
+use super::download::{open_rest, open_with_retries, Fetch, FetchSpec, Next, RestOf, StreamCheck};
 use super::{core_error, source_error, Progress};
 use crate::io::BoxFuture;
 use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Device, Env, Event, ItemError, Need, ResumeFrom, StartOverWhy, UpgradeItem};
-use crate::source::{
-    duration_ms, RetryPolicy, Scheme, SourceError, SourceOptions, TransferLimits,
-    HTTP_RANGE_NOT_SATISFIABLE,
-};
+use crate::source::{duration_ms, RetryPolicy, Scheme, SourceError, SourceOptions, TransferLimits};
 
 const TAG_OTA: &str = "esp_https_ota";
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
@@ -390,68 +387,16 @@ impl AppItem {
                 v.as_str()
             ),
         );
-        let opened = open_with_retries(
-            &self.uri,
-            n,
-            Some(v.as_str()),
-            None,
-            opts,
-            self.retry,
-            used,
-            env,
-            TAG_OTA,
-        )
-        .await;
-        let r = match opened {
-            Ok(r) => r,
-            Err(
-                SourceError::HttpStatus {
-                    status: HTTP_RANGE_NOT_SATISFIABLE,
-                    ..
-                }
-                | SourceError::RangeNotSatisfiable { .. },
-            ) => {
-                env.warn(
-                    TAG_OTA,
-                    format!("The server has no byte {}: starting over from byte 0", n),
-                );
-                env.emit(Event::StartOver {
-                    id,
-                    at: n,
-                    why: StartOverWhy::RangeNotSatisfiable,
-                });
-                return Ok(Ok(None));
-            }
+        let rest = open_rest(self.spec(id), opts, n, v, None, used, env).await;
+        let mut fetch = match rest {
+            Ok(RestOf::Continue(f)) => f,
+            Ok(RestOf::FromZero(f)) => return Ok(Err(f)),
+            Ok(RestOf::StartOver) => return Ok(Ok(None)),
             Err(e) => {
                 env.error(TAG_DEFAULT, "ESP HTTPS OTA Begin failed");
                 return Err(source_error(e));
             }
         };
-        let mut fetch = Fetch::new(self.spec(id), opts.clone(), r, n, Some(v), *used);
-        if !fetch.honoured {
-            env.warn(
-                TAG_OTA,
-                "The server answered 200 to the Range request (Range not supported, or the file changed): starting over from byte 0",
-            );
-            let why = match fetch.validator {
-                Some(seen) if seen != v => StartOverWhy::FileChanged,
-                _ => StartOverWhy::RangeIgnored,
-            };
-            env.emit(Event::StartOver { id, at: n, why });
-            return Ok(Err(fetch));
-        }
-        if fetch.changed {
-            env.warn(
-                TAG_OTA,
-                "The file changed since the download started: starting over from byte 0",
-            );
-            env.emit(Event::StartOver {
-                id,
-                at: n,
-                why: StartOverWhy::FileChanged,
-            });
-            return Ok(Ok(None));
-        }
         let cfg = app_config(dev);
         match AppUpdate::resume(dev.flash, dev.table, dev.running.as_ref(), cfg, log, rec) {
             Ok(mut engine) => {
@@ -522,11 +467,11 @@ impl AppItem {
 /// A fresh stream check fed the `engine.resumed_from()` bytes already in the slot (read back
 /// from flash), for a download resumed from a record.
 fn seed_check<F: NorFlash>(
-    mut check: Box<dyn super::download::StreamCheck>,
+    mut check: Box<dyn StreamCheck>,
     dev: &mut Device<'_, F>,
     engine: &AppUpdate,
     total: Option<u64>,
-) -> Result<Box<dyn super::download::StreamCheck>, String> {
+) -> Result<Box<dyn StreamCheck>, String> {
     check.restart(total)?;
     let region = engine.slot().region();
     let n = engine.resumed_from();

@@ -24,7 +24,7 @@ use ota_core::resume::{ResumeHeader, ResumeLog, ResumeRecord};
 use ota_core::update::{next_update_slot, DeltaUpdate, EspHeader};
 use ota_core::version::VersionPolicy;
 
-use super::download::{open_with_retries, Fetch, FetchSpec, Next};
+use super::download::{open_rest, Fetch, FetchSpec, Next, RestOf};
 use super::manifest::CatalogueCheck;
 use super::{core_error, source_error, Progress};
 use alloc::rc::Rc;
@@ -33,10 +33,7 @@ use core::cell::RefCell;
 use crate::prelude::*;
 use crate::reason::Reason;
 use crate::service::{Device, Env, Event, ItemError, ResumeFrom, StartOverWhy};
-use crate::source::{
-    duration_ms, RetryPolicy, Scheme, SourceError, SourceOptions, TransferLimits,
-    HTTP_RANGE_NOT_SATISFIABLE,
-};
+use crate::source::{duration_ms, RetryPolicy, Scheme, SourceOptions, TransferLimits};
 
 const TAG: &str = "esp_delta_ota";
 /// Patch bytes per read.
@@ -346,7 +343,6 @@ async fn try_resume<F: NorFlash>(
     rec: ResumeRecord,
     used: &mut u32,
 ) -> Result<Resumed, ItemError> {
-    let uri = run.plan.url.as_str();
     let cfg = super::app::app_config(dev);
     let mut engine = match DeltaUpdate::resume(dev.flash, dev.table, running, cfg, log, rec) {
         Ok(e) => e,
@@ -385,69 +381,12 @@ async fn try_resume<F: NorFlash>(
             v.as_str()
         ),
     );
-    let opened = open_with_retries(
-        uri,
-        at,
-        Some(v.as_str()),
-        None,
-        opts,
-        run.retry,
-        used,
-        env,
-        TAG,
-    )
-    .await;
-    let r = match opened {
-        Ok(r) => r,
-        Err(
-            SourceError::HttpStatus {
-                status: HTTP_RANGE_NOT_SATISFIABLE,
-                ..
-            }
-            | SourceError::RangeNotSatisfiable { .. },
-        ) => {
-            env.warn(
-                TAG,
-                format!("The server has no byte {at} of the patch: starting over from byte 0"),
-            );
-            env.emit(Event::StartOver {
-                id: spec.id,
-                at,
-                why: StartOverWhy::RangeNotSatisfiable,
-            });
-            return Ok(Resumed::No);
-        }
-        Err(e) => return Err(source_error(e)),
+    let rest = open_rest(spec, opts, at, v, Some(run.plan.size), used, env).await;
+    let fetch = match rest.map_err(source_error)? {
+        RestOf::Continue(f) => f,
+        RestOf::FromZero(f) => return Ok(Resumed::FromZero(f)),
+        RestOf::StartOver => return Ok(Resumed::No),
     };
-    let mut fetch = Fetch::new(spec, opts.clone(), r, at, Some(v), *used);
-    if !fetch.honoured {
-        env.warn(
-            TAG,
-            "The server answered 200 to the Range request for the patch (Range not supported, or the file changed): starting over from byte 0",
-        );
-        let why = match fetch.validator {
-            Some(seen) if seen != v => StartOverWhy::FileChanged,
-            _ => StartOverWhy::RangeIgnored,
-        };
-        env.emit(Event::StartOver {
-            id: spec.id,
-            at,
-            why,
-        });
-        return Ok(Resumed::FromZero(fetch));
-    }
-    if fetch.changed || fetch.total.is_some_and(|t| t != run.plan.size) {
-        env.warn(
-            TAG,
-            "The patch file changed since the update started: starting over from byte 0",
-        );
-        env.emit(Event::StartOver {
-            id: spec.id,
-            at,
-            why: StartOverWhy::FileChanged,
-        });
-        return Ok(Resumed::No);
-    }
     env.info(
         TAG,
         format!(
@@ -460,6 +399,5 @@ async fn try_resume<F: NorFlash>(
         at,
         from: ResumeFrom::Record,
     });
-    fetch.used = *used;
     Ok(Resumed::Yes(Box::new(engine), fetch))
 }

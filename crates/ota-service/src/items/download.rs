@@ -69,6 +69,97 @@ pub(crate) async fn backoff(
     env.sleep_ms(duration_ms(d)).await;
 }
 
+/// The answer to a request for the rest of a file a resume record describes.
+pub(crate) enum RestOf {
+    /// A 206 from the requested byte, for the same file: continue with it.
+    Continue(Fetch),
+    /// The server sent the whole file (Range ignored, or the file changed): start over with it.
+    FromZero(Fetch),
+    /// No usable answer (416, or a 206 for another file): start over with a new request.
+    StartOver,
+}
+
+/// Ask for the file from byte `at` with `If-Range: validator` (a resume record's), within the
+/// retry policy; `total`: the file's length when something (a catalogue) says what it must be.
+/// Logs and emits the start-over cases. Errors: the request failed (after the retries).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open_rest(
+    spec: FetchSpec<'_>,
+    opts: &SourceOptions,
+    at: u64,
+    validator: Validator,
+    total: Option<u64>,
+    used: &mut u32,
+    env: &mut Env<'_>,
+) -> Result<RestOf, SourceError> {
+    let opened = open_with_retries(
+        spec.uri,
+        at,
+        Some(validator.as_str()),
+        None,
+        opts,
+        spec.retry,
+        used,
+        env,
+        spec.tag,
+    )
+    .await;
+    let r = match opened {
+        Ok(r) => r,
+        Err(
+            SourceError::HttpStatus {
+                status: HTTP_RANGE_NOT_SATISFIABLE,
+                ..
+            }
+            | SourceError::RangeNotSatisfiable { .. },
+        ) => {
+            env.warn(
+                spec.tag,
+                format!("The server has no byte {at}: starting over from byte 0"),
+            );
+            env.emit(Event::StartOver {
+                id: spec.id,
+                at,
+                why: StartOverWhy::RangeNotSatisfiable,
+            });
+            return Ok(RestOf::StartOver);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut fetch = Fetch::new(spec, opts.clone(), r, at, Some(validator), *used);
+    if !fetch.honoured {
+        env.warn(
+            spec.tag,
+            "The server answered 200 to the Range request (Range not supported, or the file changed): starting over from byte 0",
+        );
+        let why = match fetch.validator {
+            Some(seen) if seen != validator => StartOverWhy::FileChanged,
+            _ => StartOverWhy::RangeIgnored,
+        };
+        env.emit(Event::StartOver {
+            id: spec.id,
+            at,
+            why,
+        });
+        return Ok(RestOf::FromZero(fetch));
+    }
+    let other_length = matches!((total, fetch.total), (Some(want), Some(got)) if want != got);
+    if fetch.changed || other_length {
+        env.warn(
+            spec.tag,
+            "The file changed since the download started: starting over from byte 0",
+        );
+        env.emit(Event::StartOver {
+            id: spec.id,
+            at,
+            why: StartOverWhy::FileChanged,
+        });
+        return Ok(RestOf::StartOver);
+    }
+    fetch.used = *used;
+    Ok(RestOf::Continue(fetch))
+}
+
 /// What [`Fetch::read`] got.
 pub(crate) enum Next {
     Data(usize),
