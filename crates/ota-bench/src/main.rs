@@ -10,6 +10,7 @@
 mod ddi_capacity;
 mod delta_apply;
 mod delta_make;
+mod delta_update;
 mod load;
 mod secure_boot;
 
@@ -70,6 +71,31 @@ enum Cmd {
         #[arg(long, default_value_t = 21)]
         runs: usize,
     },
+    /// Full image vs delta patch over the air: `ota serve --delta-bases 3` and `0`, an emulated
+    /// device updating OLD -> NEW through the catalogue (`ota device run --stack embassy
+    /// --link`), on the example firmware built twice, the real ESP-IDF blink app and an edit of
+    /// it, and two synthetic pairs; bytes over the air, update times and ratios, then patch
+    /// make/apply against detools on the same pairs.
+    DeltaUpdate {
+        /// The emulated link between device and server (`ota device run --link`).
+        #[arg(long, default_value = delta_update::DEFAULT_LINK)]
+        link: String,
+        /// The ota binary (default: the one beside ota-bench, `cargo build --release -p ota`).
+        #[arg(long, value_name = "PATH")]
+        ota: Option<PathBuf>,
+        /// One synthetic 64 KiB pair, no link shaping (the smoke test's mode).
+        #[arg(long)]
+        quick: bool,
+        /// The Python with detools (its columns are skipped without it).
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: String,
+        /// The shared vectors folder (the real ESP-IDF blink app under esptool/).
+        #[arg(long, default_value = "../shared/vectors")]
+        vectors: PathBuf,
+        /// Runs per make/apply measurement (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Secure Boot v2: time of one verification (hash + signature) of an image per scheme
     /// (RSA-3072-PSS, ECDSA P-256, ECDSA P-384), with ota-core's device-side code.
     SecureBoot {
@@ -123,6 +149,21 @@ fn main() -> Result<()> {
             detools_c,
             runs,
         } => delta_make::run(&vectors, &python, detools_c.as_deref(), runs),
+        Cmd::DeltaUpdate {
+            link,
+            ota,
+            quick,
+            python,
+            vectors,
+            runs,
+        } => delta_update::run(delta_update::Args {
+            link: Some(link),
+            ota,
+            quick,
+            python,
+            vectors,
+            runs,
+        }),
         Cmd::DeltaApply { python, runs } => delta_apply::bench(&python, runs.max(1)),
         Cmd::SecureBoot { kib, rounds } => secure_boot::bench(kib.max(1) * 1024, rounds.max(1)),
         Cmd::SecureBootStack {
