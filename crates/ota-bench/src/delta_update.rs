@@ -516,9 +516,12 @@ fn copy_tree(from: &Path, to: &Path, edit: &dyn Fn(&Path, Vec<u8>) -> Vec<u8>) -
 fn firmware_pair(bin: &Path, work: &Path) -> Result<Option<Pair>> {
     const NAME: &str = "esp32c3-ota firmware, rebuilt";
     let example = workspace().join("examples/esp32c3-ota");
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
+    let installed = run_bounded(
+        Command::new("rustup").args(["target", "list", "--installed"]),
+        Duration::from_secs(60),
+        "rustup target list",
+    )
+    .map(|(o, _)| o);
     let has_target = match &installed {
         Ok(o) => String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -527,11 +530,11 @@ fn firmware_pair(bin: &Path, work: &Path) -> Result<Option<Pair>> {
     };
     if !has_target {
         println!(
-            "SKIP: {NAME}: the firmware toolchain is missing (`rustup target add {FW_TARGET}`; \
-             rustup: {})",
+            "SKIP: {NAME}: the firmware toolchain is missing ({}; `rustup target add \
+             {FW_TARGET}`)",
             match &installed {
-                Ok(_) => "found".to_string(),
-                Err(e) => e.to_string(),
+                Ok(_) => format!("rustup lists no installed {FW_TARGET}"),
+                Err(e) => format!("{e:#}"),
             }
         );
         return Ok(None);
@@ -683,7 +686,11 @@ fn blink_pair(vectors: &Path, work: &Path) -> Result<Option<Pair>> {
     };
     let mut segs = delta_make::segments(&blink)?;
     let desc = &mut segs[0].1;
-    if desc.get(..4) != Some(&[0x32, 0x54, 0xcd, 0xab][..]) || desc.len() < 256 {
+    // esp_app_desc_t (ESP-IDF components/esp_app_format/include/esp_app_desc.h): magic_word,
+    // secure_version, reserv1[2], then version[32] at 16, project_name[32] at 48, time[16] at 80,
+    // date[16] at 96, idf_ver[32] at 112, app_elf_sha256[32] at 144; 256 bytes in all.
+    if desc.get(..4) != Some(&ota_core::image::APP_DESC_MAGIC.to_le_bytes()[..]) || desc.len() < 256
+    {
         bail!("{}: no app descriptor in its first segment", path.display());
     }
     let old_version = cstr(&desc[16..48]);
