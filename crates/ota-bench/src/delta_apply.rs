@@ -107,7 +107,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn apply_with<B: DeltaBase>(base: &mut B, patch: &[u8], out: &mut Vec<u8>) -> Result<()> {
+/// Applies `patch` to `base` in 1 KiB pieces with ota-core's applier (what `ota delta apply`
+/// runs), the output into `out`.
+pub(crate) fn apply_with<B: DeltaBase>(
+    base: &mut B,
+    patch: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
     out.clear();
     let mut a = DeltaApplier::new(base.len());
     // 1 KiB pieces, as esp_delta_ota's example reads them from the network.

@@ -240,19 +240,26 @@ pub fn run(vectors: &Path, python: &str, detools_c: Option<&Path>, runs: usize) 
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-struct PyResult {
-    size: usize,
-    make_s: f64,
-    apply_ours_s: f64,
-    apply_theirs_s: f64,
+/// What the detools side measured for one case (sizes in bytes, times in seconds).
+pub(crate) struct PyResult {
+    pub size: usize,
+    pub make_s: f64,
+    pub apply_ours_s: f64,
+    pub apply_theirs_s: f64,
 }
 
-fn python_side(python: &str, cases: &[serde_json::Value], runs: usize) -> Result<Vec<PyResult>> {
+/// Runs detools' side of every case (`old`, `new`, `ours`, `theirs`, `compression` paths and
+/// name) in one Python process: `create_patch` timed, and `apply_patch` of both patches timed.
+pub(crate) fn python_side(
+    python: &str,
+    cases: &[serde_json::Value],
+    runs: usize,
+) -> Result<Vec<PyResult>> {
     let mut child = Command::new(python)
         .args(["-c", PY_HARNESS])
         .stdin(Stdio::piped())
@@ -422,7 +429,7 @@ fn le32(b: &[u8]) -> u32 {
 }
 
 /// The segments of an ESP-IDF image (24-byte header, then `[load, len, data]` each).
-fn segments(image: &[u8]) -> Result<Vec<(u32, Vec<u8>)>> {
+pub(crate) fn segments(image: &[u8]) -> Result<Vec<(u32, Vec<u8>)>> {
     let mut at = 24;
     let mut out = Vec::new();
     for _ in 0..*image.get(1).context("image header")? {
@@ -438,7 +445,7 @@ fn segments(image: &[u8]) -> Result<Vec<(u32, Vec<u8>)>> {
 /// The image rebuilt from `segs` with its checksum and SHA-256 recomputed (esptool
 /// `bin_image.py`: XOR seed 0xEF in the last byte of the padding to 16, then the SHA-256 of
 /// everything before it when header byte 23 is 1).
-fn seal(original: &[u8], segs: &[(u32, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn seal(original: &[u8], segs: &[(u32, Vec<u8>)]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let mut out = original[..24].to_vec();
     let mut checksum = 0xEFu8;

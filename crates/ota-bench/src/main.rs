@@ -61,29 +61,6 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
-    /// Full image vs delta patch through `ota serve`'s catalogue: bytes over the air and
-    /// update time of an emulated device (`ota device run --stack embassy --link LINK`) on
-    /// real and generated pairs, side by side.
-    DeltaUpdate {
-        /// The emulated link (`ota device run --link`).
-        #[arg(long, default_value = "rate=56kB/s,rtt=60ms")]
-        link: String,
-        /// The ota binary (default: the one beside ota-bench).
-        #[arg(long)]
-        ota: Option<PathBuf>,
-        /// The shared vectors folder (the real ESP-IDF blink app under esptool/).
-        #[arg(long, default_value = "../shared/vectors")]
-        vectors: PathBuf,
-        /// The ESP32-C3 example firmware's ELF (built by scripts/test.sh).
-        #[arg(
-            long,
-            default_value = "examples/esp32c3-ota/target/riscv32imc-unknown-none-elf/release/esp32c3-ota"
-        )]
-        firmware_elf: PathBuf,
-        /// One small generated pair, no link emulation (a smoke run).
-        #[arg(long)]
-        quick: bool,
-    },
     /// ota-core's delta applier vs detools' Python apply_patch on a 1 MiB firmware-like pair
     /// (patches made by detools: heatshrink, none, lzma); sizes, times, the applier's RAM.
     DeltaApply {
@@ -92,6 +69,31 @@ enum Cmd {
         python: String,
         /// Runs per measurement (the median is printed).
         #[arg(long, default_value_t = 21)]
+        runs: usize,
+    },
+    /// Full image vs delta patch over the air: `ota serve --delta-bases 3` and `0`, an emulated
+    /// device updating OLD -> NEW through the catalogue (`ota device run --stack embassy
+    /// --link`), on the example firmware built twice, the real ESP-IDF blink app and an edit of
+    /// it, and two synthetic pairs; bytes over the air, update times and ratios, then patch
+    /// make/apply against detools on the same pairs.
+    DeltaUpdate {
+        /// The emulated link between device and server (`ota device run --link`).
+        #[arg(long, default_value = delta_update::DEFAULT_LINK)]
+        link: String,
+        /// The ota binary (default: the one beside ota-bench, `cargo build --release -p ota`).
+        #[arg(long, value_name = "PATH")]
+        ota: Option<PathBuf>,
+        /// One synthetic 64 KiB pair, no link shaping (the smoke test's mode).
+        #[arg(long)]
+        quick: bool,
+        /// The Python with detools (its columns are skipped without it).
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: String,
+        /// The shared vectors folder (the real ESP-IDF blink app under esptool/).
+        #[arg(long, default_value = "../shared/vectors")]
+        vectors: PathBuf,
+        /// Runs per make/apply measurement (the median is printed).
+        #[arg(long, default_value_t = 5)]
         runs: usize,
     },
     /// Secure Boot v2: time of one verification (hash + signature) of an image per scheme
@@ -150,15 +152,17 @@ fn main() -> Result<()> {
         Cmd::DeltaUpdate {
             link,
             ota,
-            vectors,
-            firmware_elf,
             quick,
+            python,
+            vectors,
+            runs,
         } => delta_update::run(delta_update::Args {
+            link: Some(link),
             ota,
-            link,
-            vectors,
-            firmware_elf,
             quick,
+            python,
+            vectors,
+            runs,
         }),
         Cmd::DeltaApply { python, runs } => delta_apply::bench(&python, runs.max(1)),
         Cmd::SecureBoot { kib, rounds } => secure_boot::bench(kib.max(1) * 1024, rounds.max(1)),
