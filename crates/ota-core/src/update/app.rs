@@ -295,16 +295,32 @@ impl AppUpdate {
         log: ResumeLog,
         record: ResumeRecord,
     ) -> Result<AppUpdate, Error> {
+        AppUpdate::resume_seeing(flash, table, running, cfg, log, record, &mut |_| {})
+    }
+
+    /// [`AppUpdate::resume`], handing `see` every chunk of the bytes already in the slot as
+    /// they are read for the verifier (a caller that checks the whole file, e.g. a catalogue's
+    /// SHA-256, is fed them without reading the slot again).
+    pub fn resume_seeing<F: NorFlash>(
+        flash: &mut F,
+        table: &PartitionTable,
+        running: Option<&Partition>,
+        cfg: AppUpdateConfig,
+        log: ResumeLog,
+        record: ResumeRecord,
+        see: &mut dyn FnMut(&[u8]),
+    ) -> Result<AppUpdate, Error> {
         if record.header.kind != RecordKind::Image {
             return Err(UpdateError::Resume(ResumeError::OtherKind {
                 record: record.header.kind,
             })
             .into());
         }
-        AppUpdate::resume_output(flash, table, running, cfg, log, record)
+        AppUpdate::resume_output(flash, table, running, cfg, log, record, see)
     }
 
-    /// [`AppUpdate::resume`] for a record of any kind (a delta update resumes its output so).
+    /// [`AppUpdate::resume_seeing`] for a record of any kind (a delta update resumes its
+    /// output so).
     pub(crate) fn resume_output<F: NorFlash>(
         flash: &mut F,
         table: &PartitionTable,
@@ -312,6 +328,7 @@ impl AppUpdate {
         cfg: AppUpdateConfig,
         log: ResumeLog,
         record: ResumeRecord,
+        see: &mut dyn FnMut(&[u8]),
     ) -> Result<AppUpdate, Error> {
         let mut u = AppUpdate::begin(table, running, cfg, None)?;
         let h = record.header;
@@ -342,6 +359,7 @@ impl AppUpdate {
             let chunk = &mut buf[..k as usize];
             region.read(flash, off, chunk)?;
             u.verifier.feed(chunk)?;
+            see(chunk);
             off += k;
         }
         u.writer = SequentialWriter::at(Region::new(u.slot.offset, limit), n);
@@ -415,11 +433,6 @@ impl AppUpdate {
             j.record = Some(rec);
         }
         r
-    }
-
-    /// The resume record this update appends to (None without a log, or before its start).
-    pub(crate) fn resume_record(&self) -> Option<ResumeRecord> {
-        self.journal.and_then(|j| j.record)
     }
 
     /// Limit the image to the first `limit` bytes of the slot (the rest holds the resume log).

@@ -24,7 +24,7 @@ use crate::delta::{
     ESP_DELTA_HEADER_LEN, ESP_DELTA_MAGIC,
 };
 use crate::flash::{FlashError, Region};
-use crate::image::{AppDesc, VERIFY_CHUNK};
+use crate::image::AppDesc;
 use crate::partition::{Partition, PartitionTable};
 use crate::resume::{
     step_for_kind, DeltaCheckpoint, RecordKind, ResumeError, ResumeHeader, ResumeLog, ResumeRecord,
@@ -160,18 +160,13 @@ impl DeltaUpdate {
         }
         let applier = DeltaApplier::resume(&d.checkpoint, base.image_len).map_err(delta_err)?;
         let n = record.progress;
-        let app = AppUpdate::resume_output(flash, table, Some(running), cfg, log, record)?;
-        // The digest of the output so far, from the bytes in the slot.
+        // The digest of the output so far, from the bytes in the slot as the engine re-reads
+        // them for its verifier.
         let mut output_hash = Sha256::new();
-        let region = app.slot().region();
-        let mut buf = crate::flash::Aligned::<{ VERIFY_CHUNK }>::filled(0);
-        let mut off = 0u32;
-        while off < n {
-            let k = (n - off).min(VERIFY_CHUNK as u32);
-            region.read(flash, off, &mut buf[..k as usize])?;
-            output_hash.update(&buf[..k as usize]);
-            off += k;
-        }
+        let app =
+            AppUpdate::resume_output(flash, table, Some(running), cfg, log, record, &mut |b| {
+                output_hash.update(b)
+            })?;
         let step = record.header.step;
         Ok(DeltaUpdate {
             app,
@@ -396,9 +391,7 @@ impl DeltaUpdate {
         let Some(checkpoint) = self.applier.checkpoint() else {
             return Ok(());
         };
-        if !self.app.prefix_complete() || self.app.resume_record().is_none() {
-            return Ok(());
-        }
+        // Without a started log (none kept, or before the first write) nothing is appended.
         let d = DeltaCheckpoint {
             checkpoint,
             base_sha256: self.base_sha256,

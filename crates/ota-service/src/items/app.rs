@@ -398,29 +398,48 @@ impl AppItem {
             }
         };
         let cfg = app_config(dev);
-        match AppUpdate::resume(dev.flash, dev.table, dev.running.as_ref(), cfg, log, rec) {
+        // The item's check sees the whole file: the bytes in the slot (as the engine re-reads
+        // them for its verifier), then the stream.
+        let mut check = self.check.as_ref().map(|make| {
+            let mut c = make();
+            let r = c.restart(fetch.total);
+            (c, r)
+        });
+        let mut see = |b: &[u8]| {
+            if let Some((c, r @ Ok(()))) = check.as_mut() {
+                *r = c.feed(b);
+            }
+        };
+        let resumed = AppUpdate::resume_seeing(
+            dev.flash,
+            dev.table,
+            dev.running.as_ref(),
+            cfg,
+            log,
+            rec,
+            &mut see,
+        );
+        match resumed {
             Ok(mut engine) => {
                 engine.set_anti_rollback(dev.anti_rollback);
-                if let Some(make) = &self.check {
-                    // The check sees the whole file: the bytes in the slot, then the stream.
-                    match seed_check(make(), dev, &engine, fetch.total) {
-                        Ok(check) => fetch.check = Some(check),
-                        Err(d) => {
-                            env.warn(
-                                TAG_OTA,
-                                format!(
-                                    "The bytes already written do not match ({}): starting over from byte 0",
-                                    d
-                                ),
-                            );
-                            env.emit(Event::StartOver {
-                                id,
-                                at: n,
-                                why: StartOverWhy::ResumedImageInvalid,
-                            });
-                            return Ok(Ok(None));
-                        }
+                match check {
+                    Some((c, Ok(()))) => fetch.check = Some(c),
+                    Some((_, Err(d))) => {
+                        env.warn(
+                            TAG_OTA,
+                            format!(
+                                "The bytes already written do not match ({}): starting over from byte 0",
+                                d
+                            ),
+                        );
+                        env.emit(Event::StartOver {
+                            id,
+                            at: n,
+                            why: StartOverWhy::ResumedImageInvalid,
+                        });
+                        return Ok(Ok(None));
                     }
+                    None => {}
                 }
                 env.info(
                     TAG_OTA,
@@ -462,30 +481,6 @@ impl AppItem {
             }
         }
     }
-}
-
-/// A fresh stream check fed the `engine.resumed_from()` bytes already in the slot (read back
-/// from flash), for a download resumed from a record.
-fn seed_check<F: NorFlash>(
-    mut check: Box<dyn StreamCheck>,
-    dev: &mut Device<'_, F>,
-    engine: &AppUpdate,
-    total: Option<u64>,
-) -> Result<Box<dyn StreamCheck>, String> {
-    check.restart(total)?;
-    let region = engine.slot().region();
-    let n = engine.resumed_from();
-    let mut buf = ota_core::flash::Aligned::<1024>::filled(0);
-    let mut off = 0u32;
-    while off < n {
-        let k = (n - off).min(buf.len() as u32) as usize;
-        region
-            .read(dev.flash, off, &mut buf[..k])
-            .map_err(|e| format!("reading the slot at byte {off}: {e}"))?;
-        check.feed(&buf[..k])?;
-        off += k as u32;
-    }
-    Ok(check)
 }
 
 /// The engine settings for this device: chip, rollback, and where the table is and how large
