@@ -78,18 +78,29 @@ fn page_shows_a_rollout_advancing_and_stops_it() {
     assert_eq!(r.status, 201, "{}", r.text);
     let id = r.json["id"].as_i64().unwrap();
 
-    // Devices poll one at a time, slowly, so that the page sees the groups move.
+    // Devices poll one at a time, slowly, so that the page sees the groups move. They hold
+    // still once group 1 is finished and group 2 has its first success: the state the page
+    // waits for then lasts until its stop button, however slowly the browser gets there (on a
+    // loaded machine the whole rollout used to finish before the page looked).
     let stop = Arc::new(AtomicBool::new(false));
     let devices = {
         let stop = stop.clone();
         let devs = devs.clone();
         std::thread::spawn(move || {
             let mut i = 0;
+            let mut held = false;
             while !stop.load(Ordering::Relaxed) {
-                device_step(addr, &devs[i % devs.len()], "esp32c3", true);
-                i += 1;
+                if !held {
+                    device_step(addr, &devs[i % devs.len()], "esp32c3", true);
+                    i += 1;
+                    let v = admin(addr, "GET", &format!("/api/v1/rollouts/{id}"), None).json;
+                    held = v["groups"][0]["state"] == "finished"
+                        && v["groups"][1]["state"] == "running"
+                        && v["groups"][1]["counts"]["success"].as_i64() >= Some(1);
+                }
                 std::thread::sleep(Duration::from_millis(120));
             }
+            held
         })
     };
 
@@ -111,7 +122,7 @@ fn page_shows_a_rollout_advancing_and_stops_it() {
         .output()
         .expect("running node");
     stop.store(true, Ordering::Relaxed);
-    devices.join().unwrap();
+    let held = devices.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
@@ -120,6 +131,7 @@ fn page_shows_a_rollout_advancing_and_stops_it() {
         "browser test failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("STEP done"), "{stdout}");
+    assert!(held, "the devices never brought the rollout to group 2");
 
     let v = admin(addr, "GET", &format!("/api/v1/rollouts/{id}"), None).json;
     assert_eq!(v["state"], "stopped", "{v}");
