@@ -606,3 +606,168 @@ fn ddi_token_goes_to_the_server_only_not_to_a_download_host_elsewhere() {
     );
     assert_eq!(running(&d.boot()), ("ota_1".into(), "v2.0.0".into()));
 }
+
+/// A `cancelAction` from the server is fetched and confirmed (`closed`/`success`, the feedback
+/// hawkBit expects of a target with nothing in progress); the flash is untouched.
+#[test]
+fn ddi_cancel_action_is_confirmed_and_leaves_the_device_as_it_was() {
+    let d = Dev::new(&[]);
+    let server = ServerBuilder::default().build();
+    let target = server.add_target("dev1");
+    target.cancel_action("5");
+    let confirmed = target.expect_cancel_feedback(
+        "5",
+        Execution::Closed,
+        Finished::Success,
+        vec!["canceled: no update of action 5 in progress"],
+    );
+    let before = d.flash();
+    let o = d.run(&server.base_url(), "dev1", Some("Keydev1"), &[]);
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{log}");
+    assert_eq!(target.cancel_action_hits(), 1, "{log}");
+    assert_eq!(confirmed.calls(), 1, "{log}");
+    assert!(log.contains("the server cancels action 5"), "{log}");
+    assert!(d.flash() == before, "the flash changed");
+}
+
+/// A hostile cancelAction (a link to another origin, an id that needs escaping, not JSON) is a
+/// warning: the cancel is not answered, the token goes nowhere else, the run still succeeds.
+#[test]
+fn ddi_hostile_cancel_action_is_a_warning_only() {
+    let d = Dev::new(&[]);
+    for (href, doc, want) in [
+        (
+            "http://localhost:9/DEFAULT/controller/v1/d/cancelAction/1",
+            r#"{"id":"1"}"#,
+            "is not on the server's origin",
+        ),
+        (
+            "BASE/DEFAULT/controller/v1/d/cancelAction/1",
+            r#"{"id":"../../x","cancelAction":{"stopId":"1"}}"#,
+            "cancel id `../../x`",
+        ),
+        (
+            "BASE/DEFAULT/controller/v1/d/cancelAction/1",
+            "<html>",
+            "the cancelAction is not DDI JSON",
+        ),
+    ] {
+        let srv = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", srv.server_addr().to_ip().unwrap());
+        let base_doc = format!(
+            r#"{{"_links":{{"cancelAction":{{"href":"{}"}}}}}}"#,
+            href.replace("BASE", &url)
+        );
+        let feedbacks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = feedbacks.clone();
+        let doc = doc.to_string();
+        std::thread::spawn(move || {
+            for rq in srv.incoming_requests() {
+                let body = if rq.url().ends_with("/feedback") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    String::new()
+                } else if rq.url().contains("/cancelAction/") {
+                    doc.clone()
+                } else {
+                    base_doc.clone()
+                };
+                let _ = rq.respond(tiny_http::Response::from_string(body));
+            }
+        });
+        let before = d.flash();
+        let o = d.run(&url, "d", Some("s3cret"), &[]);
+        let log = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{log}");
+        assert!(log.contains("the cancel request not answered"), "{log}");
+        assert!(log.contains(want), "{want}:\n{log}");
+        assert_eq!(
+            feedbacks.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{log}"
+        );
+        assert!(d.flash() == before, "the flash changed");
+    }
+}
+
+/// `ota serve --fleet` end to end: a device installs the rollout's release and waits for its
+/// new app to confirm itself; the operator stops the rollout; the device's next poll gets the
+/// cancel and confirms it, and the server counts the action canceled (not left `canceling`).
+#[test]
+fn ddi_rollout_stopped_while_the_device_waits_is_canceled_on_the_fleet_server() {
+    let d = Dev::new(&["--rollback"]);
+    let www = d.dir.join("www");
+    std::fs::create_dir(&www).unwrap();
+    d.image("www/app-v2.0.0.bin", "app", "v2.0.0");
+    std::fs::write(d.dir.join("admin.token"), "admin-token-cancel\n").unwrap();
+    std::fs::write(d.dir.join("gw.token"), "gateway-token-cancel\n").unwrap();
+    let srv = common::served::Served::start(
+        &[
+            d.p("www"),
+            "--fleet",
+            "--admin-token-file",
+            d.p("admin.token"),
+            "--gateway-token-file",
+            d.p("gw.token"),
+        ],
+        &d.dir.join("serve.log"),
+    );
+    let admin = |cmd: &[&str]| {
+        let mut a = cmd.to_vec();
+        a.extend_from_slice(&[
+            "--server",
+            &srv.base,
+            "--admin-token-file",
+            d.p("admin.token"),
+        ]);
+        ok(&a)
+    };
+    let run = || {
+        let o = ota(&[
+            "device",
+            "run",
+            "--flash",
+            d.p("flash.bin"),
+            "--ddi",
+            &srv.base,
+            "--ddi-tenant",
+            "DEFAULT",
+            "--ddi-id",
+            "dev1",
+            "--ddi-gateway-token-file",
+            d.p("gw.token"),
+        ]);
+        let log = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{log}");
+        log
+    };
+    // The first poll: the server learns the device's chip, project and version.
+    let log = run();
+    assert!(log.contains("no deployment for this device"), "{log}");
+    admin(&[
+        "rollout",
+        "create",
+        "--name",
+        "r1",
+        "--release",
+        "1",
+        "--groups",
+        "100",
+        "--start",
+    ]);
+    let log = run();
+    assert!(log.contains("Restarting..."), "{log}");
+    let show = || -> Value {
+        let out = admin(&["rollout", "show", "1", "--json"]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    assert_eq!(show()["counts"]["running"], 1, "{}", show());
+    admin(&["rollout", "stop", "1"]);
+    assert_eq!(show()["counts"]["canceling"], 1, "{}", show());
+    let log = run();
+    assert!(log.contains("the server cancels action"), "{log}");
+    let v = show();
+    assert_eq!(v["counts"]["canceled"], 1, "{v}");
+    assert_eq!(v["counts"]["canceling"], 0, "{v}");
+    assert_eq!(v["state"], "stopped", "{v}");
+}

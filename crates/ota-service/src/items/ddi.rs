@@ -104,6 +104,20 @@ struct BaseLinks {
     cancel_action: Option<Link>,
 }
 
+/// `DdiCancel`: the action to cancel.
+#[derive(Deserialize)]
+struct CancelDoc {
+    id: Value,
+    #[serde(default, rename = "cancelAction")]
+    cancel_action: Option<CancelInfo>,
+}
+
+#[derive(Deserialize)]
+struct CancelInfo {
+    #[serde(default, rename = "stopId")]
+    stop_id: Option<Value>,
+}
+
 #[derive(Deserialize, Clone)]
 struct Link {
     href: String,
@@ -541,11 +555,11 @@ impl DdiItem {
                     env.warn(TAG, format!("configData not delivered: {e}"));
                 }
             }
-            if links.cancel_action.is_some() {
-                env.warn(
-                    TAG,
-                    "the server asks to cancel an action: this device does not cancel (ignored)",
-                );
+            if let Some(l) = links.cancel_action {
+                // Answered, never fatal: a deployment offered beside it still runs.
+                if let Err(e) = self.cancel(&l, opts, id, env).await {
+                    env.warn(TAG, format!("the cancel request not answered: {e}"));
+                }
             }
             if let Some(l) = links.deployment_base {
                 return Ok(Some(l));
@@ -573,6 +587,61 @@ impl DdiItem {
             );
             env.sleep_ms(wait_ms).await;
         }
+    }
+
+    /// Answer the server's `cancelAction` (`DdiCancel`): GET it, then confirm it with a
+    /// `closed`/`success` feedback. Nothing is ever in progress between two polls on this
+    /// device (a deployment runs to its end, or to an error, within one run of the item; a
+    /// download cut by a power loss resumes only when a deployment offers it again), so there
+    /// is nothing to undo and the cancellation is confirmed, as hawkBit expects of an idle
+    /// target. An installed image stays: the attributes tell the server what runs.
+    async fn cancel(
+        &self,
+        link: &Link,
+        opts: &SourceOptions,
+        id: usize,
+        env: &mut Env<'_>,
+    ) -> Result<(), ItemError> {
+        let uri = self.own_link("cancelAction", &link.href)?;
+        let doc: CancelDoc = self.get_json(&uri, "cancelAction", opts, id, env).await?;
+        let bad = |detail: String| ItemError::new(Reason::StreamRdFail, format!("{uri}: {detail}"));
+        let text = match &doc.id {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return Err(bad("the cancel id is neither a string nor a number".into())),
+        };
+        check_id(&text).map_err(|e| bad(format!("cancel id `{}`: {e}", shorten(&text))))?;
+        let stop = doc
+            .cancel_action
+            .and_then(|c| c.stop_id)
+            .map(|v| match v {
+                Value::String(s) => s,
+                v => v.to_string(),
+            })
+            .unwrap_or_else(|| text.clone());
+        let detail = format!(
+            "canceled: no update of action {} in progress",
+            shorten(&stop)
+        );
+        let body = json!({
+            "id": doc.id,
+            "status": {
+                "execution": "closed",
+                "result": { "finished": "success" },
+                "details": [detail],
+            }
+        });
+        let fb = format!("{}/cancelAction/{text}/feedback", self.base_url());
+        env.info(
+            TAG,
+            format!(
+                "the server cancels action {}: closed/success: {detail}",
+                shorten(&stop)
+            ),
+        );
+        self.send_json(UploadMethod::Post, &fb, &body, env)
+            .await
+            .map_err(source_error)
     }
 
     /// Read the deployment and choose its app image.
