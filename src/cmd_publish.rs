@@ -75,6 +75,14 @@ pub fn run(a: PublishArgs) -> Result<ExitCode> {
             print_note(note);
         }
     }
+    for k in &report.pruned {
+        println!(
+            "removed superseded patch {k} (listed in neither this catalogue nor the one it replaced)"
+        );
+    }
+    for (k, why) in &report.prune_failed {
+        eprintln!("warning: superseded patch {k} not removed: {why}");
+    }
     match &key {
         Some(k) => println!(
             "catalogue {} rewritten: {} entries, signed ({} key id {}, serial {})",

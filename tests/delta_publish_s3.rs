@@ -205,6 +205,51 @@ fn published_delta_is_listed_applies_and_a_device_downloads_it_through_ota_serve
     let cat = catalogue(&srv);
     assert!(deltas(entry(&cat, "v1.2.0")).is_empty(), "{cat}");
     assert!(deltas(entry(&cat, "v1.1.0")).is_empty(), "{cat}");
+    // The patch to v1.1.0 is listed no more, but the catalogue it replaced listed it (a device
+    // may be downloading it): it stays for one more publish.
+    assert!(!out.contains("removed superseded patch"), "{out}");
+    let first = format!("/{key}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(get(addr(&srv), &first, "").0, 200, "{first} kept");
+
+    // The next publish lists it in neither catalogue: deleted, and said so. The three new
+    // patches to v1.3.0 are listed.
+    let v13 = t.path().join("app-1.3.0.bin");
+    make_image(&v13, "v1.3.0");
+    let o = publish_with(&v13, &weed.endpoint, &[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let made = delta_lines(&out);
+    assert_eq!(made.len(), 3, "{out}");
+    let removed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("removed superseded patch "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(removed, [key.as_str()], "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(get(addr(&srv), &first, "").0, 404, "{first} deleted");
+    let cat = catalogue(&srv);
+    assert_eq!(deltas(entry(&cat, "v1.3.0")).len(), 3, "{cat}");
+
+    // v1.4.0: the patches to v1.3.0 were listed by the catalogue it replaces: kept, none
+    // deleted; they go with the publish after.
+    let v14 = t.path().join("app-1.4.0.bin");
+    make_image(&v14, "v1.4.0");
+    let out = text(&publish_with(&v14, &weed.endpoint, &["--delta-bases", "1"]));
+    assert_eq!(delta_lines(&out).len(), 1, "{out}");
+    assert!(!out.contains("removed superseded patch"), "{out}");
+    let v15 = t.path().join("app-1.5.0.bin");
+    make_image(&v15, "v1.5.0");
+    let out = text(&publish_with(&v15, &weed.endpoint, &["--delta-bases", "1"]));
+    let removed: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("removed superseded patch "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    let mut to13: Vec<String> = made.iter().map(|m| m.3.clone()).collect();
+    to13.sort();
+    assert_eq!(removed, to13, "{out}");
 }
 
 #[test]

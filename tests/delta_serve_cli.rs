@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::delta::*;
 use common::served::Served;
+use common::weed::wait;
 use common::*;
 
 /// A device (ESP32, the example table) running `run`, booted once.
@@ -249,4 +250,93 @@ fn delta_update_cut_by_a_power_loss_resumes_with_only_the_rest_of_the_patch() {
          patch byte {resume_at}: the rerun fetched {} of {patch_len} patch bytes",
         patch_len - resume_at as u64
     );
+}
+
+/// The names of the `.ota-delta/` files, sorted.
+fn delta_files(www: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(www.join(".ota-delta"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The patch files the served catalogue lists now.
+fn listed(srv: &Served) -> Vec<String> {
+    let (status, _, body) = get(srv.base.trim_start_matches("http://"), "/manifest.json", "");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut out: Vec<String> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["deltas"].as_array().cloned().unwrap_or_default())
+        .map(|d| {
+            let p = d["path"].as_str().unwrap();
+            p.rsplit('/').next().unwrap().to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Superseded patches go once neither the catalogue nor the one before it lists them (a device
+/// that fetched the previous one can still download its patch); files in `.ota-delta/` that the
+/// server did not name are left alone; a patch from the server's last run counts as listed by
+/// the catalogue before the first.
+#[test]
+fn superseded_patches_are_removed_one_catalogue_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (www, _) = www(dir.path());
+    let cache = www.join(".ota-delta");
+    std::fs::create_dir_all(&cache).unwrap();
+    let stale = format!("{}.patch", "ab".repeat(32));
+    std::fs::write(cache.join(&stale), b"from the last run").unwrap();
+    std::fs::write(cache.join("notes.txt"), b"not ours").unwrap();
+    let srv = Served::start(
+        &[s(&www), "--rescan-ms", "100", "--delta-bases", "1"],
+        &dir.path().join("serve.log"),
+    );
+    let first = listed(&srv);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let files = delta_files(&www);
+    assert!(
+        files.contains(&stale) && files.contains(&first[0]),
+        "{files:?}"
+    );
+    let next = |version: &str, previous: &[String]| -> Vec<String> {
+        make_image(&www.join(format!("app-{version}.bin")), version);
+        let mut now = Vec::new();
+        assert!(
+            wait(20, || {
+                now = listed(&srv);
+                now.len() == 1 && now[..] != *previous
+            }),
+            "no patch to {version}: {now:?}"
+        );
+        now
+    };
+    // v1.2.0: the patch to v1.1.0 stays (the previous catalogue lists it); the last run's goes.
+    let second = next("v1.2.0", &first);
+    let files = delta_files(&www);
+    assert_eq!(
+        files,
+        sorted(&[&first[0], &second[0], "notes.txt"]),
+        "{files:?}"
+    );
+    // v1.3.0: the patch to v1.1.0 goes now.
+    let third = next("v1.3.0", &second);
+    let files = delta_files(&www);
+    assert_eq!(
+        files,
+        sorted(&[&second[0], &third[0], "notes.txt"]),
+        "{files:?}"
+    );
+}
+
+fn sorted(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
 }

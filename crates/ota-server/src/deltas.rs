@@ -6,7 +6,7 @@
 //! (`<sha256>.patch`), each pair once per server run, and `ota publish` uploads an S3 store's
 //! ([`crate::s3::S3Store::publish`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,11 @@ pub struct DeltaMaker {
     made: HashMap<(String, String), Result<DeltaPatch, String>>,
     /// Patches made so far (not counting those found in the cache).
     pub patches_made: u64,
+    /// Superseded patch files deleted so far ([`DeltaMaker::prune`]).
+    pub patches_removed: u64,
+    /// The patch files the current and the previous catalogue list (None before the first).
+    listed: Option<HashSet<String>>,
+    previous: HashSet<String>,
 }
 
 impl DeltaMaker {
@@ -43,6 +48,9 @@ impl DeltaMaker {
             bases,
             made: HashMap::new(),
             patches_made: 0,
+            patches_removed: 0,
+            listed: None,
+            previous: HashSet::new(),
         }
     }
 
@@ -75,6 +83,60 @@ impl DeltaMaker {
             }
             entries[plan.target].deltas = deltas;
         }
+        let now: HashSet<String> = entries
+            .iter()
+            .flat_map(|e| e.deltas.iter())
+            .filter_map(|d| {
+                d.path
+                    .strip_prefix(&format!("/{DELTA_DIR}/"))
+                    .map(str::to_string)
+            })
+            .collect();
+        let all: &[CatalogueEntry] = entries;
+        let pairs: HashSet<(String, String)> = plan(all)
+            .iter()
+            .flat_map(|p| {
+                let t = all[p.target].sha256.clone();
+                p.bases
+                    .iter()
+                    .map(move |&b| (all[b].sha256.clone(), t.clone()))
+            })
+            .collect();
+        self.made.retain(|k, _| pairs.contains(k));
+        self.prune(now);
+    }
+
+    /// Delete the superseded patch files of [`DELTA_DIR`] (`<64 hex>.patch`, the names this
+    /// maker writes; nothing else there is touched): those neither the new catalogue nor the
+    /// one before it lists, so that a device that fetched the previous catalogue can still
+    /// download its patch. At the first catalogue of a run the files already there count as
+    /// the previous one's (a device may hold the catalogue of the server's last run).
+    fn prune(&mut self, now: HashSet<String>) {
+        if self.listed.as_ref() == Some(&now) {
+            return;
+        }
+        let dir = self.root.join(DELTA_DIR);
+        let existing: Vec<String> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|d| d.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|d| d.file_name().into_string().ok())
+            .filter(|n| is_patch_name(n))
+            .collect();
+        self.previous = match self.listed.take() {
+            Some(l) => l,
+            None => existing.iter().cloned().collect(),
+        };
+        for name in existing {
+            if now.contains(&name) || self.previous.contains(&name) {
+                continue;
+            }
+            if fs::remove_file(dir.join(&name)).is_ok() {
+                self.patches_removed += 1;
+            }
+        }
+        self.listed = Some(now);
     }
 
     /// Why the patch for a pair could not be made (for logs and tests), if it was tried.
@@ -219,6 +281,12 @@ pub fn make_patch(
 
 /// Write a content-addressed file unless it is already there with the same bytes: written to
 /// a temporary name and renamed, so a reader never sees half a patch.
+/// `<64 lowercase hex>.patch`: a file name [`DeltaMaker`] writes.
+fn is_patch_name(n: &str) -> bool {
+    n.strip_suffix(".patch")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 fn write_once(dir: &Path, file: &Path, bytes: &[u8]) -> io::Result<()> {
     if fs::read(file).is_ok_and(|b| b == bytes) {
         return Ok(());

@@ -512,6 +512,7 @@ impl S3Store {
 
         // Rewrite the catalogue: keep entries whose objects still exist, replace ours.
         let mut cat = self.read_catalogue().await?;
+        let listed_before = self.patch_keys(&cat.entries);
         let what = format!("listing {}", self.describe());
         let pages = self
             .bounded(
@@ -566,6 +567,9 @@ impl S3Store {
             .await?;
         self.check_status(&what, r.status_code(), r.bytes())?;
         *self.lock_catalogue() = None;
+        let (pruned, prune_failed) = self
+            .prune_patches(&present, &listed_before, &self.patch_keys(&cat.entries))
+            .await;
         Ok(PublishReport {
             key,
             entry,
@@ -573,7 +577,56 @@ impl S3Store {
             entries: cat.entries.len(),
             serial: cat.serial,
             deltas: notes,
+            pruned,
+            prune_failed,
         })
+    }
+
+    /// The object keys of the patches `entries` list.
+    fn patch_keys(&self, entries: &[CatalogueEntry]) -> std::collections::HashSet<String> {
+        entries
+            .iter()
+            .flat_map(|e| e.deltas.iter())
+            .filter_map(|d| self.key_for(&d.path).ok())
+            .collect()
+    }
+
+    /// Delete the superseded patch objects: `deltas/<project>/<64 hex>.patch` keys of the
+    /// store (`present`, listed before this publish) that neither the new catalogue nor the
+    /// one it replaced lists. Those of the replaced catalogue stay for one more publish: a
+    /// device that fetched it may be downloading one of them now (and if it is gone later, the
+    /// device falls back to the full image). Returns the keys deleted, and those that could
+    /// not be, with why (the publish itself has succeeded by then).
+    async fn prune_patches(
+        &self,
+        present: &std::collections::HashSet<String>,
+        listed_before: &std::collections::HashSet<String>,
+        listed_now: &std::collections::HashSet<String>,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let dir = format!("{}deltas/", self.inner.opts.location.prefix);
+        let mut stale: Vec<&String> = present
+            .iter()
+            .filter(|k| {
+                k.strip_prefix(&dir).is_some_and(is_patch_key)
+                    && !listed_before.contains(*k)
+                    && !listed_now.contains(*k)
+            })
+            .collect();
+        stale.sort();
+        let (mut pruned, mut failed) = (Vec::new(), Vec::new());
+        for key in stale {
+            let what = format!("deleting {key}");
+            let r = self
+                .bounded(&what, self.inner.bucket.delete_object(key))
+                .await
+                .and_then(|r| self.check_status(&what, r.status_code(), r.bytes()));
+            match r {
+                Ok(()) => pruned.push(key.clone()),
+                Err(e) => failed.push((key.clone(), e.to_string())),
+            }
+        }
+        *self.lock_heads() = Default::default();
+        (pruned, failed)
     }
 
     /// Upload `bytes` under `key` (with its SHA-256 in the metadata) unless an object of that
@@ -839,6 +892,25 @@ pub struct PublishReport {
     pub entries: usize,
     /// The patches to the published image, made or skipped.
     pub deltas: Vec<DeltaNote>,
+    /// Superseded patch objects deleted (listed in neither the new catalogue nor the one it
+    /// replaced).
+    pub pruned: Vec<String>,
+    /// Superseded patch objects that could not be deleted, with the error.
+    pub prune_failed: Vec<(String, String)>,
+}
+
+/// `<project>/<64 lowercase hex>.patch`: a key this crate made under `deltas/`.
+fn is_patch_key(rest: &str) -> bool {
+    let Some((project, file)) = rest.split_once('/') else {
+        return false;
+    };
+    let Some(hex) = file.strip_suffix(".patch") else {
+        return false;
+    };
+    !project.is_empty()
+        && !project.contains('/')
+        && hex.len() == 64
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A project name as one key segment (letters, digits, `-`, `_`, `.`; others become `_`).
