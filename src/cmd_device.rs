@@ -502,7 +502,7 @@ impl DdiArgs {
             break_after_fail: false,
             cert: None,
             retry: ota_service::source::RetryPolicy::default(),
-            resume: false,
+            resume: true,
             staging: None,
             project: None,
             catalogue: None,

@@ -142,8 +142,15 @@ fn power_cut_mid_download_from_ota_serve_then_rerun_resumes() {
     // A plain app item, and the catalogue item (its size and SHA-256 check is fed the bytes
     // already in the slot before the rest of the stream).
     for catalogue in [false, true] {
-        cut_and_resume(catalogue);
+        cut_and_resume(catalogue, true);
     }
+}
+
+/// `resume = false` on a catalogue item: no record is kept, the rerun downloads the image from
+/// byte 0 (and still installs it).
+#[test]
+fn catalogue_item_with_resume_false_keeps_no_record() {
+    cut_and_resume(true, false);
 }
 
 /// The body of `GET base/path` from a loopback server.
@@ -162,7 +169,7 @@ fn http_get_len(base: &str, path: &str) -> u64 {
     (r.len() - at) as u64
 }
 
-fn cut_and_resume(catalogue: bool) {
+fn cut_and_resume(catalogue: bool, resume: bool) {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let ps = |n: &str| p(n).to_str().unwrap().to_string();
@@ -212,7 +219,7 @@ fn cut_and_resume(catalogue: bool) {
     let server = ota_server::Background::start(opts).unwrap();
     let base = server.info.base_url.trim_end_matches('/').to_string();
     let config = if catalogue {
-        format!("[[upgrade]]\ntype = \"app\"\nuri = \"{base}/manifest.json\"\nproject = \"app\"\n")
+        format!("[[upgrade]]\ntype = \"app\"\nuri = \"{base}/manifest.json\"\nproject = \"app\"\nresume = {resume}\n")
     } else {
         format!("firmware_upgrade_uri = \"{base}/new.bin\"\n")
     };
@@ -241,7 +248,11 @@ fn cut_and_resume(catalogue: bool) {
         text(&cut)
     );
     let cp = checkpoint(&p("flash.bin"));
-    assert!(cp > 0, "no checkpoint before the cut");
+    if !resume {
+        assert_eq!(cp, 0, "a record with resume = false");
+    } else {
+        assert!(cp > 0, "no checkpoint before the cut");
+    }
     let boot = ok(&["device", "boot", "--flash", &ps("flash.bin")]);
     assert!(boot.contains("App version:      v1.0.0"), "{boot}");
     // The server may still be pushing the cut run's body into a closed socket: wait until its
@@ -263,8 +274,9 @@ fn cut_and_resume(catalogue: bool) {
         "--config",
         &ps("ota.toml"),
     ]);
-    assert!(
+    assert_eq!(
         log.contains(&format!("Resuming download at byte {cp}")),
+        resume,
         "{log}"
     );
     assert!(log.contains("App version:      v2.0.0"), "{log}");

@@ -565,18 +565,12 @@ fn explicit_item(
     let raw = item.get_ref();
     check_uri(loc, &raw.uri)?;
     let ddi = ddi_spec(loc, item, base_dir)?;
-    // Every item retries and reconnects (`retries`, `retry_backoff_ms`); only a plain app item
-    // keeps a resume record in flash across runs.
+    // Every item retries and reconnects (`retries`, `retry_backoff_ms`); app items (plain,
+    // catalogue and DDI) keep a resume record in flash across runs unless `resume = false`.
     if let (ItemKind::Data, Some(r)) = (raw.kind, raw.resume.as_ref()) {
         return Err(loc.at(
             Some(r.span()),
             "`resume` is for app items (a resume record in flash): a data item is verified and written within one run".to_string(),
-        ));
-    }
-    if let (Some(_), Some(r)) = (raw.project.as_ref(), raw.resume.as_ref()) {
-        return Err(loc.at(
-            Some(r.span()),
-            "`resume` does not apply to a catalogue item (`project`): its download is checked whole against the catalogue's SHA-256, so it is not resumed from a record (it still retries and reconnects)".to_string(),
         ));
     }
     let retry = retry_policy(
@@ -760,12 +754,6 @@ fn ddi_spec(
         return Err(loc.at(
             Some(raw.uri.span()),
             "a DDI item's uri is the hawkBit server's http:// or https:// URL",
-        ));
-    }
-    if let Some(r) = &raw.resume {
-        return Err(loc.at(
-            Some(r.span()),
-            "`resume` does not apply to a DDI item: its download is checked whole against the deployment's SHA-256",
         ));
     }
     let id_field = |v: &Option<Spanned<String>>, name: &str| -> Result<String, ConfigError> {

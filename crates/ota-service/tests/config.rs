@@ -351,7 +351,7 @@ resume = false
 }
 
 #[test]
-fn retries_are_bounded_and_resume_is_only_for_app_items() {
+fn retries_are_bounded_and_resume_is_for_app_items_of_every_kind() {
     let e = err("firmware_upgrade_uri = \"http://h/a.bin\"\nretries = 1000\n");
     assert_eq!(e.line(), Some(2), "{e}");
     assert!(e.message.contains("retries must be at most 100"), "{e}");
@@ -368,11 +368,27 @@ fn retries_are_bounded_and_resume_is_only_for_app_items() {
     );
     assert_eq!(e.line(), Some(5), "{e}");
     assert!(e.message.contains("`resume` is for app items"), "{e}");
-    let e = err(
-        "[[upgrade]]\ntype = \"app\"\nuri = \"http://h/manifest.json\"\nproject = \"p\"\nresume = true\n",
-    );
-    assert_eq!(e.line(), Some(5), "{e}");
-    assert!(e.message.contains("catalogue item"), "{e}");
+    // Catalogue and DDI items resume too; `resume = false` turns it off, and the top-level
+    // default reaches them.
+    let c = parse(
+        "[[upgrade]]\ntype = \"app\"\nuri = \"http://h/manifest.json\"\nproject = \"p\"\nresume = false\n",
+    )
+    .unwrap();
+    assert!(!c.upgrade[0].resume);
+    let c = parse(
+        "resume = false\n[[upgrade]]\ntype = \"app\"\nuri = \"http://h/manifest.json\"\nproject = \"p\"\n",
+    )
+    .unwrap();
+    assert!(!c.upgrade[0].resume);
+    let c =
+        parse("[[upgrade]]\ntype = \"app\"\nuri = \"http://h/manifest.json\"\nproject = \"p\"\n")
+            .unwrap();
+    assert!(c.upgrade[0].resume);
+    let c = parse(
+        "[[upgrade]]\ntype = \"ddi\"\nuri = \"http://h:8080\"\ntenant = \"DEFAULT\"\ncontroller_id = \"d\"\nresume = false\n",
+    )
+    .unwrap();
+    assert!(!c.upgrade[0].resume);
 }
 
 #[test]

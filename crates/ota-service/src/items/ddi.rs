@@ -242,6 +242,9 @@ pub struct DdiItem {
     pub reboot: bool,
     pub break_after_fail: bool,
     pub retry: RetryPolicy,
+    /// Keep a resume record in flash for an HTTP(S) artifact download, so a cut download
+    /// continues where it stopped when the deployment is offered again (default on).
+    pub resume: bool,
     /// Polls of the base resource in one run while it offers nothing (at least 1); between
     /// two, the item waits `config.polling.sleep`, at most `max_sleep`, and never past the
     /// item's deadline (`max_time_ms`).
@@ -281,6 +284,7 @@ impl DdiItem {
             reboot: true,
             break_after_fail: false,
             retry: RetryPolicy::default(),
+            resume: true,
             polls: 1,
             max_sleep: DEFAULT_MAX_SLEEP,
             plan: None,
@@ -857,6 +861,7 @@ impl DdiItem {
         inner.reboot = self.reboot;
         inner.break_after_fail = self.break_after_fail;
         inner.retry = self.retry;
+        inner.resume = self.resume;
         if origin(&action.url) == origin(&self.server) {
             inner.authorization = self.auth.header();
         }

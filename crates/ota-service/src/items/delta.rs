@@ -58,6 +58,8 @@ pub(crate) struct DeltaRun<'a> {
     pub(crate) ca_pem: &'a Option<Vec<u8>>,
     pub(crate) limits: Option<TransferLimits>,
     pub(crate) retry: RetryPolicy,
+    /// Keep and use a resume record (the item's `resume`).
+    pub(crate) resume: bool,
 }
 
 /// Download and apply the patch; `Ok` once otadata points at the new slot.
@@ -82,7 +84,8 @@ pub(crate) async fn apply_patch<F: NorFlash>(
         tag: TAG,
         retry: run.retry,
     };
-    let http = matches!(Scheme::of(uri), Some(Scheme::Http) | Some(Scheme::Https));
+    // Only HTTP(S) downloads are resumed, and only when the item keeps resume records.
+    let http = run.resume && matches!(Scheme::of(uri), Some(Scheme::Http) | Some(Scheme::Https));
     let slot = next_update_slot(dev.table, Some(&running));
     let log = slot.and_then(|s| ResumeLog::locate(dev.table, &s));
     let mut used = 0;

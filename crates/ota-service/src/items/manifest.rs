@@ -357,6 +357,9 @@ pub struct ManifestItem {
     /// Download a delta patch the catalogue lists for the running image instead of the whole
     /// image, falling back to the image when there is none or it fails (default: on).
     pub deltas: bool,
+    /// Keep a resume record in flash for HTTP(S) downloads of the image and of a patch, so a
+    /// cut download continues where it stopped (default on; the config's `resume`).
+    pub resume: bool,
     inner: Option<AppItem>,
     /// The patch chosen in `prepare` (the full image is then opened only on fallback).
     delta: Option<DeltaPlan>,
@@ -378,6 +381,7 @@ impl ManifestItem {
             retry: RetryPolicy::default(),
             trust: None,
             deltas: true,
+            resume: true,
             inner: None,
             delta: None,
             incoming_version: None,
@@ -457,6 +461,7 @@ impl ManifestItem {
         let (size, mismatch) = (entry.size, self.mismatch.clone());
         *mismatch.borrow_mut() = None;
         inner.retry = self.retry;
+        inner.resume = self.resume;
         inner.check = Some(Box::new(move || {
             Box::new(CatalogueCheck::new(size, sha256, mismatch.clone()))
         }));
@@ -632,6 +637,7 @@ impl ManifestItem {
                 ca_pem: &self.ca_pem,
                 limits: self.limits,
                 retry: self.retry,
+                resume: self.resume,
             };
             match apply_patch(run, dev, env, id).await {
                 Ok(()) => return Ok(()),

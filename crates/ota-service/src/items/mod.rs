@@ -188,6 +188,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
                 item.retry = spec.retry;
+                item.resume = spec.resume;
                 item.trust = trust.clone();
                 items.push(Box::new(item));
             }
@@ -229,6 +230,7 @@ pub fn from_config<F: embedded_storage::nor_flash::NorFlash>(
                 item.reboot = spec.reboot;
                 item.break_after_fail = spec.break_after_fail;
                 item.retry = spec.retry;
+                item.resume = spec.resume;
                 item.polls = ddi.polls;
                 item.max_sleep = ddi.max_sleep;
                 items.push(Box::new(item));
