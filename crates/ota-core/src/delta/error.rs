@@ -71,6 +71,9 @@ pub enum DeltaError {
     BadCheckpoint { reason: &'static str },
     /// The patched image is not the one the caller expected (a catalogue's `target_sha256`).
     TargetMismatch { expected: [u8; 32], found: [u8; 32] },
+    /// The patch header's output size is not the image size the caller expected (a
+    /// catalogue's `size`): refused when the header is read, before anything is written.
+    OutputSize { declared: u32, expected: u64 },
 }
 
 impl core::error::Error for DeltaError {}
@@ -200,6 +203,10 @@ impl fmt::Display for DeltaError {
                 "the patched image's SHA-256 is {}, the catalogue lists {}: not switching to it",
                 Hex(&found),
                 Hex(&expected)
+            ),
+            DeltaError::OutputSize { declared, expected } => write!(
+                f,
+                "delta patch header: to_size {declared} bytes, but the image is {expected}                  bytes (the catalogue's size)"
             ),
         }
     }

@@ -89,6 +89,9 @@ pub struct DeltaUpdate {
     version_checked: bool,
     /// The image size the caller announced (the catalogue's), if any.
     expected_size: Option<u64>,
+    /// Whether the patch header's output size was checked against the slot and
+    /// `expected_size` (done before the first output byte).
+    size_checked: bool,
     /// Output bytes between checkpoints (0: no resume log is kept).
     step: u32,
     /// Output offset of the next checkpoint.
@@ -128,6 +131,7 @@ impl DeltaUpdate {
             running_desc,
             version_checked: false,
             expected_size,
+            size_checked: false,
             step: 0,
             next_checkpoint: 0,
             output_hash: Sha256::new(),
@@ -188,6 +192,7 @@ impl DeltaUpdate {
             running_desc: base.summary.loader_app_desc,
             version_checked: false,
             expected_size: None,
+            size_checked: false,
             step,
             next_checkpoint: n.saturating_add(step),
             output_hash,
@@ -366,6 +371,16 @@ impl DeltaUpdate {
     }
 
     fn body<F: NorFlash>(&mut self, flash: &mut F, mut chunk: &[u8]) -> Result<(), Error> {
+        if !self.size_checked {
+            // Up to the patch header's end, no output: its to_size is checked first.
+            let used = self.apply(flash, chunk, self.applier.output_offset())?;
+            chunk = &chunk[used..];
+            let Some(to_size) = self.applier.to_size() else {
+                return Ok(()); // the header goes on in the next chunk
+            };
+            self.check_to_size(to_size)?;
+            self.size_checked = true;
+        }
         loop {
             let limit = if self.step > 0 {
                 self.next_checkpoint
@@ -381,6 +396,28 @@ impl DeltaUpdate {
             if chunk.is_empty() {
                 return Ok(());
             }
+        }
+    }
+
+    /// The patch header's output size must fit the slot and equal the announced size.
+    fn check_to_size(&self, to_size: u32) -> Result<(), Error> {
+        let slot = self.app.slot();
+        if to_size > slot.size {
+            return Err(UpdateError::TooLarge {
+                label: slot.label,
+                size: to_size as u64,
+                capacity: slot.size,
+            }
+            .into());
+        }
+        match self.expected_size {
+            Some(expected) if expected != to_size as u64 => {
+                Err(delta_err(DeltaError::OutputSize {
+                    declared: to_size,
+                    expected,
+                }))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -551,3 +551,36 @@ fn delta_update_refuses_an_image_below_the_efuse_secure_version_before_erasing()
     );
     assert_untouched(&f, &before);
 }
+
+/// A patch header that declares more output than the slot holds, or another size than the
+/// catalogue's, is refused when the header is read: nothing is erased.
+#[test]
+fn delta_update_refuses_an_output_size_over_the_slot_or_the_expected_before_erasing() {
+    let old = app_image(Chip::Esp32, "app", "v1.0.0", 60_000);
+    let new = app_image(Chip::Esp32, "app", "v1.1.0", 60_000);
+    let (mut f, t) = device(&old);
+    let before = f.data.clone();
+    let running = *t.ota(0).unwrap();
+    // The real triples for the new image, under a header that says 2 MiB (the slot is 1 MiB).
+    let common = old.len().min(new.len());
+    let triples = [Triple {
+        diff: (0..common).map(|i| new[i].wrapping_sub(old[i])).collect(),
+        extra: new[common..].to_vec(),
+        adjust: 0,
+    }];
+    for compression in [Compression::None, Compression::Heatshrink] {
+        let p = patch(compression, 2 << 20, &body(&triples));
+        let e = run(&mut f, &t, &p, 4096, EspHeader::Optional).unwrap_err();
+        assert!(e.to_string().contains("2097152"), "{compression:?}: {e}");
+        assert_untouched(&f, &before);
+        // The catalogue says 60,000 bytes; the header says 61,000.
+        let p = patch(compression, 61_000, &body(&triples));
+        let mut u = DeltaUpdate::begin(&mut f, &t, &running, cfg(), Some(60_000)).unwrap();
+        let e = p
+            .chunks(4096)
+            .try_for_each(|c| u.feed(&mut f, c))
+            .unwrap_err();
+        assert!(e.to_string().contains("61000"), "{compression:?}: {e}");
+        assert_untouched(&f, &before);
+    }
+}
