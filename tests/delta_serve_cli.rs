@@ -340,3 +340,104 @@ fn sorted(v: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A hand-made catalogue server: `manifest.json` is `catalogue`, every other path a file of
+/// `www`; the paths asked for are recorded.
+fn catalogue_server(
+    www: &Path,
+    catalogue: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let srv = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", srv.server_addr().to_ip().unwrap());
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let www = www.to_path_buf();
+    std::thread::spawn(move || {
+        for rq in srv.incoming_requests() {
+            let url = rq.url().to_string();
+            seen.lock().unwrap().push(url.clone());
+            let _ = if url == "/manifest.json" {
+                rq.respond(tiny_http::Response::from_string(catalogue.clone()))
+            } else {
+                match std::fs::read(www.join(url.trim_start_matches('/'))) {
+                    Ok(b) => rq.respond(tiny_http::Response::from_data(b)),
+                    Err(_) => rq.respond(tiny_http::Response::empty(404)),
+                }
+            };
+        }
+    });
+    (base, asked)
+}
+
+/// Of several patches from the running base, the device takes the smallest it can apply that
+/// is smaller than the image: an lzma patch (its applier decodes heatshrink and none) and one
+/// no smaller than the image are passed over, never downloaded; with only those, it says why
+/// and installs the full image.
+#[test]
+fn delta_update_picks_a_patch_it_can_apply_and_that_saves_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (www, old) = www(dir.path());
+    // ota serve makes the real patch and its listing.
+    let srv = Served::start(&[s(&www)], &dir.path().join("serve.log"));
+    let (status, _, body) = get(srv.base.trim_start_matches("http://"), "/manifest.json", "");
+    assert_eq!(status, 200);
+    drop(srv);
+    let mut cat: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let idx = cat["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| e["version"] == "v1.1.0")
+        .unwrap();
+    let e = cat["entries"][idx].clone();
+    let real = e["deltas"][0].clone();
+    let image_size = e["size"].as_u64().unwrap();
+    let mut lzma = real.clone();
+    lzma["path"] = "/lzma.patch".into();
+    lzma["compression"] = "lzma".into();
+    lzma["size"] = 10.into();
+    let mut big = real.clone();
+    big["path"] = "/big.patch".into();
+    big["compression"] = "none".into();
+    big["size"] = image_size.into();
+    for (deltas, want_patch) in [
+        (vec![lzma.clone(), big.clone(), real.clone()], true),
+        (vec![lzma, big], false),
+    ] {
+        cat["entries"][idx]["deltas"] = deltas.into();
+        let flash = device(dir.path(), &old);
+        let (base, asked) = catalogue_server(&www, cat.to_string());
+        let cfg = dir.path().join("ota.toml");
+        config(&cfg, &base, None);
+        let (okay, log) = run(&flash, &cfg, "std");
+        assert!(okay, "{log}");
+        assert_eq!(boot_version(&flash), "v1.1.0");
+        let asked = asked.lock().unwrap().clone();
+        assert!(
+            !asked
+                .iter()
+                .any(|u| u == "/lzma.patch" || u == "/big.patch"),
+            "{asked:?}"
+        );
+        if want_patch {
+            assert!(log.contains("esp_delta_ota: patch from v1.0.0"), "{log}");
+            assert!(asked.iter().any(|u| u.ends_with(".patch")), "{asked:?}");
+            assert!(!asked.iter().any(|u| u == "/app-1.1.0.bin"), "{asked:?}");
+        } else {
+            assert!(
+                log.contains(
+                    "/lzma.patch uses `lzma` compression, which this device does not decode (only heatshrink, none)"
+                ),
+                "{log}"
+            );
+            assert!(
+                log.contains(&format!(
+                    "/big.patch is {image_size} bytes, not smaller than the image ({image_size} bytes): full image"
+                )),
+                "{log}"
+            );
+            assert!(asked.iter().any(|u| u == "/app-1.1.0.bin"), "{asked:?}");
+        }
+        std::fs::remove_file(&flash).unwrap();
+    }
+}

@@ -113,11 +113,14 @@ pub struct DeltaPatch {
 }
 
 impl CatalogueEntry {
-    /// The patch whose base is the image with digest `base_sha256`, if the entry has one.
-    pub fn delta_for(&self, base_sha256: &[u8; 32]) -> Option<&DeltaPatch> {
+    /// The patches whose base is the image with digest `base_sha256`, in listed order.
+    pub fn deltas_for<'a>(
+        &'a self,
+        base_sha256: &'a [u8; 32],
+    ) -> impl Iterator<Item = &'a DeltaPatch> + 'a {
         self.deltas
             .iter()
-            .find(|d| parse_sha256(&d.base_sha256).as_ref() == Some(base_sha256))
+            .filter(move |d| parse_sha256(&d.base_sha256).as_ref() == Some(base_sha256))
     }
 }
 

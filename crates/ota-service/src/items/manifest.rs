@@ -137,6 +137,8 @@ const CATALOGUE_CHUNK: usize = 4096;
 const TAG: &str = "OTA_MANIFEST";
 /// The delta path's log tag (esp_delta_ota's component name).
 const TAG_DELTA: &str = "esp_delta_ota";
+/// detools compressions the device's applier (`ota_core::delta`, no allocator) decodes.
+const DEVICE_COMPRESSIONS: [&str; 2] = ["heatshrink", "none"];
 const TAG_DEFAULT: &str = "OTA_DEFAULT";
 
 /// The download URL of `entry_path` in the catalogue at `catalogue_uri`: absolute URLs as they
@@ -525,7 +527,32 @@ impl ManifestItem {
                     return None;
                 }
             };
-        let Some(d) = entry.delta_for(&base.sha256) else {
+        // Of the patches from this base, the smallest this device can apply that is smaller
+        // than the image; the others are said why not.
+        let mut d = None::<&ota_catalogue::DeltaPatch>;
+        let mut refused = Vec::new();
+        for p in entry.deltas_for(&base.sha256) {
+            if !DEVICE_COMPRESSIONS.contains(&p.compression.as_str()) {
+                refused.push(format!(
+                    "{} uses `{}` compression, which this device does not decode (only {})",
+                    p.path,
+                    p.compression,
+                    DEVICE_COMPRESSIONS.join(", ")
+                ));
+            } else if p.size >= entry.size {
+                refused.push(format!(
+                    "{} is {} bytes, not smaller than the image ({} bytes)",
+                    p.path, p.size, entry.size
+                ));
+            } else if d.is_none_or(|b| p.size < b.size) {
+                d = Some(p);
+            }
+        }
+        if d.is_none() && !refused.is_empty() {
+            env.info(TAG_DELTA, format!("{}: full image", refused.join("; ")));
+            return None;
+        }
+        let Some(d) = d else {
             env.info(
                 TAG_DELTA,
                 format!(
