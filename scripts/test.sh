@@ -101,6 +101,12 @@ step "ESP32-C3 firmware example (examples/esp32c3-ota): fmt, clippy, release bui
     echo "firmware: clippy (both builds) and release build took $((SECONDS - started)) s"
 )
 
+step "fuzz targets and their seed program type-check (stable; running them needs nightly and cargo-fuzz: README, Fuzzing)"
+# Their own workspaces (fuzz/, fuzz/seeds/): checked so that an API change cannot leave them
+# behind unnoticed (the tone target wrote unaligned words to the 4-byte flash for months).
+cargo check --locked --manifest-path fuzz/Cargo.toml --bins
+cargo check --locked --manifest-path fuzz/seeds/Cargo.toml
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -2,8 +2,8 @@
 //! `fuzz/corpus/<target>/` (git-ignored). It copies the real files of `../shared/vectors` at
 //! run time (they are never committed here) with each target's control bytes in front, and
 //! adds files made by ota-core itself: images for several chips, partition tables, otadata
-//! sectors from real update flows, tone bins, configs, and a resume log from an interrupted
-//! update. Usage: `ota-fuzz-seeds [CORPUS_DIR] [VECTORS_DIR]`.
+//! sectors from real update flows, tone bins, configs, delta patches over the fuzz device's base,
+//! and a resume log from an interrupted update. Usage: `ota-fuzz-seeds [CORPUS_DIR] [VECTORS_DIR]`.
 
 use std::fs;
 use std::io;
@@ -287,6 +287,42 @@ fn main() -> io::Result<()> {
         &split,
         &[sector, img].concat(),
     )?;
+
+    // Delta patches over the fuzz device's base (v1.0.0, 20,000 bytes, as ota_fuzz::app makes
+    // it) to two newer images, made by ota-delta: heatshrink and none, bare and behind the
+    // esp_delta_ota header; with and without the expected size, a resume log and a cut.
+    let app = |version: &str, size: u32| {
+        let mut spec = ImageSpec::new(Chip::Esp32, "app", version);
+        spec.total_size = Some(size);
+        let mut out = Vec::new();
+        build_image(&spec, &mut |b: &[u8]| out.extend_from_slice(b)).expect("build image");
+        out
+    };
+    let base = app("v1.0.0", 20_000);
+    for (version, size) in [("v1.1.0", 20_000u32), ("v1.2.0", 23_000)] {
+        let new = app(version, size);
+        let size16 = (new.len() as u16).to_le_bytes();
+        for (cname, compression) in [
+            ("heatshrink", ota_delta::Compression::Heatshrink),
+            ("none", ota_delta::Compression::None),
+        ] {
+            for esp_header in [false, true] {
+                let opts = ota_delta::Options {
+                    compression,
+                    esp_header,
+                };
+                let patch = ota_delta::make(&base, &new, &opts).expect("seed patch");
+                for ctl in [0x00u8, 0x04 | u8::from(esp_header), 0x64, 0x2c] {
+                    c.put(
+                        "delta_update",
+                        &format!("{version}-{cname}-esp{}-ctl{ctl:02x}.bin", u8::from(esp_header)),
+                        &[ctl, 7, size16[0], size16[1]],
+                        &patch,
+                    )?;
+                }
+            }
+        }
+    }
 
     println!(
         "wrote {} seed files to {} ({} copied from {})",

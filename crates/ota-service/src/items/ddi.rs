@@ -608,13 +608,7 @@ impl DdiItem {
     ) -> Result<(), ItemError> {
         let uri = self.own_link("cancelAction", &link.href)?;
         let doc: CancelDoc = self.get_json(&uri, "cancelAction", opts, id, env).await?;
-        let bad = |detail: String| ItemError::new(Reason::StreamRdFail, format!("{uri}: {detail}"));
-        let text = match &doc.id {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => return Err(bad("the cancel id is neither a string nor a number".into())),
-        };
-        check_id(&text).map_err(|e| bad(format!("cancel id `{}`: {e}", shorten(&text))))?;
+        let text = action_id(&doc.id, "cancel").map_err(|e| bad_doc(&uri, e))?;
         let stop = doc
             .cancel_action
             .and_then(|c| c.stop_id)
@@ -658,13 +652,8 @@ impl DdiItem {
     ) -> Result<Action, ItemError> {
         let uri = self.own_link("deploymentBase", &link.href)?;
         let doc: DeploymentDoc = self.get_json(&uri, "deploymentBase", opts, id, env).await?;
-        let bad = |detail: String| ItemError::new(Reason::StreamRdFail, format!("{uri}: {detail}"));
-        let id_text = match &doc.id {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => return Err(bad("the action id is neither a string nor a number".into())),
-        };
-        check_id(&id_text).map_err(|e| bad(format!("action id `{}`: {e}", shorten(&id_text))))?;
+        let bad = |detail: String| bad_doc(&uri, detail);
+        let id_text = action_id(&doc.id, "action").map_err(bad)?;
         self.action_ref = Some((doc.id.clone(), id_text.clone()));
         let d = doc.deployment;
         let download = Handling::parse("download", d.download.as_deref()).map_err(bad)?;
@@ -1039,6 +1028,23 @@ fn origin(url: &str) -> Option<(bool, String)> {
     };
     let auth = rest.split(['/', '?', '#']).next().unwrap_or(rest);
     Some((https, auth.to_ascii_lowercase()))
+}
+
+/// A DDI document from `uri` that says something it must not.
+fn bad_doc(uri: &str, detail: String) -> ItemError {
+    ItemError::new(Reason::StreamRdFail, format!("{uri}: {detail}"))
+}
+
+/// An action's `id` (a string or a number, as servers write it) as URL-safe text; `what`
+/// names it in the error (`action`, `cancel`).
+fn action_id(id: &Value, what: &str) -> Result<String, String> {
+    let text = match id {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err(format!("the {what} id is neither a string nor a number")),
+    };
+    check_id(&text).map_err(|e| format!("{what} id `{}`: {e}", shorten(&text)))?;
+    Ok(text)
 }
 
 /// A tenant, controller id or action id: 1..=[`MAX_ID_LEN`] characters that need no escaping
