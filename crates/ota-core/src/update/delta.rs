@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::app::{AppUpdate, AppUpdateConfig, Committed};
 use super::UpdateError;
 use crate::delta::{
-    base_image_sha256, ApplyError, DeltaApplier, DeltaBase, DeltaError, EspDeltaHeader,
+    base_image_sha256, ApplyError, BaseImage, DeltaApplier, DeltaBase, DeltaError, EspDeltaHeader,
     ESP_DELTA_HEADER_LEN, ESP_DELTA_MAGIC,
 };
 use crate::flash::{FlashError, Region};
@@ -113,6 +113,22 @@ impl DeltaUpdate {
         expected_size: Option<u64>,
     ) -> Result<DeltaUpdate, Error> {
         let base = base_image_sha256(flash, running.region(), Some(cfg.chip))?;
+        DeltaUpdate::begin_over(table, running, cfg, expected_size, &base)
+    }
+
+    /// [`DeltaUpdate::begin`] with the running image as [`base_image_sha256`] verified and
+    /// digested it moments ago (a caller that needed its digest to choose the patch): the
+    /// slot is not read a second time. `base` must come from `running` of this flash: the
+    /// patch is applied over those bytes, read as it goes, and a wrong `base` can only make
+    /// output that fails its checks (the target digest, the image verifier) before otadata
+    /// is switched.
+    pub fn begin_over(
+        table: &PartitionTable,
+        running: &Partition,
+        cfg: AppUpdateConfig,
+        expected_size: Option<u64>,
+        base: &BaseImage,
+    ) -> Result<DeltaUpdate, Error> {
         let app = AppUpdate::begin(table, Some(running), cfg, expected_size)?;
         let running_desc = base.summary.loader_app_desc;
         Ok(DeltaUpdate {
@@ -154,11 +170,25 @@ impl DeltaUpdate {
         log: ResumeLog,
         record: ResumeRecord,
     ) -> Result<DeltaUpdate, Error> {
+        let base = base_image_sha256(flash, running.region(), Some(cfg.chip))?;
+        DeltaUpdate::resume_over(flash, table, running, cfg, log, record, &base)
+    }
+
+    /// [`DeltaUpdate::resume`] with the running image's [`BaseImage`] already at hand (see
+    /// [`DeltaUpdate::begin_over`]).
+    pub fn resume_over<F: NorFlash>(
+        flash: &mut F,
+        table: &PartitionTable,
+        running: &Partition,
+        cfg: AppUpdateConfig,
+        log: ResumeLog,
+        record: ResumeRecord,
+        base: &BaseImage,
+    ) -> Result<DeltaUpdate, Error> {
         let kind = record.header.kind;
         let (RecordKind::Delta { esp_header }, Some(d)) = (kind, record.delta) else {
             return Err(UpdateError::Resume(ResumeError::OtherKind { record: kind }).into());
         };
-        let base = base_image_sha256(flash, running.region(), Some(cfg.chip))?;
         if base.sha256 != d.base_sha256 {
             return Err(UpdateError::Resume(ResumeError::OtherBase).into());
         }

@@ -18,6 +18,7 @@
 //! every byte of the output before otadata is switched.
 
 use embedded_storage::nor_flash::NorFlash;
+use ota_core::delta::BaseImage;
 use ota_core::image::Hex;
 use ota_core::partition::Partition;
 use ota_core::resume::{ResumeHeader, ResumeLog, ResumeRecord};
@@ -45,7 +46,8 @@ pub(crate) struct DeltaPlan {
     pub(crate) url: String,
     pub(crate) size: u64,
     pub(crate) sha256: [u8; 32],
-    pub(crate) base_sha256: [u8; 32],
+    /// The running image, verified and digested when the patch was chosen (not read again).
+    pub(crate) base: BaseImage,
     /// SHA-256 of the image the patch produces (the catalogue entry's own).
     pub(crate) target_sha256: [u8; 32],
     /// The patched image's size (the catalogue entry's), refused early when it cannot fit.
@@ -260,13 +262,14 @@ fn fresh_engine<F: NorFlash>(
     let plan = run.plan;
     let uri = plan.url.as_str();
     let cfg = super::app::app_config(dev);
-    let mut engine = DeltaUpdate::begin(dev.flash, dev.table, running, cfg, Some(plan.image_size))
-        .map_err(|e| core_error(e, uri))?;
+    let mut engine =
+        DeltaUpdate::begin_over(dev.table, running, cfg, Some(plan.image_size), &plan.base)
+            .map_err(|e| core_error(e, uri))?;
     configure(&mut engine, run, dev.anti_rollback);
     // The running image is the one the catalogue made the patch for (checked before any byte
     // of the patch is read or anything is erased).
     engine
-        .require_base(plan.base_sha256)
+        .require_base(plan.base.sha256)
         .map_err(|e| core_error(e, uri))?;
     Ok(engine)
 }
@@ -347,7 +350,9 @@ async fn try_resume<F: NorFlash>(
     used: &mut u32,
 ) -> Result<Resumed, ItemError> {
     let cfg = super::app::app_config(dev);
-    let mut engine = match DeltaUpdate::resume(dev.flash, dev.table, running, cfg, log, rec) {
+    let resumed =
+        DeltaUpdate::resume_over(dev.flash, dev.table, running, cfg, log, rec, &run.plan.base);
+    let mut engine = match resumed {
         Ok(e) => e,
         Err(e) => {
             env.warn(
@@ -363,7 +368,7 @@ async fn try_resume<F: NorFlash>(
         }
     };
     configure(&mut engine, run, dev.anti_rollback);
-    if let Err(e) = engine.require_base(run.plan.base_sha256) {
+    if let Err(e) = engine.require_base(run.plan.base.sha256) {
         env.warn(
             TAG,
             format!("The resume record cannot be used ({e}): the patch starts from byte 0"),

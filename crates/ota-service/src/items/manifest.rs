@@ -602,7 +602,7 @@ impl ManifestItem {
             url,
             size: d.size,
             sha256,
-            base_sha256: base.sha256,
+            base,
             target_sha256,
             image_size: entry.size,
         })
