@@ -441,3 +441,71 @@ fn delta_update_picks_a_patch_it_can_apply_and_that_saves_bytes() {
         std::fs::remove_file(&flash).unwrap();
     }
 }
+
+/// On a Secure Boot v2 device (key `a`), a patch between two images signed with `a` installs
+/// the signed v2 (its signature sector comes out of the patch and is verified from the slot
+/// before otadata is switched). A patch to an image signed with another key applies, fails that
+/// check, falls back to the full image, which is refused too: the device keeps v1, otadata
+/// unchanged.
+#[test]
+fn delta_update_on_a_secure_boot_device_needs_the_trusted_signature() {
+    let Some(esp) = common::espsecure::Esp::find() else {
+        eprintln!("SKIP: espsecure not found (.venv with esptool, or OTA_PYTHON)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, _) = esp.keygen(d, "a", "ecdsa256");
+    let (b, _) = esp.keygen(d, "b", "ecdsa256");
+    make_image(&d.join("v1.bin"), "v1.0.0");
+    make_image(&d.join("v2.bin"), "v1.1.0");
+    esp.sign(&a, &d.join("v1.bin"), &d.join("v1.s.bin"));
+    for (key, trusted) in [(&a, true), (&b, false)] {
+        let www = d.join(if trusted { "www-a" } else { "www-b" });
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::copy(d.join("v1.s.bin"), www.join("app-1.0.0.bin")).unwrap();
+        esp.sign(key, &d.join("v2.bin"), &www.join("app-1.1.0.bin"));
+        let flash = d.join("flash.bin");
+        let _ = std::fs::remove_file(&flash);
+        ok(&[
+            "device",
+            "create",
+            "--flash",
+            s(&flash),
+            "--app",
+            s(&d.join("v1.s.bin")),
+            "--secure-boot-key",
+            s(&a),
+        ]);
+        ok(&["device", "boot", "--flash", s(&flash)]);
+        let before = std::fs::read(&flash).unwrap();
+        let srv = Served::start(&[s(&www)], &d.join("serve.log"));
+        let patch_len = std::fs::metadata(patch_file(&www)).unwrap().len();
+        let cfg = d.join("ota.toml");
+        config(&cfg, &srv.base, None);
+        let (okay, log) = run(&flash, &cfg, "std");
+        assert!(log.contains("esp_delta_ota: patch from v1.0.0"), "{log}");
+        let served = srv.log();
+        if trusted {
+            assert!(okay, "{log}");
+            assert!(!log.contains("falling back"), "{log}");
+            assert_eq!(boot_version(&flash), "v1.1.0");
+            assert_eq!(served_bytes(&served, ".patch"), patch_len, "{served}");
+            assert_eq!(served_bytes(&served, "app-1.1.0.bin"), 0, "{served}");
+        } else {
+            assert!(!okay, "{log}");
+            assert!(log.contains("falling back to the full image"), "{log}");
+            assert!(log.to_lowercase().contains("signature"), "{log}");
+            assert_eq!(boot_version(&flash), "v1.0.0");
+            let after = std::fs::read(&flash).unwrap();
+            assert!(
+                after[0xD000..0xF000] == before[0xD000..0xF000],
+                "otadata changed"
+            );
+            assert!(
+                after[0x10000..0x110000] == before[0x10000..0x110000],
+                "the running slot changed"
+            );
+        }
+    }
+}

@@ -14,66 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::espsecure::Esp;
 use common::*;
 
 const SCHEMES: [&str; 3] = ["rsa3072", "ecdsa256", "ecdsa384"];
 /// The example table: otadata at 0xD000, ota_0 at 0x10000, ota_1 at 0x110000 (1 MB each).
 const OTADATA: std::ops::Range<usize> = 0xD000..0xF000;
 const OTA_1: std::ops::Range<usize> = 0x110000..0x210000;
-
-struct Esp {
-    py: PathBuf,
-}
-
-impl Esp {
-    #[track_caller]
-    fn ok(&self, args: &[&str]) {
-        let o = Command::new(&self.py)
-            .args(["-m", "espsecure"])
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("running espsecure");
-        assert!(o.status.success(), "espsecure {args:?}:\n{}", text(&o));
-    }
-
-    /// A fresh key and its public key.
-    fn keygen(&self, dir: &Path, name: &str, scheme: &str) -> (PathBuf, PathBuf) {
-        let k = dir.join(format!("{name}.pem"));
-        let p = dir.join(format!("{name}.pub.pem"));
-        self.ok(&[
-            "generate-signing-key",
-            "--version",
-            "2",
-            "--scheme",
-            scheme,
-            s(&k),
-        ]);
-        self.ok(&[
-            "extract-public-key",
-            "--version",
-            "2",
-            "--keyfile",
-            s(&k),
-            s(&p),
-        ]);
-        (k, p)
-    }
-
-    /// `espsecure sign-data --version 2` of `img` into `out`.
-    fn sign(&self, key: &Path, img: &Path, out: &Path) {
-        self.ok(&[
-            "sign-data",
-            "--version",
-            "2",
-            "--keyfile",
-            s(key),
-            "-o",
-            s(out),
-            s(img),
-        ]);
-    }
-}
 
 fn p(path: &Path) -> &str {
     s(path)
@@ -228,8 +175,7 @@ fn device(dir: &Path, app: &Path, create_args: &[&str]) -> Dev {
 }
 
 fn setup() -> Option<(Esp, tempfile::TempDir)> {
-    let py = python()?;
-    Some((Esp { py }, tempfile::tempdir().unwrap()))
+    Some((Esp::find()?, tempfile::tempdir().unwrap()))
 }
 
 /// Flip one byte of the padding between the image's end and its signature sector: only the

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod delta;
+pub mod espsecure;
 pub mod served;
 pub mod weed;
 
