@@ -7,11 +7,27 @@
 mod common;
 mod fleet;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use fleet::{admin, fleet_server};
 use serde_json::json;
+
+/// A process group (`timeout`, swupdate and its forks), killed whole when dropped, so that no
+/// suricatta outlives its part of the test, even when an assertion fails.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = self.0.id();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.wait();
+    }
+}
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -109,6 +125,9 @@ fn swupdate_suricatta_completes_a_deployment() {
         let args = format!(
             "-t DEFAULT -u http://{addr} -i swu-dev -k {token} -p 1 -r 1 -w 1 -s 10{extra}"
         );
+        // Its own process group: swupdate forks helpers, and killing `timeout` alone left
+        // them all running (a stale suricatta kept polling as the same device into the next
+        // run and the next test).
         Command::new("timeout")
             .args(["90", "swupdate", "-v", "-H", "board:1.0", "-k"])
             .arg(work.join("cert.pem"))
@@ -116,7 +135,9 @@ fn swupdate_suricatta_completes_a_deployment() {
             .env("TMPDIR", &tmp)
             .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
+            .map(Group)
             .unwrap()
     };
     let tail = |log: &Path| {
@@ -125,14 +146,13 @@ fn swupdate_suricatta_completes_a_deployment() {
         lines[lines.len().saturating_sub(30)..].join("\n")
     };
     let install_log = t.path().join("install.log");
-    let mut child = suricatta("", &install_log);
+    let child = suricatta("", &install_log);
     let installed = common::wait_for(80, || {
         std::fs::read_to_string(&install_log)
             .unwrap_or_default()
             .contains("Update successful")
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(
         installed,
         "suricatta did not install:\n{}",
@@ -150,14 +170,13 @@ fn swupdate_suricatta_completes_a_deployment() {
     );
 
     let confirm_log = t.path().join("confirm.log");
-    let mut child = suricatta(" -c 2", &confirm_log);
+    let child = suricatta(" -c 2", &confirm_log);
     let mut state = serde_json::Value::Null;
     common::wait_for(80, || {
         state = admin(addr, "GET", &format!("/api/v1/rollouts/{rollout}"), None).json;
         state["state"] == "finished"
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(
         state["state"],
         "finished",
