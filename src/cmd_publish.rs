@@ -27,6 +27,7 @@ pub struct PublishArgs {
     /// sequential, heatshrink, esp_delta_ota header) from this many previous versions in the
     /// store, upload them as deltas/<project>/<sha256>.patch and list them in its entry's
     /// `deltas` (0: none). Bases are downloaded and checked against the catalogue first.
+    /// Patch objects that neither the new catalogue nor the one it replaces lists are deleted.
     #[arg(long, value_name = "N", default_value_t = ota_server::deltas::DEFAULT_DELTA_BASES as u16,
           value_parser = clap::value_parser!(u16).range(0..=64))]
     delta_bases: u16,

@@ -127,6 +127,7 @@ pub struct ServeArgs {
     /// Folder store: make delta patches (detools sequential, heatshrink, esp_delta_ota
     /// header) from this many previous versions of each chip and project to the newest, under
     /// `.ota-delta/` in the folder, and list them in the newest entry's `deltas` (0: none).
+    /// Patch files that neither the catalogue nor the one before it lists are deleted.
     /// With --store s3://… the catalogue's patches are made by `ota publish --delta-bases`.
     #[arg(long, value_name = "N", default_value_t = ota_server::deltas::DEFAULT_DELTA_BASES as u16,
           value_parser = clap::value_parser!(u16).range(0..=64))]
