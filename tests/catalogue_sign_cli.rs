@@ -257,25 +257,6 @@ fn assert_unchanged(flash: &Path, before: &[u8]) {
     assert!(std::fs::read(flash).unwrap() == before, "the flash changed");
 }
 
-/// otadata (0xD000, 8 KB) and the running slot ota_0 (0x10000, 1 MB) are as they were, and
-/// flash_tone (0x210000, 1 MB) too.
-#[track_caller]
-fn assert_not_switched(flash: &Path, before: &[u8]) {
-    let after = std::fs::read(flash).unwrap();
-    assert!(
-        after[0xD000..0xF000] == before[0xD000..0xF000],
-        "otadata changed"
-    );
-    assert!(
-        after[0x10000..0x110000] == before[0x10000..0x110000],
-        "ota_0 changed"
-    );
-    assert!(
-        after[0x210000..0x310000] == before[0x210000..0x310000],
-        "flash_tone changed"
-    );
-}
-
 #[test]
 fn signed_catalogue_updates_tone_and_app_over_plain_http_with_both_algorithms() {
     // Ed25519 on the std driver, P-256 on the embassy driver (embassy-net on the PC): the

@@ -184,3 +184,22 @@ pub fn get(addr: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
     let head = String::from_utf8_lossy(&all[..end]).to_string();
     (head[9..12].parse().unwrap(), head, all[end + 4..].to_vec())
 }
+
+/// On a device with the example table: otadata (0xD000, 8 KB), the running slot ota_0
+/// (0x10000, 1 MB) and flash_tone (0x210000, 1 MB) are as they were.
+#[track_caller]
+pub fn assert_not_switched(flash: &Path, before: &[u8]) {
+    let after = std::fs::read(flash).unwrap();
+    assert!(
+        after[0xD000..0xF000] == before[0xD000..0xF000],
+        "otadata changed"
+    );
+    assert!(
+        after[0x10000..0x110000] == before[0x10000..0x110000],
+        "ota_0 changed"
+    );
+    assert!(
+        after[0x210000..0x310000] == before[0x210000..0x310000],
+        "flash_tone changed"
+    );
+}

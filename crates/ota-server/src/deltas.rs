@@ -33,11 +33,8 @@ pub struct DeltaMaker {
     made: HashMap<(String, String), Result<DeltaPatch, String>>,
     /// Patches made so far (not counting those found in the cache).
     pub patches_made: u64,
-    /// Superseded patch files deleted so far ([`DeltaMaker::prune`]).
-    pub patches_removed: u64,
-    /// The patch files the current and the previous catalogue list (None before the first).
+    /// The patch files the current catalogue lists (None before the first).
     listed: Option<HashSet<String>>,
-    previous: HashSet<String>,
 }
 
 impl DeltaMaker {
@@ -48,9 +45,7 @@ impl DeltaMaker {
             bases,
             made: HashMap::new(),
             patches_made: 0,
-            patches_removed: 0,
             listed: None,
-            previous: HashSet::new(),
         }
     }
 
@@ -62,6 +57,8 @@ impl DeltaMaker {
         if self.bases == 0 {
             return;
         }
+        // The pairs of this catalogue: the cache keeps only them.
+        let mut pairs = HashSet::new();
         for plan in plan(entries) {
             let mut deltas = Vec::new();
             for &old in &plan.bases {
@@ -70,6 +67,7 @@ impl DeltaMaker {
                 }
                 let (base, target) = (&entries[old], &entries[plan.target]);
                 let key = (base.sha256.clone(), target.sha256.clone());
+                pairs.insert(key.clone());
                 if !self.made.contains_key(&key) {
                     let r = self.make(base, target);
                     if r.is_ok() {
@@ -90,16 +88,6 @@ impl DeltaMaker {
                 d.path
                     .strip_prefix(&format!("/{DELTA_DIR}/"))
                     .map(str::to_string)
-            })
-            .collect();
-        let all: &[CatalogueEntry] = entries;
-        let pairs: HashSet<(String, String)> = plan(all)
-            .iter()
-            .flat_map(|p| {
-                let t = all[p.target].sha256.clone();
-                p.bases
-                    .iter()
-                    .map(move |&b| (all[b].sha256.clone(), t.clone()))
             })
             .collect();
         self.made.retain(|k, _| pairs.contains(k));
@@ -124,16 +112,13 @@ impl DeltaMaker {
             .filter_map(|d| d.file_name().into_string().ok())
             .filter(|n| is_patch_name(n))
             .collect();
-        self.previous = match self.listed.take() {
+        let previous = match self.listed.take() {
             Some(l) => l,
             None => existing.iter().cloned().collect(),
         };
         for name in existing {
-            if now.contains(&name) || self.previous.contains(&name) {
-                continue;
-            }
-            if fs::remove_file(dir.join(&name)).is_ok() {
-                self.patches_removed += 1;
+            if !now.contains(&name) && !previous.contains(&name) {
+                let _ = fs::remove_file(dir.join(&name));
             }
         }
         self.listed = Some(now);
@@ -281,8 +266,9 @@ pub fn make_patch(
 
 /// Write a content-addressed file unless it is already there with the same bytes: written to
 /// a temporary name and renamed, so a reader never sees half a patch.
-/// `<64 lowercase hex>.patch`: a file name [`DeltaMaker`] writes.
-fn is_patch_name(n: &str) -> bool {
+/// `<64 lowercase hex>.patch`: the name of a patch file or object this crate writes (the
+/// patch's SHA-256).
+pub(crate) fn is_patch_name(n: &str) -> bool {
     n.strip_suffix(".patch")
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }

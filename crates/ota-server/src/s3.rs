@@ -901,16 +901,9 @@ pub struct PublishReport {
 
 /// `<project>/<64 lowercase hex>.patch`: a key this crate made under `deltas/`.
 fn is_patch_key(rest: &str) -> bool {
-    let Some((project, file)) = rest.split_once('/') else {
-        return false;
-    };
-    let Some(hex) = file.strip_suffix(".patch") else {
-        return false;
-    };
-    !project.is_empty()
-        && !project.contains('/')
-        && hex.len() == 64
-        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    rest.split_once('/').is_some_and(|(project, file)| {
+        !project.is_empty() && !file.contains('/') && crate::deltas::is_patch_name(file)
+    })
 }
 
 /// A project name as one key segment (letters, digits, `-`, `_`, `.`; others become `_`).

@@ -78,7 +78,6 @@ pub struct DeltaUpdate {
     base_sha256: [u8; 32],
     base_len: u32,
     esp: EspHeader,
-    required_base: Option<[u8; 32]>,
     front: Front,
     sniff: [u8; ESP_DELTA_HEADER_LEN],
     sniff_len: usize,
@@ -138,7 +137,6 @@ impl DeltaUpdate {
             base_sha256: base.sha256,
             base_len: base.image_len,
             esp: EspHeader::Optional,
-            required_base: None,
             front: Front::Sniffing,
             sniff: [0; ESP_DELTA_HEADER_LEN],
             sniff_len: 0,
@@ -209,7 +207,6 @@ impl DeltaUpdate {
             base_sha256: base.sha256,
             base_len: base.image_len,
             esp: EspHeader::Optional,
-            required_base: None,
             front: Front::Body,
             sniff: [0; ESP_DELTA_HEADER_LEN],
             sniff_len: 0,
@@ -293,7 +290,6 @@ impl DeltaUpdate {
                 found: self.base_sha256,
             }));
         }
-        self.required_base = Some(sha256);
         Ok(())
     }
 

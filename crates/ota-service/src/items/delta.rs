@@ -87,13 +87,14 @@ pub(crate) async fn apply_patch<F: NorFlash>(
         retry: run.retry,
     };
     // Only HTTP(S) downloads are resumed, and only when the item keeps resume records.
-    let http = run.resume && matches!(Scheme::of(uri), Some(Scheme::Http) | Some(Scheme::Https));
+    let resumable =
+        run.resume && matches!(Scheme::of(uri), Some(Scheme::Http) | Some(Scheme::Https));
     let slot = next_update_slot(dev.table, Some(&running));
     let log = slot.and_then(|s| ResumeLog::locate(dev.table, &s));
     let mut used = 0;
     let mut resumed = None;
     let mut from_zero = None;
-    if let (Some(log), Some(slot), true) = (log, slot, http) {
+    if let (Some(log), Some(slot), true) = (log, slot, resumable) {
         match log.read(dev.flash) {
             Ok(Some(rec))
                 if rec.header.is_for(uri, &slot) && rec.delta.is_some() && rec.progress > 0 =>
@@ -129,7 +130,7 @@ pub(crate) async fn apply_patch<F: NorFlash>(
                 mismatch.clone(),
             )))?;
             if let Some(log) = log {
-                setup_journal::<F>(&mut engine, &fetch, log, http, uri, env)
+                setup_journal::<F>(&mut engine, &fetch, log, resumable, uri, env)
                     .map_err(|e| core_error(e, uri))?;
             }
             (engine, fetch)
@@ -265,12 +266,9 @@ fn fresh_engine<F: NorFlash>(
     let mut engine =
         DeltaUpdate::begin_over(dev.table, running, cfg, Some(plan.image_size), &plan.base)
             .map_err(|e| core_error(e, uri))?;
+    // The running image is the one the catalogue made the patch for: the item chose the
+    // patch by its listed `base_sha256` (`ManifestItem::choose_delta`).
     configure(&mut engine, run, dev.anti_rollback);
-    // The running image is the one the catalogue made the patch for (checked before any byte
-    // of the patch is read or anything is erased).
-    engine
-        .require_base(plan.base.sha256)
-        .map_err(|e| core_error(e, uri))?;
     Ok(engine)
 }
 
@@ -282,19 +280,20 @@ fn configure(engine: &mut DeltaUpdate, run: &DeltaRun<'_>, anti_rollback: Option
     engine.require_target(run.plan.target_sha256);
 }
 
-/// Keep a resume record for this patch download when the source allows it (HTTP(S) with a
-/// validator, and room for the log); otherwise only forget an old record at the first write.
+/// Keep a resume record for this patch download when the item keeps them and the source
+/// allows it (`resumable`: HTTP(S); a validator; room for the log); otherwise only forget an
+/// old record at the first write.
 fn setup_journal<F: NorFlash>(
     engine: &mut DeltaUpdate,
     fetch: &Fetch,
     log: ResumeLog,
-    http: bool,
+    resumable: bool,
     uri: &str,
     env: &mut Env<'_>,
 ) -> Result<(), ota_core::Error> {
     let slot = *engine.slot();
     let total = fetch.total.and_then(|t| u32::try_from(t).ok());
-    match (http, fetch.validator) {
+    match (resumable, fetch.validator) {
         (true, Some(v)) => {
             let h = ResumeHeader::new(&slot, uri, v, total.unwrap_or(0));
             match engine.enable_resume::<F>(log, h) {
@@ -368,13 +367,6 @@ async fn try_resume<F: NorFlash>(
         }
     };
     configure(&mut engine, run, dev.anti_rollback);
-    if let Err(e) = engine.require_base(run.plan.base.sha256) {
-        env.warn(
-            TAG,
-            format!("The resume record cannot be used ({e}): the patch starts from byte 0"),
-        );
-        return Ok(Resumed::No);
-    }
     let at = engine.patch_offset() as u64;
     let v = rec.header.validator;
     env.info(
